@@ -1,0 +1,182 @@
+"""The contract between supervisord and a shim: files on disk, socket methods, event shapes.
+
+supervisord never imports shim code and the shim never imports supervisor code; both import this
+module, so the contract lives in exactly one place.
+
+Files in ``ROOT/shims/ID/`` (see :func:`shim_dir`):
+
+``spec.json``       the container spec (:data:`SPEC_FIELDS`), written by supervisord before it
+                    starts the shim. JSON so an operator can read it.
+``shim.pid``        the shim's pid, written atomically once the shim is ready.
+``address``         the path of the shim's socket (may be a short fallback path outside the
+                    directory when ``ROOT`` is deep: unix socket paths are limited to 107 bytes).
+``exit``            the exit record (:func:`write_exit_file`), written atomically *before* anyone is
+                    told of the exit: a SIGKILLed shim leaves a whole file or none.
+``container.log``   the container's output in CRI format, rotated to ``container.log.1`` ... .
+``shim.log``        the shim's own diagnostics, one JSON object per line.
+
+Starting: ``sys.executable -I -m shim start --root ROOT --id ID``. The command returns once the
+shim is ready (socket bound, pid and address written, container process created and waiting for
+``start``) and prints one JSON line ``{"pid": SHIM_PID, "address": PATH, "task_pid": PID}``; on
+failure it exits 1 with the reason on stderr and leaves nothing running.
+
+Socket: the wire protocol of :mod:`events.wire`. The caller's hello has role ``"supervisor"``
+(or ``"client"``); the shim answers with role ``"shim"`` and ``id``, ``instance``, ``pid``.
+Methods (see :data:`METHODS`):
+
+``state``               -> :func:`state` map
+``start``               -> ``{"pid": n}``; ``exec_failed`` error if the command cannot be executed
+                           (the task then exits with status 127)
+``kill {signal, all}``  -> ``None``; ``all`` signals every process of the container
+``stop {timeout, signal}`` -> the exit record, once the task has exited. The shim itself sends
+                           ``signal``, waits ``timeout`` seconds, then SIGKILL; the stop completes
+                           even if the caller disconnects.
+``wait``                -> the exit record, once the task has exited
+``events``              -> a stream of ``{"seq", "type", "data"}`` items: first every event not yet
+                           acknowledged, then live ones. Never ends by itself.
+``ack {seq}``           -> ``None``; events with ``seq <= seq`` are never sent again
+``delete {force}``      -> the exit record; refused (``conflict``) while the task runs unless
+                           ``force`` (kill, wait). After replying, the shim removes its socket and
+                           exits; its directory (exit file, logs) stays for supervisord to remove.
+``shutdown``            -> ``None``; the shim exits, leaving a running container behind only
+                           with ``force``; used for cleanup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from events.model import validate_id
+
+__all__ = [
+    "ADDRESS_FILE",
+    "CONTAINER_LOG",
+    "EXIT_FILE",
+    "METHODS",
+    "PID_FILE",
+    "SHIM_LOG",
+    "SPEC_FIELDS",
+    "SPEC_FILE",
+    "exit_status_of",
+    "fsync_dir",
+    "read_exit_file",
+    "read_spec",
+    "shim_dir",
+    "write_atomic",
+    "write_exit_file",
+    "write_spec",
+]
+
+SPEC_FILE = "spec.json"
+PID_FILE = "shim.pid"
+ADDRESS_FILE = "address"
+EXIT_FILE = "exit"
+CONTAINER_LOG = "container.log"
+SHIM_LOG = "shim.log"
+
+METHODS = frozenset({"state", "start", "kill", "stop", "wait", "events", "ack", "delete",
+                     "shutdown", "exec"})
+
+#: Spec fields and their defaults. ``id`` and ``instance`` are required; ``instance`` is new for
+#: every task of a container (a restart gets a new one) so shim sequence numbers never collide.
+SPEC_FIELDS: dict[str, Any] = {
+    "id": None,
+    "instance": None,
+    "command": [],            # argv; command[0] is looked up in env PATH
+    "env": {},                # the container's whole environment
+    "cwd": None,              # working directory (process runtime: None = "/")
+    "runtime": "process",     # "process", "runc", "crun", or a path to a runc-compatible binary
+    "rootfs": None,           # OCI: a root filesystem to generate config.json for
+    "bundle": None,           # OCI: a bundle directory with config.json
+    "init": False,            # run a real init (tini) as pid 1
+    "user": None,             # {"uid": n, "gid": n}
+    "rlimits": {},            # {"nofile": [soft, hard], ...}
+    "namespaces": [],         # process runtime as root: ["pid", "mount", "uts", "ipc", "net"]
+    "limits": {},             # {"memory": bytes, "cpus": float, "pids": n}
+    "log": {"max_size": 16 * 1024 * 1024, "keep": 3},
+    "stop_signal": 15,
+    "stop_timeout": 10.0,
+    "labels": {},
+}
+
+
+def shim_dir(root: str | os.PathLike[str], container_id: str) -> Path:
+    """``ROOT/shims/ID``, after validating the id so it can never escape ``ROOT/shims``."""
+    return Path(root) / "shims" / validate_id(container_id)
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+    """Write *data* so that readers see the old file or the whole new one, never a torn one.
+
+    temp file in the same directory -> fsync -> rename -> fsync of the directory, so the rename
+    itself survives a power loss.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    os.rename(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a directory so that entries created, renamed or removed in it are durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_spec(directory: str | os.PathLike[str], spec: dict[str, Any]) -> None:
+    full = {**SPEC_FIELDS, **spec}
+    validate_id(full["id"])
+    if not isinstance(full["instance"], str) or not full["instance"]:
+        raise ValueError("spec needs a non-empty 'instance'")
+    write_atomic(Path(directory) / SPEC_FILE, json.dumps(full, indent=1).encode())
+
+
+def read_spec(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """The spec with every field present (defaults filled in for fields an older writer lacked)."""
+    with open(Path(directory) / SPEC_FILE, "rb") as f:
+        spec = json.load(f)
+    if not isinstance(spec, dict):
+        raise ValueError(f"{directory}/{SPEC_FILE} does not hold a JSON object")
+    return {**SPEC_FIELDS, **spec}
+
+
+def exit_status_of(wait_status: int) -> tuple[int, int]:
+    """``(exit_status, signal)`` from a ``waitpid`` status: the code, or 128 + signal."""
+    if os.WIFSIGNALED(wait_status):
+        sig = os.WTERMSIG(wait_status)
+        return 128 + sig, sig
+    return os.WEXITSTATUS(wait_status), 0
+
+
+def write_exit_file(directory: str | os.PathLike[str], record: dict[str, Any]) -> None:
+    """Durably record an exit: ``pid, exit_status, signal, exited_at, shim_seq, instance``."""
+    write_atomic(Path(directory) / EXIT_FILE, json.dumps(record).encode())
+
+
+def read_exit_file(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The exit record, or None when the task has not exited (or the shim never got to it)."""
+    try:
+        with open(Path(directory) / EXIT_FILE, "rb") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None

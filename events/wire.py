@@ -1,0 +1,248 @@
+"""The wire protocol of every Tether socket, sans-IO: bytes in, messages out.
+
+A frame is ``u32 big-endian length | msgpack map``. The same codec serves the trio daemon, the
+blocking ``supervisorctl`` and the blocking shim, so it never touches a socket: callers feed it
+whatever bytes arrived and send whatever :func:`encode` returns.
+
+Conversation::
+
+    -> {"hello": {"proto": 1, "role": "client"}}       first frame each way
+    <- {"hello": {"proto": 1, "role": "daemon"}}
+    -> {"id": 1, "method": "ps", "params": {}}
+    <- {"id": 1, "result": [...]}                      or {"id": 1, "error": {...}}
+    -> {"id": 2, "method": "events", "params": {...}}
+    <- {"id": 2, "item": {...}} ...                    a stream
+    <- {"id": 2, "end": true}                          or an error
+
+The maximum frame size is checked against the length header *before* anything is buffered, so a
+peer that announces 4 GiB cannot make us allocate it. Every malformed input raises
+:class:`ProtocolError` with a message that says what was wrong; nothing else escapes the decoder.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+
+__all__ = [
+    "MAX_FRAME",
+    "PROTO",
+    "FrameDecoder",
+    "FrameTooLarge",
+    "ProtocolError",
+    "RemoteError",
+    "Request",
+    "encode",
+    "end",
+    "error",
+    "hello",
+    "item",
+    "parse_hello",
+    "parse_request",
+    "reply",
+    "request",
+]
+
+#: Protocol version spoken in the hello frame. A peer with another version is refused.
+PROTO = 1
+#: Default largest frame, header excluded. Large enough for any spec or page of events, small
+#: enough that a hostile or confused peer cannot exhaust memory.
+MAX_FRAME = 16 * 1024 * 1024
+
+_HEADER = struct.Struct(">I")
+HEADER_SIZE = _HEADER.size
+
+#: Error codes used in error frames. Free-form strings are allowed; these are the common ones.
+ERROR_CODES = frozenset(
+    {"invalid", "not_found", "conflict", "unknown_method", "protocol", "unavailable",
+     "internal", "too_slow", "no_space"}
+)
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a valid frame or message.
+
+    ``code`` is the error code to send back before closing (``"protocol"`` unless more specific).
+    """
+
+    def __init__(self, message: str, code: str = "protocol", rid: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.rid = rid  # the request id the bad frame carried, so the error reply can name it
+
+
+class FrameTooLarge(ProtocolError):
+    """A frame (announced or about to be sent) is larger than the agreed maximum."""
+
+
+class RemoteError(Exception):
+    """An error frame received from the peer, raised on the caller's side."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def encode(message: Mapping[str, Any], max_frame: int = MAX_FRAME) -> bytes:
+    """Frame one message. Raises :class:`FrameTooLarge` rather than send what the peer refuses."""
+    payload = msgpack.packb(message, use_bin_type=True)
+    if len(payload) > max_frame:
+        raise FrameTooLarge(f"message of {len(payload)} bytes exceeds the {max_frame}-byte limit")
+    return _HEADER.pack(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Incremental decoder: :meth:`feed` bytes as they arrive, get whole messages back.
+
+    Split points do not matter: any partition of a byte stream yields the same messages.
+    After a :class:`ProtocolError` the stream is out of sync and the connection must be closed.
+    """
+
+    __slots__ = ("_buf", "_need", "max_frame")
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._need: int | None = None  # payload length of the frame being read, once known
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a whole frame (0 at a frame boundary)."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[dict[str, Any]]:
+        """Add received bytes; return every message they complete, in order."""
+        self._buf += data
+        out: list[dict[str, Any]] = []
+        pos = 0
+        buf = self._buf
+        while True:
+            if self._need is None:
+                if len(buf) - pos < HEADER_SIZE:
+                    break
+                (length,) = _HEADER.unpack_from(buf, pos)
+                if length > self.max_frame:
+                    raise FrameTooLarge(
+                        f"frame header announces {length} bytes, over the {self.max_frame}-byte "
+                        "limit"
+                    )
+                if length == 0:
+                    raise ProtocolError("empty frame: a frame must hold one msgpack map")
+                pos += HEADER_SIZE
+                self._need = length
+            if len(buf) - pos < self._need:
+                break
+            payload = bytes(buf[pos : pos + self._need])
+            pos += self._need
+            self._need = None
+            out.append(_unpack(payload))
+        if pos:
+            del buf[:pos]
+        return out
+
+
+def _unpack(payload: bytes) -> dict[str, Any]:
+    try:
+        message = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"frame is not valid msgpack: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"frame must hold a msgpack map, not {type(message).__name__}")
+    return message
+
+
+# -- message constructors ---------------------------------------------------------------------
+
+
+def hello(role: str, **extra: Any) -> dict[str, Any]:
+    """The first frame each side sends. ``extra`` carries optional facts (version, instance)."""
+    return {"hello": {"proto": PROTO, "role": role, **extra}}
+
+
+def request(rid: int, method: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {"id": rid, "method": method, "params": dict(params or {})}
+
+
+def reply(rid: int, result: Any = None) -> dict[str, Any]:
+    return {"id": rid, "result": result}
+
+
+def error(rid: int | None, code: str, message: str) -> dict[str, Any]:
+    """An error reply; ``rid`` is None for connection-level errors (bad hello, bad frame)."""
+    return {"id": rid, "error": {"code": code, "message": message}}
+
+
+def item(rid: int, value: Any) -> dict[str, Any]:
+    """One item of a stream answering request ``rid``."""
+    return {"id": rid, "item": value}
+
+
+def end(rid: int) -> dict[str, Any]:
+    """The normal end of a stream."""
+    return {"id": rid, "end": True}
+
+
+# -- message parsers --------------------------------------------------------------------------
+
+
+def parse_hello(message: Mapping[str, Any], roles: frozenset[str] | set[str] | None = None
+                ) -> dict[str, Any]:
+    """Check a peer's hello frame and return its map.
+
+    Raises :class:`ProtocolError` (code ``"protocol"``) for anything that is not a hello of
+    our protocol version, or (when ``roles`` is given) of an unexpected role.
+    """
+    body = message.get("hello")
+    if body is None and "error" in message:
+        err = message["error"]
+        if isinstance(err, Mapping):
+            raise RemoteError(str(err.get("code", "protocol")), str(err.get("message", "")))
+    if not isinstance(body, Mapping):
+        raise ProtocolError("expected a hello frame first, e.g. {'hello': {'proto': 1, ...}}")
+    proto = body.get("proto")
+    if proto != PROTO:
+        raise ProtocolError(f"unsupported protocol version {proto!r}; this side speaks {PROTO}")
+    role = body.get("role")
+    if not isinstance(role, str):
+        raise ProtocolError("hello frame has no role")
+    if roles is not None and role not in roles:
+        raise ProtocolError(f"unexpected role {role!r}; expected one of {sorted(roles)}")
+    return dict(body)
+
+
+class Request:
+    """A validated request: ``rid``, ``method`` and ``params`` (always a dict)."""
+
+    __slots__ = ("method", "params", "rid")
+
+    def __init__(self, rid: int, method: str, params: dict[str, Any]) -> None:
+        self.rid = rid
+        self.method = method
+        self.params = params
+
+    def __repr__(self) -> str:
+        return f"Request({self.rid}, {self.method!r}, {self.params!r})"
+
+
+def parse_request(message: Mapping[str, Any]) -> Request:
+    """Validate the shape of a request frame.
+
+    Raises :class:`ProtocolError` with code ``"invalid"``; when the frame carried a usable id,
+    it is in ``exc.rid`` so the server can address its error reply.
+    """
+    rid = message.get("id")
+    if not isinstance(rid, int) or isinstance(rid, bool):
+        raise ProtocolError("request needs an integer 'id'", code="invalid")
+    method = message.get("method")
+    if not isinstance(method, str) or not method:
+        raise ProtocolError("request needs a string 'method'", code="invalid", rid=rid)
+    params = message.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ProtocolError("request 'params' must be a map", code="invalid", rid=rid)
+    return Request(rid, method, params)

@@ -1,0 +1,127 @@
+"""Shared fixtures: a root per test, and a guard that no test leaks a process.
+
+Shims are detached (double fork, setsid), so a test that fails half-way would leave them and
+their containers running. The pytest process makes itself a child subreaper: every detached
+process a test starts is reparented to pytest rather than to pid 1 (which reaps orphans only
+every couple of seconds on this machine), and the ``no_leaks`` guard below finds every process
+whose command line names the test's ``tmp_path``, kills it and its descendants by pid, and waits
+for them to be gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+_become_subreaper()
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, cmdline) for every live process."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        table[pid] = (int(fields[1]), cmdline)
+    return table
+
+
+def processes_naming(text: str) -> list[int]:
+    """Pids of live processes whose command line contains *text*, and all their descendants."""
+    table = _proc_table()
+    me = os.getpid()
+    roots = [pid for pid, (_, cmd) in table.items() if text in cmd and pid != me]
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: list[int] = []
+    stack = list(roots)
+    while stack:
+        pid = stack.pop()
+        if pid in found or pid == me:
+            continue
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
+
+
+def is_zombie_or_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return True
+    return stat[stat.rindex(b")") + 2 :].split()[0] in (b"Z", b"X")
+
+
+def kill_and_wait(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGKILL each pid, reap the ones that are our children, wait until all are gone."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    pending = set(pids)
+    while pending and time.monotonic() < deadline:
+        for pid in list(pending):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            if is_zombie_or_gone(pid):
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+                pending.discard(pid)
+        if pending:
+            time.sleep(0.01)
+
+
+def reap_adopted_orphans() -> None:
+    """Reap zombies that were reparented to pytest (the subreaper) and are not Popen children."""
+    for pid, (ppid, _) in _proc_table().items():
+        if ppid == os.getpid() and is_zombie_or_gone(pid):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """A fresh Tether root for this test (its own events/, shims/, sockets)."""
+    path = tmp_path / "root"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(tmp_path: Path, request: pytest.FixtureRequest):
+    """Fail a test that leaves processes behind, after killing them so the next test is clean."""
+    yield
+    marker = str(tmp_path)
+    leaked = processes_naming(marker)
+    if leaked:
+        described = {pid: _proc_table().get(pid, (0, "?"))[1] for pid in leaked}
+        kill_and_wait(leaked)
+        reap_adopted_orphans()
+        if not request.node.get_closest_marker("allow_leaks"):
+            pytest.fail(f"test leaked processes (killed now): {described}", pytrace=False)
+    reap_adopted_orphans()
