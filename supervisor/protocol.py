@@ -1,0 +1,88 @@
+"""The API of ``ROOT/supervisord.sock``: what supervisorctl, the client library and subscribers
+may ask of supervisord. Framing and hello are :mod:`events.wire` (client role ``"client"``, the
+daemon answers role ``"daemon"`` with ``version`` and ``pid``).
+
+This table is a compatibility promise, like the CLI: add optional params and result fields
+freely; never change a meaning.
+
+=============  ==========================================  =========================================
+method         params                                      result
+=============  ==========================================  =========================================
+``create``     ``spec`` (:data:`SPEC_PARAMS`)              ``{"id"}`` once ``container.create`` and
+                                                           ``task.create`` are durable
+``start``      ``id``                                      ``{"id", "pid"}`` once ``task.start`` is
+                                                           durable; ``exec_failed`` error if the
+                                                           command cannot run (status 127 recorded)
+``run``        ``spec``                                    create + start: ``{"id", "pid"}``
+``stop``       ``id``, ``timeout`` (s, default the spec's)  :data:`EXIT_FIELDS` once ``task.exit``
+                                                           is durable (immediately if not running)
+``kill``       ``id``, ``signal`` (int or name), ``all``   ``None``
+``restart``    ``id``, ``timeout``                         ``{"id", "pid"}``: stop, new task
+``rm``         ``id``, ``force``                           ``None`` once ``container.delete`` is
+                                                           durable; ``conflict`` while running
+                                                           unless ``force``
+``ps``         ``all`` (include stopped)                   list of :data:`PS_FIELDS` maps
+``inspect``    ``id``                                      ``{... PS_FIELDS, "spec", "history":
+                                                           [event records of this container]}``
+``wait``       ``id``                                      :data:`EXIT_FIELDS` once the task exits
+``logs``       ``id``, ``tail`` (n or None), ``follow``    stream of ``{"time", "stream", "partial",
+                                                           "line"}``; follows across rotation
+``events``     ``since`` (seq, exclusive), ``types``       stream of event records ``{seq, time,
+               (prefixes), ``ids``, ``follow``             type, id, data}``: history, then live
+                                                           with ``follow``, no gap, no duplicate.
+                                                           A subscriber too slow for its bounded
+                                                           buffer gets error ``too_slow`` naming
+                                                           the last seq it was sent.
+``status``     -                                           ``{"ok", "pid", "uptime", "last_seq",
+                                                           "reconciling"}``
+``info``       -                                           ``{"version", "pid", "root", "socket",
+                                                           "last_seq", "containers": {state: n},
+                                                           "shims", "snapshot_seq"}``
+``shutdown``   -                                           ``None``; the daemon flushes and exits,
+                                                           containers keep running
+``exec``       ``id``, ``command``, ``env``, ``cwd``       (OCI issue) stream of output items, then
+                                                           ``{"exit_status"}``
+=============  ==========================================  =========================================
+
+Error codes: ``invalid`` (bad params, bad id), ``not_found``, ``conflict`` (wrong state, id in
+use), ``unknown_method``, ``protocol``, ``exec_failed``, ``no_space`` (the log cannot be written:
+nothing was changed), ``unavailable`` (the shim cannot be reached), ``internal``.
+
+Times in results are unix nanoseconds (ints); supervisorctl renders them (RFC 3339 in ``--json``).
+"""
+
+from __future__ import annotations
+
+#: ``ps`` row fields, in the order supervisorctl prints them (the ``--json`` promise of DESIGN.md).
+PS_FIELDS = ("id", "state", "pid", "exit_status", "restarts", "runtime", "created", "started",
+             "finished")
+
+#: Container states shown to users. ``unknown`` until a recovered container is reconciled.
+STATES = ("created", "running", "stopped", "unknown")
+
+#: Fields of an exit result.
+EXIT_FIELDS = ("id", "pid", "exit_status", "signal", "exited_at")
+
+#: Params of a spec sent by ``create``/``run`` (all optional except ``command``).
+SPEC_PARAMS = {
+    "name": None,          # becomes the id; generated when absent
+    "command": [],         # argv
+    "env": {},             # added to a default PATH
+    "cwd": None,
+    "runtime": "process",  # process | runc | crun | /path/to/runtime
+    "rootfs": None,
+    "bundle": None,
+    "init": False,
+    "memory": None,        # bytes
+    "cpus": None,
+    "pids_limit": None,
+    "user": None,
+    "stop_signal": 15,
+    "stop_timeout": 10.0,
+    "labels": {},
+    "log_max_size": None,
+    "log_keep": None,
+}
+
+METHODS = frozenset({"create", "start", "run", "stop", "kill", "restart", "rm", "ps", "inspect",
+                     "wait", "logs", "events", "status", "info", "shutdown", "exec"})
