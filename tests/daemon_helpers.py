@@ -1,0 +1,209 @@
+"""A real supervisord process for tests: start, call, kill -9, restart, clean up everything.
+
+Usage in a test module::
+
+    from daemon_helpers import Daemon, daemon, daemon_factory  # noqa: F401  (fixtures)
+
+    def test_something(daemon):          # a started daemon on the test's root
+        daemon.call("ps", all=True)
+        daemon.kill9(); daemon.start()
+
+Every fixture-made daemon is stopped at teardown and every process whose command line names
+the root (the daemon, its shims, their containers and descendants) is killed by pid and
+waited for, so the conftest leak guard stays green even when a test fails half-way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import kill_and_wait, processes_naming, reap_adopted_orphans
+
+from events import wire
+from events.rpc import BlockingConnection
+
+__all__ = ["Daemon", "daemon", "daemon_factory"]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Daemon:
+    """One supervisord on ``root``; ``start()`` returns once the socket answers ``status``."""
+
+    def __init__(self, root: str | os.PathLike[str], *args: str,
+                 stderr_path: str | os.PathLike[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.root = Path(root)
+        self.args = list(args)
+        self.socket = str(self.root / "supervisord.sock")
+        self.stderr_path = Path(stderr_path or self.root.parent / f"{self.root.name}.stderr")
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "supervisor.daemon", "--root", str(self.root),
+                "--log-format", "json", *self.args]
+
+    def start(self, timeout: float = 15.0, expect_fail: bool = False) -> Daemon:
+        """Start the daemon and wait until ``status`` answers (or, with ``expect_fail``, exits)."""
+        assert self.proc is None or self.proc.poll() is not None, "daemon already running"
+        self.root.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ if self.env is None else self.env)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        self.starts += 1
+        err = open(self.stderr_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
+                                         stdout=err, stderr=err, env=env, cwd=REPO)
+        finally:
+            err.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                if expect_fail:
+                    return self
+                raise RuntimeError(f"supervisord exited with {code}:\n{self.stderr()[-4000:]}")
+            if not expect_fail:
+                with contextlib.suppress(OSError, wire.ProtocolError, wire.RemoteError), \
+                        BlockingConnection(self.socket, timeout=2) as conn:
+                    conn.call("status")
+                    return self
+            if time.monotonic() > deadline:
+                if expect_fail:
+                    raise RuntimeError("supervisord was expected to fail but kept running")
+                raise TimeoutError(f"supervisord did not answer in {timeout}s:\n"
+                                   f"{self.stderr()[-4000:]}")
+            time.sleep(0.01)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        """SIGKILL the daemon (only the daemon: shims and containers must survive it)."""
+        if self.running():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM and wait; returns the exit code. SIGKILL if it does not stop in time."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise
+        return self.proc.returncode
+
+    def wait_exit(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def restart(self, kill: bool = False) -> Daemon:
+        """Stop (SIGTERM, or SIGKILL with ``kill``) and start again on the same root."""
+        if kill:
+            self.kill9()
+        else:
+            self.stop()
+        return self.start()
+
+    def stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # -- API -----------------------------------------------------------------------------------
+
+    def connect(self, timeout: float | None = 30.0) -> BlockingConnection:
+        return BlockingConnection(self.socket, timeout=timeout)
+
+    def call(self, method: str, timeout: float | None = 30.0, **params: Any) -> Any:
+        """One request on a fresh connection; an error reply raises ``wire.RemoteError``."""
+        with self.connect(timeout) as conn:
+            return conn.call(method, **params)
+
+    def stream(self, method: str, timeout: float | None = 30.0, **params: Any) -> list[Any]:
+        """All items of a stream that ends (e.g. ``events`` without ``follow``)."""
+        with self.connect(timeout) as conn:
+            return list(conn.stream(method, **params))
+
+    def run(self, *command: str, **spec: Any) -> str:
+        """``run`` a container; returns its id."""
+        return self.call("run", spec={"command": list(command), **spec})["id"]
+
+    def ps(self, all: bool = True) -> dict[str, dict[str, Any]]:
+        return {row["id"]: row for row in self.call("ps", all=all)}
+
+    def wait_for(self, predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
+        """Poll ``predicate()`` until it is truthy; returns its value or raises TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"condition not met in {timeout}s; last value {value!r}")
+            time.sleep(interval)
+
+    # -- cleanup -------------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        """Kill the daemon and every shim/container under the root, by pid, and wait for them."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        kill_and_wait(processes_naming(str(self.root)))
+        reap_adopted_orphans()
+
+
+@pytest.fixture
+def daemon_factory(root: Path) -> Iterator[Any]:
+    """``make(root=None, *args, start=True)`` -> Daemon; all of them are cleaned up."""
+    made: list[Daemon] = []
+
+    def make(*args: str, root_dir: str | os.PathLike[str] | None = None,
+             start: bool = True, **kwargs: Any) -> Daemon:
+        d = Daemon(root_dir or root, *args, **kwargs)
+        made.append(d)
+        if start:
+            d.start()
+        return d
+
+    try:
+        yield make
+    finally:
+        for d in made:
+            d.cleanup()
+
+
+@pytest.fixture
+def daemon(daemon_factory: Any) -> Daemon:
+    """A started supervisord on the test's root, cleaned up (with all its shims) afterwards."""
+    return daemon_factory()
