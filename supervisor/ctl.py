@@ -1,0 +1,659 @@
+"""``supervisorctl``: the command line of Tether, a blocking client of ``ROOT/supervisord.sock``.
+
+Fast on purpose: a one-shot command is one short-lived process, so its cost is mostly imports.
+This module imports only argparse, os, sys and (when a command needs them) the sans-IO codec and
+the blocking client :mod:`events.rpc`; never trio, never structlog (trio alone costs 90 ms).
+
+The commands and their flags are DESIGN.md's CLI table, a promise to users; so are the exit codes
+(0 ok, 1 failed, 2 usage, 130 interrupted) and the ``--json`` lines. Every error goes to stderr,
+says what went wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from events.rpc import BlockingConnection
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+#: Seconds a one-shot request may wait for the daemon. Long enough for a group commit under
+#: load, short enough that a wedged daemon gives an error rather than a hung terminal.
+CALL_TIMEOUT = 30.0
+#: Longest socket path the kernel accepts (``sun_path`` is 108 bytes with its NUL).
+MAX_SOCKET_PATH = 107
+
+
+class CtlError(Exception):
+    """A failure to report on stderr (no traceback) with its exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def default_root() -> str:
+    """DESIGN.md's default: ``/var/lib/tether`` for root, a per-user state dir otherwise."""
+    if os.geteuid() == 0:
+        return "/var/lib/tether"
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "tether")
+
+
+def socket_path(root: str | None, sock: str | None) -> str:
+    if sock:
+        return sock
+    return os.path.join(root or default_root(), "supervisord.sock")
+
+
+# -- parsing helpers ---------------------------------------------------------------------------
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``64m``, ``1g``, ``512k``, ``1048576`` (bytes) -> bytes; binary units like docker's."""
+    s = text.strip().lower()
+    if s.endswith("ib"):
+        s = s[:-2]
+    elif s.endswith("b") and len(s) > 1 and not s[-2].isdigit():
+        s = s[:-1]
+    unit = s[-1:] if s[-1:].isalpha() else ""
+    number = s[: len(s) - len(unit)]
+    if unit not in _SIZE_UNITS or not number:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}: use bytes or a number with k, m, g or t (e.g. 64m, 1g)")
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid size {text!r}: use bytes or a number with k, m, g or t (e.g. 64m, 1g)"
+        ) from None
+    result = int(value * _SIZE_UNITS[unit])
+    if result <= 0:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: must be more than 0 bytes")
+    return result
+
+
+def parse_signal(text: str) -> int:
+    """``TERM``, ``SIGTERM``, ``term``, ``15`` -> 15. Checked here so a typo is a usage error."""
+    import signal  # only `kill` pays for it (it imports enum)
+
+    s = text.strip()
+    if s.isdigit():
+        number = int(s)
+        if not 0 < number < signal.NSIG:
+            raise argparse.ArgumentTypeError(f"invalid signal number {number}")
+        return number
+    name = s.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    sig = getattr(signal, name, None)
+    if not isinstance(sig, signal.Signals):
+        raise argparse.ArgumentTypeError(
+            f"unknown signal {text!r}: use a name like TERM, KILL, HUP, INT, USR1 or a number")
+    return int(sig)
+
+
+def parse_env(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not key:
+        raise argparse.ArgumentTypeError(f"invalid environment variable {text!r}: use KEY=VALUE")
+    if not sep:  # docker's `-e KEY`: take it from our environment
+        if key not in os.environ:
+            raise argparse.ArgumentTypeError(
+                f"-e {key}: not set in this environment; use KEY=VALUE")
+        value = os.environ[key]
+    return key, value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {text!r}")
+    return value
+
+
+# -- the parser --------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so the interactive shell survives a typo."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CtlError(f"{self.prog}: {message}\nTry '{self.prog} --help'.", EXIT_USAGE)
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        if message:
+            sys.stderr.write(message)
+        raise _ParserExit(status)
+
+
+class _ShellParser(_Parser):
+    """The parser of one shell line: its hints point at the shell's `help`."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        name = self.prog.strip()
+        where = f"{name}: " if name else ""
+        raise CtlError(f"{where}{message}\nTry 'help {name}'.".replace("help '", "help'"),
+                       EXIT_USAGE)
+
+
+class _ParserExit(Exception):
+    """``--help`` was printed: stop here with ``status`` (0)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _add_spec_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", help="the container's id (generated when absent)")
+    p.add_argument("--runtime", default="process", choices=("process", "runc", "crun"),
+                   help="how to run it: a plain process (default) or an OCI runtime")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--rootfs", metavar="DIR", help="root filesystem (OCI runtimes)")
+    where.add_argument("--bundle", metavar="DIR", help="an OCI bundle (config.json + rootfs)")
+    p.add_argument("-e", "--env", metavar="K=V", action="append", type=parse_env, default=[],
+                   help="set an environment variable (repeatable)")
+    p.add_argument("--cwd", metavar="D", help="working directory of the command")
+    p.add_argument("--init", action="store_true",
+                   help="run an init (tini) as pid 1 that reaps zombies and forwards signals")
+    p.add_argument("--memory", metavar="M", type=parse_size,
+                   help="memory limit: bytes, or with a unit (64m, 1g)")
+    p.add_argument("command", nargs="+", metavar="CMD",
+                   help="the command and its arguments (put them after --)")
+
+
+def build_parser(prog: str = "supervisorctl", shell: bool = False) -> _Parser:
+    """The whole CLI. ``shell=True`` builds the parser of one line of the interactive shell."""
+    cls = _ShellParser if shell else _Parser
+    parser = cls(
+        prog=prog,
+        description="Control supervisord: run, list, stop and watch containers.",
+        epilog="With no command: an interactive shell. Exit codes: 0 ok, 1 failed, 2 usage.",
+    )
+    if not shell:
+        target = parser.add_mutually_exclusive_group()
+        target.add_argument("--root", metavar="DIR",
+                            help=f"supervisord's root (default: {default_root()})")
+        target.add_argument("--socket", metavar="PATH",
+                            help="the API socket (default: ROOT/supervisord.sock)")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=cls)
+
+    spec_usage = "%(prog)s [options] -- CMD [ARGS...]"
+    p = sub.add_parser("run", help="create and start a container, print its id", usage=spec_usage)
+    _add_spec_arguments(p)
+    p = sub.add_parser("create", help="create a container without starting it, print its id",
+                       usage=spec_usage)
+    _add_spec_arguments(p)
+    p = sub.add_parser("start", help="start a created container")
+    p.add_argument("ids", nargs="+", metavar="ID")
+
+    p = sub.add_parser("ps", help="list containers")
+    p.add_argument("-a", "--all", action="store_true", help="include stopped containers")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    p = sub.add_parser("inspect", help="full JSON of a container: state, spec, history")
+    p.add_argument("id", metavar="ID")
+
+    p = sub.add_parser("stop", help="SIGTERM, then SIGKILL after the grace time")
+    p.add_argument("-t", "--time", type=non_negative_float, metavar="SECONDS",
+                   help="grace time before SIGKILL (default: the container's, 10 s)")
+    p.add_argument("ids", nargs="+", metavar="ID")
+
+    p = sub.add_parser("kill", help="send a signal to a container (default KILL)")
+    p.add_argument("-s", "--signal", type=parse_signal, default="KILL", metavar="SIGNAL",
+                   help="a name (TERM, SIGTERM) or a number (default KILL)")
+    p.add_argument("ids", nargs="+", metavar="ID")
+
+    p = sub.add_parser("restart", help="stop a container and start it again")
+    p.add_argument("-t", "--time", type=non_negative_float, metavar="SECONDS",
+                   help="grace time before SIGKILL")
+    p.add_argument("ids", nargs="+", metavar="ID")
+
+    p = sub.add_parser("rm", help="remove a container (-f: even if running)")
+    p.add_argument("-f", "--force", action="store_true", help="kill it first if it runs")
+    p.add_argument("ids", nargs="+", metavar="ID")
+
+    p = sub.add_parser("wait", help="block until a container exits; exit with its status")
+    p.add_argument("id", metavar="ID")
+
+    p = sub.add_parser("logs", help="a container's output")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    p.add_argument("--tail", type=non_negative_int, metavar="N", help="only the last N lines")
+    p.add_argument("id", metavar="ID")
+
+    p = sub.add_parser("exec", help="run another process in a running container")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("command", nargs="+", metavar="CMD")
+
+    p = sub.add_parser("events", help="the event log, then live events with --follow")
+    p.add_argument("--since", type=non_negative_int, default=0, metavar="SEQ",
+                   help="only events after this seq (default: from the start)")
+    p.add_argument("--type", dest="types", action="append", metavar="T",
+                   help="only this type or type prefix, e.g. task.exit or task (repeatable)")
+    p.add_argument("--id", dest="ids", action="append", metavar="ID",
+                   help="only this container's events (repeatable)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    p = sub.add_parser("status", help="is the daemon up and healthy")
+    p.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
+    p = sub.add_parser("info", help="version, paths, counts")
+    p.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
+    sub.add_parser("shutdown", help="stop the daemon (containers keep running)")
+    if shell:
+        sub.add_parser("help", help="list commands, or `help COMMAND`").add_argument(
+            "topic", nargs="?")
+        sub.add_parser("quit", help="leave the shell")
+    return parser
+
+
+# -- talking to the daemon ---------------------------------------------------------------------
+
+
+class Target:
+    """Where the daemon is, and how to say so when it is not there."""
+
+    def __init__(self, root: str | None, sock: str | None) -> None:
+        self.root = root
+        self.path = socket_path(root, sock)
+        self.explicit_socket = sock is not None
+
+    def _start_hint(self) -> str:
+        if self.explicit_socket:
+            return "supervisord --root DIR (the socket is DIR/supervisord.sock)"
+        return f"supervisord --root {self.root or default_root()}"
+
+    def connect(self, timeout: float | None = CALL_TIMEOUT) -> BlockingConnection:
+        from events import wire
+        from events.rpc import BlockingConnection
+
+        if len(os.fsencode(self.path)) > MAX_SOCKET_PATH:
+            raise CtlError(
+                f"socket path {self.path} is {len(os.fsencode(self.path))} bytes, over the "
+                f"kernel's {MAX_SOCKET_PATH}-byte limit; use a shorter --root or --socket")
+        try:
+            return BlockingConnection(self.path, timeout=timeout)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise CtlError(
+                f"cannot connect to {self.path}: {exc.strerror} — is supervisord running? "
+                f"({self._start_hint()})") from None
+        except PermissionError as exc:
+            raise CtlError(
+                f"cannot connect to {self.path}: {exc.strerror} — run as root or as a member of "
+                "the socket's group (supervisord --group NAME)") from None
+        except TimeoutError:
+            raise CtlError(
+                f"{self.path}: supervisord did not answer the hello within {timeout:g} s — is "
+                "it stuck? (check its log, or restart it: containers keep running)") from None
+        except ConnectionError as exc:
+            raise CtlError(
+                f"{self.path}: the connection was closed during the hello ({exc}) — is "
+                "supervisord shutting down?") from None
+        except wire.RemoteError as exc:
+            raise CtlError(f"{self.path}: supervisord refused the connection: {exc}") from None
+        except wire.ProtocolError as exc:
+            raise CtlError(
+                f"{self.path}: not a supervisord of this version ({exc}); is it the right "
+                "socket, and are supervisorctl and supervisord from the same release?") from None
+
+
+_HINTS = {
+    "not_found": "`supervisorctl ps -a` lists the containers",
+    "conflict": "`supervisorctl ps -a` shows each container's state",
+    "unknown_method": "supervisord is older than this supervisorctl; upgrade it",
+    "no_space": "free disk space under the root, then try again: nothing was changed",
+    "unavailable": "the container's shim cannot be reached; `supervisorctl inspect ID` shows why",
+}
+
+
+def remote_message(command: str, exc: Any) -> str:
+    """An error reply of the daemon, as a sentence with a hint when we have one."""
+    hint = _HINTS.get(exc.code)
+    text = f"{command}: {exc.message} ({exc.code})"
+    return f"{text}\n  hint: {hint}" if hint else text
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text)
+
+
+def _spec(args: argparse.Namespace) -> dict[str, Any]:
+    spec: dict[str, Any] = {"command": list(args.command), "runtime": args.runtime,
+                            "env": dict(args.env)}
+    for key in ("name", "cwd", "rootfs", "bundle", "memory"):
+        value = getattr(args, key)
+        if value is not None:
+            spec[key] = value
+    if args.init:
+        spec["init"] = True
+    return spec
+
+
+def cmd_run(t: Target, args: argparse.Namespace) -> int:
+    with t.connect() as c:
+        result = c.call(args.cmd, spec=_spec(args))
+    _out(f"{result['id']}\n")
+    return EXIT_OK
+
+
+def _each(ids: Sequence[str], what: str, action: Callable[[str], Any]) -> int:
+    """Apply ``action`` to every id like docker: report each failure, go on, exit 1 if any."""
+    from events import wire
+
+    status = EXIT_OK
+    for cid in ids:
+        try:
+            action(cid)
+        except wire.RemoteError as exc:
+            sys.stderr.write(f"supervisorctl {remote_message(f'{what} {cid}', exc)}\n")
+            status = EXIT_FAILED
+        else:
+            _out(f"{cid}\n")
+            sys.stdout.flush()
+    return status
+
+
+def cmd_start(t: Target, args: argparse.Namespace) -> int:
+    with t.connect() as c:
+        return _each(args.ids, "start", lambda cid: c.call("start", id=cid))
+
+
+def cmd_stop(t: Target, args: argparse.Namespace) -> int:
+    # Waits for the exit to be durable: the grace time plus a margin for SIGKILL and fsync.
+    timeout = None if args.time is None else args.time + CALL_TIMEOUT
+    params = {} if args.time is None else {"timeout": args.time}
+    with t.connect(timeout=None if args.time is None else timeout) as c:
+        return _each(args.ids, "stop", lambda cid: c.call("stop", id=cid, **params))
+
+
+def cmd_restart(t: Target, args: argparse.Namespace) -> int:
+    params = {} if args.time is None else {"timeout": args.time}
+    with t.connect(timeout=None) as c:
+        return _each(args.ids, "restart", lambda cid: c.call("restart", id=cid, **params))
+
+
+def cmd_kill(t: Target, args: argparse.Namespace) -> int:
+    with t.connect() as c:
+        return _each(args.ids, "kill", lambda cid: c.call("kill", id=cid, signal=args.signal))
+
+
+def cmd_rm(t: Target, args: argparse.Namespace) -> int:
+    with t.connect(timeout=None if args.force else CALL_TIMEOUT) as c:
+        return _each(args.ids, "rm", lambda cid: c.call("rm", id=cid, force=args.force))
+
+
+def cmd_ps(t: Target, args: argparse.Namespace) -> int:
+    import time
+
+    from supervisor import ctl_render
+
+    with t.connect() as c:
+        rows = c.call("ps", all=args.all)
+    rows = list(rows or [])
+    if args.json:
+        _out(ctl_render.ps_json_lines(rows))
+    else:
+        _out(ctl_render.ps_table(rows, time.time_ns()))
+    return EXIT_OK
+
+
+def cmd_inspect(t: Target, args: argparse.Namespace) -> int:
+    from supervisor import ctl_render
+
+    with t.connect() as c:
+        obj = c.call("inspect", id=args.id)
+    _out(ctl_render.inspect_json(obj) + "\n")
+    return EXIT_OK
+
+
+def cmd_wait(t: Target, args: argparse.Namespace) -> int:
+    with t.connect() as c:
+        c.settimeout(None)  # a container may run for days
+        result = c.call("wait", id=args.id)
+    status = (result or {}).get("exit_status")
+    if status is None:
+        _out("unknown\n")
+        sys.stderr.write(f"supervisorctl wait {args.id}: the exit status is unknown "
+                         "(its shim was lost); `supervisorctl inspect` shows what is known\n")
+        return EXIT_FAILED
+    _out(f"{status}\n")
+    return int(status) & 0xFF
+
+
+def _write_line(item: dict[str, Any]) -> None:
+    """One log item to its stream; a partial line is continued by the next item, so no newline."""
+    stream = sys.stderr if item.get("stream") == "stderr" else sys.stdout
+    line = item.get("line", b"")
+    data = line if isinstance(line, bytes | bytearray) else str(line).encode("utf-8", "replace")
+    stream.flush()
+    stream.buffer.write(data if item.get("partial") else bytes(data) + b"\n")
+
+
+def cmd_logs(t: Target, args: argparse.Namespace) -> int:
+    with t.connect() as c:
+        if args.follow:
+            c.settimeout(None)
+        for item in c.stream("logs", id=args.id, tail=args.tail, follow=args.follow):
+            _write_line(item)
+            if args.follow:
+                sys.stdout.buffer.flush()
+                sys.stderr.buffer.flush()
+    return EXIT_OK
+
+
+def cmd_exec(t: Target, args: argparse.Namespace) -> int:
+    status = EXIT_OK
+    with t.connect(timeout=None) as c:
+        for item in c.stream("exec", id=args.id, command=list(args.command)):
+            if "exit_status" in item and "line" not in item:
+                status = int(item["exit_status"] or 0) & 0xFF
+                continue
+            _write_line(item)
+            sys.stdout.buffer.flush()
+    return status
+
+
+def cmd_events(t: Target, args: argparse.Namespace) -> int:
+    from events import wire
+    from supervisor import ctl_render
+
+    render = ctl_render.event_json if args.json else ctl_render.event_line
+    last = args.since
+    params: dict[str, Any] = {"since": args.since, "follow": args.follow}
+    if args.types:
+        params["types"] = args.types
+    if args.ids:
+        params["ids"] = args.ids
+    with t.connect() as c:
+        c.settimeout(None)  # history can be long, and --follow waits for new events
+        try:
+            for record in c.stream("events", **params):
+                _out(render(record) + "\n")
+                last = record.get("seq", last)
+                if args.follow:
+                    sys.stdout.flush()
+        except wire.RemoteError as exc:
+            if exc.code != "too_slow":
+                raise
+            sys.stdout.flush()
+            raise CtlError(
+                f"events: {exc.message} (too_slow): this reader fell behind the daemon's buffer "
+                f"and was cut off after seq {last}; resume without a gap with: supervisorctl "
+                f"events --since {last}{' --follow' if args.follow else ''}") from None
+    return EXIT_OK
+
+
+def _print_map(obj: Any, as_json: bool) -> None:
+    from supervisor import ctl_render
+
+    if as_json or not isinstance(obj, dict):
+        _out(ctl_render.dumps(obj) + "\n")
+        return
+    width = max((len(str(k)) for k in obj), default=0)
+    for key, value in obj.items():
+        shown = ctl_render.dumps(value) if isinstance(value, dict | list) else value
+        _out(f"{str(key) + ':':<{width + 1}} {shown}\n")
+
+
+def cmd_status(t: Target, args: argparse.Namespace) -> int:
+    with t.connect() as c:
+        result = c.call("status")
+    _print_map(result, args.json)
+    return EXIT_OK if isinstance(result, dict) and result.get("ok", True) else EXIT_FAILED
+
+
+def cmd_info(t: Target, args: argparse.Namespace) -> int:
+    with t.connect() as c:
+        result = c.call("info")
+    _print_map(result, args.json)
+    return EXIT_OK
+
+
+#: Seconds ``shutdown`` waits for the daemon's process to be gone before it says so.
+SHUTDOWN_WAIT = 15.0
+
+
+def cmd_shutdown(t: Target, args: argparse.Namespace) -> int:
+    """Ask the daemon to stop, then wait until it has: scripts may restart it right after."""
+    import time
+
+    with t.connect() as c:
+        pid = c.peer.get("pid")
+        c.call("shutdown")
+        deadline = time.monotonic() + SHUTDOWN_WAIT
+        c.settimeout(SHUTDOWN_WAIT)
+        try:  # the daemon closes our connection as it exits
+            while time.monotonic() < deadline:
+                c.recv()
+        except (OSError, ValueError):
+            pass
+    while isinstance(pid, int) and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            break  # not ours to watch (another user); the closed socket will have to do
+        time.sleep(0.02)
+    else:
+        if isinstance(pid, int):
+            sys.stderr.write(f"supervisorctl shutdown: supervisord (pid {pid}) is still running "
+                             f"after {SHUTDOWN_WAIT:g} s\n")
+            return EXIT_FAILED
+    _out(f"supervisord{f' (pid {pid})' if pid else ''} stopped; containers keep running\n")
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[Target, argparse.Namespace], int]] = {
+    "run": cmd_run, "create": cmd_run, "start": cmd_start, "ps": cmd_ps, "inspect": cmd_inspect,
+    "stop": cmd_stop, "kill": cmd_kill, "restart": cmd_restart, "rm": cmd_rm, "wait": cmd_wait,
+    "logs": cmd_logs, "exec": cmd_exec, "events": cmd_events, "status": cmd_status,
+    "info": cmd_info, "shutdown": cmd_shutdown,
+}
+
+#: Commands for which a dropped connection means "the daemon went away" rather than a bug.
+_LONG_RUNNING = {"wait", "logs", "events", "exec"}
+
+
+def dispatch(t: Target, args: argparse.Namespace) -> int:
+    """Run one parsed command; every expected failure becomes a :class:`CtlError`."""
+    from events import wire
+
+    command = args.cmd
+    try:
+        return COMMANDS[command](t, args)
+    except wire.RemoteError as exc:
+        raise CtlError(remote_message(command, exc)) from None
+    except TimeoutError:
+        raise CtlError(
+            f"{command}: no answer from supervisord at {t.path} within {CALL_TIMEOUT:g} s — is "
+            "it overloaded or stuck? (`supervisorctl status`)") from None
+    except ConnectionError as exc:
+        what = "while streaming" if command in _LONG_RUNNING else "before answering"
+        raise CtlError(
+            f"{command}: supervisord closed the connection {what} ({exc}) — did it stop or "
+            f"crash? Containers keep running; restart it ({t._start_hint()}) and "
+            "try again") from None
+    except wire.ProtocolError as exc:
+        raise CtlError(f"{command}: supervisord sent something unexpected: {exc}") from None
+
+
+def _quiet_broken_pipe() -> int:
+    """``supervisorctl ps | head -1``: the reader left; exit without a traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    return EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        target = Target(args.root, args.socket)
+        if args.cmd is None:
+            from supervisor.ctl_shell import Shell
+
+            return Shell(target).run()
+        code = dispatch(target, args)
+        sys.stdout.flush()
+        return code
+    except _ParserExit as exc:
+        return exc.status
+    except CtlError as exc:
+        sys.stdout.flush()
+        message = str(exc)
+        if exc.code != EXIT_USAGE and not message.startswith("supervisorctl"):
+            message = f"supervisorctl {message}" if _starts_with_command(message) else \
+                f"supervisorctl: {message}"
+        sys.stderr.write(message + "\n")
+        return exc.code
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+
+
+def _starts_with_command(message: str) -> bool:
+    head = message.split(":", 1)[0].split(" ", 1)[0]
+    return head in COMMANDS
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,87 @@
+"""The interactive ``supervisorctl`` (no command given): the same commands, one per line.
+
+Like Supervisor's own ``supervisorctl`` shell: a :class:`cmd.Cmd` loop with ``help`` and ``quit``.
+Every line is parsed by the very parser of the one-shot CLI (:func:`supervisor.ctl.build_parser`),
+so the shell can never drift from the command line. Each command opens its own connection: the
+shell outlives a daemon restart without noticing.
+"""
+
+from __future__ import annotations
+
+import cmd
+import contextlib
+import shlex
+import sys
+
+from supervisor import ctl
+
+
+class Shell(cmd.Cmd):
+    intro = "Tether supervisorctl. Type `help` for the commands, `quit` to leave."
+    prompt = "tether> "
+
+    def __init__(self, target: ctl.Target) -> None:
+        super().__init__()
+        self.target = target
+        self.parser = ctl.build_parser(prog="", shell=True)
+        self.status = ctl.EXIT_OK
+
+    def run(self) -> int:
+        if not sys.stdin.isatty():
+            self.intro = None
+            self.prompt = ""
+        while True:
+            try:
+                self.cmdloop()
+                return self.status
+            except KeyboardInterrupt:  # Ctrl-C cancels the line (or a `logs -f`), not the shell
+                sys.stdout.write("\n")
+                self.intro = None
+
+    # cmd.Cmd hooks -------------------------------------------------------------------------
+
+    def emptyline(self) -> bool:
+        return False  # do not repeat the last command (it could be `rm`)
+
+    def default(self, line: str) -> bool:
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            sys.stderr.write(f"{exc}\n")
+            self.status = ctl.EXIT_USAGE
+            return False
+        if not words:
+            return False
+        try:
+            args = self.parser.parse_args(words)
+            self.status = ctl.dispatch(self.target, args)
+        except ctl._ParserExit as exc:
+            self.status = exc.status
+        except ctl.CtlError as exc:
+            sys.stdout.flush()
+            sys.stderr.write(f"{str(exc).lstrip(': ')}\n")
+            self.status = exc.code
+        sys.stdout.flush()
+        return False
+
+    def do_help(self, arg: str) -> bool:
+        topic = arg.strip()
+        if topic and topic in ctl.COMMANDS:
+            with contextlib.suppress(ctl._ParserExit):
+                self.parser.parse_args([topic, "--help"])
+        else:
+            self.parser.print_help()
+        return False
+
+    def do_quit(self, arg: str) -> bool:
+        return True
+
+    do_exit = do_quit
+
+    def do_EOF(self, arg: str) -> bool:
+        if sys.stdin.isatty():
+            sys.stdout.write("\n")
+        return True
+
+    def completenames(self, text: str, *ignored: object) -> list[str]:
+        return [c for c in [*ctl.COMMANDS, "help", "quit"] if c.startswith(text)]
