@@ -1,0 +1,135 @@
+"""``shim start``: double fork a detached shim and report once it is ready.
+
+The starter (supervisord's child) forks an intermediate that calls ``setsid`` and forks the
+shim, then exits: the shim is never a child of its starter, so the starter (and supervisord)
+may die at any time. The shim reports over a *ready pipe*, the only fd it keeps from the
+starter: ``pid N`` (from the intermediate), then ``ready {json}`` or ``error <reason>``. The
+starter prints the JSON line and exits 0, or prints the reason and exits 1 after making sure the
+shim is gone (a shim that failed kills its own container first). Because the shim closes every
+other inherited fd, a caller that gave the starter pipes (``subprocess`` with ``stdout=PIPE``)
+sees EOF as soon as the starter exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import sys
+import time
+
+#: How long the starter waits for ready: creating a process takes milliseconds; this only
+#: bounds a wedged start (a hung filesystem) so supervisord is never stuck on it.
+READY_TIMEOUT = 30.0
+
+
+def start(root: str, container_id: str, ready_timeout: float = READY_TIMEOUT) -> int:
+    """The ``start`` command; returns the exit code."""
+    ready_r, ready_w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(ready_r)
+            os.setsid()
+            shim = os.fork()
+            if shim == 0:
+                try:
+                    serve(root, container_id, ready_w)
+                finally:
+                    os._exit(0)
+            os.write(ready_w, b"pid %d\n" % shim)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.waitpid(middle, 0)
+    lines = _read_lines(ready_r, time.monotonic() + ready_timeout)
+    os.close(ready_r)
+    shim_pid = next((int(v) for k, v in lines if k == "pid"), 0)
+    for kind, value in lines:
+        if kind == "ready":
+            sys.stdout.write(value + "\n")
+            sys.stdout.flush()
+            return 0
+    reason = next((v for k, v in lines if k == "error"),
+                  f"the shim did not report ready within {ready_timeout:g} s or died")
+    if shim_pid:  # never leave a half-started shim behind
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(shim_pid, signal.SIGKILL)
+    sys.stderr.write(f"shim start {container_id}: {reason}\n")
+    return 1
+
+
+def _read_lines(fd: int, deadline: float) -> list[tuple[str, str]]:
+    data = b""
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+        if b"\nready " in b"\n" + data and data.endswith(b"\n"):
+            break
+    lines = []
+    for line in data.decode(errors="replace").splitlines():
+        kind, _, value = line.partition(" ")
+        lines.append((kind, value))
+    return lines
+
+
+def serve(root: str, container_id: str, ready_w: int) -> None:
+    """The shim process: detach from everything inherited, create the container, report, loop."""
+    from events import shim_api
+    from shim import osutil
+    from shim.runtime import make_runtime
+    from shim.server import Shim
+
+    shim: Shim | None = None
+    files: list[str] = []
+    try:
+        directory = str(shim_api.shim_dir(root, container_id))
+        null = os.open("/dev/null", os.O_RDWR)
+        log_fd = os.open(os.path.join(directory, shim_api.SHIM_LOG),
+                         os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.dup2(log_fd, 2)  # a traceback we did not foresee lands in shim.log
+        osutil.close_fds({ready_w})
+        diag = osutil.Diag(2)
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_IGN)
+        osutil.set_subreaper()
+        osutil.take_lock(directory)  # held (fd open) until we exit
+        spec = shim_api.read_spec(directory)
+        if spec.get("id") != container_id or not spec.get("instance"):
+            raise ValueError(f"{directory}/{shim_api.SPEC_FILE}: id {spec.get('id')!r} and "
+                             f"instance {spec.get('instance')!r} must match {container_id!r}")
+        address = osutil.socket_path(directory)
+        listener = osutil.bind_unix(address)
+        files = [address]
+        for name, value in ((shim_api.PID_FILE, str(os.getpid())),
+                            (shim_api.ADDRESS_FILE, address)):
+            shim_api.write_atomic(os.path.join(directory, name), value.encode())
+            files.append(os.path.join(directory, name))
+        shim = Shim(directory, spec, listener, address, make_runtime(spec), diag)
+        task_pid = shim.create()
+        diag.log("info", "ready", address=address, task_pid=task_pid, instance=spec["instance"])
+        ready = {"pid": os.getpid(), "address": address, "task_pid": task_pid}
+        os.write(ready_w, b"ready " + json.dumps(ready).encode() + b"\n")
+    except BaseException as exc:
+        if shim is not None:
+            shim.abort()
+        for path in files:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        reason = str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(OSError):
+            os.write(2, json.dumps({"level": "error", "event": "start_failed",
+                                    "error": reason}).encode() + b"\n")
+            os.write(ready_w, b"error " + reason.replace("\n", " ").encode() + b"\n")
+        return
+    finally:
+        os.close(ready_w)
+    shim.run()

@@ -1,0 +1,155 @@
+"""Small OS helpers the shim needs and the standard library lacks: subreaper, fd hygiene, the
+lock that makes a shim unique per container, the short socket path, and the diagnostics log.
+
+Kept apart from the server so that each piece can be read (and audited) on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+from typing import Any
+
+PR_SET_CHILD_SUBREAPER = 36
+#: ``sun_path`` is 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+SOCKET_NAME = "shim.sock"
+LOCK_NAME = "shim.lock"
+
+_libc: Any = None
+
+
+def libc() -> Any:
+    """ctypes' libc, loaded on first use: only prctl and unshare need it."""
+    global _libc
+    if _libc is None:
+        import ctypes
+
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def set_subreaper() -> None:
+    """Make orphaned descendants reparent to us, so we can reap them and the container init."""
+    if libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+
+
+def unshare(flags: int) -> None:
+    """unshare(2) (``os.unshare`` exists only from Python 3.12)."""
+    if libc().unshare(flags) != 0:
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare({flags:#x}): {os.strerror(err)}")
+
+
+def close_fds(keep: set[int]) -> None:
+    """Close every fd >= 3 not in *keep*, so no inherited pipe keeps a caller waiting."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, os.sysconf("SC_OPEN_MAX")))
+    for fd in fds:
+        if fd >= 3 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def take_lock(directory: str) -> int:
+    """Hold ``directory/shim.lock`` (flock) for our whole life: a second shim for the same id
+    fails here. The kernel drops the lock when we die, however we die, so no stale lock."""
+    path = os.path.join(directory, LOCK_NAME)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise OSError(exc.errno, f"flock({path}): another shim is already running for this "
+                          "container") from None
+        raise OSError(exc.errno, f"flock({path}): {exc.strerror}") from None
+    return fd
+
+
+def socket_path(directory: str) -> str:
+    """``directory/shim.sock``, or a short fallback when that is over 107 bytes:
+    ``/run/tether/<hash>.sock`` as root, ``/tmp/tether-UID/<hash>.sock`` otherwise, the hash
+    being the first 16 hex digits of sha256 of the full path (so each shim has its own)."""
+    path = os.path.join(os.path.abspath(directory), SOCKET_NAME)
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+        return path
+    uid = os.getuid()
+    base = "/run/tether" if uid == 0 and os.path.isdir("/run") else f"/tmp/tether-{uid}"
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    st = os.lstat(base)
+    if st.st_uid != uid or st.st_mode & 0o077:
+        raise OSError(errno.EPERM, f"{base}: not a private directory of uid {uid}; refusing to "
+                      "put a socket there")
+    return os.path.join(base, hashlib.sha256(os.fsencode(path)).hexdigest()[:16] + ".sock")
+
+
+def bind_unix(path: str) -> socket.socket:
+    """A listening, non-blocking unix socket at *path*, mode 0600 from the start (umask),
+    replacing a stale socket file: the caller holds the lock, so no live shim owns it."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(64)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"bind({path}): {exc.strerror}") from None
+    finally:
+        os.umask(old)
+    sock.setblocking(False)
+    return sock
+
+
+def descendants(ancestor: int) -> list[int]:
+    """Pids whose chain of parents reaches *ancestor* (read from /proc, best effort)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    found: list[int] = []
+    stack = list(children.get(ancestor, []))
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
+
+
+class Diag:
+    """The shim's own diagnostics: one JSON object per line in ``shim.log`` (no structlog:
+    it would cost memory in every shim). A failing write is ignored; diagnostics must never
+    take the shim down."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def log(self, level: str, event: str, **fields: Any) -> None:
+        record = {"time": time.time_ns(), "level": level, "event": event, "pid": os.getpid(),
+                  **fields}
+        with contextlib.suppress(OSError):
+            os.write(self.fd, json.dumps(record, default=str).encode() + b"\n")

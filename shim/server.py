@@ -1,0 +1,501 @@
+"""The shim's single-threaded loop: socket API, reaping, output and the task's lifecycle.
+
+One ``selectors`` loop serves everything, so there are no locks and no races between an exit
+and a reply: a request that must wait (``wait``, ``stop``, ``delete`` with force) is parked as a
+pending reply and answered when the exit is processed; every other request of every connection
+keeps being served meanwhile. Signals arrive through ``signal.set_wakeup_fd``; SIGCHLD triggers
+a ``waitpid(-1, WNOHANG)`` loop that reaps the init and every orphan reparented to us.
+
+Ordering guarantees (the reasons this process exists):
+
+* the exit file is written (fsynced, renamed) *before* the ``task.exit`` event is queued or any
+  waiter answered, so whoever hears of an exit can also find it on disk;
+* every event stays in the outbox until ``ack``; each new ``events`` stream gets all of them
+  first, then live ones;
+* a ``stop`` is carried out by the shim's own timer: it completes if the caller goes away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from events import shim_api, wire
+from shim.logs import CriLog
+from shim.osutil import Diag
+from shim.runtime import ExecFailed, Runtime
+
+#: Largest request frame we accept: requests are small; this bounds what a client can make us hold.
+MAX_REQUEST = 1024 * 1024
+#: Unsent output per connection; a client that does not read past this is disconnected.
+MAX_OUTBUF = 8 * 1024 * 1024
+MAX_CONNECTIONS = 128
+MAX_PENDING = 256  # parked replies (wait/stop/delete/streams) per connection
+READ_CHUNK = 65536
+_PENDING = object()  # a handler's result that will be sent later
+
+
+class ShimError(Exception):
+    """A request that fails with an error reply ``{"code", "message"}``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Conn:
+    __slots__ = ("closing", "decoder", "greeted", "out", "pending", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.decoder = wire.FrameDecoder(MAX_REQUEST)
+        self.out = bytearray()
+        self.greeted = False
+        self.closing = False  # close once ``out`` is flushed
+        self.pending = 0
+
+
+class Shim:
+    def __init__(self, directory: str, spec: dict[str, Any], listener: socket.socket,
+                 address: str, runtime: Runtime, diag: Diag) -> None:
+        self.dir = directory
+        self.spec = spec
+        self.id: str = spec["id"]
+        self.instance: str = spec["instance"]
+        self.address = address
+        self.runtime = runtime
+        self.diag = diag
+        self.status = "new"
+        self.pid = 0
+        self.exit: dict[str, Any] | None = None
+        self.exec_error: dict[str, Any] | None = None
+        self.orphans_reaped = 0
+        self.seq = 0
+        self.acked = 0
+        self.outbox: list[dict[str, Any]] = []
+        self.streams: list[tuple[Conn, int]] = []
+        self.waiters: list[tuple[Conn, int, str]] = []  # (conn, rid, "wait"|"delete")
+        self.kill_at: float | None = None  # a stop's SIGKILL deadline (monotonic)
+        self.done = False
+        self.deleting = False
+        self.conns: dict[int, Conn] = {}
+        self.pipes: dict[int, bytes] = {}
+        log_conf = spec.get("log") or {}
+        self.log = CriLog(os.path.join(directory, shim_api.CONTAINER_LOG),
+                          log_conf.get("max_size", 16 << 20), log_conf.get("keep", 3),
+                          warn=lambda event, **kw: diag.log("warning", event, **kw))
+        self.sel = selectors.DefaultSelector()
+        self.listener = listener
+        self.sel.register(listener, selectors.EVENT_READ, self._accept)
+        # Subscribe to SIGCHLD before any child exists, so no exit can be missed.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, self._on_signal)
+        self.methods: dict[str, Callable[[Conn, int, dict[str, Any]], Any]] = {
+            "state": self.m_state, "start": self.m_start, "kill": self.m_kill,
+            "stop": self.m_stop, "wait": self.m_wait, "events": self.m_events,
+            "ack": self.m_ack, "delete": self.m_delete, "shutdown": self.m_shutdown,
+            "exec": self.m_exec,
+        }
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def create(self) -> int:
+        """Create the container (stopped before exec) and record ``task.create``."""
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            self.pid = self.runtime.create(self.spec, out_w, err_w)
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        for fd, name in ((out_r, b"stdout"), (err_r, b"stderr")):
+            os.set_blocking(fd, False)
+            self.pipes[fd] = name
+            self.sel.register(fd, selectors.EVENT_READ, self._on_output)
+        self.status = "created"
+        self._publish("task.create", {"pid": self.pid, "shim_pid": os.getpid(),
+                                      "address": self.address, "instance": self.instance})
+        self.diag.log("info", "task_created", pid=self.pid, command=self.spec.get("command"))
+        return self.pid
+
+    def abort(self) -> None:
+        """Undo a half-made start (failure before ready): nothing may be left running."""
+        if self.status == "created":
+            self.runtime.kill(signal.SIGKILL, True)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+        self.runtime.delete()
+
+    def run(self) -> None:
+        """Serve until delete or shutdown; then flush replies, output, and remove the socket."""
+        while not self.done:
+            timeout = None
+            if self.kill_at is not None:
+                timeout = max(0.0, self.kill_at - time.monotonic())
+            for key, mask in self.sel.select(timeout):
+                key.data(key, mask)
+            if self.kill_at is not None and time.monotonic() >= self.kill_at:
+                self.kill_at = None
+                self.diag.log("info", "stop_escalated", pid=self.pid, signal=signal.SIGKILL)
+                self.runtime.kill(signal.SIGKILL, True)
+        self._finish()
+
+    def _finish(self) -> None:
+        for conn in list(self.conns.values()):
+            for _, rid in [s for s in self.streams if s[0] is conn]:
+                self._send(conn, wire.end(rid))
+        deadline = time.monotonic() + 1.0
+        for conn in list(self.conns.values()):
+            with contextlib.suppress(OSError):
+                conn.sock.setblocking(True)
+                conn.sock.settimeout(max(0.01, deadline - time.monotonic()))
+                conn.sock.sendall(conn.out)
+            conn.sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.address)
+        self.listener.close()
+        for fd in list(self.pipes):
+            self._read_pipe(fd, drain=True)
+        self.log.close()
+        if self.deleting:  # a deleted container leaves nothing: kill what is still ours
+            self.runtime.kill(signal.SIGKILL, True)
+            self._reap_all(timeout=2.0)
+        self.runtime.delete()
+        self.diag.log("info", "shim_exit", orphans_reaped=self.orphans_reaped,
+                      log_dropped=self.log.dropped_lines)
+
+    # -- events -------------------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def _publish(self, etype: str, data: dict[str, Any], seq: int | None = None) -> None:
+        event = {"seq": seq or self._next_seq(), "type": etype, "data": data}
+        self.outbox.append(event)
+        for conn, rid in list(self.streams):
+            self._send(conn, wire.item(rid, event))
+
+    # -- reaping and output -------------------------------------------------------------------
+
+    def _on_signal(self, key: selectors.SelectorKey, mask: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._wake_r, 512):
+                pass
+        self._reap()
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self._reaped(pid, status)
+
+    def _reaped(self, pid: int, status: int) -> None:
+        if pid != self.pid or self.exit is not None:
+            self.orphans_reaped += 1
+            return
+        self.runtime.pid = 0  # reaped: its pid may be reused, never signal it again
+        exit_status, sig = shim_api.exit_status_of(status)
+        for fd in list(self.pipes):  # the output it wrote before exiting goes first
+            self._read_pipe(fd, drain=True)
+        seq = self._next_seq()
+        record = {"pid": pid, "exit_status": exit_status, "signal": sig,
+                  "exited_at": time.time_ns(), "shim_seq": seq, "instance": self.instance}
+        try:
+            shim_api.write_exit_file(self.dir, record)
+        except OSError as exc:  # still tell: the status is in memory and in the event
+            self.diag.log("error", "exit_file_failed", dir=self.dir, error=str(exc))
+        self.exit = record
+        self.status = "stopped"
+        self.kill_at = None
+        self.diag.log("info", "task_exit", **record)
+        self._publish("task.exit", {k: record[k] for k in ("pid", "exit_status", "signal",
+                                                           "exited_at")}, seq)
+        waiters, self.waiters = self.waiters, []
+        for conn, rid, kind in waiters:
+            conn.pending -= 1
+            self._send(conn, wire.reply(rid, record))
+            if kind == "delete":
+                self.deleting = self.done = True
+
+    def _reap_all(self, timeout: float) -> None:
+        """Reap every child left (after a SIGKILL of them all), waiting at most *timeout*."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid:
+                self._reaped(pid, status)
+            else:
+                time.sleep(0.005)
+
+    def _on_output(self, key: selectors.SelectorKey, mask: int) -> None:
+        self._read_pipe(key.fd)
+
+    def _read_pipe(self, fd: int, drain: bool = False) -> None:
+        """Read what the pipe holds (a few chunks, or until empty with *drain*): never block,
+        never wait for EOF (orphans may hold the pipe open long after the init exited)."""
+        stream = self.pipes[fd]
+        for _ in range(1 << 30 if drain else 4):
+            try:
+                data = os.read(fd, READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.diag.log("warning", "read_output_failed", stream=stream, error=str(exc))
+                data = b""
+            if not data:
+                self.sel.unregister(fd)
+                os.close(fd)
+                del self.pipes[fd]
+                self.log.finish(stream)
+                return
+            self.log.feed(stream, data)
+
+    # -- connections --------------------------------------------------------------------------
+
+    def _accept(self, key: selectors.SelectorKey, mask: int) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # EMFILE and the like: log, keep serving the others
+            self.diag.log("warning", "accept_failed", error=str(exc))
+            return
+        if len(self.conns) >= MAX_CONNECTIONS:
+            sock.close()
+            return
+        sock.setblocking(False)
+        conn = Conn(sock)
+        self.conns[sock.fileno()] = conn
+        self.sel.register(sock, selectors.EVENT_READ, self._on_conn)
+
+    def _close(self, conn: Conn) -> None:
+        fd = conn.sock.fileno()
+        if self.conns.pop(fd, None) is None:
+            return
+        self.sel.unregister(conn.sock)
+        conn.sock.close()
+        self.streams = [s for s in self.streams if s[0] is not conn]
+        self.waiters = [w for w in self.waiters if w[0] is not conn]
+
+    def _on_conn(self, key: selectors.SelectorKey, mask: int) -> None:
+        conn = self.conns.get(key.fd)
+        if conn is None:
+            return
+        if mask & selectors.EVENT_WRITE:
+            self._flush(conn)
+        if not mask & selectors.EVENT_READ or conn.sock.fileno() < 0 or conn.closing:
+            return
+        try:
+            data = conn.sock.recv(READ_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)
+            return
+        try:
+            messages = conn.decoder.feed(data)
+        except wire.ProtocolError as exc:
+            self._send(conn, wire.error(exc.rid, exc.code, str(exc)))
+            self._close_after_flush(conn)
+            return
+        for message in messages:
+            if conn.closing or conn.sock.fileno() < 0:
+                return
+            self._on_message(conn, message)
+
+    def _on_message(self, conn: Conn, message: dict[str, Any]) -> None:
+        if not conn.greeted:
+            try:
+                wire.parse_hello(message, roles={"supervisor", "client"})
+            except (wire.ProtocolError, wire.RemoteError) as exc:
+                self._send(conn, wire.error(None, "protocol", str(exc)))
+                self._close_after_flush(conn)
+                return
+            conn.greeted = True
+            self._send(conn, wire.hello("shim", id=self.id, instance=self.instance,
+                                        pid=os.getpid()))
+            return
+        try:
+            req = wire.parse_request(message)
+        except wire.ProtocolError as exc:
+            self._send(conn, wire.error(exc.rid, exc.code, str(exc)))
+            return
+        handler = self.methods.get(req.method)
+        try:
+            if handler is None:
+                raise ShimError("unknown_method", f"unknown method {req.method!r}; known: "
+                                f"{sorted(self.methods)}")
+            result = handler(conn, req.rid, req.params)
+        except ShimError as exc:
+            self._send(conn, wire.error(req.rid, exc.code, str(exc)))
+            return
+        except Exception as exc:  # a bug must cost one request, never the shim
+            self.diag.log("error", "request_failed", method=req.method, error=repr(exc))
+            self._send(conn, wire.error(req.rid, "internal", f"{req.method}: {exc!r}"))
+            return
+        if result is not _PENDING:
+            self._send(conn, wire.reply(req.rid, result))
+
+    def _send(self, conn: Conn, message: dict[str, Any]) -> None:
+        if conn.sock.fileno() < 0:
+            return
+        conn.out += wire.encode(message)
+        if len(conn.out) > MAX_OUTBUF:
+            self.diag.log("warning", "client_too_slow", buffered=len(conn.out))
+            self._close(conn)
+            return
+        self._flush(conn)
+
+    def _flush(self, conn: Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.out) if conn.out else 0
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._close(conn)
+            return
+        del conn.out[:sent]
+        if conn.closing and not conn.out:
+            self._close(conn)
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
+        if self.sel.get_key(conn.sock).events != events:
+            self.sel.modify(conn.sock, events, self._on_conn)
+
+    def _close_after_flush(self, conn: Conn) -> None:
+        conn.closing = True
+        self._flush(conn)
+
+    def _park(self, conn: Conn) -> None:
+        if conn.pending >= MAX_PENDING:
+            raise ShimError("invalid", f"over {MAX_PENDING} pending requests on one connection")
+        conn.pending += 1
+
+    # -- methods ------------------------------------------------------------------------------
+
+    def m_state(self, conn: Conn, rid: int, params: dict[str, Any]) -> dict[str, Any]:
+        return {"id": self.id, "instance": self.instance, "pid": self.pid,
+                "status": self.status, "exit": self.exit, "exec_error": self.exec_error,
+                "orphans_reaped": self.orphans_reaped, "shim_pid": os.getpid(),
+                "seq": self.seq, "acked": self.acked, "runtime": self.spec.get("runtime"),
+                "log": {"lines": self.log.written_lines, "dropped": self.log.dropped_lines}}
+
+    def m_start(self, conn: Conn, rid: int, params: dict[str, Any]) -> dict[str, Any]:
+        if self.status != "created":
+            raise ShimError("conflict", f"cannot start a task that is {self.status}")
+        try:
+            self.runtime.start()
+        except ExecFailed as exc:
+            self.exec_error = {"errno": exc.errno, "message": str(exc)}
+            self.diag.log("error", "exec_failed", **self.exec_error)
+            with contextlib.suppress(ChildProcessError):  # it is exiting with 127: reap now
+                _, status = os.waitpid(self.pid, 0)
+                self._reaped(self.pid, status)
+            raise ShimError("exec_failed", f"{exc} (errno {exc.errno})") from None
+        self.status = "running"
+        self._publish("task.start", {"pid": self.pid})
+        return {"pid": self.pid}
+
+    def m_kill(self, conn: Conn, rid: int, params: dict[str, Any]) -> None:
+        sig = _signal_param(params, "signal", signal.SIGTERM)
+        if self.status == "stopped":
+            if params.get("all"):  # leftovers of an exited init are still ours to signal
+                self.runtime.kill(sig, True)
+                return None
+            raise ShimError("not_found", "the task has exited")
+        self.runtime.kill(sig, bool(params.get("all", False)))
+        return None
+
+    def m_stop(self, conn: Conn, rid: int, params: dict[str, Any]) -> Any:
+        timeout = params.get("timeout", self.spec.get("stop_timeout", 10.0))
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
+            raise ShimError("invalid", f"stop timeout must be a number >= 0, got {timeout!r}")
+        sig = _signal_param(params, "signal", self.spec.get("stop_signal") or signal.SIGTERM)
+        if self.exit is not None:
+            return self.exit
+        self._park(conn)
+        self.waiters.append((conn, rid, "wait"))
+        deadline = time.monotonic() + timeout
+        if self.kill_at is None or deadline < self.kill_at:
+            self.kill_at = deadline
+        self.diag.log("info", "stop", pid=self.pid, signal=sig, timeout=timeout)
+        self.runtime.kill(sig if timeout > 0 else signal.SIGKILL, timeout <= 0)
+        return _PENDING
+
+    def m_wait(self, conn: Conn, rid: int, params: dict[str, Any]) -> Any:
+        if self.exit is not None:
+            return self.exit
+        self._park(conn)
+        self.waiters.append((conn, rid, "wait"))
+        return _PENDING
+
+    def m_events(self, conn: Conn, rid: int, params: dict[str, Any]) -> Any:
+        self._park(conn)
+        for event in self.outbox:
+            self._send(conn, wire.item(rid, event))
+        if conn.sock.fileno() >= 0:
+            self.streams.append((conn, rid))
+        return _PENDING
+
+    def m_ack(self, conn: Conn, rid: int, params: dict[str, Any]) -> None:
+        seq = params.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise ShimError("invalid", f"ack needs an integer seq >= 0, got {seq!r}")
+        self.acked = max(self.acked, min(seq, self.seq))
+        self.outbox = [e for e in self.outbox if e["seq"] > self.acked]
+        return None
+
+    def m_delete(self, conn: Conn, rid: int, params: dict[str, Any]) -> Any:
+        if self.exit is not None:
+            self.deleting = self.done = True
+            return self.exit
+        if self.status == "running" and not params.get("force"):
+            raise ShimError("conflict", "the task is running; stop it first or delete with force")
+        self._park(conn)
+        self.waiters.append((conn, rid, "delete"))
+        self.runtime.kill(signal.SIGKILL, True)
+        return _PENDING
+
+    def m_shutdown(self, conn: Conn, rid: int, params: dict[str, Any]) -> None:
+        if self.status in ("created", "running") and not params.get("force"):
+            raise ShimError("conflict", f"the task is {self.status}; shutdown would leave it "
+                            "without its shim: delete it, or shutdown with force")
+        self.done = True
+        return None
+
+    def m_exec(self, conn: Conn, rid: int, params: dict[str, Any]) -> None:
+        raise ShimError("unsupported", "exec is not implemented by this shim yet")
+
+
+def _signal_param(params: dict[str, Any], name: str, default: int) -> int:
+    value = params.get(name, default)
+    if isinstance(value, str):
+        value = getattr(signal, value if value.startswith("SIG") else "SIG" + value, value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < signal.NSIG:
+        raise ShimError("invalid", f"{name} must be a signal number or name, got {value!r}")
+    return int(value)
+
