@@ -1,0 +1,217 @@
+"""The trio client library of ``supervisord.sock``, for programs that live next to the daemon.
+
+::
+
+    async with await connect(root="/var/lib/tether") as client:
+        print(await client.call("ps", all=True))
+        async for event in client.events(since=last_seq, types=["task.exit"]):
+            ...
+
+It speaks the protocol of :mod:`supervisor.protocol` with the sans-IO codec of
+:mod:`events.wire`, exactly like the blocking ``supervisorctl``; only the I/O differs.
+
+One request at a time per connection (a lock serializes them; an ``events`` stream holds the
+connection until it ends or the loop is left). That keeps the client free of background tasks,
+so it needs no nursery of its own: open a second connection to call while you subscribe.
+
+Resuming is the caller's job, and the errors make it easy: both :class:`TooSlow` (the daemon cut
+off a subscriber that fell behind its buffer) and :class:`Disconnected` (the daemon went away)
+carry ``last_seq``, the seq of the last event this stream yielded, so
+``client.events(since=exc.last_seq)`` on a new connection continues without a gap or a duplicate.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterable
+from types import TracebackType
+from typing import Any
+
+import trio
+
+from events import wire
+from events.model import Event
+
+__all__ = ["Client", "Disconnected", "TooSlow", "connect", "default_socket"]
+
+_RECV = 65536
+
+
+class Disconnected(ConnectionError):
+    """The daemon closed the connection (it stopped, crashed or is restarting).
+
+    ``last_seq`` is the seq of the last event yielded by the stream that was cut (None outside
+    a stream), so a subscriber can reconnect and resume from it.
+    """
+
+    def __init__(self, message: str, last_seq: int | None = None) -> None:
+        super().__init__(message)
+        self.last_seq = last_seq
+
+
+class TooSlow(wire.RemoteError):
+    """The daemon dropped this subscriber: it did not read fast enough for its bounded buffer.
+
+    Nothing was lost in the log: resume with ``events(since=exc.last_seq)``.
+    """
+
+    def __init__(self, message: str, last_seq: int) -> None:
+        super().__init__("too_slow", message)
+        self.last_seq = last_seq
+
+
+def default_socket(root: str | os.PathLike[str] | None = None) -> str:
+    """``ROOT/supervisord.sock``; ROOT defaults as in DESIGN.md (same rule as supervisorctl)."""
+    if root is None:
+        from supervisor.ctl import default_root
+
+        root = default_root()
+    return os.path.join(os.fspath(root), "supervisord.sock")
+
+
+async def connect(root: str | os.PathLike[str] | None = None, *,
+                  socket: str | os.PathLike[str] | None = None,
+                  max_frame: int = wire.MAX_FRAME) -> Client:
+    """Connect and exchange hellos; the result is an async context manager that closes it.
+
+    Raises ``OSError`` (e.g. ``FileNotFoundError``, ``ConnectionRefusedError``) when no daemon
+    listens, :class:`Disconnected` if it hangs up during the hello, ``wire.ProtocolError`` if the
+    peer is not a supervisord of our protocol version.
+    """
+    path = os.fspath(socket) if socket is not None else default_socket(root)
+    stream = await trio.open_unix_socket(path)
+    client = Client(stream, path, max_frame)
+    try:
+        await client._send(wire.hello("client"))
+        client.peer = wire.parse_hello(await client._recv())
+    except BaseException:
+        await stream.aclose()
+        raise
+    return client
+
+
+class Client:
+    """A connection to supervisord. Make one with :func:`connect`, not this constructor."""
+
+    def __init__(self, stream: trio.SocketStream, path: str, max_frame: int) -> None:
+        self.path = path
+        self.peer: dict[str, Any] = {}
+        self._stream = stream
+        self._decoder = wire.FrameDecoder(max_frame)
+        self._pending: list[dict[str, Any]] = []
+        self._lock = trio.StrictFIFOLock()
+        self._next_id = 1
+        self._closed = False
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self._stream.aclose()
+
+    # -- framing -------------------------------------------------------------------------------
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        try:
+            await self._stream.send_all(wire.encode(message))
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise Disconnected(f"{self.path}: connection lost: {exc}") from exc
+
+    async def _recv(self) -> dict[str, Any]:
+        while not self._pending:
+            try:
+                data = await self._stream.receive_some(_RECV)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise Disconnected(f"{self.path}: connection lost: {exc}") from exc
+            if not data:
+                raise Disconnected(f"{self.path}: supervisord closed the connection")
+            self._pending.extend(self._decoder.feed(data))
+        return self._pending.pop(0)
+
+    def _request(self, method: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        rid = self._next_id
+        self._next_id += 1
+        return rid, wire.request(rid, method, params)
+
+    # -- API -----------------------------------------------------------------------------------
+
+    async def call(self, method: str, **params: Any) -> Any:
+        """One request; returns its result, raises ``wire.RemoteError`` for an error reply."""
+        async with self._lock:
+            rid, message = self._request(method, params)
+            await self._send(message)
+            while True:
+                reply = await self._recv()
+                if reply.get("id") not in (rid, None):
+                    continue  # an item of a stream abandoned by an earlier caller
+                if "error" in reply:
+                    raise _remote_error(reply["error"])
+                if "result" in reply:
+                    return reply["result"]
+
+    async def stream(self, method: str, **params: Any) -> AsyncIterator[Any]:
+        """The raw items of a stream request (``logs``, ``events``, ``exec``) until its end."""
+        async with self._lock:
+            rid, message = self._request(method, params)
+            await self._send(message)
+            while True:
+                reply = await self._recv()
+                if reply.get("id") not in (rid, None):
+                    continue
+                if "error" in reply:
+                    raise _remote_error(reply["error"])
+                if reply.get("end"):
+                    return
+                if "item" in reply:
+                    yield reply["item"]
+
+    async def events(self, since: int = 0, types: Iterable[str] | None = None,
+                     ids: Iterable[str] | None = None, follow: bool = True
+                     ) -> AsyncIterator[Event]:
+        """Events after ``since`` (exclusive), oldest first, then live ones with ``follow``.
+
+        ``types`` are type names or prefixes (``"task"`` matches ``task.exit``); ``ids`` are
+        container ids. The daemon guarantees no gap and no duplicate within a stream; across
+        streams, pass the ``seq`` of the last event you handled as ``since``. An event of a type
+        this version does not know is yielded like any other (check
+        :func:`events.model.is_known_type`): an upgrade of the daemon never breaks a subscriber.
+        """
+        params: dict[str, Any] = {"since": since, "follow": follow}
+        if types is not None:
+            params["types"] = list(types)
+        if ids is not None:
+            params["ids"] = list(ids)
+        last = since
+        items = self.stream("events", **params)
+        finished = False
+        try:
+            async for record in items:
+                event = Event.from_record(record)
+                last = event.seq
+                yield event
+            finished = True
+        except wire.RemoteError as exc:
+            finished = True  # an error frame ends the stream: the connection is still usable
+            if exc.code == "too_slow":
+                raise TooSlow(exc.message, last) from None
+            raise
+        except Disconnected as exc:
+            raise Disconnected(str(exc), last) from None
+        finally:
+            await items.aclose()
+            if not finished:
+                # Left mid-stream (break, cancel): the daemon keeps sending this stream's items
+                # and nothing would read them, so this connection is done.
+                with trio.CancelScope(shield=True):
+                    await self.aclose()
+
+
+def _remote_error(err: Any) -> wire.RemoteError:
+    if not isinstance(err, dict):
+        return wire.RemoteError("protocol", f"malformed error frame: {err!r}")
+    return wire.RemoteError(str(err.get("code", "internal")), str(err.get("message", "")))
