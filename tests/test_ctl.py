@@ -1,0 +1,372 @@
+"""supervisorctl without a daemon: parsing, rendering, exit codes, error messages.
+
+What the CLI sends and how it shows what it receives is checked against a scripted socket
+(test_client_fake.py); what containers do is checked against the real daemon in test_ctl_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_client_fake import error, fake_daemon, result, stream
+
+from supervisor import ctl, ctl_render
+from supervisor.protocol import PS_FIELDS
+
+REPO = Path(__file__).resolve().parent.parent
+NS = 1_000_000_000
+
+
+def run_ctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = ctl.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1048576", 1 << 20), ("64m", 64 << 20), ("64M", 64 << 20), ("1g", 1 << 30),
+    ("512k", 512 << 10), ("1.5g", int(1.5 * (1 << 30))), ("64MiB", 64 << 20), ("64mb", 64 << 20),
+    ("100b", 100),
+])
+def test_memory_sizes(text: str, expected: int) -> None:
+    assert ctl.parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "m", "5q", "-1m", "0", "1.2.3g", "g1"])
+def test_bad_memory_sizes_are_usage_errors(text: str, capsys, tmp_path) -> None:
+    code, _, err = run_ctl(capsys, "--root", str(tmp_path), "run", "--memory", text, "--", "true")
+    assert code == 2
+    assert "--memory" in err
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("TERM", 15), ("SIGTERM", 15), ("term", 15), ("sigkill", 9), ("9", 9), ("USR1", 10),
+    ("HUP", 1),
+])
+def test_signal_names_and_numbers(text: str, expected: int) -> None:
+    assert ctl.parse_signal(text) == expected
+
+
+@pytest.mark.parametrize("text", ["FOO", "SIGFOO", "0", "999", "-9", "SIG_DFL"])
+def test_bad_signals_are_usage_errors(text: str, capsys, tmp_path) -> None:
+    code, _, err = run_ctl(capsys, "--root", str(tmp_path), "kill", "-s", text, "x")
+    assert code == 2
+    assert "signal" in err
+
+
+def test_run_after_double_dash_keeps_the_commands_own_flags() -> None:
+    args = ctl.build_parser().parse_args(
+        ["run", "--name", "a", "-e", "K=V", "--memory", "64m", "--", "sh", "-c", "x", "--", "-e"])
+    assert args.command == ["sh", "-c", "x", "--", "-e"]
+    assert ctl._spec(args) == {"command": ["sh", "-c", "x", "--", "-e"], "runtime": "process",
+                               "env": {"K": "V"}, "name": "a", "memory": 64 << 20}
+
+
+@pytest.mark.parametrize("argv", [
+    ["bogus"], ["stop"], ["run"], ["run", "--"], ["kill"], ["wait"], ["logs", "--tail", "-3", "x"],
+    ["events", "--since", "abc"], ["--root", "/a", "--socket", "/b", "ps"], ["ps", "--nope"],
+    ["run", "--runtime", "docker", "--", "true"], ["run", "--rootfs", "/a", "--bundle", "/b", "x"],
+    ["stop", "-t", "-1", "x"], ["run", "-e", "=v", "--", "true"],
+])
+def test_usage_errors_exit_2_and_say_how_to_get_help(argv, capsys, tmp_path) -> None:
+    code, out, err = run_ctl(capsys, *argv)
+    assert code == 2
+    assert out == ""
+    assert "--help" in err
+    assert "Traceback" not in err
+
+
+def test_help_exits_0(capsys) -> None:
+    code, out, _ = run_ctl(capsys, "--help")
+    assert code == 0
+    for command in ("run", "ps", "inspect", "stop", "kill", "restart", "rm", "wait", "logs",
+                    "exec", "events", "status", "info", "shutdown", "create", "start"):
+        assert command in out
+
+
+def test_default_root_follows_design(monkeypatch) -> None:
+    if os.geteuid() == 0:
+        assert ctl.default_root() == "/var/lib/tether"
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_STATE_HOME", "/x/state")
+    assert ctl.default_root() == "/x/state/tether"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", "/home/u")
+    assert ctl.default_root() == "/home/u/.local/state/tether"
+    assert ctl.socket_path(None, None) == "/home/u/.local/state/tether/supervisord.sock"
+    assert ctl.socket_path("/r", None) == "/r/supervisord.sock"
+    assert ctl.socket_path(None, "/s.sock") == "/s.sock"
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+def test_rfc3339_is_utc_with_nanoseconds() -> None:
+    assert ctl_render.rfc3339(0) == "1970-01-01T00:00:00.000000000Z"
+    assert ctl_render.rfc3339(1_795_000_000_123_456_789) == "2026-11-18T11:06:40.123456789Z"
+    assert ctl_render.rfc3339(None) is None
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0.2, "Less than a second ago"), (1, "1 second ago"), (3, "3 seconds ago"),
+    (59, "59 seconds ago"), (60, "About a minute ago"), (150, "2 minutes ago"),
+    (3600, "About an hour ago"), (5 * 3600, "5 hours ago"), (3 * 86400, "3 days ago"),
+    (-5, "Less than a second ago"),
+])
+def test_human_times_read_like_docker(seconds: float, text: str) -> None:
+    now = 2_000_000_000 * NS
+    assert ctl_render.human_ago(now - int(seconds * NS), now) == text
+    assert ctl_render.human_ago(None, now) == "-"
+
+
+ROW = {"id": "web", "state": "running", "pid": 123, "exit_status": None, "restarts": 0,
+       "runtime": "process", "created": 1_795_000_000 * NS, "started": 1_795_000_001 * NS,
+       "finished": None, "extra": "not promised"}
+
+
+def test_ps_json_has_exactly_the_promised_fields_in_order() -> None:
+    lines = ctl_render.ps_json_lines([ROW, {**ROW, "id": "db", "state": "stopped",
+                                            "exit_status": 7, "finished": 1_795_000_009 * NS}])
+    objs = [json.loads(line) for line in lines.splitlines()]
+    assert [list(o) for o in objs] == [list(PS_FIELDS)] * 2
+    assert objs[0] == {"id": "web", "state": "running", "pid": 123, "exit_status": None,
+                       "restarts": 0, "runtime": "process",
+                       "created": "2026-11-18T11:06:40.000000000Z",
+                       "started": "2026-11-18T11:06:41.000000000Z", "finished": None}
+    assert objs[1]["exit_status"] == 7
+    assert objs[1]["finished"] == "2026-11-18T11:06:49.000000000Z"
+
+
+def test_ps_table_aligns_columns_and_humanizes_times() -> None:
+    table = ctl_render.ps_table([ROW, {**ROW, "id": "a-much-longer-id", "pid": None}],
+                                now_ns=1_795_000_004 * NS)
+    header, first, second = table.splitlines()
+    assert header.split() == ["ID", "STATE", "PID", "EXIT", "RESTARTS", "RUNTIME", "CREATED",
+                              "STARTED", "FINISHED"]
+    assert first.split()[:6] == ["web", "running", "123", "-", "0", "process"]
+    assert "4 seconds ago" in first and "3 seconds ago" in first
+    assert header.index("STATE") == first.index("running") == second.index("running")
+
+
+def test_event_json_has_exactly_the_promised_fields() -> None:
+    record = {"seq": 5, "time": 1_795_000_000 * NS, "type": "task.exit", "id": "job",
+              "data": {"exit_status": 7, "raw": b"\xff"}, "junk": 1}
+    obj = json.loads(ctl_render.event_json(record))
+    assert list(obj) == ["seq", "time", "type", "id", "data"]
+    assert obj["time"] == "2026-11-18T11:06:40.000000000Z"
+    assert obj["data"]["exit_status"] == 7
+    line = ctl_render.event_line(record)
+    assert line.startswith("5 2026-11-18T11:06:40.000000000Z task.exit job ")
+    assert "exit_status=7" in line
+
+
+# -- talking to a daemon: errors ---------------------------------------------------------------
+
+
+def test_no_daemon_is_exit_1_with_a_helpful_message(capsys, tmp_path) -> None:
+    code, out, err = run_ctl(capsys, "--root", str(tmp_path), "ps")
+    assert code == 1
+    assert out == ""
+    sock = tmp_path / "supervisord.sock"
+    assert f"cannot connect to {sock}: No such file or directory" in err
+    assert f"is supervisord running? (supervisord --root {tmp_path})" in err
+
+
+def test_stale_socket_is_connection_refused(capsys, tmp_path) -> None:
+    import socket
+
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(tmp_path / "supervisord.sock"))
+    s.close()  # bound, never listening: what a SIGKILLed daemon leaves
+    code, _, err = run_ctl(capsys, "--root", str(tmp_path), "status")
+    assert code == 1
+    assert "Connection refused" in err and "is supervisord running?" in err
+
+
+def test_too_long_socket_path_is_explained(capsys, tmp_path) -> None:
+    code, _, err = run_ctl(capsys, "--root", str(tmp_path / ("x" * 120)), "ps")
+    assert code == 1
+    assert "107-byte limit" in err
+
+
+def test_error_reply_is_exit_1_with_code_and_hint(capsys, root) -> None:
+    with fake_daemon(root, {"inspect": error("not_found", "no container 'nope'")}):
+        code, out, err = run_ctl(capsys, "--root", str(root), "inspect", "nope")
+    assert code == 1
+    assert out == ""
+    assert "supervisorctl inspect: no container 'nope' (not_found)" in err
+    assert "ps -a" in err
+
+
+def test_many_ids_go_on_after_a_failure_and_exit_1(capsys, root) -> None:
+    def stop(params):
+        if params["id"] == "bad":
+            return [{"error": {"code": "not_found", "message": "no container 'bad'"}}]
+        return [{"result": {"id": params["id"], "exit_status": 143}}]
+
+    with fake_daemon(root, {"stop": stop}) as fake:
+        code, out, err = run_ctl(capsys, "--root", str(root), "stop", "-t", "3", "a", "bad", "b")
+    assert code == 1
+    assert out.split() == ["a", "b"]
+    assert "stop bad: no container 'bad'" in err
+    assert fake.requests == [("stop", {"id": "a", "timeout": 3.0}),
+                             ("stop", {"id": "bad", "timeout": 3.0}),
+                             ("stop", {"id": "b", "timeout": 3.0})]
+
+
+def test_daemon_hanging_up_mid_request_is_explained(capsys, root) -> None:
+    with fake_daemon(root, {"ps": lambda p: [{"close": True}]}):
+        code, _, err = run_ctl(capsys, "--root", str(root), "ps")
+    assert code == 1
+    assert "closed the connection" in err and "Traceback" not in err
+
+
+# -- talking to a daemon: what is sent, what is shown -------------------------------------------
+
+
+def test_run_sends_the_spec_and_prints_the_id(capsys, root) -> None:
+    with fake_daemon(root, {"run": result({"id": "brave-otter", "pid": 99})}) as fake:
+        code, out, _ = run_ctl(capsys, "--root", str(root), "run", "--init", "--cwd", "/tmp",
+                               "--memory", "1g", "-e", "A=1", "-e", "B=x=y", "--", "sleep", "5")
+    assert (code, out) == (0, "brave-otter\n")
+    assert fake.requests == [("run", {"spec": {
+        "command": ["sleep", "5"], "runtime": "process", "env": {"A": "1", "B": "x=y"},
+        "cwd": "/tmp", "memory": 1 << 30, "init": True}})]
+
+
+def test_kill_sends_the_signal_number(capsys, root) -> None:
+    with fake_daemon(root, {"kill": result(None)}) as fake:
+        assert run_ctl(capsys, "--root", str(root), "kill", "-s", "SIGUSR1", "c")[:2] == (0, "c\n")
+        assert run_ctl(capsys, "--root", str(root), "kill", "c")[0] == 0
+    assert fake.requests == [("kill", {"id": "c", "signal": 10}),
+                             ("kill", {"id": "c", "signal": 9})]
+
+
+def test_ps_json_through_the_socket(capsys, root) -> None:
+    with fake_daemon(root, {"ps": result([ROW])}) as fake:
+        code, out, _ = run_ctl(capsys, "--root", str(root), "ps", "-a", "--json")
+    assert code == 0
+    assert fake.requests == [("ps", {"all": True})]
+    assert [list(json.loads(line)) for line in out.splitlines()] == [list(PS_FIELDS)]
+
+
+def test_wait_prints_and_exits_with_the_status(capsys, root) -> None:
+    with fake_daemon(root, {"wait": result({"id": "j", "exit_status": 7, "pid": 5})}):
+        assert run_ctl(capsys, "--root", str(root), "wait", "j")[:2] == (7, "7\n")
+    with fake_daemon(root, {"wait": result({"id": "j", "exit_status": 137})}):
+        assert run_ctl(capsys, "--root", str(root), "wait", "j")[:2] == (137, "137\n")
+
+
+def test_logs_join_partial_lines_per_stream(capsys, root) -> None:
+    items = [{"stream": "stdout", "partial": True, "line": "hel"},
+             {"stream": "stderr", "partial": False, "line": "oops"},
+             {"stream": "stdout", "partial": False, "line": "lo"},
+             {"stream": "stdout", "partial": False, "line": b"bytes \xc3\xa9"}]
+    with fake_daemon(root, {"logs": stream(items)}) as fake:
+        code, out, err = run_ctl(capsys, "--root", str(root), "logs", "--tail", "4", "c")
+    assert code == 0
+    assert out == "hello\nbytes \u00e9\n"
+    assert err == "oops\n"
+    assert fake.requests == [("logs", {"id": "c", "tail": 4, "follow": False})]
+
+
+def test_events_filters_are_sent_and_lines_printed(capsys, root) -> None:
+    records = [{"seq": s, "time": s * NS, "type": "task.exit", "id": "j",
+                "data": {"exit_status": s}} for s in (4, 9)]
+    with fake_daemon(root, {"events": stream(records)}) as fake:
+        code, out, _ = run_ctl(capsys, "--root", str(root), "events", "--since", "3", "--type",
+                               "task.exit", "--id", "j", "--json")
+    assert code == 0
+    assert [json.loads(line)["seq"] for line in out.splitlines()] == [4, 9]
+    assert fake.requests == [("events", {"since": 3, "follow": False, "types": ["task.exit"],
+                                         "ids": ["j"]})]
+
+
+def test_events_too_slow_says_where_to_resume(capsys, root) -> None:
+    records = [{"seq": 1, "time": 0, "type": "container.create", "id": "a", "data": {}}]
+    handler = stream(records, end={"error": {"code": "too_slow", "message": "buffer full"}})
+    with fake_daemon(root, {"events": handler}):
+        code, out, err = run_ctl(capsys, "--root", str(root), "events", "--follow")
+    assert code == 1
+    assert out.startswith("1 ")
+    assert "events --since 1 --follow" in err
+
+
+def test_exec_unsupported_prints_the_error(capsys, root) -> None:
+    with fake_daemon(root, {"exec": error("invalid", "exec is not supported yet")}):
+        code, _, err = run_ctl(capsys, "--root", str(root), "exec", "c", "--", "ls", "-l")
+    assert code == 1
+    assert "exec: exec is not supported yet (invalid)" in err
+
+
+def test_status_and_info(capsys, root) -> None:
+    status = {"ok": True, "pid": 1, "uptime": 2.5, "last_seq": 10, "reconciling": False}
+    with fake_daemon(root, {"status": result(status), "info": result({"version": "0.1.0"})}):
+        code, out, _ = run_ctl(capsys, "--root", str(root), "status")
+        assert code == 0 and "last_seq:" in out and "10" in out
+        code, out, _ = run_ctl(capsys, "--root", str(root), "status", "--json")
+        assert json.loads(out) == status
+        code, out, _ = run_ctl(capsys, "--root", str(root), "info")
+        assert code == 0 and "version: 0.1.0" in out
+
+
+def test_shell_runs_the_same_commands(root) -> None:
+    with fake_daemon(root, {"ps": result([ROW])}):
+        proc = subprocess.run(
+            [sys.executable, "-m", "supervisor.ctl", "--root", str(root)],
+            input="help\nps --json\nstop\nquit\n", capture_output=True, text=True, timeout=20,
+            cwd=REPO)
+    assert json.loads(proc.stdout.splitlines()[-1])["id"] == "web" or '"web"' in proc.stdout
+    assert "the following arguments are required: ID" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# -- the process as a whole ---------------------------------------------------------------------
+
+
+def test_one_shot_commands_do_not_import_trio(root) -> None:
+    code = ("import sys\nfrom supervisor import ctl\nctl.main(['--root', sys.argv[1], 'ps'])\n"
+            "bad = [m for m in ('trio', 'structlog') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    with fake_daemon(root, {"ps": result([ROW])}):
+        proc = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True,
+                              text=True, timeout=20, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "web" in proc.stdout
+
+
+@pytest.mark.parametrize("argv", [["wait", "j"], ["logs", "-f", "j"], ["events", "--follow"]])
+def test_ctrl_c_while_blocked_exits_130_without_traceback(argv, root) -> None:
+    hang = {"wait": lambda p: None, "logs": lambda p: None, "events": lambda p: None}
+    with fake_daemon(root, hang) as fake:
+        proc = subprocess.Popen([sys.executable, "-m", "supervisor.ctl", "--root", str(root),
+                                 *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                cwd=REPO)
+        deadline = time.monotonic() + 10
+        while not fake.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fake.requests, "the command never reached the socket"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    assert b"Traceback" not in err
+
+
+def test_broken_pipe_is_quiet(root) -> None:
+    rows = [{**ROW, "id": f"c{i}"} for i in range(5000)]
+    with fake_daemon(root, {"ps": result(rows)}):
+        proc = subprocess.run(
+            f"{sys.executable} -m supervisor.ctl --root {root} ps --json | head -1",
+            shell=True, capture_output=True, text=True, timeout=20, cwd=REPO)
+    assert proc.stdout.count("\n") == 1
+    assert "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr
