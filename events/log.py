@@ -597,8 +597,8 @@ def _iter_events(events_dir: Path, firsts: list[int], since: int,
                                       f"{prev_last}, this one starts at {first}")
         is_last = i == len(firsts) - 1
         if not (is_last and active_end is None):
-            prev_last = yield from _iter_segment(path, first, since, active_end if is_last else None,
-                                                 offline_tail=False)
+            limit = active_end if is_last else None
+            prev_last = yield from _iter_segment(path, first, since, limit, offline_tail=False)
             continue
         try:
             yield from _iter_segment(path, first, since, None, offline_tail=True)
