@@ -10,9 +10,10 @@
 It speaks the protocol of :mod:`supervisor.protocol` with the sans-IO codec of
 :mod:`events.wire`, exactly like the blocking ``supervisorctl``; only the I/O differs.
 
-One request at a time per connection (a lock serializes them; an ``events`` stream holds the
-connection until it ends or the loop is left). That keeps the client free of background tasks,
-so it needs no nursery of its own: open a second connection to call while you subscribe.
+One request at a time per connection (concurrent calls wait their turn; an ``events`` stream
+holds the connection until it ends, and leaving its loop early closes the connection). That
+keeps the client free of background tasks, so it needs no nursery of its own: open a second
+connection to call while you subscribe.
 
 Resuming is the caller's job, and the errors make it easy: both :class:`TooSlow` (the daemon cut
 off a subscriber that fell behind its buffer) and :class:`Disconnected` (the daemon went away)
@@ -99,7 +100,9 @@ class Client:
         self._stream = stream
         self._decoder = wire.FrameDecoder(max_frame)
         self._pending: list[dict[str, Any]] = []
-        self._lock = trio.StrictFIFOLock()
+        self._busy = False
+        self._idle = trio.Event()
+        self._idle.set()
         self._next_id = 1
         self._closed = False
 
@@ -140,9 +143,31 @@ class Client:
 
     # -- API -----------------------------------------------------------------------------------
 
+    async def _acquire(self) -> None:
+        """Take the connection for one request (calls and streams never interleave)."""
+        while self._busy:
+            await self._idle.wait()
+        if self._closed:
+            raise Disconnected(f"{self.path}: this connection is closed")
+        self._busy = True
+        self._idle = trio.Event()
+
+    def _release(self) -> None:
+        """Synchronous on purpose: a stream abandoned by ``break`` is finalized by trio in
+        another task, which must still be able to hand the connection back."""
+        self._busy = False
+        self._idle.set()
+
+    def _abandon(self) -> None:
+        """A stream left before its end: its items keep coming and nothing would read them, so
+        the connection cannot serve another request. Close it (synchronously, see above)."""
+        self._closed = True
+        self._stream.socket.close()
+
     async def call(self, method: str, **params: Any) -> Any:
         """One request; returns its result, raises ``wire.RemoteError`` for an error reply."""
-        async with self._lock:
+        await self._acquire()
+        try:
             rid, message = self._request(method, params)
             await self._send(message)
             while True:
@@ -153,10 +178,19 @@ class Client:
                     raise _remote_error(reply["error"])
                 if "result" in reply:
                     return reply["result"]
+        finally:
+            self._release()
 
     async def stream(self, method: str, **params: Any) -> AsyncIterator[Any]:
-        """The raw items of a stream request (``logs``, ``events``, ``exec``) until its end."""
-        async with self._lock:
+        """The raw items of a stream request (``logs``, ``events``, ``exec``) until its end.
+
+        Leaving the loop early closes the connection (the daemon would keep sending); wrap the
+        generator in ``contextlib.aclosing`` to have that happen at once rather than when trio
+        finalizes the generator.
+        """
+        await self._acquire()
+        done = False
+        try:
             rid, message = self._request(method, params)
             await self._send(message)
             while True:
@@ -164,12 +198,17 @@ class Client:
                 if reply.get("id") not in (rid, None):
                     continue
                 if "error" in reply:
+                    done = True
                     raise _remote_error(reply["error"])
                 if reply.get("end"):
+                    done = True
                     return
                 if "item" in reply:
                     yield reply["item"]
-
+        finally:
+            if not done:
+                self._abandon()
+            self._release()
     async def events(self, since: int = 0, types: Iterable[str] | None = None,
                      ids: Iterable[str] | None = None, follow: bool = True
                      ) -> AsyncIterator[Event]:
@@ -188,15 +227,12 @@ class Client:
             params["ids"] = list(ids)
         last = since
         items = self.stream("events", **params)
-        finished = False
         try:
             async for record in items:
                 event = Event.from_record(record)
                 last = event.seq
                 yield event
-            finished = True
         except wire.RemoteError as exc:
-            finished = True  # an error frame ends the stream: the connection is still usable
             if exc.code == "too_slow":
                 raise TooSlow(exc.message, last) from None
             raise
@@ -204,11 +240,6 @@ class Client:
             raise Disconnected(str(exc), last) from None
         finally:
             await items.aclose()
-            if not finished:
-                # Left mid-stream (break, cancel): the daemon keeps sending this stream's items
-                # and nothing would read them, so this connection is done.
-                with trio.CancelScope(shield=True):
-                    await self.aclose()
 
 
 def _remote_error(err: Any) -> wire.RemoteError:
