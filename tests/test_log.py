@@ -1,0 +1,406 @@
+"""The event log on real files: round trips, torn tails, corruption, versions, compaction."""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from events.log import (
+    HEADER_SIZE,
+    MAGIC,
+    REC_HEADER,
+    CorruptLog,
+    EventLog,
+    LogBusy,
+    LogVersionError,
+    read_events,
+    repair,
+    segment_name,
+    verify,
+)
+from events.model import Event
+
+T0 = 1_700_000_000_000_000_000
+
+
+def items(n: int, start: int = 0) -> list[tuple[str, str, dict]]:
+    return [("task.exit", f"c{(start + i) % 7}", {"pid": start + i, "exit_status": i % 3,
+                                                  "blob": b"\x00\xff" * (i % 5)})
+            for i in range(n)]
+
+
+def seg_path(root: Path, first: int = 1) -> Path:
+    return root / "events" / segment_name(first)
+
+
+def record_offsets(data: bytes) -> list[int]:
+    """Start offsets of every record of a clean segment's bytes."""
+    offsets, pos = [], HEADER_SIZE
+    while pos < len(data):
+        offsets.append(pos)
+        (length,) = struct.unpack_from(">I", data, pos)
+        pos += REC_HEADER + length
+    assert pos == len(data)
+    return offsets
+
+
+def test_empty_log(root: Path) -> None:
+    with EventLog.open(root) as log:
+        assert log.last_seq == 0
+        assert list(log.read()) == []
+        assert log.segments() == [(1, seg_path(root))]
+        assert log.append([]) == []
+    with EventLog.open(root) as log:
+        assert log.last_seq == 0
+
+
+def test_append_returns_events_and_reads_back(root: Path) -> None:
+    with EventLog.open(root) as log:
+        evs = log.append([("supervisor.start", "", {"pid": 1}), ("task.start", "web", {})],
+                         time_ns=T0)
+        assert evs == [Event(1, T0, "supervisor.start", "", {"pid": 1}),
+                       Event(2, T0, "task.start", "web", {})]
+        assert log.last_seq == 2
+        more = log.append([("task.exit", "web", {"exit_status": 0})])
+        assert more[0].seq == 3 and more[0].time > T0
+        assert list(log.read()) == evs + more
+        assert list(log.read(2)) == more
+        assert list(log.read(3)) == []
+    with EventLog.open(root) as log:
+        assert list(log.read()) == evs + more
+
+
+def test_invalid_items_write_nothing(root: Path) -> None:
+    with EventLog.open(root) as log:
+        log.append(items(2))
+        for bad in ([("", "x", {})], [("t", 1, {})], [("t", "x", [])], [("t", "x", {"o": object()})]):
+            with pytest.raises((ValueError, TypeError)):
+                log.append(items(1) + bad)
+        assert log.last_seq == 2
+        log.append(items(1))
+        assert [e.seq for e in log.read()] == [1, 2, 3]
+
+
+def test_one_writer_per_root(root: Path) -> None:
+    with EventLog.open(root):
+        with pytest.raises(LogBusy, match="another process"):
+            EventLog.open(root)
+    EventLog.open(root).close()  # released on close
+
+
+def test_concurrent_appenders_get_gap_free_seqs(root: Path) -> None:
+    with EventLog.open(root, segment_size=4096) as log:
+        def worker(k: int) -> None:
+            for i in range(20):
+                log.append(items(3, k * 100 + i))
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [e.seq for e in log.read()] == list(range(1, 241))
+
+
+def test_read_is_bounded_at_call_time(root: Path) -> None:
+    with EventLog.open(root, segment_size=512) as log:
+        log.append(items(5))
+        it = log.read(2)
+        log.append(items(20))
+        assert [e.seq for e in it] == [3, 4, 5]
+        assert [e.seq for e in log.read(2)] == list(range(3, 26))
+
+
+def test_rolls_into_segments_named_by_first_seq(root: Path) -> None:
+    with EventLog.open(root, segment_size=600) as log:
+        for i in range(30):
+            log.append(items(2, i))
+        segs = log.segments()
+        assert len(segs) > 3
+        assert [p.name for _, p in segs] == sorted(p.name for _, p in segs)
+        for first, path in segs:
+            assert path.name == segment_name(first)
+            assert next(read_events(root, first - 1)).seq == first
+        for since in (0, 1, 17, 33, 59, 60):
+            assert [e.seq for e in log.read(since)] == list(range(since + 1, 61))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.one_of(
+    st.tuples(st.just("append"), st.integers(1, 12)),
+    st.tuples(st.just("reopen"), st.integers(0, 0)),
+    st.tuples(st.just("read"), st.integers(0, 200)),
+    st.tuples(st.just("compact"), st.integers(0, 200)),
+), max_size=25), segment_size=st.sampled_from([1, 200, 700, 1 << 20]))
+def test_any_sequence_of_operations_keeps_exactly_what_was_appended(
+        tmp_path: Path, ops: list[tuple[str, int]], segment_size: int) -> None:
+    with tempfile.TemporaryDirectory(dir=tmp_path) as d:
+        root = Path(d)
+        log = EventLog.open(root, segment_size=segment_size)
+        appended: list[Event] = []
+        kept_from = 1
+        try:
+            for op, n in ops:
+                if op == "append":
+                    appended += log.append(items(n, len(appended)), time_ns=T0 + len(appended))
+                elif op == "reopen":
+                    log.close()
+                    log = EventLog.open(root, segment_size=segment_size)
+                elif op == "compact":
+                    log.compact(n)
+                    kept_from = max(kept_from, min(n, log.first_seq))
+                    assert log.first_seq <= max(n, 1)
+                else:
+                    since = max(n, kept_from - 1)
+                    assert list(log.read(since)) == appended[since:]
+                assert log.last_seq == len(appended)
+            assert list(log.read(log.first_seq - 1)) == appended[log.first_seq - 1:]
+            assert [e.seq for e in log.read(log.first_seq - 1)] == list(
+                range(log.first_seq, len(appended) + 1))
+        finally:
+            log.close()
+
+
+# -- torn tails ---------------------------------------------------------------------------------
+
+
+def _write_log(root: Path, n: int) -> tuple[bytes, list[Event]]:
+    with EventLog.open(root) as log:
+        evs = log.append(items(n), time_ns=T0)
+    return seg_path(root).read_bytes(), evs
+
+
+def test_torn_tail_at_every_offset_of_the_last_records(tmp_path: Path, caplog) -> None:
+    data, evs = _write_log(tmp_path / "orig", 8)
+    offsets = record_offsets(data)
+    for cut in range(offsets[-3], len(data)):
+        root = tmp_path / f"cut{cut}"
+        (root / "events").mkdir(parents=True)
+        seg_path(root).write_bytes(data[:cut])
+        whole = sum(1 for o in [*offsets[1:], len(data)] if o <= cut)
+        with EventLog.open(root) as log:
+            assert log.last_seq == whole, cut
+            assert list(log.read()) == evs[:whole]
+            assert seg_path(root).stat().st_size == ([*offsets, len(data)])[whole]
+            assert log.append(items(1))[0].seq == whole + 1  # and the log goes on from there
+
+
+def test_torn_tail_is_logged(tmp_path: Path, caplog) -> None:
+    data, evs = _write_log(tmp_path, 3)
+    seg_path(tmp_path).write_bytes(data[:-5])
+    with caplog.at_level(logging.WARNING, logger="tether.events.log"):
+        with EventLog.open(tmp_path) as log:
+            assert log.last_seq == 2
+    assert "torn tail" in caplog.text and "byte offset" in caplog.text
+
+
+@pytest.mark.parametrize("garbage", [b"\x00" * 100, os.urandom(333), b"\x00\x00\x00\x05abc"])
+def test_garbage_after_the_last_record_is_cut(root: Path, garbage: bytes) -> None:
+    data, evs = _write_log(root, 4)
+    seg_path(root).write_bytes(data + garbage)
+    with EventLog.open(root) as log:
+        assert list(log.read()) == evs
+    assert seg_path(root).read_bytes() == data
+
+
+def test_partial_header_of_a_new_last_segment_is_torn(root: Path) -> None:
+    with EventLog.open(root, segment_size=1) as log:
+        evs = log.append(items(2)) + log.append(items(2))
+    assert len(list((root / "events").glob("*.seg"))) == 2
+    (root / "events" / segment_name(5)).write_bytes(MAGIC[:5])  # crash while creating it
+    with EventLog.open(root, segment_size=1) as log:
+        assert list(log.read()) == evs
+        assert log.append(items(1))[0].seq == 5
+    # and a lone segment with an empty header is rewritten
+    other = root / "other"
+    (other / "events").mkdir(parents=True)
+    seg_path(other).write_bytes(b"")
+    with EventLog.open(other) as log:
+        assert log.last_seq == 0
+        log.append(items(1))
+    assert verify(other).ok
+
+
+# -- corruption ---------------------------------------------------------------------------------
+
+
+def test_flipped_byte_in_any_earlier_record_is_corruption(tmp_path: Path) -> None:
+    data, evs = _write_log(tmp_path / "orig", 5)
+    offsets = record_offsets(data)
+    for pos in range(offsets[0], offsets[-1]):  # every byte of every record but the last
+        rec = max(i for i, o in enumerate(offsets) if o <= pos)
+        root = tmp_path / f"flip{pos}"
+        (root / "events").mkdir(parents=True)
+        damaged = bytearray(data)
+        damaged[pos] ^= 0x40
+        seg_path(root).write_bytes(damaged)
+        with pytest.raises(CorruptLog) as info:
+            EventLog.open(root).close()
+        assert info.value.path == str(seg_path(root))
+        assert info.value.offset == offsets[rec], pos
+        assert f"byte offset {offsets[rec]}" in str(info.value)
+        assert "repair" in str(info.value)
+        assert seg_path(root).read_bytes() == damaged  # nothing was cut
+        report = verify(root)
+        assert not report.ok and report.problems[0].offset == offsets[rec]
+
+
+def test_damaged_length_field_does_not_pass_for_a_torn_tail(root: Path) -> None:
+    data, _ = _write_log(root, 6)
+    offsets = record_offsets(data)
+    damaged = bytearray(data)
+    struct.pack_into(">I", damaged, offsets[2], len(data))  # "runs past the end of the file"
+    seg_path(root).write_bytes(damaged)
+    with pytest.raises(CorruptLog) as info:
+        EventLog.open(root)
+    assert info.value.offset == offsets[2]
+
+
+def test_gap_in_seqs_is_corruption(root: Path) -> None:
+    data, _ = _write_log(root, 5)
+    offsets = record_offsets(data)
+    seg_path(root).write_bytes(data[: offsets[2]] + data[offsets[3]:])  # record 3 missing
+    with pytest.raises(CorruptLog, match="seq 4 where 3 was expected"):
+        EventLog.open(root)
+
+
+def test_corruption_in_an_earlier_segment_is_found_by_read_and_verify(root: Path) -> None:
+    with EventLog.open(root, segment_size=300) as log:
+        for i in range(10):
+            log.append(items(3, i))
+    first, path = log.segments()[1]
+    data = bytearray(path.read_bytes())
+    data[HEADER_SIZE + 12] ^= 1
+    path.write_bytes(data)
+    with EventLog.open(root, segment_size=300) as log:  # only the last segment is scanned
+        with pytest.raises(CorruptLog) as info:
+            list(log.read())
+        assert info.value.path == str(path) and info.value.offset == HEADER_SIZE
+        got = []
+        with pytest.raises(CorruptLog):
+            for ev in log.read():
+                got.append(ev.seq)
+        assert got == list(range(1, first))  # everything before the damage, then the error
+        assert [e.seq for e in log.read(log.segments()[2][0] - 1)][-1] == 30
+    report = verify(root)
+    assert not report.ok
+    assert (report.problems[0].path, report.problems[0].offset) == (path, HEADER_SIZE)
+
+
+def test_missing_segment_is_a_gap(root: Path) -> None:
+    with EventLog.open(root, segment_size=300) as log:
+        for i in range(10):
+            log.append(items(3, i))
+        segs = log.segments()
+    segs[1][1].unlink()
+    report = verify(root)
+    assert not report.ok and "gap" in report.problems[0].what
+    with EventLog.open(root, segment_size=300) as log, pytest.raises(CorruptLog, match="gap"):
+        list(log.read())
+
+
+def test_repair_keeps_a_gap_free_prefix_and_the_cut_bytes(root: Path) -> None:
+    with EventLog.open(root, segment_size=400) as log:
+        evs = []
+        for i in range(12):
+            evs += log.append(items(2, i), time_ns=T0)
+        segs = log.segments()
+    first, path = segs[1]
+    data = path.read_bytes()
+    offsets = record_offsets(data)
+    damaged = bytearray(data)
+    damaged[offsets[1] + 10] ^= 0xFF
+    path.write_bytes(damaged)
+    report = repair(root)
+    assert report.cut is not None and report.cut.offset == offsets[1]
+    assert report.last_seq == first
+    assert path.read_bytes() == data[: offsets[1]]
+    broken = path.with_name(path.name + ".broken")
+    assert broken.read_bytes() == bytes(damaged[offsets[1]:])
+    for _, later in segs[2:]:
+        assert not later.exists() and later.with_name(later.name + ".broken").exists()
+    assert verify(root).ok
+    with EventLog.open(root) as log:
+        assert list(log.read()) == evs[:first]
+        assert log.append(items(1))[0].seq == first + 1
+    assert not repair(root).changed
+
+
+def test_open_with_repair(root: Path) -> None:
+    data, evs = _write_log(root, 4)
+    offsets = record_offsets(data)
+    damaged = bytearray(data)
+    damaged[offsets[1] + 9] ^= 1
+    seg_path(root).write_bytes(damaged)
+    with pytest.raises(CorruptLog):
+        EventLog.open(root)
+    with EventLog.open(root, repair=True) as log:
+        assert list(log.read()) == evs[:1]
+
+
+def test_repair_of_a_damaged_first_header_keeps_numbering(root: Path) -> None:
+    data, _ = _write_log(root, 3)
+    seg_path(root).write_bytes(b"XXXX" + data[4:])
+    assert not verify(root).ok
+    report = repair(root)
+    assert report.changed and report.last_seq == 0
+    with EventLog.open(root) as log:
+        assert log.last_seq == 0 and log.append(items(1))[0].seq == 1
+
+
+# -- versions -----------------------------------------------------------------------------------
+
+
+def test_segment_of_a_newer_version_is_refused(root: Path) -> None:
+    data, _ = _write_log(root, 2)
+    newer = bytearray(data)
+    struct.pack_into(">I", newer, 8, 7)
+    seg_path(root).write_bytes(newer)
+    for attempt in (lambda: EventLog.open(root), lambda: verify(root),
+                    lambda: list(read_events(root))):
+        with pytest.raises(LogVersionError) as info:
+            attempt()
+        assert info.value.path == str(seg_path(root)) and info.value.version == 7
+        assert "version 7" in str(info.value) and "Upgrade" in str(info.value)
+
+
+def test_newer_version_in_an_older_segment_is_refused_on_open(root: Path) -> None:
+    with EventLog.open(root, segment_size=1) as log:
+        log.append(items(1))
+        log.append(items(1))
+    data = bytearray(seg_path(root).read_bytes())
+    struct.pack_into(">I", data, 8, 2)
+    seg_path(root).write_bytes(data)
+    with pytest.raises(LogVersionError, match="version 2"):
+        EventLog.open(root)
+
+
+# -- compaction ---------------------------------------------------------------------------------
+
+
+def test_compaction_keeps_what_is_needed(root: Path) -> None:
+    with EventLog.open(root, segment_size=300) as log:
+        evs = []
+        for i in range(20):
+            evs += log.append(items(3, i))
+        segs = log.segments()
+        for keep in (1, 5, 17, 18, 44, 60, 61, 1000):
+            deleted = log.compact(keep)
+            for p in deleted:
+                assert not p.exists()
+            assert log.segments()[-1] == segs[-1]  # never the active segment
+            start = min(keep, log.segments()[-1][0])
+            assert log.first_seq <= start
+            assert list(log.read(start - 1)) == evs[start - 1:]
+        assert log.segments() == segs[-1:]
+        evs += log.append(items(1))
+    with EventLog.open(root, segment_size=300) as log:
+        assert list(log.read(log.first_seq - 1)) == evs[log.first_seq - 1:]
+        assert log.last_seq == 61
