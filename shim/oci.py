@@ -1,0 +1,577 @@
+"""OCI runtimes (runc, crun) for the shim: a config.json from a Tether spec, a bundle, and a
+driver that runs the runtime's commands the way containerd's runc shim does.
+
+Standard library only (plus :mod:`events` and :mod:`shim.cgroups`): this runs inside every shim.
+
+The life of a container, as the shim drives it (the shim is a child subreaper)::
+
+    rt = OCIRuntime("runc", root=f"{ROOT}/runc", log_path=f"{shim_dir}/runtime.log")
+    bundle = prepare_bundle(spec, f"{shim_dir}/bundle")
+    pid = rt.create(id, bundle, f"{shim_dir}/init.pid", stdin=devnull, stdout=out_w, stderr=err_w)
+    # `runc create` has exited; its container init (pid) is now the shim's child: waitpid(pid)
+    rt.start(id)
+    ... waitpid(pid) -> the container's exit status (137 after SIGKILL, the code otherwise)
+    rt.delete(id)   # after the init is reaped; --force only to clean up a container that runs
+
+Why each choice:
+
+* ``--root ROOT/runc``: the runtime's state lives under Tether's root, so two Tether roots (and
+  every test) never see each other's containers, and ``runc --root R list`` is per root.
+* ``--log FILE --log-format json``: runc writes its errors there as JSON lines (and also to its
+  stderr, which during ``create`` is the *container's* stderr pipe, so it cannot be read back).
+  :class:`RuntimeFailed` carries the last ``error`` message word for word.
+* The shim's pipe ends are ``create``'s stdin/stdout/stderr: with no terminal the runtime hands
+  its own stdio to the container init, exactly as containerd does.
+* A failed ``create`` runs ``delete --force`` and removes the pid file: nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import shutil
+import signal as _signal
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from events.shim_api import write_atomic
+from shim.cgroups import Layout, detect_layout
+
+__all__ = [
+    "DEFAULT_PATH",
+    "INIT_PATH",
+    "OCI_VERSION",
+    "BundleError",
+    "OCIError",
+    "OCIRuntime",
+    "RuntimeFailed",
+    "RuntimeNotFound",
+    "find_init",
+    "generate_config",
+    "hide_unified_cgroup",
+    "load_config",
+    "make_process",
+    "needs_private_cgroup_view",
+    "prepare_bundle",
+    "resolve_runtime",
+    "state_root",
+    "write_json",
+]
+
+OCI_VERSION = "1.0.2"
+#: Added when the spec's env has no PATH: the runtime looks ``command[0]`` up in the
+#: container's PATH, and an empty one would make ``sh`` unfindable (runc spec's default).
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: Where the init is bind-mounted in the container. Under /dev (a fresh tmpfs in every
+#: container) so that nothing is ever written into the user's rootfs, which may be shared
+#: between containers or read-only.
+INIT_PATH = "/dev/tether-init"
+#: Static tinis, in order of preference: a dynamic one cannot run in a rootfs without libc.
+INIT_CANDIDATES = ("/usr/bin/tini-static", "/usr/local/bin/tini-static", "/sbin/tini-static",
+                   "/usr/bin/docker-init", "/usr/libexec/docker/docker-init")
+#: Where ``runc``/``crun`` are looked for when they are not on PATH (a detached shim may run
+#: with a minimal PATH without the sbin directories).
+RUNTIME_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin", "/sbin", "/bin")
+KNOWN_RUNTIMES = ("runc", "crun")
+
+# runc spec (1.1.5) defaults, kept verbatim so that a Tether container is confined exactly like
+# a container started from `runc spec`.
+DEFAULT_CAPABILITIES = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+MASKED_PATHS = ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+                "/proc/scsi"]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+DEFAULT_MOUNTS: list[dict[str, Any]] = [
+    {"destination": "/proc", "type": "proc", "source": "proc"},
+    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+     "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+    {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+     "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+    {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+     "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+    {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+     "options": ["nosuid", "noexec", "nodev"]},
+    {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+     "options": ["nosuid", "noexec", "nodev", "ro"]},
+    {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+     "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+]
+#: Tether namespace names -> OCI names. pid, ipc, uts and mount are always new; network only
+#: when asked for ("net"), so that by default a container keeps the host's network like a
+#: process-runtime container does.
+NAMESPACES = {"pid": "pid", "ipc": "ipc", "uts": "uts", "mount": "mount", "net": "network"}
+ALWAYS_NAMESPACES = ("pid", "ipc", "uts", "mount")
+RLIMITS = {"nofile": "RLIMIT_NOFILE", "nproc": "RLIMIT_NPROC", "core": "RLIMIT_CORE",
+           "memlock": "RLIMIT_MEMLOCK", "stack": "RLIMIT_STACK", "as": "RLIMIT_AS",
+           "fsize": "RLIMIT_FSIZE", "cpu": "RLIMIT_CPU"}
+CPU_PERIOD_US = 100_000
+
+
+class OCIError(Exception):
+    """Base of every error of this module; the message says what failed and where."""
+
+
+class RuntimeNotFound(OCIError):
+    """The runtime binary does not exist."""
+
+
+class BundleError(OCIError):
+    """The spec cannot become a bundle (no rootfs, a bad config.json, ...)."""
+
+
+class RuntimeFailed(OCIError):
+    """A runtime command failed. ``str(exc)`` holds the runtime's own error message word for
+    word (from its JSON log, else its stderr), prefixed by the command when the runtime did
+    not name it itself."""
+
+    def __init__(self, message: str, *, command: Sequence[str], returncode: int | None,
+                 words: str) -> None:
+        super().__init__(message)
+        self.command = list(command)
+        self.returncode = returncode
+        #: exactly what the runtime said
+        self.words = words
+
+    @property
+    def not_found(self) -> bool:
+        """The container does not exist (runc: "container does not exist")."""
+        return "does not exist" in self.words or "not found" in self.words
+
+
+# -- resolving things on this machine -------------------------------------------------------
+
+
+def resolve_runtime(name: str) -> str:
+    """``"runc"``/``"crun"`` -> an absolute path (PATH, then the usual sbin/bin directories);
+    an absolute path is used as is, if it is an executable file."""
+    if os.path.isabs(name):
+        if os.path.isfile(name) and os.access(name, os.X_OK):
+            return name
+        raise RuntimeNotFound(f"runtime {name!r} not found or not executable: install it or "
+                              "pass the path of a runc-compatible binary")
+    if name not in KNOWN_RUNTIMES:
+        raise RuntimeNotFound(f"unknown runtime {name!r}: use 'runc', 'crun' or the absolute "
+                              "path of a runc-compatible binary")
+    found = shutil.which(name)
+    if found:
+        return os.path.abspath(found)
+    for directory in RUNTIME_DIRS:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise RuntimeNotFound(f"runtime {name!r} not found: install {name} or pass a path "
+                          f"(looked in PATH and {', '.join(RUNTIME_DIRS)})")
+
+
+def find_init() -> str:
+    """A *static* tini to bind-mount as the container's pid 1 (``spec["init"]``)."""
+    for path in INIT_CANDIDATES:
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise BundleError("init requested but no static tini found (looked for "
+                      f"{', '.join(INIT_CANDIDATES)}): install tini (Debian's package ships "
+                      "/usr/bin/tini-static), or run without --init")
+
+
+def state_root(tether_root: str | os.PathLike[str], binary: str) -> str:
+    """``ROOT/runc`` or ``ROOT/crun``: one state directory per runtime kind (their state
+    formats differ), under Tether's root so that roots never share containers."""
+    return os.path.join(os.fspath(tether_root), _kind(binary))
+
+
+def _kind(binary: str) -> str:
+    base = os.path.basename(binary)
+    return "crun" if "crun" in base else "runc" if "runc" in base else base
+
+
+# -- config.json ----------------------------------------------------------------------------
+
+
+def generate_config(spec: Mapping[str, Any], rootfs: str, *, cgroups_path: str | None = None,
+                    init_path: str | None = None) -> dict[str, Any]:
+    """An OCI runtime config (``runc spec``'s defaults, no terminal) for a Tether spec.
+
+    * ``root.path`` is *rootfs* made absolute, writable (``readonly: false``), since a
+      Tether rootfs is a plain directory the user handed us.
+    * ``linux.cgroupsPath`` is ``/tether/ID`` unless *cgroups_path* is given, so the shim
+      knows where the container's cgroup is (OOM watch) without asking the runtime.
+    * ``spec["init"]``: a static tini (*init_path* or :func:`find_init`) is bind-mounted
+      read-only at :data:`INIT_PATH` and runs as pid 1: ``[INIT_PATH, "--", *command]``. As
+      pid 1 it reaps every orphan and forwards signals; its exit status is the command's
+      (128 + signal when the command was killed).
+    """
+    command = spec.get("command") or []
+    if not command or not all(isinstance(a, str) for a in command):
+        raise BundleError(f"spec command must be a non-empty list of strings: {command!r}")
+    container_id = spec.get("id") or "tether"
+    process = make_process(command, spec.get("env") or {}, spec.get("cwd"), spec.get("user"),
+                           spec.get("rlimits") or {})
+    mounts = copy.deepcopy(DEFAULT_MOUNTS)
+    if spec.get("init"):
+        init = init_path or find_init()
+        mounts.append({"destination": INIT_PATH, "type": "bind", "source": init,
+                       "options": ["bind", "ro", "nosuid", "nodev"]})
+        process["args"] = [INIT_PATH, "--", *command]
+    wanted = list(spec.get("namespaces") or [])
+    unknown = [n for n in wanted if n not in NAMESPACES]
+    if unknown:
+        raise BundleError(f"unknown namespaces {unknown}; known: {sorted(NAMESPACES)}")
+    namespaces = [{"type": NAMESPACES[n]} for n in ALWAYS_NAMESPACES]
+    if "net" in wanted:
+        namespaces.append({"type": "network"})
+    return {
+        "ociVersion": OCI_VERSION,
+        "process": process,
+        "root": {"path": os.path.abspath(rootfs), "readonly": False},
+        "hostname": container_id,
+        "mounts": mounts,
+        "linux": {
+            "resources": _resources(spec.get("limits") or {}),
+            "cgroupsPath": cgroups_path or f"/tether/{container_id}",
+            "namespaces": namespaces,
+            "maskedPaths": list(MASKED_PATHS),
+            "readonlyPaths": list(READONLY_PATHS),
+        },
+    }
+
+
+def make_process(command: Sequence[str], env: Mapping[str, str] | None = None,
+                 cwd: str | None = None, user: Mapping[str, Any] | None = None,
+                 rlimits: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
+    """An OCI ``process`` object: for config.json, and for ``exec --process`` on its own."""
+    env = dict(env or {})
+    env.setdefault("PATH", DEFAULT_PATH)
+    cwd = cwd or "/"
+    if not os.path.isabs(cwd):
+        raise BundleError(f"cwd must be an absolute path inside the container: {cwd!r}")
+    user = user or {}
+    oci_user: dict[str, Any] = {"uid": int(user.get("uid", 0)), "gid": int(user.get("gid", 0))}
+    if user.get("additional_gids"):
+        oci_user["additionalGids"] = [int(g) for g in user["additional_gids"]]
+    limits = {"nofile": (1024, 1024), **dict(rlimits or {})}
+    oci_rlimits = []
+    for name, value in limits.items():
+        if name not in RLIMITS:
+            raise BundleError(f"unknown rlimit {name!r}; known: {sorted(RLIMITS)}")
+        soft, hard = value
+        oci_rlimits.append({"type": RLIMITS[name], "soft": int(soft), "hard": int(hard)})
+    return {
+        "terminal": False,
+        "user": oci_user,
+        "args": list(command),
+        "env": [f"{k}={v}" for k, v in env.items()],
+        "cwd": cwd,
+        "capabilities": {k: list(DEFAULT_CAPABILITIES)
+                         for k in ("bounding", "effective", "permitted", "ambient")},
+        "rlimits": oci_rlimits,
+        "noNewPrivileges": True,
+    }
+
+
+def _resources(limits: Mapping[str, Any]) -> dict[str, Any]:
+    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
+    if limits.get("memory") is not None:
+        resources["memory"] = {"limit": int(limits["memory"])}
+    if limits.get("cpus") is not None:
+        quota = max(1000, int(float(limits["cpus"]) * CPU_PERIOD_US))
+        resources["cpu"] = {"quota": quota, "period": CPU_PERIOD_US}
+    if limits.get("pids") is not None:
+        resources["pids"] = {"limit": int(limits["pids"])}
+    return resources
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Atomically (temp + fsync + rename): a runtime never reads half a config."""
+    write_atomic(path, json.dumps(obj, indent=1).encode(), mode=0o600)
+
+
+def load_config(bundle: str | os.PathLike[str]) -> dict[str, Any]:
+    """A bundle's config.json, or :class:`BundleError` naming the file and the problem."""
+    path = os.path.join(os.fspath(bundle), "config.json")
+    try:
+        with open(path, "rb") as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise BundleError(f"bundle {bundle}: no config.json ({path} does not exist)") from None
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"bundle {bundle}: cannot read {path}: {exc}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("process"), dict):
+        raise BundleError(f"bundle {bundle}: {path} is not an OCI config (no 'process' object)")
+    return config
+
+
+def prepare_bundle(spec: Mapping[str, Any], bundle_dir: str | os.PathLike[str],
+                   **config_options: Any) -> str:
+    """The bundle directory the runtime should use, as an absolute path.
+
+    * ``spec["bundle"]``: the user's own bundle, used as is after checking that its
+      config.json exists and parses (limits and init of the spec do not apply to it).
+    * ``spec["rootfs"]``: a config.json generated by :func:`generate_config` is written
+      atomically into *bundle_dir* (the shim's own, e.g. ``ROOT/shims/ID/bundle``), pointing at
+      the rootfs by absolute path; *config_options* go to :func:`generate_config`.
+    """
+    bundle, rootfs = spec.get("bundle"), spec.get("rootfs")
+    if bundle and rootfs:
+        raise BundleError("spec has both 'bundle' and 'rootfs': pass one")
+    if bundle:
+        bundle = os.path.abspath(bundle)
+        load_config(bundle)
+        return bundle
+    if not rootfs:
+        raise BundleError(f"runtime {spec.get('runtime')!r} needs a rootfs or a bundle")
+    rootfs = os.path.abspath(rootfs)
+    if not os.path.isdir(rootfs):
+        raise BundleError(f"rootfs {rootfs} is not a directory")
+    config = generate_config(spec, rootfs, **config_options)
+    bundle_dir = os.path.abspath(bundle_dir)
+    os.makedirs(bundle_dir, mode=0o700, exist_ok=True)
+    write_json(os.path.join(bundle_dir, "config.json"), config)
+    return bundle_dir
+
+
+# -- crun on a hybrid cgroup layout ---------------------------------------------------------
+
+_CLONE_NEWNS = 0x00020000
+_MS_REC = 0x4000
+_MS_SLAVE = 1 << 19
+_MNT_DETACH = 2
+
+
+def needs_private_cgroup_view(binary: str, layout: Layout | None = None) -> bool:
+    """crun (1.8) refuses a hybrid layout ("cgroups in hybrid mode not supported, drop all
+    controllers from cgroupv2"): v1 controllers plus a cgroup2 at /sys/fs/cgroup/unified.
+    It is happy with plain v1, which is what it sees once that mount is hidden."""
+    if _kind(binary) != "crun":
+        return False
+    layout = layout or detect_layout()
+    return layout.version == 1 and layout.hybrid
+
+
+def hide_unified_cgroup(mountpoint: str = "/sys/fs/cgroup/unified") -> None:
+    """Make the calling process see plain cgroup v1: a private mount namespace in which the
+    cgroup2 mount is detached. The host's mounts are untouched (the new namespace is made a
+    slave first, so the umount cannot propagate back).
+
+    Used as the ``preexec_fn`` of every crun command (a child, single-threaded, between fork
+    and exec); a shim that runs only crun could call it once on itself instead. The containers'
+    cgroups are the same kernel objects either way: only the view of crun changes.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(_CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    if libc.mount(None, b"/", None, _MS_REC | _MS_SLAVE, None) != 0:
+        raise OSError(ctypes.get_errno(), "mount --make-rslave /")
+    if libc.umount2(os.fsencode(mountpoint), _MNT_DETACH) != 0:
+        raise OSError(ctypes.get_errno(), f"umount {mountpoint}")
+
+
+# -- the driver -----------------------------------------------------------------------------
+
+
+StdioFd = int | None
+
+
+class OCIRuntime:
+    """The runtime's command line, run synchronously, the way containerd's runc shim runs it.
+
+    *binary*: ``"runc"``, ``"crun"`` or a path (see :func:`resolve_runtime`). *root*: the state
+    directory (``--root``; :func:`state_root` gives Tether's), None for the runtime's global
+    default. *log_path*: the runtime's JSON log (``--log``), where its errors are read from.
+    *hide_unified*: run every command in a private mount namespace without the cgroup2 mount
+    (None: when :func:`needs_private_cgroup_view` says so).
+    """
+
+    def __init__(self, binary: str, root: str | os.PathLike[str] | None,
+                 log_path: str | os.PathLike[str], *, hide_unified: bool | None = None,
+                 timeout: float = 60.0) -> None:
+        self.binary = resolve_runtime(binary)
+        self.kind = _kind(self.binary)
+        self.root = os.fspath(root) if root is not None else None
+        self.log_path = os.path.abspath(os.fspath(log_path))
+        self.timeout = timeout
+        layout = detect_layout()
+        if hide_unified is None:
+            hide_unified = needs_private_cgroup_view(self.binary, layout)
+        self._preexec: Callable[[], None] | None = None
+        if hide_unified:
+            if os.geteuid() != 0:
+                raise OCIError(f"{self.kind} cannot run on this hybrid cgroup layout, and hiding "
+                               f"{layout.unified.mountpoint if layout.unified else 'cgroup2'} "
+                               "needs root (a private mount namespace)")
+            unified = layout.unified.mountpoint if layout.unified else "/sys/fs/cgroup/unified"
+            self._preexec = lambda: hide_unified_cgroup(unified)
+        self.hides_unified = bool(hide_unified)
+
+    def __repr__(self) -> str:
+        return f"OCIRuntime({self.binary!r}, root={self.root!r})"
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def create(self, container_id: str, bundle: str, pid_file: str, *, stdin: StdioFd = None,
+               stdout: StdioFd = None, stderr: StdioFd = None) -> int:
+        """``create --bundle B --pid-file P ID`` with the given fds as the container's stdio
+        (None: /dev/null). Returns the container init's pid: once this returns, the init is a
+        child of the calling subreaper, stopped before the user's program until :meth:`start`.
+
+        On failure (the runtime's words in :class:`RuntimeFailed`) the container is deleted
+        with ``--force`` and the pid file removed.
+        """
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pid_file)
+        args = ["create", "--bundle", os.path.abspath(bundle), "--pid-file", pid_file,
+                container_id]
+        try:
+            self._run(args, container_id, stdin=stdin, stdout=stdout, stderr=stderr)
+            pid = _read_pid(pid_file)
+        except BaseException:
+            self._cleanup(container_id, pid_file)
+            raise
+        return pid
+
+    def start(self, container_id: str) -> None:
+        """``start ID``: the init execs the user's program."""
+        self._run(["start", container_id], container_id)
+
+    def kill(self, container_id: str, sig: int = _signal.SIGTERM, all: bool = False) -> None:
+        """``kill [--all] ID SIG``: *all* signals every process of the container (its cgroup)."""
+        args = ["kill", *(["--all"] if all else []), container_id, str(int(sig))]
+        self._run(args, container_id)
+
+    def delete(self, container_id: str, force: bool = False) -> None:
+        """``delete [--force] ID``: after the init has been reaped (without *force*, the runtime
+        refuses a running container). Removes the state and the cgroup."""
+        self._run(["delete", *(["--force"] if force else []), container_id], container_id)
+
+    def state(self, container_id: str) -> dict[str, Any]:
+        """``state ID``: ``{"id", "pid", "status": created|running|stopped, "bundle", ...}``."""
+        out = self._run(["state", container_id], container_id)
+        return _parse_json(out, f"{self.kind} state {container_id}")
+
+    def list(self) -> list[dict[str, Any]]:
+        """``list --format json``: every container under this root."""
+        out = self._run(["list", "--format", "json"], "")
+        parsed = json.loads(out) if out.strip() else None
+        return list(parsed or [])
+
+    def exec(self, container_id: str, process_path: str, pid_file: str, *,
+             stdin: StdioFd = None, stdout: StdioFd = None, stderr: StdioFd = None,
+             detach: bool = True) -> int:
+        """``exec --process P --pid-file F [--detach] ID``: another process in the container.
+
+        With *detach* (what the shim uses) the runtime returns once the process runs, and the
+        process's pid is returned: it is reparented to the subreaper, which waitpids it. Without
+        *detach* the runtime waits for it, and its exit status is returned.
+        """
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pid_file)
+        args = ["exec", "--process", os.path.abspath(process_path), "--pid-file", pid_file,
+                *(["--detach"] if detach else []), container_id]
+        if detach:
+            self._run(args, container_id, stdin=stdin, stdout=stdout, stderr=stderr)
+            return _read_pid(pid_file)
+        proc = self._spawn(args, stdin, stdout, stderr)
+        return proc.returncode
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def command(self, args: Sequence[str]) -> list[str]:
+        """The full command line for *args* (global options first)."""
+        log = f"file:{self.log_path}" if self.kind == "crun" else self.log_path
+        base = [self.binary]
+        if self.root is not None:
+            base += ["--root", self.root]
+        return [*base, "--log", log, "--log-format", "json", *args]
+
+    def _spawn(self, args: Sequence[str], stdin: StdioFd, stdout: int | None,
+               stderr: int | None) -> subprocess.CompletedProcess[bytes]:
+        cmd = self.command(args)
+        try:
+            return subprocess.run(
+                cmd, stdin=subprocess.DEVNULL if stdin is None else stdin,
+                stdout=subprocess.PIPE if stdout is None else stdout,
+                stderr=subprocess.PIPE if stderr is None else stderr,
+                close_fds=True, timeout=self.timeout, preexec_fn=self._preexec, check=False)
+        except subprocess.TimeoutExpired:
+            raise RuntimeFailed(f"{' '.join(cmd)}: no answer after {self.timeout} s (killed)",
+                                command=cmd, returncode=None, words="timed out") from None
+        except subprocess.SubprocessError as exc:  # only the preexec_fn can raise this
+            raise RuntimeFailed(
+                f"{' '.join(cmd)}: could not enter a private mount namespace without the "
+                f"cgroup2 mount (unshare + umount): {exc}",
+                command=cmd, returncode=None, words=str(exc)) from None
+        except OSError as exc:
+            raise RuntimeFailed(f"{' '.join(cmd)}: {exc.strerror}", command=cmd,
+                                returncode=None, words=str(exc.strerror)) from None
+
+    def _run(self, args: Sequence[str], container_id: str, *, stdin: StdioFd = None,
+             stdout: StdioFd = None, stderr: StdioFd = None) -> bytes:
+        offset = _size(self.log_path)
+        proc = self._spawn(args, stdin, stdout, stderr)
+        if proc.returncode == 0:
+            return proc.stdout if stdout is None else b""
+        words = (_last_error(self.log_path, offset)
+                 or (proc.stderr or b"").decode(errors="replace").strip()
+                 or f"exited with status {proc.returncode}")
+        what = f"{self.kind} {args[0]} {container_id}".rstrip()
+        message = words if words.startswith(f"{self.kind} {args[0]}") else f"{what}: {words}"
+        raise RuntimeFailed(message, command=proc.args, returncode=proc.returncode, words=words)
+
+    def _cleanup(self, container_id: str, pid_file: str) -> None:
+        """After a failed create: whatever the runtime made goes (state, cgroup, init)."""
+        with contextlib.suppress(RuntimeFailed):
+            self.delete(container_id, force=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pid_file)
+
+
+def _read_pid(pid_file: str) -> int:
+    try:
+        with open(pid_file) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError) as exc:
+        raise RuntimeFailed(f"pid file {pid_file}: {exc}", command=[], returncode=None,
+                            words=str(exc)) from None
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _last_error(log_path: str, offset: int) -> str:
+    """The last error-level message the runtime logged after *offset* (runc and crun both log
+    one JSON object per line: ``{"level": "error", "msg": "...", "time": ...}``)."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return ""
+    found = ""
+    for line in data.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+            found = str(entry.get("msg", ""))
+    return found
+
+
+def _parse_json(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        parsed = json.loads(data)
+    except ValueError as exc:
+        raise RuntimeFailed(f"{what}: unreadable output {data[:200]!r}", command=[],
+                            returncode=0, words=str(exc)) from None
+    if not isinstance(parsed, dict):
+        raise RuntimeFailed(f"{what}: expected a JSON object, got {data[:200]!r}", command=[],
+                            returncode=0, words="")
+    return parsed
