@@ -81,7 +81,8 @@ def test_append_returns_events_and_reads_back(root: Path) -> None:
 def test_invalid_items_write_nothing(root: Path) -> None:
     with EventLog.open(root) as log:
         log.append(items(2))
-        for bad in ([("", "x", {})], [("t", 1, {})], [("t", "x", [])], [("t", "x", {"o": object()})]):
+        bads = [[("", "x", {})], [("t", 1, {})], [("t", "x", [])], [("t", "x", {"o": object()})]]
+        for bad in bads:
             with pytest.raises((ValueError, TypeError)):
                 log.append(items(1) + bad)
         assert log.last_seq == 2
@@ -90,9 +91,8 @@ def test_invalid_items_write_nothing(root: Path) -> None:
 
 
 def test_one_writer_per_root(root: Path) -> None:
-    with EventLog.open(root):
-        with pytest.raises(LogBusy, match="another process"):
-            EventLog.open(root)
+    with EventLog.open(root), pytest.raises(LogBusy, match="another process"):
+        EventLog.open(root)
     EventLog.open(root).close()  # released on close
 
 
@@ -132,7 +132,8 @@ def test_rolls_into_segments_named_by_first_seq(root: Path) -> None:
             assert [e.seq for e in log.read(since)] == list(range(since + 1, 61))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(st.one_of(
     st.tuples(st.just("append"), st.integers(1, 12)),
     st.tuples(st.just("reopen"), st.integers(0, 0)),
@@ -193,11 +194,11 @@ def test_torn_tail_at_every_offset_of_the_last_records(tmp_path: Path, caplog) -
 
 
 def test_torn_tail_is_logged(tmp_path: Path, caplog) -> None:
-    data, evs = _write_log(tmp_path, 3)
+    data, _ = _write_log(tmp_path, 3)
     seg_path(tmp_path).write_bytes(data[:-5])
-    with caplog.at_level(logging.WARNING, logger="tether.events.log"):
-        with EventLog.open(tmp_path) as log:
-            assert log.last_seq == 2
+    with caplog.at_level(logging.WARNING, logger="tether.events.log"), \
+            EventLog.open(tmp_path) as log:
+        assert log.last_seq == 2
     assert "torn tail" in caplog.text and "byte offset" in caplog.text
 
 
@@ -232,7 +233,7 @@ def test_partial_header_of_a_new_last_segment_is_torn(root: Path) -> None:
 
 
 def test_flipped_byte_in_any_earlier_record_is_corruption(tmp_path: Path) -> None:
-    data, evs = _write_log(tmp_path / "orig", 5)
+    data, _ = _write_log(tmp_path / "orig", 5)
     offsets = record_offsets(data)
     for pos in range(offsets[0], offsets[-1]):  # every byte of every record but the last
         rec = max(i for i, o in enumerate(offsets) if o <= pos)
