@@ -1,0 +1,426 @@
+"""The API methods of supervisor.protocol, one coroutine each.
+
+Rules every mutating command follows:
+* the id is validated before anything touches a path;
+* it holds its container's lock (commands on one container run one at a time; different
+  containers in parallel);
+* it replies only after its event is durable (``Core.append`` returns after fdatasync);
+* ``wait``/``stop`` results come from the projection reaching ``stopped`` (a durable
+  ``task.exit``), never from the shim's word alone.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal as signal_mod
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+import trio
+
+from events.model import InvalidId, validate_id
+from supervisor import protocol
+from supervisor.core import VERSION, Core
+from supervisor.errors import ApiError
+from supervisor.shims import call_shim, end_shim, new_instance, spawn_shim, start_link
+
+__all__ = ["Commands"]
+
+log = structlog.get_logger("supervisord.commands")
+
+SendItem = Callable[[Any], Awaitable[None]]
+
+_ADJECTIVES = ("brave", "calm", "eager", "fond", "glad", "keen", "lucid", "merry", "nimble",
+               "proud", "quick", "sly", "tidy", "vivid", "witty", "zesty")
+_NOUNS = ("otter", "heron", "lynx", "panda", "raven", "tapir", "wombat", "yak", "bison",
+          "gecko", "ibis", "koala", "lemur", "moose", "newt", "orca")
+
+
+def check_id(value: object) -> str:
+    try:
+        return validate_id(value)
+    except InvalidId as exc:
+        raise ApiError("invalid", str(exc)) from None
+
+
+def exit_fields(c: dict[str, Any]) -> dict[str, Any]:
+    return {"id": c["id"], "pid": c["pid"], "exit_status": c["exit_status"],
+            "signal": c["signal"], "exited_at": c["finished"], "reason": c["exit_reason"]}
+
+
+def _signal_number(value: object) -> int:
+    if isinstance(value, bool):
+        raise ApiError("invalid", f"signal must be a number or name, got {value!r}")
+    if isinstance(value, int):
+        if 0 < value < signal_mod.NSIG:
+            return value
+    elif isinstance(value, str):
+        name = value.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        sig = getattr(signal_mod.Signals, name, None) if name.isidentifier() else None
+        if sig is None and value.isdigit():
+            return _signal_number(int(value))
+        if sig is not None:
+            return int(sig)
+    raise ApiError("invalid", f"unknown signal {value!r}; use a number or a name like TERM")
+
+
+def _timeout(params: dict[str, Any]) -> float | None:
+    t = params.get("timeout")
+    if t is None:
+        return None
+    if isinstance(t, bool) or not isinstance(t, int | float) or t < 0:
+        raise ApiError("invalid", f"timeout must be a number of seconds >= 0, got {t!r}")
+    return float(t)
+
+
+def validate_spec(spec: object) -> dict[str, Any]:
+    if not isinstance(spec, dict):
+        raise ApiError("invalid", "params.spec must be a map (see supervisor.protocol.SPEC_PARAMS)")
+    unknown = set(spec) - set(protocol.SPEC_PARAMS) - {"namespaces", "rlimits"}
+    if unknown:
+        raise ApiError("invalid", f"unknown spec fields {sorted(unknown)}; known: "
+                       f"{sorted(protocol.SPEC_PARAMS)}")
+    command = spec.get("command")
+    if (not isinstance(command, list) or not command
+            or not all(isinstance(a, str) and "\0" not in a for a in command)):
+        raise ApiError("invalid", "spec.command must be a non-empty list of strings (argv)")
+    env = spec.get("env") or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) and k and "=" not in k
+                                            and isinstance(v, str) for k, v in env.items()):
+        raise ApiError("invalid", "spec.env must map names (without '=') to strings")
+    for key in ("cwd", "rootfs", "bundle"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            raise ApiError("invalid", f"spec.{key} must be a path string")
+    runtime = spec.get("runtime") or "process"
+    if not isinstance(runtime, str):
+        raise ApiError("invalid", "spec.runtime must be a string")
+    st = spec.get("stop_timeout", 10.0)
+    if isinstance(st, bool) or not isinstance(st, int | float) or st < 0:
+        raise ApiError("invalid", "spec.stop_timeout must be a number >= 0")
+    out = {k: v for k, v in protocol.SPEC_PARAMS.items()}
+    out.update(spec)
+    out["stop_signal"] = _signal_number(spec.get("stop_signal") or 15)
+    return out
+
+
+class Commands:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.root = core.paths.root
+        self.methods: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+            "create": self.create, "start": self.start, "run": self.run, "stop": self.stop,
+            "kill": self.kill, "restart": self.restart, "rm": self.rm, "ps": self.ps,
+            "inspect": self.inspect, "wait": self.wait, "status": self.status,
+            "info": self.info, "shutdown": self.shutdown, "exec": self.exec,
+        }
+        from supervisor.streams import Streams
+
+        self.streams: dict[str, Callable[[dict[str, Any], SendItem], Awaitable[None]]] = {
+            "events": Streams(core).events, "logs": Streams(core).logs,
+        }
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _container(self, cid: str) -> dict[str, Any]:
+        c = self.core.state.containers.get(cid)
+        if c is None:
+            raise ApiError("not_found", f"no container {cid!r}; see `supervisorctl ps -a`")
+        return c
+
+    def _new_id(self) -> str:
+        for _ in range(100):
+            cid = (f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-"
+                   f"{secrets.token_hex(2)}")
+            if cid not in self.core.state.containers and not (self.root / "shims" / cid).exists():
+                return cid
+        return secrets.token_hex(6)
+
+    def row(self, c: dict[str, Any]) -> dict[str, Any]:
+        return {"id": c["id"], "state": self.core.shown_state(c), "pid": c["pid"],
+                "exit_status": c["exit_status"], "restarts": c["restarts"],
+                "runtime": c["runtime"], "created": c["created"], "started": c["started"],
+                "finished": c["finished"]}
+
+    async def _wait_stopped(self, cid: str, instance: str | None,
+                            timeout: float | None = None) -> dict[str, Any]:
+        """Until the projection shows this task stopped (or the container gone)."""
+        def done(state: Any) -> Any:
+            c = state.containers.get(cid)
+            if c is None:
+                return {"gone": True}
+            if c["state"] == "stopped" and (instance is None or c["instance"] == instance):
+                return c
+            return None
+
+        if timeout is None:
+            c = await self.core.wait_until(done)
+        else:
+            with trio.move_on_after(timeout):
+                c = await self.core.wait_until(done)
+                return c
+            raise ApiError("unavailable", f"container {cid}: no exit was recorded in "
+                           f"{timeout:g}s")
+        return c
+
+    # -- create / start / run -------------------------------------------------------------------
+
+    async def create(self, params: dict[str, Any]) -> dict[str, Any]:
+        spec = validate_spec(params.get("spec"))
+        name = spec.get("name")
+        cid = check_id(name) if name is not None else self._new_id()
+        async with self.core.lock(cid):
+            if cid in self.core.state.containers:
+                raise ApiError("conflict", f"the id {cid!r} is in use; remove that container "
+                               "first (`supervisorctl rm`) or choose another name")
+            directory = self.root / "shims" / cid
+            if directory.exists():  # leftovers of a crash between spawn and create
+                what = await end_shim(self.root, cid)
+                log.warning("ended a shim the log did not know", id=cid, action=what)
+            instance = new_instance()
+            ready = await spawn_shim(self.root, cid, instance, spec)
+            stored = {**spec, "name": cid}
+            try:
+                await self.core.append([
+                    ("container.create", cid, {"spec": stored}),
+                    ("task.create", cid, {"pid": ready.get("task_pid"),
+                                          "shim_pid": ready.get("pid"),
+                                          "address": ready.get("address"),
+                                          "instance": instance}),
+                ])
+            except BaseException:
+                # not durable: the container does not exist, so neither may its shim
+                with trio.CancelScope(shield=True):
+                    what = await end_shim(self.root, cid)
+                    log.warning("create not recorded; shim ended", id=cid, action=what)
+                raise
+            start_link(self.core, cid, instance)
+        return {"id": cid}
+
+    async def start(self, params: dict[str, Any]) -> dict[str, Any]:
+        cid = check_id(params.get("id"))
+        async with self.core.lock(cid):
+            return await self._start_locked(cid)
+
+    async def _start_locked(self, cid: str) -> dict[str, Any]:
+        c = self._container(cid)
+        if c["state"] == "running":
+            raise ApiError("conflict", f"container {cid} is already running")
+        if c["state"] != "created":
+            raise ApiError("conflict", f"container {cid} is {c['state']}; use restart")
+        instance = c["instance"]
+        try:
+            result = await call_shim(self.root, cid, "start")
+        except ApiError as exc:
+            if exc.code == "exec_failed":
+                # the shim recorded exit 127: reply once that exit is durable
+                with trio.move_on_after(5):
+                    await self._wait_stopped(cid, instance)
+            raise
+        pid = result.get("pid")
+
+        def still_created(state: Any) -> bool:
+            c2 = state.containers.get(cid)
+            return c2 is not None and c2["instance"] == instance and c2["state"] == "created"
+
+        await self.core.guarded_append(
+            cid, [("task.start", cid, {"pid": pid, "instance": instance})], still_created)
+        return {"id": cid, "pid": pid}
+
+    async def run(self, params: dict[str, Any]) -> dict[str, Any]:
+        created = await self.create(params)
+        cid = created["id"]
+        async with self.core.lock(cid):
+            return await self._start_locked(cid)
+
+    # -- stop / kill / restart / rm / wait -------------------------------------------------------
+
+    async def stop(self, params: dict[str, Any]) -> dict[str, Any]:
+        cid = check_id(params.get("id"))
+        timeout = _timeout(params)
+        async with self.core.lock(cid):
+            c = self._container(cid)
+            return exit_fields(await self._stop_locked(c, timeout))
+
+    async def _stop_locked(self, c: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+        cid = c["id"]
+        if c["state"] == "stopped":
+            return c
+        instance = c["instance"]
+        if timeout is None:
+            timeout = float(c["spec"].get("stop_timeout", 10.0))
+        params: dict[str, Any] = {"timeout": timeout,
+                                  "signal": int(c["spec"].get("stop_signal") or 15)}
+        try:
+            await call_shim(self.root, cid, "stop", **params)
+        except ApiError as exc:
+            if exc.code != "unavailable":
+                raise
+            # the shim is gone: its link records the exit (exit file, or the pid's end)
+            return await self._wait_stopped(cid, instance, timeout + 10)
+        return await self._wait_stopped(cid, instance, 10)
+
+    async def kill(self, params: dict[str, Any]) -> None:
+        cid = check_id(params.get("id"))
+        sig = _signal_number(params.get("signal", 15))
+        c = self._container(cid)
+        if c["state"] == "stopped" and not params.get("all"):
+            raise ApiError("conflict", f"container {cid} is not running")
+        await call_shim(self.root, cid, "kill", signal=sig, all=bool(params.get("all")))
+        return None
+
+    async def restart(self, params: dict[str, Any]) -> dict[str, Any]:
+        cid = check_id(params.get("id"))
+        timeout = _timeout(params)
+        async with self.core.lock(cid):
+            c = self._container(cid)
+            c = await self._stop_locked(c, timeout)
+            await self._retire_task(cid)
+            c = self._container(cid)
+            instance = new_instance()
+            ready = await spawn_shim(self.root, cid, instance, c["spec"])
+            try:
+                await self.core.append([
+                    ("container.restart", cid, {"attempt": c["restarts"] + 1,
+                                                "reason": "restart command", "delay": 0}),
+                    ("task.create", cid, {"pid": ready.get("task_pid"),
+                                          "shim_pid": ready.get("pid"),
+                                          "address": ready.get("address"),
+                                          "instance": instance}),
+                ])
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await _quiet_delete(self.root, cid)
+                raise
+            start_link(self.core, cid, instance)
+            return await self._start_locked(cid)
+
+    async def _retire_task(self, cid: str) -> None:
+        """Delete the stopped task's shim and record ``task.delete``."""
+        link = self.core.links.get(cid)
+        if link is not None:
+            link.closing = True
+        await _quiet_delete(self.root, cid)
+        if link is not None:
+            link.cancel_scope.cancel()
+        c = self._container(cid)
+        await self.core.append([("task.delete", cid, {"exit_status": c["exit_status"],
+                                                      "instance": c["instance"]})])
+
+    async def rm(self, params: dict[str, Any]) -> None:
+        cid = check_id(params.get("id"))
+        force = bool(params.get("force"))
+        async with self.core.lock(cid):
+            c = self._container(cid)
+            if c["state"] == "running" and not force:
+                raise ApiError("conflict", f"container {cid} is running; stop it first or "
+                               "use rm -f")
+            link = self.core.links.get(cid)
+            if link is not None:
+                link.closing = True
+            if c["state"] != "stopped":
+                try:
+                    record = await call_shim(self.root, cid, "delete", force=True)
+                except ApiError as exc:
+                    if exc.code != "unavailable":
+                        raise
+                    record = None
+                if record:
+                    from supervisor.shims import _exit_data
+
+                    await self.core.append_shim_event(cid, "task.exit", _exit_data(record))
+            else:
+                await _quiet_delete(self.root, cid)
+            if link is not None:
+                link.cancel_scope.cancel()
+            c = self._container(cid)
+            if c["state"] == "running":  # shim unreachable and the task outlived it
+                pid = c["pid"]
+                if pid:
+                    import contextlib
+
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal_mod.SIGKILL)
+                await self._wait_stopped(cid, c["instance"], 10)
+            await self.core.append([("container.delete", cid, {})])
+            await trio.to_thread.run_sync(
+                lambda: shutil.rmtree(self.root / "shims" / cid, ignore_errors=True))
+        self.core.forget_locks(cid)
+        return None
+
+    async def wait(self, params: dict[str, Any]) -> dict[str, Any]:
+        cid = check_id(params.get("id"))
+        c = self._container(cid)
+        if c["state"] == "stopped":
+            return exit_fields(c)
+        c = await self._wait_stopped(cid, None)
+        if "gone" in c:
+            raise ApiError("not_found", f"container {cid} was removed while waiting")
+        return exit_fields(c)
+
+    # -- read-only -----------------------------------------------------------------------------
+
+    async def ps(self, params: dict[str, Any]) -> list[dict[str, Any]]:
+        show_all = bool(params.get("all"))
+        rows = [self.row(c) for c in self.core.state.containers.values()
+                if show_all or c["state"] != "stopped"]
+        rows.sort(key=lambda r: (r["created"] or 0, r["id"]))
+        return rows
+
+    async def inspect(self, params: dict[str, Any]) -> dict[str, Any]:
+        cid = check_id(params.get("id"))
+        c = self._container(cid)
+        since = max(0, int(c.get("create_seq", 1)) - 1)
+        last = self.core.state.last_seq
+
+        def history() -> list[dict[str, Any]]:
+            out = []
+            for event in self.core.eventlog.read(since):
+                if event.seq > last:
+                    break
+                if event.id == cid:
+                    out.append(event.to_record())
+            return out
+
+        try:
+            hist = await trio.to_thread.run_sync(history)
+        except Exception as exc:  # compacted or unreadable: still answer
+            hist = []
+            log.warning("inspect: history unavailable", id=cid, error=str(exc))
+        return {**self.row(c), "spec": c["spec"], "instance": c["instance"],
+                "shim_pid": c["shim_pid"], "address": c["address"], "signal": c["signal"],
+                "exit_reason": c["exit_reason"], "oom": c["oom"], "lost": c["lost"],
+                "history": hist}
+
+    async def status(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "pid": os.getpid(), "uptime": self.core.uptime(),
+                "last_seq": self.core.state.last_seq, "reconciling": self.core.reconciling}
+
+    async def info(self, params: dict[str, Any]) -> dict[str, Any]:
+        counts: dict[str, int] = {s: 0 for s in protocol.STATES}
+        for c in self.core.state.containers.values():
+            st = self.core.shown_state(c)
+            counts[st] = counts.get(st, 0) + 1
+        return {"version": VERSION, "pid": os.getpid(), "root": str(self.root),
+                "socket": str(self.core.paths.socket), "last_seq": self.core.state.last_seq,
+                "containers": counts, "shims": len(self.core.links),
+                "snapshot_seq": self.core.snapshot_seq, "subscribers": len(self.core.hub),
+                "skipped_events": self.core.skipped}
+
+    async def shutdown(self, params: dict[str, Any]) -> None:
+        self.core.shutdown_requested.set()
+        return None
+
+    async def exec(self, params: dict[str, Any]) -> None:
+        raise ApiError("unsupported", "exec is not supported yet (it arrives with the OCI work)")
+
+
+async def _quiet_delete(root: Any, cid: str) -> None:
+    try:
+        await call_shim(root, cid, "delete", force=False)
+    except ApiError as exc:
+        log.debug("shim delete", id=cid, error=exc.message)
+

@@ -1,0 +1,170 @@
+"""``supervisord``: the event-sourced daemon, in the foreground.
+
+Services, all in one trio nursery (nothing runs unowned):
+
+* the log writer (the only writer of the event log; group commit in a worker thread);
+* the API server on ``ROOT/supervisord.sock``;
+* one link task per shim (its events, appended exactly once, then acknowledged);
+* recovery's reconciliation, and the snapshotter;
+* signal handling: SIGTERM/SIGINT (or the ``shutdown`` method) stop serving, append
+  ``supervisor.stop``, write a snapshot and exit. Containers keep running: the shims are
+  detached, and the daemon never kills them on its way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import signal
+import sys
+
+import structlog
+import trio
+
+from events.log import CorruptLog, EventLog, LogBusy, LogVersionError
+from supervisor import logsetup, recovery
+from supervisor.commands import Commands
+from supervisor.core import VERSION, Config, Core
+from supervisor.paths import default_root
+from supervisor.server import Server, bind_api_socket
+
+__all__ = ["main", "run"]
+
+log = structlog.get_logger("supervisord")
+
+#: Grace for the reply of ``shutdown`` to leave before the server is cancelled.
+SHUTDOWN_REPLY_GRACE = 0.05
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="supervisord", description=__doc__.splitlines()[0])
+    p.add_argument("--root", default=None, help=f"state directory (default {default_root()})")
+    p.add_argument("--socket", default=None, help="API socket path (default ROOT/supervisord.sock)")
+    p.add_argument("--log-format", choices=("console", "json"), default="console")
+    p.add_argument("--repair", action="store_true",
+                   help="cut a corrupt event log back to its last good record (kept aside)")
+    p.add_argument("--group", default=None,
+                   help="let members of this group use the API socket (mode 0660)")
+    p.add_argument("--snapshot-every", type=int, default=10_000, metavar="N",
+                   help="write a snapshot every N events (start-up replays at most N)")
+    p.add_argument("--retain-events", type=int, default=1_000_000, metavar="N",
+                   help="keep at least the last N events on disk (never past the snapshot)")
+    p.add_argument("--subscriber-buffer", type=int, default=10_000, metavar="N",
+                   help="events buffered per subscriber before it is cut off as too slow")
+    p.add_argument("--segment-size", type=int, default=64 * 2**20, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+async def run(config: Config) -> int:
+    """Run until a signal or ``shutdown``; returns the exit code."""
+    paths = config.paths
+    paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paths.shims.mkdir(exist_ok=True, mode=0o700)
+    try:
+        eventlog = EventLog.open(paths.root, segment_size=config.segment_size,
+                                 repair=config.repair)
+    except CorruptLog as exc:
+        log.error("refusing to start: the event log is corrupt", path=exc.path,
+                  offset=exc.offset, hint="start with --repair to keep every record before "
+                  "the damage (the rest is kept aside in a .broken file)", error=str(exc))
+        return 1
+    except (LogBusy, LogVersionError) as exc:
+        log.error("refusing to start", error=str(exc))
+        return 1
+    try:
+        try:
+            state, snapshot_seq = await trio.to_thread.run_sync(recovery.load_state, eventlog)
+        except (recovery.StartupError, CorruptLog) as exc:
+            log.error("refusing to start", error=str(exc),
+                      hint="start with --repair" if isinstance(exc, CorruptLog) else None)
+            return 1
+        core = Core(config, eventlog, state, snapshot_seq)
+        core.unreconciled = set(recovery.to_reconcile(state))
+        commands = Commands(core)
+        sock, gid = bind_api_socket(paths.socket, config.group)
+        server = Server(core, commands, gid)
+        try:
+            await _serve(core, server, sock)
+        finally:
+            sock.close()
+            with contextlib.suppress(OSError):
+                os.unlink(paths.socket)
+    finally:
+        eventlog.close()
+    log.info("supervisord stopped; containers keep running", last_seq=core.state.last_seq)
+    return 0
+
+
+async def _serve(core: Core, server: Server, sock: object) -> None:
+    async with trio.open_nursery() as outer:
+        await outer.start(core.writer.run)
+        try:
+            await core.append([("supervisor.start", "", {"pid": os.getpid(),
+                                                         "version": VERSION,
+                                                         "root": str(core.paths.root)})])
+            log.info("supervisord started", pid=os.getpid(), root=str(core.paths.root),
+                     socket=str(core.paths.socket), last_seq=core.state.last_seq,
+                     containers=len(core.state.containers))
+            async with trio.open_nursery() as services:
+                core.nursery = services
+                await services.start(server.serve, sock)
+                services.start_soon(recovery.reconcile_all, core)
+                services.start_soon(recovery.snapshotter, core)
+                await _until_stop(core)
+                services.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                try:
+                    await core.append([("supervisor.stop", "", {"pid": os.getpid(),
+                                                                "version": VERSION})])
+                    await recovery.write_snapshot_now(core)
+                except Exception as exc:
+                    log.error("could not record the stop", error=str(exc))
+            outer.cancel_scope.cancel()
+
+
+async def _until_stop(core: Core) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            async def on_signal() -> None:
+                async for signum in signals:
+                    log.info("signal received; stopping", signal=signal.Signals(signum).name)
+                    break
+                nursery.cancel_scope.cancel()
+
+            async def on_shutdown() -> None:
+                await core.shutdown_requested.wait()
+                log.info("shutdown requested; stopping")
+                await trio.sleep(SHUTDOWN_REPLY_GRACE)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(on_signal)
+            nursery.start_soon(on_shutdown)
+
+
+def _raise_nofile() -> None:
+    """One link per shim plus clients: 1,000 containers need more than the usual 1,024 fds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logsetup.configure(args.log_format)
+    root = args.root or str(default_root())
+    config = Config(root, socket=args.socket, repair=args.repair, group=args.group,
+                    snapshot_every=max(1, args.snapshot_every),
+                    retain_events=max(0, args.retain_events),
+                    subscriber_buffer=max(1, args.subscriber_buffer),
+                    segment_size=args.segment_size)
+    config.paths.check_socket()
+    _raise_nofile()
+    return trio.run(run, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

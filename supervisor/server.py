@@ -1,0 +1,191 @@
+"""The API server on ``ROOT/supervisord.sock``.
+
+Each connection is one task; each request on it is one task of the connection's nursery, so a
+client may pipeline requests and a ``wait`` never blocks a ``ps`` on the same connection.
+Whatever a client sends -- garbage, a 4 GiB length header, a list instead of a map, an unknown
+method, another protocol version -- costs that client an error frame (and, for framing errors,
+its connection), never the daemon or another client. A request already running when its client
+goes away finishes (a half-done ``create`` would be worse than a reply nobody reads); a stream
+is cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import socket
+import stat
+from typing import Any
+
+import structlog
+import trio
+
+from events import wire
+from supervisor.channel import Channel, Closed
+from supervisor.commands import Commands
+from supervisor.core import VERSION, Core
+from supervisor.errors import ApiError
+from supervisor.peercred import allowed, peer_creds
+
+__all__ = ["Server", "bind_api_socket"]
+
+log = structlog.get_logger("supervisord.server")
+
+HELLO_TIMEOUT = 10.0
+MAX_INFLIGHT = 64  # requests running at once on one connection
+
+
+def bind_api_socket(path: os.PathLike[str] | str, group: str | None) -> tuple[socket.socket,
+                                                                              int | None]:
+    """Bind the API socket with its final mode from the start (umask), replacing a stale one
+    (the event log's flock proves no other daemon owns this root)."""
+    path = os.fspath(path)
+    gid = None
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise SystemExit(f"supervisord: no such group {group!r} (--group)") from None
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o117 if gid is not None else 0o177)
+    try:
+        sock.bind(path)
+        if gid is not None:
+            os.chown(path, -1, gid)
+            os.chmod(path, 0o660)
+        else:
+            os.chmod(path, 0o600)
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    return sock, gid
+
+
+class Server:
+    def __init__(self, core: Core, commands: Commands, group_gid: int | None) -> None:
+        self.core = core
+        self.commands = commands
+        self.group_gid = group_gid
+        self.my_uid = os.geteuid()
+        self.connections = 0
+
+    async def serve(self, sock: socket.socket, *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        async with listener, trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:  # EMFILE: back off, keep serving the others
+                    log.warning("accept failed", error=str(exc))
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(self._connection, stream)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        chan = Channel(stream)
+        try:
+            await self._converse(chan, stream)
+        except Closed:
+            pass
+        except Exception as exc:  # a bug costs this connection, never the daemon
+            log.exception("connection failed", error=repr(exc))
+        finally:
+            self.connections -= 1
+            await chan.aclose()
+
+    async def _converse(self, chan: Channel, stream: trio.SocketStream) -> None:
+        raw = stream.socket
+        try:
+            creds = peer_creds(raw)  # type: ignore[arg-type]
+        except OSError:
+            creds = (0, -1, -1)
+        if not allowed(creds, self.my_uid, self.group_gid):
+            log.warning("connection refused", pid=creds[0], uid=creds[1], gid=creds[2])
+            await chan.send(wire.error(None, "permission_denied",
+                                       f"uid {creds[1]} may not use this supervisord: it "
+                                       "allows root, its own uid and members of its --group"))
+            return
+        try:
+            with trio.fail_after(HELLO_TIMEOUT):
+                first = await chan.recv()
+            wire.parse_hello(first, roles={"client"})
+        except trio.TooSlowError:
+            await chan.send(wire.error(None, "protocol", "no hello within "
+                                       f"{HELLO_TIMEOUT:g}s"))
+            return
+        except (wire.ProtocolError, wire.RemoteError) as exc:
+            code = getattr(exc, "code", "protocol")
+            await chan.send(wire.error(None, code if code != "invalid" else "protocol",
+                                       str(exc)))
+            return
+        await chan.send(wire.hello("daemon", version=VERSION, pid=os.getpid()))
+        streams: set[trio.CancelScope] = set()
+        limiter = trio.Semaphore(MAX_INFLIGHT)
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    message = await chan.recv()
+                except wire.ProtocolError as exc:
+                    with contextlib.suppress(Closed):
+                        await chan.send(wire.error(exc.rid, exc.code, str(exc)))
+                    break
+                except Closed:
+                    break
+                try:
+                    req = wire.parse_request(message)
+                except wire.ProtocolError as exc:
+                    await chan.send(wire.error(exc.rid, exc.code, str(exc)))
+                    continue
+                await limiter.acquire()
+                nursery.start_soon(self._request, chan, req, streams, limiter, raw)
+            for scope in streams:
+                scope.cancel()
+
+    async def _request(self, chan: Channel, req: wire.Request, streams: set[trio.CancelScope],
+                       limiter: trio.Semaphore, raw: Any) -> None:
+        try:
+            handler = self.commands.methods.get(req.method)
+            stream_handler = self.commands.streams.get(req.method)
+            if stream_handler is not None:
+                scope = trio.CancelScope()
+                streams.add(scope)
+                try:
+                    with scope:
+                        async def send_item(value: Any) -> None:
+                            await chan.send(wire.item(req.rid, value))
+
+                        await stream_handler(req.params, send_item, raw)
+                        await chan.send(wire.end(req.rid))
+                finally:
+                    streams.discard(scope)
+                return
+            if handler is None:
+                known = ", ".join(sorted([*self.commands.methods, *self.commands.streams]))
+                raise ApiError("unknown_method",
+                               f"unknown method {req.method!r}; known: {known}")
+            result = await handler(req.params)
+            await chan.send(wire.reply(req.rid, result))
+        except ApiError as exc:
+            with contextlib.suppress(Closed):
+                await chan.send(wire.error(req.rid, exc.code, exc.message))
+        except Closed:
+            pass
+        except wire.FrameTooLarge as exc:
+            with contextlib.suppress(Closed):
+                await chan.send(wire.error(req.rid, "internal", str(exc)))
+        except Exception as exc:
+            log.exception("request failed", method=req.method, error=repr(exc))
+            with contextlib.suppress(Closed):
+                await chan.send(wire.error(req.rid, "internal", f"{req.method}: {exc!r}"))
+        finally:
+            limiter.release()

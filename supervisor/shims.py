@@ -1,0 +1,337 @@
+"""Starting shims, talking to them, and turning what they report into durable events.
+
+One :class:`ShimLink` task per live shim holds a single connection with an ``events`` stream:
+each event the shim reports is appended (deduplicated by ``(instance, shim_seq)``) and only
+then acknowledged on the same connection, so a crash anywhere in between re-delivers it and the
+projection's memory of shim seqs makes the second delivery a no-op.
+
+When the connection ends without our asking (the shim was SIGKILLed, or crashed), the shim's
+exit file decides: if it holds this instance's exit, that exit is appended; otherwise the
+daemon appends ``shim.lost`` and watches the container's pid through a pidfd so that its end
+is still recorded (as ``task.exit`` with ``exit_status`` None and a ``reason``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from events import shim_api, wire
+from supervisor.channel import Channel, Closed, connect
+from supervisor.errors import ApiError
+
+if TYPE_CHECKING:
+    from supervisor.core import Core
+
+__all__ = ["ShimLink", "call_shim", "end_shim", "new_instance", "shim_call_timeout",
+           "spawn_shim", "watch_lost_task"]
+
+log = structlog.get_logger("supervisord.shims")
+
+#: Default PATH for containers, as docker's.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def new_instance() -> str:
+    return secrets.token_hex(8)
+
+
+def shim_spec(cid: str, instance: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Translate an API spec (supervisor.protocol.SPEC_PARAMS) to a shim spec (SPEC_FIELDS)."""
+    env = {"PATH": DEFAULT_PATH, **{str(k): str(v) for k, v in (spec.get("env") or {}).items()}}
+    limits = {k: v for k, v in (("memory", spec.get("memory")), ("cpus", spec.get("cpus")),
+                                ("pids", spec.get("pids_limit"))) if v is not None}
+    out: dict[str, Any] = {
+        "id": cid, "instance": instance, "command": list(spec["command"]), "env": env,
+        "cwd": spec.get("cwd"), "runtime": spec.get("runtime") or "process",
+        "rootfs": spec.get("rootfs"), "bundle": spec.get("bundle"),
+        "init": bool(spec.get("init")), "user": spec.get("user"), "limits": limits,
+        "stop_signal": spec.get("stop_signal") or 15,
+        "stop_timeout": spec.get("stop_timeout", 10.0), "labels": spec.get("labels") or {},
+    }
+    log_conf = dict(shim_api.SPEC_FIELDS["log"])
+    if spec.get("log_max_size"):
+        log_conf["max_size"] = int(spec["log_max_size"])
+    if spec.get("log_keep") is not None:
+        log_conf["keep"] = int(spec["log_keep"])
+    out["log"] = log_conf
+    for key in ("namespaces", "rlimits"):
+        if spec.get(key):
+            out[key] = spec[key]
+    return out
+
+
+async def spawn_shim(root: Path, cid: str, instance: str, spec: dict[str, Any]
+                     ) -> dict[str, Any]:
+    """Write the shim spec and start ``python -I -m shim start``; returns its ready map
+    ``{"pid", "address", "task_pid"}``. The shim directory must not hold a live shim."""
+    directory = shim_api.shim_dir(root, cid)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in (shim_api.EXIT_FILE, shim_api.ADDRESS_FILE, shim_api.PID_FILE):
+            with contextlib.suppress(FileNotFoundError):
+                (directory / stale).unlink()
+        shim_api.write_spec(directory, shim_spec(cid, instance, spec))
+    except OSError as exc:
+        raise _os_error("writing the shim spec", directory, exc) from None
+    # Absolute interpreter, isolated mode: never a PATH lookup, never the caller's env.
+    argv = [sys.executable, "-I", "-m", "shim", "start", "--root", str(root), "--id", cid]
+    result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True,
+                                    check=False, stdin=b"")
+    if result.returncode != 0:
+        reason = result.stderr.decode(errors="replace").strip() or f"exit {result.returncode}"
+        code = "no_space" if "No space left" in reason else "invalid"
+        raise ApiError(code, f"the shim could not start the container: {reason}")
+    try:
+        ready = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise ApiError("internal", f"shim start printed {result.stdout!r}, not a ready line"
+                       ) from None
+    return dict(ready)
+
+
+def _os_error(what: str, path: Path, exc: OSError) -> ApiError:
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ApiError("no_space", f"{what} in {path} failed: {exc.strerror}; free space "
+                        "and retry (nothing was changed)")
+    return ApiError("internal", f"{what} in {path} failed: {exc}")
+
+
+def read_address(root: Path, cid: str) -> str | None:
+    try:
+        return (shim_api.shim_dir(root, cid) / shim_api.ADDRESS_FILE).read_text().strip()
+    except OSError:
+        return None
+
+
+def shim_call_timeout(method: str) -> float | None:
+    return None if method in ("stop", "wait", "delete") else 10.0
+
+
+async def call_shim(root: Path, cid: str, method: str, **params: Any) -> Any:
+    """One request on a fresh connection (so a long ``stop`` never blocks anything else).
+
+    ``unavailable`` when the shim cannot be reached; the shim's own errors pass through.
+    """
+    address = read_address(root, cid)
+    if address is None:
+        raise ApiError("unavailable", f"container {cid} has no shim address")
+    try:
+        chan = await connect(address, "supervisor")
+    except (OSError, Closed, trio.TooSlowError, wire.ProtocolError) as exc:
+        raise ApiError("unavailable", f"the shim of {cid} cannot be reached: {exc}") from None
+    try:
+        timeout = shim_call_timeout(method)
+        with trio.fail_after(timeout) if timeout else contextlib.nullcontext():
+            return await chan.call(method, **params)
+    except wire.RemoteError as exc:
+        raise ApiError(exc.code, exc.message) from None
+    except (Closed, trio.TooSlowError, wire.ProtocolError) as exc:
+        raise ApiError("unavailable", f"the shim of {cid} went away during {method}: {exc}"
+                       ) from None
+    finally:
+        await chan.aclose()
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2 :].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
+async def end_shim(root: Path, cid: str) -> str:
+    """End whatever runs in ``ROOT/shims/ID`` (delete with force; kill by pid if it does not
+    answer) and remove the directory. Returns what was done, for the log."""
+    directory = shim_api.shim_dir(root, cid)
+    what = "removed an empty shim directory"
+    try:
+        await call_shim(root, cid, "delete", force=True)
+        what = "deleted a live shim (its task killed)"
+    except ApiError:
+        try:
+            pid = int((directory / shim_api.PID_FILE).read_text())
+        except (OSError, ValueError):
+            pid = 0
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+            what = f"killed an unresponsive shim (pid {pid})"
+    await trio.to_thread.run_sync(lambda: shutil.rmtree(directory, ignore_errors=True))
+    return what
+
+
+async def watch_lost_task(core: Core, cid: str, instance: str, pid: int | None) -> None:
+    """The shim is gone but its container may not be: record the container's end when it
+    comes, via a pidfd (no polling, no race with pid reuse once the pidfd is open)."""
+    fd: int | None = None
+    if pid and _alive(pid):
+        try:
+            fd = os.pidfd_open(pid)
+        except (ProcessLookupError, OSError):
+            fd = None
+    try:
+        if fd is not None:
+            log.info("watching the task of a lost shim", id=cid, pid=pid)
+            await trio.lowlevel.wait_readable(fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    # the exit file may have appeared meanwhile (the shim died after writing it): prefer it
+    record = shim_api.read_exit_file(shim_api.shim_dir(core.paths.root, cid))
+    if record and record.get("instance") == instance:
+        await core.append_shim_event(cid, "task.exit", _exit_data(record))
+        return
+    await core.append_shim_event(cid, "task.exit", {
+        "pid": pid, "exit_status": None, "signal": None, "exited_at": time.time_ns(),
+        "instance": instance, "reason": "shim lost: the task ended, its status is unknown"})
+
+
+def _exit_data(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: record.get(k) for k in ("pid", "exit_status", "signal", "exited_at",
+                                       "shim_seq", "instance")}
+
+
+class ShimLink:
+    """The daemon's connection to one shim (one task in the core nursery).
+
+    ``caught_up`` is set once everything the shim had not had acknowledged when we connected
+    is durable (or once the shim turned out to be dead and that is recorded): recovery shows a
+    container as ``unknown`` until then.
+    """
+
+    def __init__(self, core: Core, cid: str, instance: str) -> None:
+        self.core = core
+        self.cid = cid
+        self.instance = instance
+        self.closing = False  # we asked the shim to go (delete): its EOF is expected
+        self.caught_up = trio.Event()
+        self.cancel_scope = trio.CancelScope()
+        self.gone = trio.Event()
+
+    async def run(self) -> None:
+        """Consume the shim's events until it goes away; then record what is known."""
+        core = self.core
+        try:
+            with self.cancel_scope:
+                chan: Channel | None = None
+                address = read_address(core.paths.root, self.cid)
+                try:
+                    if address is None:
+                        raise OSError("no address file")
+                    chan = await connect(address, "supervisor")
+                except (OSError, Closed, trio.TooSlowError, wire.ProtocolError) as exc:
+                    log.info("shim unreachable", id=self.cid, error=str(exc))
+                if chan is not None:
+                    try:
+                        await self._consume(chan)
+                    finally:
+                        await chan.aclose()
+                if not self.closing:
+                    await self._shim_gone()
+        finally:
+            if core.links.get(self.cid) is self:
+                del core.links[self.cid]
+            self.caught_up.set()
+            self.gone.set()
+
+    async def _consume(self, chan: Channel) -> None:
+        # ``state`` first: its seq/acked tell how much backlog the events stream will replay
+        await chan.send(wire.request(1, "state", {}))
+        await chan.send(wire.request(2, "events", {}))
+        next_rid = 3
+        target: int | None = None
+        try:
+            while True:
+                message = await chan.recv()
+                rid = message.get("id")
+                if rid == 1:
+                    result = message.get("result") or {}
+                    seq, acked = result.get("seq", 0), result.get("acked", 0)
+                    target = seq if isinstance(seq, int) and seq > (acked or 0) else 0
+                    if target == 0:
+                        self.caught_up.set()
+                    continue
+                if rid != 2:
+                    continue  # replies to our acks
+                if "error" in message or message.get("end"):
+                    return
+                item = message.get("item")
+                if not isinstance(item, dict):
+                    continue
+                seq = item.get("seq")
+                etype = item.get("type")
+                if not isinstance(seq, int) or not isinstance(etype, str):
+                    log.warning("malformed shim event", id=self.cid, item=item)
+                    continue
+                data = dict(item.get("data") or {})
+                data["shim_seq"] = seq
+                data["instance"] = self.instance
+                await self.core.append_shim_event(self.cid, etype, data)
+                await chan.send(wire.request(next_rid, "ack", {"seq": seq}))
+                next_rid += 1
+                if target is not None and seq >= target:
+                    self.caught_up.set()
+        except (Closed, wire.ProtocolError):
+            return
+
+    async def _shim_gone(self) -> None:
+        """The connection ended (or never came) without a delete: exit file or shim.lost."""
+        core = self.core
+        cid = self.cid
+        c = core.state.containers.get(cid)
+        if c is None or c["instance"] != self.instance:
+            return
+        record = shim_api.read_exit_file(shim_api.shim_dir(core.paths.root, cid))
+        if record and record.get("instance") == self.instance:
+            await core.append_shim_event(cid, "task.exit", _exit_data(record))
+            return
+        c = core.state.containers.get(cid)
+        if c is None or c["state"] == "stopped" or c["instance"] != self.instance:
+            return
+        pid = c["pid"]
+        if not c["lost"]:
+            alive = _alive(pid)
+            log.warning("shim lost", id=cid, pid=pid, task_alive=alive)
+            await core.append_shim_event(cid, "shim.lost", {
+                "reason": "the shim's connection closed and it left no exit file",
+                "instance": self.instance, "pid": pid, "task_alive": alive,
+                "state": c["state"]})
+        self.caught_up.set()
+        await watch_lost_task(core, cid, self.instance, pid)
+
+
+def start_link(core: Core, cid: str, instance: str) -> ShimLink:
+    """Start (in the core nursery) the link task of a shim; replaces any previous link."""
+    assert core.nursery is not None
+    old = core.links.get(cid)
+    if old is not None:
+        old.closing = True
+        old.cancel_scope.cancel()
+    link = ShimLink(core, cid, instance)
+    core.links[cid] = link
+    core.nursery.start_soon(link.run)
+    return link

@@ -1,0 +1,88 @@
+"""Live event subscribers with bounded buffers, and the history -> live handoff.
+
+A subscriber registers *before* its history is read, at the current ``last_seq`` L, inside one
+step of the trio thread (no await in between), so every event > L reaches its live buffer and
+every event <= L is in the history read from disk: no gap, no duplicate.
+
+A subscriber that cannot keep up is not allowed to grow the daemon's memory: when its buffer is
+full it is marked too slow and cut off with the last seq it was sent, so it can resume with
+``since``. Publishing never blocks the log writer.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import trio
+
+from events.model import Event
+
+__all__ = ["Hub", "Subscriber"]
+
+Filter = Callable[[Event], bool]
+
+
+class Subscriber:
+    """One live subscription: ``after`` is the seq from which live events are buffered."""
+
+    __slots__ = ("_wakeup", "after", "buffer", "limit", "matches", "overflowed")
+
+    def __init__(self, after: int, matches: Filter, limit: int) -> None:
+        self.after = after
+        self.matches = matches
+        self.limit = limit
+        self.buffer: deque[Event] = deque()
+        self.overflowed = False
+        self._wakeup = trio.Event()
+
+    def push(self, events: Sequence[Event]) -> None:
+        if self.overflowed:
+            return
+        for event in events:
+            if event.seq > self.after and self.matches(event):
+                if len(self.buffer) >= self.limit:
+                    self.overflowed = True
+                    self.buffer.clear()
+                    break
+                self.buffer.append(event)
+        if self.buffer or self.overflowed:
+            self._wakeup.set()
+
+    async def next_batch(self) -> list[Event]:
+        """Wait for buffered events; raises :class:`TooSlow` once the buffer overflowed."""
+        while not self.buffer and not self.overflowed:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+        if self.overflowed:
+            raise TooSlow()
+        batch = list(self.buffer)
+        self.buffer.clear()
+        return batch
+
+
+class TooSlow(Exception):
+    """The subscriber's buffer overflowed; the caller names the last seq it sent."""
+
+
+class Hub:
+    """Fans committed events out to every live subscriber (called by the log writer)."""
+
+    def __init__(self, buffer_limit: int = 10_000) -> None:
+        self.buffer_limit = buffer_limit
+        self._subs: set[Subscriber] = set()
+
+    def __len__(self) -> int:
+        return len(self._subs)
+
+    def subscribe(self, after: int, matches: Filter, limit: int | None = None) -> Subscriber:
+        sub = Subscriber(after, matches, limit or self.buffer_limit)
+        self._subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        self._subs.discard(sub)
+
+    def publish(self, events: Sequence[Event]) -> None:
+        for sub in self._subs:
+            sub.push(events)
