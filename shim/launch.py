@@ -132,4 +132,10 @@ def serve(root: str, container_id: str, ready_w: int) -> None:
         return
     finally:
         os.close(ready_w)
-    shim.run()
+    try:
+        shim.run()
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()  # fd 2 is shim.log
+        raise

@@ -137,8 +137,10 @@ class RuntimeFailed(OCIError):
 
     @property
     def not_found(self) -> bool:
-        """The container does not exist (runc: "container does not exist")."""
-        return "does not exist" in self.words or "not found" in self.words
+        """The container does not exist (runc: "container does not exist"; crun: "error
+        opening file `ROOT/ID/status`: No such file or directory")."""
+        w = self.words
+        return "does not exist" in w or ("/status`" in w and "No such file" in w)
 
 
 # -- resolving things on this machine -------------------------------------------------------
@@ -204,7 +206,8 @@ def generate_config(spec: Mapping[str, Any], rootfs: str, *, cgroups_path: str |
       (128 + signal when the command was killed).
     """
     command = spec.get("command") or []
-    if not command or not all(isinstance(a, str) for a in command):
+    if (not isinstance(command, list | tuple) or not command
+            or not all(isinstance(a, str) for a in command)):
         raise BundleError(f"spec command must be a non-empty list of strings: {command!r}")
     container_id = spec.get("id") or "tether"
     process = make_process(command, spec.get("env") or {}, spec.get("cwd"), spec.get("user"),

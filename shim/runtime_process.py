@@ -6,9 +6,9 @@ Two pipes make create and start separate, observable steps:
   it; ``start`` writes one byte. EOF (the shim died before ``start``) makes the child exit
   without running anything.
 * the *status* pipe (close-on-exec in the child): the child writes ``R`` once set up, or an
-  error record ``stage errno message``; after ``start``, EOF means the exec succeeded, and an
-  error record means it failed. So an exec failure is an error for the caller, never a
-  container that looks running.
+  error record ``errno NUL stage NUL message``; after ``start``, EOF means the exec
+  succeeded, and an error record means it failed. So an exec failure is an error for the
+  caller, never a container that looks running.
 
 Every fork path ends in ``os._exit`` inside ``finally``: a failure in the child never returns
 into the shim's code.
@@ -38,9 +38,9 @@ def _read_all(fd: int) -> bytes:
 
 
 def _parse_error(data: bytes) -> tuple[str, int, str]:
-    stage, _, rest = data.partition(b" ")
-    number, _, message = rest.partition(b" ")
-    return stage.decode(), int(number or 0), message.decode(errors="replace")
+    number, _, rest = data.partition(b"\0")
+    stage, _, message = rest.partition(b"\0")
+    return stage.decode(errors="replace"), int(number or 0), message.decode(errors="replace")
 
 
 class ProcessRuntime:
@@ -139,10 +139,10 @@ class ProcessRuntime:
             os.execvpe(command[0], command, dict(spec.get("env") or {}))
         except OSError as exc:
             with contextlib.suppress(OSError):
-                os.write(status_w, f"{stage} {exc.errno or 0} {exc.strerror or exc}".encode())
+                os.write(status_w, f"{exc.errno or 0}\0{stage}\0{exc.strerror or exc}".encode())
         except BaseException as exc:
             with contextlib.suppress(OSError):
-                os.write(status_w, f"{stage} 0 {exc!r}".encode())
+                os.write(status_w, f"0\0{stage}\0{exc!r}".encode())
 
     def start(self) -> None:
         try:

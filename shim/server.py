@@ -147,7 +147,15 @@ class Shim:
             if self.kill_at is not None:
                 timeout = max(0.0, self.kill_at - time.monotonic())
             for key, mask in self.sel.select(timeout):
-                key.data(key, mask)
+                if self.sel.get_map().get(key.fd) is not key:
+                    continue  # closed (its fd maybe reused) by an earlier handler of this batch
+                try:
+                    key.data(key, mask)
+                except Exception as exc:  # a bug must cost one event, never the shim
+                    import traceback
+
+                    self.diag.log("error", "handler_failed", error=repr(exc),
+                                  traceback=traceback.format_exc())
             if self.kill_at is not None and time.monotonic() >= self.kill_at:
                 self.kill_at = None
                 self.diag.log("info", "stop_escalated", pid=self.pid, signal=signal.SIGKILL)

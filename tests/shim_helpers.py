@@ -1,0 +1,163 @@
+"""Start real shims for tests, and end every process they started, even when a test fails.
+
+:class:`Shims` writes a spec, runs ``python -I -m shim start`` exactly as supervisord will, and
+at teardown SIGKILLs each shim, its container and every descendant of either (found in /proc by
+pid, never by name), waits for them, and removes a fallback socket outside the root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from conftest import kill_and_wait, reap_adopted_orphans
+
+from events import shim_api
+from events.rpc import BlockingConnection
+
+ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+
+def start_command(root: Path, cid: str) -> list[str]:
+    return [sys.executable, "-I", "-m", "shim", "start", "--root", str(root), "--id", cid]
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of *pid* (from /proc/PID/task/*/children)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(p) for p in f.read().split()]
+    return out
+
+
+def tree(pid: int) -> list[int]:
+    found, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        found.append(p)
+        stack += children_of(p)
+    return found
+
+
+def proc_stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name: [state, ppid, pgrp, session, ...]."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return stat[stat.rindex(b")") + 2 :].decode().split()
+
+
+class ShimHandle:
+    def __init__(self, root: Path, cid: str, ready: dict[str, Any]) -> None:
+        self.root = root
+        self.id = cid
+        self.dir = shim_api.shim_dir(root, cid)
+        self.pid: int = ready["pid"]
+        self.address: str = ready["address"]
+        self.task_pid: int = ready["task_pid"]
+
+    def connect(self, role: str = "supervisor", timeout: float = 10.0) -> BlockingConnection:
+        return BlockingConnection(self.address, role=role, timeout=timeout)
+
+    def call(self, method: str, **params: Any) -> Any:
+        with self.connect() as conn:
+            return conn.call(method, **params)
+
+    def exit_record(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The exit file, polled until it exists."""
+        deadline = time.monotonic() + timeout
+        while (record := shim_api.read_exit_file(self.dir)) is None:
+            assert time.monotonic() < deadline, "no exit file"
+            time.sleep(0.005)
+        return record
+
+    def wait_gone(self, timeout: float = 10.0) -> None:
+        """Wait until the shim process has exited (reaping it: pytest is the subreaper)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, os.WNOHANG)
+            if not os.path.exists(f"/proc/{self.pid}"):
+                return
+            time.sleep(0.005)
+        raise AssertionError(f"shim {self.pid} still alive")
+
+    def log_lines(self) -> list[str]:
+        """Every CRI record of container.log and its rotated files, oldest first."""
+        files = sorted(self.dir.glob(shim_api.CONTAINER_LOG + ".*"),
+                       key=lambda p: -int(p.suffix[1:]))
+        lines: list[str] = []
+        for path in [*files, self.dir / shim_api.CONTAINER_LOG]:
+            if path.exists():
+                lines += path.read_text().splitlines()
+        return lines
+
+
+class Shims:
+    """Factory fixture object: ``start(command, **spec)`` -> :class:`ShimHandle`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[ShimHandle] = []
+        self.pids: set[int] = set()
+        self._n = 0
+
+    def write_spec(self, cid: str | None = None, **spec: Any) -> str:
+        self._n += 1
+        cid = cid or f"c{self._n}"
+        directory = shim_api.shim_dir(self.root, cid)
+        directory.mkdir(parents=True, exist_ok=True)
+        spec.setdefault("env", ENV)
+        spec.setdefault("instance", f"{cid}-i{self._n}")
+        shim_api.write_spec(directory, {"id": cid, **spec})
+        return cid
+
+    def run_start(self, cid: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(start_command(self.root, cid), capture_output=True, text=True,
+                              timeout=30)
+        if proc.returncode == 0:
+            self.pids.add(json.loads(proc.stdout)["pid"])
+        return proc
+
+    def start(self, command: list[str] | str, cid: str | None = None,
+              **spec: Any) -> ShimHandle:
+        if isinstance(command, str):
+            command = ["sh", "-c", command]
+        cid = self.write_spec(cid, command=command, **spec)
+        proc = self.run_start(cid)
+        assert proc.returncode == 0, f"shim start failed: {proc.stderr}"
+        handle = ShimHandle(self.root, cid, json.loads(proc.stdout))
+        self.started.append(handle)
+        self.pids.add(handle.task_pid)
+        return handle
+
+    def adopt(self, ready: dict[str, Any], cid: str) -> ShimHandle:
+        handle = ShimHandle(self.root, cid, ready)
+        self.started.append(handle)
+        self.pids.update((handle.pid, handle.task_pid))
+        return handle
+
+    def cleanup(self) -> None:
+        pids: list[int] = []
+        for pid in self.pids:
+            pids += [p for p in tree(pid) if p not in pids]
+        kill_and_wait(pids)
+        reap_adopted_orphans()
+        for handle in self.started:
+            if not handle.address.startswith(str(self.root)):
+                with contextlib.suppress(OSError):
+                    os.unlink(handle.address)
+
+
+def no_shim_processes(root: Path) -> bool:
+    """True when no process names *root* on its command line (the shims of this root)."""
+    from conftest import processes_naming
+
+    return not processes_naming(str(root))

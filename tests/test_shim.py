@@ -1,0 +1,432 @@
+"""The shim with real processes: detachment, reaping, exit statuses, events, stop, logs, abuse.
+
+Every test gets its shims from the ``shims`` fixture, whose teardown kills each shim, container
+and descendant by pid and waits for them, so a failing test leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+from shim_helpers import ENV, Shims, proc_stat, start_command
+
+from events import shim_api, wire
+from events.rpc import BlockingConnection
+
+
+@pytest.fixture
+def shims(root: Path):
+    factory = Shims(root)
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
+
+
+def poll(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+    return value
+
+
+# -- start and detachment ---------------------------------------------------------------------
+
+
+def test_shim_outlives_its_starter_and_parents_the_container(root: Path, shims: Shims) -> None:
+    cid = shims.write_spec(command=["sleep", "30"])
+    # The starter runs inside a shell, in its own process group, that we SIGKILL as a whole.
+    starter = subprocess.Popen(
+        ["sh", "-c", 'exec 3>&1; "$@" && exec sleep 30', "sh", *start_command(root, cid)],
+        stdout=subprocess.PIPE, start_new_session=True, text=True)
+    try:
+        ready = json.loads(starter.stdout.readline())
+        os.killpg(starter.pid, signal.SIGKILL)
+        starter.wait()
+    finally:
+        starter.stdout.close()
+    shim = shims.adopt(ready, cid)
+    assert shim.call("start") == {"pid": shim.task_pid}
+    state, ppid, _, session = proc_stat(shim.pid)[:4]
+    assert state != "Z" and int(ppid) != starter.pid and int(session) != starter.pid
+    assert int(session) != os.getsid(0)
+    assert int(proc_stat(shim.task_pid)[1]) == shim.pid  # the container's parent is the shim
+    assert shim.call("state")["status"] == "running"
+    assert (shim.dir / "shim.pid").read_text() == str(shim.pid)
+    assert (shim.dir / "address").read_text() == shim.address
+    assert os.stat(shim.address).st_mode & 0o777 == 0o600
+
+
+def test_start_with_pipes_returns_once_ready(root: Path, shims: Shims) -> None:
+    """No inherited fd keeps the caller of ``start`` waiting (communicate() returns)."""
+    cid = shims.write_spec(command=["sleep", "30"])
+    proc = subprocess.Popen(start_command(root, cid), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.PIPE)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    shim = shims.adopt(json.loads(out), cid)
+    targets = {os.readlink(f"/proc/{shim.pid}/fd/{fd}") for fd in ("0", "1", "2")}
+    assert targets == {"/dev/null", str(shim.dir / "shim.log")}
+    shim.call("start")
+    assert not [fd for fd in os.listdir(f"/proc/{shim.task_pid}/fd") if int(fd) > 2]
+
+
+def test_second_shim_for_same_id_refuses(shims: Shims) -> None:
+    shim = shims.start("sleep 30")
+    proc = shims.run_start(shim.id)
+    assert proc.returncode == 1
+    assert "another shim" in proc.stderr
+    assert shim.call("state")["pid"] == shim.task_pid  # the first is untouched
+
+
+def test_failed_start_exits_1_and_leaves_nothing(root: Path, shims: Shims) -> None:
+    cid = shims.write_spec(command=["true"], cwd="/nonexistent/dir")
+    proc = shims.run_start(cid)
+    assert proc.returncode == 1
+    assert "chdir(/nonexistent/dir)" in proc.stderr and "No such file" in proc.stderr
+    assert not (shim_api.shim_dir(root, cid) / "shim.pid").exists()
+    # the leak guard (conftest) fails the test if the shim or its child is still alive
+
+
+def test_long_root_falls_back_to_a_short_socket(tmp_path: Path) -> None:
+    root = tmp_path / ("r" * 60) / ("o" * 60)
+    root.mkdir(parents=True)
+    shims = Shims(root)
+    try:
+        shim = shims.start("sleep 30")
+        assert len(str(shim.dir / "shim.sock")) > 107
+        assert len(shim.address) <= 107 and not shim.address.startswith(str(root))
+        assert (shim.dir / "address").read_text() == shim.address
+        assert os.stat(shim.address).st_mode & 0o777 == 0o600
+        assert shim.call("delete", force=True)["signal"] == signal.SIGKILL
+        shim.wait_gone()
+        assert not os.path.exists(shim.address)
+    finally:
+        shims.cleanup()
+
+
+# -- reaping and exit statuses ----------------------------------------------------------------
+
+
+def test_orphaned_grandchildren_are_reaped_and_the_exit_does_not_wait_for_them(
+        shims: Shims) -> None:
+    # Ten grandchildren outlive the init, holding its stdout open for a second.
+    shim = shims.start("for i in 1 2 3 4 5 6 7 8 9 10; do (sleep 1 &); done; echo bye")
+    with shim.connect() as conn:
+        conn.call("start")
+        began = time.monotonic()
+        record = conn.call("wait")
+        assert time.monotonic() - began < 0.9, "the exit waited for the orphans' pipes"
+        assert record["exit_status"] == 0
+        kids = [p for p in _children(shim.pid)]
+        assert len(kids) == 10 and all(int(proc_stat(k)[1]) == shim.pid for k in kids)
+        poll(lambda: conn.call("state")["orphans_reaped"] == 10, what="10 orphans reaped")
+        assert _children(shim.pid) == []  # no zombies: everything was reaped
+    assert any(line.endswith("stdout F bye") for line in shim.log_lines())
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+@pytest.mark.parametrize(("script", "status", "sig"), [
+    ("exit 0", 0, 0), ("exit 3", 3, 0), ("kill -KILL $$", 137, 9), ("kill -TERM $$", 143, 15)])
+def test_exit_status(shims: Shims, script: str, status: int, sig: int) -> None:
+    shim = shims.start(script)
+    with shim.connect() as conn:
+        conn.call("start")
+        record = conn.call("wait")
+    assert (record["exit_status"], record["signal"]) == (status, sig)
+    assert record["pid"] == shim.task_pid and record["instance"] == shim.id + "-i1"
+    assert shim_api.read_exit_file(shim.dir) == record
+    assert record["exited_at"] <= time.time_ns()
+
+
+def test_exec_failure_is_an_error_with_errno_and_command(shims: Shims) -> None:
+    shim = shims.start(["/nonexistent/program", "arg"])
+    with shim.connect() as conn:
+        with pytest.raises(wire.RemoteError) as info:
+            conn.call("start")
+        assert info.value.code == "exec_failed"
+        assert "/nonexistent/program" in info.value.message and "errno 2" in info.value.message
+        state = conn.call("state")
+        assert state["status"] == "stopped" and state["exec_error"]["errno"] == 2
+        assert conn.call("wait")["exit_status"] == 127
+        assert [e["type"] for e in _replayed(conn)] == ["task.create", "task.exit"]
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+def _replayed(conn: BlockingConnection) -> list[dict]:
+    """The items an ``events`` stream sends at once (a ``state`` call marks the end)."""
+    events_id = conn.send_request("events")
+    state_id = conn.send_request("state")
+    items = []
+    while True:
+        message = conn.recv()
+        if message.get("id") == state_id:
+            return items
+        assert message.get("id") == events_id and "item" in message, message
+        items.append(message["item"])
+
+
+def test_exit_while_disconnected_is_delivered_until_acked(shims: Shims) -> None:
+    shim = shims.start("sleep 0.1; exit 5")
+    shim.call("start")
+    assert shim.exit_record()["exit_status"] == 5  # exited while nobody was connected
+    for _ in range(2):  # delivered on a connection, and again after a reconnect without ack
+        with shim.connect() as conn:
+            events = _replayed(conn)
+        assert [(e["seq"], e["type"]) for e in events] == [
+            (1, "task.create"), (2, "task.start"), (3, "task.exit")]
+    exit_event = events[2]
+    assert exit_event["data"] == {k: shim.exit_record()[k]
+                                  for k in ("pid", "exit_status", "signal", "exited_at")}
+    assert shim.exit_record()["shim_seq"] == 3
+    assert events[0]["data"] == {"pid": shim.task_pid, "shim_pid": shim.pid,
+                                 "address": shim.address, "instance": shim.id + "-i1"}
+    with shim.connect() as conn:
+        assert conn.call("ack", seq=2) is None
+        assert [e["seq"] for e in _replayed(conn)] == [3]
+        conn.call("ack", seq=3)
+    with shim.connect() as conn:
+        assert _replayed(conn) == []
+
+
+def test_live_events_and_requests_in_flight_on_one_connection(shims: Shims) -> None:
+    shim = shims.start("sleep 30; exit 7")
+    with shim.connect() as conn:
+        events_id = conn.send_request("events")
+        wait_id = conn.send_request("wait")
+        assert conn.call("start") == {"pid": shim.task_pid}  # served while wait is parked
+        with shim.connect() as other:  # and so is another connection
+            assert other.call("state")["status"] == "running"
+            other.call("kill", signal=signal.SIGKILL)
+        seen: dict[str, object] = {}
+        while "wait" not in seen or "task.exit" not in seen:
+            message = conn.recv()
+            if message["id"] == wait_id:
+                seen["wait"] = message["result"]
+            elif message["id"] == events_id:
+                seen[message["item"]["type"]] = message["item"]
+        assert seen["wait"]["exit_status"] == 137
+
+
+# -- stop, delete, shutdown -------------------------------------------------------------------
+
+
+def test_stop_escalates_to_sigkill_after_the_caller_left(shims: Shims) -> None:
+    shim = shims.start("trap '' TERM; echo trapped; while :; do sleep 0.05; done")
+    shim.call("start")
+    poll(lambda: any("trapped" in line for line in shim.log_lines()), what="trap set")
+    began = time.monotonic()
+    with shim.connect() as conn:
+        conn.send_request("stop", {"timeout": 0.3})
+    record = shim.exit_record()
+    assert time.monotonic() - began >= 0.3
+    assert (record["exit_status"], record["signal"]) == (137, 9)
+    with shim.connect() as conn:  # a later stop just reports the exit
+        assert conn.call("stop", timeout=5) == record
+
+
+def test_stop_of_a_cooperative_container_uses_the_signal(shims: Shims) -> None:
+    shim = shims.start(["sleep", "30"])
+    shim.call("start")
+    with shim.connect() as conn:
+        assert conn.call("stop", timeout=10)["exit_status"] == 143
+
+
+def test_delete_refuses_a_running_task_unless_forced_then_exits(shims: Shims) -> None:
+    shim = shims.start("sleep 30 & sleep 30")
+    with shim.connect() as conn:
+        conn.call("start")
+        with pytest.raises(wire.RemoteError) as info:
+            conn.call("delete")
+        assert info.value.code == "conflict"
+        with pytest.raises(wire.RemoteError) as info:
+            conn.call("shutdown")
+        assert info.value.code == "conflict"
+        assert conn.call("delete", force=True)["exit_status"] == 137
+    shim.wait_gone()
+    assert not os.path.exists(shim.address)
+    assert shim_api.read_exit_file(shim.dir)["exit_status"] == 137
+
+
+def test_kill_all_reaches_processes_that_left_the_group(shims: Shims) -> None:
+    shim = shims.start("setsid sleep 30 & sleep 30")
+    shim.call("start")
+    poll(lambda: len(_descendants(shim.pid)) >= 3, what="setsid sleep")
+    shim.call("kill", signal=signal.SIGKILL, all=True)
+    assert shim.exit_record()["exit_status"] == 137
+    poll(lambda: _descendants(shim.pid) == [], what="every process gone")
+
+
+def _descendants(pid: int) -> list[int]:
+    out, stack = [], _children(pid)
+    while stack:
+        p = stack.pop()
+        out.append(p)
+        stack += _children(p)
+    return out
+
+
+def test_shutdown_after_exit_and_forced_shutdown_leaves_the_container(shims: Shims) -> None:
+    done = shims.start("exit 0")
+    with done.connect() as conn:
+        conn.call("start")
+        conn.call("wait")
+        assert conn.call("shutdown") is None
+    done.wait_gone()
+    running = shims.start(["sleep", "30"])
+    running.call("start")
+    assert running.call("shutdown", force=True) is None
+    running.wait_gone()
+    assert os.path.exists(f"/proc/{running.task_pid}")  # left behind, on purpose
+
+
+def test_exec_is_reserved_and_bad_params_are_invalid(shims: Shims) -> None:
+    shim = shims.start(["sleep", "30"])
+    with shim.connect() as conn:
+        for method, params, code in [("exec", {}, "unsupported"),
+                                     ("kill", {"signal": "NOPE"}, "invalid"),
+                                     ("stop", {"timeout": -1}, "invalid"),
+                                     ("ack", {"seq": "x"}, "invalid"),
+                                     ("nosuch", {}, "unknown_method")]:
+            with pytest.raises(wire.RemoteError) as info:
+                conn.call(method, **params)
+            assert info.value.code == code, method
+        assert conn.call("kill", signal="TERM") is None
+        assert conn.call("wait")["exit_status"] == 143
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def test_rotation_keeps_every_line_in_cri_format(shims: Shims) -> None:
+    shim = shims.start("seq 1 20000; printf 'x%.0s' $(seq 1 20000); printf tail",
+                       log={"max_size": 65536, "keep": 100})
+    shim.call("start")
+    shim.exit_record()
+    shim.call("delete")
+    shim.wait_gone()
+    lines = shim.log_lines()
+    assert len(list(shim.dir.glob("container.log.*"))) >= 3
+    assert all(os.path.getsize(p) <= 65536 for p in shim.dir.glob("container.log*"))
+    numbers = [line.split(" ", 3)[3] for line in lines[:20000]]
+    assert numbers == [str(n) for n in range(1, 20001)]
+    stamp, stream, tag, _ = lines[0].split(" ", 3)
+    assert stream == "stdout" and tag == "F" and stamp.endswith("Z") and len(stamp) == 30
+    long_line = lines[20000:]
+    assert [line.split(" ")[2] for line in long_line] == ["P", "P"]  # 16 KiB piece, then EOF
+    assert "".join(line.split(" ", 3)[3] for line in long_line) == "x" * 20000 + "tail"
+
+
+def test_a_fast_writer_is_not_slowed_by_its_log(shims: Shims) -> None:
+    lines = 300_000
+    shim = shims.start(f"yes 0123456789abcdefghijklmnopqrstuvwxyz | head -n {lines}")
+    with shim.connect() as conn:
+        began = time.monotonic()
+        conn.call("start")
+        assert conn.call("wait")["exit_status"] == 0
+        elapsed = time.monotonic() - began
+        conn.call("delete")
+    shim.wait_gone()
+    assert elapsed < 5.0, f"{lines} lines took {elapsed:.2f} s"
+    assert len(shim.log_lines()) == lines
+
+
+# -- crash safety and abuse -------------------------------------------------------------------
+
+
+def test_a_sigkilled_shim_leaves_a_whole_exit_file_or_none(shims: Shims) -> None:
+    outcomes = set()
+    for attempt in range(12):
+        shim = shims.start(["true"])
+        conn = shim.connect()
+        conn.send_request("start")
+        time.sleep(attempt * 0.0005)
+        os.kill(shim.pid, signal.SIGKILL)
+        conn.close()
+        shim.wait_gone()
+        raw = (shim.dir / "exit").read_bytes() if (shim.dir / "exit").exists() else None
+        if raw is not None:
+            record = json.loads(raw)
+            assert set(record) == {"pid", "exit_status", "signal", "exited_at", "shim_seq",
+                                   "instance"}
+        outcomes.add(raw is not None)
+    assert outcomes  # at least one run; typically both outcomes occur
+
+
+def _raw(address: str, payload: bytes, hello: bool = True) -> list[dict]:
+    """Send *payload* (after a hello) and return what the shim answers before it closes or
+    goes quiet."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(2)
+    sock.connect(address)
+    decoder = wire.FrameDecoder()
+    out: list[dict] = []
+    try:
+        if hello:
+            sock.sendall(wire.encode(wire.hello("client")))
+        sock.sendall(payload)
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            out += decoder.feed(data)
+            if any("error" in m for m in out):
+                sock.settimeout(0.2)
+    except TimeoutError:
+        pass
+    finally:
+        sock.close()
+    return out
+
+
+def test_bad_input_gets_errors_and_the_shim_serves_others(shims: Shims) -> None:
+    shim = shims.start(["sleep", "30"])
+    bystander = shim.connect()
+    idle = socket.socket(socket.AF_UNIX)  # connects and says nothing, or half a frame
+    idle.connect(shim.address)
+    idle.sendall(b"\x00\x00")
+    try:
+        garbage = _raw(shim.address, struct.pack(">I", 5) + b"\xc1\xc1\xc1\xc1\xc1")
+        assert garbage[-1]["error"]["code"] == "protocol"
+        huge = _raw(shim.address, b"\xff\xff\xff\xff")
+        assert "limit" in huge[-1]["error"]["message"]
+        not_a_map = _raw(shim.address, struct.pack(">I", 2) + msgpack.packb([1]))
+        assert not_a_map[-1]["error"]["code"] in ("protocol", "invalid")
+        no_hello = _raw(shim.address, wire.encode(wire.request(1, "state")), hello=False)
+        assert no_hello[-1]["error"]["code"] == "protocol"
+        # an unknown method is a request-level error: the connection stays usable
+        replies = _raw(shim.address, wire.encode(wire.request(1, "frobnicate"))
+                       + wire.encode(wire.request(2, "state")))
+        assert replies[1]["error"]["code"] == "unknown_method"
+        assert replies[2]["result"]["status"] == "created"
+        assert bystander.call("state")["pid"] == shim.task_pid
+        assert BlockingConnection(shim.address).call("start") == {"pid": shim.task_pid}
+    finally:
+        idle.close()
+        bystander.close()
+
+
+def test_env_cwd_and_user_reach_the_container(shims: Shims, tmp_path: Path) -> None:
+    shim = shims.start('echo "$FOO $(pwd) $(id -u):$(id -g)"', env={**ENV, "FOO": "bar"},
+                       cwd=str(tmp_path), user={"uid": 65534, "gid": 65534},
+                       rlimits={"nofile": [64, 64]})
+    with shim.connect() as conn:
+        conn.call("start")
+        assert conn.call("wait")["exit_status"] == 0
+    assert shim.log_lines()[-1].endswith(f"stdout F bar {tmp_path} 65534:65534")
