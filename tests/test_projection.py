@@ -1,0 +1,128 @@
+"""The projection is a pure fold: the lifecycle table, skipped events, dedup, snapshots."""
+
+from __future__ import annotations
+
+import msgpack
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from events.model import Event
+from supervisor.projection import TRANSITIONS, State, apply, fold, is_duplicate, step
+
+
+class Seq:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, etype: str, cid: str = "c", **data: object) -> Event:
+        self.n += 1
+        return Event(self.n, 1000 + self.n, etype, cid, dict(data))
+
+
+def lifecycle(ev: Seq, cid: str = "c", instance: str = "i1") -> list[Event]:
+    return [
+        ev("container.create", cid, spec={"command": ["true"], "runtime": "process"}),
+        ev("task.create", cid, pid=10, shim_pid=9, address="/s", instance=instance),
+        ev("task.start", cid, pid=10, shim_seq=2, instance=instance),
+        ev("task.exit", cid, pid=10, exit_status=3, signal=0, exited_at=5, shim_seq=3,
+           instance=instance),
+    ]
+
+
+def test_the_lifecycle_walks_the_table():
+    ev = Seq()
+    states = []
+    state = State()
+    for event in lifecycle(ev):
+        state = apply(state, event)
+        states.append(state.containers["c"]["state"])
+    assert states == ["created", "created", "running", "stopped"]
+    c = state.containers["c"]
+    assert (c["pid"], c["exit_status"], c["finished"], c["instance"]) == (10, 3, 5, "i1")
+    state = apply(state, ev("container.delete"))
+    assert "c" not in state.containers
+    assert state.last_seq == 5
+
+
+def test_the_table_is_the_only_source_of_lifecycle_moves():
+    assert TRANSITIONS[(None, "container.create")] == "created"
+    assert TRANSITIONS[("running", "task.exit")] == "stopped"
+    assert ("running", "container.delete") not in TRANSITIONS  # rm -f stops first
+    assert ("stopped", "task.start") not in TRANSITIONS
+
+
+def test_illegal_transitions_are_skipped_with_a_reason_never_raised():
+    ev = Seq()
+    state = fold(lifecycle(ev))
+    before = state.containers
+    for bad in (ev("task.start", pid=1), ev("container.create", spec={}),
+                ev("task.exit", "ghost", exit_status=1), ev("task.start", "ghost")):
+        state, reason = step(state, bad)
+        assert reason is not None and ("illegal" in reason or "absent" in reason), reason
+        assert state.containers == before
+        assert state.last_seq == bad.seq  # the record is still part of history
+
+
+def test_unknown_types_and_daemon_events_do_not_touch_containers():
+    ev = Seq()
+    state = fold(lifecycle(ev))
+    state2, reason = step(state, ev("future.thing", x=1))
+    assert reason is not None and "unknown" in reason
+    assert state2.containers is state.containers
+    state3, reason = step(state2, ev("supervisor.start", "", pid=7, version="x"))
+    assert reason is None and state3.daemon["start"]["pid"] == 7
+
+
+def test_shim_events_are_deduplicated_by_instance_and_shim_seq():
+    ev = Seq()
+    state = fold(lifecycle(ev))
+    again = ev("task.exit", exit_status=99, shim_seq=3, instance="i1")
+    assert is_duplicate(state, "c", again.data)
+    state2, reason = step(state, again)
+    assert reason is not None and "duplicate" in reason
+    assert state2.containers["c"]["exit_status"] == 3
+    # the same shim_seq of another instance (a restarted task) is a different event
+    assert not is_duplicate(state, "c", {"shim_seq": 3, "instance": "i2"})
+
+
+def test_restart_gets_a_new_task_and_counts():
+    ev = Seq()
+    state = fold(lifecycle(ev))
+    state = fold([ev("task.delete", exit_status=3, instance="i1"),
+                  ev("container.restart", attempt=1, reason="restart command"),
+                  ev("task.create", pid=20, instance="i2"),
+                  ev("task.start", pid=20, shim_seq=2, instance="i2")], state)
+    c = state.containers["c"]
+    assert (c["state"], c["restarts"], c["pid"], c["exit_status"]) == ("running", 1, 20, None)
+    assert c["seen"] == {"i1": 3, "i2": 2}
+
+
+def test_the_previous_state_is_never_mutated():
+    ev = Seq()
+    s1 = fold(lifecycle(ev)[:3])
+    frozen = msgpack.packb(s1.to_dict())
+    apply(s1, ev("task.exit", exit_status=1, shim_seq=3, instance="i1"))
+    assert msgpack.packb(s1.to_dict()) == frozen
+
+
+_ops = st.lists(st.tuples(st.sampled_from(["container.create", "task.create", "task.start",
+                                           "task.exit", "task.delete", "container.delete",
+                                           "container.restart", "shim.lost", "task.oom",
+                                           "other.type"]),
+                          st.sampled_from(["a", "b", "c"]),
+                          st.integers(0, 4)), max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_ops, st.integers(0, 60))
+def test_snapshot_round_trip_equals_replay(ops, cut):
+    """state(snapshot at k, then replay) == state(replay all), for every k, through msgpack."""
+    events = [Event(i + 1, i, t, cid, {"spec": {"command": ["x"]}, "pid": n, "shim_seq": n,
+                                       "instance": f"i{n % 2}", "exit_status": n})
+              for i, (t, cid, n) in enumerate(ops)]
+    full = fold(events)
+    k = min(cut, len(events))
+    snap = msgpack.unpackb(msgpack.packb(fold(events[:k]).to_dict(), use_bin_type=True),
+                           raw=False, strict_map_key=False)
+    resumed = fold(events[k:], State.from_dict(snap))
+    assert resumed.to_dict() == full.to_dict()
