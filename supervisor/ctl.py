@@ -187,13 +187,102 @@ def _add_spec_arguments(p: argparse.ArgumentParser) -> None:
                    help="the command and its arguments (put them after --)")
 
 
-def build_parser(prog: str = "supervisorctl", shell: bool = False) -> _Parser:
-    """The whole CLI. ``shell=True`` builds the parser of one line of the interactive shell."""
+def _define_commands(sub: Any, only: str | None, shell: bool) -> None:
+    """Add the subcommands (just ``only`` when given: see :func:`build_parser`)."""
+
+    def add(name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser | None:
+        if only is not None and name != only:
+            return None
+        return sub.add_parser(name, help=help, formatter_class=_formatter, **kwargs)
+
+    spec_usage = "%(prog)s [options] -- CMD [ARGS...]"
+    if p := add("run", "create and start a container, print its id", usage=spec_usage):
+        _add_spec_arguments(p)
+    if p := add("create", "create a container without starting it, print its id",
+                usage=spec_usage):
+        _add_spec_arguments(p)
+    if p := add("start", "start a created container"):
+        p.add_argument("ids", nargs="+", metavar="ID")
+    if p := add("ps", "list containers"):
+        p.add_argument("-a", "--all", action="store_true", help="include stopped containers")
+        p.add_argument("--json", action="store_true", help="one JSON object per line")
+    if p := add("inspect", "full JSON of a container: state, spec, history"):
+        p.add_argument("id", metavar="ID")
+    if p := add("stop", "SIGTERM, then SIGKILL after the grace time"):
+        p.add_argument("-t", "--time", type=non_negative_float, metavar="SECONDS",
+                       help="grace time before SIGKILL (default: the container's, 10 s)")
+        p.add_argument("ids", nargs="+", metavar="ID")
+    if p := add("kill", "send a signal to a container (default KILL)"):
+        p.add_argument("-s", "--signal", type=parse_signal, default="KILL", metavar="SIGNAL",
+                       help="a name (TERM, SIGTERM) or a number (default KILL)")
+        p.add_argument("ids", nargs="+", metavar="ID")
+    if p := add("restart", "stop a container and start it again"):
+        p.add_argument("-t", "--time", type=non_negative_float, metavar="SECONDS",
+                       help="grace time before SIGKILL")
+        p.add_argument("ids", nargs="+", metavar="ID")
+    if p := add("rm", "remove a container (-f: even if running)"):
+        p.add_argument("-f", "--force", action="store_true", help="kill it first if it runs")
+        p.add_argument("ids", nargs="+", metavar="ID")
+    if p := add("wait", "block until a container exits; exit with its status"):
+        p.add_argument("id", metavar="ID")
+    if p := add("logs", "a container's output"):
+        p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+        p.add_argument("--tail", type=non_negative_int, metavar="N",
+                       help="only the last N lines")
+        p.add_argument("id", metavar="ID")
+    if p := add("exec", "run another process in a running container",
+                usage="%(prog)s ID -- CMD [ARGS...]"):
+        p.add_argument("id", metavar="ID")
+        p.add_argument("command", nargs="+", metavar="CMD")
+    if p := add("events", "the event log, then live events with --follow"):
+        p.add_argument("--since", type=non_negative_int, default=0, metavar="SEQ",
+                       help="only events after this seq (default: from the start)")
+        p.add_argument("--type", dest="types", action="append", metavar="T",
+                       help="only this type or type prefix, e.g. task.exit or task (repeatable)")
+        p.add_argument("--id", dest="ids", action="append", metavar="ID",
+                       help="only this container's events (repeatable)")
+        p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+        p.add_argument("--json", action="store_true", help="one JSON object per line")
+    if p := add("status", "is the daemon up and healthy"):
+        p.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
+    if p := add("info", "version, paths, counts"):
+        p.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
+    add("shutdown", "stop the daemon (containers keep running)")
+    if shell:
+        if p := add("help", "list commands, or `help COMMAND`"):
+            p.add_argument("topic", nargs="?")
+        add("quit", "leave the shell")
+
+
+def _terminal_width() -> int:
+    """What argparse would compute, without importing shutil (3 ms of every one-shot run)."""
+    try:
+        return int(os.environ["COLUMNS"]) - 2
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns - 2
+    except (OSError, ValueError, AttributeError):
+        return 78
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.HelpFormatter(prog, width=_terminal_width())
+
+
+def build_parser(prog: str = "supervisorctl", shell: bool = False,
+                 only: str | None = None) -> _Parser:
+    """The whole CLI. ``shell=True`` builds the parser of one line of the interactive shell.
+
+    ``only`` builds just that subcommand: argparse validates every argument as it is added, and
+    defining all sixteen commands costs more than a whole ``ps`` round trip to the daemon.
+    """
     cls = _ShellParser if shell else _Parser
     parser = cls(
         prog=prog,
         description="Control supervisord: run, list, stop and watch containers.",
         epilog="With no command: an interactive shell. Exit codes: 0 ok, 1 failed, 2 usage.",
+        formatter_class=_formatter,
     )
     if not shell:
         target = parser.add_mutually_exclusive_group()
@@ -202,74 +291,28 @@ def build_parser(prog: str = "supervisorctl", shell: bool = False) -> _Parser:
         target.add_argument("--socket", metavar="PATH",
                             help="the API socket (default: ROOT/supervisord.sock)")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=cls)
-
-    spec_usage = "%(prog)s [options] -- CMD [ARGS...]"
-    p = sub.add_parser("run", help="create and start a container, print its id", usage=spec_usage)
-    _add_spec_arguments(p)
-    p = sub.add_parser("create", help="create a container without starting it, print its id",
-                       usage=spec_usage)
-    _add_spec_arguments(p)
-    p = sub.add_parser("start", help="start a created container")
-    p.add_argument("ids", nargs="+", metavar="ID")
-
-    p = sub.add_parser("ps", help="list containers")
-    p.add_argument("-a", "--all", action="store_true", help="include stopped containers")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-
-    p = sub.add_parser("inspect", help="full JSON of a container: state, spec, history")
-    p.add_argument("id", metavar="ID")
-
-    p = sub.add_parser("stop", help="SIGTERM, then SIGKILL after the grace time")
-    p.add_argument("-t", "--time", type=non_negative_float, metavar="SECONDS",
-                   help="grace time before SIGKILL (default: the container's, 10 s)")
-    p.add_argument("ids", nargs="+", metavar="ID")
-
-    p = sub.add_parser("kill", help="send a signal to a container (default KILL)")
-    p.add_argument("-s", "--signal", type=parse_signal, default="KILL", metavar="SIGNAL",
-                   help="a name (TERM, SIGTERM) or a number (default KILL)")
-    p.add_argument("ids", nargs="+", metavar="ID")
-
-    p = sub.add_parser("restart", help="stop a container and start it again")
-    p.add_argument("-t", "--time", type=non_negative_float, metavar="SECONDS",
-                   help="grace time before SIGKILL")
-    p.add_argument("ids", nargs="+", metavar="ID")
-
-    p = sub.add_parser("rm", help="remove a container (-f: even if running)")
-    p.add_argument("-f", "--force", action="store_true", help="kill it first if it runs")
-    p.add_argument("ids", nargs="+", metavar="ID")
-
-    p = sub.add_parser("wait", help="block until a container exits; exit with its status")
-    p.add_argument("id", metavar="ID")
-
-    p = sub.add_parser("logs", help="a container's output")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
-    p.add_argument("--tail", type=non_negative_int, metavar="N", help="only the last N lines")
-    p.add_argument("id", metavar="ID")
-
-    p = sub.add_parser("exec", help="run another process in a running container")
-    p.add_argument("id", metavar="ID")
-    p.add_argument("command", nargs="+", metavar="CMD")
-
-    p = sub.add_parser("events", help="the event log, then live events with --follow")
-    p.add_argument("--since", type=non_negative_int, default=0, metavar="SEQ",
-                   help="only events after this seq (default: from the start)")
-    p.add_argument("--type", dest="types", action="append", metavar="T",
-                   help="only this type or type prefix, e.g. task.exit or task (repeatable)")
-    p.add_argument("--id", dest="ids", action="append", metavar="ID",
-                   help="only this container's events (repeatable)")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-
-    p = sub.add_parser("status", help="is the daemon up and healthy")
-    p.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
-    p = sub.add_parser("info", help="version, paths, counts")
-    p.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
-    sub.add_parser("shutdown", help="stop the daemon (containers keep running)")
-    if shell:
-        sub.add_parser("help", help="list commands, or `help COMMAND`").add_argument(
-            "topic", nargs="?")
-        sub.add_parser("quit", help="leave the shell")
+    _define_commands(sub, only, shell)
     return parser
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The subcommand named in ``argv`` (after ``--root X`` / ``--socket X``), if plainly there.
+
+    Anything unusual (an unknown word, ``-h``, no command) gives None and the full parser, so
+    errors and help list every command.
+    """
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in ("--root", "--socket"):
+            i += 2
+        elif word.startswith(("--root=", "--socket=")):
+            i += 1
+        elif word in COMMANDS:
+            return word
+        else:
+            return None
+    return None
 
 
 # -- talking to the daemon ---------------------------------------------------------------------
@@ -618,7 +661,7 @@ def _quiet_broken_pipe() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(only=_command_word(argv))
     try:
         args = parser.parse_args(argv)
         target = Target(args.root, args.socket)
