@@ -2,7 +2,8 @@
 
 Usage in a test module::
 
-    from daemon_helpers import Daemon, daemon, daemon_factory  # noqa: F401  (fixtures)
+    # ruff: noqa: F811  (at the top of the module: fixtures are used as arguments)
+    from daemon_helpers import Daemon, daemon, daemon_factory  # noqa: F401
 
     def test_something(daemon):          # a started daemon on the test's root
         daemon.call("ps", all=True)

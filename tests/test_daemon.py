@@ -1,0 +1,321 @@
+"""supervisord end to end: a real daemon process, real shims, real containers."""
+
+# ruff: noqa: F811  (pytest fixtures imported from daemon_helpers are used as arguments)
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import struct
+import threading
+import time
+
+import msgpack
+import pytest
+from daemon_helpers import Daemon, daemon, daemon_factory  # noqa: F401
+
+from events import wire
+from events.rpc import BlockingConnection
+
+
+def events_of(d: Daemon, **params) -> list[dict]:
+    return d.stream("events", **params)
+
+
+def test_run_ps_stop_wait_rm_round_trip(daemon):
+    cid = daemon.run("sleep", "100", name="web")
+    assert cid == "web"
+    row = daemon.ps()["web"]
+    assert row["state"] == "running" and row["pid"] > 0 and row["restarts"] == 0
+    os.kill(row["pid"], 0)  # really running
+    result = daemon.call("stop", id="web", timeout=5)
+    assert result["exit_status"] == 143 and result["signal"] == 15
+    assert daemon.call("wait", id="web")["exit_status"] == 143
+    assert daemon.ps()["web"]["state"] == "stopped"
+    assert "web" not in daemon.ps(all=False)
+    daemon.call("rm", id="web")
+    assert "web" not in daemon.ps()
+    assert not (daemon.root / "shims" / "web").exists()
+    types = [e["type"] for e in events_of(daemon) if e["id"] == "web"]
+    assert types == ["container.create", "task.create", "task.start", "task.exit",
+                     "container.delete"]
+    # rm freed the id
+    assert daemon.run("true", name="web") == "web"
+    assert daemon.call("wait", id="web")["exit_status"] == 0
+
+
+def test_generated_ids_exit_status_logs_and_inspect(daemon):
+    cid = daemon.run("sh", "-c", "echo out; echo err >&2; exit 7", env={"X": "1"})
+    assert cid and "/" not in cid
+    assert daemon.call("wait", id=cid)["exit_status"] == 7
+    lines = daemon.stream("logs", id=cid)
+    assert [(i["stream"], i["line"]) for i in lines] == [("stdout", "out"), ("stderr", "err")]
+    assert all(isinstance(i["time"], int) and i["partial"] is False for i in lines)
+    assert [i["line"] for i in daemon.stream("logs", id=cid, tail=1)] == ["err"]
+    info = daemon.call("inspect", id=cid)
+    assert info["spec"]["env"] == {"X": "1"} and info["exit_status"] == 7
+    assert [e["type"] for e in info["history"]] == ["container.create", "task.create",
+                                                    "task.start", "task.exit"]
+
+
+def test_logs_follow_streams_until_exit(daemon):
+    cid = daemon.run("sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.1; done")
+    lines = [i["line"] for i in daemon.stream("logs", id=cid, follow=True)]
+    assert lines == ["line1", "line2", "line3"]
+
+
+def test_create_then_start_and_conflicts(daemon):
+    cid = daemon.call("create", spec={"command": ["sleep", "100"], "name": "c1"})["id"]
+    assert daemon.ps()["c1"]["state"] == "created"
+    with pytest.raises(wire.RemoteError) as err:
+        daemon.call("create", spec={"command": ["true"], "name": "c1"})
+    assert err.value.code == "conflict"
+    started = daemon.call("start", id=cid)
+    assert started["pid"] == daemon.ps()["c1"]["pid"]
+    with pytest.raises(wire.RemoteError) as err:
+        daemon.call("start", id=cid)
+    assert err.value.code == "conflict"
+    with pytest.raises(wire.RemoteError) as err:
+        daemon.call("rm", id=cid)
+    assert err.value.code == "conflict"
+    daemon.call("rm", id=cid, force=True)
+    assert daemon.ps() == {}
+
+
+def test_exec_failure_is_recorded_as_127(daemon):
+    with pytest.raises(wire.RemoteError) as err:
+        daemon.run("/nonexistent/binary", name="nx")
+    assert err.value.code == "exec_failed"
+    row = daemon.ps()["nx"]
+    assert row["state"] == "stopped" and row["exit_status"] == 127
+
+
+def test_kill_restart_and_restarts_count(daemon):
+    daemon.run("sleep", "100", name="k")
+    pid = daemon.ps()["k"]["pid"]
+    daemon.call("kill", id="k", signal="KILL")
+    assert daemon.call("wait", id="k")["exit_status"] == 137
+    result = daemon.call("restart", id="k", timeout=1)
+    assert result["pid"] != pid
+    row = daemon.ps()["k"]
+    assert (row["state"], row["restarts"], row["pid"]) == ("running", 1, result["pid"])
+    daemon.call("restart", id="k", timeout=1)
+    assert daemon.ps()["k"]["restarts"] == 2
+    daemon.call("rm", id="k", force=True)
+
+
+def test_exec_is_not_supported_yet_and_unknown_methods_are_refused(daemon):
+    for method, code in (("exec", "unsupported"), ("frobnicate", "unknown_method")):
+        with pytest.raises(wire.RemoteError) as err:
+            daemon.call(method, id="x")
+        assert err.value.code == code
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/b", "", "x" * 300, ".", "..", "a\0b"])
+def test_bad_ids_are_refused_before_touching_a_path(daemon, bad):
+    for method, params in (("run", {"spec": {"command": ["true"], "name": bad}}),
+                           ("create", {"spec": {"command": ["true"], "name": bad}}),
+                           ("start", {"id": bad}), ("stop", {"id": bad}),
+                           ("kill", {"id": bad}), ("rm", {"id": bad}),
+                           ("inspect", {"id": bad}), ("wait", {"id": bad}),
+                           ("restart", {"id": bad})):
+        with pytest.raises(wire.RemoteError) as err:
+            daemon.call(method, **params)
+        assert err.value.code == "invalid", method
+        assert "container id" in err.value.message
+    with pytest.raises(wire.RemoteError) as err:
+        daemon.stream("logs", id=bad)
+    assert err.value.code == "invalid"
+    assert sorted(p.name for p in (daemon.root / "shims").iterdir()) == []
+    assert not (daemon.root.parent / "x").exists()
+
+
+def _raw(d: Daemon) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(d.socket)
+    return s
+
+
+def _read_frames(s: socket.socket) -> list[dict]:
+    dec = wire.FrameDecoder()
+    out: list[dict] = []
+    while True:
+        try:
+            data = s.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not data:
+            break
+        out.extend(dec.feed(data))
+    return out
+
+
+HELLO = wire.encode(wire.hello("client"))
+
+
+@pytest.mark.parametrize("payload,code", [
+    (b"\x00\x00\x00\x05garbage-and-more", "protocol"),              # not msgpack
+    (struct.pack(">I", 2**31) + b"x" * 100, "protocol"),            # a huge length header
+    (struct.pack(">I", 3) + msgpack.packb([1, 2]), "protocol"),     # not a map
+    (wire.encode({"hello": {"proto": 99, "role": "client"}}), "protocol"),  # wrong version
+    (wire.encode({"id": 1, "method": "ps"}), "protocol"),           # no hello first
+    (b"\xff" * 64, "protocol"),
+])
+def test_framing_errors_get_an_error_frame_then_close(daemon, payload, code):
+    s = _raw(daemon)
+    s.sendall(payload)
+    frames = _read_frames(s)
+    s.close()
+    assert frames and frames[-1]["error"]["code"] == code, frames
+    assert daemon.call("status")["ok"]
+
+
+def test_bad_requests_after_hello_get_error_replies_on_a_live_connection(daemon):
+    s = _raw(daemon)
+    s.sendall(HELLO)
+    s.sendall(wire.encode({"id": 1, "method": "nope"}))
+    s.sendall(wire.encode({"id": 2, "method": "ps", "params": [1]}))
+    s.sendall(wire.encode({"method": "ps"}))
+    s.sendall(wire.encode({"id": 3, "method": "stop", "params": {"id": "x", "timeout": "soon"}}))
+    s.sendall(wire.encode({"id": 4, "method": "run", "params": {"spec": {"command": "ls"}}}))
+    s.sendall(wire.encode({"id": 5, "method": "status"}))
+    s.settimeout(2)
+    frames = _read_frames(s)
+    s.close()
+    by_id = {f.get("id"): f for f in frames if "hello" not in f}
+    assert by_id[1]["error"]["code"] == "unknown_method"
+    assert by_id[2]["error"]["code"] == "invalid"
+    assert by_id[None]["error"]["code"] == "invalid"
+    assert by_id[3]["error"]["code"] == "invalid"
+    assert by_id[4]["error"]["code"] == "invalid"
+    assert by_id[5]["result"]["ok"] is True
+
+
+def test_many_bad_clients_do_not_disturb_a_good_one(daemon):
+    def hammer():
+        for _ in range(30):
+            try:
+                s = _raw(daemon)
+                s.sendall(os.urandom(200))
+                s.close()
+            except OSError:
+                pass
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    cid = daemon.run("true")
+    for t in threads:
+        t.join()
+    assert daemon.call("wait", id=cid)["exit_status"] == 0
+    assert daemon.running()
+
+
+def test_socket_is_private(daemon):
+    mode = stat.S_IMODE(os.stat(daemon.socket).st_mode)
+    assert mode == 0o600
+
+
+def test_events_since_then_follow_has_no_gap_and_no_duplicate(daemon):
+    for _ in range(3):
+        daemon.run("true")
+    received: list[dict] = []
+    mid = daemon.call("status")["last_seq"]
+    conn = daemon.connect()
+    stream = conn.stream("events", since=2, follow=True)
+    stop = threading.Event()
+
+    def workload():
+        for _ in range(6):
+            daemon.run("true")
+        stop.set()
+
+    worker = threading.Thread(target=workload)
+    worker.start()
+    try:
+        for item in stream:
+            received.append(item)
+            if stop.is_set() and item["seq"] >= daemon.call("status")["last_seq"]:
+                break
+    finally:
+        worker.join()
+        conn.close()
+    seqs = [e["seq"] for e in received]
+    assert seqs == list(range(3, seqs[-1] + 1)), seqs
+    assert seqs[-1] > mid
+    filtered = daemon.stream("events", since=0, types=["task.exit"])
+    assert filtered and all(e["type"] == "task.exit" for e in filtered)
+
+
+def test_slow_subscriber_is_cut_off_with_too_slow_naming_its_last_seq(daemon):
+    conn = daemon.connect()
+    rid = conn.send_request("events", {"since": 0, "follow": True, "buffer": 3})
+    for _ in range(12):  # about 45 events, while the subscriber reads nothing
+        daemon.run("true", env={"PAD": "x" * 2000})
+    got: list[dict] = []
+    error = None
+    while error is None:
+        message = conn.recv()
+        if message.get("id") != rid:
+            continue
+        if "item" in message:
+            got.append(message["item"])
+        elif "error" in message:
+            error = message["error"]
+    conn.close()
+    assert error["code"] == "too_slow"
+    last = got[-1]["seq"] if got else 0
+    assert f"since={last}" in error["message"], (error, last)
+    # resuming from the named seq loses nothing
+    rest = daemon.stream("events", since=last)
+    seqs = [e["seq"] for e in got] + [e["seq"] for e in rest]
+    assert seqs == list(range(1, seqs[-1] + 1))
+
+
+def test_sigterm_records_stop_and_containers_keep_running(daemon):
+    daemon.run("sleep", "100", name="keep")
+    pid = daemon.ps()["keep"]["pid"]
+    assert daemon.stop() == 0
+    os.kill(pid, 0)
+    daemon.start()
+    assert daemon.ps()["keep"]["pid"] == pid
+    assert daemon.ps()["keep"]["state"] == "running"
+    types = [e["type"] for e in events_of(daemon, types=["supervisor"])]
+    assert types == ["supervisor.start", "supervisor.stop", "supervisor.start"]
+
+
+def test_shutdown_method(daemon):
+    daemon.run("sleep", "100", name="keep")
+    assert daemon.call("shutdown") is None
+    assert daemon.wait_exit(10) == 0
+    os.kill(int((daemon.root / "shims/keep/shim.pid").read_text()), 0)  # the shim lives on
+    assert not os.path.exists(daemon.socket)
+
+
+def test_info_and_status(daemon):
+    daemon.run("sleep", "100", name="a")
+    info = daemon.call("info")
+    assert info["containers"]["running"] == 1 and info["root"] == str(daemon.root)
+    status = daemon.call("status")
+    assert status["ok"] and status["pid"] == daemon.pid and status["reconciling"] is False
+
+
+def test_concurrent_runs_share_fsyncs(daemon):
+    out: list[str] = []
+
+    def one():
+        with BlockingConnection(daemon.socket) as c:
+            out.append(c.call("run", spec={"command": ["true"]})["id"])
+
+    threads = [threading.Thread(target=one) for _ in range(20)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(out)) == 20, out
+    assert time.monotonic() - t0 < 20
+    seqs = [e["seq"] for e in events_of(daemon)]
+    assert seqs == list(range(1, len(seqs) + 1))
