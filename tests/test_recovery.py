@@ -1,0 +1,249 @@
+"""Recovery: kill -9 of the daemon, of shims, exits while down, corrupt logs, unknown shims."""
+
+# ruff: noqa: F811  (pytest fixtures imported from daemon_helpers are used as arguments)
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from daemon_helpers import Daemon, daemon, daemon_factory  # noqa: F401
+
+from events import shim_api
+from events.rpc import BlockingConnection
+
+
+def types_of(d: Daemon, cid: str) -> list[str]:
+    return [e["type"] for e in d.stream("events") if e["id"] == cid]
+
+
+def exits_of(d: Daemon, cid: str) -> list[dict]:
+    return [e for e in d.stream("events", types=["task.exit"]) if e["id"] == cid]
+
+
+def test_kill9_keeps_containers_and_reconciles_with_the_same_pids(daemon):
+    for i in range(5):
+        daemon.run("sleep", "100", name=f"c{i}")
+    before = {cid: row["pid"] for cid, row in daemon.ps().items()}
+    daemon.kill9()
+    for pid in before.values():
+        os.kill(pid, 0)
+    daemon.start()
+    rows = daemon.wait_for(lambda: (r := daemon.ps()) and all(
+        x["state"] == "running" for x in r.values()) and r)
+    assert {cid: row["pid"] for cid, row in rows.items()} == before
+    # they are still under control: stop works through the re-established link
+    assert daemon.call("stop", id="c0", timeout=5)["exit_status"] == 143
+    seqs = [e["seq"] for e in daemon.stream("events")]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_exit_while_daemon_is_down_is_recorded_exactly_once(daemon):
+    daemon.run("sh", "-c", "sleep 0.3; exit 5", name="quick")
+    daemon.kill9()
+    time.sleep(0.8)  # the container exits while nobody listens
+    daemon.start()
+    result = daemon.call("wait", id="quick")
+    assert result["exit_status"] == 5
+    daemon.restart(kill=True)  # the shim may re-send; the log must not grow a duplicate
+    daemon.restart()
+    assert len(exits_of(daemon, "quick")) == 1
+
+
+@pytest.mark.slow
+def test_exits_during_a_20s_downtime_are_recorded(daemon):
+    """containerd drops an exit after its 15 s retry window; we keep it as long as needed."""
+    daemon.run("sh", "-c", "sleep 0.5; exit 9", name="late1")
+    daemon.run("sh", "-c", "sleep 1; kill -TERM $$", name="late2")
+    daemon.kill9()
+    time.sleep(20)
+    daemon.start()
+    assert daemon.call("wait", id="late1")["exit_status"] == 9
+    assert daemon.call("wait", id="late2")["exit_status"] == 143
+    assert len(exits_of(daemon, "late1")) == len(exits_of(daemon, "late2")) == 1
+
+
+def test_a_stop_in_flight_when_the_daemon_dies_completes(daemon):
+    daemon.run("sh", "-c", "trap '' TERM; while :; do sleep 0.1; done", name="stubborn")
+    time.sleep(0.2)  # let the trap be set
+    errors: list[BaseException] = []
+
+    def stopper():
+        try:
+            daemon.call("stop", id="stubborn", timeout=1.5)
+        except BaseException as exc:  # the daemon dies under it: expected
+            errors.append(exc)
+
+    t = threading.Thread(target=stopper)
+    t.start()
+    time.sleep(0.3)
+    daemon.kill9()
+    t.join()
+    assert errors
+    daemon.start()
+    result = daemon.call("wait", id="stubborn")
+    assert result["exit_status"] == 137 and result["signal"] == 9
+    assert len(exits_of(daemon, "stubborn")) == 1
+
+
+def test_a_sigkilled_shim_gives_shim_lost_within_a_second(daemon):
+    daemon.run("sleep", "100", name="orphaned")
+    shim_pid = int((daemon.root / "shims/orphaned" / shim_api.PID_FILE).read_text())
+    task_pid = daemon.ps()["orphaned"]["pid"]
+    t0 = time.monotonic()
+    os.kill(shim_pid, signal.SIGKILL)
+    daemon.wait_for(lambda: "shim.lost" in types_of(daemon, "orphaned"), timeout=1.0,
+                    interval=0.01)
+    assert time.monotonic() - t0 < 1.0
+    lost = next(e for e in daemon.stream("events") if e["type"] == "shim.lost")
+    assert lost["data"]["pid"] == task_pid and lost["data"]["task_alive"] is True
+    # the container outlived its shim; its end is still recorded (status unknown)
+    assert daemon.ps()["orphaned"]["state"] == "running"
+    os.kill(task_pid, signal.SIGKILL)
+    result = daemon.call("wait", id="orphaned", timeout=5)
+    assert result["exit_status"] is None and "shim lost" in result["reason"]
+    daemon.call("rm", id="orphaned")
+
+
+def test_a_lost_shim_and_task_found_at_start_are_recorded(daemon):
+    daemon.run("sleep", "100", name="gone")
+    shim_pid = int((daemon.root / "shims/gone" / shim_api.PID_FILE).read_text())
+    task_pid = daemon.ps()["gone"]["pid"]
+    daemon.kill9()
+    os.kill(shim_pid, signal.SIGKILL)
+    os.kill(task_pid, signal.SIGKILL)
+    time.sleep(0.2)
+    daemon.start()
+    result = daemon.call("wait", id="gone", timeout=5)
+    assert result["exit_status"] is None
+    assert types_of(daemon, "gone")[-2:] == ["shim.lost", "task.exit"]
+
+
+def test_a_shim_the_log_does_not_know_is_ended(daemon):
+    """A crash between starting a shim and recording container.create leaves a shim on
+    disk that no one was told about: the next start ends it and says so."""
+    daemon.stop()
+    directory = daemon.root / "shims" / "stray"
+    directory.mkdir(parents=True)
+    shim_api.write_spec(directory, {"id": "stray", "instance": "x1",
+                                    "command": ["sleep", "100"], "env": {"PATH": "/bin:/usr/bin"}})
+    out = subprocess.run([sys.executable, "-I", "-m", "shim", "start", "--root",
+                          str(daemon.root), "--id", "stray"], capture_output=True, check=True)
+    assert b"task_pid" in out.stdout
+    daemon.start()
+    daemon.wait_for(lambda: not directory.exists(), timeout=5)
+    assert "ended a shim the log does not know" in daemon.stderr()
+    assert "stray" not in daemon.ps()
+
+
+def test_ps_shows_unknown_until_a_container_is_reconciled(daemon):
+    daemon.run("sleep", "100", name="frozen")
+    shim_pid = int((daemon.root / "shims/frozen" / shim_api.PID_FILE).read_text())
+    daemon.kill9()
+    os.kill(shim_pid, signal.SIGSTOP)
+    try:
+        daemon.start()
+        assert daemon.ps()["frozen"]["state"] == "unknown"
+        assert daemon.call("status")["reconciling"] is True
+    finally:
+        os.kill(shim_pid, signal.SIGCONT)
+    daemon.wait_for(lambda: daemon.ps()["frozen"]["state"] == "running", timeout=10)
+
+
+def _corrupt_middle_record(root) -> None:
+    seg = sorted((root / "events").glob("*.seg"))[-1]
+    data = bytearray(seg.read_bytes())
+    pos = len(data) // 2
+    data[pos] ^= 0xFF
+    seg.write_bytes(bytes(data))
+
+
+def test_a_corrupt_log_is_refused_with_file_and_offset_then_repaired(daemon):
+    for _ in range(5):
+        daemon.run("true")
+    daemon.stop()
+    _corrupt_middle_record(daemon.root)
+    daemon.start(expect_fail=True)
+    assert daemon.wait_exit() == 1
+    err = daemon.stderr()
+    assert ".seg" in err and "offset" in err and "--repair" in err
+    daemon.args.append("--repair")
+    daemon.start()
+    assert daemon.call("status")["ok"]
+    seqs = [e["seq"] for e in daemon.stream("events")]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_snapshots_make_restart_replay_only_the_tail(daemon_factory):
+    d = daemon_factory("--snapshot-every", "5", "--retain-events", "0",
+                       "--segment-size", "4096")
+    for i in range(8):
+        d.run("true", name=f"t{i}")
+    for i in range(8):
+        d.call("wait", id=f"t{i}")
+    before = d.ps()
+    d.kill9()
+    d.start()
+    after = d.ps()
+    for cid in before:
+        assert {k: v for k, v in after[cid].items()} == before[cid]
+    info = d.call("info")
+    assert info["snapshot_seq"] > 0
+    # compaction removed old segments, but never past the snapshot
+    assert len(list((d.root / "events").glob("*.seg"))) >= 1
+
+
+@pytest.mark.root
+def test_a_full_disk_fails_commands_with_no_space_and_loses_nothing(root):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    events_dir = root / "events"
+    events_dir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(events_dir)],
+                   check=True)
+    d = Daemon(root)
+    try:
+        d.start()
+        d.run("sleep", "100", name="before")
+        fill = events_dir / "fill"
+        with contextlib.suppress(OSError), open(fill, "wb", buffering=0) as f:
+            while True:
+                f.write(b"\0" * 4096)
+        pad = {"PAD": "x" * 6000}  # needs fresh pages: the append cannot fit in slack
+        with pytest.raises(Exception) as err:
+            d.run("sleep", "100", name="big", env=pad)
+        assert getattr(err.value, "code", None) == "no_space", err.value
+        assert "nothing was changed" in err.value.message
+        assert "big" not in d.ps()
+        assert not (root / "shims/big").exists()
+        assert not [p for p in _pids_with("--id big")]
+        assert d.running() and d.call("status")["ok"]
+        fill.unlink()
+        assert d.run("sleep", "100", name="big", env=pad) == "big"
+        d.kill9()
+        d.start()
+        rows = d.ps()
+        assert rows["before"]["state"] == rows["big"]["state"] == "running"
+        seqs = [e["seq"] for e in d.stream("events")]
+        assert seqs == list(range(1, len(seqs) + 1))
+    finally:
+        d.cleanup()
+        subprocess.run(["umount", "-l", str(events_dir)], check=False)
+
+
+def _pids_with(text: str) -> list[int]:
+    from conftest import processes_naming
+
+    return processes_naming(text)
+
+
+def test_blocking_client_survives_daemon_restart(daemon):
+    daemon.restart(kill=True)
+    with BlockingConnection(daemon.socket) as conn:
+        assert conn.call("status")["ok"]
