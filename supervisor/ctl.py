@@ -376,7 +376,7 @@ _HINTS = {
 
 def remote_message(command: str, exc: Any) -> str:
     """An error reply of the daemon, as a sentence with a hint when we have one."""
-    hint = _HINTS.get(exc.code)
+    hint = None if "supervisorctl" in exc.message else _HINTS.get(exc.code)
     text = f"{command}: {exc.message} ({exc.code})"
     return f"{text}\n  hint: {hint}" if hint else text
 
@@ -562,7 +562,12 @@ def _print_map(obj: Any, as_json: bool) -> None:
         return
     width = max((len(str(k)) for k in obj), default=0)
     for key, value in obj.items():
-        shown = ctl_render.dumps(value) if isinstance(value, dict | list) else value
+        if isinstance(value, dict | list):
+            shown = ctl_render.dumps(value)
+        elif isinstance(value, float):
+            shown = f"{value:.3f}"
+        else:
+            shown = value
         _out(f"{str(key) + ':':<{width + 1}} {shown}\n")
 
 
@@ -584,6 +589,18 @@ def cmd_info(t: Target, args: argparse.Namespace) -> int:
 SHUTDOWN_WAIT = 15.0
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie: an exited daemon its parent has not reaped yet has stopped."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell (no /proc?); the closed socket will have to do
+    return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+
+
 def cmd_shutdown(t: Target, args: argparse.Namespace) -> int:
     """Ask the daemon to stop, then wait until it has: scripts may restart it right after."""
     import time
@@ -599,12 +616,8 @@ def cmd_shutdown(t: Target, args: argparse.Namespace) -> int:
         except (OSError, ValueError):
             pass
     while isinstance(pid, int) and time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _running(pid):
             break
-        except PermissionError:
-            break  # not ours to watch (another user); the closed socket will have to do
         time.sleep(0.02)
     else:
         if isinstance(pid, int):
