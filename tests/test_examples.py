@@ -1,0 +1,119 @@
+# ruff: noqa: F811  (pytest fixtures imported from daemon_helpers are used as arguments)
+"""The examples do what the README says, against a real daemon.
+
+examples/subscriber.py: every exit printed once, in order, across a kill -9 and restart of the
+daemon (including an exit that happens while it is down) and across a restart of the
+subscriber itself.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from daemon_helpers import Daemon, daemon, daemon_factory  # noqa: F401 (fixtures)
+
+REPO = Path(__file__).resolve().parent.parent
+SUBSCRIBER = REPO / "examples" / "subscriber.py"
+LINE = re.compile(r"exit seq=(\d+) id=(\S+) exit_status=(\S+) ")
+
+
+class Subscriber:
+    """examples/subscriber.py in a subprocess, its stdout lines in a queue."""
+
+    def __init__(self, d: Daemon, state: Path, log: Path) -> None:
+        self.err = open(log, "ab")  # noqa: SIM115 - handed to the child, closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SUBSCRIBER), "--root", str(d.root), "--state", str(state)],
+            stdout=subprocess.PIPE, stderr=self.err, text=True, cwd=REPO)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def next(self, timeout: float = 15.0) -> tuple[int, str, int]:
+        line = self.lines.get(timeout=timeout)
+        self.seen.append(line)
+        match = LINE.match(line)
+        assert match, line
+        return int(match[1]), match[2], int(match[3])
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(10)
+        self.err.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.err.close()
+
+
+def exits_in_log(d: Daemon) -> list[tuple[int, str, int]]:
+    return [(e["seq"], e["id"], e["data"]["exit_status"])
+            for e in d.stream("events", since=0, types=["task.exit"], follow=False)]
+
+
+def test_subscriber_resumes_across_restarts_without_duplicate_or_gap(daemon: Daemon,
+                                                                     tmp_path: Path) -> None:
+    state = tmp_path / "exits.seq"
+    log = tmp_path / "subscriber.log"
+    printed: list[tuple[int, str, int]] = []
+
+    sub = Subscriber(daemon, state, log)
+    try:
+        daemon.run("sh", "-c", "exit 1", name="first")
+        printed.append(sub.next())
+        assert printed[-1][1:] == ("first", 1)
+
+        # The daemon is SIGKILLed; a container exits while it is down; the daemon comes back.
+        daemon.run("sh", "-c", "sleep 0.5; exit 5", name="during-downtime")
+        daemon.kill9()
+        daemon.start()
+        printed.append(sub.next())
+        assert printed[-1][1:] == ("during-downtime", 5)
+        daemon.run("sh", "-c", "exit 6", name="after-restart")
+        printed.append(sub.next())
+        assert printed[-1][1:] == ("after-restart", 6)
+
+        # The subscriber itself stops; an exit happens meanwhile; it restarts from its file.
+        assert sub.stop() == 0
+        assert int(state.read_text()) == printed[-1][0]
+        daemon.run("sh", "-c", "exit 3", name="while-subscriber-down")
+        daemon.call("wait", id="while-subscriber-down")
+        sub = Subscriber(daemon, state, log)
+        printed.append(sub.next())
+        assert printed[-1][1:] == ("while-subscriber-down", 3)
+
+        # Both sides restart at once (daemon kill -9 while the subscriber is down).
+        assert sub.stop() == 0
+        daemon.run("sh", "-c", "sleep 0.3; exit 4", name="both-down")
+        daemon.kill9()
+        daemon.start()
+        sub = Subscriber(daemon, state, log)
+        printed.append(sub.next())
+        assert printed[-1][1:] == ("both-down", 4)
+
+        # Nothing more arrives: no duplicate of anything already printed.
+        try:
+            extra = sub.lines.get(timeout=0.5)
+        except queue.Empty:
+            extra = None
+        assert extra is None, f"printed again: {extra}"
+    finally:
+        sub.kill()
+
+    assert printed == exits_in_log(daemon), log.read_text()
+    seqs = [seq for seq, _, _ in printed]
+    assert seqs == sorted(set(seqs))
