@@ -10,7 +10,15 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-show() { printf '$ %s\n' "$*"; "$@"; }
+# show CMD ARGS...: print the command (quoted as you would type it), then run it.
+show() {
+  local arg line='$'
+  for arg in "$@"; do
+    if [[ $arg =~ ^[A-Za-z0-9_./=:,+-]+$ ]]; then line+=" $arg"; else line+=" '$arg'"; fi
+  done
+  printf '%s\n' "$line"
+  "$@"
+}
 die() { printf '\ndemo: FAILED: %s\n' "$*" >&2; exit 1; }
 
 say "Installing what the demo needs (bash .ci/setup)"

@@ -160,7 +160,12 @@ def event_line(record: Mapping[str, Any]) -> str:
     parts = []
     for key in sorted(data):
         value = data[key]
-        shown = value if isinstance(value, str) and value and " " not in value else dumps(value)
+        if key.endswith("_at") and isinstance(value, int) and not isinstance(value, bool):
+            shown = rfc3339(value)  # e.g. exited_at: people read times, not nanoseconds
+        elif isinstance(value, str) and value and " " not in value:
+            shown = value
+        else:
+            shown = dumps(value)
         parts.append(f"{key}={shown}")
     return " ".join(
         str(p) for p in (record.get("seq"), rfc3339(record.get("time")), record.get("type"),
