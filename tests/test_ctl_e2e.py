@@ -257,3 +257,43 @@ def test_ps_is_fast(daemon: Daemon) -> None:
                        stdout=subprocess.DEVNULL, cwd=REPO)
         times.append(time.perf_counter() - started)
     assert min(times) < 0.5, times
+
+
+def test_create_start_and_logs_follow_across_rotation(daemon: Daemon) -> None:
+    """`logs -f` from the start of a container whose log rotates every few lines: every line
+    once, in order. (Rotation is set through the API: the CLI has no flag for it yet.)"""
+    cid = daemon.call("create", spec={
+        "name": "chatty", "log_max_size": 4096, "log_keep": 50, "command": [
+            "sh", "-c", "pad=$(printf '%0480d' 0); i=0; while [ $i -lt 40 ]; do i=$((i+1));"
+            " echo line$i $pad; sleep 0.01; done; sleep 60"]})["id"]
+    assert ps_json(daemon, "-a")[cid]["state"] == "created"
+    follower = subprocess.Popen([*CTL, "--root", str(daemon.root), "logs", "-f", cid],
+                                stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert ok(daemon, "start", cid) == f"{cid}\n"
+        assert follower.stdout is not None
+        lines = []
+        while len(lines) < 40:
+            lines.append(follower.stdout.readline())
+    finally:
+        follower.kill()
+        follower.wait(10)
+    pad = "0" * 480
+    assert lines == [f"line{i} {pad}\n" for i in range(1, 41)]
+    rotated = list((daemon.root / "shims" / cid).glob("container.log.*"))
+    assert len(rotated) >= 3, rotated  # (~21 kB of output, rotated every 4 kB)
+    tail = ctl(daemon, "logs", "--tail", "3", cid).stdout
+    assert tail == "".join(f"line{i} {pad}\n" for i in (38, 39, 40))
+
+
+def test_interactive_shell(daemon: Daemon) -> None:
+    proc = subprocess.run([*CTL, "--root", str(daemon.root)], capture_output=True, text=True,
+                          timeout=30, cwd=REPO,
+                          input="run --name s -- sleep 60\nps --json\nkill -s nope s\n"
+                                "stop -t 0 s\nwait s\nhelp wait\nquit\n")
+    out = proc.stdout.splitlines()
+    assert out[0] == "s"
+    assert json.loads(out[1])["state"] == "running"
+    assert out[2:4] == ["s", "137"]
+    assert "unknown signal 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+    assert any("block until a container exits" in line or "usage:" in line for line in out[4:])
