@@ -370,3 +370,20 @@ def test_broken_pipe_is_quiet(root) -> None:
             shell=True, capture_output=True, text=True, timeout=20, cwd=REPO)
     assert proc.stdout.count("\n") == 1
     assert "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr
+
+
+@pytest.mark.parametrize(("argv", "word"), [
+    (["ps"], "ps"), (["--root", "/x", "ps", "-a"], "ps"), (["--root=/x", "logs", "a"], "logs"),
+    (["--socket", "/s", "events"], "events"), (["-h"], None), ([], None), (["--root", "/x"], None),
+    (["bogus", "ps"], None), (["--root", "ps", "ps"], "ps"),
+])
+def test_only_the_named_command_is_built(argv, word) -> None:
+    assert ctl._command_word(argv) == word
+
+
+def test_socket_option_and_command_help(capsys, root) -> None:
+    with fake_daemon(root, {"status": result({"ok": True})}):
+        code, out, _ = run_ctl(capsys, "--socket", str(root / "supervisord.sock"), "status")
+    assert (code, out) == (0, "ok: True\n")
+    code, out, _ = run_ctl(capsys, "logs", "--help")
+    assert code == 0 and "--tail N" in out and "--follow" in out
