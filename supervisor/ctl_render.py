@@ -160,6 +160,8 @@ def event_line(record: Mapping[str, Any]) -> str:
     parts = []
     for key in sorted(data):
         value = data[key]
+        if key == "spec" and isinstance(value, Mapping):
+            value = _non_default(value)  # the line shows what was asked, not every default
         if key.endswith("_at") and isinstance(value, int) and not isinstance(value, bool):
             shown = rfc3339(value)  # e.g. exited_at: people read times, not nanoseconds
         elif isinstance(value, str) and value and " " not in value:
@@ -171,6 +173,12 @@ def event_line(record: Mapping[str, Any]) -> str:
         str(p) for p in (record.get("seq"), rfc3339(record.get("time")), record.get("type"),
                          record.get("id") or "-", *parts)
     )
+
+
+def _non_default(spec: Mapping[str, Any]) -> dict[str, Any]:
+    from supervisor.protocol import SPEC_PARAMS
+
+    return {k: v for k, v in spec.items() if k not in SPEC_PARAMS or SPEC_PARAMS[k] != v}
 
 
 def inspect_json(obj: Mapping[str, Any]) -> str:

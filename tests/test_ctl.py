@@ -387,3 +387,12 @@ def test_socket_option_and_command_help(capsys, root) -> None:
     assert (code, out) == (0, "ok: True\n")
     code, out, _ = run_ctl(capsys, "logs", "--help")
     assert code == 0 and "--tail N" in out and "--follow" in out
+
+
+def test_event_line_shows_only_what_the_spec_asked() -> None:
+    from supervisor.protocol import SPEC_PARAMS
+
+    spec = {**SPEC_PARAMS, "name": "a", "command": ["sleep", "1"], "memory": 1024}
+    line = ctl_render.event_line({"seq": 2, "time": 0, "type": "container.create", "id": "a",
+                                  "data": {"spec": spec}})
+    assert line.endswith('spec={"name": "a", "command": ["sleep", "1"], "memory": 1024}')
