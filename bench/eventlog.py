@@ -1,0 +1,259 @@
+"""Benchmark of the event log against the physical limits of this machine.
+
+Run: ``.venv/bin/python bench/eventlog.py [--events 1000000] [--seconds 3] [--dir DIR]``.
+
+Measures, in one run so the ratios are fair on a noisy shared machine:
+
+* durable appends/s with 1, 8 and 64 concurrent appenders, each waiting for its event to be
+  durable before sending the next, through a group-commit writer like the daemon's (trio tasks
+  queue items; one writer task drains everything queued into one ``EventLog.append`` in a
+  worker thread, i.e. one fdatasync per batch, then wakes the batch's waiters);
+* replay of the whole log from seq 1 with ``EventLog.read`` (events/s);
+* the limits: one fdatasync of a 128-byte append (median, p99), and a plain framed decode
+  (length + crc + msgpack, no Event objects) of the same segment files.
+
+The files live in a temp directory on the filesystem of /work (not tmpfs: fdatasync must reach
+the disk for the numbers to mean anything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import struct
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import msgpack
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from events.log import HEADER_SIZE, EventLog
+
+GOAL_APPEND_64 = 100_000
+GOAL_REPLAY = 500_000
+ANCHOR_FSYNC = "125 us median, 175 us p99"
+ANCHOR_GROUP = "370,000 records/s (1 fdatasync per 100 appends)"
+ANCHOR_DECODE = "935,000 events/s (framed 1 M-event file, 1 MiB reads)"
+
+
+def task_exit(i: int) -> tuple[str, str, dict]:
+    return ("task.exit", f"web-{i % 50}",
+            {"pid": 10_000 + i, "exit_status": i % 3, "signal": None,
+             "exited_at": 1_795_830_000_000_000_000 + i, "shim_seq": i})
+
+
+class GroupCommitWriter:
+    """The daemon's shape: callers await their item's durability; one writer drains the queue."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self.queue: list[tuple[str, str, dict]] = []
+        self.waiting: trio.Event | None = None
+        self.wakeup = trio.Event()
+        self.batches = 0
+
+    async def append(self, item: tuple[str, str, dict]) -> None:
+        self.queue.append(item)
+        if self.waiting is None:
+            self.waiting = trio.Event()
+        done = self.waiting
+        self.wakeup.set()
+        await done.wait()
+
+    async def run(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            self.wakeup = trio.Event()
+            batch, self.queue = self.queue, []
+            done, self.waiting = self.waiting, None
+            if not batch:
+                continue
+            await trio.to_thread.run_sync(self.log.append, batch)
+            self.batches += 1
+            assert done is not None
+            done.set()
+
+
+async def _group_commit(log: EventLog, appenders: int, seconds: float) -> tuple[int, int, float]:
+    writer = GroupCommitWriter(log)
+    count = 0
+    stop_at = trio.current_time() + seconds
+
+    async def appender(k: int) -> None:
+        nonlocal count
+        i = 0
+        while trio.current_time() < stop_at:
+            await writer.append(task_exit(k * 1_000_000 + i))
+            count += 1
+            i += 1
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as outer:
+        outer.start_soon(writer.run)
+        async with trio.open_nursery() as nursery:
+            for k in range(appenders):
+                nursery.start_soon(appender, k)
+        elapsed = time.perf_counter() - started
+        outer.cancel_scope.cancel()
+    return count, writer.batches, elapsed
+
+
+def bench_group_commit(base: Path, appenders: int, seconds: float) -> dict:
+    root = base / f"gc{appenders}"
+    log = EventLog.open(root)
+    try:
+        count, batches, elapsed = trio.run(_group_commit, log, appenders, seconds)
+    finally:
+        log.close()
+    shutil.rmtree(root)
+    return {"rate": count / elapsed, "batch": count / max(batches, 1)}
+
+
+def build_log(root: Path, n: int) -> EventLog:
+    log = EventLog.open(root)
+    batch = 10_000
+    for start in range(0, n, batch):
+        log.append([task_exit(i) for i in range(start, min(n, start + batch))])
+    return log
+
+
+def bench_replay(log: EventLog, repeats: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and CPU-time rates: the machine is shared, CPU time shows our own cost."""
+    rates, cpu_rates = [], []
+    for _ in range(repeats):
+        started, cpu = time.perf_counter(), time.process_time()
+        n = 0
+        for _ev in log.read(0):
+            n += 1
+        rates.append(n / (time.perf_counter() - started))
+        cpu_rates.append(n / (time.process_time() - cpu))
+        assert n == log.last_seq
+    return rates, cpu_rates
+
+
+def bench_batches(base: Path, batch: int, count: int) -> float:
+    """append() of ``batch`` events back to back: the log's own ceiling, no scheduler."""
+    root = base / f"batch{batch}"
+    items = [task_exit(i) for i in range(batch)]
+    with EventLog.open(root) as log:
+        started = time.perf_counter()
+        for _ in range(count):
+            log.append(items)
+        elapsed = time.perf_counter() - started
+    shutil.rmtree(root)
+    return batch * count / elapsed
+
+
+def bench_plain_decode(log: EventLog, repeats: int) -> list[float]:
+    """The floor: read 1 MiB chunks, check length + crc, msgpack-decode; no Event objects."""
+    rates = []
+    rec = struct.Struct(">II")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        n = 0
+        for _, path in log.segments():
+            with open(path, "rb", buffering=0) as f:
+                f.read(HEADER_SIZE)
+                buf = b""
+                while True:
+                    chunk = f.read(1 << 20)
+                    if not chunk:
+                        break
+                    buf = buf + chunk if buf else chunk
+                    mv = memoryview(buf)
+                    pos, end = 0, len(buf)
+                    while pos + 8 <= end:
+                        length, crc = rec.unpack_from(buf, pos)
+                        stop = pos + 8 + length
+                        if stop > end:
+                            break
+                        payload = mv[pos + 8 : stop]
+                        if zlib.crc32(payload) != crc:
+                            raise ValueError("crc")
+                        msgpack.unpackb(payload)
+                        n += 1
+                        pos = stop
+                    buf = buf[pos:]
+        rates.append(n / (time.perf_counter() - started))
+    return rates
+
+
+def bench_fdatasync(base: Path, count: int) -> tuple[float, float]:
+    path = base / "fsync.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    data = b"x" * 128
+    times = []
+    try:
+        for _ in range(count):
+            os.write(fd, data)
+            t0 = time.perf_counter()
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t0)
+    finally:
+        os.close(fd)
+        path.unlink()
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.99) - 1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000, help="events replayed")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per group-commit run")
+    parser.add_argument("--repeats", type=int, default=3, help="replay/decode repetitions")
+    parser.add_argument("--dir", default="/work", help="where the temp directory goes")
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="tether-bench-", dir=args.dir))
+    rows: list[tuple[str, str, str]] = []
+    try:
+        med, p99 = bench_fdatasync(base, 2000)
+        rows.append(("fdatasync of a 128 B append (limit)",
+                     f"{med * 1e6:.0f} us median, {p99 * 1e6:.0f} us p99", ANCHOR_FSYNC))
+        for appenders in (1, 8, 64):
+            r = bench_group_commit(base, appenders, args.seconds)
+            goal = f"goal >= {GOAL_APPEND_64:,}/s" if appenders == 64 else (
+                f"one at a time: ~{1 / med:,.0f}/s from fdatasync" if appenders == 1 else "")
+            rows.append((f"durable appends, {appenders} appender(s)",
+                         f"{r['rate']:,.0f} events/s (batch {r['batch']:.1f})",
+                         goal + ("; " if goal else "") + f"anchor {ANCHOR_GROUP}"))
+        rate = bench_batches(base, 64, 1000)
+        rows.append(("append() of 64-event batches back to back", f"{rate:,.0f} events/s",
+                     "the log alone, without the trio writer"))
+        t0 = time.perf_counter()
+        log = build_log(base / "replay", args.events)
+        build = time.perf_counter() - t0
+        rows.append((f"bulk append of {args.events:,} (10k per batch)",
+                     f"{args.events / build:,.0f} events/s", f"anchor {ANCHOR_GROUP}"))
+        try:
+            replay, replay_cpu = bench_replay(log, args.repeats)
+            plain = bench_plain_decode(log, args.repeats)
+        finally:
+            log.close()
+        rows.append((f"replay read(0) of {args.events:,} events",
+                     f"{statistics.median(replay):,.0f} events/s (best {max(replay):,.0f}; "
+                     f"CPU time: {statistics.median(replay_cpu):,.0f})",
+                     f"goal >= {GOAL_REPLAY:,}/s"))
+        rows.append(("plain framed decode, same files (limit)",
+                     f"{statistics.median(plain):,.0f} events/s (best {max(plain):,.0f})",
+                     f"anchor {ANCHOR_DECODE}"))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    header = ("what", "measured", "goal / anchor (ANCHORS.md)")
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=True)]
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("-|-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
