@@ -1,0 +1,355 @@
+"""Benchmark supervisord and print a table (not a test).
+
+    .venv/bin/python bench/daemon.py [--quick] [--sizes 100,500,1000] [--events 1000000]
+
+Measures, on a fresh root under /tmp (sockets must stay short):
+* run -> running: in-process blocking client, and the whole ``supervisorctl run`` CLI;
+* 100 concurrent runs;
+* kill -9 of the daemon -> every one of N containers reconciled and answering;
+* container exit -> a live ``events`` subscriber (p50/p99);
+* daemon RSS with the largest N containers;
+* start over a 1,000,000-event log (with the snapshot the daemon would have written, and
+  without one, to show why snapshots exist).
+
+Every process it starts (daemon, shims, containers) is killed by pid at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from events.log import EventLog  # noqa: E402
+from events.rpc import BlockingConnection  # noqa: E402
+from events.snapshot import write_snapshot  # noqa: E402
+from supervisor.projection import fold  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def proc_table() -> dict[int, tuple[int, str]]:
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        table[int(entry)] = (int(stat[stat.rindex(b")") + 2 :].split()[1]), cmd)
+    return table
+
+
+def kill_everything_naming(text: str) -> int:
+    """SIGKILL every process whose command line names *text*, and its descendants."""
+    table = proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    stack = [pid for pid, (_, cmd) in table.items() if text in cmd and pid != os.getpid()]
+    found: set[int] = set()
+    while stack:
+        pid = stack.pop()
+        if pid not in found:
+            found.add(pid)
+            stack.extend(children.get(pid, []))
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        alive = [p for p in found if os.path.exists(f"/proc/{p}")
+                 and _state(p) not in ("Z", "X", "")]
+        for p in found:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(p, os.WNOHANG)
+        if not alive:
+            break
+        time.sleep(0.02)
+    return len(found)
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2 :].split()[0].decode()
+    except OSError:
+        return ""
+
+
+class Daemon:
+    def __init__(self, root: Path, *args: str) -> None:
+        self.root = root
+        self.args = args
+        self.sock = str(root / "supervisord.sock")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> float:
+        """Start and return the seconds until ``status`` answered."""
+        t0 = time.perf_counter()
+        with open(self.root.parent / "daemon.log", "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "supervisor.daemon", "--root", str(self.root),
+                 "--log-format", "json", *self.args],
+                stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
+        while True:
+            try:
+                with BlockingConnection(self.sock, timeout=5) as c:
+                    c.call("status")
+                return time.perf_counter() - t0
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("daemon died; see daemon.log") from None
+                time.sleep(0.002)
+
+    def conn(self) -> BlockingConnection:
+        return BlockingConnection(self.sock, timeout=120)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+    def cpu_seconds(self) -> float:
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+def pct(samples: list[float], p: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+def bench_run(d: Daemon, n: int) -> tuple[float, float]:
+    samples = []
+    with d.conn() as c:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            cid = c.call("run", spec={"command": ["sleep", "1000"]})["id"]
+            samples.append(time.perf_counter() - t0)
+            c.call("rm", id=cid, force=True)
+    return median_ms(samples), pct(samples, 90) * 1000
+
+
+def bench_cli(d: Daemon, n: int) -> float | None:
+    ctl = VENV_BIN / "supervisorctl"
+    if not ctl.exists():
+        return None
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        out = subprocess.run([str(ctl), "--socket", d.sock, "run", "--", "sleep", "1000"],
+                             capture_output=True, check=True)
+        samples.append(time.perf_counter() - t0)
+        with d.conn() as c:
+            c.call("rm", id=out.stdout.decode().strip(), force=True)
+    return median_ms(samples)
+
+
+def run_many(d: Daemon, n: int, width: int, prefix: str) -> float:
+    def one(i: int) -> None:
+        with d.conn() as c:
+            c.call("run", spec={"command": ["sleep", "100000"], "name": f"{prefix}{i}"})
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(width) as pool:
+        list(pool.map(one, range(n)))
+    return time.perf_counter() - t0
+
+
+def bench_reconcile(d: Daemon) -> tuple[float, float]:
+    """kill -9, restart: (seconds until status answers, seconds until all reconciled)."""
+    d.kill9()
+    t0 = time.perf_counter()
+    d.start()
+    t_status = time.perf_counter() - t0
+    with d.conn() as c:
+        while True:
+            st = c.call("status")
+            if not st["reconciling"]:
+                rows = c.call("ps", all=True)
+                if not any(r["state"] == "unknown" for r in rows):
+                    break
+            time.sleep(0.005)
+    return t_status, time.perf_counter() - t0
+
+
+def bench_exit_latency(d: Daemon, n: int) -> tuple[float, float]:
+    latencies: list[float] = []
+    ready = threading.Event()
+    done = threading.Event()
+    start_seq = 0
+    with d.conn() as c:
+        start_seq = c.call("status")["last_seq"]
+
+    def follow() -> None:
+        with d.conn() as c:
+            stream = c.stream("events", since=start_seq, follow=True, types=["task.exit"])
+            ready.set()
+            for item in stream:
+                now = time.time_ns()
+                exited = item["data"].get("exited_at")
+                if exited:
+                    latencies.append((now - exited) / 1e9)
+                if len(latencies) >= n:
+                    done.set()
+                    return
+
+    t = threading.Thread(target=follow, daemon=True)
+    t.start()
+    ready.wait(10)
+    ids = []
+    with d.conn() as c:
+        for _ in range(n):
+            ids.append(c.call("run", spec={"command": ["sh", "-c", "sleep 0.02"]})["id"])
+            time.sleep(0.03)
+        done.wait(30)
+        for cid in ids:
+            c.call("rm", id=cid, force=True)
+    return median_ms(latencies), pct(latencies, 99) * 1000
+
+
+def build_log(root: Path, n: int, snapshot: bool) -> float:
+    """A log of n events of realistic shapes (create/task/exit/delete cycles)."""
+    root.mkdir(parents=True)
+    log = EventLog.open(root)
+    spec = {"command": ["sleep", "1"], "env": {}, "runtime": "process", "name": ""}
+    batch: list = []
+    seq = 0
+    i = 0
+    t0 = time.perf_counter()
+    while seq < n:
+        cid = f"c{i % 2000}"
+        inst = f"i{i}"
+        cycle = [("container.create", cid, {"spec": {**spec, "name": cid}}),
+                 ("task.create", cid, {"pid": 100 + i, "shim_pid": 99, "address": "/x",
+                                       "instance": inst}),
+                 ("task.start", cid, {"pid": 100 + i, "shim_seq": 2, "instance": inst}),
+                 ("task.exit", cid, {"pid": 100 + i, "exit_status": 0, "signal": 0,
+                                     "exited_at": 1, "shim_seq": 3, "instance": inst}),
+                 ("container.delete", cid, {})]
+        take = cycle[: n - seq]
+        batch.extend(take)
+        seq += len(take)
+        i += 1
+        if len(batch) >= 20000:
+            log.append(batch)
+            batch = []
+    if batch:
+        log.append(batch)
+    if snapshot:  # what the daemon's snapshotter would have written
+        state = fold(log.read(0))
+        write_snapshot(root, state.last_seq, state.to_dict())
+    log.close()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="small sizes, few samples")
+    ap.add_argument("--sizes", default="100,500,1000")
+    ap.add_argument("--events", type=int, default=1_000_000)
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    samples = 5 if args.quick else 20
+    if args.quick:
+        sizes = [min(s, 100) for s in sizes][:1]
+        args.events = min(args.events, 100_000)
+    base = Path(tempfile.mkdtemp(prefix="tb-", dir="/tmp"))
+    rows: list[tuple[str, str, str]] = []
+    try:
+        root = base / "r"
+        root.mkdir()
+        d = Daemon(root)
+        d.start()
+        med, p90 = bench_run(d, samples)
+        rows.append(("run -> running, in-process client (median / p90)",
+                     f"{med:.1f} / {p90:.1f} ms", "<= 25 ms"))
+        cli = bench_cli(d, max(3, samples // 2))
+        rows.append(("run -> running, whole `supervisorctl run` (median)",
+                     f"{cli:.1f} ms" if cli else "ctl not installed", "<= 45 ms (ctr: 59)"))
+        cpu0 = d.cpu_seconds()
+        wall = run_many(d, 100, 100, "conc")
+        cpu = d.cpu_seconds() - cpu0
+        rows.append(("100 concurrent runs (wall)", f"{wall * 1000:.0f} ms", "<= 1 s"))
+        rows.append(("  of which supervisord CPU (the rest: 100 shim starts)",
+                     f"{cpu * 1000:.0f} ms ({cpu * 10:.1f} ms per run)", ""))
+        p50, p99 = bench_exit_latency(d, 20 if args.quick else 50)
+        rows.append(("exit -> live subscriber (p50 / p99)", f"{p50:.2f} / {p99:.2f} ms",
+                     "<= 2 / 10 ms (ctr: 2.2)"))
+        have = 100
+        for n in sizes:
+            if n > have:
+                t = run_many(d, n - have, 8, f"n{n}-")
+                print(f"  (started {n - have} more containers in {t:.1f} s)", file=sys.stderr)
+                have = n
+            t_status, t_all = bench_reconcile(d)
+            rows.append((f"kill -9 -> {n} containers reconciled and answering",
+                         f"{t_all * 1000:.0f} ms (status after {t_status * 1000:.0f} ms)",
+                         "1,000 in <= 1 s" if n == 1000 else ""))
+        rows.append((f"daemon RSS with {have} containers", f"{d.rss_mb():.1f} MB", "<= 60 MB"))
+        d.stop()
+        kill_everything_naming(str(base))
+        for snap in (True, False):
+            lroot = base / ("log-snap" if snap else "log-nosnap")
+            build_log(lroot, args.events, snap)
+            ld = Daemon(lroot)
+            t = ld.start()
+            ld.stop()
+            rows.append((f"start over a {args.events:,}-event log "
+                         f"({'with' if snap else 'without'} snapshot)", f"{t * 1000:.0f} ms",
+                         "<= 2 s" if snap else "(why snapshots exist)"))
+    finally:
+        killed = kill_everything_naming(str(base))
+        shutil.rmtree(base, ignore_errors=True)
+    others = [name for name in ("containerd", "ctr", "supervisord") if shutil.which(name)
+              and not str(shutil.which(name)).startswith(str(VENV_BIN))]
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'measure'.ljust(width)}  {'result':<32} goal")
+    print("-" * (width + 50))
+    for name, value, goal in rows:
+        print(f"{name.ljust(width)}  {value:<32} {goal}")
+    side = ", ".join(others) if others else "containerd and Debian supervisor not installed here"
+    print(f"\n(cleanup killed {killed} leftover processes; side by side: {side})")
+
+
+if __name__ == "__main__":
+    main()
