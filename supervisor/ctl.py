@@ -331,7 +331,15 @@ class Target:
             return "supervisord --root DIR (the socket is DIR/supervisord.sock)"
         return f"supervisord --root {self.root or default_root()}"
 
-    def connect(self, timeout: float | None = CALL_TIMEOUT) -> BlockingConnection:
+    def connect(self, call_timeout: float | None = CALL_TIMEOUT) -> BlockingConnection:
+        """Connect and exchange hellos (within :data:`CALL_TIMEOUT`, whatever the command), then
+        bound each later socket operation by ``call_timeout`` (None: a command that may
+        legitimately wait for a long time, like ``wait`` or ``stop`` with a long grace)."""
+        conn = self._connect(CALL_TIMEOUT)
+        conn.settimeout(call_timeout)
+        return conn
+
+    def _connect(self, timeout: float) -> BlockingConnection:
         from events import wire
         from events.rpc import BlockingConnection
 
@@ -430,16 +438,17 @@ def cmd_start(t: Target, args: argparse.Namespace) -> int:
 
 
 def cmd_stop(t: Target, args: argparse.Namespace) -> int:
-    # Waits for the exit to be durable: the grace time plus a margin for SIGKILL and fsync.
+    # Waits for the exit to be durable: the grace time plus a margin for SIGKILL and fsync (or
+    # without a bound when the grace is the container's own, which we do not know).
     timeout = None if args.time is None else args.time + CALL_TIMEOUT
     params = {} if args.time is None else {"timeout": args.time}
-    with t.connect(timeout=None if args.time is None else timeout) as c:
+    with t.connect(call_timeout=timeout) as c:
         return _each(args.ids, "stop", lambda cid: c.call("stop", id=cid, **params))
 
 
 def cmd_restart(t: Target, args: argparse.Namespace) -> int:
     params = {} if args.time is None else {"timeout": args.time}
-    with t.connect(timeout=None) as c:
+    with t.connect(call_timeout=None) as c:
         return _each(args.ids, "restart", lambda cid: c.call("restart", id=cid, **params))
 
 
@@ -449,7 +458,7 @@ def cmd_kill(t: Target, args: argparse.Namespace) -> int:
 
 
 def cmd_rm(t: Target, args: argparse.Namespace) -> int:
-    with t.connect(timeout=None if args.force else CALL_TIMEOUT) as c:
+    with t.connect(call_timeout=None if args.force else CALL_TIMEOUT) as c:
         return _each(args.ids, "rm", lambda cid: c.call("rm", id=cid, force=args.force))
 
 
@@ -478,8 +487,7 @@ def cmd_inspect(t: Target, args: argparse.Namespace) -> int:
 
 
 def cmd_wait(t: Target, args: argparse.Namespace) -> int:
-    with t.connect() as c:
-        c.settimeout(None)  # a container may run for days
+    with t.connect(call_timeout=None) as c:  # a container may run for days
         result = c.call("wait", id=args.id)
     status = (result or {}).get("exit_status")
     if status is None:
@@ -501,9 +509,7 @@ def _write_line(item: dict[str, Any]) -> None:
 
 
 def cmd_logs(t: Target, args: argparse.Namespace) -> int:
-    with t.connect() as c:
-        if args.follow:
-            c.settimeout(None)
+    with t.connect(call_timeout=None if args.follow else CALL_TIMEOUT) as c:
         for item in c.stream("logs", id=args.id, tail=args.tail, follow=args.follow):
             _write_line(item)
             if args.follow:
@@ -514,7 +520,7 @@ def cmd_logs(t: Target, args: argparse.Namespace) -> int:
 
 def cmd_exec(t: Target, args: argparse.Namespace) -> int:
     status = EXIT_OK
-    with t.connect(timeout=None) as c:
+    with t.connect(call_timeout=None) as c:
         for item in c.stream("exec", id=args.id, command=list(args.command)):
             if "exit_status" in item and "line" not in item:
                 status = int(item["exit_status"] or 0) & 0xFF
@@ -535,8 +541,8 @@ def cmd_events(t: Target, args: argparse.Namespace) -> int:
         params["types"] = args.types
     if args.ids:
         params["ids"] = args.ids
-    with t.connect() as c:
-        c.settimeout(None)  # history can be long, and --follow waits for new events
+    # No bound: the history can be long, and --follow waits for new events.
+    with t.connect(call_timeout=None) as c:
         try:
             for record in c.stream("events", **params):
                 _out(render(record) + "\n")
