@@ -78,6 +78,8 @@ def save_position(path: Path, seq: int) -> None:
 def render(event: Event, as_json: bool) -> str:
     if as_json:
         return ctl_render.event_json(event.to_record())
+    if event.type != "task.exit":  # asked for with --type: the line of `supervisorctl events`
+        return ctl_render.event_line(event.to_record())
     d = event.data
     dumps = ctl_render.dumps
     return (f"exit seq={event.seq} id={event.id} exit_status={dumps(d.get('exit_status'))}"
