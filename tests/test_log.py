@@ -273,6 +273,26 @@ def test_gap_in_seqs_is_corruption(root: Path) -> None:
         EventLog.open(root)
 
 
+def test_duplicate_that_keeps_the_count_is_caught_by_read_and_verify(root: Path) -> None:
+    # seqs 1, 2, 2, 4: every CRC is valid and the last seq matches the count, so the quick
+    # scan on open passes; replay and verify check every seq and refuse it.
+    with EventLog.open(root) as log:
+        evs = log.append([("task.start", "c", {"pid": i}) for i in range(4)], time_ns=T0)
+    data = seg_path(root).read_bytes()
+    offsets = record_offsets(data)
+    assert offsets[2] - offsets[1] == offsets[3] - offsets[2]  # equal sizes: a clean swap
+    seg_path(root).write_bytes(data[: offsets[2]] + data[offsets[1] : offsets[2]]
+                               + data[offsets[3]:])
+    with EventLog.open(root) as log:
+        got = []
+        with pytest.raises(CorruptLog, match="seq 2 where 3 was expected") as info:
+            for ev in log.read():
+                got.append(ev)
+        assert got == evs[:2] and info.value.offset == offsets[2]
+    report = verify(root)
+    assert not report.ok and report.problems[0].offset == offsets[2]
+
+
 def test_corruption_in_an_earlier_segment_is_found_by_read_and_verify(root: Path) -> None:
     with EventLog.open(root, segment_size=300) as log:
         for i in range(10):
