@@ -423,10 +423,18 @@ class EventLog:
                 assert scan.valid_after is not None
                 raise CorruptLog(path, scan.end, scan.damage)
             if scan.damage is not None and not scan.header_ok:
-                # A crash while creating this segment: nothing in it was ever acknowledged.
-                logger.warning("event log: %s: %s (torn while being created); rewriting it",
-                               path, scan.damage)
-                path.unlink()
+                # A crash while creating this segment (nothing in it was ever acknowledged), or
+                # a header damaged with nothing valid after it. Keep anything that is not just a
+                # partial header, for an operator to look at.
+                if data.strip(b"\0") and not _header(first).startswith(data.rstrip(b"\0")):
+                    kept = _broken_path(path)
+                    os.rename(path, kept)
+                    logger.warning("event log: %s: %s and no valid record after it; moved to %s",
+                                   path, scan.damage, kept)
+                else:
+                    logger.warning("event log: %s: %s (torn while being created); rewriting it",
+                                   path, scan.damage)
+                    path.unlink()
                 fsync_dir(self._dir)
                 if len(segs) > 1:
                     segs.pop()

@@ -230,6 +230,16 @@ def test_partial_header_of_a_new_last_segment_is_torn(root: Path) -> None:
     assert verify(other).ok
 
 
+def test_damaged_last_header_with_nothing_valid_after_is_moved_aside(root: Path) -> None:
+    with EventLog.open(root, segment_size=1) as log:
+        evs = log.append(items(2)) + log.append(items(2))
+    last = root / "events" / segment_name(3)
+    last.write_bytes(b"\x13" * (HEADER_SIZE + 40))
+    with EventLog.open(root, segment_size=1) as log:
+        assert list(log.read()) == evs[:2]
+    assert (root / "events" / (segment_name(3) + ".broken")).read_bytes() == b"\x13" * 64
+
+
 # -- corruption ---------------------------------------------------------------------------------
 
 
