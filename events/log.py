@@ -165,9 +165,15 @@ _rec_unpack = _REC.unpack_from
 # builds a million of them, so it sets the slots directly, which is three times faster. The
 # shortcut is used only while the dataclass has exactly the fields it was written for.
 _new = object.__new__
-if [f.name for f in fields(Event)] == ["seq", "time", "type", "id", "data"] and all(
-    hasattr(Event.__dict__.get(k), "__set__") for k in ("seq", "time", "type", "id", "data")
-):
+_FIELDS = ["seq", "time", "type", "id", "data"]
+_FAST = (
+    [f.name for f in fields(Event)] == _FIELDS
+    and all(hasattr(Event.__dict__.get(k), "__set__") for k in _FIELDS)
+    # append() builds the record map itself; only while it is exactly what to_record() gives
+    and list(Event(1, 2, "t", "i", {}).to_record().items())
+    == [("seq", 1), ("time", 2), ("type", "t"), ("id", "i"), ("data", {})]
+)
+if _FAST:
     _set_seq, _set_time, _set_type, _set_id, _set_data = (
         Event.__dict__[k].__set__ for k in ("seq", "time", "type", "id", "data")
     )
@@ -519,6 +525,7 @@ class EventLog:
             parts: list[bytes] = []
             pack = self._packer.pack
             rec_pack = _REC.pack
+            fast = _FAST
             for etype, eid, data in items:
                 if not isinstance(etype, str) or not etype:
                     raise ValueError(f"event type must be a non-empty string, got {etype!r}")
@@ -528,7 +535,8 @@ class EventLog:
                     raise ValueError(f"event data must be a dict, got {type(data).__name__}")
                 seq += 1
                 ev = _build_event(seq, stamp, etype, eid, data)
-                payload = pack(ev.to_record())
+                payload = pack({"seq": seq, "time": stamp, "type": etype, "id": eid,
+                                "data": data} if fast else ev.to_record())
                 if len(payload) > MAX_RECORD:
                     raise ValueError(f"event {etype} of {len(payload)} bytes exceeds the "
                                      f"{MAX_RECORD}-byte record limit")
