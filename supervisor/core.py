@@ -80,9 +80,11 @@ class Core:
     # -- the write path ----------------------------------------------------------------------
 
     def _on_commit(self, events: list[Event]) -> None:
+        # one copy per batch: the intermediate states of a batch are never shown to anyone
         state = self.state
+        state = projection.State(state.last_seq, dict(state.containers), state.daemon)
         for event in events:
-            state, reason = projection.step(state, event)
+            state, reason = projection.step(state, event, owned=True)
             if reason is not None:
                 self.skipped += 1
                 log.warning("event skipped by the projection", seq=event.seq,

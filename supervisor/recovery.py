@@ -74,8 +74,9 @@ def load_state(eventlog: EventLog) -> tuple[projection.State, int]:
             f"but the usable snapshot ends at {state.last_seq}: the state cannot be rebuilt. "
             f"Restore {eventlog.root}/snapshot from a backup.")
     replayed = skipped = 0
+    state = projection.State(state.last_seq, dict(state.containers), state.daemon)
     for event in eventlog.read(state.last_seq):
-        state, reason = projection.step(state, event)
+        state, reason = projection.step(state, event, owned=True)
         replayed += 1
         if reason is not None:
             skipped += 1
@@ -113,8 +114,8 @@ async def _reconcile_one(core: Core, cid: str, limiter: trio.CapacityLimiter) ->
             if c is None or c["state"] == "stopped":
                 return
             instance = c["instance"]
-            record = await trio.to_thread.run_sync(
-                shim_api.read_exit_file, shim_api.shim_dir(core.paths.root, cid))
+            # a small local file: reading it inline is cheaper than a thread hop per container
+            record = shim_api.read_exit_file(shim_api.shim_dir(core.paths.root, cid))
             if record and record.get("instance") == instance:
                 await core.append_shim_event(cid, "task.exit", _exit_data(record))
             link = start_link(core, cid, instance)

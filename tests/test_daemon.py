@@ -319,3 +319,16 @@ def test_concurrent_runs_share_fsyncs(daemon):
     assert time.monotonic() - t0 < 20
     seqs = [e["seq"] for e in events_of(daemon)]
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_logs_read_and_follow_across_rotation(daemon):
+    script = ("sleep 0.3; i=0; while [ $i -lt 400 ]; do echo line$i; i=$((i+1)); "
+              "[ $((i % 50)) -eq 0 ] && sleep 0.05; done")
+    cid = daemon.run("sh", "-c", script, log_max_size=4096, log_keep=50)
+    followed = [i["line"] for i in daemon.stream("logs", id=cid, follow=True)]
+    expected = [f"line{i}" for i in range(400)]
+    assert followed == expected
+    rotated = list((daemon.root / "shims" / cid).glob("container.log.*"))
+    assert len(rotated) >= 2, rotated
+    assert [i["line"] for i in daemon.stream("logs", id=cid)] == expected
+    assert [i["line"] for i in daemon.stream("logs", id=cid, tail=3)] == expected[-3:]

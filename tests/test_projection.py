@@ -121,6 +121,10 @@ def test_snapshot_round_trip_equals_replay(ops, cut):
                                        "instance": f"i{n % 2}", "exit_status": n})
               for i, (t, cid, n) in enumerate(ops)]
     full = fold(events)
+    one_by_one = State()
+    for event in events:  # the pure, copying path gives the same state as fold's fast path
+        one_by_one = apply(one_by_one, event)
+    assert one_by_one.to_dict() == full.to_dict()
     k = min(cut, len(events))
     snap = msgpack.unpackb(msgpack.packb(fold(events[:k]).to_dict(), use_bin_type=True),
                            raw=False, strict_map_key=False)
