@@ -96,8 +96,8 @@ def test_subscriber_resumes_across_restarts_without_duplicate_or_gap(daemon: Dae
         printed.append(sub.next())
         assert printed[-1][1:] == ("while-subscriber-down", 3)
 
-        # Both sides restart at once (daemon kill -9 while the subscriber is down).
-        assert sub.stop() == 0
+        # Both sides crash (kill -9 of the subscriber while idle, then of the daemon).
+        sub.kill()
         daemon.run("sh", "-c", "sleep 0.3; exit 4", name="both-down")
         daemon.kill9()
         daemon.start()
