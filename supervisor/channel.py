@@ -93,13 +93,22 @@ class Channel:
                 yield message["item"]
 
 
-async def connect(path: str, role: str = "supervisor", timeout: float = 5.0) -> Channel:
-    """Connect to a unix socket and exchange hellos; raises ``OSError``/``Closed`` on failure."""
+async def connect(path: str, role: str = "supervisor", timeout: float = 5.0,
+                  then: list[dict[str, Any]] | None = None) -> Channel:
+    """Connect to a unix socket and exchange hellos; raises ``OSError``/``Closed`` on failure.
+
+    ``then``: requests to send right behind the hello, in the same write. Reconciling 1,000
+    shims is dominated by wake-ups of the peers, so one write per shim instead of three counts.
+    """
     with trio.fail_after(timeout):
         stream = await trio.open_unix_socket(path)
         chan = Channel(stream)
         try:
-            await chan.send(wire.hello(role))
+            data = wire.encode(wire.hello(role)) + b"".join(wire.encode(m) for m in then or ())
+            try:
+                await stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise Closed(str(exc)) from None
             chan.peer = wire.parse_hello(await chan.recv())
         except BaseException:
             await chan.aclose()

@@ -242,7 +242,9 @@ class ShimLink:
                 try:
                     if address is None:
                         raise OSError("no address file")
-                    chan = await connect(address, "supervisor")
+                    # ``state`` first: its seq/acked tell how much backlog ``events`` replays
+                    chan = await connect(address, "supervisor", then=[
+                        wire.request(1, "state", {}), wire.request(2, "events", {})])
                 except (OSError, Closed, trio.TooSlowError, wire.ProtocolError) as exc:
                     log.info("shim unreachable", id=self.cid, error=str(exc))
                 if chan is not None:
@@ -259,9 +261,7 @@ class ShimLink:
             self.gone.set()
 
     async def _consume(self, chan: Channel) -> None:
-        # ``state`` first: its seq/acked tell how much backlog the events stream will replay
-        await chan.send(wire.request(1, "state", {}))
-        await chan.send(wire.request(2, "events", {}))
+        """Requests 1 (``state``) and 2 (``events``) were sent with the hello."""
         next_rid = 3
         target: int | None = None
         try:
