@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import socket
@@ -95,6 +94,8 @@ def socket_path(directory: str) -> str:
     if st.st_uid != uid or st.st_mode & 0o077:
         raise OSError(errno.EPERM, f"{base}: not a private directory of uid {uid}; refusing to "
                       "put a socket there")
+    import hashlib  # only here: it loads OpenSSL, memory every shim would pay for
+
     return os.path.join(base, hashlib.sha256(os.fsencode(path)).hexdigest()[:16] + ".sock")
 
 

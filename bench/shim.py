@@ -1,0 +1,233 @@
+"""Benchmark of the shim (a printed table, not a test): start latency, memory, exit latency.
+
+    .venv/bin/python bench/shim.py [--shims 50] [--runs 30]
+
+Measures, beside the anchors of shared/ANCHORS.md:
+
+* spawn -> ready: ``python -I -m shim start`` run to completion (it returns once ready);
+* RSS and PSS (``/proc/PID/smaps_rollup``) of one idle shim, and the mean per shim with N running;
+* exit -> event: SIGKILL of the container -> ``task.exit`` item read by a connected client
+  (includes the fsync of the exit file, which comes first);
+* the same for shims forked from a *preloaded launcher* (a Python process that imported the
+  shim and called ``gc.freeze()``): an experiment for the "fork server" design.
+
+Every process it starts is ended by pid: the bench is a child subreaper, so the detached shims
+are reparented to it and reaped here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from events import shim_api
+from events.rpc import BlockingConnection
+
+ANCHORS = {
+    "containerd-shim-runc-v2 at 50": (13.2, 2.6),
+    "conmon": (2.1, 0.47),
+}
+
+LAUNCHER = r"""
+import gc, json, os, sys
+import shim.launch, shim.server, shim.runtime_process, shim.osutil, shim.logs
+from events import shim_api, wire
+gc.collect()
+gc.freeze()
+sys.stdout.write("ok\n"); sys.stdout.flush()
+for line in sys.stdin:
+    root, cid = line.split()
+    code = shim.launch.start(root, cid)
+    if code:
+        sys.stdout.write("error\n")
+    sys.stdout.flush()
+"""
+
+
+def memory(pid: int) -> tuple[float, float, float]:
+    """(RSS, PSS, PSS of anonymous memory) in MB from smaps_rollup. The anonymous part is
+    what each shim really costs; the file-backed part (libpython, .so files) is shared with
+    every other Python process on the machine, so it varies with what else runs."""
+    values = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if parts[0] in ("Rss:", "Pss:", "Pss_Anon:"):
+                values[parts[0]] = int(parts[1]) / 1024
+    return values["Rss:"], values["Pss:"], values["Pss_Anon:"]
+
+
+class Bench:
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.pids: set[int] = set()
+        self.n = 0
+
+    def spec(self, command: list[str]) -> str:
+        self.n += 1
+        cid = f"b{self.n}"
+        directory = shim_api.shim_dir(self.root, cid)
+        directory.mkdir(parents=True)
+        shim_api.write_spec(directory, {"id": cid, "instance": f"{cid}-1", "command": command,
+                                        "env": {"PATH": "/usr/bin:/bin"}})
+        return cid
+
+    def start(self, command: list[str]) -> tuple[dict[str, Any], float]:
+        cid = self.spec(command)
+        began = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-I", "-m", "shim", "start", "--root", self.root,
+                               "--id", cid], capture_output=True, text=True, timeout=30)
+        elapsed = time.perf_counter() - began
+        if proc.returncode:
+            raise RuntimeError(proc.stderr)
+        ready = json.loads(proc.stdout)
+        self.pids.update((ready["pid"], ready["task_pid"]))
+        return ready, elapsed
+
+    def delete(self, ready: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError), BlockingConnection(ready["address"], timeout=5) as c:
+            c.call("delete", force=True)
+
+    def cleanup(self) -> None:
+        for pid in self.pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                time.sleep(0.01)
+
+
+def exit_latency(ready: dict[str, Any]) -> float:
+    with BlockingConnection(ready["address"], timeout=10) as conn:
+        conn.send_request("events")
+        while conn.recv()["item"]["type"] != "task.start":
+            pass
+        began = time.perf_counter()
+        os.kill(ready["task_pid"], signal.SIGKILL)
+        while conn.recv()["item"]["type"] != "task.exit":
+            pass
+        return time.perf_counter() - began
+
+
+def run_started(bench: Bench, count: int) -> list[dict[str, Any]]:
+    shims = []
+    for _ in range(count):
+        ready, _ = bench.start(["sleep", "1000"])
+        with BlockingConnection(ready["address"], timeout=10) as conn:
+            conn.call("start")
+        shims.append(ready)
+    return shims
+
+
+def launcher_experiment(bench: Bench, count: int) -> dict[str, float]:
+    """Shims forked from a preloaded, gc.freeze()d launcher: ready latency and memory."""
+    launcher = subprocess.Popen([sys.executable, "-I", "-c", LAUNCHER], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+    bench.pids.add(launcher.pid)
+    try:
+        assert launcher.stdout.readline() == "ok\n"
+        latencies, shims = [], []
+        for _ in range(count):
+            cid = bench.spec(["sleep", "1000"])
+            began = time.perf_counter()
+            launcher.stdin.write(f"{bench.root} {cid}\n")
+            launcher.stdin.flush()
+            ready = json.loads(launcher.stdout.readline())
+            latencies.append(time.perf_counter() - began)
+            bench.pids.update((ready["pid"], ready["task_pid"]))
+            with BlockingConnection(ready["address"], timeout=10) as conn:
+                conn.call("start")
+            shims.append(ready)
+        time.sleep(0.5)
+        mems = [memory(s["pid"]) for s in shims]
+        launcher_pss = memory(launcher.pid)[1]
+        exits = [exit_latency(s) for s in shims[:10]]
+        for ready in shims:
+            bench.delete(ready)
+        return {"ready_ms": statistics.median(latencies) * 1e3,
+                "rss": statistics.mean(m[0] for m in mems),
+                "pss": statistics.mean(m[1] for m in mems),
+                "anon": statistics.mean(m[2] for m in mems),
+                "pss_with_launcher": statistics.mean(m[1] for m in mems) + launcher_pss / count,
+                "exit_ms": statistics.median(exits) * 1e3}
+    finally:
+        launcher.stdin.close()
+        launcher.kill()
+        launcher.wait()
+        launcher.stdout.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shims", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=30)
+    args = parser.parse_args()
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    root = tempfile.mkdtemp(prefix="tether-bench-")
+    bench = Bench(root)
+    try:
+        ready_times = []
+        for _ in range(args.runs):
+            ready, elapsed = bench.start(["sleep", "1000"])
+            ready_times.append(elapsed)
+            bench.delete(ready)
+        idle = run_started(bench, 1)[0]
+        time.sleep(0.5)
+        idle_mem = memory(idle["pid"])
+        bench.delete(idle)
+        shims = run_started(bench, args.shims)
+        time.sleep(0.5)
+        mems = [memory(s["pid"]) for s in shims]
+        exits = [exit_latency(s) for s in shims[: min(20, len(shims))]]
+        for ready in shims:
+            bench.delete(ready)
+        forked = launcher_experiment(bench, args.shims)
+    finally:
+        bench.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+    q = statistics.quantiles(ready_times, n=10)
+    rows = [
+        ("spawn -> ready, `python -I -m shim start` (median / p90)",
+         f"{statistics.median(ready_times) * 1e3:.1f} / {q[-1] * 1e3:.1f} ms", "<= 20 ms goal"),
+        ("one idle shim: RSS / PSS (anon)", "{:.1f} / {:.1f} ({:.1f}) MB".format(*idle_mem), ""),
+        (f"mean per shim with {args.shims} running: RSS / PSS (anon)",
+         "{:.1f} / {:.1f} ({:.1f}) MB".format(*(statistics.mean(m[i] for m in mems)
+                                                for i in range(3))), "<= 7 MB PSS goal"),
+        ("exit -> task.exit event (median of SIGKILLs)",
+         f"{statistics.median(exits) * 1e3:.2f} ms", "ctr events: 2.2 ms"),
+        ("preloaded launcher + gc.freeze(): spawn -> ready (median)",
+         f"{forked['ready_ms']:.1f} ms", ""),
+        (f"preloaded launcher: mean per shim at {args.shims}: RSS / PSS (anon)",
+         f"{forked['rss']:.1f} / {forked['pss']:.1f} ({forked['anon']:.1f}) MB",
+         "<= 2.6 MB stretch"),
+        ("preloaded launcher: PSS incl. launcher's share",
+         f"{forked['pss_with_launcher']:.2f} MB", ""),
+        ("preloaded launcher: exit -> event", f"{forked['exit_ms']:.2f} ms", ""),
+    ]
+    rows += [(f"anchor: {name}: RSS / PSS", f"{rss} / {pss} MB", "ANCHORS.md")
+             for name, (rss, pss) in ANCHORS.items()]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'what':{width}}  {'measured':>20}  note")
+    for what, value, note in rows:
+        print(f"{what:{width}}  {value:>20}  {note}")
+
+
+if __name__ == "__main__":
+    main()
