@@ -340,7 +340,9 @@ def prepare_bundle(spec: Mapping[str, Any], bundle_dir: str | os.PathLike[str],
 _CLONE_NEWNS = 0x00020000
 _MS_REC = 0x4000
 _MS_SLAVE = 1 << 19
-_MNT_DETACH = 2
+_MS_NOSUID = 2
+_MS_NODEV = 4
+_MS_NOEXEC = 8
 
 
 def needs_private_cgroup_view(binary: str, layout: Layout | None = None) -> bool:
@@ -354,13 +356,20 @@ def needs_private_cgroup_view(binary: str, layout: Layout | None = None) -> bool
 
 
 def hide_unified_cgroup(mountpoint: str = "/sys/fs/cgroup/unified") -> None:
-    """Make the calling process see plain cgroup v1: a private mount namespace in which the
-    cgroup2 mount is detached. The host's mounts are untouched (the new namespace is made a
-    slave first, so the umount cannot propagate back).
+    """Make the calling process see plain cgroup v1: a private mount namespace in which a small
+    private tmpfs covers the cgroup2 mount. The host's mounts are untouched (the namespace is
+    made a slave first, so nothing propagates back).
+
+    A tmpfs, not a plain umount: crun in v1 mode still treats the ``0::`` line of
+    /proc/self/cgroup as a hierarchy at /sys/fs/cgroup/unified and mkdirs there and writes a
+    ``cgroup.procs``; after a umount those land in the host's /sys/fs/cgroup tmpfs, hidden
+    under the real mount, and leak forever (measured). In a private tmpfs they vanish with
+    the namespace.
 
     Used as the ``preexec_fn`` of every crun command (a child, single-threaded, between fork
-    and exec); a shim that runs only crun could call it once on itself instead. The containers'
-    cgroups are the same kernel objects either way: only the view of crun changes.
+    and exec); a shim that runs only crun can call it once on itself instead (cheaper per
+    command, see bench/oci.py). The containers' cgroups are the same kernel objects either
+    way: only crun's view changes.
     """
     import ctypes
 
@@ -369,8 +378,9 @@ def hide_unified_cgroup(mountpoint: str = "/sys/fs/cgroup/unified") -> None:
         raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
     if libc.mount(None, b"/", None, _MS_REC | _MS_SLAVE, None) != 0:
         raise OSError(ctypes.get_errno(), "mount --make-rslave /")
-    if libc.umount2(os.fsencode(mountpoint), _MNT_DETACH) != 0:
-        raise OSError(ctypes.get_errno(), f"umount {mountpoint}")
+    if libc.mount(b"tmpfs", os.fsencode(mountpoint), b"tmpfs", _MS_NOSUID | _MS_NODEV
+                  | _MS_NOEXEC, b"mode=755,size=1m") != 0:
+        raise OSError(ctypes.get_errno(), f"mount tmpfs on {mountpoint}")
 
 
 # -- the driver -----------------------------------------------------------------------------
@@ -429,7 +439,7 @@ class OCIRuntime:
         args = ["create", "--bundle", os.path.abspath(bundle), "--pid-file", pid_file,
                 container_id]
         try:
-            self._run(args, container_id, stdin=stdin, stdout=stdout, stderr=stderr)
+            self._run(args, container_id, stdio=(stdin, stdout, stderr))
             pid = _read_pid(pid_file)
         except BaseException:
             self._cleanup(container_id, pid_file)
@@ -475,10 +485,9 @@ class OCIRuntime:
         args = ["exec", "--process", os.path.abspath(process_path), "--pid-file", pid_file,
                 *(["--detach"] if detach else []), container_id]
         if detach:
-            self._run(args, container_id, stdin=stdin, stdout=stdout, stderr=stderr)
+            self._run(args, container_id, stdio=(stdin, stdout, stderr))
             return _read_pid(pid_file)
-        proc = self._spawn(args, stdin, stdout, stderr)
-        return proc.returncode
+        return self._spawn(args, (stdin, stdout, stderr)).returncode
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -490,15 +499,21 @@ class OCIRuntime:
             base += ["--root", self.root]
         return [*base, "--log", log, "--log-format", "json", *args]
 
-    def _spawn(self, args: Sequence[str], stdin: StdioFd, stdout: int | None,
-               stderr: int | None) -> subprocess.CompletedProcess[bytes]:
+    def _spawn(self, args: Sequence[str], stdio: tuple[StdioFd, StdioFd, StdioFd] | None
+               ) -> subprocess.CompletedProcess[bytes]:
+        """Run the runtime. *stdio* None: a control command, its stdout and stderr captured.
+        Otherwise the fds the container's process gets (None: /dev/null) and nothing is
+        captured: a pipe of ours handed to the container would never see EOF while the
+        container runs, and waiting for it would hang."""
         cmd = self.command(args)
+        if stdio is None:
+            fds = [subprocess.DEVNULL, subprocess.PIPE, subprocess.PIPE]
+        else:
+            fds = [subprocess.DEVNULL if fd is None else fd for fd in stdio]
         try:
             return subprocess.run(
-                cmd, stdin=subprocess.DEVNULL if stdin is None else stdin,
-                stdout=subprocess.PIPE if stdout is None else stdout,
-                stderr=subprocess.PIPE if stderr is None else stderr,
-                close_fds=True, timeout=self.timeout, preexec_fn=self._preexec, check=False)
+                cmd, stdin=fds[0], stdout=fds[1], stderr=fds[2], close_fds=True,
+                timeout=self.timeout, preexec_fn=self._preexec, check=False)
         except subprocess.TimeoutExpired:
             raise RuntimeFailed(f"{' '.join(cmd)}: no answer after {self.timeout} s (killed)",
                                 command=cmd, returncode=None, words="timed out") from None
@@ -511,12 +526,12 @@ class OCIRuntime:
             raise RuntimeFailed(f"{' '.join(cmd)}: {exc.strerror}", command=cmd,
                                 returncode=None, words=str(exc.strerror)) from None
 
-    def _run(self, args: Sequence[str], container_id: str, *, stdin: StdioFd = None,
-             stdout: StdioFd = None, stderr: StdioFd = None) -> bytes:
+    def _run(self, args: Sequence[str], container_id: str, *,
+             stdio: tuple[StdioFd, StdioFd, StdioFd] | None = None) -> bytes:
         offset = _size(self.log_path)
-        proc = self._spawn(args, stdin, stdout, stderr)
+        proc = self._spawn(args, stdio)
         if proc.returncode == 0:
-            return proc.stdout if stdout is None else b""
+            return proc.stdout or b""
         words = (_last_error(self.log_path, offset)
                  or (proc.stderr or b"").decode(errors="replace").strip()
                  or f"exited with status {proc.returncode}")

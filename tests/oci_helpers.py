@@ -145,6 +145,21 @@ def reap(pid: int, timeout: float = 10.0) -> int | None:
         time.sleep(0.005)
 
 
+def wait_for_children(pid: int, timeout: float = 5.0) -> list[int]:
+    """Poll until *pid* has a child: with the tini init, that means tini is set up (it blocks
+    signals before it forks the command). Before that, a SIGTERM to the container's pid 1,
+    which has no handler yet, is dropped by the kernel."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(x) for x in f.read().split()]
+            if children:
+                return children
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"pid {pid} has no child after {timeout} s")
+        time.sleep(0.001)
+
+
 def exit_status(wait_status: int) -> int:
     if os.WIFSIGNALED(wait_status):
         return 128 + os.WTERMSIG(wait_status)

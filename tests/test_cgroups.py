@@ -166,12 +166,13 @@ def test_join_before_exec_and_from_pid(name: str) -> None:
     pid = spawn_in(cg, [busybox(), "sleep", "10"])
     try:
         deadline = time.monotonic() + 5
-        while pid not in cg.pids() and time.monotonic() < deadline:
+        wanted = {c: cg.paths[c] for c in ("memory", "cpu", "pids")}
+        # join() writes one controller after the other: wait for the last one.
+        while ({c: Cgroup.from_pid(pid).paths.get(c) for c in wanted} != wanted
+               and time.monotonic() < deadline):
             time.sleep(0.005)
+        assert {c: Cgroup.from_pid(pid).paths.get(c) for c in wanted} == wanted
         assert cg.pids() == [pid]
-        found = Cgroup.from_pid(pid)
-        for c in ("memory", "cpu", "pids"):
-            assert found.paths[c] == cg.paths[c]
         with pytest.raises(CgroupError, match=r"processes left: \[\d+\]"):
             cg.remove(timeout=0.05)
         assert cg.kill_all(signal.SIGKILL) == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from oci_helpers import (
     read_all,
     reap,
     runtime_list,
+    wait_for_children,
 )
 
 from shim import oci
@@ -263,17 +265,21 @@ def test_sigkill_gives_137_and_delete_needs_stopped(h: Harness) -> None:
 def test_init_forwards_sigterm(h: Harness) -> None:
     """`sleep` as pid 1 ignores SIGTERM (no handler); with the init it gets it: 143."""
     c = h.run(["sleep", "100"], init=True)
+    wait_for_children(c.pid)  # tini is ready: before that the kernel drops the SIGTERM
     h.runtime.kill(c.id, signal.SIGTERM)
     assert c.wait(timeout=5) == 143
     h.runtime.delete(c.id)
 
 
 def test_kill_all(h: Harness) -> None:
-    c = h.run(["sh", "-c", "sleep 100 & sleep 100 & wait"])
-    time.sleep(0.1)
-    h.runtime.kill(c.id, signal.SIGKILL, all=True)
-    assert c.wait() == 137
-    assert c.read_output(timeout=5) == b""  # EOF: every process holding the pipe is gone
+    """pid 1 (sh, no handler) ignores SIGTERM; with --all its children get it too and die."""
+    c = h.run(["sh", "-c", "sleep 100 & sleep 100 & wait; echo children gone"])
+    deadline = time.monotonic() + 5
+    while len(wait_for_children(c.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    h.runtime.kill(c.id, signal.SIGTERM, all=True)
+    assert c.wait() == 0
+    assert c.read_output(timeout=5) == b"children gone\n"
     h.runtime.delete(c.id)
 
 
@@ -409,3 +415,29 @@ def test_user_cwd_env_hostname(runc: Harness) -> None:
     assert c.wait() == 0
     assert c.read_output().decode().split() == ["65534", "/tmp", "hi", c.id]
     runc.runtime.delete(c.id)
+
+
+def _under_hidden_unified() -> list[str]:
+    """What lies in the host's /sys/fs/cgroup tmpfs *beneath* the cgroup2 mount (seen from a
+    throw-away namespace where that mount is detached)."""
+    import subprocess
+
+    out = subprocess.run(["unshare", "-m", "--propagation", "slave", "sh", "-c",
+                          "umount -l /sys/fs/cgroup/unified && ls -A /sys/fs/cgroup/unified"],
+                         capture_output=True, check=True)
+    return out.stdout.decode().split()
+
+
+@needs_crun
+def test_crun_leaves_nothing_beneath_the_hidden_cgroup2(tmp_path: Path,
+                                                        busybox_rootfs: Path) -> None:  # noqa: F811
+    from shim.cgroups import detect_layout
+
+    if not detect_layout().hybrid or shutil.which("unshare") is None:
+        pytest.skip("only on a hybrid cgroup layout (crun's private mount namespace)")
+    with harness("crun", tmp_path, busybox_rootfs) as hh:
+        assert hh.runtime.hides_unified
+        c = hh.run(["true"])
+        assert c.wait() == 0
+        hh.runtime.delete(c.id)
+        assert hh.cgroup_parent.split("/")[0] not in _under_hidden_unified()

@@ -1,0 +1,307 @@
+"""Benchmark of the OCI path: bare runtimes against what the shim will pay through shim/oci.py.
+
+Run as root: ``.venv/bin/python bench/oci.py [-n 15]``. Prints a table (medians of N runs),
+with the anchors measured on this kind of machine (/work/shared/ANCHORS.md) beside.
+
+* bare ``runc run -d`` / ``crun run -d`` of busybox ``sleep`` until the command returns, and
+  ``delete -f`` of the running container; crun runs in a private mount namespace without
+  /sys/fs/cgroup/unified when the layout is hybrid (it refuses it otherwise), and the price of
+  that namespace is measured on its own (``list`` with and without it);
+* ``ctr run -d --rootfs`` through containerd only if it is installed;
+* the shim's start path: ``prepare_bundle`` (config.json written atomically), then
+  ``OCIRuntime.create`` with pipes + ``start``;
+* the shim's stop path for a container that obeys SIGTERM (busybox ``sleep`` under the tini
+  init, which forwards the signal): ``kill TERM``, ``waitpid`` of the init, ``delete`` (no -f),
+  against ``delete -f`` of the same running container. Goal: <= 20 ms.
+
+Everything it makes (containers, state roots, cgroups under ``tether-bench``, temp dirs) is
+removed at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from oci_helpers import build_busybox_rootfs, remove_cgroup_tree, wait_for_children
+
+from shim.oci import (
+    OCIRuntime,
+    RuntimeFailed,
+    RuntimeNotFound,
+    hide_unified_cgroup,
+    prepare_bundle,
+    resolve_runtime,
+)
+
+CGROUP_PARENT = "tether-bench"
+ANCHORS = {
+    "runc run -d": "19 ms",
+    "runc delete -f (running)": "106 ms",
+    "crun run -d": "7 ms",
+    "crun delete -f (running)": "4 ms",
+    "ctr run -d --rootfs": "59 ms",
+    "conmon + runc create/start": "29 ms",
+}
+GOAL_STOP_MS = 20.0
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+class Bench:
+    def __init__(self, base: Path, n: int, rootfs: Path | None = None) -> None:
+        self.base = base
+        self.n = n
+        self.rootfs = rootfs or build_busybox_rootfs(base / "rootfs")
+        self.rows: list[tuple[str, float | None, str, str]] = []
+        self.runtimes: dict[str, OCIRuntime] = {}
+
+    def runtime(self, name: str) -> OCIRuntime:
+        if name not in self.runtimes:
+            self.runtimes[name] = OCIRuntime(name, root=str(self.base / name),
+                                             log_path=self.base / f"{name}.log.json")
+        return self.runtimes[name]
+
+    def bundle(self, name: str, command: list[str], init: bool = False) -> tuple[str, str]:
+        cid = f"b-{uuid.uuid4().hex[:8]}"
+        spec = {"id": cid, "command": command, "rootfs": str(self.rootfs), "init": init,
+                "runtime": name}
+        bundle = prepare_bundle(spec, self.base / "bundles" / cid,
+                                cgroups_path=f"/{CGROUP_PARENT}/{cid}")
+        return cid, bundle
+
+    def row(self, what: str, samples: list[float], anchor: str = "", note: str = "") -> None:
+        value = statistics.median(samples) if samples else None
+        self.rows.append((what, value, anchor, note))
+
+    def skip(self, what: str, why: str, anchor: str = "") -> None:
+        self.rows.append((what, None, anchor, why))
+
+    # -- bare runtimes ----------------------------------------------------------------------
+
+    def bare(self, name: str) -> None:
+        rt = self.runtime(name)
+        preexec: Callable[[], None] | None = (hide_unified_cgroup if rt.hides_unified
+                                              else None)
+        run, delete = [], []
+        for _ in range(self.n):
+            cid, bundle = self.bundle(name, ["sleep", "100"])
+            cmd = rt.command(["run", "-d", "--bundle", bundle, "--pid-file",
+                              str(self.base / f"{cid}.pid"), cid])
+            t = time.perf_counter()
+            subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, preexec_fn=preexec, check=True)
+            run.append(time.perf_counter() - t)
+            pid = int((self.base / f"{cid}.pid").read_text())
+            t = time.perf_counter()
+            subprocess.run(rt.command(["delete", "-f", cid]), stdin=subprocess.DEVNULL,
+                           capture_output=True, preexec_fn=preexec, check=True)
+            delete.append(time.perf_counter() - t)
+            reap(pid)
+        note = "in a private mount ns (hybrid layout)" if rt.hides_unified else ""
+        self.row(f"{name} run -d", [ms(x) for x in run], ANCHORS[f"{name} run -d"], note)
+        self.row(f"{name} delete -f (running)", [ms(x) for x in delete],
+                 ANCHORS[f"{name} delete -f (running)"], note)
+
+    def private_ns_price(self) -> None:
+        rt = self.runtime("crun")
+        plain, hidden = [], []
+        for _ in range(self.n):
+            for samples, preexec in ((plain, None), (hidden, hide_unified_cgroup)):
+                t = time.perf_counter()
+                subprocess.run(rt.command(["list", "-q"]), capture_output=True,
+                               preexec_fn=preexec, check=True)
+                samples.append(time.perf_counter() - t)
+        self.row("crun list, plain", [ms(x) for x in plain])
+        self.row("crun list, private mount ns", [ms(x) for x in hidden], "",
+                 "price of hiding cgroup2 per command")
+
+    # -- the shim's paths through the driver ------------------------------------------------
+
+    def driver_start(self, name: str, label: str = "") -> None:
+        rt = self.runtime(name)
+        label = label or name
+        prepare, create, start = [], [], []
+        for _ in range(self.n):
+            t = time.perf_counter()
+            cid, bundle = self.bundle(name, ["sleep", "100"])
+            prepare.append(time.perf_counter() - t)
+            r, w = os.pipe()
+            try:
+                t = time.perf_counter()
+                pid = rt.create(cid, bundle, str(self.base / f"{cid}.pid"), stdout=w, stderr=w)
+                t1 = time.perf_counter()
+                rt.start(cid)
+                t2 = time.perf_counter()
+            finally:
+                os.close(w)
+                os.close(r)
+            create.append(t1 - t)
+            start.append(t2 - t1)
+            rt.kill(cid, signal.SIGKILL)
+            reap(pid)
+            rt.delete(cid)
+        self.row(f"{label}: prepare_bundle (config.json)", [ms(x) for x in prepare])
+        self.row(f"{label}: OCIRuntime.create (pipes)", [ms(x) for x in create])
+        self.row(f"{label}: OCIRuntime.start", [ms(x) for x in start])
+        self.row(f"{label}: create + start (shim pays)",
+                 [ms(a + b) for a, b in zip(create, start, strict=True)],
+                 ANCHORS["conmon + runc create/start"] + " (conmon)")
+
+    def stop_path(self, name: str, label: str = "") -> None:
+        rt = self.runtime(name)
+        label = label or name
+        graceful, forced = [], []
+        for samples, mode in ((graceful, "term"), (forced, "force")):
+            for _ in range(self.n):
+                cid, bundle = self.bundle(name, ["sleep", "100"], init=True)
+                pid = rt.create(cid, bundle, str(self.base / f"{cid}.pid"))
+                rt.start(cid)
+                # tini ready (it has forked the command): a TERM sent before that hits a pid 1
+                # without a handler and the kernel drops it (see the report).
+                wait_for_children(pid)
+                t = time.perf_counter()
+                if mode == "term":
+                    rt.kill(cid, signal.SIGTERM)
+                    status = reap(pid)
+                    rt.delete(cid)
+                    if status is None or os.waitstatus_to_exitcode(status) != 143:
+                        raise SystemExit(f"{name}: unexpected stop status {status}")
+                else:
+                    rt.delete(cid, force=True)
+                    reap(pid)
+                samples.append(time.perf_counter() - t)
+        med = statistics.median(graceful) * 1000
+        self.row(f"{label}: stop = kill TERM + waitpid + delete", [ms(x) for x in graceful],
+                 f"goal <= {GOAL_STOP_MS:.0f} ms", "OK" if med <= GOAL_STOP_MS else "OVER GOAL")
+        self.row(f"{label}: delete -f of the same (running)", [ms(x) for x in forced])
+
+    def crun_hidden_once(self) -> None:
+        """The crun paths again, from a process that hid cgroup2 once for itself (what a shim
+        running only crun can do at start-up) instead of in every command's preexec."""
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(r)
+                ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # not inherited: be a subreaper too
+                hide_unified_cgroup()
+                sub = Bench(self.base, self.n, rootfs=self.rootfs)
+                try:
+                    assert not sub.runtime("crun").hides_unified
+                    sub.driver_start("crun", "crun, ns hidden once")
+                    sub.stop_path("crun", "crun, ns hidden once")
+                finally:
+                    sub.cleanup()
+                os.write(w, json.dumps(sub.rows).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        _, status = os.waitpid(pid, 0)
+        if status != 0 or not data:
+            self.skip("crun, ns hidden once", f"child failed (wait status {status})")
+            return
+        self.rows.extend(tuple(row) for row in json.loads(data))
+
+    def containerd(self) -> None:
+        if shutil.which("ctr") is None:
+            self.skip("ctr run -d --rootfs", "not measured: containerd/ctr not installed",
+                      ANCHORS["ctr run -d --rootfs"])
+            return
+        self.skip("ctr run -d --rootfs", "ctr found, but not measured here (needs a running "
+                  "containerd); see ANCHORS.md", ANCHORS["ctr run -d --rootfs"])
+
+    # -- cleanup ----------------------------------------------------------------------------
+
+    def cleanup(self) -> None:
+        for rt in self.runtimes.values():
+            with contextlib.suppress(RuntimeFailed):
+                for entry in rt.list():
+                    with contextlib.suppress(RuntimeFailed):
+                        rt.delete(entry["id"], force=True)
+        remove_cgroup_tree(CGROUP_PARENT)
+
+
+def reap(pid: int, timeout: float = 10.0) -> int | None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            got, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if got:
+            return status
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.0005)
+
+
+def print_table(rows: list[tuple[str, float | None, str, str]], n: int) -> None:
+    print(f"\nOCI benchmarks, median of {n} runs (ms)\n")
+    width = max(len(r[0]) for r in rows)
+    print(f"{'what':<{width}}  {'median':>8}  {'anchor':<22}  note")
+    print(f"{'-' * width}  {'-' * 8}  {'-' * 22}  ----")
+    for what, value, anchor, note in rows:
+        shown = f"{value:8.1f}" if value is not None else f"{'-':>8}"
+        print(f"{what:<{width}}  {shown}  {anchor:<22}  {note}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-n", type=int, default=15, help="runs per measurement")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench/oci.py needs root (OCI runtimes, cgroups)")
+    # Like the shim: be a subreaper, so each container init becomes our child to waitpid.
+    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+    base = Path(tempfile.mkdtemp(prefix="tether-bench-oci-"))
+    bench = Bench(base, args.n)
+    try:
+        names = []
+        for name in ("runc", "crun"):
+            try:
+                resolve_runtime(name)
+                names.append(name)
+            except RuntimeNotFound as exc:
+                bench.skip(f"{name} run -d", str(exc))
+        for name in names:
+            bench.bare(name)
+        if "crun" in names and bench.runtime("crun").hides_unified:
+            bench.private_ns_price()
+        bench.containerd()
+        for name in names:
+            bench.driver_start(name)
+        for name in names:
+            bench.stop_path(name)
+        if "crun" in names and bench.runtime("crun").hides_unified:
+            bench.crun_hidden_once()
+    finally:
+        bench.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
+    print_table(bench.rows, args.n)
+
+
+if __name__ == "__main__":
+    main()
