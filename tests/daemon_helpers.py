@@ -45,7 +45,8 @@ class Daemon:
                  env: dict[str, str] | None = None) -> None:
         self.root = Path(root)
         self.args = list(args)
-        self.socket = str(self.root / "supervisord.sock")
+        self.socket = (self.args[self.args.index("--socket") + 1] if "--socket" in self.args
+                       else str(self.root / "supervisord.sock"))
         self.stderr_path = Path(stderr_path or self.root.parent / f"{self.root.name}.stderr")
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None

@@ -10,6 +10,7 @@ import stat
 import struct
 import threading
 import time
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -332,3 +333,49 @@ def test_logs_read_and_follow_across_rotation(daemon):
     assert len(rotated) >= 2, rotated
     assert [i["line"] for i in daemon.stream("logs", id=cid)] == expected
     assert [i["line"] for i in daemon.stream("logs", id=cid, tail=3)] == expected[-3:]
+
+
+_AS_NOBODY = """
+import os, sys
+from events.rpc import BlockingConnection
+from events import wire
+os.setgroups([]); os.setgid(65534); os.setuid(65534)  # peer credentials are taken at connect
+try:
+    with BlockingConnection(sys.argv[1], timeout=5) as c:
+        print("ok", c.call("status")["ok"])
+except wire.RemoteError as exc:
+    print("refused", exc.code)
+except OSError as exc:
+    print("oserror", exc.errno)
+"""
+
+
+@pytest.mark.parametrize("group", [None, "nogroup"])
+def test_peer_credentials_are_checked(daemon_factory, tmp_path, group):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another uid")
+    import grp
+    import subprocess
+    import sys
+
+    try:
+        grp.getgrnam("nogroup")
+    except KeyError:
+        pytest.skip("no group 'nogroup' here")
+    sockdir = tmp_path / "sock"
+    sockdir.mkdir()
+    os.chmod(sockdir, 0o755)
+    for parent in (tmp_path, tmp_path.parent, tmp_path.parent.parent):
+        os.chmod(parent, os.stat(parent).st_mode | 0o011)
+    path = str(sockdir / "s.sock")
+    args = ["--socket", path] + (["--group", group] if group else [])
+    d = daemon_factory(*args)
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    assert mode == (0o660 if group else 0o600)
+    os.chmod(path, 0o666)  # take the file mode out of the way: the second gate must hold
+    out = subprocess.run([sys.executable, "-c", _AS_NOBODY, path], capture_output=True,
+                         text=True, cwd=str(Path(__file__).resolve().parent.parent),
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve()
+                                                              .parent.parent)})
+    assert out.stdout.strip() == ("ok True" if group else "refused permission_denied"), out
+    assert d.call("status")["ok"]
