@@ -430,3 +430,14 @@ def test_env_cwd_and_user_reach_the_container(shims: Shims, tmp_path: Path) -> N
         conn.call("start")
         assert conn.call("wait")["exit_status"] == 0
     assert shim.log_lines()[-1].endswith(f"stdout F bar {tmp_path} 65534:65534")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="new namespaces need root")
+def test_new_namespaces_as_root(shims: Shims) -> None:
+    shim = shims.start("hostname tether-inner && echo $(hostname) $$",
+                       namespaces=["uts", "pid", "ipc"])
+    with shim.connect() as conn:
+        conn.call("start")
+        assert conn.call("wait")["exit_status"] == 0
+    assert shim.log_lines()[-1].endswith("stdout F tether-inner 1")  # pid 1 of its namespace
+    assert socket.gethostname() != "tether-inner"
