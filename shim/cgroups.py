@@ -111,8 +111,10 @@ def _unescape(text: str) -> str:
 
 
 def parse_mountinfo(text: str) -> list[Mount]:
-    """Every cgroup (v1) and cgroup2 mount in a ``/proc/*/mountinfo`` text."""
-    mounts = []
+    """Every cgroup (v1) and cgroup2 mount in a ``/proc/*/mountinfo`` text that is visible:
+    a mount covered by a later one on the same mountpoint (as :func:`shim.oci`'s private view
+    for crun covers cgroup2 with a tmpfs) is not."""
+    entries: dict[str, tuple[str, str, str]] = {}
     for line in text.splitlines():
         left, sep, right = line.partition(" - ")
         if not sep:
@@ -120,8 +122,11 @@ def parse_mountinfo(text: str) -> list[Mount]:
         fields, rfields = left.split(), right.split()
         if len(fields) < 5 or len(rfields) < 3:
             continue
-        fstype, super_options = rfields[0], rfields[2]
-        root, mountpoint = _unescape(fields[3]), _unescape(fields[4])
+        mountpoint = _unescape(fields[4])
+        entries.pop(mountpoint, None)  # covered: the later mount is on top
+        entries[mountpoint] = (rfields[0], _unescape(fields[3]), rfields[2])
+    mounts = []
+    for mountpoint, (fstype, root, super_options) in entries.items():
         if fstype == "cgroup2":
             controllers: frozenset[str] = frozenset()
             with contextlib.suppress(OSError), \

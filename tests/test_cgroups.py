@@ -81,6 +81,12 @@ def test_parse_unified_and_escapes() -> None:
     assert parse_mountinfo("1 1 0:1 / /a\\040b rw - cgroup2 x rw")[0].mountpoint == "/a b"
 
 
+def test_a_covered_mount_is_not_visible() -> None:
+    covered = HYBRID + "50 41 0:60 / /sys/fs/cgroup/unified rw - tmpfs tmpfs rw\n"
+    layout = detect_layout(covered)
+    assert layout.version == 1 and not layout.hybrid and layout.unified is None
+
+
 def test_v2_join_mount() -> None:
     unified = Mount("/sys/fs/cgroup", "/", 2, frozenset({"memory"}))
     assert _join_mount(unified, "/tether/x") == "/sys/fs/cgroup/tether/x"
