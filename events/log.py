@@ -160,6 +160,7 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 _unpackb = msgpack.unpackb
 _crc32 = zlib.crc32
 _rec_unpack = _REC.unpack_from
+_len_unpack = struct.Struct(">I").unpack_from
 
 # Event is a frozen, slotted dataclass: its __init__ pays object.__setattr__ per field. Replay
 # builds a million of them, so it sets the slots directly, which is three times faster. The
@@ -698,6 +699,7 @@ def _iter_segment(path: Path, first: int, since: int, limit: int | None,
         skip = max(0, since - first + 1)
         buf = b""
         rec_unpack = _rec_unpack
+        rec_len = _len_unpack
         crc32 = _crc32
         make = _make_event
         while True:
@@ -718,27 +720,33 @@ def _iter_segment(path: Path, first: int, since: int, limit: int | None,
             payloads: list[memoryview] = []
             add = payloads.append
             chunk_seq = seq  # seq of the record at buf[0]
-            while pos + REC_HEADER <= end:
-                length, crc = rec_unpack(buf, pos)
-                stop = pos + REC_HEADER + length
-                if length == 0 or length > MAX_RECORD:
+            while skip and pos + REC_HEADER <= end:  # records before ``since``: hop over them
+                (length,) = rec_len(buf, pos)
+                if not 0 < length <= MAX_RECORD:
                     raise CorruptLog(path, base + pos, f"implausible record length {length}")
+                stop = pos + REC_HEADER + length
                 if stop > end:
                     break
-                if skip:
-                    skip -= 1
-                    seq += 1
-                else:
-                    payload = mv[pos + REC_HEADER : stop]
-                    if crc32(payload) != crc:
-                        raise CorruptLog(path, base + pos, "record checksum mismatch")
-                    add(payload)
+                skip -= 1
+                seq += 1
+                pos = stop
+            first_decoded = seq
+            while pos + REC_HEADER <= end:
+                length, crc = rec_unpack(buf, pos)
+                if not 0 < length <= MAX_RECORD:
+                    raise CorruptLog(path, base + pos, f"implausible record length {length}")
+                stop = pos + REC_HEADER + length
+                if stop > end:
+                    break
+                payload = mv[pos + REC_HEADER : stop]
+                if crc32(payload) != crc:
+                    raise CorruptLog(path, base + pos, "record checksum mismatch")
+                add(payload)
                 pos = stop
             if payloads:
                 unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
                                             max_buffer_size=max(end, 1024))
                 unpacker.feed(b"".join(payloads))
-                n = 0
                 # Only decoding errors are expected here; an exception thrown into this generator
                 # by its consumer (gen.throw) would also be reported as damage: nobody does that.
                 try:
@@ -751,15 +759,15 @@ def _iter_segment(path: Path, first: int, since: int, limit: int | None,
                             ev = Event.from_record(d)
                             if ev.seq != seq:
                                 raise _SeqMismatch from None
-                        n += 1
                         seq += 1
                         yield ev
                 except (_SeqMismatch, InvalidEvent, ValueError) as exc:
                     off = base + _offset_of(buf, 0, chunk_seq, seq)
-                    what = (f"seq {_seq_in(payloads, n)} where {seq} was expected (a gap or a "
-                            "duplicate)") if isinstance(exc, _SeqMismatch) else str(exc)
+                    what = (f"seq {_seq_in(payloads, seq - first_decoded)} where {seq} was "
+                            "expected (a gap or a duplicate)") if isinstance(exc, _SeqMismatch) \
+                        else str(exc)
                     raise CorruptLog(path, off, what) from None
-                if n != len(payloads):
+                if seq - first_decoded != len(payloads):
                     raise CorruptLog(path, base + _offset_of(buf, 0, chunk_seq, seq),
                                      "record payload is not exactly one msgpack object")
             buf = buf[pos:]
