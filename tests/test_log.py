@@ -132,6 +132,28 @@ def test_rolls_into_segments_named_by_first_seq(root: Path) -> None:
             assert [e.seq for e in log.read(since)] == list(range(since + 1, 61))
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
+def test_replay_across_chunk_boundaries(root: Path, monkeypatch, chunk: int) -> None:
+    import events.log
+    monkeypatch.setattr(events.log, "CHUNK", chunk)
+    with EventLog.open(root, segment_size=2000) as log:
+        evs = []
+        for i in range(15):
+            evs += log.append(items(i % 4 + 1, i))
+        for since in range(len(evs) + 1):
+            assert list(log.read(since)) == evs[since:]
+
+
+def test_record_larger_than_a_read_chunk(root: Path) -> None:
+    big = {"blob": os.urandom(3 * 1024 * 1024)}
+    with EventLog.open(root) as log:
+        evs = log.append([("a", "", {}), ("container.create", "c", big), ("b", "", {})])
+        assert list(log.read()) == evs
+        assert list(log.read(1)) == evs[1:]
+    with EventLog.open(root) as log:
+        assert list(log.read()) == evs
+
+
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(ops=st.lists(st.one_of(
