@@ -12,20 +12,22 @@ How it keeps that promise, using nothing but the public API (:mod:`supervisor.cl
 * The daemon's log numbers events 1, 2, 3, ... with no gap, durably, and ``events(since=N)``
   replays everything after N and then follows live, without gap or duplicate.
 * So the subscriber's whole state is one number, the seq of the last exit it printed, kept in
-  ``--state``: written after each line is printed (temp file, fsync, rename), read at start-up.
+  ``--state``: written right after each line is printed (one ``pwrite`` in place, then
+  ``fdatasync``), read at start-up.
 * The daemon goes away (crash, kill -9, upgrade): the stream breaks, the subscriber reconnects
   with back-off (0.1 s doubling to 5 s) and resumes after that seq. Events appended while it
   was away (an exit kept by a shim during the daemon's downtime, say) come in the replay.
 * The subscriber itself restarts: it reads the state file and resumes the same way.
 * SIGINT/SIGTERM stop it between two events, never between printing a line and saving its seq.
-  Only a SIGKILL (or power loss) landing in that window of a few microseconds can repeat one
-  line at the next start: no program can print and persist in one atomic step.
+  Only a SIGKILL (or power loss) landing between those two syscalls can repeat one line at the
+  next start: no program can write to a pipe and to a file in one atomic step. (Nothing can be
+  *missed*: the seq is saved only after its line was written.) With ``--output FILE`` even that
+  window is closed: the last line of the file is itself the position.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
@@ -47,32 +49,43 @@ BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
 
 
-def read_position(path: Path) -> int:
-    """The seq of the last event printed, 0 (the beginning) if there is no state file yet."""
-    try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        return 0
-    try:
-        seq = int(text)
-    except ValueError:
-        raise SystemExit(f"subscriber: {path} holds {text!r}, not a seq; fix or delete it") \
-            from None
-    if seq < 0:
-        raise SystemExit(f"subscriber: {path} holds a negative seq {seq}; fix or delete it")
-    return seq
+class Position:
+    """The seq of the last event printed, kept in one small file.
 
+    Saved in place with a single ``pwrite`` of a fixed-width number at offset 0: one syscall,
+    so a kill at any moment leaves the old number or the new one (never half of either, never
+    an empty file), and the window between printing a line and recording it is as short as it
+    can be. ``fdatasync`` follows, for power loss; it does not widen that window.
+    """
 
-def save_position(path: Path, seq: int) -> None:
-    """Atomically replace the state file: a crash leaves the old number or the new, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, f"{seq}\n".encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    WIDTH = 20
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        created = not path.exists()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if created:  # make the new file's name durable too
+            dirfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
+        text = os.pread(self._fd, 4096, 0).decode(errors="replace").strip()
+        try:
+            self.seq = int(text) if text else 0
+        except ValueError:
+            raise SystemExit(f"subscriber: {path} holds {text[:40]!r}, not a seq; fix or delete "
+                             "it") from None
+        if self.seq < 0:
+            raise SystemExit(f"subscriber: {path} holds a negative seq; fix or delete it")
+
+    def save(self, seq: int) -> None:
+        os.pwrite(self._fd, f"{seq:0{self.WIDTH}d}\n".encode(), 0)
+        os.fdatasync(self._fd)
+        self.seq = seq
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 def render(event: Event, as_json: bool) -> str:
@@ -87,14 +100,68 @@ def render(event: Event, as_json: bool) -> str:
             f" at={ctl_render.rfc3339(d.get('exited_at') or event.time)}")
 
 
+class Output:
+    """Where the lines go: stdout, or (``--output FILE``) a file appended to, one ``write`` per
+    line. With a file, the output itself says how far it got: a line is in the file or not
+    (SIGKILL cannot interrupt a ``write`` to a regular file half-way), so at start-up the seq
+    of its last line overrides an older state file, and not even a kill -9 between printing
+    and saving the seq repeats a line."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._fd = 1 if path is None else os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                                                  0o644)
+
+    def write(self, line: str) -> None:
+        data = (line + "\n").encode()
+        while data:
+            data = data[os.write(self._fd, data):]
+
+    def last_seq(self) -> int:
+        """The seq of the last whole line of the output file (0 for stdout or an empty file)."""
+        if self.path is None:
+            return 0
+        with open(self.path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 65536))
+            lines = f.read().split(b"\n")[:-1]  # the part after the last newline is not a line
+        for raw in reversed(lines):
+            seq = seq_of(raw.decode(errors="replace"))
+            if seq is not None:
+                return seq
+        return 0
+
+
+def seq_of(line: str) -> int | None:
+    """The seq a printed line is about, in any of the formats :func:`render` writes."""
+    import json
+
+    line = line.strip()
+    try:
+        if line.startswith("{"):
+            seq = json.loads(line).get("seq")
+        elif line.startswith("exit seq="):
+            seq = int(line.split()[1].removeprefix("seq="))
+        else:
+            seq = int(line.split()[0])
+    except (ValueError, IndexError, AttributeError):
+        return None
+    return seq if isinstance(seq, int) else None
+
+
 def note(message: str) -> None:
     """Diagnostics go to stderr, so stdout carries exactly one line per exit."""
     print(f"subscriber: {message}", file=sys.stderr, flush=True)
 
 
-async def follow(args: argparse.Namespace) -> None:
-    state = Path(args.state)
-    last = read_position(state)
+async def follow(args: argparse.Namespace, position: Position, output: Output) -> int:
+    """Print events until cancelled (SIGINT/SIGTERM); 1 if the output cannot be written."""
+    state = position.path
+    last = position.seq
+    written = output.last_seq()
+    if written > last:
+        note(f"{output.path} already has seq {written}, {state} only {last}: stopped between "
+             "the two writes last time; going by the output")
+        last = written
     note(f"resuming after seq {last}" if last else "starting from the beginning of the log")
     delay = BACKOFF_MIN
     while True:
@@ -111,8 +178,12 @@ async def follow(args: argparse.Namespace) -> None:
                 async for event in client.events(since=last, types=args.types, follow=True):
                     # No checkpoint between the print and the save: a cancellation (SIGTERM)
                     # cannot fall between them.
-                    print(render(event, args.json), flush=True)
-                    save_position(state, event.seq)
+                    try:
+                        output.write(render(event, args.json))
+                    except OSError as exc:  # e.g. `subscriber.py | head -1`: the reader left
+                        note(f"cannot write the output ({exc}); stopping at seq {last}")
+                        return 1
+                    position.save(event.seq)
                     last = event.seq
                 note("supervisord ended the stream; reconnecting")
         except TooSlow as exc:
@@ -124,7 +195,8 @@ async def follow(args: argparse.Namespace) -> None:
         delay = min(delay * 2, BACKOFF_MAX)
 
 
-async def main_async(args: argparse.Namespace) -> None:
+async def main_async(args: argparse.Namespace, position: Position, output: Output) -> int:
+    code = 0
     async with trio.open_nursery() as nursery:
 
         async def stop_on_signal() -> None:
@@ -136,7 +208,9 @@ async def main_async(args: argparse.Namespace) -> None:
 
         nursery.start_soon(stop_on_signal)
         await trio.sleep(0)  # let the signal receiver be installed before any event is printed
-        await follow(args)
+        code = await follow(args, position, output)
+        nursery.cancel_scope.cancel()
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,11 +223,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--type", dest="types", action="append",
                         help="event types to print (default: task.exit; repeatable)")
     parser.add_argument("--json", action="store_true", help="print JSON lines")
+    parser.add_argument("--output", metavar="FILE",
+                        help="append the lines to FILE instead of stdout (exactly once even "
+                             "across a kill -9 of the subscriber)")
     args = parser.parse_args(argv)
     args.types = args.types or ["task.exit"]
-    with contextlib.suppress(KeyboardInterrupt):
-        trio.run(main_async, args)
-    return 0
+    position = Position(Path(args.state))
+    output = Output(args.output)
+    try:
+        return trio.run(main_async, args, position, output)
+    finally:
+        position.close()
 
 
 if __name__ == "__main__":

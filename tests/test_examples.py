@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from daemon_helpers import Daemon, daemon, daemon_factory  # noqa: F401 (fixtures)
@@ -26,11 +27,11 @@ LINE = re.compile(r"exit seq=(\d+) id=(\S+) exit_status=(\S+) ")
 class Subscriber:
     """examples/subscriber.py in a subprocess, its stdout lines in a queue."""
 
-    def __init__(self, d: Daemon, state: Path, log: Path) -> None:
+    def __init__(self, d: Daemon, state: Path, log: Path, *args: str) -> None:
         self.err = open(log, "ab")  # noqa: SIM115 - handed to the child, closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, str(SUBSCRIBER), "--root", str(d.root), "--state", str(state)],
-            stdout=subprocess.PIPE, stderr=self.err, text=True, cwd=REPO)
+            [sys.executable, str(SUBSCRIBER), "--root", str(d.root), "--state", str(state),
+             *args], stdout=subprocess.PIPE, stderr=self.err, text=True, cwd=REPO)
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -96,7 +97,11 @@ def test_subscriber_resumes_across_restarts_without_duplicate_or_gap(daemon: Dae
         printed.append(sub.next())
         assert printed[-1][1:] == ("while-subscriber-down", 3)
 
-        # Both sides crash (kill -9 of the subscriber while idle, then of the daemon).
+        # Both sides crash: kill -9 of the subscriber, then of the daemon. (Once the seq of the
+        # last line is saved: a kill between the two syscalls that print a line and record it
+        # would repeat that line, the one window no program can close; see the docstring.)
+        seq = printed[-1][0]
+        daemon.wait_for(lambda: int(state.read_text() or 0) == seq)
         sub.kill()
         daemon.run("sh", "-c", "sleep 0.3; exit 4", name="both-down")
         daemon.kill9()
@@ -117,3 +122,45 @@ def test_subscriber_resumes_across_restarts_without_duplicate_or_gap(daemon: Dae
     assert printed == exits_in_log(daemon), log.read_text()
     seqs = [seq for seq, _, _ in printed]
     assert seqs == sorted(set(seqs))
+
+
+def test_subscriber_with_an_output_file_is_exactly_once_even_across_its_kill9(
+        daemon: Daemon, tmp_path: Path) -> None:
+    """With --output FILE the last line of the file is the position: a kill -9 at any moment,
+    even between writing a line and saving its seq, repeats nothing."""
+    state, out, log = tmp_path / "exits.seq", tmp_path / "exits.txt", tmp_path / "sub.log"
+
+    def lines() -> list[str]:
+        return out.read_text().splitlines() if out.exists() else []
+
+    expected = []
+    for round_ in range(4):
+        sub = Subscriber(daemon, state, log, "--output", str(out))
+        try:
+            name = f"job{round_}"
+            daemon.run("sh", "-c", f"exit {round_ + 1}", name=name)
+            expected.append((name, round_ + 1))
+            want = len(expected)
+            deadline = time.monotonic() + 15
+            while len(lines()) < want and time.monotonic() < deadline:
+                pass  # spin: kill as soon as the line is there, before the seq may be saved
+            sub.proc.kill()
+            sub.proc.wait(10)
+        finally:
+            sub.kill()
+    # The window itself, made deterministic: a state file behind the output (as if killed
+    # between writing the line and saving its seq). It resumes after the output's last line.
+    state.write_text("1\n")
+    sub = Subscriber(daemon, state, log, "--output", str(out))
+    try:
+        daemon.run("sh", "-c", "exit 9", name="last")
+        expected.append(("last", 9))
+        daemon.wait_for(lambda: len(lines()) >= len(expected))
+        time.sleep(0.2)  # room for a (wrong) duplicate to show up
+    finally:
+        sub.kill()
+    assert "already has seq" in log.read_text()
+    got = [LINE.match(line) for line in lines()]
+    assert all(got), lines()
+    assert [(m[2], int(m[3])) for m in got if m] == expected
+    assert [int(m[1]) for m in got if m] == [seq for seq, _, _ in exits_in_log(daemon)]
