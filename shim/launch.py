@@ -113,7 +113,7 @@ def serve(root: str, container_id: str, ready_w: int) -> None:
                             (shim_api.ADDRESS_FILE, address)):
             shim_api.write_atomic(os.path.join(directory, name), value.encode())
             files.append(os.path.join(directory, name))
-        shim = Shim(directory, spec, listener, address, make_runtime(spec), diag)
+        shim = Shim(directory, spec, listener, address, make_runtime(spec, directory), diag)
         task_pid = shim.create()
         diag.log("info", "ready", address=address, task_pid=task_pid, instance=spec["instance"])
         ready = {"pid": os.getpid(), "address": address, "task_pid": task_pid}

@@ -46,15 +46,15 @@ class Runtime(Protocol):
         ...
 
 
-def make_runtime(spec: dict[str, Any]) -> Runtime:
-    """The runtime named by ``spec["runtime"]``: ``process`` here, OCI ones in :mod:`shim.oci`."""
+def make_runtime(spec: dict[str, Any], directory: str) -> Runtime:
+    """The runtime named by ``spec["runtime"]``: ``process`` here; ``runc``, ``crun`` or the
+    path of a runc-compatible binary through :mod:`shim.runtime_oci`. *directory* is the
+    shim's own (``ROOT/shims/ID``), where a runtime keeps its files."""
     name = spec.get("runtime") or "process"
     if name == "process":
         from shim.runtime_process import ProcessRuntime
 
         return ProcessRuntime()
-    try:
-        from shim import oci  # type: ignore[attr-defined]
-    except ImportError:
-        raise CreateFailed(f"runtime {name!r} is not supported by this shim") from None
-    return oci.make_runtime(spec)
+    from shim.runtime_oci import OciRuntime
+
+    return OciRuntime(spec, directory)

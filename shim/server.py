@@ -38,6 +38,7 @@ MAX_OUTBUF = 8 * 1024 * 1024
 MAX_CONNECTIONS = 128
 MAX_PENDING = 256  # parked replies (wait/stop/delete/streams) per connection
 READ_CHUNK = 65536
+MAX_DRAIN = 16 * 1024 * 1024  # output read at once when the init exits or the shim ends
 _PENDING = object()  # a handler's result that will be sent later
 
 
@@ -176,12 +177,12 @@ class Shim:
         with contextlib.suppress(OSError):
             os.unlink(self.address)
         self.listener.close()
-        for fd in list(self.pipes):
-            self._read_pipe(fd, drain=True)
-        self.log.close()
         if self.deleting:  # a deleted container leaves nothing: kill what is still ours
             self.runtime.kill(signal.SIGKILL, True)
             self._reap_all(timeout=2.0)
+        for fd in list(self.pipes):
+            self._read_pipe(fd, drain=True)
+        self.log.close()
         self.runtime.delete()
         self.diag.log("info", "shim_exit", orphans_reaped=self.orphans_reaped,
                       log_dropped=self.log.dropped_lines)
@@ -261,10 +262,11 @@ class Shim:
         self._read_pipe(key.fd)
 
     def _read_pipe(self, fd: int, drain: bool = False) -> None:
-        """Read what the pipe holds (a few chunks, or until empty with *drain*): never block,
-        never wait for EOF (orphans may hold the pipe open long after the init exited)."""
+        """Read what the pipe holds (a few chunks, or with *drain* until empty, at most
+        :data:`MAX_DRAIN` bytes): never block, never wait for EOF (orphans may hold the pipe
+        open, and keep writing, long after the init exited)."""
         stream = self.pipes[fd]
-        for _ in range(1 << 30 if drain else 4):
+        for _ in range(MAX_DRAIN // READ_CHUNK if drain else 4):
             try:
                 data = os.read(fd, READ_CHUNK)
             except BlockingIOError:
@@ -420,13 +422,28 @@ class Shim:
         except ExecFailed as exc:
             self.exec_error = {"errno": exc.errno, "message": str(exc)}
             self.diag.log("error", "exec_failed", **self.exec_error)
-            with contextlib.suppress(ChildProcessError):  # it is exiting with 127: reap now
-                _, status = os.waitpid(self.pid, 0)
-                self._reaped(self.pid, status)
+            self._reap_failed_start()
             raise ShimError("exec_failed", f"{exc} (errno {exc.errno})") from None
         self.status = "running"
         self._publish("task.start", {"pid": self.pid})
         return {"pid": self.pid}
+
+    def _reap_failed_start(self) -> None:
+        """After a failed start the init is exiting (127): reap it now, so the exit is
+        recorded before the error reply. A runtime whose init lingers gets SIGKILL after 2 s:
+        the loop must never block on it."""
+        deadline = time.monotonic() + 2.0
+        flags = os.WNOHANG
+        with contextlib.suppress(ChildProcessError):
+            while True:
+                pid, status = os.waitpid(self.pid, flags)
+                if pid:
+                    self._reaped(pid, status)
+                    return
+                if time.monotonic() > deadline:
+                    self.runtime.kill(signal.SIGKILL, True)
+                    flags = 0
+                time.sleep(0.001)
 
     def m_kill(self, conn: Conn, rid: int, params: dict[str, Any]) -> None:
         sig = _signal_param(params, "signal", signal.SIGTERM)

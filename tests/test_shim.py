@@ -89,13 +89,27 @@ def test_second_shim_for_same_id_refuses(shims: Shims) -> None:
     assert shim.call("state")["pid"] == shim.task_pid  # the first is untouched
 
 
-def test_failed_start_exits_1_and_leaves_nothing(root: Path, shims: Shims) -> None:
-    cid = shims.write_spec(command=["true"], cwd="/nonexistent/dir")
+@pytest.mark.parametrize(("spec", "reason"), [
+    ({"command": ["true"], "cwd": "/nonexistent/dir"}, "chdir(/nonexistent/dir)"),
+    ({"command": []}, "non-empty list"),
+    ({"command": ["true"], "runtime": "nosuch"}, "unknown runtime 'nosuch'"),
+    ({"command": ["true"], "user": {"uid": "root"}}, "setgroups/setgid/setuid"),
+])
+def test_failed_start_exits_1_and_leaves_nothing(root: Path, shims: Shims, spec: dict,
+                                                 reason: str) -> None:
+    cid = shims.write_spec(**spec)
     proc = shims.run_start(cid)
     assert proc.returncode == 1
-    assert "chdir(/nonexistent/dir)" in proc.stderr and "No such file" in proc.stderr
+    assert reason in proc.stderr
     assert not (shim_api.shim_dir(root, cid) / "shim.pid").exists()
+    assert not (shim_api.shim_dir(root, cid) / "shim.sock").exists()
     # the leak guard (conftest) fails the test if the shim or its child is still alive
+
+
+def test_start_without_a_spec_fails(root: Path, shims: Shims) -> None:
+    (root / "shims" / "nospec").mkdir(parents=True)
+    proc = shims.run_start("nospec")
+    assert proc.returncode == 1 and "spec.json" in proc.stderr
 
 
 def test_long_root_falls_back_to_a_short_socket(tmp_path: Path) -> None:
