@@ -128,19 +128,21 @@ class RuntimeFailed(OCIError):
     not name it itself."""
 
     def __init__(self, message: str, *, command: Sequence[str], returncode: int | None,
-                 words: str) -> None:
+                 words: str, missing: bool = False) -> None:
         super().__init__(message)
         self.command = list(command)
         self.returncode = returncode
         #: exactly what the runtime said
         self.words = words
+        self._missing = missing
 
     @property
     def not_found(self) -> bool:
-        """The container does not exist (runc: "container does not exist"; crun: "error
-        opening file `ROOT/ID/status`: No such file or directory")."""
-        w = self.words
-        return "does not exist" in w or ("/status`" in w and "No such file" in w)
+        """The container does not exist: its state directory (``ROOT/ID``, the same for runc
+        and crun) was absent when the command failed; the runtimes' wordings differ too much
+        (runc "container does not exist", crun "cannot open directory ...", "error opening
+        file .../status") to rely on them alone."""
+        return self._missing or "does not exist" in self.words
 
 
 # -- resolving things on this machine -------------------------------------------------------
@@ -455,10 +457,16 @@ class OCIRuntime:
         args = ["kill", *(["--all"] if all else []), container_id, str(int(sig))]
         self._run(args, container_id)
 
-    def delete(self, container_id: str, force: bool = False) -> None:
+    def delete(self, container_id: str, force: bool = False, missing_ok: bool = False) -> None:
         """``delete [--force] ID``: after the init has been reaped (without *force*, the runtime
-        refuses a running container). Removes the state and the cgroup."""
-        self._run(["delete", *(["--force"] if force else []), container_id], container_id)
+        refuses a running container). Removes the state and the cgroup. *missing_ok*: a
+        container the runtime does not know is already deleted, so a retried delete (after a
+        crash half-way) succeeds."""
+        try:
+            self._run(["delete", *(["--force"] if force else []), container_id], container_id)
+        except RuntimeFailed as exc:
+            if not (missing_ok and exc.not_found):
+                raise
 
     def state(self, container_id: str) -> dict[str, Any]:
         """``state ID``: ``{"id", "pid", "status": created|running|stopped, "bundle", ...}``."""
@@ -537,7 +545,10 @@ class OCIRuntime:
                  or f"exited with status {proc.returncode}")
         what = f"{self.kind} {args[0]} {container_id}".rstrip()
         message = words if words.startswith(f"{self.kind} {args[0]}") else f"{what}: {words}"
-        raise RuntimeFailed(message, command=proc.args, returncode=proc.returncode, words=words)
+        missing = bool(self.root and container_id and args[0] != "create"
+                       and not os.path.isdir(os.path.join(self.root, container_id)))
+        raise RuntimeFailed(message, command=proc.args, returncode=proc.returncode, words=words,
+                            missing=missing)
 
     def _cleanup(self, container_id: str, pid_file: str) -> None:
         """After a failed create: whatever the runtime made goes (state, cgroup, init)."""

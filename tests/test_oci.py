@@ -317,6 +317,16 @@ def test_state_of_a_missing_container(h: Harness) -> None:
     assert info.value.not_found
 
 
+def test_delete_can_be_retried(h: Harness) -> None:
+    c = h.run(["true"])
+    assert c.wait() == 0
+    h.runtime.delete(c.id)
+    with pytest.raises(RuntimeFailed) as info:
+        h.runtime.delete(c.id)
+    assert info.value.not_found
+    h.runtime.delete(c.id, missing_ok=True)
+
+
 def test_exec_detached(h: Harness) -> None:
     c = h.run(["sleep", "100"])
     process = h.base / "process.json"
