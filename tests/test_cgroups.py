@@ -25,6 +25,7 @@ from oci_helpers import (
 from shim.cgroups import (
     Cgroup,
     CgroupError,
+    Layout,
     Mount,
     _join_mount,
     detect_layout,
@@ -255,3 +256,26 @@ def test_create_needs_a_sane_name() -> None:
     for bad in ("", "/", "a/../b"):
         with pytest.raises(CgroupError, match="bad cgroup name"):
             Cgroup.create(bad)
+
+
+@needs_root
+def test_v2_mechanics_on_the_unified_mount(name: str) -> None:
+    """On a hybrid machine the cgroup2 tree has (almost) no controllers, but making a cgroup,
+    joining it, finding it from a pid and removing it work as on a v2-only machine."""
+    real = detect_layout()
+    if real.unified is None:
+        pytest.skip("no cgroup2 mount")
+    layout = Layout(2, {}, real.unified, hybrid=False)
+    cg = Cgroup.create(name, {}, layout=layout)
+    assert set(cg.paths.values()) == {os.path.join(real.unified.mountpoint, name)}
+    pid = spawn_in(cg, [busybox(), "sleep", "10"])
+    try:
+        deadline = time.monotonic() + 5
+        while pid not in cg.pids() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert cg.pids() == [pid]
+        assert Cgroup.from_pid(pid, layout=layout).paths == cg.paths
+    finally:
+        reap_quietly(pid)
+    cg.remove()
+    assert not cg.exists()
