@@ -1,8 +1,30 @@
 """Tether's event model, durable log, wire codec and subscription filters.
 
-No trio at import time: the blocking shim and supervisorctl import this package too.
+No trio at import time: the blocking shim and supervisorctl import this package too. The
+re-exports below are lazy (PEP 562) so that ``import events.wire`` -- all a one-shot
+``supervisorctl`` needs -- does not pay for dataclasses and the model.
 """
 
-from events.model import KNOWN_TYPES, Event, InvalidEvent, InvalidId, is_known_type, validate_id
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["KNOWN_TYPES", "Event", "InvalidEvent", "InvalidId", "is_known_type", "validate_id"]
+
+if TYPE_CHECKING:
+    from events.model import (
+        KNOWN_TYPES,
+        Event,
+        InvalidEvent,
+        InvalidId,
+        is_known_type,
+        validate_id,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from events import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module 'events' has no attribute {name!r}")
