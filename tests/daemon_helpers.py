@@ -146,14 +146,19 @@ class Daemon:
     def connect(self, timeout: float | None = 30.0) -> BlockingConnection:
         return BlockingConnection(self.socket, timeout=timeout)
 
-    def call(self, method: str, timeout: float | None = 30.0, **params: Any) -> Any:
-        """One request on a fresh connection; an error reply raises ``wire.RemoteError``."""
-        with self.connect(timeout) as conn:
+    def call(self, method: str, *, io_timeout: float | None = 30.0, **params: Any) -> Any:
+        """One request on a fresh connection; an error reply raises ``wire.RemoteError``.
+
+        Every keyword is a param of the method (``timeout`` is ``stop``'s grace time);
+        ``io_timeout`` bounds the socket operations.
+        """
+        with self.connect(io_timeout) as conn:
             return conn.call(method, **params)
 
-    def stream(self, method: str, timeout: float | None = 30.0, **params: Any) -> list[Any]:
+    def stream(self, method: str, *, io_timeout: float | None = 30.0, **params: Any
+               ) -> list[Any]:
         """All items of a stream that ends (e.g. ``events`` without ``follow``)."""
-        with self.connect(timeout) as conn:
+        with self.connect(io_timeout) as conn:
             return list(conn.stream(method, **params))
 
     def run(self, *command: str, **spec: Any) -> str:

@@ -106,7 +106,7 @@ def test_a_sigkilled_shim_gives_shim_lost_within_a_second(daemon):
     # the container outlived its shim; its end is still recorded (status unknown)
     assert daemon.ps()["orphaned"]["state"] == "running"
     os.kill(task_pid, signal.SIGKILL)
-    result = daemon.call("wait", id="orphaned", timeout=5)
+    result = daemon.call("wait", id="orphaned", io_timeout=5)
     assert result["exit_status"] is None and "shim lost" in result["reason"]
     daemon.call("rm", id="orphaned")
 
@@ -120,7 +120,7 @@ def test_a_lost_shim_and_task_found_at_start_are_recorded(daemon):
     os.kill(task_pid, signal.SIGKILL)
     time.sleep(0.2)
     daemon.start()
-    result = daemon.call("wait", id="gone", timeout=5)
+    result = daemon.call("wait", id="gone", io_timeout=5)
     assert result["exit_status"] is None
     assert types_of(daemon, "gone")[-2:] == ["shim.lost", "task.exit"]
 
