@@ -75,8 +75,25 @@ def shim_spec(cid: str, instance: str, spec: dict[str, Any]) -> dict[str, Any]:
 async def spawn_shim(root: Path, cid: str, instance: str, spec: dict[str, Any]
                      ) -> dict[str, Any]:
     """Write the shim spec and start ``python -I -m shim start``; returns its ready map
-    ``{"pid", "address", "task_pid"}``. The shim directory must not hold a live shim."""
+    ``{"pid", "address", "task_pid"}``. The shim directory must not hold a live shim.
+
+    On failure nothing is left: the shim's own start leaves nothing running, and a directory
+    this call created is removed (a retry, or the next start, finds a clean slate).
+    """
     directory = shim_api.shim_dir(root, cid)
+    fresh = not directory.exists()
+    try:
+        return await _spawn(root, cid, directory, instance, spec)
+    except BaseException:
+        if fresh:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(
+                    lambda: shutil.rmtree(directory, ignore_errors=True))
+        raise
+
+
+async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: dict[str, Any]
+                 ) -> dict[str, Any]:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         for stale in (shim_api.EXIT_FILE, shim_api.ADDRESS_FILE, shim_api.PID_FILE):

@@ -379,3 +379,13 @@ def test_peer_credentials_are_checked(daemon_factory, tmp_path, group):
                                                               .parent.parent)})
     assert out.stdout.strip() == ("ok True" if group else "refused permission_denied"), out
     assert d.call("status")["ok"]
+
+
+def test_a_shim_that_cannot_start_leaves_nothing(daemon):
+    with pytest.raises(wire.RemoteError) as err:
+        daemon.run("true", name="bad", cwd="/nonexistent/dir")
+    assert err.value.code in ("invalid", "exec_failed"), err.value
+    if err.value.code == "invalid":  # refused before a task existed: no trace at all
+        assert "bad" not in daemon.ps()
+        assert not (daemon.root / "shims" / "bad").exists()
+    assert daemon.call("status")["ok"]
