@@ -8,6 +8,7 @@ Measures, beside the anchors of shared/ANCHORS.md:
 * RSS and PSS (``/proc/PID/smaps_rollup``) of one idle shim, and the mean per shim with N running;
 * exit -> event: SIGKILL of the container -> ``task.exit`` item read by a connected client
   (includes the fsync of the exit file, which comes first);
+* log throughput: a container writing as fast as it can, through the shim into container.log;
 * the same for shims forked from a *preloaded launcher* (a Python process that imported the
   shim and called ``gc.freeze()``): an experiment for the "fork server" design.
 
@@ -125,6 +126,23 @@ def exit_latency(ready: dict[str, Any]) -> float:
         return time.perf_counter() - began
 
 
+def log_throughput(bench: Bench, size: int = 100_000_000) -> tuple[float, float]:
+    """MB/s of a container writing 37-byte lines as fast as it can: through the shim (start ->
+    exit, every line in container.log) and, for reference, the same command into /dev/null."""
+    script = f"yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c {size}"
+    began = time.perf_counter()
+    subprocess.run(["sh", "-c", script + " > /dev/null"], check=True)
+    direct = size / (time.perf_counter() - began) / 1e6
+    ready, _ = bench.start(["sh", "-c", script])
+    with BlockingConnection(ready["address"], timeout=60) as conn:
+        began = time.perf_counter()
+        conn.call("start")
+        conn.call("wait")
+        shim = size / (time.perf_counter() - began) / 1e6
+    bench.delete(ready)
+    return shim, direct
+
+
 def run_started(bench: Bench, count: int) -> list[dict[str, Any]]:
     shims = []
     for _ in range(count):
@@ -198,6 +216,7 @@ def main() -> None:
         for ready in shims:
             bench.delete(ready)
         forked = launcher_experiment(bench, args.shims)
+        through_shim, direct = log_throughput(bench)
     finally:
         bench.cleanup()
         shutil.rmtree(root, ignore_errors=True)
@@ -212,6 +231,8 @@ def main() -> None:
                                                 for i in range(3))), "<= 7 MB PSS goal"),
         ("exit -> task.exit event (median of SIGKILLs)",
          f"{statistics.median(exits) * 1e3:.2f} ms", "ctr events: 2.2 ms"),
+        ("container writing 37-byte lines: via the shim's log / to /dev/null",
+         f"{through_shim:.0f} / {direct:.0f} MB/s", "CRI records, fsync-free"),
         ("preloaded launcher + gc.freeze(): spawn -> ready (median)",
          f"{forked['ready_ms']:.1f} ms", ""),
         (f"preloaded launcher: mean per shim at {args.shims}: RSS / PSS (anon)",

@@ -49,21 +49,31 @@ class CriLog:
         self._size = os.fstat(self._fd).st_size
 
     def feed(self, stream: bytes, data: bytes) -> None:
-        """Add output of *stream* (``b"stdout"``/``b"stderr"``) and write every whole record."""
-        buf = self._partial[stream] + data
+        """Add output of *stream* (``b"stdout"``/``b"stderr"``) and write every whole record.
+
+        The common case (no line over :data:`MAX_LINE`, no rotation due) is one split and one
+        join, both in C: the shim must keep up with a container writing as fast as it can.
+        """
+        lines = (self._partial[stream] + data).split(b"\n")
+        rest = lines.pop()  # after the last newline: an unfinished line
         records: list[tuple[bytes, bytes]] = []
-        start = 0
-        while True:
-            nl = buf.find(b"\n", start)
-            end = nl if nl >= 0 else len(buf)
-            while end - start > self.max_line:
-                records.append((b"P", buf[start : start + self.max_line]))
-                start += self.max_line
-            if nl < 0:
-                break
-            records.append((b"F", buf[start:nl]))
-            start = nl + 1
-        self._partial[stream] = buf[start:]
+        if lines and max(map(len, lines)) <= self.max_line:
+            prefix = rfc3339nano(time.time_ns()) + b" " + stream + b" F "
+            blob = prefix + (b"\n" + prefix).join(lines) + b"\n"
+            if self._size + len(blob) <= self.max_size:
+                self._flush(blob, len(lines))
+            else:
+                records = [(b"F", line) for line in lines]
+        else:
+            n = self.max_line
+            for line in lines:  # long lines: P pieces of MAX_LINE, then the F remainder
+                last = (len(line) - 1) // n * n if line else 0
+                records += [(b"P", line[i : i + n]) for i in range(0, last, n)]
+                records.append((b"F", line[last:]))
+        while len(rest) > self.max_line:  # a line longer than MAX_LINE: a piece of it now
+            records.append((b"P", rest[: self.max_line]))
+            rest = rest[self.max_line :]
+        self._partial[stream] = rest
         if records:
             self._write(stream, records)
 
@@ -89,7 +99,7 @@ class CriLog:
             count += 1
         self._flush(batch, count)
 
-    def _flush(self, batch: bytearray, count: int) -> None:
+    def _flush(self, batch: bytes | bytearray, count: int) -> None:
         if not batch:
             return
         view = memoryview(batch)

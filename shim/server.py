@@ -18,6 +18,7 @@ Ordering guarantees (the reasons this process exists):
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import selectors
 import signal
@@ -38,6 +39,8 @@ MAX_OUTBUF = 8 * 1024 * 1024
 MAX_CONNECTIONS = 128
 MAX_PENDING = 256  # parked replies (wait/stop/delete/streams) per connection
 READ_CHUNK = 65536
+F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1024 * 1024  # the default pipe-max-size
 MAX_DRAIN = 16 * 1024 * 1024  # output read at once when the init exits or the shim ends
 _PENDING = object()  # a handler's result that will be sent later
 
@@ -125,6 +128,8 @@ class Shim:
             os.close(err_w)
         for fd, name in ((out_r, b"stdout"), (err_r, b"stderr")):
             os.set_blocking(fd, False)
+            with contextlib.suppress(OSError):  # a bigger pipe: a burst never blocks the writer
+                fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
             self.pipes[fd] = name
             self.sel.register(fd, selectors.EVENT_READ, self._on_output)
         self.status = "created"
