@@ -94,12 +94,15 @@ async def spawn_shim(root: Path, cid: str, instance: str, spec: dict[str, Any]
 
 async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: dict[str, Any]
                  ) -> dict[str, Any]:
-    try:
+    def prepare() -> None:
         directory.mkdir(parents=True, exist_ok=True)
         for stale in (shim_api.EXIT_FILE, shim_api.ADDRESS_FILE, shim_api.PID_FILE):
             with contextlib.suppress(FileNotFoundError):
                 (directory / stale).unlink()
         shim_api.write_spec(directory, shim_spec(cid, instance, spec))
+
+    try:  # two fsyncs (file, directory): in a thread, never on the event loop
+        await trio.to_thread.run_sync(prepare)
     except OSError as exc:
         raise _os_error("writing the shim spec", directory, exc) from None
     # Absolute interpreter, isolated mode: never a PATH lookup, never the caller's env.
