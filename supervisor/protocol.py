@@ -46,7 +46,17 @@ method         params                                      result
 
 Error codes: ``invalid`` (bad params, bad id), ``not_found``, ``conflict`` (wrong state, id in
 use), ``unknown_method``, ``protocol``, ``exec_failed``, ``no_space`` (the log cannot be written:
-nothing was changed), ``unavailable`` (the shim cannot be reached), ``internal``.
+nothing was changed), ``unavailable`` (the shim cannot be reached), ``internal``,
+``unsupported`` (a known method this daemon cannot do yet: ``exec``), ``permission_denied``
+(connection-level, id None: the peer's uid is neither root, the daemon's, nor in ``--group``).
+
+Optional additions (supervisord, daemon issue):
+* ``events`` takes ``buffer`` (n): a smaller per-subscriber buffer than the daemon's
+  ``--subscriber-buffer`` (a small one also shrinks the socket's send buffer, so "behind"
+  means behind); the ``too_slow`` message ends with ``resume with since=N``.
+* exit results (``stop``, ``wait``) also carry ``reason``: None, or why the status is unknown
+  (``exit_status`` None: the shim was lost and the task ended unseen).
+* ``info`` also carries ``subscribers`` and ``skipped_events`` (events the projection skipped).
 
 Times in results are unix nanoseconds (ints); supervisorctl renders them (RFC 3339 in ``--json``).
 """
