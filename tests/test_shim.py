@@ -6,6 +6,7 @@ and descendant by pid and waits for them, so a failing test leaves nothing runni
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -455,3 +456,22 @@ def test_new_namespaces_as_root(shims: Shims) -> None:
         assert conn.call("wait")["exit_status"] == 0
     assert shim.log_lines()[-1].endswith("stdout F tether-inner 1")  # pid 1 of its namespace
     assert socket.gethostname() != "tether-inner"
+
+
+def test_a_client_that_never_reads_is_cut_off_not_waited_for(shims: Shims) -> None:
+    shim = shims.start(["sleep", "30"])
+    greedy = socket.socket(socket.AF_UNIX)
+    greedy.connect(shim.address)
+    greedy.settimeout(10)
+    request = wire.encode(wire.request(1, "state"))
+    try:
+        greedy.sendall(wire.encode(wire.hello("client")))
+        with contextlib.suppress(OSError):  # the shim may cut us off while we still send
+            for _ in range(100):
+                greedy.sendall(request * 1000)  # 100,000 replies of 155 bytes, never read
+        with shim.connect() as conn:
+            assert conn.call("state")["status"] == "created"
+        log = shim.dir / "shim.log"
+        poll(lambda: "client_too_slow" in log.read_text(), what="the greedy client cut off")
+    finally:
+        greedy.close()
