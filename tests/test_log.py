@@ -109,6 +109,36 @@ def test_concurrent_appenders_get_gap_free_seqs(root: Path) -> None:
         assert [e.seq for e in log.read()] == list(range(1, 241))
 
 
+def test_readers_in_threads_while_appending_and_rolling(root: Path) -> None:
+    with EventLog.open(root, segment_size=1500) as log:
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def reader() -> None:
+            try:
+                while not stop.is_set():
+                    since = log.last_seq // 2
+                    seqs = [e.seq for e in log.read(since)]
+                    assert seqs == list(range(since + 1, since + 1 + len(seqs)))
+                    assert since + len(seqs) <= log.last_seq
+            except BaseException as exc:
+                errors.append(exc)
+
+        readers = [threading.Thread(target=reader) for _ in range(2)]
+        for t in readers:
+            t.start()
+        try:
+            for i in range(150):
+                log.append(items(i % 5 + 1, i))
+        finally:
+            stop.set()
+            for t in readers:
+                t.join()
+        assert not errors, errors
+        assert len(log.segments()) > 10
+        assert [e.seq for e in log.read()] == list(range(1, log.last_seq + 1))
+
+
 def test_read_is_bounded_at_call_time(root: Path) -> None:
     with EventLog.open(root, segment_size=512) as log:
         log.append(items(5))
