@@ -46,7 +46,6 @@ def _parse_error(data: bytes) -> tuple[str, int, str]:
 class ProcessRuntime:
     def __init__(self) -> None:
         self.pid = 0  # the init while it lives; the server sets 0 once it has reaped it
-        self._pgid = 0
         self._sync_w = -1
         self._status_r = -1
         self._command: list[str] = []
@@ -80,7 +79,7 @@ class ProcessRuntime:
                 os._exit(127)
         os.close(sync_r)
         os.close(status_w)
-        self.pid, self._pgid, self._sync_w, self._status_r = pid, pid, sync_w, status_r
+        self.pid, self._sync_w, self._status_r = pid, sync_w, status_r
         first = os.read(status_r, 1)
         if first != b"R":
             stage, number, message = _parse_error(first + _read_all(status_r))
@@ -161,17 +160,20 @@ class ProcessRuntime:
                              f"[Errno {number}] {message}")
 
     def kill(self, signal: int, all: bool) -> None:
-        """*all*: the init's process group, then every other process of the shim's tree
-        (a descendant that left the group is still ours: it is reparented to the shim)."""
+        """*all*: the init's process group, then every other process of the shim's tree (a
+        descendant that left the group is still ours: orphans are reparented to the shim).
+        Once the init is reaped only the tree is used: its pid (the group id) may be reused."""
         if self.pid:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(self.pid, signal)
-        if all and self._pgid:
+        if not all:
+            return
+        if self.pid:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._pgid, signal)
-            for pid in descendants(os.getpid()):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal)
+                os.killpg(self.pid, signal)
+        for pid in descendants(os.getpid()):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal)
 
     def delete(self) -> None:
         for attr in ("_sync_w", "_status_r"):
