@@ -739,16 +739,19 @@ def _iter_segment(path: Path, first: int, since: int, limit: int | None,
                 seq += 1
                 pos = stop
             first_decoded = seq
+            bad = ""  # damage found at ``pos``: raised once the records before it are yielded
             while pos + REC_HEADER <= end:
                 length, crc = rec_unpack(buf, pos)
                 if not 0 < length <= MAX_RECORD:
-                    raise CorruptLog(path, base + pos, f"implausible record length {length}")
+                    bad = f"implausible record length {length}"
+                    break
                 stop = pos + REC_HEADER + length
                 if stop > end:
                     break
                 payload = mv[pos + REC_HEADER : stop]
                 if crc32(payload) != crc:
-                    raise CorruptLog(path, base + pos, "record checksum mismatch")
+                    bad = "record checksum mismatch"
+                    break
                 add(payload)
                 pos = stop
             if payloads:
@@ -778,6 +781,8 @@ def _iter_segment(path: Path, first: int, since: int, limit: int | None,
                 if seq - first_decoded != len(payloads):
                     raise CorruptLog(path, base + _offset_of(buf, 0, chunk_seq, seq),
                                      "record payload is not exactly one msgpack object")
+            if bad:
+                raise CorruptLog(path, base + pos, bad)
             buf = buf[pos:]
             base += pos
 

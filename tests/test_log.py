@@ -378,6 +378,31 @@ def test_corruption_in_an_earlier_segment_is_found_by_read_and_verify(root: Path
     assert (report.problems[0].path, report.problems[0].offset) == (path, HEADER_SIZE)
 
 
+@pytest.mark.parametrize("field", [0, 5, 12])  # length, crc, payload
+def test_replay_yields_everything_before_damage_in_mid_segment(root: Path, field: int) -> None:
+    with EventLog.open(root, segment_size=1200) as log:
+        evs = []
+        for i in range(12):
+            evs += log.append(items(2, i))
+        assert len(log.segments()) > 1
+    path = seg_path(root)
+    data = bytearray(path.read_bytes())
+    offsets = record_offsets(bytes(data))
+    data[offsets[4] + field] ^= 0x08
+    path.write_bytes(data)
+    log = EventLog.open(root)  # only the last segment is checked on open
+    try:
+        for reader in (log.read, lambda: read_events(root)):
+            got = []
+            with pytest.raises(CorruptLog) as info:
+                for ev in reader():
+                    got.append(ev)
+            assert got == evs[:4]
+            assert (info.value.path, info.value.offset) == (str(path), offsets[4])
+    finally:
+        log.close()
+
+
 def test_missing_segment_is_a_gap(root: Path) -> None:
     with EventLog.open(root, segment_size=300) as log:
         for i in range(10):
