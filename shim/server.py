@@ -13,6 +13,24 @@ Ordering guarantees (the reasons this process exists):
 * every event stays in the outbox until ``ack``; each new ``events`` stream gets all of them
   first, then live ones;
 * a ``stop`` is carried out by the shim's own timer: it completes if the caller goes away.
+
+Where :mod:`events.shim_api` leaves room, this shim does:
+
+* error codes: ``invalid`` (bad params or request shape), ``unknown_method``, ``unsupported``
+  (``exec``, reserved), ``conflict`` (start when not created; delete/shutdown of a live task
+  without force), ``not_found`` (kill of an exited task without ``all``), ``exec_failed``,
+  ``protocol`` (bad hello or frame: the connection is then closed), ``internal`` (a bug: the
+  request fails, the shim goes on);
+* ``kill``/``stop`` take a signal number or name (``"TERM"``, ``"SIGKILL"``); ``stop`` signals
+  the init, then SIGKILLs every process of the container; ``timeout`` 0 means SIGKILL at once;
+* ``ack`` beyond the last seq is clamped to it (a later event is never dropped by mistake);
+* ``delete`` of a ``created`` task kills it (nothing of the user's ran) and, like force,
+  answers once it is reaped; after replying the shim SIGKILLs whatever is left of the
+  container, ends every ``events`` stream with an end frame, removes its socket and exits;
+* ``shutdown`` of a created or running task is a ``conflict`` unless ``force``: then the shim
+  exits and the container runs on without its shim (its output pipes close: writes fail);
+* ``state`` adds ``exec_error``, ``seq`` (last event), ``acked``, ``runtime`` and
+  ``log: {lines, dropped}`` to the contract's fields.
 """
 
 from __future__ import annotations
@@ -54,6 +72,8 @@ class ShimError(Exception):
 
 
 class Conn:
+    """One client: its decoder (bounded frames), unsent replies (bounded), parked requests."""
+
     __slots__ = ("closing", "decoder", "greeted", "out", "pending", "sock")
 
     def __init__(self, sock: socket.socket) -> None:

@@ -475,3 +475,11 @@ def test_a_client_that_never_reads_is_cut_off_not_waited_for(shims: Shims) -> No
         poll(lambda: "client_too_slow" in log.read_text(), what="the greedy client cut off")
     finally:
         greedy.close()
+
+
+def test_delete_of_a_created_task_kills_it_before_it_runs(shims: Shims) -> None:
+    shim = shims.start("echo ran")
+    with shim.connect() as conn:
+        assert conn.call("delete")["signal"] == signal.SIGKILL
+    shim.wait_gone()
+    assert shim.log_lines() == []  # the user's command never ran
