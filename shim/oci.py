@@ -49,6 +49,7 @@ __all__ = [
     "OCIRuntime",
     "RuntimeFailed",
     "RuntimeNotFound",
+    "default_cgroups_path",
     "find_init",
     "generate_config",
     "hide_unified_cgroup",
@@ -200,8 +201,12 @@ def generate_config(spec: Mapping[str, Any], rootfs: str, *, cgroups_path: str |
 
     * ``root.path`` is *rootfs* made absolute, writable (``readonly: false``), since a
       Tether rootfs is a plain directory the user handed us.
-    * ``linux.cgroupsPath`` is ``/tether/ID`` unless *cgroups_path* is given, so the shim
-      knows where the container's cgroup is (OOM watch) without asking the runtime.
+    * ``linux.cgroupsPath`` is ``/tether/ID-INSTANCE`` (``/tether/ID`` without an instance)
+      unless *cgroups_path* is given, so the shim knows where the container's cgroup is (OOM
+      watch) without asking the runtime. The instance makes it unique per task: runc *joins*
+      an existing cgroup without a word, so two containers with one path (the same id under
+      two Tether roots, or a restart racing the old task's delete) would share limits, OOM
+      counts and each other's ``delete`` (measured: runc then fails to rmdir, EBUSY).
     * ``spec["init"]``: a static tini (*init_path* or :func:`find_init`) is bind-mounted
       read-only at :data:`INIT_PATH` and runs as pid 1: ``[INIT_PATH, "--", *command]``. As
       pid 1 it reaps every orphan and forwards signals; its exit status is the command's
@@ -235,12 +240,19 @@ def generate_config(spec: Mapping[str, Any], rootfs: str, *, cgroups_path: str |
         "mounts": mounts,
         "linux": {
             "resources": _resources(spec.get("limits") or {}),
-            "cgroupsPath": cgroups_path or f"/tether/{container_id}",
+            "cgroupsPath": cgroups_path or default_cgroups_path(spec),
             "namespaces": namespaces,
             "maskedPaths": list(MASKED_PATHS),
             "readonlyPaths": list(READONLY_PATHS),
         },
     }
+
+
+def default_cgroups_path(spec: Mapping[str, Any]) -> str:
+    """``/tether/ID-INSTANCE`` (see :func:`generate_config`)."""
+    container_id = spec.get("id") or "tether"
+    instance = spec.get("instance")
+    return f"/tether/{container_id}-{instance}" if instance else f"/tether/{container_id}"
 
 
 def make_process(command: Sequence[str], env: Mapping[str, str] | None = None,

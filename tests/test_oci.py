@@ -71,6 +71,8 @@ def test_config_defaults_match_runc_spec(tmp_path: Path) -> None:
     linux = config["linux"]
     assert sorted(n["type"] for n in linux["namespaces"]) == ["ipc", "mount", "pid", "uts"]
     assert linux["cgroupsPath"] == "/tether/c1"
+    with_instance = generate_config(spec(instance="0123abcd"), "/r")
+    assert with_instance["linux"]["cgroupsPath"] == "/tether/c1-0123abcd"
     assert "/proc/kcore" in linux["maskedPaths"]
     assert "/proc/sys" in linux["readonlyPaths"]
     assert linux["resources"] == {"devices": [{"allow": False, "access": "rwm"}]}
