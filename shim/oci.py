@@ -19,9 +19,9 @@ The life of a container, as the shim drives it (the shim is a child subreaper)::
 Stop: ``os.kill(pid, SIGTERM)`` (the init is the shim's unreaped child, so the pid is safe;
 ``rt.kill`` costs one more runtime process) or ``rt.kill(id, sig, all=True)`` for every process;
 wait; SIGKILL after the grace time. A SIGTERM that reaches a pid 1 with no handler is dropped
-by the kernel: ``sleep`` as pid 1 never stops on SIGTERM, and even tini ignores one sent in the
-first instants after ``start`` (before it has set up its signal handling), so the escalation to
-SIGKILL is what guarantees the stop.
+by the kernel: ``sleep`` as pid 1 never stops on SIGTERM, and with tini a SIGTERM sent right
+after ``start`` returned was lost (measured: before the init has its handlers in place), so the
+escalation to SIGKILL is what guarantees the stop.
 
 Why each choice:
 
