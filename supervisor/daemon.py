@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="keep at least the last N events on disk (never past the snapshot)")
     p.add_argument("--subscriber-buffer", type=int, default=10_000, metavar="N",
                    help="events buffered per subscriber before it is cut off as too slow")
+    p.add_argument("--reconcile-concurrency", type=int, default=64, metavar="N",
+                   help="containers reconciled at once after a start")
     p.add_argument("--segment-size", type=int, default=64 * 2**20, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -160,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                     snapshot_every=max(1, args.snapshot_every),
                     retain_events=max(0, args.retain_events),
                     subscriber_buffer=max(1, args.subscriber_buffer),
+                    reconcile_concurrency=max(1, args.reconcile_concurrency),
                     segment_size=args.segment_size)
     config.paths.check_socket()
     _raise_nofile()

@@ -157,13 +157,19 @@ def step(state: State, event: Event, *, owned: bool = False) -> tuple[State, str
         target = current
     else:
         return base, f"{etype} is not a container event"
-    containers = state.containers if owned else dict(state.containers)
     if target is None:
+        containers = state.containers if owned else dict(state.containers)
         del containers[event.id]  # type: ignore[attr-defined]
         return State(event.seq, containers, state.daemon), None
-    c = _new_container(event) if old is None else dict(old)
-    c["state"] = target
-    _annotate(c, event)
+    try:
+        c = _new_container(event) if old is None else dict(old)
+        c["state"] = target
+        _annotate(c, event)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        # a record of the right type but the wrong shape (a buggy or foreign writer): history
+        # is history, so it is skipped like an illegal transition, never a crash
+        return base, f"{etype} with malformed data: {exc!r}"
+    containers = state.containers if owned else dict(state.containers)
     containers[event.id] = c  # type: ignore[index]
     return State(event.seq, containers, state.daemon), None
 

@@ -130,3 +130,13 @@ def test_snapshot_round_trip_equals_replay(ops, cut):
                            raw=False, strict_map_key=False)
     resumed = fold(events[k:], State.from_dict(snap))
     assert resumed.to_dict() == full.to_dict()
+
+
+def test_malformed_data_is_skipped_not_raised():
+    ev = Seq()
+    state = fold(lifecycle(ev))
+    for bad in (ev("container.create", "x", spec=[1, 2]),
+                ev("container.update", spec="nope")):
+        state2, reason = step(state, bad)
+        assert reason is not None, bad
+        assert state2.containers == state.containers

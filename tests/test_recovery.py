@@ -247,3 +247,18 @@ def test_blocking_client_survives_daemon_restart(daemon):
     daemon.restart(kill=True)
     with BlockingConnection(daemon.socket) as conn:
         assert conn.call("status")["ok"]
+
+
+def test_a_log_with_foreign_or_malformed_records_still_starts(root, daemon_factory):
+    from events.log import EventLog
+
+    log = EventLog.open(root)
+    log.append([("container.create", "ok", {"spec": {"command": ["true"]}}),
+                ("container.create", "bad", {"spec": [1, 2, 3]}),
+                ("task.start", "ghost", {"pid": 1}),
+                ("future.type", "ok", {"x": 1})])
+    log.close()
+    d = daemon_factory()
+    assert set(d.ps()) == {"ok"}
+    assert d.call("info")["skipped_events"] == 0  # counted at replay, logged there
+    assert "event skipped during replay" in d.stderr()
