@@ -13,6 +13,9 @@ losing an acknowledged event and never silently presenting a shorter history:
 * :meth:`EventLog.append` writes a whole batch and calls ``fdatasync`` once (group commit); on
   failure it cuts the segment back to where the batch began, so a full disk never leaves a
   partial record that could later pass for corruption.
+* The active segment is followed by zeros written ahead (:data:`PREALLOC`); a length of 0
+  marks the end of the records. Zeros are cut when a segment is closed (roll, close, open),
+  so only the last segment can end in them.
 * Opening recovers: a bad record that is the last thing in the last segment is a torn tail
   (a crash mid-append) and is cut off with a warning; damage followed by a valid record is
   corruption, and the log refuses to open (:class:`CorruptLog`) rather than lose history.
@@ -86,6 +89,12 @@ MAX_RECORD = 32 * 1024 * 1024
 #: Read size for replay: big reads amortise syscalls; 1 MiB keeps the working set in cache
 #: (measured: 256 KiB to 4 MiB are within noise of each other here).
 CHUNK = 1024 * 1024
+#: Zeros written ahead of the active segment's end. Overwriting blocks that already exist lets
+#: fdatasync flush data alone; an append that grows the file also commits the inode's new size
+#: to the journal, which measured 25-45 % slower here (7 KiB: 200 -> 148 us median) with a
+#: longer tail. Half a MiB keeps the one slower batch that extends it rare (every ~5,000 events).
+PREALLOC = 512 * 1024
+_ZEROS = bytes(PREALLOC)
 _SEG_RE = re.compile(r"^(\d{20})\.seg$")
 _LOCK_NAME = "LOCK"
 
@@ -327,6 +336,8 @@ def scan_segment(path: Path, first_seq: int, data: bytes | None = None) -> Segme
             scan.valid_after = pos  # a valid record with the wrong seq is never a torn tail
             break
         if ev is None:
+            if _all_zero(data, pos, end):
+                break  # space written ahead of the records: the clean end of the segment
             scan.damage = why
             scan.valid_after = _find_valid_record(data, pos + 1, end, seq)
             break
@@ -361,14 +372,14 @@ def quick_scan(path: Path, first_seq: int, data: bytes) -> SegmentScan:
         last = pos
         pos = stop
         count += 1
-    if pos != end:
+    if pos != end and not _all_zero(data, pos, end):
         return scan_segment(path, first_seq, data)
     if count:
         ev, _, _ = _record_at(data, last, end)
         if ev is None or ev.seq != first_seq + count - 1:
             return scan_segment(path, first_seq, data)
     return SegmentScan(path=path, first_seq=first_seq, version=FORMAT_VERSION, count=count,
-                       end=end, size=end, header_ok=True)
+                       end=pos, size=end, header_ok=True)
 
 
 # -- the log --------------------------------------------------------------------------------
@@ -475,6 +486,8 @@ class EventLog:
         self._fd = fd
         self._segs = [s for s, _ in segs]
         self._end = scan.end
+        self._alloc_end = scan.end  # file size: the zero tail (if any) was cut above
+        self._prealloc = min(PREALLOC, self._segment_size)
         self._last_seq = scan.last_seq
         self._needs_truncate = False
 
@@ -528,6 +541,7 @@ class EventLog:
             if self._needs_truncate:  # a previous failure could not cut its partial batch
                 os.ftruncate(self._fd, self._end)
                 self._needs_truncate = False
+                self._alloc_end = self._end
             stamp = time.time_ns() if time_ns is None else time_ns
             seq = self._last_seq
             events: list[Event] = []
@@ -555,6 +569,8 @@ class EventLog:
             blob = b"".join(parts)
             if self._end >= self._segment_size and self._last_seq >= self._segs[-1]:
                 self._roll()
+            if self._end + len(blob) > self._alloc_end and self._prealloc:
+                self._extend(self._end + len(blob))
             try:
                 _pwrite_all(self._fd, blob, self._end)
                 os.fdatasync(self._fd)
@@ -567,18 +583,49 @@ class EventLog:
 
     def _undo_partial(self) -> None:
         try:
-            os.ftruncate(self._fd, self._end)
+            os.ftruncate(self._fd, self._end)  # also gives back the space written ahead
+            self._alloc_end = self._end
             os.fdatasync(self._fd)
         except OSError:
             self._needs_truncate = True  # retried before the next append writes anything
 
+    def _extend(self, need: int) -> None:
+        """Write zeros from the allocated end to past ``need`` (not synced: the batch's
+        fdatasync covers them). On a full disk, give the space back and let this batch (and
+        the rest of the segment) grow the file as it goes: ENOSPC then comes from the batch's
+        own write, which :meth:`append` undoes cleanly."""
+        target = need + self._prealloc
+        pos = self._alloc_end
+        try:
+            while pos < target:
+                pos += os.pwrite(self._fd, memoryview(_ZEROS)[: min(PREALLOC, target - pos)], pos)
+        except OSError:
+            self._prealloc = 0
+            try:
+                os.ftruncate(self._fd, self._end)
+            except OSError:
+                self._needs_truncate = True
+            self._alloc_end = self._end
+            return
+        self._alloc_end = target
+
+    def _cut_zero_tail(self) -> None:
+        """Make the active segment end exactly at its last record, durably."""
+        if self._alloc_end != self._end:
+            os.ftruncate(self._fd, self._end)
+            self._alloc_end = self._end
+            os.fdatasync(self._fd)
+
     def _roll(self) -> None:
+        # Closed segments end at their last record: only the last one may have a zero tail.
+        self._cut_zero_tail()
         first = self._last_seq + 1
         fd = self._create_segment(first)  # on failure the current segment stays active
         old = self._fd
         self._fd = fd
         self._segs.append(first)
-        self._end = HEADER_SIZE
+        self._end = self._alloc_end = HEADER_SIZE
+        self._prealloc = min(PREALLOC, self._segment_size)
         os.close(old)
 
     # -- reading
@@ -623,6 +670,9 @@ class EventLog:
 
     def close(self) -> None:
         with self._lock:
+            if self._fd >= 0:
+                with contextlib.suppress(OSError):  # tidiness only: open cuts it anyway
+                    self._cut_zero_tail()
             self._close_fds()
 
     def _close_fds(self) -> None:
@@ -679,7 +729,7 @@ def _iter_events(events_dir: Path, firsts: list[int], since: int,
         except CorruptLog as exc:
             # Offline, nobody has cut a torn tail yet: tell it from corruption like open would.
             scan = scan_segment(path, first)
-            if not (scan.torn and scan.end == exc.offset):
+            if scan.end != exc.offset or not scan.torn:
                 raise
             logger.warning("event log: %s: torn tail at byte offset %d (%s); replay stops there",
                            path, scan.end, scan.damage)
@@ -714,7 +764,7 @@ def _iter_segment(path: Path, first: int, since: int, limit: int | None,
             want = limit - base - len(buf)
             chunk = f.read(min(CHUNK, want)) if want > 0 else b""
             if not chunk:
-                if buf:
+                if buf and not _all_zero(buf, 0, len(buf)):
                     if offline_tail:
                         logger.warning("event log: %s: partial record at byte offset %d "
                                        "(torn tail); replay stops there", path, base)
@@ -731,7 +781,7 @@ def _iter_segment(path: Path, first: int, since: int, limit: int | None,
             while skip and pos + REC_HEADER <= end:  # records before ``since``: hop over them
                 (length,) = rec_len(buf, pos)
                 if not 0 < length <= MAX_RECORD:
-                    raise CorruptLog(path, base + pos, f"implausible record length {length}")
+                    break  # the loop below reports it (or finds the zeros written ahead)
                 stop = pos + REC_HEADER + length
                 if stop > end:
                     break
@@ -782,9 +832,29 @@ def _iter_segment(path: Path, first: int, since: int, limit: int | None,
                     raise CorruptLog(path, base + _offset_of(buf, 0, chunk_seq, seq),
                                      "record payload is not exactly one msgpack object")
             if bad:
+                if _zeros_to_end(f, buf, pos, limit - base - end):
+                    return seq - 1  # space written ahead of the records
                 raise CorruptLog(path, base + pos, bad)
             buf = buf[pos:]
             base += pos
+
+
+def _all_zero(buf: bytes, start: int, end: int) -> bool:
+    return buf.count(0, start, end) == end - start
+
+
+def _zeros_to_end(f: Any, buf: bytes, pos: int, unread: int) -> bool:
+    """Are ``buf[pos:]`` and the ``unread`` bytes left in ``f`` all zeros?"""
+    if not _all_zero(buf, pos, len(buf)):
+        return False
+    while unread > 0:
+        chunk = f.read(min(CHUNK, unread))
+        if not chunk:
+            break
+        if not _all_zero(chunk, 0, len(chunk)):
+            return False
+        unread -= len(chunk)
+    return True
 
 
 class _SeqMismatch(Exception):

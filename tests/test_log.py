@@ -292,6 +292,84 @@ def test_damaged_last_header_with_nothing_valid_after_is_moved_aside(root: Path)
     assert (root / "events" / (segment_name(3) + ".broken")).read_bytes() == b"\x13" * 64
 
 
+# -- space written ahead -----------------------------------------------------------------------
+
+
+def test_zeros_written_ahead_are_invisible(tmp_path: Path, caplog) -> None:
+    root = tmp_path / "r"
+    with caplog.at_level(logging.WARNING, logger="tether.events.log"):
+        log = EventLog.open(root)
+        try:
+            evs = log.append(items(3), time_ns=T0)
+            size = seg_path(root).stat().st_size
+            data = seg_path(root).read_bytes()
+            end = HEADER_SIZE + sum(REC_HEADER + n for n in _lengths(data, 3))
+            assert size > end and not data[end:].strip(b"\0")  # written ahead, zeros
+            assert list(read_events(root)) == evs  # offline reader, log open: no warning
+            report = verify(root)
+            assert report.ok and not report.warnings and report.last_seq == 3
+            # a crash now leaves the zeros: a copy of the files opens cleanly
+            copy = tmp_path / "copy"
+            (copy / "events").mkdir(parents=True)
+            seg_path(copy).write_bytes(data)
+        finally:
+            log.close()
+        assert seg_path(root).stat().st_size == end  # cut on close
+        with EventLog.open(copy) as log2:
+            assert list(log2.read()) == evs
+            assert seg_path(copy).stat().st_size == end  # cut on open
+            assert log2.append(items(1))[0].seq == 4
+    assert caplog.text == ""
+
+
+def _lengths(data: bytes, n: int) -> list[int]:
+    pos, out = HEADER_SIZE, []
+    for _ in range(n):
+        (length,) = struct.unpack_from(">I", data, pos)
+        out.append(length)
+        pos += REC_HEADER + length
+    return out
+
+
+def test_closed_segments_end_at_their_last_record(root: Path) -> None:
+    with EventLog.open(root, segment_size=2000) as log:
+        for i in range(40):
+            log.append(items(2, i))
+        for _, path in log.segments()[:-1]:
+            record_offsets(path.read_bytes())  # parses to the exact end: no zeros after
+        assert [e.seq for e in log.read(5)] == list(range(6, 81))
+
+
+def test_torn_record_inside_the_zeros_is_a_torn_tail(root: Path, caplog) -> None:
+    data, evs = _write_log(root, 4)
+    offsets = record_offsets(data)
+    torn = data[: offsets[3] + 11] + bytes(5000)  # the last record half-written, then zeros
+    seg_path(root).write_bytes(torn)
+    with caplog.at_level(logging.WARNING, logger="tether.events.log"), \
+            EventLog.open(root) as log:
+        assert list(log.read()) == evs[:3]
+    assert "torn tail" in caplog.text
+    assert seg_path(root).read_bytes() == data[: offsets[3]]
+
+
+def test_zeros_after_a_closed_segment_do_not_hide_a_gap(root: Path) -> None:
+    with EventLog.open(root, segment_size=600) as log:
+        evs = []
+        for i in range(12):
+            evs += log.append(items(2, i))
+        segs = log.segments()
+    first = segs[0][1]
+    data = first.read_bytes()
+    first.write_bytes(data + bytes(300))  # zeros after a closed segment: still its end
+    assert list(read_events(root)) == evs
+    assert verify(root).ok
+    offsets = record_offsets(data)
+    first.write_bytes(data[: offsets[-1]] + bytes(300))  # its last record zeroed: a gap
+    with pytest.raises(CorruptLog, match="gap"):
+        list(read_events(root))
+    assert not verify(root).ok
+
+
 # -- corruption ---------------------------------------------------------------------------------
 
 
