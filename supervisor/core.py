@@ -142,6 +142,21 @@ class Core:
 
         return await self.guarded_append(cid, [(etype, cid, data)], new_and_legal)
 
+    async def record_shim_event(self, cid: str, etype: str, data: dict[str, Any]
+                                ) -> list[Event] | None:
+        """:meth:`append_shim_event` for background tasks: a full disk is waited out, not
+        raised. The shim keeps the event until it is acknowledged, so nothing is lost by
+        waiting, and nobody is waiting on a reply that could carry the error."""
+        delay = 0.1
+        while True:
+            try:
+                return await self.append_shim_event(cid, etype, data)
+            except ApiError as exc:
+                log.warning("cannot record a shim event yet; retrying", id=cid, type=etype,
+                            error=exc.message, retry_in=delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     # -- reading -----------------------------------------------------------------------------
 
     async def wait_until(self, predicate: Callable[[projection.State], Any]) -> Any:

@@ -117,12 +117,14 @@ async def _reconcile_one(core: Core, cid: str, limiter: trio.CapacityLimiter) ->
             # a small local file: reading it inline is cheaper than a thread hop per container
             record = shim_api.read_exit_file(shim_api.shim_dir(core.paths.root, cid))
             if record and record.get("instance") == instance:
-                await core.append_shim_event(cid, "task.exit", _exit_data(record))
+                await core.record_shim_event(cid, "task.exit", _exit_data(record))
             link = start_link(core, cid, instance)
             with trio.move_on_after(CATCH_UP_TIMEOUT) as scope:
                 await link.caught_up.wait()
             if scope.cancelled_caught:
                 log.warning("shim did not replay its backlog in time", id=cid)
+        except Exception as exc:  # one container's trouble must not stop the others
+            log.exception("reconciliation failed", id=cid, error=repr(exc))
         finally:
             core.unreconciled.discard(cid)
 

@@ -223,9 +223,9 @@ async def watch_lost_task(core: Core, cid: str, instance: str, pid: int | None) 
     # the exit file may have appeared meanwhile (the shim died after writing it): prefer it
     record = shim_api.read_exit_file(shim_api.shim_dir(core.paths.root, cid))
     if record and record.get("instance") == instance:
-        await core.append_shim_event(cid, "task.exit", _exit_data(record))
+        await core.record_shim_event(cid, "task.exit", _exit_data(record))
         return
-    await core.append_shim_event(cid, "task.exit", {
+    await core.record_shim_event(cid, "task.exit", {
         "pid": pid, "exit_status": None, "signal": None, "exited_at": time.time_ns(),
         "instance": instance, "reason": "shim lost: the task ended, its status is unknown"})
 
@@ -253,32 +253,48 @@ class ShimLink:
         self.gone = trio.Event()
 
     async def run(self) -> None:
-        """Consume the shim's events until it goes away; then record what is known."""
-        core = self.core
+        """Consume the shim's events until it goes away; then record what is known.
+
+        A bug met on the way is logged and the link retried a second later: it must neither
+        take the daemon down nor leave the shim's events unconsumed.
+        """
         try:
             with self.cancel_scope:
-                chan: Channel | None = None
-                address = read_address(core.paths.root, self.cid)
-                try:
-                    if address is None:
-                        raise OSError("no address file")
-                    # ``state`` first: its seq/acked tell how much backlog ``events`` replays
-                    chan = await connect(address, "supervisor", then=[
-                        wire.request(1, "state", {}), wire.request(2, "events", {})])
-                except (OSError, Closed, trio.TooSlowError, wire.ProtocolError) as exc:
-                    log.info("shim unreachable", id=self.cid, error=str(exc))
-                if chan is not None:
+                while True:
                     try:
-                        await self._consume(chan)
-                    finally:
-                        await chan.aclose()
-                if not self.closing:
-                    await self._shim_gone()
+                        await self._run_once()
+                        return
+                    except Exception as exc:
+                        log.exception("shim link failed; retrying", id=self.cid,
+                                      error=repr(exc))
+                        await trio.sleep(1)
+                        c = self.core.state.containers.get(self.cid)
+                        if self.closing or c is None or c["instance"] != self.instance:
+                            return
         finally:
-            if core.links.get(self.cid) is self:
-                del core.links[self.cid]
+            if self.core.links.get(self.cid) is self:
+                del self.core.links[self.cid]
             self.caught_up.set()
             self.gone.set()
+
+    async def _run_once(self) -> None:
+        chan: Channel | None = None
+        address = read_address(self.core.paths.root, self.cid)
+        try:
+            if address is None:
+                raise OSError("no address file")
+            # ``state`` first: its seq/acked tell how much backlog ``events`` replays
+            chan = await connect(address, "supervisor", then=[
+                wire.request(1, "state", {}), wire.request(2, "events", {})])
+        except (OSError, Closed, trio.TooSlowError, wire.ProtocolError) as exc:
+            log.info("shim unreachable", id=self.cid, error=str(exc))
+        if chan is not None:
+            try:
+                await self._consume(chan)
+            finally:
+                await chan.aclose()
+        if not self.closing:
+            await self._shim_gone()
 
     async def _consume(self, chan: Channel) -> None:
         """Requests 1 (``state``) and 2 (``events``) were sent with the hello."""
@@ -310,7 +326,7 @@ class ShimLink:
                 data = dict(item.get("data") or {})
                 data["shim_seq"] = seq
                 data["instance"] = self.instance
-                await self.core.append_shim_event(self.cid, etype, data)
+                await self.core.record_shim_event(self.cid, etype, data)
                 await chan.send(wire.request(next_rid, "ack", {"seq": seq}))
                 next_rid += 1
                 if target is not None and seq >= target:
@@ -327,7 +343,7 @@ class ShimLink:
             return
         record = shim_api.read_exit_file(shim_api.shim_dir(core.paths.root, cid))
         if record and record.get("instance") == self.instance:
-            await core.append_shim_event(cid, "task.exit", _exit_data(record))
+            await core.record_shim_event(cid, "task.exit", _exit_data(record))
             return
         c = core.state.containers.get(cid)
         if c is None or c["state"] == "stopped" or c["instance"] != self.instance:
@@ -336,7 +352,7 @@ class ShimLink:
         if not c["lost"]:
             alive = _alive(pid)
             log.warning("shim lost", id=cid, pid=pid, task_alive=alive)
-            await core.append_shim_event(cid, "shim.lost", {
+            await core.record_shim_event(cid, "shim.lost", {
                 "reason": "the shim's connection closed and it left no exit file",
                 "instance": self.instance, "pid": pid, "task_alive": alive,
                 "state": c["state"]})
