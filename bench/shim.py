@@ -69,10 +69,18 @@ def memory(pid: int) -> tuple[float, float, float]:
     return values["Rss:"], values["Pss:"], values["Pss_Anon:"]
 
 
+def start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class Bench:
     def __init__(self, root: str) -> None:
         self.root = root
-        self.pids: set[int] = set()
+        self.pids: dict[int, int | None] = {}  # pid -> start time (pids get reused)
         self.n = 0
 
     def spec(self, command: list[str]) -> str:
@@ -93,17 +101,23 @@ class Bench:
         if proc.returncode:
             raise RuntimeError(proc.stderr)
         ready = json.loads(proc.stdout)
-        self.pids.update((ready["pid"], ready["task_pid"]))
+        self.track(ready["pid"], ready["task_pid"])
         return ready, elapsed
 
     def delete(self, ready: dict[str, Any]) -> None:
         with contextlib.suppress(OSError), BlockingConnection(ready["address"], timeout=5) as c:
             c.call("delete", force=True)
 
+    def track(self, *pids: int) -> None:
+        for pid in pids:
+            self.pids.setdefault(pid, start_time(pid))
+
     def cleanup(self) -> None:
-        for pid in self.pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        """SIGKILL what we started and is still alive as itself; reap what comes to us."""
+        for pid, started in self.pids.items():
+            if started is not None and start_time(pid) == started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -157,7 +171,7 @@ def launcher_experiment(bench: Bench, count: int) -> dict[str, float]:
     """Shims forked from a preloaded, gc.freeze()d launcher: ready latency and memory."""
     launcher = subprocess.Popen([sys.executable, "-I", "-c", LAUNCHER], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, text=True)
-    bench.pids.add(launcher.pid)
+    bench.track(launcher.pid)
     try:
         assert launcher.stdout.readline() == "ok\n"
         latencies, shims = [], []
@@ -168,7 +182,7 @@ def launcher_experiment(bench: Bench, count: int) -> dict[str, float]:
             launcher.stdin.flush()
             ready = json.loads(launcher.stdout.readline())
             latencies.append(time.perf_counter() - began)
-            bench.pids.update((ready["pid"], ready["task_pid"]))
+            bench.track(ready["pid"], ready["task_pid"])
             with BlockingConnection(ready["address"], timeout=10) as conn:
                 conn.call("start")
             shims.append(ready)

@@ -47,6 +47,14 @@ def tree(pid: int) -> list[int]:
     return found
 
 
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks after boot), or None if it is gone."""
+    try:
+        return int(proc_stat(pid)[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def proc_stat(pid: int) -> list[str]:
     """Fields of /proc/PID/stat after the command name: [state, ppid, pgrp, session, ...]."""
     with open(f"/proc/{pid}/stat", "rb") as f:
@@ -106,7 +114,7 @@ class Shims:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.started: list[ShimHandle] = []
-        self.pids: set[int] = set()
+        self.pids: dict[int, int | None] = {}  # pid -> its start time, to survive pid reuse
         self._n = 0
 
     def write_spec(self, cid: str | None = None, **spec: Any) -> str:
@@ -123,7 +131,7 @@ class Shims:
         proc = subprocess.run(start_command(self.root, cid), capture_output=True, text=True,
                               timeout=30)
         if proc.returncode == 0:
-            self.pids.add(json.loads(proc.stdout)["pid"])
+            self._track(json.loads(proc.stdout)["pid"])
         return proc
 
     def start(self, command: list[str] | str, cid: str | None = None,
@@ -135,19 +143,27 @@ class Shims:
         assert proc.returncode == 0, f"shim start failed: {proc.stderr}"
         handle = ShimHandle(self.root, cid, json.loads(proc.stdout))
         self.started.append(handle)
-        self.pids.add(handle.task_pid)
+        self._track(handle.task_pid)
         return handle
 
     def adopt(self, ready: dict[str, Any], cid: str) -> ShimHandle:
         handle = ShimHandle(self.root, cid, ready)
         self.started.append(handle)
-        self.pids.update((handle.pid, handle.task_pid))
+        self._track(handle.pid)
+        self._track(handle.task_pid)
         return handle
 
+    def _track(self, pid: int) -> None:
+        self.pids.setdefault(pid, start_time(pid))
+
     def cleanup(self) -> None:
+        """SIGKILL every tracked process still alive *as itself* (pid_max is 32768 here and
+        other suites fork a lot: a pid seen earlier may be someone else's by now), with its
+        descendants, and wait for them."""
         pids: list[int] = []
-        for pid in self.pids:
-            pids += [p for p in tree(pid) if p not in pids]
+        for pid, started in self.pids.items():
+            if started is not None and start_time(pid) == started:
+                pids += [p for p in tree(pid) if p not in pids]
         kill_and_wait(pids)
         reap_adopted_orphans()
         for handle in self.started:
