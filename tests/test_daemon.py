@@ -389,3 +389,26 @@ def test_a_shim_that_cannot_start_leaves_nothing(daemon):
         assert "bad" not in daemon.ps()
         assert not (daemon.root / "shims" / "bad").exists()
     assert daemon.call("status")["ok"]
+
+
+def test_created_containers_can_be_stopped_or_removed(daemon):
+    daemon.call("create", spec={"command": ["sleep", "100"], "name": "c1"})
+    daemon.call("create", spec={"command": ["sleep", "100"], "name": "c2"})
+    result = daemon.call("stop", id="c1", timeout=1)
+    assert result["exit_status"] is not None
+    assert daemon.ps()["c1"]["state"] == "stopped"
+    daemon.call("rm", id="c2")  # created is not running: no force needed
+    assert "c2" not in daemon.ps()
+    daemon.call("rm", id="c1")
+    assert daemon.ps() == {}
+    from conftest import processes_naming
+
+    assert processes_naming(str(daemon.root / "shims")) == []
+    assert [p for p in processes_naming("--id c1") + processes_naming("--id c2")] == []
+
+
+def test_wait_returns_when_the_container_exits_later(daemon):
+    daemon.run("sh", "-c", "sleep 0.3; exit 4", name="later")
+    t0 = time.monotonic()
+    assert daemon.call("wait", id="later")["exit_status"] == 4
+    assert time.monotonic() - t0 < 5
