@@ -15,7 +15,7 @@ import time
 import pytest
 from daemon_helpers import Daemon, daemon, daemon_factory  # noqa: F401
 
-from events import shim_api
+from events import shim_api, wire
 from events.rpc import BlockingConnection
 
 
@@ -196,7 +196,14 @@ def test_snapshots_make_restart_replay_only_the_tail(daemon_factory):
     info = d.call("info")
     assert info["snapshot_seq"] > 0
     # compaction removed old segments, but never past the snapshot
-    assert len(list((d.root / "events").glob("*.seg"))) >= 1
+    segs = sorted((d.root / "events").glob("*.seg"))
+    first = int(segs[0].name.split(".")[0])
+    assert 1 < first <= info["snapshot_seq"] + 1
+    # a subscriber asking for compacted history is told so, not handed a gap
+    with pytest.raises(wire.RemoteError) as err:
+        d.stream("events", since=0)
+    assert err.value.code == "not_found" and "compacted" in err.value.message
+    assert d.stream("events", since=first - 1)[0]["seq"] == first
 
 
 @pytest.mark.root
