@@ -52,13 +52,22 @@ def start(root: str, container_id: str, ready_timeout: float = READY_TIMEOUT) ->
             sys.stdout.write(value + "\n")
             sys.stdout.flush()
             return 0
-    reason = next((v for k, v in lines if k == "error"),
-                  f"the shim did not report ready within {ready_timeout:g} s or died")
-    if shim_pid:  # never leave a half-started shim behind
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(shim_pid, signal.SIGKILL)
+    reason = next((v for k, v in lines if k == "error"), None)
+    if reason is None:  # silent: wedged or killed. Never leave a half-started shim behind
+        reason = f"the shim did not report ready within {ready_timeout:g} s or died"
+        if shim_pid and _cmdline(shim_pid) == _cmdline(os.getpid()):  # still ours, not reused
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(shim_pid, signal.SIGKILL)
     sys.stderr.write(f"shim start {container_id}: {reason}\n")
     return 1
+
+
+def _cmdline(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def _read_lines(fd: int, deadline: float) -> list[tuple[str, str]]:
