@@ -6,14 +6,18 @@ import os
 import re
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from shim.logs import CriLog, rfc3339nano
 
-RECORD = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (stdout|stderr) (F|P) (.*)$")
+RECORD = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (stdout|stderr) (F|P) (.*)$",
+                    re.DOTALL)
 
 
 def records(path: Path) -> list[tuple[bytes, bytes, bytes]]:
     out = []
-    for line in path.read_bytes().splitlines():
+    for line in path.read_bytes().split(b"\n")[:-1]:  # records end in \n; \r is text
         match = RECORD.match(line)
         assert match, line
         out.append(match.groups())
@@ -82,3 +86,32 @@ def test_a_full_disk_drops_and_counts_lines(tmp_path: Path) -> None:
     assert (log.dropped_lines, log.written_lines) == (4, 0)
     assert warnings == ["log_write_failed"]  # once, not per line
     log.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=40) | st.sampled_from([b"\n", b"ab\ncd", b"\n\n"]),
+                       max_size=20),
+       max_line=st.integers(1, 12), max_size=st.sampled_from([4096, 1 << 20]))
+def test_any_split_of_the_output_reads_back_whole(tmp_path_factory, chunks, max_line,
+                                                  max_size) -> None:
+    """Joining P pieces up to each F gives back exactly the lines written, however the
+    output was cut into reads, with every record at most max_line long."""
+    directory = tmp_path_factory.mktemp("prop")
+    log = CriLog(str(directory / "c.log"), max_size, 1000, max_line=max_line)
+    for chunk in chunks:
+        log.feed(b"stdout", chunk)
+    log.close()
+    files = sorted(directory.glob("c.log.*"), key=lambda p: -int(p.suffix[1:]))
+    text, current = [], b""
+    for path in [*files, directory / "c.log"]:
+        for _, tag, piece in records(path):
+            assert len(piece) <= max_line
+            current += piece
+            if tag == b"F":
+                text.append(current)
+                current = b""
+    data = b"".join(chunks)
+    expected = data.split(b"\n")
+    tail = expected.pop()
+    assert text == expected
+    assert current == tail  # the unfinished line, written as P pieces at close
