@@ -200,6 +200,7 @@ def _annotate(c: dict[str, Any], event: Event) -> None:
         c["oom"] += 1
     elif etype == "shim.lost":
         c["lost"] = True
+        c["lost_starttime"] = d.get("task_starttime")
 
 
 def apply(state: State, event: Event) -> State:

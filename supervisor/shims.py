@@ -183,6 +183,18 @@ def _alive(pid: int | None) -> bool:
         return False
 
 
+def starttime(pid: int | None) -> int | None:
+    """The process's start time (clock ticks since boot): with the pid, its identity."""
+    if not pid:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 async def end_shim(root: Path, cid: str) -> str:
     """End whatever runs in ``ROOT/shims/ID`` (delete with force; kill by pid if it does not
     answer) and remove the directory. Returns what was done, for the log."""
@@ -204,14 +216,23 @@ async def end_shim(root: Path, cid: str) -> str:
     return what
 
 
-async def watch_lost_task(core: Core, cid: str, instance: str, pid: int | None) -> None:
+async def watch_lost_task(core: Core, cid: str, instance: str, pid: int | None,
+                          started: int | None = None) -> None:
     """The shim is gone but its container may not be: record the container's end when it
-    comes, via a pidfd (no polling, no race with pid reuse once the pidfd is open)."""
+    comes, via a pidfd (no polling, no race with pid reuse once the pidfd is open).
+
+    ``started`` (the task's start time when the loss was recorded) guards against a pid that
+    was reused while the daemon was down: another process with that pid is not our task.
+    """
     fd: int | None = None
     if pid and _alive(pid):
         try:
             fd = os.pidfd_open(pid)
         except (ProcessLookupError, OSError):
+            fd = None
+        if fd is not None and started is not None and starttime(pid) != started:
+            log.info("the pid of a lost task was reused: the task is gone", id=cid, pid=pid)
+            os.close(fd)
             fd = None
     try:
         if fd is not None:
@@ -349,15 +370,17 @@ class ShimLink:
         if c is None or c["state"] == "stopped" or c["instance"] != self.instance:
             return
         pid = c["pid"]
+        started = c.get("lost_starttime")
         if not c["lost"]:
             alive = _alive(pid)
+            started = starttime(pid) if alive else None
             log.warning("shim lost", id=cid, pid=pid, task_alive=alive)
             await core.record_shim_event(cid, "shim.lost", {
                 "reason": "the shim's connection closed and it left no exit file",
                 "instance": self.instance, "pid": pid, "task_alive": alive,
-                "state": c["state"]})
+                "task_starttime": started, "state": c["state"]})
         self.caught_up.set()
-        await watch_lost_task(core, cid, self.instance, pid)
+        await watch_lost_task(core, cid, self.instance, pid, started)
 
 
 def start_link(core: Core, cid: str, instance: str) -> ShimLink:

@@ -137,8 +137,8 @@ def test_a_shim_the_log_does_not_know_is_ended(daemon):
                           str(daemon.root), "--id", "stray"], capture_output=True, check=True)
     assert b"task_pid" in out.stdout
     daemon.start()
-    daemon.wait_for(lambda: not directory.exists(), timeout=5)
-    assert "ended a shim the log does not know" in daemon.stderr()
+    daemon.wait_for(lambda: not directory.exists()
+                    and "ended a shim the log does not know" in daemon.stderr(), timeout=5)
     assert "stray" not in daemon.ps()
 
 
