@@ -269,3 +269,17 @@ def test_a_log_with_foreign_or_malformed_records_still_starts(root, daemon_facto
     assert set(d.ps()) == {"ok"}
     assert d.call("info")["skipped_events"] == 0  # counted at replay, logged there
     assert "event skipped during replay" in d.stderr()
+
+
+def test_a_torn_tail_is_cut_and_the_daemon_starts(daemon):
+    daemon.run("true", name="t")
+    daemon.call("wait", id="t")
+    last = daemon.call("status")["last_seq"]
+    daemon.kill9()
+    seg = sorted((daemon.root / "events").glob("*.seg"))[-1]
+    with open(seg, "ab") as f:
+        f.write(b"\x00\x00\x01\x00\xde\xad")  # half a record: a crash mid-append
+    daemon.start()
+    events = daemon.stream("events")
+    assert [e["seq"] for e in events] == list(range(1, last + 2))
+    assert events[-1]["type"] == "supervisor.start"
