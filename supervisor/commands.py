@@ -25,7 +25,14 @@ from events.model import InvalidId, validate_id
 from supervisor import protocol
 from supervisor.core import VERSION, Core
 from supervisor.errors import ApiError
-from supervisor.shims import call_shim, end_shim, new_instance, spawn_shim, start_link
+from supervisor.shims import (
+    call_shim,
+    end_shim,
+    exit_data,
+    new_instance,
+    spawn_shim,
+    start_link,
+)
 
 __all__ = ["Commands"]
 
@@ -255,12 +262,16 @@ class Commands:
         params: dict[str, Any] = {"timeout": timeout,
                                   "signal": int(c["spec"].get("stop_signal") or 15)}
         try:
-            await call_shim(self.root, cid, "stop", **params)
+            record = await call_shim(self.root, cid, "stop", **params)
         except ApiError as exc:
             if exc.code != "unavailable":
                 raise
             # the shim is gone: its link records the exit (exit file, or the pid's end)
             return await self._wait_stopped(cid, instance, timeout + 10)
+        if isinstance(record, dict) and record.get("instance") == instance:
+            # the same record the link is delivering (deduplicated by shim_seq): whichever
+            # comes first is appended, so the reply never waits on the link
+            await self.core.append_shim_event(cid, "task.exit", exit_data(record))
         return await self._wait_stopped(cid, instance, 10)
 
     async def kill(self, params: dict[str, Any]) -> None:
@@ -329,9 +340,7 @@ class Commands:
                         raise
                     record = None
                 if record:
-                    from supervisor.shims import _exit_data
-
-                    await self.core.append_shim_event(cid, "task.exit", _exit_data(record))
+                    await self.core.append_shim_event(cid, "task.exit", exit_data(record))
             else:
                 await _quiet_delete(self.root, cid)
             if link is not None:

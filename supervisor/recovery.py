@@ -30,7 +30,7 @@ from events.log import EventLog
 from events.model import InvalidId, validate_id
 from events.snapshot import CorruptSnapshot, read_snapshot, write_snapshot
 from supervisor import projection
-from supervisor.shims import _exit_data, end_shim, start_link
+from supervisor.shims import end_shim, exit_data, start_link
 
 if TYPE_CHECKING:
     from supervisor.core import Core
@@ -117,7 +117,7 @@ async def _reconcile_one(core: Core, cid: str, limiter: trio.CapacityLimiter) ->
             # a small local file: reading it inline is cheaper than a thread hop per container
             record = shim_api.read_exit_file(shim_api.shim_dir(core.paths.root, cid))
             if record and record.get("instance") == instance:
-                await core.record_shim_event(cid, "task.exit", _exit_data(record))
+                await core.record_shim_event(cid, "task.exit", exit_data(record))
             link = start_link(core, cid, instance)
             with trio.move_on_after(CATCH_UP_TIMEOUT) as scope:
                 await link.caught_up.wait()

@@ -244,14 +244,14 @@ async def watch_lost_task(core: Core, cid: str, instance: str, pid: int | None,
     # the exit file may have appeared meanwhile (the shim died after writing it): prefer it
     record = shim_api.read_exit_file(shim_api.shim_dir(core.paths.root, cid))
     if record and record.get("instance") == instance:
-        await core.record_shim_event(cid, "task.exit", _exit_data(record))
+        await core.record_shim_event(cid, "task.exit", exit_data(record))
         return
     await core.record_shim_event(cid, "task.exit", {
         "pid": pid, "exit_status": None, "signal": None, "exited_at": time.time_ns(),
         "instance": instance, "reason": "shim lost: the task ended, its status is unknown"})
 
 
-def _exit_data(record: dict[str, Any]) -> dict[str, Any]:
+def exit_data(record: dict[str, Any]) -> dict[str, Any]:
     return {k: record.get(k) for k in ("pid", "exit_status", "signal", "exited_at",
                                        "shim_seq", "instance")}
 
@@ -364,7 +364,7 @@ class ShimLink:
             return
         record = shim_api.read_exit_file(shim_api.shim_dir(core.paths.root, cid))
         if record and record.get("instance") == self.instance:
-            await core.record_shim_event(cid, "task.exit", _exit_data(record))
+            await core.record_shim_event(cid, "task.exit", exit_data(record))
             return
         c = core.state.containers.get(cid)
         if c is None or c["state"] == "stopped" or c["instance"] != self.instance:
