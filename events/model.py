@@ -9,9 +9,10 @@ in-place upgrade or downgrade of the daemon safe.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from events.ids import InvalidId, validate_id
 
 __all__ = [
     "KNOWN_TYPES",
@@ -42,32 +43,8 @@ KNOWN_TYPES: frozenset[str] = frozenset(
     }
 )
 
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-
-
-class InvalidId(ValueError):
-    """A container id that could escape a path or confuse a reader; raised before any I/O."""
-
-
 class InvalidEvent(ValueError):
     """A record that does not have the shape of an event (bad field, wrong type)."""
-
-
-def validate_id(value: object) -> str:
-    """Return *value* if it is a valid container id, else raise :class:`InvalidId`.
-
-    Ids become directory names under ``ROOT/shims/``, so the check happens before anything
-    touches a path: no ``/``, no leading ``.`` (so neither ``.`` nor ``..``), at most 64 bytes.
-    """
-    if not isinstance(value, str):
-        raise InvalidId(f"container id must be a string, not {type(value).__name__}")
-    if not _ID_RE.fullmatch(value):
-        shown = value if len(value) <= 70 else value[:64] + "..."
-        raise InvalidId(
-            f"invalid container id {shown!r}: use 1-64 characters from [A-Za-z0-9_.-], "
-            "starting with a letter or digit"
-        )
-    return value
 
 
 def is_known_type(event_type: str) -> bool:
