@@ -30,6 +30,9 @@ from events import wire
 from events.rpc import BlockingConnection
 
 ROUNDS = int(os.environ.get("TETHER_CRASH_ROUNDS", "50"))
+#: Unique per run: another crash suite running on the machine (a colleague's full test run)
+#: has its own containers with their own markers, which must not be counted as ours.
+RUN = f"{os.getpid():x}{random.getrandbits(24):06x}"
 SEED = int(os.environ.get("TETHER_CRASH_SEED", "20261128"))
 
 DaemonGone = (OSError, ConnectionError, wire.ProtocolError, TimeoutError)
@@ -58,7 +61,7 @@ class Model:
 
 
 def command(t: Tracked) -> list[str]:
-    mark = f"mark-{t.cid}"
+    mark = f"mark-{RUN}-{t.cid}"
     if t.kind == "short":
         return ["sh", "-c", f"sleep 0.{random.randint(0, 3)}; exit {t.code}", mark]
     return ["sh", "-c", "sleep 1000; true", mark]
@@ -147,8 +150,8 @@ def marker_counts() -> Counter[str]:
     counts: Counter[str] = Counter()
     for _, cmd in _proc_table().values():
         for word in cmd.split():
-            if word.startswith("mark-w"):
-                counts[word[5:]] += 1
+            if word.startswith(f"mark-{RUN}-"):
+                counts[word.rsplit("-", 1)[1]] += 1
     return counts
 
 
@@ -199,8 +202,16 @@ def check(d: Daemon, model: Model) -> None:
         assert n <= 1, f"{cid}: {n} processes"
         if row is None or row["state"] == "stopped":
             # it may be exiting right now: give the shim a moment to reap and record it
-            d.wait_for(lambda cid=cid: marker_counts()[cid] == 0
-                       or d.ps().get(cid, {}).get("state") == "running", timeout=5)
+            try:
+                d.wait_for(lambda cid=cid: marker_counts()[cid] == 0
+                           or d.ps().get(cid, {}).get("state") == "running", timeout=5)
+            except TimeoutError:
+                procs = {pid: c for pid, (_, c) in _proc_table().items()
+                         if f"mark-{RUN}-{cid} " in c + " "}
+                history = [(e["seq"], e["type"], e["data"]) for e in d.stream("events")
+                           if e["id"] == cid]
+                raise AssertionError(f"{cid} is {row} but still has processes {procs}; "
+                                     f"model {model.items[cid]}; history {history}") from None
 
 
 def test_crash_suite(daemon_factory):
@@ -237,7 +248,10 @@ def test_crash_suite(daemon_factory):
     d.wait_for(lambda: follower.seqs and follower.seqs[-1] >= last, timeout=10)
     types = Counter(e["type"] for e in d.stream("events"))
     print(f"crash suite: {ROUNDS} rounds, {len(model.items)} containers, {dict(types)}")
-    for needed in ("task.start", "task.exit", "container.delete", "container.restart"):
+    needed_types = ["task.start", "task.exit", "container.delete"]
+    if ROUNDS >= 50:
+        needed_types.append("container.restart")
+    for needed in needed_types:
         assert types[needed] > 0, f"the workload never produced {needed}: {dict(types)}"
     d.stop()
     follower.join()
