@@ -404,7 +404,8 @@ def test_created_containers_can_be_stopped_or_removed(daemon):
     from conftest import processes_naming
 
     assert processes_naming(str(daemon.root / "shims")) == []
-    assert [p for p in processes_naming("--id c1") + processes_naming("--id c2")] == []
+    assert processes_naming(f"{daemon.root} --id c1") == []
+    assert processes_naming(f"{daemon.root} --id c2") == []
 
 
 def test_wait_returns_when_the_container_exits_later(daemon):

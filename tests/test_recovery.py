@@ -229,7 +229,7 @@ def test_a_full_disk_fails_commands_with_no_space_and_loses_nothing(root):
         assert "nothing was changed" in err.value.message
         assert "big" not in d.ps()
         assert not (root / "shims/big").exists()
-        assert not [p for p in _pids_with("--id big")]
+        assert not _pids_with(f"{root} --id big")
         assert d.running() and d.call("status")["ok"]
         fill.unlink()
         assert d.run("sleep", "100", name="big", env=pad) == "big"
