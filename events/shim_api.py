@@ -40,6 +40,26 @@ Methods (see :data:`METHODS`):
                            exits; its directory (exit file, logs) stays for supervisord to remove.
 ``shutdown``            -> ``None``; the shim exits, leaving a running container behind only
                            with ``force``; used for cleanup.
+``exec {exec_id, command, env, cwd}``
+                        -> a stream: another process in the running container. ``exec_id``
+                           (caller-chosen, a container-id-like string, unique per container),
+                           ``command`` (argv), ``env`` (default: the container's env), ``cwd``
+                           (default: the container's). Items ``{"stream": "stdout"|"stderr",
+                           "data": bytes}`` as output arrives, then one ``{"exit_status": n,
+                           "signal": s}`` (n = code or 128 + s), then the end frame. Errors:
+                           ``conflict`` (task not running, ``exec_id`` used before),
+                           ``invalid``, ``exec_failed`` (the runtime's words), ``unavailable``
+                           (the shim exited before the process). The output is not logged.
+
+Events (``{"seq", "type", "data"}``; every one stays in the outbox until acked):
+``task.create`` {pid, shim_pid, address, instance, created_at}, ``task.start`` {pid,
+started_at}, ``task.oom`` {} (the kernel OOM-killed a process of the container; always before
+the ``task.exit`` it caused), ``task.exit`` {pid, exit_status, signal, exited_at},
+``task.exec.start`` {exec_id, pid}, ``task.exec.exit`` {exec_id, pid, exit_status, signal,
+exited_at}. Times are unix nanoseconds of the shim's clock.
+
+Signals: a shim ignores SIGTERM, SIGINT and SIGHUP (logged in ``shim.log``): only ``delete``,
+``shutdown`` or SIGKILL end it, so a signal sent to "everything" never orphans a container.
 """
 
 from __future__ import annotations

@@ -107,8 +107,16 @@ def serve(root: str, container_id: str, ready_w: int) -> None:
         os.dup2(log_fd, 2)  # a traceback we did not foresee lands in shim.log
         osutil.close_fds({ready_w})
         diag = osutil.Diag(2)
-        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_IGN)
+        # Only delete, shutdown or SIGKILL end a shim: a SIGTERM sent to "everything" (an
+        # operator, a careless unit) must not orphan the container and lose its exit status.
+        # Caught (logged), not SIG_IGN: an ignored disposition would be inherited through
+        # exec by runc and the container's processes; a caught one is reset to the default.
+        def ignored(signum: int, frame: object) -> None:
+            diag.log("warning", "signal_ignored", signal=signal.Signals(signum).name)
+
+        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, ignored)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         osutil.set_subreaper()
         osutil.take_lock(directory)  # held (fd open) until we exit
         spec = shim_api.read_spec(directory)

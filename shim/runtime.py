@@ -10,7 +10,10 @@ that runs helper commands (``runc start``) may wait for them itself: the shim re
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from shim.cgroups import OOMWatch
 
 
 class CreateFailed(Exception):
@@ -41,8 +44,24 @@ class Runtime(Protocol):
         """Signal the init, or with *all* every process of the container."""
         ...
 
+    def oom_watch(self) -> OOMWatch | None:
+        """After :meth:`create`: a watch on the container's memory cgroup (its fd goes into
+        the shim's selector), or None when there is no cgroup to watch."""
+        ...
+
+    def exec(self, exec_id: str, process: dict[str, Any], stdout: int, stderr: int) -> int:
+        """Run another process in the running container (``process``: command, env, cwd,
+        user) with *stdout*/*stderr* as its output; return its pid, a child of the shim once
+        this returns (the shim reaps it). Raises :class:`ExecFailed` with the reason."""
+        ...
+
+    def exited(self) -> None:
+        """The init has been reaped: release what can go now (``runc delete``), so an exited
+        container holds no runtime state while its shim waits for ``delete``."""
+        ...
+
     def delete(self) -> None:
-        """Release what the runtime holds (pipes, runc state), after the init has exited."""
+        """Release what the runtime holds (pipes, runc state, cgroup), when the shim ends."""
         ...
 
 

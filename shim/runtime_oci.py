@@ -1,33 +1,58 @@
 """The OCI runtimes (runc, crun) behind the shim's :class:`~shim.runtime.Runtime` interface.
 
-A thin adapter over :class:`shim.oci.OCIRuntime` (the OCI engineer's driver): ``runc create``
-with the shim's pipes as the container's stdio; ``runc create`` exits and the container init
-is reparented to the shim (a subreaper), whose reaper gets its real exit status. Its files live
-in the shim's directory: ``bundle/`` (a generated config.json), ``init.pid``, ``runtime.log``;
-the runtime's state in ``ROOT/runc`` (or ``ROOT/crun``).
+A thin adapter over :class:`shim.oci.OCIRuntime` (the OCI driver): ``runc create`` with the
+shim's pipes as the container's stdio; ``runc create`` exits and the container init is
+reparented to the shim (a subreaper), whose reaper gets its real exit status. Its files live in
+the shim's directory: ``bundle/`` (a generated config.json), ``init.pid``, ``exec/`` (an exec's
+process.json and pid file, removed once read), ``runtime.log``; the runtime's state in
+``ROOT/runc`` (or ``ROOT/crun``).
 
-Runtime commands run synchronously inside the shim's loop (subprocess waits for its own
-child); the shim reaps with ``waitpid(-1)`` only between calls, so it never steals their status.
+Runtime commands run synchronously inside the shim's loop (subprocess waits for its own child
+by pid); the shim reaps with ``waitpid(-1)`` only between calls, so it never steals their status.
+
+Why each choice:
+
+* a plain stop signals the init by pid (``os.kill``: 7 ms less than ``runc kill``); the init
+  is the shim's unreaped child, so the pid cannot have been reused. ``all`` uses
+  ``runc kill --all`` (the whole cgroup);
+* ``runc delete`` *without* ``--force`` once the init is reaped (:meth:`exited`): ~10 ms
+  instead of ~100 ms, and an exited container leaves no runtime state or cgroup behind;
+* crun on a hybrid cgroup layout: the shim hides the cgroup2 mount once, for itself, in a
+  private mount namespace (:func:`shim.oci.hide_unified_cgroup`), rather than in every crun
+  command's preexec (stop 9.5 ms instead of 22 ms, bench/oci.py). Only the shim's view changes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shim import oci
 from shim.runtime import CreateFailed, ExecFailed
+
+if TYPE_CHECKING:
+    from shim.cgroups import OOMWatch
 
 
 class OciRuntime:
     def __init__(self, spec: dict[str, Any], directory: str) -> None:
         self.pid = 0
         self.id: str = spec["id"]
+        self.spec = spec
         self.dir = directory
         root = os.path.dirname(os.path.dirname(os.path.abspath(directory)))  # ROOT/shims/ID
         try:
             binary = oci.resolve_runtime(spec["runtime"])
+            hide = oci.needs_private_cgroup_view(binary)
+            if hide and os.geteuid() == 0:
+                layout = oci.detect_layout()
+                mountpoint = layout.unified.mountpoint if layout.unified else None
+                try:
+                    oci.hide_unified_cgroup(mountpoint or "/sys/fs/cgroup/unified")
+                except OSError as exc:
+                    raise CreateFailed(f"{binary}: hiding the cgroup2 mount in a private mount "
+                                       f"namespace failed: {exc}") from None
             self.rt = oci.OCIRuntime(binary, oci.state_root(root, binary),
                                      os.path.join(directory, "runtime.log"))
         except oci.OCIError as exc:
@@ -44,6 +69,12 @@ class OciRuntime:
         self._created = True
         return self.pid
 
+    def oom_watch(self) -> OOMWatch | None:
+        """A watch on the cgroup the runtime put the init in (read from /proc/PID/cgroup)."""
+        from shim.cgroups import Cgroup
+
+        return Cgroup.from_pid(self.pid).oom_watch()
+
     def start(self) -> None:
         try:
             self.rt.start(self.id)
@@ -51,14 +82,50 @@ class OciRuntime:
             raise ExecFailed(0, str(exc)) from None
 
     def kill(self, signal: int, all: bool) -> None:
-        """``runc kill [--all]``; a container that is already gone is not an error here."""
-        with contextlib.suppress(oci.RuntimeFailed):
-            self.rt.kill(self.id, signal, all=all)
+        """The init by pid, or ``runc kill --all``; a container already gone is no error."""
+        if not all and self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal)
+            return
+        if self._created:
+            with contextlib.suppress(oci.RuntimeFailed):
+                self.rt.kill(self.id, signal, all=True)
+
+    def exec(self, exec_id: str, process: dict[str, Any], stdout: int, stderr: int) -> int:
+        """``runc exec --detach`` with a process.json; the exec'd process is reparented to
+        the shim when the runtime exits, before this returns."""
+        directory = os.path.join(self.dir, "exec")
+        path = os.path.join(directory, f"{exec_id}.json")
+        pid_file = os.path.join(directory, f"{exec_id}.pid")
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            oci.write_json(path, oci.make_process(
+                process["command"], process.get("env"), process.get("cwd"),
+                process.get("user"), self.spec.get("rlimits") or {}))
+            return self.rt.exec(self.id, path, pid_file, stdout=stdout, stderr=stderr)
+        except oci.OCIError as exc:
+            raise ExecFailed(0, str(exc)) from None
+        finally:
+            for name in (path, pid_file):
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
+
+    def exited(self) -> None:
+        """``runc delete`` (no ``--force``: the init is reaped, so the runtime sees it
+        stopped); if that fails, ``--force``, so nothing is left either way."""
+        if not self._created:
+            return
+        self._created = False
+        try:
+            self.rt.delete(self.id, missing_ok=True)
+        except oci.RuntimeFailed:
+            with contextlib.suppress(oci.RuntimeFailed):
+                self.rt.delete(self.id, force=True, missing_ok=True)
 
     def delete(self) -> None:
-        """``runc delete --force``: state and cgroup go; called once the init is reaped (or to
-        clean up a failed start)."""
+        """When the shim ends: ``runc delete --force`` if the container was not deleted at its
+        exit (a failed start, a forced delete still running)."""
         if self._created:
             self._created = False
             with contextlib.suppress(oci.RuntimeFailed):
-                self.rt.delete(self.id, force=True)
+                self.rt.delete(self.id, force=True, missing_ok=True)

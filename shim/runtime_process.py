@@ -10,6 +10,16 @@ Two pipes make create and start separate, observable steps:
   succeeded, and an error record means it failed. So an exec failure is an error for the
   caller, never a container that looks running.
 
+Limits (``spec["limits"]``, root only) go into a cgroup made before the fork
+(``tether/ID-INSTANCE`` in each hierarchy, as runc's): the child joins it before anything else,
+so every later process of the container is inside too; it is removed when the shim ends.
+``spec["init"]`` puts a tini (``-s``: a subreaper when it is not pid 1) in front of the command,
+so the container's orphans are reaped inside it; with a pid namespace tini is its pid 1.
+
+``exec`` forks another child that enters the init's namespaces (``setns`` on
+``/proc/INIT/ns/*``) and cgroup before it execs. No second fork is needed for the pid
+namespace: the shim unshared it for its children, so every child it forks is born inside.
+
 Every fork path ends in ``os._exit`` inside ``finally``: a failure in the child never returns
 into the shim's code.
 """
@@ -19,14 +29,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shim.osutil import close_fds, descendants, unshare
+from shim.osutil import close_fds, descendants, libc, unshare
 from shim.runtime import CreateFailed, ExecFailed
+
+if TYPE_CHECKING:
+    from shim.cgroups import Cgroup, OOMWatch
 
 #: unshare(2) flags by the names spec["namespaces"] uses.
 NAMESPACES = {"mount": 0x00020000, "uts": 0x04000000, "ipc": 0x08000000,
               "net": 0x40000000, "pid": 0x20000000}
+#: /proc/PID/ns/ file names; mount last: entering it first could hide the others' files.
+NS_FILES = {"uts": "uts", "ipc": "ipc", "net": "net", "mount": "mnt"}
 _RESET_SIGNALS = ("SIGPIPE", "SIGHUP", "SIGINT", "SIGXFSZ", "SIGCHLD", "SIGTERM", "SIGQUIT")
 
 
@@ -43,12 +58,52 @@ def _parse_error(data: bytes) -> tuple[str, int, str]:
     return stage.decode(errors="replace"), int(number or 0), message.decode(errors="replace")
 
 
+def _init_command(command: list[str]) -> list[str]:
+    """``[tini, "-s", "--", *command]``: a static tini when there is one, else tini on PATH."""
+    from shim.oci import BundleError, find_init  # only with init: oci's imports cost start-up
+
+    try:
+        tini = find_init()
+    except BundleError:
+        import shutil
+
+        tini = shutil.which("tini") or ""
+        if not tini:
+            raise CreateFailed("init requested but no tini found (tini-static or tini on PATH):"
+                               " install tini, or run without --init") from None
+    return [tini, "-s", "--", *command]
+
+
+def cgroup_name(spec: dict[str, Any]) -> str:
+    """``tether/ID-INSTANCE``, the path runc gets too (:func:`shim.oci.default_cgroups_path`)."""
+    return f"tether/{spec['id']}-{spec['instance']}"
+
+
+def _make_cgroup(spec: dict[str, Any]) -> Cgroup | None:
+    """The container's cgroup with its limits, when the spec has any (root only)."""
+    limits = {k: v for k, v in (spec.get("limits") or {}).items() if v is not None}
+    if not limits:
+        return None
+    if os.geteuid() != 0:
+        raise CreateFailed(f"limits {limits} need root (cgroups); run the daemon as root or "
+                           "drop --memory/--cpus/--pids-limit")
+    from shim.cgroups import Cgroup, CgroupError
+
+    try:
+        return Cgroup.create(cgroup_name(spec), limits)
+    except CgroupError as exc:
+        raise CreateFailed(f"cgroup for limits {limits}: {exc}") from None
+
+
 class ProcessRuntime:
     def __init__(self) -> None:
         self.pid = 0  # the init while it lives; the server sets 0 once it has reaped it
         self._sync_w = -1
         self._status_r = -1
         self._command: list[str] = []
+        self._namespaces: list[str] = []
+        self.cgroup: Cgroup | None = None
+        self._cgroup_name = ""
 
     def create(self, spec: dict[str, Any], stdout: int, stderr: int) -> int:
         command = spec.get("command") or []
@@ -59,6 +114,19 @@ class ProcessRuntime:
         unknown = [n for n in namespaces if n not in NAMESPACES]
         if unknown:
             raise CreateFailed(f"unknown namespaces {unknown}; known: {sorted(NAMESPACES)}")
+        self._namespaces = list(namespaces)
+        if spec.get("init"):
+            spec = {**spec, "command": _init_command(self._command)}
+        self.cgroup = _make_cgroup(spec)
+        self._cgroup_name = cgroup_name(spec) if self.cgroup else ""
+        try:
+            return self._create(spec, namespaces, stdout, stderr)
+        except BaseException:
+            self._remove_cgroup()
+            raise
+
+    def _create(self, spec: dict[str, Any], namespaces: list[str], stdout: int,
+                stderr: int) -> int:
         if "pid" in namespaces:
             # A new pid namespace applies to the caller's *next* child: so the shim unshares
             # it and the container init becomes pid 1 of it, while the shim stays outside.
@@ -74,7 +142,7 @@ class ProcessRuntime:
             try:
                 os.close(sync_w)
                 os.close(status_r)
-                self._child(spec, namespaces, stdout, stderr, sync_r, status_w)
+                self._child(spec, namespaces, stdout, stderr, sync_r, status_w, self.cgroup)
             finally:
                 os._exit(127)
         os.close(sync_r)
@@ -91,10 +159,13 @@ class ProcessRuntime:
 
     @staticmethod
     def _child(spec: dict[str, Any], namespaces: list[str], stdout: int, stderr: int,
-               sync_r: int, status_w: int) -> None:
+               sync_r: int, status_w: int, cgroup: Cgroup | None) -> None:
         """Runs in the forked child; returns only to ``os._exit(127)``."""
         stage = "setup"
         try:
+            if cgroup is not None:
+                stage = "join cgroup"
+                cgroup.join()  # first: every process the container makes is inside
             signal.set_wakeup_fd(-1)
             for name in _RESET_SIGNALS:
                 signal.signal(getattr(signal, name), signal.SIG_DFL)
@@ -174,6 +245,95 @@ class ProcessRuntime:
         for pid in descendants(os.getpid()):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal)
+        if self.cgroup is not None:  # also what left the shim's tree (a daemonized child)
+            self.cgroup.kill_all(signal)
+
+    def oom_watch(self) -> OOMWatch | None:
+        if self.cgroup is None or "memory" not in self.cgroup.paths:
+            return None
+        return self.cgroup.oom_watch()
+
+    def exited(self) -> None:
+        """Nothing yet: the container's other processes may outlive the init (no pid
+        namespace); the cgroup goes in :meth:`delete`."""
+
+    def exec(self, exec_id: str, process: dict[str, Any], stdout: int, stderr: int) -> int:
+        command = process["command"]
+        ns_fds: list[tuple[str, int]] = []
+        status_r, status_w = os.pipe()
+        try:
+            for name, file in NS_FILES.items():
+                if name in self._namespaces:
+                    path = f"/proc/{self.pid}/ns/{file}"
+                    try:
+                        ns_fds.append((name, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
+                    except OSError as exc:
+                        raise ExecFailed(exc.errno or 0, f"open {path}: {exc.strerror}") from None
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.close(status_r)
+                    self._exec_child(process, ns_fds, stdout, stderr, status_w, self.cgroup)
+                finally:
+                    os._exit(127)
+        finally:
+            for _, fd in ns_fds:
+                os.close(fd)
+            os.close(status_w)
+        data = _read_all(status_r)
+        os.close(status_r)
+        if data:
+            os.waitpid(pid, 0)
+            stage, number, message = _parse_error(data)
+            raise ExecFailed(number, f"exec {exec_id}: {command!r} failed in {stage}: "
+                             f"[Errno {number}] {message}")
+        return pid
+
+    @staticmethod
+    def _exec_child(process: dict[str, Any], ns_fds: list[tuple[str, int]], stdout: int,
+                    stderr: int, status_w: int, cgroup: Cgroup | None) -> None:
+        """Runs in the forked child; returns only to ``os._exit(127)``."""
+        stage = "setup"
+        try:
+            signal.set_wakeup_fd(-1)
+            for name in _RESET_SIGNALS:
+                signal.signal(getattr(signal, name), signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            if cgroup is not None:
+                stage = "join cgroup"
+                cgroup.join()
+            for name, fd in ns_fds:
+                stage = f"setns({name})"
+                if libc().setns(fd, 0) != 0:
+                    import ctypes
+
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+            os.setsid()
+            stage = "dup2"
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(stdout, 1)
+            os.dup2(stderr, 2)
+            close_fds({status_w})
+            cwd = process.get("cwd") or "/"
+            stage = f"chdir({cwd})"
+            os.chdir(cwd)
+            user = process.get("user")
+            if user:
+                stage = "setgroups/setgid/setuid"
+                os.setgroups([])
+                os.setgid(int(user.get("gid", user["uid"])))
+                os.setuid(int(user["uid"]))
+            command = process["command"]
+            stage = f"exec {command[0]!r}"
+            os.execvpe(command[0], command, dict(process.get("env") or {}))
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.write(status_w, f"{exc.errno or 0}\0{stage}\0{exc.strerror or exc}".encode())
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.write(status_w, f"0\0{stage}\0{exc!r}".encode())
 
     def delete(self) -> None:
         for attr in ("_sync_w", "_status_r"):
@@ -182,3 +342,15 @@ class ProcessRuntime:
                 with contextlib.suppress(OSError):
                     os.close(fd)
                 setattr(self, attr, -1)
+        self._remove_cgroup()
+
+    def _remove_cgroup(self) -> None:
+        """rmdir the cgroup and its empty ``tether`` parents; a cgroup still in use (a forced
+        shutdown left the container running) stays, named in the error for the log."""
+        if self.cgroup is None:
+            return
+        from shim.cgroups import prune_parents
+
+        cgroup, self.cgroup = self.cgroup, None
+        cgroup.remove()  # CgroupError names the directory and what is left in it
+        prune_parents(self._cgroup_name, layout=cgroup.layout)

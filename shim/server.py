@@ -16,9 +16,10 @@ Ordering guarantees (the reasons this process exists):
 
 Where :mod:`events.shim_api` leaves room, this shim does:
 
-* error codes: ``invalid`` (bad params or request shape), ``unknown_method``, ``unsupported``
-  (``exec``, reserved), ``conflict`` (start when not created; delete/shutdown of a live task
-  without force), ``not_found`` (kill of an exited task without ``all``), ``exec_failed``,
+* error codes: ``invalid`` (bad params or request shape), ``unknown_method``, ``conflict``
+  (start when not created; delete/shutdown of a live task without force; exec when not
+  running, or with an ``exec_id`` used before), ``not_found`` (kill of an exited task without
+  ``all``), ``exec_failed`` (start, exec),
   ``protocol`` (bad hello or frame: the connection is then closed), ``internal`` (a bug: the
   request fails, the shim goes on);
 * ``kill``/``stop`` take a signal number or name (``"TERM"``, ``"SIGKILL"``); ``stop`` signals
@@ -29,8 +30,14 @@ Where :mod:`events.shim_api` leaves room, this shim does:
   container, ends every ``events`` stream with an end frame, removes its socket and exits;
 * ``shutdown`` of a created or running task is a ``conflict`` unless ``force``: then the shim
   exits and the container runs on without its shim (its output pipes close: writes fail);
-* ``state`` adds ``exec_error``, ``seq`` (last event), ``acked``, ``runtime`` and
-  ``log: {lines, dropped}`` to the contract's fields.
+* ``state`` adds ``exec_error``, ``seq`` (last event), ``acked``, ``runtime``, ``execs``
+  (running exec ids) and ``log: {lines, dropped}`` to the contract's fields;
+* OOM: the runtime's memory cgroup is watched (its fd in the loop); each wake-up with new
+  kernel OOM kills publishes ``task.oom``, and the counter is read once more before the
+  init's ``task.exit`` is published, so an OOM kill's ``task.oom`` always comes first;
+* ``exec`` output is streamed, never logged; a caller that does not read fast enough is cut
+  off (:data:`MAX_OUTBUF`) and the process runs on, its output dropped; its exit is still
+  published. When the shim ends, an unfinished exec stream ends with an ``unavailable`` error.
 """
 
 from __future__ import annotations
@@ -43,12 +50,16 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from events import shim_api, wire
+from events.ids import validate_id
 from shim.logs import CriLog
 from shim.osutil import Diag
 from shim.runtime import ExecFailed, Runtime
+
+if TYPE_CHECKING:
+    from shim.cgroups import OOMWatch
 
 #: Largest request frame we accept: requests are small; this bounds what a client can make us hold.
 MAX_REQUEST = 1024 * 1024
@@ -85,6 +96,19 @@ class Conn:
         self.pending = 0
 
 
+class Exec:
+    """A process started by ``exec``: where its output and exit go."""
+
+    __slots__ = ("conn", "exec_id", "pid", "pipes", "rid")
+
+    def __init__(self, exec_id: str, pid: int, conn: Conn | None, rid: int) -> None:
+        self.exec_id = exec_id
+        self.pid = pid
+        self.conn = conn  # None once the caller is gone: output is read and dropped
+        self.rid = rid
+        self.pipes: dict[int, str] = {}
+
+
 class Shim:
     def __init__(self, directory: str, spec: dict[str, Any], listener: socket.socket,
                  address: str, runtime: Runtime, diag: Diag) -> None:
@@ -110,6 +134,9 @@ class Shim:
         self.deleting = False
         self.conns: dict[int, Conn] = {}
         self.pipes: dict[int, bytes] = {}
+        self.oom: OOMWatch | None = None
+        self.execs: dict[int, Exec] = {}  # by pid, while running
+        self.exec_ids: set[str] = set()  # every exec id used: unique per container
         log_conf = spec.get("log") or {}
         self.log = CriLog(os.path.join(directory, shim_api.CONTAINER_LOG),
                           log_conf.get("max_size", 16 << 20), log_conf.get("keep", 3),
@@ -152,11 +179,39 @@ class Shim:
                 fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
             self.pipes[fd] = name
             self.sel.register(fd, selectors.EVENT_READ, self._on_output)
+        self._watch_oom()
         self.status = "created"
         self._publish("task.create", {"pid": self.pid, "shim_pid": os.getpid(),
-                                      "address": self.address, "instance": self.instance})
+                                      "address": self.address, "instance": self.instance,
+                                      "created_at": time.time_ns()})
         self.diag.log("info", "task_created", pid=self.pid, command=self.spec.get("command"))
         return self.pid
+
+    def _watch_oom(self) -> None:
+        """Register the runtime's OOM watch; without one (no cgroup, no memory controller, not
+        root) the container runs unwatched and shim.log says why."""
+        try:
+            self.oom = self.runtime.oom_watch()
+        except Exception as exc:
+            self.diag.log("warning", "oom_watch_unavailable", error=str(exc))
+            return
+        if self.oom is not None:
+            self.sel.register(self.oom.fileno(), selectors.EVENT_READ, self._on_oom)
+
+    def _on_oom(self, key: selectors.SelectorKey | None = None, mask: int = 0) -> None:
+        if self.oom is None:
+            return
+        kills = self.oom.read()
+        if kills:
+            self.diag.log("warning", "oom_kill", pid=self.pid, kills=kills)
+            self._publish("task.oom", {})
+
+    def _close_oom(self) -> None:
+        """Before the cgroup goes: v1 signals the eventfd on removal (a spurious wake-up)."""
+        if self.oom is not None:
+            self.sel.unregister(self.oom.fileno())
+            self.oom.close()
+            self.oom = None
 
     def abort(self) -> None:
         """Undo a half-made start (failure before ready): nothing may be left running."""
@@ -164,6 +219,7 @@ class Shim:
             self.runtime.kill(signal.SIGKILL, True)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
+        self._close_oom()
         self.runtime.delete()
 
     def run(self) -> None:
@@ -192,6 +248,10 @@ class Shim:
         for conn in list(self.conns.values()):
             for _, rid in [s for s in self.streams if s[0] is conn]:
                 self._send(conn, wire.end(rid))
+        for ex in self.execs.values():
+            if ex.conn is not None:
+                self._send(ex.conn, wire.error(ex.rid, "unavailable", f"exec {ex.exec_id}: the "
+                                               "shim exited before the process did"))
         deadline = time.monotonic() + 1.0
         for conn in list(self.conns.values()):
             with contextlib.suppress(OSError):
@@ -208,7 +268,12 @@ class Shim:
         for fd in list(self.pipes):
             self._read_pipe(fd, drain=True)
         self.log.close()
-        self.runtime.delete()
+        self._close_oom()
+        if self.status != "running" or self.deleting:  # else shutdown(force): it runs on
+            try:
+                self.runtime.delete()
+            except Exception as exc:
+                self.diag.log("warning", "runtime_delete_failed", error=str(exc))
         self.diag.log("info", "shim_exit", orphans_reaped=self.orphans_reaped,
                       log_dropped=self.log.dropped_lines)
 
@@ -243,6 +308,9 @@ class Shim:
             self._reaped(pid, status)
 
     def _reaped(self, pid: int, status: int) -> None:
+        if pid in self.execs:
+            self._exec_exited(self.execs.pop(pid), status)
+            return
         if pid != self.pid or self.exit is not None:
             self.orphans_reaped += 1
             return
@@ -250,6 +318,7 @@ class Shim:
         exit_status, sig = shim_api.exit_status_of(status)
         for fd in list(self.pipes):  # the output it wrote before exiting goes first
             self._read_pipe(fd, drain=True)
+        self._on_oom()  # an OOM kill is told before the exit it caused
         seq = self._next_seq()
         record = {"pid": pid, "exit_status": exit_status, "signal": sig,
                   "exited_at": time.time_ns(), "shim_seq": seq, "instance": self.instance}
@@ -269,6 +338,11 @@ class Shim:
             self._send(conn, wire.reply(rid, record))
             if kind == "delete":
                 self.deleting = self.done = True
+        self._close_oom()
+        try:  # after the replies: they are not delayed by the runtime's clean-up
+            self.runtime.exited()
+        except Exception as exc:
+            self.diag.log("warning", "runtime_cleanup_failed", error=str(exc))
 
     def _reap_all(self, timeout: float) -> None:
         """Reap every child left (after a SIGKILL of them all), waiting at most *timeout*."""
@@ -282,6 +356,48 @@ class Shim:
                 self._reaped(pid, status)
             else:
                 time.sleep(0.005)
+
+    def _exec_exited(self, ex: Exec, status: int) -> None:
+        for fd in list(ex.pipes):
+            self._read_exec_pipe(ex, fd, drain=True)
+            if fd in ex.pipes:  # a child of the exec'd process holds it: stop reading
+                self.sel.unregister(fd)
+                os.close(fd)
+                del ex.pipes[fd]
+        exit_status, sig = shim_api.exit_status_of(status)
+        self.diag.log("info", "exec_exit", exec_id=ex.exec_id, pid=ex.pid,
+                      exit_status=exit_status)
+        self._publish("task.exec.exit", {"exec_id": ex.exec_id, "pid": ex.pid,
+                                         "exit_status": exit_status, "signal": sig,
+                                         "exited_at": time.time_ns()})
+        if ex.conn is not None:
+            ex.conn.pending -= 1
+            self._send(ex.conn, wire.item(ex.rid, {"exit_status": exit_status, "signal": sig}))
+            self._send(ex.conn, wire.end(ex.rid))
+
+    def _on_exec_output(self, key: selectors.SelectorKey, mask: int) -> None:
+        ex = next((e for e in self.execs.values() if key.fd in e.pipes), None)
+        if ex is None:  # cannot happen: an exec's pipes go with it
+            self.sel.unregister(key.fd)
+            os.close(key.fd)
+            return
+        self._read_exec_pipe(ex, key.fd)
+
+    def _read_exec_pipe(self, ex: Exec, fd: int, drain: bool = False) -> None:
+        for _ in range(MAX_DRAIN // READ_CHUNK if drain else 4):
+            try:
+                data = os.read(fd, READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.sel.unregister(fd)
+                os.close(fd)
+                del ex.pipes[fd]
+                return
+            if ex.conn is not None:
+                self._send(ex.conn, wire.item(ex.rid, {"stream": ex.pipes[fd], "data": data}))
 
     def _on_output(self, key: selectors.SelectorKey, mask: int) -> None:
         self._read_pipe(key.fd)
@@ -333,6 +449,9 @@ class Shim:
         conn.sock.close()
         self.streams = [s for s in self.streams if s[0] is not conn]
         self.waiters = [w for w in self.waiters if w[0] is not conn]
+        for ex in self.execs.values():
+            if ex.conn is conn:
+                ex.conn = None
 
     def _on_conn(self, key: selectors.SelectorKey, mask: int) -> None:
         conn = self.conns.get(key.fd)
@@ -437,6 +556,7 @@ class Shim:
                 "status": self.status, "exit": self.exit, "exec_error": self.exec_error,
                 "orphans_reaped": self.orphans_reaped, "shim_pid": os.getpid(),
                 "seq": self.seq, "acked": self.acked, "runtime": self.spec.get("runtime"),
+                "execs": sorted(e.exec_id for e in self.execs.values()),
                 "log": {"lines": self.log.written_lines, "dropped": self.log.dropped_lines}}
 
     def m_start(self, conn: Conn, rid: int, params: dict[str, Any]) -> dict[str, Any]:
@@ -450,7 +570,7 @@ class Shim:
             self._reap_failed_start()
             raise ShimError("exec_failed", f"{exc} (errno {exc.errno})") from None
         self.status = "running"
-        self._publish("task.start", {"pid": self.pid})
+        self._publish("task.start", {"pid": self.pid, "started_at": time.time_ns()})
         return {"pid": self.pid}
 
     def _reap_failed_start(self) -> None:
@@ -537,8 +657,60 @@ class Shim:
         self.done = True
         return None
 
-    def m_exec(self, conn: Conn, rid: int, params: dict[str, Any]) -> None:
-        raise ShimError("unsupported", "exec is not implemented by this shim yet")
+    def m_exec(self, conn: Conn, rid: int, params: dict[str, Any]) -> Any:
+        exec_id, process = self._exec_params(params)
+        if self.status != "running" or self.exit is not None or self.done:
+            raise ShimError("conflict", f"cannot exec in a task that is {self.status}")
+        if exec_id in self.exec_ids:
+            raise ShimError("conflict", f"exec id {exec_id!r} was used before in this container")
+        self._park(conn)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            pid = self.runtime.exec(exec_id, process, out_w, err_w)
+        except ExecFailed as exc:
+            conn.pending -= 1
+            os.close(out_r)
+            os.close(err_r)
+            self.diag.log("warning", "exec_failed", exec_id=exec_id, error=str(exc))
+            raise ShimError("exec_failed", str(exc)) from None
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        ex = Exec(exec_id, pid, conn, rid)
+        for fd, name in ((out_r, "stdout"), (err_r, "stderr")):
+            os.set_blocking(fd, False)
+            ex.pipes[fd] = name
+            self.sel.register(fd, selectors.EVENT_READ, self._on_exec_output)
+        self.execs[pid] = ex
+        self.exec_ids.add(exec_id)
+        self.diag.log("info", "exec_start", exec_id=exec_id, pid=pid, command=process["command"])
+        self._publish("task.exec.start", {"exec_id": exec_id, "pid": pid})
+        return _PENDING
+
+    def _exec_params(self, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        exec_id = params.get("exec_id")
+        try:
+            validate_id(exec_id)
+        except ValueError:
+            raise ShimError("invalid", f"exec_id must be 1-64 characters from [A-Za-z0-9_.-], "
+                            f"starting with a letter or digit; got {exec_id!r}") from None
+        command = params.get("command")
+        if (not isinstance(command, list) or not command
+                or not all(isinstance(a, str) for a in command)):
+            raise ShimError("invalid", f"exec command must be a non-empty list of strings, "
+                            f"got {command!r}")
+        env = params.get("env")
+        if env is None:
+            env = self.spec.get("env") or {}
+        if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                for k, v in env.items()):
+            raise ShimError("invalid", f"exec env must be a map of strings, got {env!r}")
+        cwd = params.get("cwd") or self.spec.get("cwd")
+        if cwd is not None and not isinstance(cwd, str):
+            raise ShimError("invalid", f"exec cwd must be a string, got {cwd!r}")
+        return exec_id, {"command": command, "env": env, "cwd": cwd,
+                         "user": self.spec.get("user")}
 
 
 def _signal_param(params: dict[str, Any], name: str, default: int) -> int:

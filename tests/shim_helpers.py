@@ -116,6 +116,7 @@ class Shims:
         self.started: list[ShimHandle] = []
         self.pids: dict[int, int | None] = {}  # pid -> its start time, to survive pid reuse
         self._n = 0
+        self.cgroups: list[str] = []  # what a shim (or runc for it) may have made
 
     def write_spec(self, cid: str | None = None, **spec: Any) -> str:
         self._n += 1
@@ -125,6 +126,7 @@ class Shims:
         spec.setdefault("env", ENV)
         spec.setdefault("instance", f"{cid}-i{self._n}")
         shim_api.write_spec(directory, {"id": cid, **spec})
+        self.cgroups.append(f"tether/{cid}-{spec['instance']}")
         return cid
 
     def run_start(self, cid: str) -> subprocess.CompletedProcess[str]:
@@ -166,10 +168,43 @@ class Shims:
                 pids += [p for p in tree(pid) if p not in pids]
         kill_and_wait(pids)
         reap_adopted_orphans()
+        self._cleanup_runtimes()
         for handle in self.started:
             if not handle.address.startswith(str(self.root)):
                 with contextlib.suppress(OSError):
                     os.unlink(handle.address)
+
+
+    def _cleanup_runtimes(self) -> None:
+        """What a killed shim could not clean: runc/crun state under the root (``delete
+        --force``) and the cgroups of this factory's containers (deepest first)."""
+        for kind in ("runc", "crun"):
+            state = self.root / kind
+            if not state.is_dir():
+                continue
+            from shim.oci import OCIError, OCIRuntime
+
+            with contextlib.suppress(OCIError):
+                rt = OCIRuntime(kind, state, self.root / f"{kind}-cleanup.log")
+                for name in os.listdir(state):
+                    with contextlib.suppress(OCIError):
+                        rt.delete(name, force=True, missing_ok=True)
+        if self.cgroups:
+            from oci_helpers import remove_cgroup_tree
+
+            for name in self.cgroups:
+                remove_cgroup_tree(name)
+            with contextlib.suppress(OSError):
+                for entry in os.listdir("/sys/fs/cgroup"):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(os.path.join("/sys/fs/cgroup", entry, "tether"))
+
+
+def leftover_cgroups(name: str) -> list[str]:
+    """Directories of cgroup *name* (``tether/ID-INSTANCE``) still present anywhere."""
+    from oci_helpers import cgroup_dirs
+
+    return cgroup_dirs(name)
 
 
 def no_shim_processes(root: Path) -> bool:

@@ -1,14 +1,48 @@
-"""The shim driving runc: create with the shim's pipes, the reparented init, exit, delete."""
+"""The shim driving runc and crun (and the process runtime's limits, init and exec): create
+with the shim's pipes, the reparented init, exit, OOM, exec, delete; nothing left behind.
+
+Every shim, container, runtime state and cgroup goes in the ``shims`` fixture's teardown
+(by pid; ``delete --force``; rmdir), so a failing test leaks nothing."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from oci_helpers import busybox_rootfs, needs_runc, unique_id  # noqa: F401  (fixture)
-from shim_helpers import Shims
+from oci_helpers import (  # noqa: F401  (busybox_rootfs: a fixture)
+    busybox_rootfs,
+    needs_crun,
+    needs_root,
+    needs_runc,
+    runtime_list,
+    unique_id,
+    wait_for_children,
+)
+from shim_helpers import (
+    ENV,
+    ShimHandle,
+    Shims,
+    leftover_cgroups,
+    no_shim_processes,
+    proc_stat,
+    tree,
+)
 
-from events import shim_api
+from events import shim_api, wire
+from events.rpc import BlockingConnection
+
+
+def poll(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+    return value
 
 
 @pytest.fixture
@@ -53,3 +87,211 @@ def test_runc_stop_and_force_delete(shims: Shims, busybox_rootfs: Path) -> None:
         conn.call("start")
         assert conn.call("delete", force=True)["exit_status"] == 137
     other.wait_gone()
+
+
+# -- phase 2: the whole OCI path through the shim ---------------------------------------------
+
+RUNTIMES = [pytest.param("runc", marks=needs_runc), pytest.param("crun", marks=needs_crun)]
+
+
+def oci(shims: Shims, rootfs: Path, command: list[str] | str, runtime: str = "runc",
+        **spec: Any) -> ShimHandle:
+    return shims.start(command, cid=unique_id("shim"), runtime=runtime, rootfs=str(rootfs),
+                       **spec)
+
+
+def listed(root: Path, runtime: str) -> list[str]:
+    from shim.oci import resolve_runtime
+
+    if not (root / runtime).exists():
+        return []
+    return runtime_list(resolve_runtime(runtime), str(root / runtime))
+
+
+def events_until_exit(conn: BlockingConnection) -> list[dict[str, Any]]:
+    """Every event of the shim's stream up to and including ``task.exit``."""
+    seen = []
+    for event in conn.stream("events"):
+        seen.append(event)
+        if event["type"] == "task.exit":
+            return seen
+    raise AssertionError(f"stream ended without task.exit: {seen}")
+
+
+def cgroup_of(shim: ShimHandle) -> str:
+    return f"tether/{shim.id}-{shim_api.read_spec(shim.dir)['instance']}"
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_run_exit_status_times_and_delete_leave_nothing(
+        shims: Shims, busybox_rootfs: Path, root: Path, runtime: str) -> None:  # noqa: F811
+    shim = oci(shims, busybox_rootfs, "echo out; echo err >&2; exit 5", runtime)
+    assert leftover_cgroups(cgroup_of(shim))
+    with shim.connect() as conn, shim.connect() as events:
+        before = time.time_ns()
+        conn.call("start")
+        assert conn.call("wait")["exit_status"] == 5
+        seen = events_until_exit(events)
+        types = [e["type"] for e in seen]
+        assert types == ["task.create", "task.start", "task.exit"]
+        created, started = seen[0]["data"]["created_at"], seen[1]["data"]["started_at"]
+        assert created <= before <= started <= seen[2]["data"]["exited_at"]
+        # runc delete ran once the init was reaped: nothing of the runtime's is left
+        poll(lambda: not listed(root, runtime), what="runtime state gone after the exit")
+        assert not leftover_cgroups(cgroup_of(shim))
+        assert conn.call("delete")["exit_status"] == 5
+    shim.wait_gone()
+    lines = shim.log_lines()
+    assert any(x.endswith("stdout F out") for x in lines)
+    assert any(x.endswith("stderr F err") for x in lines)
+    assert listed(root, runtime) == []
+
+
+@needs_runc
+def test_sigkill_gives_137_and_a_bad_command_fails_start_word_for_word(
+        shims: Shims, busybox_rootfs: Path, root: Path) -> None:  # noqa: F811
+    shim = oci(shims, busybox_rootfs, ["sleep", "30"])
+    with shim.connect() as conn:
+        conn.call("start")
+        conn.call("kill", signal=9)
+        assert conn.call("wait")["exit_status"] == 137
+    proc = shims.run_start(shims.write_spec(unique_id("shim"), command=["/no/such"],
+                                            runtime="runc", rootfs=str(busybox_rootfs)))
+    if proc.returncode == 0:  # runc 1.1 reports a missing command at start, not create
+        shim = shims.adopt(json.loads(proc.stdout), proc.args[-1])
+        with pytest.raises(wire.RemoteError) as info:
+            shim.call("start")
+        assert info.value.code == "exec_failed"
+        message = str(info.value)
+    else:
+        message = proc.stderr
+    assert "/no/such" in message and "no such file or directory" in message.lower()
+
+
+@needs_runc
+def test_stop_of_an_obedient_container(shims: Shims, busybox_rootfs: Path) -> None:  # noqa: F811
+    shim = oci(shims, busybox_rootfs, ["sleep", "30"], init=True)
+    with shim.connect() as conn:
+        conn.call("start")
+        wait_for_children(shim.task_pid)  # tini has its handlers once it forked the command
+        started = time.monotonic()
+        record = conn.call("stop", timeout=10)
+        assert record["exit_status"] == 143 and time.monotonic() - started < 5
+        conn.call("delete")
+    shim.wait_gone()
+
+
+ZOMBIE_MAKER = "(sleep 0.05 &); exec sleep 30"  # the orphan's new parent is pid 1: sleep
+
+
+def zombies(pid: int) -> int:
+    count = 0
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            count += proc_stat(p)[0] == "Z"
+    return count
+
+
+@pytest.mark.parametrize("kind", [pytest.param("runc", marks=needs_runc),
+                                  pytest.param("process", marks=needs_root)])
+def test_init_reaps_orphans_inside_the_container(
+        shims: Shims, busybox_rootfs: Path, kind: str) -> None:  # noqa: F811
+    counts = {}
+    for init in (False, True):
+        if kind == "runc":
+            shim = oci(shims, busybox_rootfs, ZOMBIE_MAKER, init=init)
+        else:  # a pid namespace: the command's pid 1 is sleep, or tini with init
+            shim = shims.start(ZOMBIE_MAKER, cid=unique_id("shim"), namespaces=["pid"],
+                               init=init)
+        shim.call("start")
+        time.sleep(0.4)
+        counts[init] = zombies(shim.task_pid)
+        assert shim.call("delete", force=True)["exit_status"] == 137
+        shim.wait_gone()
+    assert counts[False] >= 1 and counts[True] == 0
+
+
+@pytest.mark.parametrize("kind", [pytest.param("runc", marks=needs_runc),
+                                  pytest.param("process", marks=needs_root)])
+def test_memory_hog_gives_task_oom_then_exit_137(
+        shims: Shims, busybox_rootfs: Path, kind: str) -> None:  # noqa: F811
+    hog = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]
+    limits = {"memory": 32 << 20}
+    if kind == "runc":
+        shim = oci(shims, busybox_rootfs, hog, limits=limits)
+    else:
+        shim = shims.start(hog, cid=unique_id("shim"), limits=limits)
+    cgroup = cgroup_of(shim)
+    assert leftover_cgroups(cgroup)
+    with shim.connect() as conn, shim.connect() as events:
+        conn.call("start")
+        types = [(e["type"], e["data"]) for e in events_until_exit(events)]
+        assert [t for t, _ in types] == ["task.create", "task.start", "task.oom", "task.exit"]
+        assert types[2][1] == {} and types[3][1]["exit_status"] == 137
+        conn.call("delete")
+    shim.wait_gone()
+    assert not leftover_cgroups(cgroup)
+
+
+@pytest.mark.parametrize("kind", [pytest.param("runc", marks=needs_runc),
+                                  pytest.param("process", marks=needs_root), "plain"])
+def test_exec_streams_output_and_status_and_publishes_events(
+        shims: Shims, busybox_rootfs: Path, kind: str) -> None:  # noqa: F811
+    if kind == "runc":
+        shim = oci(shims, busybox_rootfs, ["sleep", "30"], env={"WHO": "container"})
+    elif kind == "process":
+        shim = shims.start(["sleep", "30"], cid=unique_id("shim"),
+                           namespaces=["pid", "mount", "uts", "ipc"],
+                           env={**ENV, "WHO": "container"})
+    else:
+        shim = shims.start(["sleep", "30"], cid=unique_id("shim"),
+                           env={**ENV, "WHO": "container"})
+    with shim.connect() as conn, shim.connect() as events:
+        with pytest.raises(wire.RemoteError) as info:  # created, not running
+            conn.call("exec", exec_id="e0", command=["true"])
+        assert info.value.code == "conflict"
+        conn.call("start")
+        items = list(conn.stream("exec", exec_id="e1", command=[
+            "sh", "-c", "echo out $WHO; echo err >&2; readlink /proc/self/ns/uts; exit 7"]))
+        out = b"".join(i["data"] for i in items if i.get("stream") == "stdout")
+        err = b"".join(i["data"] for i in items if i.get("stream") == "stderr")
+        assert out.startswith(b"out container\n") and err == b"err\n"
+        assert items[-1] == {"exit_status": 7, "signal": 0}
+        if kind != "plain":  # the exec'd process is in the container's uts namespace
+            assert out.split(b"\n")[1].decode() == os.readlink(f"/proc/{shim.task_pid}/ns/uts")
+        items = list(conn.stream("exec", exec_id="e2", command=["sh", "-c", "kill -9 $$"],
+                                 env={"PATH": "/bin:/usr/bin"}, cwd="/"))
+        assert items == [{"exit_status": 137, "signal": 9}]
+        for bad, code in [({"exec_id": "e1", "command": ["true"]}, "conflict"),
+                          ({"exec_id": "../x", "command": ["true"]}, "invalid"),
+                          ({"exec_id": "e3", "command": []}, "invalid"),
+                          ({"exec_id": "e4", "command": ["/no/such/cmd"]}, "exec_failed")]:
+            with pytest.raises(wire.RemoteError) as info:
+                list(conn.stream("exec", **bad))
+            assert info.value.code == code, bad
+        conn.call("kill", signal=9)
+        seen = [(e["type"], e["data"]) for e in events_until_exit(events)]
+    execs = [(t, d["exec_id"], d.get("exit_status")) for t, d in seen if t.startswith("task.exec")]
+    assert execs == [("task.exec.start", "e1", None), ("task.exec.exit", "e1", 7),
+                     ("task.exec.start", "e2", None), ("task.exec.exit", "e2", 137)]
+    shim.call("delete")
+    shim.wait_gone()
+
+
+@needs_runc
+def test_a_bad_bundle_is_a_clear_error_and_leaks_nothing(
+        shims: Shims, busybox_rootfs: Path, root: Path, tmp_path: Path) -> None:  # noqa: F811
+    empty = tmp_path / "empty-bundle"
+    empty.mkdir()
+    for spec, words in [({"bundle": str(empty)}, "config.json"),
+                        ({"rootfs": str(tmp_path / "nope")}, "is not a directory"),
+                        ({"rootfs": str(busybox_rootfs), "cwd": "relative"}, "cwd"),
+                        ({"runtime": "/no/runc"}, "not found")]:
+        cid = shims.write_spec(unique_id("bad"), command=["true"],
+                               **{"runtime": "runc", **spec})
+        proc = shims.run_start(cid)
+        assert proc.returncode == 1 and words in proc.stderr, (spec, proc.stderr)
+        assert no_shim_processes(root)
+        assert listed(root, "runc") == []
+        instance = shim_api.read_spec(shim_api.shim_dir(root, cid))["instance"]
+        assert not leftover_cgroups(f"tether/{cid}-{instance}")
