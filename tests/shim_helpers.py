@@ -62,6 +62,12 @@ def proc_stat(pid: int) -> list[str]:
     return stat[stat.rindex(b")") + 2 :].decode().split()
 
 
+def sig_ignored(pid: int) -> int:
+    """The mask of signals *pid* ignores (SigIgn in /proc/PID/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
+
+
 class ShimHandle:
     def __init__(self, root: Path, cid: str, ready: dict[str, Any]) -> None:
         self.root = root

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from shim_helpers import ENV, Shims, proc_stat, start_command
+from shim_helpers import ENV, Shims, proc_stat, sig_ignored, start_command
 
 from events import shim_api, wire
 from events.rpc import BlockingConnection
@@ -485,3 +485,18 @@ def test_delete_of_a_created_task_kills_it_before_it_runs(shims: Shims) -> None:
         assert conn.call("delete")["signal"] == signal.SIGKILL
     shim.wait_gone()
     assert shim.log_lines() == []  # the user's command never ran
+
+
+def test_sigterm_sigint_sighup_do_not_end_a_shim(shims: Shims) -> None:
+    """Only delete, shutdown or SIGKILL end a shim; the signals are logged, and the container
+    does not inherit them ignored."""
+    shim = shims.start(["sleep", "30"])
+    shim.call("start")
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        os.kill(shim.pid, sig)
+    poll(lambda: (shim.dir / "shim.log").read_text().count("signal_ignored") == 3,
+         what="three signal_ignored records")
+    assert shim.call("state")["status"] == "running"
+    assert sig_ignored(shim.task_pid) & 0b110 == 0  # SIGHUP, SIGINT not ignored
+    assert shim.call("delete", force=True)["exit_status"] == 137
+    shim.wait_gone()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from shim_helpers import (
     leftover_cgroups,
     no_shim_processes,
     proc_stat,
+    sig_ignored,
     tree,
 )
 
@@ -153,6 +155,8 @@ def test_sigkill_gives_137_and_a_bad_command_fails_start_word_for_word(
     shim = oci(shims, busybox_rootfs, ["sleep", "30"])
     with shim.connect() as conn:
         conn.call("start")
+        os.kill(shim.pid, signal.SIGTERM)  # ignored by the shim; not inherited by the container
+        assert sig_ignored(shim.task_pid) & 0b110 == 0
         conn.call("kill", signal=9)
         assert conn.call("wait")["exit_status"] == 137
     proc = shims.run_start(shims.write_spec(unique_id("shim"), command=["/no/such"],
@@ -165,6 +169,8 @@ def test_sigkill_gives_137_and_a_bad_command_fails_start_word_for_word(
         message = str(info.value)
     else:
         message = proc.stderr
+    # runc's own words: 'runc create failed: unable to start container process: exec:
+    # "/no/such": stat /no/such: no such file or directory'
     assert "/no/such" in message and "no such file or directory" in message.lower()
 
 
@@ -233,12 +239,12 @@ def test_memory_hog_gives_task_oom_then_exit_137(
     assert not leftover_cgroups(cgroup)
 
 
-@pytest.mark.parametrize("kind", [pytest.param("runc", marks=needs_runc),
-                                  pytest.param("process", marks=needs_root), "plain"])
+@pytest.mark.parametrize("kind", [*RUNTIMES, pytest.param("process", marks=needs_root),
+                                  "plain"])
 def test_exec_streams_output_and_status_and_publishes_events(
         shims: Shims, busybox_rootfs: Path, kind: str) -> None:  # noqa: F811
-    if kind == "runc":
-        shim = oci(shims, busybox_rootfs, ["sleep", "30"], env={"WHO": "container"})
+    if kind in ("runc", "crun"):
+        shim = oci(shims, busybox_rootfs, ["sleep", "30"], kind, env={"WHO": "container"})
     elif kind == "process":
         shim = shims.start(["sleep", "30"], cid=unique_id("shim"),
                            namespaces=["pid", "mount", "uts", "ipc"],
