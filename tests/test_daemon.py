@@ -413,3 +413,33 @@ def test_wait_returns_when_the_container_exits_later(daemon):
     t0 = time.monotonic()
     assert daemon.call("wait", id="later")["exit_status"] == 4
     assert time.monotonic() - t0 < 5
+
+
+def test_commands_on_one_container_serialize_and_others_run_in_parallel(daemon):
+    daemon.run("sh", "-c", "trap '' TERM; while :; do sleep 0.05; done", name="slow")
+    time.sleep(0.2)  # the trap is set
+    results: dict[str, object] = {}
+
+    def stop_slow():
+        results["stop"] = daemon.call("stop", id="slow", timeout=1.5)
+
+    def rm_slow():
+        time.sleep(0.1)  # queued behind the stop on the container's lock
+        daemon.call("rm", id="slow")
+        results["rm_at"] = time.monotonic()
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=stop_slow), threading.Thread(target=rm_slow)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    # meanwhile another container is created, run and waited for without delay
+    other = daemon.run("true")
+    assert daemon.call("wait", id=other)["exit_status"] == 0
+    assert time.monotonic() - t0 < 1.2
+    assert daemon.ps()["slow"]["state"] == "running"
+    for t in threads:
+        t.join()
+    assert results["stop"]["exit_status"] == 137
+    assert results["rm_at"] - t0 >= 1.4  # rm waited for the stop instead of failing
+    assert "slow" not in daemon.ps()
