@@ -84,6 +84,7 @@ async def run(config: Config) -> int:
             return 1
         core = Core(config, eventlog, state, snapshot_seq)
         core.unreconciled = set(recovery.to_reconcile(state))
+        core.reconciling = True  # from the first request on: reconcile_all clears it
         commands = Commands(core)
         sock, gid = bind_api_socket(paths.socket, config.group)
         server = Server(core, commands, gid)
