@@ -17,6 +17,7 @@ import calendar
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -72,9 +73,7 @@ def parse_cri_line(line: bytes) -> dict[str, Any] | None:
 def _parse_time(stamp: str) -> int | None:
     try:
         base, _, frac = stamp.rstrip("Z").partition(".")
-        import time as _t
-
-        secs = calendar.timegm(_t.strptime(base, "%Y-%m-%dT%H:%M:%S"))
+        secs = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
         nanos = int((frac + "000000000")[:9]) if frac else 0
         return secs * 1_000_000_000 + nanos
     except ValueError:
