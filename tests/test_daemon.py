@@ -443,3 +443,15 @@ def test_commands_on_one_container_serialize_and_others_run_in_parallel(daemon):
     assert results["stop"]["exit_status"] == 137
     assert results["rm_at"] - t0 >= 1.4  # rm waited for the stop instead of failing
     assert "slow" not in daemon.ps()
+
+
+def test_json_logs_are_one_object_per_line(daemon):
+    import json
+
+    daemon.stop()
+    lines = [line for line in daemon.stderr().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]
+    events = [r["event"] for r in records]
+    assert "supervisord started" in events and "supervisord stopped; containers keep running" \
+        in events
+    assert all("timestamp" in r and "level" in r for r in records)
