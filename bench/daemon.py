@@ -333,6 +333,14 @@ def main() -> None:
                          f"{t_all * 1000:.0f} ms (status after {t_status * 1000:.0f} ms)",
                          "1,000 in <= 1 s" if n == 1000 else ""))
         rows.append((f"daemon RSS with {have} containers", f"{d.rss_mb():.1f} MB", "<= 60 MB"))
+        with d.conn() as c:
+            ps_samples = []
+            for _ in range(samples):
+                t0 = time.perf_counter()
+                c.call("ps", all=True)
+                ps_samples.append(time.perf_counter() - t0)
+        rows.append((f"ps at {have} containers, in-process (median)",
+                     f"{median_ms(ps_samples):.1f} ms", "(ctr task ls at 50: 15 ms)"))
         d.stop()
         kill_everything_naming(str(base))
         for snap in (True, False):
