@@ -34,13 +34,11 @@ is removed) never become false ``task.oom`` events.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "CONTROLLERS",
@@ -61,13 +59,18 @@ CONTROLLERS = ("memory", "cpu", "pids")
 CPU_PERIOD_US = 100_000
 
 
+_NO_MOUNTS: Mapping[str, Any] = {}
+
+
 class CgroupError(Exception):
     """A cgroup operation failed; the message names the operation and the path."""
 
 
-@dataclass(frozen=True)
-class Mount:
-    """One cgroup mount from mountinfo: where it is, which subtree it shows, what it holds."""
+class Mount(NamedTuple):
+    """One cgroup mount from mountinfo: where it is, which subtree it shows, what it holds.
+
+    NamedTuples, not dataclasses: ``dataclasses`` imports ``inspect`` (~6 ms of every OCI
+    shim's start-up)."""
 
     mountpoint: str
     root: str               # the cgroup path shown at mountpoint ("/" outside a container)
@@ -75,8 +78,7 @@ class Mount:
     controllers: frozenset[str]
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(NamedTuple):
     """Which hierarchy holds each controller we use.
 
     ``version`` is 1 when our controllers are in v1 hierarchies (pure v1 or hybrid), 2 when
@@ -85,7 +87,7 @@ class Layout:
     """
 
     version: int
-    mounts: Mapping[str, Mount] = field(default_factory=dict)  # controller -> mount (v1)
+    mounts: Mapping[str, Mount] = _NO_MOUNTS  # controller -> mount (v1); read-only
     unified: Mount | None = None
     hybrid: bool = False
 
@@ -486,6 +488,8 @@ _libc: Any = None
 def _inotify_watch(path: str) -> int:
     """An inotify fd that becomes readable when *path* (a v2 ``memory.events``) changes:
     the kernel sends a modify event on every counter change."""
+    import ctypes  # only here (cgroup v2): ~2 ms of start-up otherwise
+
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)

@@ -103,7 +103,6 @@ class ProcessRuntime:
         self._command: list[str] = []
         self._namespaces: list[str] = []
         self.cgroup: Cgroup | None = None
-        self._cgroup_name = ""
 
     def create(self, spec: dict[str, Any], stdout: int, stderr: int) -> int:
         command = spec.get("command") or []
@@ -118,7 +117,6 @@ class ProcessRuntime:
         if spec.get("init"):
             spec = {**spec, "command": _init_command(self._command)}
         self.cgroup = _make_cgroup(spec)
-        self._cgroup_name = cgroup_name(spec) if self.cgroup else ""
         try:
             return self._create(spec, namespaces, stdout, stderr)
         except BaseException:
@@ -345,12 +343,12 @@ class ProcessRuntime:
         self._remove_cgroup()
 
     def _remove_cgroup(self) -> None:
-        """rmdir the cgroup and its empty ``tether`` parents; a cgroup still in use (a forced
-        shutdown left the container running) stays, named in the error for the log."""
+        """rmdir the cgroup; one still in use stays, named in the error for the log.
+
+        The shared ``tether`` parent is never pruned: another shim's runc or crun may be
+        between its mkdir of the parent and of its own directory (measured: crun then fails
+        with ENOENT), and nothing can lock against that. An empty parent costs nothing."""
         if self.cgroup is None:
             return
-        from shim.cgroups import prune_parents
-
         cgroup, self.cgroup = self.cgroup, None
         cgroup.remove()  # CgroupError names the directory and what is left in it
-        prune_parents(self._cgroup_name, layout=cgroup.layout)

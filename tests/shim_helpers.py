@@ -200,10 +200,6 @@ class Shims:
 
             for name in self.cgroups:
                 remove_cgroup_tree(name)
-            with contextlib.suppress(OSError):
-                for entry in os.listdir("/sys/fs/cgroup"):
-                    with contextlib.suppress(OSError):
-                        os.rmdir(os.path.join("/sys/fs/cgroup", entry, "tether"))
 
 
 def leftover_cgroups(name: str) -> list[str]:
