@@ -13,6 +13,9 @@ with the anchors measured on this kind of machine (/work/shared/ANCHORS.md) besi
 * the shim's stop path for a container that obeys SIGTERM (busybox ``sleep`` under the tini
   init, which forwards the signal): ``kill TERM``, ``waitpid`` of the init, ``delete`` (no -f),
   against ``delete -f`` of the same running container. Goal: <= 20 ms.
+* through the real shim (``python -I -m shim start`` as supervisord runs it, then the
+  ``start`` call on its socket): run -> running for runc, crun and the process runtime, and
+  the ``stop`` call (TERM to tini, which forwards it) until its reply, then ``delete``.
 
 Everything it makes (containers, state roots, cgroups under ``tether-bench``, temp dirs) is
 removed at the end, also on failure.
@@ -41,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from oci_helpers import build_busybox_rootfs, remove_cgroup_tree, wait_for_children
 
+from events import shim_api
+from events.rpc import BlockingConnection
 from shim.oci import (
     OCIRuntime,
     RuntimeFailed,
@@ -73,6 +78,9 @@ class Bench:
         self.rootfs = rootfs or build_busybox_rootfs(base / "rootfs")
         self.rows: list[tuple[str, float | None, str, str]] = []
         self.runtimes: dict[str, OCIRuntime] = {}
+        self.shim_root = base / "root"
+        self.shim_pids: list[int] = []
+        self.cgroups: list[str] = []
 
     def runtime(self, name: str) -> OCIRuntime:
         if name not in self.runtimes:
@@ -200,6 +208,77 @@ class Bench:
         self.row(f"{label}: same, but delete -f (stopped)", [ms(x) for x in graceful_f])
         self.row(f"{label}: delete -f of the same (running)", [ms(x) for x in forced])
 
+    # -- through the real shim --------------------------------------------------------------
+
+    def _shim(self, runtime: str, command: list[str], init: bool = False) -> dict[str, int | str]:
+        """Write a spec and run ``shim start``; returns its ready line."""
+        cid = f"b-{uuid.uuid4().hex[:8]}"
+        directory = shim_api.shim_dir(self.shim_root, cid)
+        directory.mkdir(parents=True)
+        spec = {"id": cid, "instance": uuid.uuid4().hex[:8], "command": command,
+                "runtime": runtime, "init": init, "env": {"PATH": "/usr/bin:/bin"}}
+        if runtime != "process":
+            spec["rootfs"] = str(self.rootfs)
+        shim_api.write_spec(directory, spec)
+        self.cgroups.append(f"tether/{cid}-{spec['instance']}")
+        proc = subprocess.run([sys.executable, "-I", "-m", "shim", "start", "--root",
+                               str(self.shim_root), "--id", cid], capture_output=True, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"shim start {runtime}: {proc.stderr.decode().strip()}")
+        ready = json.loads(proc.stdout)
+        self.shim_pids.append(ready["pid"])
+        return ready
+
+    def _end_shim(self, conn: BlockingConnection, ready: dict[str, int | str]) -> float:
+        """``delete`` (the task has exited); returns its time; reaps the shim (we are its
+        subreaper once its starter's intermediate exited)."""
+        t = time.perf_counter()
+        conn.call("delete")
+        took = time.perf_counter() - t
+        reap(int(ready["pid"]))
+        return took
+
+    def through_shim(self, runtime: str) -> None:
+        ready_t, start_t, total = [], [], []
+        for _ in range(self.n):
+            t = time.perf_counter()
+            ready = self._shim(runtime, ["sleep", "100"])
+            t1 = time.perf_counter()
+            with BlockingConnection(str(ready["address"]), role="supervisor") as conn:
+                conn.call("start")
+                t2 = time.perf_counter()
+                conn.call("kill", signal=9)
+                conn.call("wait")
+                self._end_shim(conn, ready)
+            ready_t.append(t1 - t)
+            start_t.append(t2 - t1)
+            total.append(t2 - t)
+        anchor = ANCHORS.get(f"{runtime} run -d", "") + (f" ({runtime} run -d)"
+                                                         if runtime != "process" else "")
+        self.row(f"shim {runtime}: shim start (ready: created)", [ms(x) for x in ready_t])
+        self.row(f"shim {runtime}: start call (running)", [ms(x) for x in start_t])
+        self.row(f"shim {runtime}: run -> running", [ms(x) for x in total], anchor,
+                 "ctr run -d: " + ANCHORS["ctr run -d --rootfs"])
+
+    def stop_through_shim(self, runtime: str) -> None:
+        stop_t, delete_t = [], []
+        for _ in range(self.n):
+            ready = self._shim(runtime, ["sleep", "100"], init=True)
+            with BlockingConnection(str(ready["address"]), role="supervisor") as conn:
+                conn.call("start")
+                wait_for_children(int(ready["task_pid"]))  # tini has its handlers
+                t = time.perf_counter()
+                record = conn.call("stop", timeout=10)
+                stop_t.append(time.perf_counter() - t)
+                if record["exit_status"] != 143:
+                    raise SystemExit(f"shim {runtime}: unexpected stop status {record}")
+                delete_t.append(self._end_shim(conn, ready))
+        med = statistics.median(stop_t) * 1000
+        self.row(f"shim {runtime}: stop call (TERM obeyed) until reply",
+                 [ms(x) for x in stop_t], f"goal <= {GOAL_STOP_MS:.0f} ms",
+                 "OK" if med <= GOAL_STOP_MS else "OVER GOAL")
+        self.row(f"shim {runtime}: delete call after the exit", [ms(x) for x in delete_t])
+
     def crun_hidden_once(self) -> None:
         """The crun paths again, from a process that hid cgroup2 once for itself (what a shim
         running only crun can do at start-up) instead of in every command's preexec."""
@@ -242,6 +321,21 @@ class Bench:
     # -- cleanup ----------------------------------------------------------------------------
 
     def cleanup(self) -> None:
+        for pid in self.shim_pids:  # whatever a failed run left: our children (subreaper)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        for name in ("runc", "crun"):
+            if (self.shim_root / name).is_dir():
+                rt = OCIRuntime(name, root=str(self.shim_root / name),
+                                log_path=self.base / f"{name}-shim-cleanup.log.json")
+                with contextlib.suppress(RuntimeFailed):
+                    for entry in rt.list():
+                        with contextlib.suppress(RuntimeFailed):
+                            rt.delete(entry["id"], force=True)
+        for name in self.cgroups:
+            remove_cgroup_tree(name)
         for rt in self.runtimes.values():
             with contextlib.suppress(RuntimeFailed):
                 for entry in rt.list():
@@ -303,6 +397,10 @@ def main() -> None:
             bench.stop_path(name)
         if "crun" in names and bench.runtime("crun").hides_unified:
             bench.crun_hidden_once()
+        for name in [*names, "process"]:
+            bench.through_shim(name)
+        for name in [*names, "process"]:
+            bench.stop_through_shim(name)
     finally:
         bench.cleanup()
         shutil.rmtree(base, ignore_errors=True)
