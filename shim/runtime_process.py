@@ -252,8 +252,15 @@ class ProcessRuntime:
         return self.cgroup.oom_watch()
 
     def exited(self) -> None:
-        """Nothing yet: the container's other processes may outlive the init (no pid
-        namespace); the cgroup goes in :meth:`delete`."""
+        """The cgroup goes now if the init was its last process; otherwise (orphans outlive
+        an init without a pid namespace) in :meth:`delete`, after they are killed."""
+        if self.cgroup is None or self.cgroup.pids():
+            return
+        from shim.cgroups import CgroupError
+
+        with contextlib.suppress(CgroupError):  # still busy for a moment: delete retries
+            self.cgroup.remove(timeout=0.05)
+            self.cgroup = None
 
     def exec(self, exec_id: str, process: dict[str, Any], stdout: int, stderr: int) -> int:
         command = process["command"]

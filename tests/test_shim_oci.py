@@ -234,6 +234,7 @@ def test_memory_hog_gives_task_oom_then_exit_137(
         types = [(e["type"], e["data"]) for e in events_until_exit(events)]
         assert [t for t, _ in types] == ["task.create", "task.start", "task.oom", "task.exit"]
         assert types[2][1] == {} and types[3][1]["exit_status"] == 137
+        poll(lambda: not leftover_cgroups(cgroup), what="the cgroup removed after the exit")
         conn.call("delete")
     shim.wait_gone()
     assert not leftover_cgroups(cgroup)
