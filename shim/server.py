@@ -375,14 +375,6 @@ class Shim:
             self._send(ex.conn, wire.item(ex.rid, {"exit_status": exit_status, "signal": sig}))
             self._send(ex.conn, wire.end(ex.rid))
 
-    def _on_exec_output(self, key: selectors.SelectorKey, mask: int) -> None:
-        ex = next((e for e in self.execs.values() if key.fd in e.pipes), None)
-        if ex is None:  # cannot happen: an exec's pipes go with it
-            self.sel.unregister(key.fd)
-            os.close(key.fd)
-            return
-        self._read_exec_pipe(ex, key.fd)
-
     def _read_exec_pipe(self, ex: Exec, fd: int, drain: bool = False) -> None:
         for _ in range(MAX_DRAIN // READ_CHUNK if drain else 4):
             try:
@@ -681,7 +673,8 @@ class Shim:
         for fd, name in ((out_r, "stdout"), (err_r, "stderr")):
             os.set_blocking(fd, False)
             ex.pipes[fd] = name
-            self.sel.register(fd, selectors.EVENT_READ, self._on_exec_output)
+            self.sel.register(fd, selectors.EVENT_READ,
+                              lambda key, mask, ex=ex: self._read_exec_pipe(ex, key.fd))
         self.execs[pid] = ex
         self.exec_ids.add(exec_id)
         self.diag.log("info", "exec_start", exec_id=exec_id, pid=pid, command=process["command"])

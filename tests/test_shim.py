@@ -500,3 +500,25 @@ def test_sigterm_sigint_sighup_do_not_end_a_shim(shims: Shims) -> None:
     assert sig_ignored(shim.task_pid) & 0b110 == 0  # SIGHUP, SIGINT not ignored
     assert shim.call("delete", force=True)["exit_status"] == 137
     shim.wait_gone()
+
+
+def test_exec_streams_large_output_whole_and_outlives_its_caller(shims: Shims) -> None:
+    shim = shims.start(["sleep", "30"])
+    with shim.connect() as conn, shim.connect() as events:
+        conn.call("start")
+        items = list(conn.stream("exec", exec_id="big", command=["sh", "-c", "seq 1 200000"]))
+        out = b"".join(i["data"] for i in items if i.get("stream") == "stdout")
+        assert out == b"".join(b"%d\n" % i for i in range(1, 200001))
+        assert items[-1] == {"exit_status": 0, "signal": 0}
+        with shim.connect() as gone:  # the caller leaves: the process runs on, its exit is told
+            gone.send_request("exec", {"exec_id": "orphan",
+                                       "command": ["sh", "-c", "sleep 0.2; echo late; exit 3"]})
+        seen = []
+        for event in events.stream("events"):
+            seen.append((event["type"], event["data"].get("exec_id"),
+                         event["data"].get("exit_status")))
+            if seen[-1] == ("task.exec.exit", "orphan", 3):
+                break
+        assert shim.call("state")["execs"] == []
+        conn.call("kill", signal=9)
+    shim.call("wait")
