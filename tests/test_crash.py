@@ -194,6 +194,13 @@ def check(d: Daemon, model: Model) -> None:
                 assert status is not None, e
     dup = {k: n for k, n in exits.items() if n > 1}
     assert not dup, f"exits recorded more than once: {dup}"
+    # no exit is lost: every short container that is running now ends, recorded as it ended
+    for cid, row in rows.items():
+        t = model.items[cid]
+        if t.kind == "short" and row["state"] == "running":
+            ended = d.call("wait", id=cid, io_timeout=10)
+            if not t.interfered:
+                assert ended["exit_status"] in (t.code, 137), (cid, ended, t)
     # no duplicate processes, none left for stopped or removed containers
     counts = marker_counts()
     rows = d.ps()
