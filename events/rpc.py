@@ -6,6 +6,7 @@ side of the system uses the same sans-IO codec (:mod:`events.wire`) with its own
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -32,7 +33,10 @@ class BlockingConnection:
         self._next_id = 1
         try:
             self._sock.connect(path)
-            self._send(wire.hello(role))
+            # A peer that refuses us (bad credentials, too many connections) may close before
+            # reading our hello: its error frame, sent first, says why, so read it.
+            with contextlib.suppress(BrokenPipeError):
+                self._send(wire.hello(role))
             self.peer = wire.parse_hello(self.recv())
         except BaseException:
             self._sock.close()
