@@ -217,14 +217,13 @@ def test_init_reaps_orphans_inside_the_container(
     assert counts[False] >= 1 and counts[True] == 0
 
 
-@pytest.mark.parametrize("kind", [pytest.param("runc", marks=needs_runc),
-                                  pytest.param("process", marks=needs_root)])
+@pytest.mark.parametrize("kind", [*RUNTIMES, pytest.param("process", marks=needs_root)])
 def test_memory_hog_gives_task_oom_then_exit_137(
         shims: Shims, busybox_rootfs: Path, kind: str) -> None:  # noqa: F811
     hog = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]
     limits = {"memory": 32 << 20}
-    if kind == "runc":
-        shim = oci(shims, busybox_rootfs, hog, limits=limits)
+    if kind in ("runc", "crun"):
+        shim = oci(shims, busybox_rootfs, hog, kind, limits=limits)
     else:
         shim = shims.start(hog, cid=unique_id("shim"), limits=limits)
     cgroup = cgroup_of(shim)
