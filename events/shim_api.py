@@ -17,16 +17,16 @@ Files in ``ROOT/shims/ID/`` (see :func:`shim_dir`):
 
 Starting: ``sys.executable -I -m shim start --root ROOT --id ID``. The command returns once the
 shim is ready (socket bound, pid and address written, container process created and waiting for
-``start``) and prints one JSON line ``{"pid": SHIM_PID, "address": PATH, "task_pid": PID}``; on
-failure it exits 1 with the reason on stderr and leaves nothing running.
+``start``) and prints one JSON line ``{"pid": SHIM_PID, "address": PATH, "task_pid": PID,
+"created_at": NS}``; on failure it exits 1 with the reason on stderr and leaves nothing running.
 
 Socket: the wire protocol of :mod:`events.wire`. The caller's hello has role ``"supervisor"``
 (or ``"client"``); the shim answers with role ``"shim"`` and ``id``, ``instance``, ``pid``.
 Methods (see :data:`METHODS`):
 
 ``state``               -> :func:`state` map
-``start``               -> ``{"pid": n}``; ``exec_failed`` error if the command cannot be executed
-                           (the task then exits with status 127)
+``start``               -> ``{"pid": n, "started_at": ns}``; ``exec_failed`` error if the
+                           command cannot be executed (the task then exits with status 127)
 ``kill {signal, all}``  -> ``None``; ``all`` signals every process of the container
 ``stop {timeout, signal}`` -> the exit record, once the task has exited. The shim itself sends
                            ``signal``, waits ``timeout`` seconds, then SIGKILL; the stop completes

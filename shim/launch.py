@@ -133,7 +133,8 @@ def serve(root: str, container_id: str, ready_w: int) -> None:
         shim = Shim(directory, spec, listener, address, make_runtime(spec, directory), diag)
         task_pid = shim.create()
         diag.log("info", "ready", address=address, task_pid=task_pid, instance=spec["instance"])
-        ready = {"pid": os.getpid(), "address": address, "task_pid": task_pid}
+        ready = {"pid": os.getpid(), "address": address, "task_pid": task_pid,
+                 "created_at": shim.created_at}
         os.write(ready_w, b"ready " + json.dumps(ready).encode() + b"\n")
     except BaseException as exc:
         if shim is not None:

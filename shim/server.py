@@ -121,6 +121,7 @@ class Shim:
         self.diag = diag
         self.status = "new"
         self.pid = 0
+        self.created_at = 0  # unix ns, once the task is created
         self.exit: dict[str, Any] | None = None
         self.exec_error: dict[str, Any] | None = None
         self.orphans_reaped = 0
@@ -181,9 +182,10 @@ class Shim:
             self.sel.register(fd, selectors.EVENT_READ, self._on_output)
         self._watch_oom()
         self.status = "created"
+        self.created_at = time.time_ns()
         self._publish("task.create", {"pid": self.pid, "shim_pid": os.getpid(),
                                       "address": self.address, "instance": self.instance,
-                                      "created_at": time.time_ns()})
+                                      "created_at": self.created_at})
         self.diag.log("info", "task_created", pid=self.pid, command=self.spec.get("command"))
         return self.pid
 
@@ -562,8 +564,9 @@ class Shim:
             self._reap_failed_start()
             raise ShimError("exec_failed", f"{exc} (errno {exc.errno})") from None
         self.status = "running"
-        self._publish("task.start", {"pid": self.pid, "started_at": time.time_ns()})
-        return {"pid": self.pid}
+        started_at = time.time_ns()
+        self._publish("task.start", {"pid": self.pid, "started_at": started_at})
+        return {"pid": self.pid, "started_at": started_at}
 
     def _reap_failed_start(self) -> None:
         """After a failed start the init is exiting (127): reap it now, so the exit is

@@ -63,7 +63,7 @@ def test_runc_container_under_the_shim(shims: Shims, busybox_rootfs: Path) -> No
     with open(f"/proc/{shim.task_pid}/stat") as f:
         assert int(f.read().rsplit(")", 1)[1].split()[1]) == shim.pid  # reparented to the shim
     with shim.connect() as conn:
-        assert conn.call("start") == {"pid": shim.task_pid}
+        assert conn.call("start")["pid"] == shim.task_pid
         record = conn.call("wait")
         assert record["exit_status"] == 3
         assert conn.call("delete") == record
