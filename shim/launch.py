@@ -20,6 +20,8 @@ import signal
 import sys
 import time
 
+from shim import osutil
+
 #: How long the starter waits for ready: creating a process takes milliseconds; this only
 #: bounds a wedged start (a hung filesystem) so supervisord is never stuck on it.
 READY_TIMEOUT = 30.0
@@ -27,6 +29,23 @@ READY_TIMEOUT = 30.0
 
 def start(root: str, container_id: str, ready_timeout: float = READY_TIMEOUT) -> int:
     """The ``start`` command; returns the exit code."""
+    ready_r, _middle = detach(root, container_id)
+    ok, text = outcome(container_id, read_lines(ready_r, time.monotonic() + ready_timeout),
+                       ready_timeout, _cmdline(os.getpid()))
+    os.close(ready_r)
+    (sys.stdout if ok else sys.stderr).write(text + "\n")
+    (sys.stdout if ok else sys.stderr).flush()
+    return 0 if ok else 1
+
+
+def detach(root: str, container_id: str, title: list[str] | None = None) -> tuple[int, int]:
+    """Fork the intermediate that ``setsid``s and forks the shim; returns ``(ready_r, middle)``.
+
+    The intermediate has exited (and been reaped) when this returns: the shim is nobody's
+    child here. Both ``shim start`` and the launcher (:mod:`shim.launcher`) come through here.
+    With *title*, the shim's command line is rewritten to it (a launcher's child would
+    otherwise carry the launcher's command line).
+    """
     ready_r, ready_w = os.pipe()
     middle = os.fork()
     if middle == 0:
@@ -36,6 +55,8 @@ def start(root: str, container_id: str, ready_timeout: float = READY_TIMEOUT) ->
             shim = os.fork()
             if shim == 0:
                 try:
+                    if title is not None:
+                        osutil.set_title(title, f"shim {container_id}")
                     serve(root, container_id, ready_w)
                 finally:
                     os._exit(0)
@@ -44,22 +65,30 @@ def start(root: str, container_id: str, ready_timeout: float = READY_TIMEOUT) ->
             os._exit(0)
     os.close(ready_w)
     os.waitpid(middle, 0)
-    lines = _read_lines(ready_r, time.monotonic() + ready_timeout)
-    os.close(ready_r)
+    return ready_r, middle
+
+
+def outcome(container_id: str, lines: list[tuple[str, str]], ready_timeout: float,
+            own_cmdline: bytes | None) -> tuple[bool, str]:
+    """``(True, ready JSON)`` or ``(False, the line `shim start` prints on stderr)``.
+
+    A shim that neither reported ready nor an error (wedged, or killed) is SIGKILLed if its
+    pid still runs *own_cmdline* (so it is still the shim, not a reused pid): a half-started
+    shim is never left behind.
+    """
     shim_pid = next((int(v) for k, v in lines if k == "pid"), 0)
     for kind, value in lines:
         if kind == "ready":
-            sys.stdout.write(value + "\n")
-            sys.stdout.flush()
-            return 0
+            return True, value
     reason = next((v for k, v in lines if k == "error"), None)
     if reason is None:  # silent: wedged or killed. Never leave a half-started shim behind
         reason = f"the shim did not report ready within {ready_timeout:g} s or died"
-        if shim_pid and _cmdline(shim_pid) == _cmdline(os.getpid()):  # still ours, not reused
+        now = _cmdline(shim_pid) if shim_pid else None
+        if now is not None and own_cmdline is not None and \
+                now.rstrip(b"\0") == own_cmdline.rstrip(b"\0"):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(shim_pid, signal.SIGKILL)
-    sys.stderr.write(f"shim start {container_id}: {reason}\n")
-    return 1
+    return False, f"shim start {container_id}: {reason}"
 
 
 def _cmdline(pid: int) -> bytes | None:
@@ -70,7 +99,8 @@ def _cmdline(pid: int) -> bytes | None:
         return None
 
 
-def _read_lines(fd: int, deadline: float) -> list[tuple[str, str]]:
+def read_lines(fd: int, deadline: float) -> list[tuple[str, str]]:
+    """Read the ready pipe until ``ready``, EOF or *deadline*; parsed by :func:`parse_lines`."""
     data = b""
     while (left := deadline - time.monotonic()) > 0:
         if not select.select([fd], [], [], left)[0]:
@@ -79,8 +109,17 @@ def _read_lines(fd: int, deadline: float) -> list[tuple[str, str]]:
         if not chunk:
             break
         data += chunk
-        if b"\nready " in b"\n" + data and data.endswith(b"\n"):
+        if is_complete(data):
             break
+    return parse_lines(data)
+
+
+def is_complete(data: bytes) -> bool:
+    """The ready pipe said all it will say (``ready`` ends it; else EOF does)."""
+    return b"\nready " in b"\n" + data and data.endswith(b"\n")
+
+
+def parse_lines(data: bytes) -> list[tuple[str, str]]:
     lines = []
     for line in data.decode(errors="replace").splitlines():
         kind, _, value = line.partition(" ")
@@ -91,7 +130,6 @@ def _read_lines(fd: int, deadline: float) -> list[tuple[str, str]]:
 def serve(root: str, container_id: str, ready_w: int) -> None:
     """The shim process: detach from everything inherited, create the container, report, loop."""
     from events import shim_api
-    from shim import osutil
     from shim.runtime import make_runtime
     from shim.server import Shim
 

@@ -16,6 +16,9 @@ import time
 from typing import Any
 
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NAME = 15
+PR_SET_MM = 35
+PR_SET_MM_ARG_END = 9
 #: ``sun_path`` is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 SOCKET_NAME = "shim.sock"
@@ -41,6 +44,37 @@ def set_subreaper() -> None:
 
         err = ctypes.get_errno()
         raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+
+
+def set_title(argv: list[str], comm: str | None = None) -> bool:
+    """Rewrite our command line (``/proc/self/cmdline``, what ``ps`` and the tests' leak guard
+    read) to *argv*, in place, as setproctitle does; and ``comm`` (15 bytes) when given.
+
+    A process forked from the launcher would otherwise carry the launcher's command line. The
+    new title must fit in the original argv area (``arg_start``..``arg_end``, fields 48 and 49
+    of ``/proc/self/stat``): the launcher is started with a padding argument for that. The
+    rest of the area is zeroed (``PR_SET_MM_ARG_END``, which would trim it, needs
+    CAP_SYS_RESOURCE and is tried; without it the command line ends in empty arguments).
+    Python keeps its own copy of ``sys.argv``, so nothing in the interpreter points into it.
+    Returns False when the title was cut.
+    """
+    import ctypes
+
+    with open("/proc/self/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    arg_start, arg_end = int(fields[48 - 3]), int(fields[49 - 3])
+    size = arg_end - arg_start
+    title = b"\0".join(os.fsencode(arg) for arg in argv) + b"\0"
+    whole = len(title) <= size
+    if not whole:
+        title = title[: size - 1] + b"\0"
+    ctypes.memmove(arg_start, title + b"\0" * (size - len(title)), size)
+    if len(title) < size:  # needs CAP_SYS_RESOURCE; without it the padding stays as NULs
+        libc().prctl(PR_SET_MM, PR_SET_MM_ARG_END, ctypes.c_ulong(arg_start + len(title)), 0, 0)
+    if comm is not None:
+        libc().prctl(PR_SET_NAME, os.fsencode(comm)[:15], 0, 0, 0)
+    return whole
 
 
 def unshare(flags: int) -> None:
