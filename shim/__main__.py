@@ -1,6 +1,7 @@
-"""``python -I -m shim start --root ROOT --id ID`` (see :mod:`events.shim_api`).
+"""``python -I -m shim start --root ROOT --id ID`` (see :mod:`events.shim_api`), and
+``python -I -m shim launcher --root ROOT --fd FD [--title-space PAD]`` (see :mod:`shim.launcher`).
 
-No argparse: it costs import time and memory in every shim, and there is one command.
+No argparse: it costs import time and memory in every shim.
 """
 
 from __future__ import annotations
@@ -8,25 +9,37 @@ from __future__ import annotations
 import os
 import sys
 
-USAGE = "usage: python -I -m shim start --root ROOT --id ID\n"
+USAGE = ("usage: python -I -m shim start --root ROOT --id ID\n"
+         "       python -I -m shim launcher --root ROOT --fd FD [--title-space PAD]\n")
+FLAGS = {"start": ({"--root", "--id"}, set()),
+         "launcher": ({"--root", "--fd"}, {"--title-space"})}
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] != "start":
+    if not argv or argv[0] not in FLAGS:
         sys.stderr.write(USAGE)
         return 2
+    command = argv[0]
+    required, optional = FLAGS[command]
     opts: dict[str, str] = {}
     args = argv[1:]
     while args:
         flag = args.pop(0)
         name, eq, value = flag.partition("=")
-        if name not in ("--root", "--id") or (not eq and not args):
+        if name not in required | optional or (not eq and not args):
             sys.stderr.write(f"shim: unexpected argument {flag!r}\n{USAGE}")
             return 2
         opts[name] = value if eq else args.pop(0)
-    if set(opts) != {"--root", "--id"}:
+    if not required <= set(opts):
         sys.stderr.write(USAGE)
         return 2
+    if command == "launcher":
+        if not opts["--fd"].isdigit():
+            sys.stderr.write(f"shim: --fd needs a file descriptor number\n{USAGE}")
+            return 2
+        from shim import launcher
+
+        return launcher.main(opts["--root"], int(opts["--fd"]))
     from shim.launch import start
 
     return start(opts["--root"], opts["--id"])
