@@ -21,8 +21,10 @@ from typing import Any
 import structlog
 import trio
 
+from events import wire
 from events.model import InvalidId, validate_id
 from supervisor import protocol
+from supervisor.channel import Closed, connect
 from supervisor.core import VERSION, Core
 from supervisor.errors import ApiError
 from supervisor.shims import (
@@ -30,6 +32,8 @@ from supervisor.shims import (
     end_shim,
     exit_data,
     new_instance,
+    read_address,
+    shim_spec,
     spawn_shim,
     start_link,
 )
@@ -105,6 +109,12 @@ def validate_spec(spec: object) -> dict[str, Any]:
     runtime = spec.get("runtime") or "process"
     if not isinstance(runtime, str):
         raise ApiError("invalid", "spec.runtime must be a string")
+    for key in ("memory", "pids_limit", "cpus"):
+        v = spec.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v <= 0
+                              or (key != "cpus" and not isinstance(v, int))):
+            kind = "a number" if key == "cpus" else "a whole number"
+            raise ApiError("invalid", f"spec.{key} must be {kind} above 0, got {v!r}")
     st = spec.get("stop_timeout", 10.0)
     if isinstance(st, bool) or not isinstance(st, int | float) or st < 0:
         raise ApiError("invalid", "spec.stop_timeout must be a number >= 0")
@@ -122,12 +132,12 @@ class Commands:
             "create": self.create, "start": self.start, "run": self.run, "stop": self.stop,
             "kill": self.kill, "restart": self.restart, "rm": self.rm, "ps": self.ps,
             "inspect": self.inspect, "wait": self.wait, "status": self.status,
-            "info": self.info, "shutdown": self.shutdown, "exec": self.exec,
+            "info": self.info, "shutdown": self.shutdown,
         }
         from supervisor.streams import Streams
 
-        self.streams: dict[str, Callable[[dict[str, Any], SendItem], Awaitable[None]]] = {
-            "events": Streams(core).events, "logs": Streams(core).logs,
+        self.streams: dict[str, Callable[..., Awaitable[None]]] = {
+            "events": Streams(core).events, "logs": Streams(core).logs, "exec": self.exec,
         }
 
     # -- helpers -------------------------------------------------------------------------------
@@ -193,10 +203,7 @@ class Commands:
             try:
                 await self.core.append([
                     ("container.create", cid, {"spec": stored}),
-                    ("task.create", cid, {"pid": ready.get("task_pid"),
-                                          "shim_pid": ready.get("pid"),
-                                          "address": ready.get("address"),
-                                          "instance": instance}),
+                    ("task.create", cid, _task_create_data(ready, instance)),
                 ])
             except BaseException:
                 # not durable: the container does not exist, so neither may its shim
@@ -233,8 +240,10 @@ class Commands:
             c2 = state.containers.get(cid)
             return c2 is not None and c2["instance"] == instance and c2["state"] == "created"
 
-        await self.core.guarded_append(
-            cid, [("task.start", cid, {"pid": pid, "instance": instance})], still_created)
+        data = {"pid": pid, "instance": instance}
+        if isinstance(result.get("started_at"), int):  # the shim's clock, when it started it
+            data["started_at"] = result["started_at"]
+        await self.core.guarded_append(cid, [("task.start", cid, data)], still_created)
         return {"id": cid, "pid": pid}
 
     async def run(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -297,10 +306,7 @@ class Commands:
                 await self.core.append([
                     ("container.restart", cid, {"attempt": c["restarts"] + 1,
                                                 "reason": "restart command", "delay": 0}),
-                    ("task.create", cid, {"pid": ready.get("task_pid"),
-                                          "shim_pid": ready.get("pid"),
-                                          "address": ready.get("address"),
-                                          "instance": instance}),
+                    ("task.create", cid, _task_create_data(ready, instance)),
                 ])
             except BaseException:
                 with trio.CancelScope(shield=True):
@@ -423,8 +429,64 @@ class Commands:
         self.core.shutdown_requested.set()
         return None
 
-    async def exec(self, params: dict[str, Any]) -> None:
-        raise ApiError("unsupported", "exec is not supported yet (it arrives with the OCI work)")
+    async def exec(self, params: dict[str, Any], send_item: SendItem, raw: Any = None) -> None:
+        """Another process in a running container, through its shim: the shim's items
+        (``{"stream", "data"}``, then ``{"exit_status", "signal"}``) are passed on as they
+        come. ``task.exec.start``/``exit`` reach the log through the shim's event link.
+
+        ``env`` is added to the container's environment (as ``docker exec -e``); the exec id
+        is generated here (``exec-N``), unique per container."""
+        cid = check_id(params.get("id"))
+        command = params.get("command")
+        if (not isinstance(command, list) or not command
+                or not all(isinstance(a, str) and "\0" not in a for a in command)):
+            raise ApiError("invalid", "exec command must be a non-empty list of strings (argv)")
+        env = params.get("env")
+        if env is not None and (not isinstance(env, dict) or not all(
+                isinstance(k, str) and k and "=" not in k and isinstance(v, str)
+                for k, v in env.items())):
+            raise ApiError("invalid", "exec env must map names (without '=') to strings")
+        cwd = params.get("cwd")
+        if cwd is not None and not isinstance(cwd, str):
+            raise ApiError("invalid", "exec cwd must be a path string")
+        c = self._container(cid)
+        if self.core.shown_state(c) != "running":
+            raise ApiError("conflict", f"container {cid} is {self.core.shown_state(c)}; exec "
+                           "needs a running container")
+        shim_params: dict[str, Any] = {"exec_id": f"exec-{secrets.token_hex(6)}",
+                                       "command": command}
+        if env:
+            shim_params["env"] = shim_spec(cid, c["instance"], c["spec"])["env"] | env
+        if cwd:
+            shim_params["cwd"] = cwd
+        address = read_address(self.root, cid)
+        if address is None:
+            raise ApiError("unavailable", f"container {cid} has no shim address")
+        try:
+            chan = await connect(address, "supervisor")
+        except (OSError, Closed, trio.TooSlowError, wire.ProtocolError) as exc:
+            raise ApiError("unavailable", f"the shim of {cid} cannot be reached: {exc}"
+                           ) from None
+        try:
+            async for item in chan.stream_items("exec", **shim_params):
+                await send_item(item)
+        except wire.RemoteError as exc:
+            raise ApiError(exc.code, exc.message) from None
+        except (Closed, wire.ProtocolError) as exc:
+            raise ApiError("unavailable", f"the shim of {cid} went away during exec: {exc}"
+                           ) from None
+        finally:
+            with trio.CancelScope(shield=True):
+                await chan.aclose()
+
+
+def _task_create_data(ready: dict[str, Any], instance: str) -> dict[str, Any]:
+    """``task.create`` from the shim's ready line (``created_at``: the shim's clock)."""
+    data = {"pid": ready.get("task_pid"), "shim_pid": ready.get("pid"),
+            "address": ready.get("address"), "instance": instance}
+    if isinstance(ready.get("created_at"), int):
+        data["created_at"] = ready["created_at"]
+    return data
 
 
 async def _quiet_delete(root: Any, cid: str) -> None:

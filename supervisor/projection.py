@@ -61,7 +61,8 @@ ANNOTATIONS: dict[str, frozenset[str]] = {
     "container.restart": frozenset({"created", "running", "stopped"}),
     "task.oom": frozenset({"created", "running", "stopped"}),
     "shim.lost": frozenset({"created", "running", "stopped"}),
-    "task.exec.start": frozenset({"running"}),
+    # stopped too: the shim may deliver an exec's start after the init's exit (they raced)
+    "task.exec.start": frozenset({"running", "stopped"}),
     "task.exec.exit": frozenset({"running", "stopped"}),
 }
 
@@ -183,12 +184,17 @@ def _annotate(c: dict[str, Any], event: Event) -> None:
         c["seen"] = {**c["seen"], instance: max(shim_seq, c["seen"].get(instance, 0))}
     etype = event.type
     if etype == "task.create":
+        if c.get("instance") is None and isinstance(d.get("created_at"), int):
+            c["created"] = d["created_at"]  # the first task: the shim's clock, like the rest
         c.update(pid=d.get("pid"), shim_pid=d.get("shim_pid"), address=d.get("address"),
                  instance=instance, started=None, finished=None, exit_status=None,
                  signal=None, exit_reason=None, lost=False)
     elif etype == "task.start":
         c["pid"] = d.get("pid", c["pid"])
-        c["started"] = event.time
+        # the shim's clock when present: exited_at is the shim's too, so the times of a
+        # container that exits at once still read created <= started <= finished
+        started_at = d.get("started_at")
+        c["started"] = started_at if isinstance(started_at, int) else event.time
     elif etype == "task.exit":
         c.update(exit_status=d.get("exit_status"), signal=d.get("signal"),
                  finished=d.get("exited_at") or event.time, exit_reason=d.get("reason"))

@@ -40,14 +40,17 @@ method         params                                      result
                                                            "shims", "snapshot_seq"}``
 ``shutdown``   -                                           ``None``; the daemon flushes and exits,
                                                            containers keep running
-``exec``       ``id``, ``command``, ``env``, ``cwd``       (OCI issue) stream of output items, then
-                                                           ``{"exit_status"}``
+``exec``       ``id``, ``command``, ``env`` (added to the   stream of ``{"stream": "stdout"|
+               container's), ``cwd``                       "stderr", "data": bytes}`` items as
+                                                           output comes, then ``{"exit_status",
+                                                           "signal"}``; ``conflict`` unless
+                                                           running
 =============  ==========================================  =========================================
 
 Error codes: ``invalid`` (bad params, bad id), ``not_found``, ``conflict`` (wrong state, id in
 use), ``unknown_method``, ``protocol``, ``exec_failed``, ``no_space`` (the log cannot be written:
 nothing was changed), ``unavailable`` (the shim cannot be reached), ``internal``,
-``unsupported`` (a known method this daemon cannot do yet: ``exec``), ``permission_denied``
+``unsupported`` (a known method this daemon cannot do yet), ``permission_denied``
 (connection-level, id None: the peer's uid is neither root, the daemon's, nor in ``--group``).
 
 Optional additions (supervisord, daemon issue):
