@@ -126,6 +126,23 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def positive_int(text: str) -> int:
+    value = non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected 1 or more, got 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -183,6 +200,10 @@ def _add_spec_arguments(p: argparse.ArgumentParser) -> None:
                    help="run an init (tini) as pid 1 that reaps zombies and forwards signals")
     p.add_argument("--memory", metavar="M", type=parse_size,
                    help="memory limit: bytes, or with a unit (64m, 1g)")
+    p.add_argument("--cpus", metavar="N", type=positive_float,
+                   help="CPU limit in CPUs, e.g. 0.5 (CFS quota)")
+    p.add_argument("--pids-limit", metavar="N", type=positive_int,
+                   help="most processes the container may have at once")
     p.add_argument("command", nargs="+", metavar="CMD",
                    help="the command and its arguments (put them after --)")
 
@@ -231,7 +252,10 @@ def _define_commands(sub: Any, only: str | None, shell: bool) -> None:
                        help="only the last N lines")
         p.add_argument("id", metavar="ID")
     if p := add("exec", "run another process in a running container",
-                usage="%(prog)s ID -- CMD [ARGS...]"):
+                usage="%(prog)s [-e K=V] [--cwd D] ID -- CMD [ARGS...]"):
+        p.add_argument("-e", "--env", metavar="K=V", action="append", type=parse_env,
+                       default=[], help="add to the container's environment (repeatable)")
+        p.add_argument("--cwd", metavar="D", help="working directory (default: the container's)")
         p.add_argument("id", metavar="ID")
         p.add_argument("command", nargs="+", metavar="CMD")
     if p := add("events", "the event log, then live events with --follow"):
@@ -399,7 +423,7 @@ def _out(text: str) -> None:
 def _spec(args: argparse.Namespace) -> dict[str, Any]:
     spec: dict[str, Any] = {"command": list(args.command), "runtime": args.runtime,
                             "env": dict(args.env)}
-    for key in ("name", "cwd", "rootfs", "bundle", "memory"):
+    for key in ("name", "cwd", "rootfs", "bundle", "memory", "cpus", "pids_limit"):
         value = getattr(args, key)
         if value is not None:
             spec[key] = value
@@ -519,15 +543,24 @@ def cmd_logs(t: Target, args: argparse.Namespace) -> int:
 
 
 def cmd_exec(t: Target, args: argparse.Namespace) -> int:
-    status = EXIT_OK
+    """The exec'd process's output as it comes (bytes, unchanged), on our stdout/stderr; our
+    exit code is its status (128 + signal when killed)."""
+    status = EXIT_FAILED
+    params: dict[str, Any] = {"id": args.id, "command": list(args.command)}
+    if args.env:
+        params["env"] = dict(args.env)
+    if args.cwd:
+        params["cwd"] = args.cwd
     with t.connect(call_timeout=None) as c:
-        for item in c.stream("exec", id=args.id, command=list(args.command)):
-            if "exit_status" in item and "line" not in item:
-                status = int(item["exit_status"] or 0) & 0xFF
+        for item in c.stream("exec", **params):
+            if "exit_status" in item:
+                status = int(item["exit_status"] if item["exit_status"] is not None else 1)
                 continue
-            _write_line(item)
-            sys.stdout.buffer.flush()
-    return status
+            out = sys.stderr if item.get("stream") == "stderr" else sys.stdout
+            data = item.get("data", b"")
+            out.buffer.write(data if isinstance(data, bytes) else str(data).encode())
+            out.buffer.flush()
+    return status & 0xFF
 
 
 def cmd_events(t: Target, args: argparse.Namespace) -> int:
