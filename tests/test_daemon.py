@@ -106,10 +106,12 @@ def test_kill_restart_and_restarts_count(daemon):
     daemon.call("rm", id="k", force=True)
 
 
-def test_exec_is_not_supported_yet_and_unknown_methods_are_refused(daemon):
-    for method, code in (("exec", "unsupported"), ("frobnicate", "unknown_method")):
+def test_bad_exec_requests_and_unknown_methods_are_refused(daemon):
+    for method, params, code in (("exec", {}, "invalid"),
+                                 ("exec", {"command": ["true"]}, "not_found"),
+                                 ("frobnicate", {}, "unknown_method")):
         with pytest.raises(wire.RemoteError) as err:
-            daemon.call(method, id="x")
+            list(daemon.stream(method, id="x", **params))
         assert err.value.code == code
 
 
