@@ -4,6 +4,9 @@ Services, all in one trio nursery (nothing runs unowned):
 
 * the log writer (the only writer of the event log; group commit in a worker thread);
 * the API server on ``ROOT/supervisord.sock``;
+* the shim launcher (:class:`~supervisor.shims.ShimLauncher`): a preloaded fork server that
+  starts shims in milliseconds; restarted if it dies, ``shim start`` in a fresh interpreter
+  meanwhile;
 * one link task per shim (its events, appended exactly once, then acknowledged);
 * recovery's reconciliation, and the snapshotter;
 * signal handling: SIGTERM/SIGINT (or the ``shutdown`` method) stop serving, append
@@ -29,6 +32,7 @@ from supervisor.commands import Commands
 from supervisor.core import VERSION, Config, Core
 from supervisor.paths import default_root
 from supervisor.server import Server, bind_api_socket
+from supervisor.shims import ShimLauncher
 
 __all__ = ["main", "run"]
 
@@ -112,6 +116,7 @@ async def _serve(core: Core, server: Server, sock: object) -> None:
                      containers=len(core.state.containers))
             async with trio.open_nursery() as services:
                 core.nursery = services
+                services.start_soon(ShimLauncher(core.paths.root).run)
                 await services.start(server.serve, sock)
                 services.start_soon(recovery.reconcile_all, core)
                 services.start_soon(recovery.snapshotter, core)

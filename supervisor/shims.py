@@ -14,11 +14,14 @@ is still recorded (as ``task.exit`` with ``exit_status`` None and a ``reason``).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,8 +37,8 @@ from supervisor.errors import ApiError
 if TYPE_CHECKING:
     from supervisor.core import Core
 
-__all__ = ["ShimLink", "call_shim", "end_shim", "new_instance", "shim_call_timeout",
-           "spawn_shim", "watch_lost_task"]
+__all__ = ["ShimLauncher", "ShimLink", "call_shim", "end_shim", "new_instance",
+           "shim_call_timeout", "spawn_shim", "watch_lost_task"]
 
 log = structlog.get_logger("supervisord.shims")
 
@@ -105,20 +108,243 @@ async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: dic
         await trio.to_thread.run_sync(prepare)
     except OSError as exc:
         raise _os_error("writing the shim spec", directory, exc) from None
+    began = time.perf_counter()
+    launcher = _launchers.get(str(root))
+    why = "no launcher" if launcher is None else "launcher not ready"
+    if launcher is not None and launcher.ready:
+        try:
+            ready = await launcher.start(cid)
+        except LauncherLost as exc:  # it may have started the shim: find out before retrying
+            log.warning("the shim launcher went away during a start", id=cid, error=str(exc))
+            ready = await _adopt_after_lost_launcher(root, cid, directory, instance)
+            why = "launcher lost"
+        else:
+            why = "launcher error"
+        if ready is not None:
+            log.info("shim started", id=cid, via="launcher", pid=ready.get("pid"),
+                     ms=round((time.perf_counter() - began) * 1e3, 1))
+            return ready
+    ready = await _spawn_fresh(root, cid)
+    log.info("shim started", id=cid, via="fresh interpreter", reason=why, pid=ready.get("pid"),
+             ms=round((time.perf_counter() - began) * 1e3, 1))
+    return ready
+
+
+async def _spawn_fresh(root: Path, cid: str) -> dict[str, Any]:
+    """``python -I -m shim start``: a whole new interpreter (the fallback of the launcher)."""
     # Absolute interpreter, isolated mode: never a PATH lookup, never the caller's env.
     argv = [sys.executable, "-I", "-m", "shim", "start", "--root", str(root), "--id", cid]
     result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True,
                                     check=False, stdin=b"")
     if result.returncode != 0:
         reason = result.stderr.decode(errors="replace").strip() or f"exit {result.returncode}"
-        code = "no_space" if "No space left" in reason else "invalid"
-        raise ApiError(code, f"the shim could not start the container: {reason}")
+        raise _start_failed(reason)
     try:
         ready = json.loads(result.stdout.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):
         raise ApiError("internal", f"shim start printed {result.stdout!r}, not a ready line"
                        ) from None
     return dict(ready)
+
+
+def _start_failed(reason: str) -> ApiError:
+    """The error of a shim that could not start its container (the same on both paths)."""
+    code = "no_space" if "No space left" in reason else "invalid"
+    return ApiError(code, f"the shim could not start the container: {reason}")
+
+
+#: The lock a live shim holds on its directory (shim/osutil.py; the daemon imports no shim code).
+SHIM_LOCK = "shim.lock"
+
+
+async def _adopt_after_lost_launcher(root: Path, cid: str, directory: Path, instance: str
+                                     ) -> dict[str, Any] | None:
+    """After the launcher died with our start in flight: the shim it forked either reported
+    ready before (it runs: adopt it, its ready map from ``state``) or finds its ready pipe
+    closed and aborts (its lock is freed: return None, start afresh)."""
+    deadline = trio.current_time() + 10
+    while trio.current_time() < deadline:
+        try:
+            state = await call_shim(root, cid, "state")
+        except ApiError:
+            state = None
+        if isinstance(state, dict) and state.get("instance") == instance:
+            address = read_address(root, cid)
+            if address and state.get("shim_pid") and state.get("pid"):
+                log.info("adopted a shim the lost launcher had started", id=cid)
+                return {"pid": state["shim_pid"], "address": address, "task_pid": state["pid"]}
+        if not _locked(directory / SHIM_LOCK):
+            return None
+        await trio.sleep(0.02)
+    raise ApiError("internal", f"the shim launcher died while starting {cid} and its shim "
+                   "neither answered nor went away; retry the start")
+
+
+def _locked(path: Path) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the lock if we got it
+    return False
+
+
+class LauncherLost(Exception):
+    """The launcher went away with a start in flight: the shim may or may not run."""
+
+
+#: The running launcher of each root (one per daemon; a dict so tests may run several).
+_launchers: dict[str, ShimLauncher] = {}
+
+
+class ShimLauncher:
+    """supervisord's fork server for shims (:mod:`shim.launcher`), one child process.
+
+    :meth:`run` (a task of the daemon's nursery) starts ``python -I -m shim launcher`` on a
+    socketpair, serves the replies of :meth:`start`, and starts it again if it dies (after a
+    back-off from 0.1 s doubling to 5 s, reset once it lived 10 s). Until its hello arrives,
+    and whenever it is gone, :func:`spawn_shim` uses ``shim start`` in a fresh interpreter:
+    the launcher is an optimisation, never a dependency. When the daemon stops, closing the
+    channel makes the launcher exit; when the daemon is SIGKILLed, EOF and its
+    ``PR_SET_PDEATHSIG`` do. Shims it started are not its children and keep running.
+
+    The process is spawned by ``subprocess.Popen`` on the trio thread, not by
+    ``trio.run_process``: that forks in a worker thread, and ``PR_SET_PDEATHSIG`` fires when
+    the *thread* that forked exits (trio retires idle workers), which would kill the launcher.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pid: int | None = None
+        self.chan: Channel | None = None
+        self.ready = False
+        self.launches = 0  # processes started (1 + restarts)
+        self._next_rid = 1
+        self._waiting: dict[int, tuple[trio.Event, list[dict[str, Any]]]] = {}
+
+    def argv(self, fd: int) -> list[str]:
+        # the padding leaves room in the argv area for each shim's own command line
+        return [sys.executable, "-I", "-m", "shim", "launcher", "--root", str(self.root),
+                "--fd", str(fd), "--title-space", "_" * 72]
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        _launchers[str(self.root)] = self
+        task_status.started()
+        delay = 0.1
+        try:
+            while True:
+                began = trio.current_time()
+                try:
+                    await self._run_once()
+                except Exception as exc:  # never take the daemon down: fall back, retry
+                    log.exception("shim launcher failed", error=repr(exc))
+                if trio.current_time() - began > 10:
+                    delay = 0.1
+                log.warning("shim launcher gone; shims start in a fresh interpreter until it "
+                            "is back", retry_in=delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        finally:
+            if _launchers.get(str(self.root)) is self:
+                del _launchers[str(self.root)]
+
+    async def _run_once(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = subprocess.Popen(self.argv(theirs.fileno()), pass_fds=(theirs.fileno(),),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.launches += 1
+        self.pid = proc.pid
+        pidfd = os.pidfd_open(proc.pid)
+        chan = Channel(trio.SocketStream(trio.socket.from_stdlib_socket(ours)))
+        began = time.perf_counter()
+        try:
+            async with trio.open_nursery() as nursery:
+                async def watch_exit() -> None:
+                    await trio.lowlevel.wait_readable(pidfd)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch_exit)
+                hello = await chan.recv()
+                if not isinstance(hello.get("hello"), dict):
+                    raise wire.ProtocolError(f"the launcher said {hello!r}, not hello")
+                self.chan = chan
+                self.ready = True
+                log.info("shim launcher ready", pid=proc.pid,
+                         ms=round((time.perf_counter() - began) * 1e3, 1))
+                while True:
+                    message = await chan.recv()
+                    waiter = self._waiting.get(message.get("id"))  # type: ignore[arg-type]
+                    if waiter is not None:
+                        waiter[1].append(message)
+                        waiter[0].set()
+        except (Closed, wire.ProtocolError) as exc:
+            log.warning("shim launcher channel closed", pid=proc.pid, error=str(exc))
+        finally:
+            self.ready = False
+            self.chan = None
+            for event, _ in self._waiting.values():
+                event.set()  # no message: LauncherLost
+            with trio.CancelScope(shield=True):
+                await chan.aclose()  # EOF: the launcher leaves
+                with trio.move_on_after(1):
+                    await trio.lowlevel.wait_readable(pidfd)
+                if proc.poll() is None:
+                    proc.kill()
+                code = proc.wait()
+                os.close(pidfd)
+                self.pid = None
+                log.info("shim launcher exited", pid=proc.pid, returncode=code)
+
+    async def start(self, cid: str) -> dict[str, Any] | None:
+        """Start the shim of *cid*: its ready map; None if the launcher cannot (fall back);
+        :class:`ApiError` if the shim could not start the container (as ``shim start``);
+        :class:`LauncherLost` if the launcher went away meanwhile.
+
+        Shielded from cancellation: a start takes milliseconds, and a caller that left must
+        not leave behind a shim that nobody recorded.
+        """
+        chan = self.chan
+        if chan is None:
+            return None
+        rid = self._next_rid
+        self._next_rid += 1
+        event, box = trio.Event(), []
+        self._waiting[rid] = (event, box)
+        try:
+            with trio.CancelScope(shield=True):
+                try:
+                    await chan.send(wire.request(rid, "start", {"id": cid}))
+                except Closed as exc:
+                    raise LauncherLost(str(exc)) from None
+                with trio.move_on_after(READY_TIMEOUT + 5):
+                    await event.wait()
+        finally:
+            del self._waiting[rid]
+        if not box:
+            raise LauncherLost("no reply")
+        message = box[0]
+        if "result" in message and isinstance(message["result"], dict):
+            return dict(message["result"])
+        error = message.get("error") or {}
+        if error.get("code") == "start_failed":
+            raise _start_failed(str(error.get("message")))
+        log.warning("the shim launcher could not start a shim", id=cid, error=error)
+        return None
+
+
+#: supervisord's bound on a launcher's reply (the shim's own ready timeout is 30 s).
+READY_TIMEOUT = 30.0
 
 
 def _os_error(what: str, path: Path, exc: OSError) -> ApiError:
