@@ -42,7 +42,7 @@ class Config:
                  repair: bool = False, group: str | None = None,
                  snapshot_every: int = 10_000, retain_events: int = 1_000_000,
                  subscriber_buffer: int = 10_000, reconcile_concurrency: int = 64,
-                 segment_size: int = 64 * 2**20) -> None:
+                 segment_size: int = 64 * 2**20, shim_launcher: bool = True) -> None:
         self.paths = Paths.under(root, socket)
         self.repair = repair
         self.group = group
@@ -51,6 +51,8 @@ class Config:
         self.subscriber_buffer = subscriber_buffer
         self.reconcile_concurrency = reconcile_concurrency
         self.segment_size = segment_size
+        #: start shims through the preloaded launcher (else: a fresh interpreter each)
+        self.shim_launcher = shim_launcher
 
 
 class Core:

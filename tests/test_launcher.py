@@ -1,0 +1,294 @@
+"""The shim launcher (fork server) with real processes: a launched shim behaves like one from
+``shim start``; the launcher's death never touches running shims; supervisord uses it, falls
+back to ``shim start`` without it, restarts it, and takes it down when it dies itself.
+"""
+
+# ruff: noqa: F811  (pytest fixtures imported from daemon_helpers are used as arguments)
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import _proc_table, is_zombie_or_gone
+from daemon_helpers import Daemon, daemon, daemon_factory  # noqa: F401
+from shim_helpers import Shims, children_of, proc_stat, start_command
+
+from events import wire
+from shim.launcher import TITLE_SPACE
+
+
+class Launcher:
+    """``python -I -m shim launcher`` on a socketpair, as supervisord runs it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.sock, theirs = socket.socketpair()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-m", "shim", "launcher", "--root", str(root),
+             "--fd", str(theirs.fileno()), "--title-space", TITLE_SPACE],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.sock.settimeout(30)
+        self.decoder = wire.FrameDecoder()
+        self.pending: list[dict[str, Any]] = []
+        self.hello = self.recv()
+        self.rid = 0
+
+    def recv(self) -> dict[str, Any]:
+        while not self.pending:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("launcher closed its channel")
+            self.pending += self.decoder.feed(data)
+        return self.pending.pop(0)
+
+    def send_start(self, cid: str) -> int:
+        self.rid += 1
+        self.sock.sendall(wire.encode(wire.request(self.rid, "start", {"id": cid})))
+        return self.rid
+
+    def start(self, cid: str) -> dict[str, Any]:
+        rid = self.send_start(cid)
+        reply = self.recv()
+        assert reply["id"] == rid
+        return reply
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def shims(root: Path):
+    factory = Shims(root)
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
+
+
+@pytest.fixture
+def launcher(root: Path, shims: Shims):
+    la = Launcher(root)
+    try:
+        yield la
+    finally:
+        la.close()
+
+
+def launched(launcher: Launcher, shims: Shims, command: list[str], **spec: Any):
+    cid = shims.write_spec(command=command, **spec)
+    reply = launcher.start(cid)
+    assert "result" in reply, reply
+    return shims.adopt(reply["result"], cid)
+
+
+def poll(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+    return value
+
+
+def cmdline(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return [arg.decode() for arg in f.read().split(b"\0") if arg]
+
+
+# -- the launcher alone -----------------------------------------------------------------------
+
+
+def test_a_launched_shim_is_detached_a_subreaper_and_named_like_shim_start(
+        root: Path, shims: Shims, launcher: Launcher) -> None:
+    assert launcher.hello["hello"]["role"] == "launcher"
+    fresh = shims.start(["sleep", "30"])
+    shim = launched(launcher, shims, ["sh", "-c", "(sleep 30 &); exec sleep 30"])
+    assert fresh.call("state")["status"] == "created"
+    state, ppid, _, session = proc_stat(shim.pid)[:4]
+    assert state != "Z" and int(ppid) not in (launcher.proc.pid, 0)
+    assert int(session) not in (os.getsid(0), os.getsid(launcher.proc.pid), launcher.proc.pid)
+    assert cmdline(shim.pid) == start_command(root, shim.id)
+    with open(f"/proc/{shim.pid}/comm") as f:
+        assert f.read().strip() == f"shim {shim.id}"[:15]
+    assert int(proc_stat(shim.task_pid)[1]) == shim.pid
+    shim.call("start")
+    # a subreaper: the orphaned ``sleep`` of the subshell is reparented to the shim
+    poll(lambda: [p for p in children_of(shim.pid) if p != shim.task_pid], what="orphan")
+    assert shim.call("state")["status"] == "running"
+    assert (shim.dir / "shim.pid").read_text() == str(shim.pid)
+    assert (shim.dir / "address").read_text() == shim.address
+
+
+def test_the_ready_reply_has_the_fields_of_shim_start(root: Path, shims: Shims,
+                                                      launcher: Launcher) -> None:
+    cid = shims.write_spec(command=["sleep", "30"])
+    fresh = shims.run_start(cid)
+    assert fresh.returncode == 0
+    shims.adopt(json.loads(fresh.stdout), cid)
+    other = launcher.start(shims.write_spec(command=["true"]))["result"]
+    shims.adopt(other, f"c{shims._n}")
+    assert set(other) == set(json.loads(fresh.stdout))
+
+
+@pytest.mark.parametrize(("script", "status", "sig"), [
+    ("exit 0", 0, 0), ("exit 3", 3, 0), ("kill -KILL $$", 137, 9), ("kill -TERM $$", 143, 15)])
+def test_exit_status(shims: Shims, launcher: Launcher, script: str, status: int,
+                     sig: int) -> None:
+    shim = launched(launcher, shims, ["sh", "-c", script])
+    with shim.connect() as conn:
+        conn.call("start")
+        record = conn.call("wait")
+    assert (record["exit_status"], record["signal"]) == (status, sig)
+    assert shim.call("delete")["exit_status"] == status
+    shim.wait_gone()
+
+
+def test_a_failed_start_says_what_shim_start_says_and_leaves_nothing(
+        root: Path, shims: Shims, launcher: Launcher) -> None:
+    cid = shims.write_spec(command=["true"], cwd="/nonexistent/dir")
+    fresh = shims.run_start(cid)
+    reply = launcher.start(cid)
+    if fresh.returncode == 0:  # the runtime reports a bad cwd at start, not at create
+        shims.adopt(json.loads(fresh.stdout), cid)
+        pytest.skip("a bad cwd is not a create error with this runtime")
+    assert reply["error"]["code"] == "start_failed"
+    assert reply["error"]["message"] == fresh.stderr.strip().splitlines()[-1]
+    missing = launcher.start("nospec")  # no directory: the shim cannot even open its log
+    assert missing["error"]["message"] == \
+        shims.run_start("nospec").stderr.strip().splitlines()[-1]
+    # nothing runs for the root but the launcher itself
+    assert poll(lambda: all(p == launcher.proc.pid or is_zombie_or_gone(p)
+                            for p, (_, cmd) in _proc_table().items() if str(root) in cmd
+                            and p != os.getpid()), what="no shim left")
+
+
+def test_many_concurrent_starts(shims: Shims, launcher: Launcher) -> None:
+    cids = [shims.write_spec(command=["sleep", "30"]) for _ in range(40)]
+    began = time.monotonic()
+    rids = {launcher.send_start(cid): cid for cid in cids}
+    replies = {}
+    while len(replies) < len(rids):
+        reply = launcher.recv()
+        replies[reply["id"]] = reply
+    elapsed = time.monotonic() - began
+    handles = [shims.adopt(replies[rid]["result"], cid) for rid, cid in rids.items()]
+    assert len({h.pid for h in handles}) == 40
+    for h in handles:
+        assert h.call("start")["pid"] == h.task_pid
+    assert elapsed < 10, elapsed
+
+
+def test_the_launcher_leaves_on_eof_or_sigkill_and_its_shims_stay(
+        shims: Shims, launcher: Launcher) -> None:
+    shim = launched(launcher, shims, ["sleep", "30"])
+    shim.call("start")
+    launcher.proc.kill()
+    launcher.proc.wait()
+    assert shim.call("state")["status"] == "running"
+    second = Launcher(launcher.root)
+    try:
+        other = launched(second, shims, ["sleep", "30"])
+    finally:
+        second.sock.close()
+        assert second.proc.wait(5) == 0  # EOF: it leaves by itself
+    assert other.call("start")["pid"] == other.task_pid
+    for h in (shim, other):
+        assert h.call("state")["status"] == "running"
+        assert h.call("delete", force=True)["exit_status"] == 137
+        h.wait_gone()
+
+
+# -- supervisord and its launcher ------------------------------------------------------------
+
+
+def launcher_pids(root: Path) -> list[int]:
+    needle = f"-m shim launcher --root {root} "
+    return [pid for pid, (_, cmd) in _proc_table().items()
+            if needle in cmd and not is_zombie_or_gone(pid)]
+
+
+def started_via(d: Daemon, cid: str) -> str | None:
+    for line in d.stderr().splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if record.get("event") == "shim started" and record.get("id") == cid:
+                return record.get("via")
+    return None
+
+
+def launcher_ready(d: Daemon, count: int = 1) -> bool:
+    return d.stderr().count('"shim launcher ready"') >= count
+
+
+def test_supervisord_starts_shims_through_its_launcher(daemon: Daemon) -> None:
+    poll(lambda: launcher_ready(daemon), what="launcher ready")
+    [lpid] = launcher_pids(daemon.root)
+    assert int(proc_stat(lpid)[1]) == daemon.pid
+    cid = daemon.run("sleep", "30")
+    assert started_via(daemon, cid) == "launcher"
+    row = daemon.ps()[cid]
+    assert row["state"] == "running"
+    shim_pid = int((daemon.root / "shims" / cid / "shim.pid").read_text())
+    assert int(proc_stat(shim_pid)[1]) not in (daemon.pid, lpid)
+    assert cmdline(shim_pid)[-4:] == ["--root", str(daemon.root), "--id", cid]
+    daemon.call("stop", id=cid, timeout=1)
+    assert daemon.call("wait", id=cid)["exit_status"] == 143
+
+
+def test_a_killed_launcher_leaves_shims_alone_and_comes_back(daemon: Daemon) -> None:
+    poll(lambda: launcher_ready(daemon), what="launcher ready")
+    [lpid] = launcher_pids(daemon.root)
+    before = daemon.run("sleep", "30")
+    pid = daemon.ps()[before]["pid"]
+    os.kill(lpid, signal.SIGKILL)
+    during = daemon.run("sleep", "30")  # at once: fresh interpreter, or the new launcher
+    assert started_via(daemon, during) in ("fresh interpreter", "launcher")
+    poll(lambda: launcher_ready(daemon, 2), what="a second launcher")
+    [new] = launcher_pids(daemon.root)
+    assert new != lpid
+    after = daemon.run("sleep", "30")
+    assert started_via(daemon, after) == "launcher"
+    rows = daemon.ps()
+    assert rows[before]["state"] == "running" and rows[before]["pid"] == pid
+    assert all(rows[c]["state"] == "running" for c in (during, after))
+
+
+def test_without_a_launcher_shims_start_fresh(daemon_factory: Any) -> None:
+    d = daemon_factory("--no-shim-launcher")
+    cid = d.run("sleep", "30")
+    assert started_via(d, cid) == "fresh interpreter"
+    assert d.ps()[cid]["state"] == "running"
+    assert launcher_pids(d.root) == []
+    d.call("stop", id=cid, timeout=1)
+
+
+def test_kill9_of_the_daemon_ends_the_launcher_not_the_shims(daemon: Daemon) -> None:
+    poll(lambda: launcher_ready(daemon), what="launcher ready")
+    [lpid] = launcher_pids(daemon.root)
+    cids = [daemon.run("sleep", "30") for _ in range(3)]
+    pids = {cid: daemon.ps()[cid]["pid"] for cid in cids}
+    shim_pids = [int((daemon.root / "shims" / c / "shim.pid").read_text()) for c in cids]
+    daemon.kill9()
+    poll(lambda: is_zombie_or_gone(lpid), what="the launcher to leave")
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(lpid, os.WNOHANG)
+    assert all(not is_zombie_or_gone(p) for p in [*shim_pids, *pids.values()])
+    daemon.start()
+    poll(lambda: all(daemon.ps()[c]["state"] == "running" for c in cids), what="reconciled")
+    assert {c: daemon.ps()[c]["pid"] for c in cids} == pids
+    poll(lambda: launcher_ready(daemon, 2), what="the new daemon's launcher")
+    assert launcher_pids(daemon.root) != [lpid]
