@@ -9,8 +9,8 @@ Measures, beside the anchors of shared/ANCHORS.md:
 * exit -> event: SIGKILL of the container -> ``task.exit`` item read by a connected client
   (includes the fsync of the exit file, which comes first);
 * log throughput: a container writing as fast as it can, through the shim into container.log;
-* the same for shims forked from a *preloaded launcher* (a Python process that imported the
-  shim and called ``gc.freeze()``): an experiment for the "fork server" design.
+* side by side, the same for shims forked from ``python -I -m shim launcher`` (preloaded,
+  ``gc.freeze()``; what supervisord uses), with the launcher's own PSS shared out.
 
 Every process it starts is ended by pid: the bench is a child subreaper, so the detached shims
 are reparented to it and reaped here.
@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -32,29 +33,13 @@ import tempfile
 import time
 from typing import Any
 
-from events import shim_api
+from events import shim_api, wire
 from events.rpc import BlockingConnection
 
 ANCHORS = {
     "containerd-shim-runc-v2 at 50": (13.2, 2.6),
     "conmon": (2.1, 0.47),
 }
-
-LAUNCHER = r"""
-import gc, json, os, sys
-import shim.launch, shim.server, shim.runtime_process, shim.osutil, shim.logs
-from events import shim_api, wire
-gc.collect()
-gc.freeze()
-sys.stdout.write("ok\n"); sys.stdout.flush()
-for line in sys.stdin:
-    root, cid = line.split()
-    code = shim.launch.start(root, cid)
-    if code:
-        sys.stdout.write("error\n")
-    sys.stdout.flush()
-"""
-
 
 def memory(pid: int) -> tuple[float, float, float]:
     """(RSS, PSS, PSS of anonymous memory) in MB from smaps_rollup. The anonymous part is
@@ -167,42 +152,77 @@ def run_started(bench: Bench, count: int) -> list[dict[str, Any]]:
     return shims
 
 
-def launcher_experiment(bench: Bench, count: int) -> dict[str, float]:
-    """Shims forked from a preloaded, gc.freeze()d launcher: ready latency and memory."""
-    launcher = subprocess.Popen([sys.executable, "-I", "-c", LAUNCHER], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True)
-    bench.track(launcher.pid)
+class LauncherChannel:
+    """``python -I -m shim launcher`` on a socketpair, as supervisord runs it."""
+
+    def __init__(self, root: str) -> None:
+        self.sock, theirs = socket.socketpair()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-m", "shim", "launcher", "--root", root, "--fd",
+             str(theirs.fileno()), "--title-space", "_" * 72],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.decoder = wire.FrameDecoder()
+        self.pending: list[dict[str, Any]] = []
+        self.rid = 0
+        self.recv()  # hello: preloaded and frozen
+
+    def recv(self) -> dict[str, Any]:
+        while not self.pending:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("the launcher closed its channel")
+            self.pending += self.decoder.feed(data)
+        return self.pending.pop(0)
+
+    def start(self, cid: str) -> dict[str, Any]:
+        self.rid += 1
+        self.sock.sendall(wire.encode(wire.request(self.rid, "start", {"id": cid})))
+        reply = self.recv()
+        if "result" not in reply:
+            raise RuntimeError(reply)
+        return reply["result"]
+
+    def close(self) -> None:
+        self.sock.close()
+        self.proc.wait(5)
+
+
+def launcher_experiment(bench: Bench, count: int, runs: int) -> dict[str, float]:
+    """Shims forked from ``python -I -m shim launcher`` (what supervisord uses): ready latency
+    and memory, the launcher's own PSS shared out among the shims."""
+    launcher = LauncherChannel(bench.root)
+    bench.track(launcher.proc.pid)
     try:
-        assert launcher.stdout.readline() == "ok\n"
         latencies, shims = [], []
-        for _ in range(count):
+        for i in range(max(count, runs)):
             cid = bench.spec(["sleep", "1000"])
             began = time.perf_counter()
-            launcher.stdin.write(f"{bench.root} {cid}\n")
-            launcher.stdin.flush()
-            ready = json.loads(launcher.stdout.readline())
+            ready = launcher.start(cid)
             latencies.append(time.perf_counter() - began)
             bench.track(ready["pid"], ready["task_pid"])
+            if i >= count:
+                bench.delete(ready)
+                continue
             with BlockingConnection(ready["address"], timeout=10) as conn:
                 conn.call("start")
             shims.append(ready)
         time.sleep(0.5)
         mems = [memory(s["pid"]) for s in shims]
-        launcher_pss = memory(launcher.pid)[1]
+        launcher_pss = memory(launcher.proc.pid)[1]
         exits = [exit_latency(s) for s in shims[:10]]
         for ready in shims:
             bench.delete(ready)
         return {"ready_ms": statistics.median(latencies) * 1e3,
+                "ready_p90": statistics.quantiles(latencies, n=10)[-1] * 1e3,
                 "rss": statistics.mean(m[0] for m in mems),
                 "pss": statistics.mean(m[1] for m in mems),
                 "anon": statistics.mean(m[2] for m in mems),
+                "launcher_pss": launcher_pss,
                 "pss_with_launcher": statistics.mean(m[1] for m in mems) + launcher_pss / count,
                 "exit_ms": statistics.median(exits) * 1e3}
     finally:
-        launcher.stdin.close()
-        launcher.kill()
-        launcher.wait()
-        launcher.stdout.close()
+        launcher.close()
 
 
 def main() -> None:
@@ -229,39 +249,40 @@ def main() -> None:
         exits = [exit_latency(s) for s in shims[: min(20, len(shims))]]
         for ready in shims:
             bench.delete(ready)
-        forked = launcher_experiment(bench, args.shims)
+        forked = launcher_experiment(bench, args.shims, args.runs)
         through_shim, direct = log_throughput(bench)
     finally:
         bench.cleanup()
         shutil.rmtree(root, ignore_errors=True)
 
     q = statistics.quantiles(ready_times, n=10)
+    n = args.shims
+    mean = [statistics.mean(m[i] for m in mems) for i in range(3)]
     rows = [
-        ("spawn -> ready, `python -I -m shim start` (median / p90)",
-         f"{statistics.median(ready_times) * 1e3:.1f} / {q[-1] * 1e3:.1f} ms", "<= 20 ms goal"),
-        ("one idle shim: RSS / PSS (anon)", "{:.1f} / {:.1f} ({:.1f}) MB".format(*idle_mem), ""),
-        (f"mean per shim with {args.shims} running: RSS / PSS (anon)",
-         "{:.1f} / {:.1f} ({:.1f}) MB".format(*(statistics.mean(m[i] for m in mems)
-                                                for i in range(3))), "<= 7 MB PSS goal"),
-        ("exit -> task.exit event (median of SIGKILLs)",
-         f"{statistics.median(exits) * 1e3:.2f} ms", "ctr events: 2.2 ms"),
-        ("container writing 37-byte lines: via the shim's log / to /dev/null",
-         f"{through_shim:.0f} / {direct:.0f} MB/s", "CRI records, fsync-free"),
-        ("preloaded launcher + gc.freeze(): spawn -> ready (median)",
-         f"{forked['ready_ms']:.1f} ms", ""),
-        (f"preloaded launcher: mean per shim at {args.shims}: RSS / PSS (anon)",
+        ("spawn -> ready (median / p90)",
+         f"{statistics.median(ready_times) * 1e3:.1f} / {q[-1] * 1e3:.1f} ms",
+         f"{forked['ready_ms']:.1f} / {forked['ready_p90']:.1f} ms", "<= 20 ms goal"),
+        ("one idle shim: RSS / PSS (anon)", "{:.1f} / {:.1f} ({:.1f}) MB".format(*idle_mem),
+         "", ""),
+        (f"mean per shim with {n} running: RSS / PSS (anon)",
+         "{:.1f} / {:.1f} ({:.1f}) MB".format(*mean),
          f"{forked['rss']:.1f} / {forked['pss']:.1f} ({forked['anon']:.1f}) MB",
-         "<= 2.6 MB stretch"),
-        ("preloaded launcher: PSS incl. launcher's share",
-         f"{forked['pss_with_launcher']:.2f} MB", ""),
-        ("preloaded launcher: exit -> event", f"{forked['exit_ms']:.2f} ms", ""),
+         "<= 7 MB PSS goal"),
+        (f"PSS per shim at {n}, the launcher's share included", f"{mean[1]:.2f} MB",
+         f"{forked['pss_with_launcher']:.2f} MB", "<= 2.6 MB stretch"),
+        ("the launcher's own PSS", "", f"{forked['launcher_pss']:.1f} MB", ""),
+        ("exit -> task.exit event (median of SIGKILLs)",
+         f"{statistics.median(exits) * 1e3:.2f} ms", f"{forked['exit_ms']:.2f} ms",
+         "ctr events: 2.2 ms"),
+        ("container writing 37-byte lines: via the shim's log / to /dev/null",
+         f"{through_shim:.0f} / {direct:.0f} MB/s", "", "CRI records, fsync-free"),
     ]
-    rows += [(f"anchor: {name}: RSS / PSS", f"{rss} / {pss} MB", "ANCHORS.md")
+    rows += [(f"anchor: {name}: RSS / PSS", f"{rss} / {pss} MB", "", "ANCHORS.md")
              for name, (rss, pss) in ANCHORS.items()]
     width = max(len(r[0]) for r in rows)
-    print(f"{'what':{width}}  {'measured':>20}  note")
-    for what, value, note in rows:
-        print(f"{what:{width}}  {value:>20}  {note}")
+    print(f"{'what':{width}}  {'shim start (fresh)':>24}  {'shim launcher':>24}  note")
+    for what, fresh, launched, note in rows:
+        print(f"{what:{width}}  {fresh:>24}  {launched:>24}  {note}")
 
 
 if __name__ == "__main__":
