@@ -35,9 +35,10 @@ Where :mod:`events.shim_api` leaves room, this shim does:
 * OOM: the runtime's memory cgroup is watched (its fd in the loop); each wake-up with new
   kernel OOM kills publishes ``task.oom``, and the counter is read once more before the
   init's ``task.exit`` is published, so an OOM kill's ``task.oom`` always comes first;
-* ``exec`` output is streamed, never logged; a caller that does not read fast enough is cut
-  off (:data:`MAX_OUTBUF`) and the process runs on, its output dropped; its exit is still
-  published. When the shim ends, an unfinished exec stream ends with an ``unavailable`` error.
+* ``exec`` output is streamed, never logged; while a caller is behind by
+  :data:`EXEC_HIGH_WATER` the process's pipes are not read (it blocks on its writes); a
+  caller that leaves has the rest read and dropped, and the exit is still published. When the
+  shim ends, an unfinished exec stream ends with an ``unavailable`` error.
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ READ_CHUNK = 65536
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1024 * 1024  # the default pipe-max-size
 MAX_DRAIN = 16 * 1024 * 1024  # output read at once when the init exits or the shim ends
+#: An exec's pipes are not read while its caller has this much unsent: the process then
+#: blocks on its own writes (backpressure, as with a terminal) instead of the caller being
+#: cut off at MAX_OUTBUF; reading resumes once the caller has taken it.
+EXEC_HIGH_WATER = 1024 * 1024
 _PENDING = object()  # a handler's result that will be sent later
 
 
@@ -99,7 +104,7 @@ class Conn:
 class Exec:
     """A process started by ``exec``: where its output and exit go."""
 
-    __slots__ = ("conn", "exec_id", "pid", "pipes", "rid")
+    __slots__ = ("conn", "exec_id", "paused", "pid", "pipes", "rid")
 
     def __init__(self, exec_id: str, pid: int, conn: Conn | None, rid: int) -> None:
         self.exec_id = exec_id
@@ -107,6 +112,7 @@ class Exec:
         self.conn = conn  # None once the caller is gone: output is read and dropped
         self.rid = rid
         self.pipes: dict[int, str] = {}
+        self.paused = False  # pipes unregistered: the caller is behind (EXEC_HIGH_WATER)
 
 
 class Shim:
@@ -363,9 +369,7 @@ class Shim:
         for fd in list(ex.pipes):
             self._read_exec_pipe(ex, fd, drain=True)
             if fd in ex.pipes:  # a child of the exec'd process holds it: stop reading
-                self.sel.unregister(fd)
-                os.close(fd)
-                del ex.pipes[fd]
+                self._drop_exec_pipe(ex, fd)
         exit_status, sig = shim_api.exit_status_of(status)
         self.diag.log("info", "exec_exit", exec_id=ex.exec_id, pid=ex.pid,
                       exit_status=exit_status)
@@ -386,12 +390,33 @@ class Shim:
             except OSError:
                 data = b""
             if not data:
-                self.sel.unregister(fd)
-                os.close(fd)
-                del ex.pipes[fd]
+                self._drop_exec_pipe(ex, fd)
                 return
             if ex.conn is not None:
                 self._send(ex.conn, wire.item(ex.rid, {"stream": ex.pipes[fd], "data": data}))
+                if not drain and len(ex.conn.out) > EXEC_HIGH_WATER and not ex.paused:
+                    ex.paused = True
+                    for pipe in ex.pipes:
+                        self.sel.unregister(pipe)
+                    return
+
+    def _drop_exec_pipe(self, ex: Exec, fd: int) -> None:
+        if not ex.paused:
+            self.sel.unregister(fd)
+        os.close(fd)
+        del ex.pipes[fd]
+
+    def _resume_execs(self, conn: Conn | None) -> None:
+        """The caller has taken its output: read the exec's pipes again."""
+        for ex in self.execs.values():
+            if ex.paused and ex.conn is conn:
+                ex.paused = False
+                for fd in ex.pipes:
+                    self._watch_exec_pipe(ex, fd)
+
+    def _watch_exec_pipe(self, ex: Exec, fd: int) -> None:
+        self.sel.register(fd, selectors.EVENT_READ,
+                          lambda key, mask: self._read_exec_pipe(ex, key.fd))
 
     def _on_output(self, key: selectors.SelectorKey, mask: int) -> None:
         self._read_pipe(key.fd)
@@ -445,7 +470,8 @@ class Shim:
         self.waiters = [w for w in self.waiters if w[0] is not conn]
         for ex in self.execs.values():
             if ex.conn is conn:
-                ex.conn = None
+                ex.conn = None  # its output is read and dropped from now on
+        self._resume_execs(None)
 
     def _on_conn(self, key: selectors.SelectorKey, mask: int) -> None:
         conn = self.conns.get(key.fd)
@@ -527,6 +553,8 @@ class Shim:
             self._close(conn)
             return
         del conn.out[:sent]
+        if len(conn.out) < EXEC_HIGH_WATER // 4 and self.execs:
+            self._resume_execs(conn)
         if conn.closing and not conn.out:
             self._close(conn)
             return
@@ -676,8 +704,7 @@ class Shim:
         for fd, name in ((out_r, "stdout"), (err_r, "stderr")):
             os.set_blocking(fd, False)
             ex.pipes[fd] = name
-            self.sel.register(fd, selectors.EVENT_READ,
-                              lambda key, mask, ex=ex: self._read_exec_pipe(ex, key.fd))
+            self._watch_exec_pipe(ex, fd)
         self.execs[pid] = ex
         self.exec_ids.add(exec_id)
         self.diag.log("info", "exec_start", exec_id=exec_id, pid=pid, command=process["command"])

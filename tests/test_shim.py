@@ -522,3 +522,31 @@ def test_exec_streams_large_output_whole_and_outlives_its_caller(shims: Shims) -
         assert shim.call("state")["execs"] == []
         conn.call("kill", signal=9)
     shim.call("wait")
+
+
+def test_a_slow_exec_caller_gets_backpressure_not_cut_off(shims: Shims) -> None:
+    """24 MB through a caller that reads nothing for a while: the shim stops reading the
+    process's pipes (it blocks on write) instead of buffering past MAX_OUTBUF and cutting the
+    caller off; every byte arrives in order."""
+    shim = shims.start(["sleep", "30"])
+    shim.call("start")
+    with shim.connect() as conn:
+        rid = conn.send_request("exec", {"exec_id": "flood",
+                                         "command": ["sh", "-c", "seq 1 3000000; exit 4"]})
+        time.sleep(1.0)  # the process writes far more than MAX_OUTBUF meanwhile, if let
+        out, last = [], None
+        while True:
+            message = conn.recv()
+            assert message.get("id") == rid and "error" not in message, message
+            if message.get("end"):
+                break
+            item = message["item"]
+            if "data" in item:
+                out.append(item["data"])
+            else:
+                last = item
+    data = b"".join(out)
+    assert len(data) > 8 * 1024 * 1024
+    assert data == b"".join(b"%d\n" % i for i in range(1, 3000001))
+    assert last == {"exit_status": 4, "signal": 0}
+    shim.call("delete", force=True)
