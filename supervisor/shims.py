@@ -97,6 +97,12 @@ async def spawn_shim(root: Path, cid: str, instance: str, spec: dict[str, Any]
 
 async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: dict[str, Any]
                  ) -> dict[str, Any]:
+    # A shim that was just deleted (restart) replies, removes its socket and exits: until it
+    # has, it holds the directory's lock and a new shim would be refused. Wait for it (bounded:
+    # past that, the new shim's start says clearly that another shim runs).
+    deadline = trio.current_time() + PREVIOUS_SHIM_GRACE
+    while _locked(directory / SHIM_LOCK) and trio.current_time() < deadline:
+        await trio.sleep(0.002)
     def prepare() -> None:
         directory.mkdir(parents=True, exist_ok=True)
         for stale in (shim_api.EXIT_FILE, shim_api.ADDRESS_FILE, shim_api.PID_FILE):
@@ -155,6 +161,8 @@ def _start_failed(reason: str) -> ApiError:
 
 #: The lock a live shim holds on its directory (shim/osutil.py; the daemon imports no shim code).
 SHIM_LOCK = "shim.lock"
+#: How long a start waits for the previous shim of the directory to finish exiting.
+PREVIOUS_SHIM_GRACE = 5.0
 
 
 async def _adopt_after_lost_launcher(root: Path, cid: str, directory: Path, instance: str
