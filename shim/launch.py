@@ -25,6 +25,8 @@ from shim import osutil
 #: How long the starter waits for ready: creating a process takes milliseconds; this only
 #: bounds a wedged start (a hung filesystem) so supervisord is never stuck on it.
 READY_TIMEOUT = 30.0
+#: How long a shim that reported an error may take to exit before the starter SIGKILLs it.
+ERROR_EXIT_TIMEOUT = 2.0
 
 
 def start(root: str, container_id: str, ready_timeout: float = READY_TIMEOUT) -> int:
@@ -81,6 +83,10 @@ def outcome(container_id: str, lines: list[tuple[str, str]], ready_timeout: floa
         if kind == "ready":
             return True, value
     reason = next((v for k, v in lines if k == "error"), None)
+    if reason is not None and shim_pid:
+        # it reported its failure and is exiting: "leaves nothing running" holds once it is
+        # gone, not merely once it closed the pipe (a caller may look right away)
+        _wait_gone(shim_pid, ERROR_EXIT_TIMEOUT)
     if reason is None:  # silent: wedged or killed. Never leave a half-started shim behind
         reason = f"the shim did not report ready within {ready_timeout:g} s or died"
         now = _cmdline(shim_pid) if shim_pid else None
@@ -89,6 +95,27 @@ def outcome(container_id: str, lines: list[tuple[str, str]], ready_timeout: floa
             with contextlib.suppress(ProcessLookupError):
                 os.kill(shim_pid, signal.SIGKILL)
     return False, f"shim start {container_id}: {reason}"
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Until *pid* (not our child: polled in /proc) has exited, or is a zombie, or is another
+    process (its start time changed); SIGKILLed if it still lives after *timeout*."""
+    def started() -> bytes | None:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return None if fields[0] in (b"Z", b"X") else fields[19]
+
+    first = started()
+    deadline = time.monotonic() + timeout
+    while first is not None and started() == first:
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            return
+        time.sleep(0.0005)
 
 
 def _cmdline(pid: int) -> bytes | None:
