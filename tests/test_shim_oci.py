@@ -198,14 +198,13 @@ def zombies(pid: int) -> int:
     return count
 
 
-@pytest.mark.parametrize("kind", [pytest.param("runc", marks=needs_runc),
-                                  pytest.param("process", marks=needs_root)])
+@pytest.mark.parametrize("kind", [*RUNTIMES, pytest.param("process", marks=needs_root)])
 def test_init_reaps_orphans_inside_the_container(
         shims: Shims, busybox_rootfs: Path, kind: str) -> None:  # noqa: F811
     counts = {}
     for init in (False, True):
-        if kind == "runc":
-            shim = oci(shims, busybox_rootfs, ZOMBIE_MAKER, init=init)
+        if kind in ("runc", "crun"):
+            shim = oci(shims, busybox_rootfs, ZOMBIE_MAKER, kind, init=init)
         else:  # a pid namespace: the command's pid 1 is sleep, or tini with init
             shim = shims.start(ZOMBIE_MAKER, cid=unique_id("shim"), namespaces=["pid"],
                                init=init)
