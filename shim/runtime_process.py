@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 #: unshare(2) flags by the names spec["namespaces"] uses.
 NAMESPACES = {"mount": 0x00020000, "uts": 0x04000000, "ipc": 0x08000000,
               "net": 0x40000000, "pid": 0x20000000}
-#: /proc/PID/ns/ file names; mount last: entering it first could hide the others' files.
+#: /proc/PID/ns/ file names, in the order exec enters them (mount last, as nsenter does).
 NS_FILES = {"uts": "uts", "ipc": "ipc", "net": "net", "mount": "mnt"}
 _RESET_SIGNALS = ("SIGPIPE", "SIGHUP", "SIGINT", "SIGXFSZ", "SIGCHLD", "SIGTERM", "SIGQUIT")
 
