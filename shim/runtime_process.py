@@ -274,13 +274,20 @@ class ProcessRuntime:
                         ns_fds.append((name, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
                     except OSError as exc:
                         raise ExecFailed(exc.errno or 0, f"open {path}: {exc.strerror}") from None
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as exc:  # ENOMEM: the pid namespace's init just exited
+                raise ExecFailed(exc.errno or 0, f"exec {exec_id}: fork: {exc.strerror}"
+                                 ) from None
             if pid == 0:
                 try:
                     os.close(status_r)
                     self._exec_child(process, ns_fds, stdout, stderr, status_w, self.cgroup)
                 finally:
                     os._exit(127)
+        except BaseException:
+            os.close(status_r)
+            raise
         finally:
             for _, fd in ns_fds:
                 os.close(fd)
