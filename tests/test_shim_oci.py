@@ -300,3 +300,18 @@ def test_a_bad_bundle_is_a_clear_error_and_leaks_nothing(
         assert listed(root, "runc") == []
         instance = shim_api.read_spec(shim_api.shim_dir(root, cid))["instance"]
         assert not leftover_cgroups(f"tether/{cid}-{instance}")
+
+
+@needs_runc
+def test_an_oom_kill_of_a_child_is_reported_while_the_container_runs_on(
+        shims: Shims, busybox_rootfs: Path) -> None:  # noqa: F811
+    shim = oci(shims, busybox_rootfs, "dd if=/dev/zero of=/dev/null bs=64M count=1; "
+               "echo dd=$?; exit 0", limits={"memory": 32 << 20})
+    with shim.connect() as conn, shim.connect() as events:
+        conn.call("start")
+        seen = [(e["type"], e["data"].get("exit_status")) for e in events_until_exit(events)]
+        assert seen == [("task.create", None), ("task.start", None), ("task.oom", None),
+                        ("task.exit", 0)]
+        conn.call("delete")
+    shim.wait_gone()
+    assert shim.log_lines()[-1].endswith("stdout F dd=137")
