@@ -159,19 +159,29 @@ def test_sigkill_gives_137_and_a_bad_command_fails_start_word_for_word(
         assert sig_ignored(shim.task_pid) & 0b110 == 0
         conn.call("kill", signal=9)
         assert conn.call("wait")["exit_status"] == 137
-    proc = shims.run_start(shims.write_spec(unique_id("shim"), command=["/no/such"],
-                                            runtime="runc", rootfs=str(busybox_rootfs)))
+        conn.call("delete")
+    shim.wait_gone()
+    cid = shims.write_spec(unique_id("shim"), command=["/no/such"], runtime="runc",
+                           rootfs=str(busybox_rootfs))
+    proc = shims.run_start(cid)
     if proc.returncode == 0:  # runc 1.1 reports a missing command at start, not create
         shim = shims.adopt(json.loads(proc.stdout), proc.args[-1])
         with pytest.raises(wire.RemoteError) as info:
             shim.call("start")
         assert info.value.code == "exec_failed"
         message = str(info.value)
+        shim.call("delete")
+        shim.wait_gone()
     else:
         message = proc.stderr
     # runc's own words: 'runc create failed: unable to start container process: exec:
     # "/no/such": stat /no/such: no such file or directory'
     assert "/no/such" in message and "no such file or directory" in message.lower()
+    # the failed create left nothing: no shim, no runc state, no cgroup
+    assert no_shim_processes(root)
+    poll(lambda: not listed(root, "runc"), what="runc state gone")
+    instance = shim_api.read_spec(root / "shims" / cid)["instance"]
+    assert not leftover_cgroups(f"tether/{cid}-{instance}")
 
 
 @needs_runc
