@@ -40,11 +40,13 @@ def start(root: str, container_id: str, ready_timeout: float = READY_TIMEOUT) ->
     return 0 if ok else 1
 
 
-def detach(root: str, container_id: str, title: list[str] | None = None) -> tuple[int, int]:
+def detach(root: str, container_id: str, title: list[str] | None = None, reap: bool = True
+           ) -> tuple[int, int]:
     """Fork the intermediate that ``setsid``s and forks the shim; returns ``(ready_r, middle)``.
 
-    The intermediate has exited (and been reaped) when this returns: the shim is nobody's
-    child here. Both ``shim start`` and the launcher (:mod:`shim.launcher`) come through here.
+    With *reap*, the intermediate has exited and been reaped when this returns: the shim is
+    nobody's child here. Without, the caller reaps it (the launcher does, without waiting on
+    each). Both ``shim start`` and the launcher (:mod:`shim.launcher`) come through here.
     With *title*, the shim's command line is rewritten to it (a launcher's child would
     otherwise carry the launcher's command line).
     """
@@ -66,7 +68,8 @@ def detach(root: str, container_id: str, title: list[str] | None = None) -> tupl
         finally:
             os._exit(0)
     os.close(ready_w)
-    os.waitpid(middle, 0)
+    if reap:
+        os.waitpid(middle, 0)
     return ready_r, middle
 
 

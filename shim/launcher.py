@@ -96,6 +96,7 @@ class Launcher:
         self.sel = selectors.DefaultSelector()
         self.decoder = wire.FrameDecoder()
         self.starts: dict[int, _Start] = {}
+        self.middles = 0  # intermediates not yet reaped
 
     def send(self, message: dict[str, object]) -> None:
         self.sock.sendall(wire.encode(message))
@@ -108,6 +109,8 @@ class Launcher:
             if self.starts:
                 timeout = max(0.0, min(s.deadline for s in self.starts.values())
                               - time.monotonic())
+            if self.middles:  # an intermediate about to exit: come back to reap it
+                timeout = 0.01 if timeout is None else min(timeout, 0.01)
             for key, _ in self.sel.select(timeout):
                 if key.data is None:
                     try:
@@ -125,9 +128,23 @@ class Launcher:
                         self.handle(message)
                 else:
                     self.on_ready_pipe(key.data)
+            self.reap()
             now = time.monotonic()
             for start in [s for s in self.starts.values() if s.deadline <= now]:
                 self.finish(start)
+
+    def reap(self) -> None:
+        """Reap the intermediates (each exits right after forking its shim; the shims are
+        not our children, so nothing else comes back here)."""
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.middles = 0
+                return
+            if pid == 0:
+                return
+            self.middles -= 1
 
     def handle(self, message: dict[str, object]) -> None:
         if "hello" in message:
@@ -143,10 +160,11 @@ class Launcher:
             return
         title = [sys.executable, "-I", "-m", "shim", "start", "--root", self.root, "--id", cid]
         try:
-            fd, _ = launch.detach(self.root, cid, title)
+            fd, _ = launch.detach(self.root, cid, title, reap=False)
         except OSError as exc:  # fork or pipe failed: the daemon may try ``shim start``
             self.send(wire.error(request.rid, "internal", f"launcher: {exc}"))
             return
+        self.middles += 1
         start = _Start(request.rid, cid, fd, title)
         self.starts[fd] = start
         self.sel.register(fd, selectors.EVENT_READ, start)

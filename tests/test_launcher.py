@@ -190,6 +190,8 @@ def test_many_concurrent_starts(shims: Shims, launcher: Launcher) -> None:
     for h in handles:
         assert h.call("start")["pid"] == h.task_pid
     assert elapsed < 10, elapsed
+    # the intermediates were reaped: the launcher has no children, not even zombies
+    poll(lambda: children_of(launcher.proc.pid) == [], what="intermediates reaped")
 
 
 def test_the_launcher_leaves_on_eof_or_sigkill_and_its_shims_stay(
