@@ -294,3 +294,21 @@ def test_kill9_of_the_daemon_ends_the_launcher_not_the_shims(daemon: Daemon) -> 
     assert {c: daemon.ps()[c]["pid"] for c in cids} == pids
     poll(lambda: launcher_ready(daemon, 2), what="the new daemon's launcher")
     assert launcher_pids(daemon.root) != [lpid]
+
+
+def test_after_a_lost_launcher_a_running_shim_is_adopted_else_the_start_goes_fresh(
+        root: Path, shims: Shims) -> None:
+    """The launcher died with a start in flight: its shim either reported ready first (it
+    runs, and the daemon adopts it instead of starting a second one) or aborts (lock free)."""
+    import trio
+
+    from events import shim_api
+    from supervisor.shims import _adopt_after_lost_launcher
+
+    shim = shims.start(["sleep", "30"])
+    instance = shim.call("state")["instance"]
+    ready = trio.run(_adopt_after_lost_launcher, root, shim.id, shim.dir, instance)
+    assert ready == {"pid": shim.pid, "address": shim.address, "task_pid": shim.task_pid}
+    cid = shims.write_spec(command=["sleep", "30"])
+    assert trio.run(_adopt_after_lost_launcher, root, cid, shim_api.shim_dir(root, cid),
+                    "other") is None
