@@ -249,6 +249,11 @@ def test_supervisord_starts_shims_through_its_launcher(daemon: Daemon) -> None:
     assert cmdline(shim_pid)[-4:] == ["--root", str(daemon.root), "--id", cid]
     daemon.call("stop", id=cid, timeout=1)
     assert daemon.call("wait", id=cid)["exit_status"] == 143
+    running = daemon.run("sleep", "30")
+    assert daemon.stop() == 0  # SIGTERM: the launcher leaves with the daemon, shims stay
+    assert is_zombie_or_gone(lpid)
+    shim_pid = int((daemon.root / "shims" / running / "shim.pid").read_text())
+    assert not is_zombie_or_gone(shim_pid)
 
 
 def test_a_killed_launcher_leaves_shims_alone_and_comes_back(daemon: Daemon) -> None:
