@@ -12,10 +12,13 @@ The ``--json`` shapes are a compatibility promise (DESIGN.md): one object per li
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 from supervisor.protocol import PS_FIELDS
+
+TYPE_CHECKING = False  # not typing's: a one-shot command would pay ~3 ms to import typing
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from typing import Any
 
 __all__ = [
     "PS_TIME_FIELDS",
