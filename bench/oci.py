@@ -13,9 +13,12 @@ with the anchors measured on this kind of machine (/work/shared/ANCHORS.md) besi
 * the shim's stop path for a container that obeys SIGTERM (busybox ``sleep`` under the tini
   init, which forwards the signal): ``kill TERM``, ``waitpid`` of the init, ``delete`` (no -f),
   against ``delete -f`` of the same running container. Goal: <= 20 ms.
-* through the real shim (``python -I -m shim start`` as supervisord runs it, then the
+* through the real shim (``python -I -m shim start``, supervisord's fallback path, then the
   ``start`` call on its socket): run -> running for runc, crun and the process runtime, and
-  the ``stop`` call (TERM to tini, which forwards it) until its reply, then ``delete``.
+  the ``stop`` call (TERM to tini, which forwards it) until its reply, then ``delete``;
+* through supervisord as users meet it (its shim launcher, in-process client): ``run`` until
+  the reply (``task.start`` durable), and ``stop`` of a container that obeys SIGTERM until the
+  reply (``task.exit`` durable). Goals: <= the bare runtime + 10 ms, <= 0.5x containerd.
 
 Everything it makes (containers, state roots, cgroups under ``tether-bench``, temp dirs) is
 removed at the end, also on failure.
@@ -320,6 +323,43 @@ class Bench:
 
     # -- cleanup ----------------------------------------------------------------------------
 
+    def through_daemon(self, runtimes: list[str]) -> None:
+        """``run`` and ``stop`` through a real supervisord that starts shims with its launcher."""
+        from daemon import Daemon, kill_everything_naming, wait_launcher
+
+        root = self.base / "daemon" / "root"
+        root.mkdir(parents=True)
+        d = Daemon(root)
+        try:
+            d.start()
+            wait_launcher(d)
+            with d.conn() as c:
+                for runtime in runtimes:
+                    runs, stops = [], []
+                    for _ in range(self.n):
+                        spec: dict[str, object] = {"command": ["sleep", "100"],
+                                                   "runtime": runtime}
+                        if runtime != "process":
+                            spec.update(rootfs=str(self.rootfs), init=True)
+                        t = time.perf_counter()
+                        cid = c.call("run", spec=spec)["id"]
+                        t1 = time.perf_counter()
+                        c.call("stop", id=cid, timeout=10)
+                        t2 = time.perf_counter()
+                        c.call("rm", id=cid, force=True)
+                        runs.append(ms(t1 - t))
+                        stops.append(ms(t2 - t1))
+                    bare = ANCHORS.get(f"{runtime} run -d", "")
+                    self.row(f"supervisord {runtime}: run -> running (launcher)", runs,
+                             f"{bare} ({runtime} run -d)" if bare else "",
+                             "ctr run -d: " + ANCHORS["ctr run -d --rootfs"])
+                    self.row(f"supervisord {runtime}: stop (TERM obeyed) until reply", stops,
+                             f"goal <= {GOAL_STOP_MS:g} ms",
+                             "OK" if statistics.median(stops) <= GOAL_STOP_MS else "over")
+        finally:
+            d.stop()
+            kill_everything_naming(str(root))
+
     def cleanup(self) -> None:
         for pid in self.shim_pids:  # whatever a failed run left: our children (subreaper)
             with contextlib.suppress(ProcessLookupError):
@@ -401,6 +441,7 @@ def main() -> None:
             bench.through_shim(name)
         for name in [*names, "process"]:
             bench.stop_through_shim(name)
+        bench.through_daemon([*names, "process"])
     finally:
         bench.cleanup()
         shutil.rmtree(base, ignore_errors=True)
