@@ -163,7 +163,7 @@ def event_line(record: Mapping[str, Any]) -> str:
     parts = []
     for key in sorted(data):
         value = data[key]
-        if key == "spec" and isinstance(value, Mapping):
+        if key == "spec" and isinstance(value, dict):
             value = _non_default(value)  # the line shows what was asked, not every default
         if key.endswith("_at") and isinstance(value, int) and not isinstance(value, bool):
             shown = rfc3339(value)  # e.g. exited_at: people read times, not nanoseconds
@@ -192,5 +192,5 @@ def inspect_json(obj: Mapping[str, Any]) -> str:
             out[field] = rfc3339(out[field])
     history = out.get("history")
     if isinstance(history, list):
-        out["history"] = [event_object(e) if isinstance(e, Mapping) else e for e in history]
+        out["history"] = [event_object(e) if isinstance(e, dict) else e for e in history]
     return dumps(out, indent=2)
