@@ -79,26 +79,17 @@ class BlockingConnection:
         """Send a request and return its result; an error reply raises ``wire.RemoteError``."""
         rid = self.send_request(method, params)
         while True:
-            message = self.recv()
-            if message.get("id") not in (rid, None):
-                continue  # an item of an earlier, abandoned stream
-            if "error" in message:
-                err = message["error"]
-                raise wire.RemoteError(str(err.get("code")), str(err.get("message")))
-            if "result" in message:
-                return message["result"]
+            response = wire.response_to(rid, self.recv())
+            if response is not None and response[0] == "result":
+                return response[1]
 
     def stream(self, method: str, **params: Any) -> Iterator[Any]:
         """Yield the items of a stream until its end frame; an error frame raises."""
         rid = self.send_request(method, params)
         while True:
-            message = self.recv()
-            if message.get("id") not in (rid, None):
+            response = wire.response_to(rid, self.recv())
+            if response is None or response[0] == "result":
                 continue
-            if "error" in message:
-                err = message["error"]
-                raise wire.RemoteError(str(err.get("code")), str(err.get("message")))
-            if message.get("end"):
+            if response[0] == "end":
                 return
-            if "item" in message:
-                yield message["item"]
+            yield response[1]

@@ -42,8 +42,10 @@ __all__ = [
     "item",
     "parse_hello",
     "parse_request",
+    "remote_error",
     "reply",
     "request",
+    "response_to",
 ]
 
 #: Protocol version spoken in the hello frame. A peer with another version is refused.
@@ -212,6 +214,34 @@ def parse_hello(message: Mapping[str, Any], roles: frozenset[str] | set[str] | N
     if roles is not None and role not in roles:
         raise ProtocolError(f"unexpected role {role!r}; expected one of {sorted(roles)}")
     return dict(body)
+
+
+def remote_error(err: Any) -> RemoteError:
+    """The exception for an error frame's ``error`` map (or for a malformed one)."""
+    if not isinstance(err, Mapping):
+        return RemoteError("protocol", f"malformed error frame: {err!r}")
+    return RemoteError(str(err.get("code", "internal")), str(err.get("message", "")))
+
+
+def response_to(rid: int, message: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """What *message* means to a caller waiting on request *rid*.
+
+    ``None``: not for this request (an item of a stream an earlier caller abandoned): skip it.
+    Otherwise ``("result", value)``, ``("item", value)`` or ``("end", None)``; an error frame
+    for *rid* (or a connection-level one, id None) raises :class:`RemoteError`. Every client of
+    the system -- blocking or trio -- interprets replies through this one function.
+    """
+    if message.get("id") not in (rid, None):
+        return None
+    if "error" in message:
+        raise remote_error(message["error"])
+    if "result" in message:
+        return ("result", message["result"])
+    if message.get("end"):
+        return ("end", None)
+    if "item" in message:
+        return ("item", message["item"])
+    return None
 
 
 class Request:

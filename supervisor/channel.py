@@ -69,28 +69,19 @@ class Channel:
         """One request, its result; an error reply raises ``wire.RemoteError``."""
         rid = await self._request(method, params)
         while True:
-            message = await self.recv()
-            if message.get("id") not in (rid, None):
-                continue
-            if "error" in message:
-                err = message["error"] or {}
-                raise wire.RemoteError(str(err.get("code")), str(err.get("message")))
-            if "result" in message:
-                return message["result"]
+            response = wire.response_to(rid, await self.recv())
+            if response is not None and response[0] == "result":
+                return response[1]
 
     async def stream_items(self, method: str, **params: Any) -> AsyncIterator[Any]:
         rid = await self._request(method, params)
         while True:
-            message = await self.recv()
-            if message.get("id") not in (rid, None):
+            response = wire.response_to(rid, await self.recv())
+            if response is None or response[0] == "result":
                 continue
-            if "error" in message:
-                err = message["error"] or {}
-                raise wire.RemoteError(str(err.get("code")), str(err.get("message")))
-            if message.get("end"):
+            if response[0] == "end":
                 return
-            if "item" in message:
-                yield message["item"]
+            yield response[1]
 
 
 async def connect(path: str, role: str = "supervisor", timeout: float = 5.0,

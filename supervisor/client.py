@@ -171,13 +171,9 @@ class Client:
             rid, message = self._request(method, params)
             await self._send(message)
             while True:
-                reply = await self._recv()
-                if reply.get("id") not in (rid, None):
-                    continue  # an item of a stream abandoned by an earlier caller
-                if "error" in reply:
-                    raise _remote_error(reply["error"])
-                if "result" in reply:
-                    return reply["result"]
+                response = wire.response_to(rid, await self._recv())
+                if response is not None and response[0] == "result":
+                    return response[1]
         finally:
             self._release()
 
@@ -194,17 +190,17 @@ class Client:
             rid, message = self._request(method, params)
             await self._send(message)
             while True:
-                reply = await self._recv()
-                if reply.get("id") not in (rid, None):
-                    continue
-                if "error" in reply:
+                try:
+                    response = wire.response_to(rid, await self._recv())
+                except wire.RemoteError:
                     done = True
-                    raise _remote_error(reply["error"])
-                if reply.get("end"):
+                    raise
+                if response is None or response[0] == "result":
+                    continue
+                if response[0] == "end":
                     done = True
                     return
-                if "item" in reply:
-                    yield reply["item"]
+                yield response[1]
         finally:
             if not done:
                 self._abandon()
@@ -242,7 +238,3 @@ class Client:
             await items.aclose()
 
 
-def _remote_error(err: Any) -> wire.RemoteError:
-    if not isinstance(err, dict):
-        return wire.RemoteError("protocol", f"malformed error frame: {err!r}")
-    return wire.RemoteError(str(err.get("code", "internal")), str(err.get("message", "")))
