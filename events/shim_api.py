@@ -6,8 +6,11 @@ module, so the contract lives in exactly one place.
 Files in ``ROOT/shims/ID/`` (see :func:`shim_dir`):
 
 ``spec.json``       the container spec (:data:`SPEC_FIELDS`), written by supervisord before it
-                    starts the shim. JSON so an operator can read it.
-``shim.pid``        the shim's pid, written atomically once the shim is ready.
+                    starts the shim (atomically, not fsynced: only that shim reads it, and the
+                    spec's durable copy is the ``container.create`` event). JSON so an operator
+                    can read it.
+``shim.pid``        the shim's pid, written atomically (not fsynced: no shim outlives a power
+                    loss; the durable record is the daemon's ``task.create``) before ready.
 ``address``         the path of the shim's socket (may be a short fallback path outside the
                     directory when ``ROOT`` is deep: unix socket paths are limited to 107 bytes).
 ``exit``            the exit record (:func:`write_exit_file`), written atomically *before* anyone is
@@ -142,11 +145,14 @@ def shim_dir(root: str | os.PathLike[str], container_id: str) -> Path:
     return Path(root) / "shims" / validate_id(container_id)
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600,
+                 durable: bool = True) -> None:
     """Write *data* so that readers see the old file or the whole new one, never a torn one.
 
     temp file in the same directory -> fsync -> rename -> fsync of the directory, so the rename
-    itself survives a power loss.
+    itself survives a power loss. Without *durable*, no fsync (~0.7 ms less, two of them): for
+    a file that is worthless after a power loss anyway (regenerated on every start, or naming
+    a process that cannot have survived it); readers still never see a torn file.
     """
     path = os.fspath(path)
     directory, name = os.path.split(path)
@@ -157,7 +163,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         try:  # noqa: SIM105 (contextlib is one more import for every shim)
@@ -167,7 +174,8 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
         raise
     os.close(fd)
     os.rename(tmp, path)
-    fsync_dir(directory or ".")
+    if durable:
+        fsync_dir(directory or ".")
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -184,7 +192,8 @@ def write_spec(directory: str | os.PathLike[str], spec: dict[str, Any]) -> None:
     validate_id(full["id"])
     if not isinstance(full["instance"], str) or not full["instance"]:
         raise ValueError("spec needs a non-empty 'instance'")
-    write_atomic(os.path.join(directory, SPEC_FILE), json.dumps(full, indent=1).encode())
+    write_atomic(os.path.join(directory, SPEC_FILE), json.dumps(full, indent=1).encode(),
+                 durable=False)
 
 
 def read_spec(directory: str | os.PathLike[str]) -> dict[str, Any]:

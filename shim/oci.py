@@ -310,8 +310,10 @@ def _resources(limits: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Atomically (temp + fsync + rename): a runtime never reads half a config."""
-    write_atomic(path, json.dumps(obj, indent=1).encode(), mode=0o600)
+    """Atomically (temp + rename): a runtime never reads half a config. Not fsynced: the shim
+    regenerates config.json on every start and removes an exec's process.json once used, so
+    neither is read after a power loss (which takes the container and its shim down too)."""
+    write_atomic(path, json.dumps(obj, indent=1).encode(), mode=0o600, durable=False)
 
 
 def load_config(bundle: str | os.PathLike[str]) -> dict[str, Any]:

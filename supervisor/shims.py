@@ -110,7 +110,7 @@ async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: dic
                 (directory / stale).unlink()
         shim_api.write_spec(directory, shim_spec(cid, instance, spec))
 
-    try:  # two fsyncs (file, directory): in a thread, never on the event loop
+    try:  # file system calls (a hung disk must not stall the daemon): in a thread
         await trio.to_thread.run_sync(prepare)
     except OSError as exc:
         raise _os_error("writing the shim spec", directory, exc) from None
