@@ -5,9 +5,10 @@ Run: ``.venv/bin/python bench/eventlog.py [--events 1000000] [--seconds 3] [--di
 Measures, in one run so the ratios are fair on a noisy shared machine:
 
 * durable appends/s with 1, 8 and 64 concurrent appenders, each waiting for its event to be
-  durable before sending the next, through a group-commit writer like the daemon's (trio tasks
-  queue items; one writer task drains everything queued into one ``EventLog.append`` in a
-  worker thread, i.e. one fdatasync per batch, then wakes the batch's waiters);
+  durable before sending the next, through the daemon's own group commit
+  (``supervisor.logwriter.LogWriter``: trio tasks queue items; its writer task drains
+  everything queued into one ``EventLog.append`` in a worker thread, i.e. one fdatasync per
+  batch, then wakes the batch's waiters);
 * replay of the whole log from seq 1 with ``EventLog.read`` (events/s);
 * the limits: one fdatasync of a 128-byte append (median, p99), and a plain framed decode
   (length + crc + msgpack, no Event objects) of the same segment files.
@@ -36,6 +37,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from events.log import HEADER_SIZE, EventLog
+from supervisor.logwriter import LogWriter
 
 GOAL_APPEND_64 = 100_000
 GOAL_REPLAY = 500_000
@@ -50,40 +52,8 @@ def task_exit(i: int) -> tuple[str, str, dict]:
              "exited_at": 1_795_830_000_000_000_000 + i, "shim_seq": i})
 
 
-class GroupCommitWriter:
-    """The daemon's shape: callers await their item's durability; one writer drains the queue."""
-
-    def __init__(self, log: Any) -> None:
-        self.log = log
-        self.queue: list[tuple[str, str, dict]] = []
-        self.waiting: trio.Event | None = None
-        self.wakeup = trio.Event()
-        self.batches = 0
-
-    async def append(self, item: tuple[str, str, dict]) -> None:
-        self.queue.append(item)
-        if self.waiting is None:
-            self.waiting = trio.Event()
-        done = self.waiting
-        self.wakeup.set()
-        await done.wait()
-
-    async def run(self) -> None:
-        while True:
-            await self.wakeup.wait()
-            self.wakeup = trio.Event()
-            batch, self.queue = self.queue, []
-            done, self.waiting = self.waiting, None
-            if not batch:
-                continue
-            await trio.to_thread.run_sync(self.log.append, batch)
-            self.batches += 1
-            assert done is not None
-            done.set()
-
-
 async def _group_commit(log: Any, appenders: int, seconds: float) -> tuple[int, int, float]:
-    writer = GroupCommitWriter(log)
+    writer = LogWriter(log, lambda events: None)  # the daemon's own group commit
     count = 0
     stop_at = trio.current_time() + seconds
 
@@ -91,13 +61,13 @@ async def _group_commit(log: Any, appenders: int, seconds: float) -> tuple[int, 
         nonlocal count
         i = 0
         while trio.current_time() < stop_at:
-            await writer.append(task_exit(k * 1_000_000 + i))
+            await writer.append([task_exit(k * 1_000_000 + i)])
             count += 1
             i += 1
 
     started = time.perf_counter()
     async with trio.open_nursery() as outer:
-        outer.start_soon(writer.run)
+        await outer.start(writer.run)
         async with trio.open_nursery() as nursery:
             for k in range(appenders):
                 nursery.start_soon(appender, k)
