@@ -188,10 +188,24 @@ class _ParserExit(Exception):
         self.status = status
 
 
+def parse_runtime(value: str) -> str:
+    """``process``, ``runc``, ``crun``, or a path to a runc-compatible binary (made absolute:
+    the shim resolves it, from another working directory)."""
+    if value in ("process", "runc", "crun"):
+        return value
+    if "/" in value:
+        return os.path.abspath(value)
+    raise argparse.ArgumentTypeError(
+        f"unknown runtime {value!r}: use process, runc, crun or the path of a runc-compatible "
+        "binary (e.g. ./my-runc)")
+
+
 def _add_spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="the container's id (generated when absent)")
-    p.add_argument("--runtime", default="process", choices=("process", "runc", "crun"),
-                   help="how to run it: a plain process (default) or an OCI runtime")
+    p.add_argument("--runtime", default="process", type=parse_runtime,
+                   metavar="process|runc|crun|PATH",
+                   help="how to run it: a plain process (default), an OCI runtime, or the path "
+                        "of any runc-compatible binary")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--rootfs", metavar="DIR", help="root filesystem (OCI runtimes)")
     where.add_argument("--bundle", metavar="DIR", help="an OCI bundle (config.json + rootfs)")

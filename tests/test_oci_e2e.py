@@ -135,3 +135,21 @@ def test_process_runtime_limits_and_exec_through_the_daemon(oci_daemon: Daemon) 
     cgroup = cgroup_of(d, "p")
     ok(d, "rm", "-f", "p")
     assert not leftover_cgroups(cgroup)
+
+
+@needs_runc
+def test_runtime_given_as_a_path(oci_daemon: Daemon, busybox_rootfs: Path) -> None:
+    """Any runc-compatible binary by its path; a path that is not there is a clear error that
+    leaves nothing behind."""
+    import shutil
+
+    d = oci_daemon
+    runc = shutil.which("runc") or "/usr/sbin/runc"
+    ok(d, "run", "--runtime", runc, "--rootfs", str(busybox_rootfs), "--name", "bypath",
+       "--", "sh", "-c", "exit 4")
+    assert ctl(d, "wait", "bypath").returncode == 4
+    assert ps(d)["bypath"]["runtime"] == runc
+    bad = ctl(d, "run", "--runtime", "/no/such/runc", "--rootfs", str(busybox_rootfs),
+              "--name", "nope", "--", "true")
+    assert bad.returncode == 1 and "/no/such/runc" in bad.stderr, bad
+    assert "nope" not in ps(d)
