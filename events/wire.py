@@ -22,10 +22,14 @@ peer that announces 4 GiB cannot make us allocate it. Every malformed input rais
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
-from typing import Any
 
 import msgpack
+
+TYPE_CHECKING = False  # not typing's: every supervisorctl call imports this module (~3 ms)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
 
 __all__ = [
     "MAX_FRAME",
@@ -201,9 +205,9 @@ def parse_hello(message: Mapping[str, Any], roles: frozenset[str] | set[str] | N
     body = message.get("hello")
     if body is None and "error" in message:
         err = message["error"]
-        if isinstance(err, Mapping):
+        if isinstance(err, dict):
             raise RemoteError(str(err.get("code", "protocol")), str(err.get("message", "")))
-    if not isinstance(body, Mapping):
+    if not isinstance(body, dict):
         raise ProtocolError("expected a hello frame first, e.g. {'hello': {'proto': 1, ...}}")
     proto = body.get("proto")
     if proto != PROTO:
@@ -218,7 +222,7 @@ def parse_hello(message: Mapping[str, Any], roles: frozenset[str] | set[str] | N
 
 def remote_error(err: Any) -> RemoteError:
     """The exception for an error frame's ``error`` map (or for a malformed one)."""
-    if not isinstance(err, Mapping):
+    if not isinstance(err, dict):
         return RemoteError("protocol", f"malformed error frame: {err!r}")
     return RemoteError(str(err.get("code", "internal")), str(err.get("message", "")))
 
