@@ -432,11 +432,11 @@ class OCIRuntime:
         self.root = os.fspath(root) if root is not None else None
         self.log_path = os.path.abspath(os.fspath(log_path))
         self.timeout = timeout
-        layout = detect_layout()
-        if hide_unified is None:
-            hide_unified = needs_private_cgroup_view(self.binary, layout)
+        if hide_unified is None:  # reads the mount table for crun only
+            hide_unified = needs_private_cgroup_view(self.binary)
         self._preexec: Callable[[], None] | None = None
         if hide_unified:
+            layout = detect_layout()
             if os.geteuid() != 0:
                 raise OCIError(f"{self.kind} cannot run on this hybrid cgroup layout, and hiding "
                                f"{layout.unified.mountpoint if layout.unified else 'cgroup2'} "

@@ -53,8 +53,11 @@ class OciRuntime:
                 except OSError as exc:
                     raise CreateFailed(f"{binary}: hiding the cgroup2 mount in a private mount "
                                        f"namespace failed: {exc}") from None
+            # hidden above (or nothing to hide): the driver need not read the mount table
+            # again; not root: it says why crun cannot run here
             self.rt = oci.OCIRuntime(binary, oci.state_root(root, binary),
-                                     os.path.join(directory, "runtime.log"))
+                                     os.path.join(directory, "runtime.log"),
+                                     hide_unified=None if hide and os.geteuid() != 0 else False)
         except oci.OCIError as exc:
             raise CreateFailed(str(exc)) from None
         self._created = False
