@@ -341,13 +341,21 @@ class Shim:
         self._publish("task.exit", {k: record[k] for k in ("pid", "exit_status", "signal",
                                                            "exited_at")}, seq)
         waiters, self.waiters = self.waiters, []
+        self._close_oom()
+        if any(kind == "delete" for _, _, kind in waiters):
+            # A delete's caller removes our directory as soon as it has the reply (the
+            # runtime's --log file is in it): the runtime's state must be gone before then.
+            self._runtime_exited()
         for conn, rid, kind in waiters:
             conn.pending -= 1
             self._send(conn, wire.reply(rid, record))
             if kind == "delete":
                 self.deleting = self.done = True
-        self._close_oom()
-        try:  # after the replies: they are not delayed by the runtime's clean-up
+        self._runtime_exited()  # after stop/wait replies: they are not delayed by the clean-up
+
+    def _runtime_exited(self) -> None:
+        """The runtime's clean-up after the init's exit (``runc delete``); runs once."""
+        try:
             self.runtime.exited()
         except Exception as exc:
             self.diag.log("warning", "runtime_cleanup_failed", error=str(exc))

@@ -153,3 +153,19 @@ def test_runtime_given_as_a_path(oci_daemon: Daemon, busybox_rootfs: Path) -> No
               "--name", "nope", "--", "true")
     assert bad.returncode == 1 and "/no/such/runc" in bad.stderr, bad
     assert "nope" not in ps(d)
+
+
+@needs_runc
+def test_rm_force_of_a_running_container_leaves_no_runtime_state(
+        oci_daemon: Daemon, busybox_rootfs: Path, root: Path) -> None:
+    """``rm -f`` removes the shim's directory right after the shim's reply: the shim must
+    have run ``runc delete`` before replying (its --log file lives in that directory)."""
+    d = oci_daemon
+    for init in ([], ["--init"]):
+        cid = ok(d, "run", "--runtime", "runc", "--rootfs", str(busybox_rootfs), *init,
+                 "--", "sleep", "100").strip()
+        cgroup = cgroup_of(d, cid)
+        assert leftover_cgroups(cgroup)
+        ok(d, "rm", "-f", cid)
+        assert runtime_list("runc", str(root / "runc")) == []
+        assert not leftover_cgroups(cgroup)
