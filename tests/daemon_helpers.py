@@ -168,6 +168,12 @@ class Daemon:
     def ps(self, all: bool = True) -> dict[str, dict[str, Any]]:
         return {row["id"]: row for row in self.call("ps", all=all)}
 
+    def reconciled(self, timeout: float = 10.0) -> Daemon:
+        """Wait until the daemon has reconciled every container after its start (``ps`` shows
+        ``unknown`` until then, by design)."""
+        self.wait_for(lambda: self.call("status")["reconciling"] is False, timeout)
+        return self
+
     def wait_for(self, predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
         """Poll ``predicate()`` until it is truthy; returns its value or raises TimeoutError."""
         deadline = time.monotonic() + timeout

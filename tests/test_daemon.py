@@ -282,7 +282,7 @@ def test_sigterm_records_stop_and_containers_keep_running(daemon):
     pid = daemon.ps()["keep"]["pid"]
     assert daemon.stop() == 0
     os.kill(pid, 0)
-    daemon.start()
+    daemon.start().reconciled()
     assert daemon.ps()["keep"]["pid"] == pid
     assert daemon.ps()["keep"]["state"] == "running"
     types = [e["type"] for e in events_of(daemon, types=["supervisor"])]

@@ -234,7 +234,7 @@ def test_a_full_disk_fails_commands_with_no_space_and_loses_nothing(root):
         fill.unlink()
         assert d.run("sleep", "100", name="big", env=pad) == "big"
         d.kill9()
-        d.start()
+        d.start().reconciled()
         rows = d.ps()
         assert rows["before"]["state"] == rows["big"]["state"] == "running"
         seqs = [e["seq"] for e in d.stream("events")]
