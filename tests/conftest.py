@@ -112,6 +112,19 @@ def root(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def shims(root: Path):
+    """A ``shim_helpers.Shims`` factory: every shim and container it started is ended after the
+    test, by pid, even when the test fails."""
+    from shim_helpers import Shims
+
+    factory = Shims(root)
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
+
+
 @pytest.fixture(autouse=True)
 def no_leaks(tmp_path: Path, request: pytest.FixtureRequest):
     """Fail a test that leaves processes behind, after killing them so the next test is clean."""

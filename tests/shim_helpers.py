@@ -214,3 +214,12 @@ def no_shim_processes(root: Path) -> bool:
     from conftest import processes_naming
 
     return not processes_naming(str(root))
+
+
+def poll(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``predicate()`` until it is truthy; return its value, fail after *timeout*."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+    return value

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from conftest import _proc_table, is_zombie_or_gone
 from daemon_helpers import Daemon, daemon, daemon_factory  # noqa: F401
-from shim_helpers import Shims, children_of, proc_stat, start_command
+from shim_helpers import Shims, children_of, poll, proc_stat, start_command
 
 from events import wire
 from shim.launcher import TITLE_SPACE
@@ -72,15 +72,6 @@ class Launcher:
 
 
 @pytest.fixture
-def shims(root: Path):
-    factory = Shims(root)
-    try:
-        yield factory
-    finally:
-        factory.cleanup()
-
-
-@pytest.fixture
 def launcher(root: Path, shims: Shims):
     la = Launcher(root)
     try:
@@ -95,13 +86,6 @@ def launched(launcher: Launcher, shims: Shims, command: list[str], **spec: Any):
     assert "result" in reply, reply
     return shims.adopt(reply["result"], cid)
 
-
-def poll(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-    return value
 
 
 def cmdline(pid: int) -> list[str]:

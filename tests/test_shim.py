@@ -1,3 +1,4 @@
+
 """The shim with real processes: detachment, reaping, exit statuses, events, stop, logs, abuse.
 
 Every test gets its shims from the ``shims`` fixture, whose teardown kills each shim, container
@@ -18,28 +19,10 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from shim_helpers import ENV, Shims, proc_stat, sig_ignored, start_command
+from shim_helpers import ENV, Shims, poll, proc_stat, sig_ignored, start_command
 
 from events import shim_api, wire
 from events.rpc import BlockingConnection
-
-
-@pytest.fixture
-def shims(root: Path):
-    factory = Shims(root)
-    try:
-        yield factory
-    finally:
-        factory.cleanup()
-
-
-def poll(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
-    return value
-
 
 # -- start and detachment ---------------------------------------------------------------------
 

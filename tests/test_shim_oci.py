@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the busybox_rootfs fixture is imported from oci_helpers, used as an argument)
 """The shim driving runc and crun (and the process runtime's limits, init and exec): create
 with the shim's pipes, the reparented init, exit, OOM, exec, delete; nothing left behind.
 
@@ -30,6 +31,7 @@ from shim_helpers import (
     Shims,
     leftover_cgroups,
     no_shim_processes,
+    poll,
     proc_stat,
     sig_ignored,
     tree,
@@ -39,25 +41,8 @@ from events import shim_api, wire
 from events.rpc import BlockingConnection
 
 
-def poll(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
-    return value
-
-
-@pytest.fixture
-def shims(root: Path):
-    factory = Shims(root)
-    try:
-        yield factory
-    finally:
-        factory.cleanup()
-
-
 @needs_runc
-def test_runc_container_under_the_shim(shims: Shims, busybox_rootfs: Path) -> None:  # noqa: F811
+def test_runc_container_under_the_shim(shims: Shims, busybox_rootfs: Path) -> None:
     shim = shims.start("echo hi from runc; exit 3", cid=unique_id("shim"), runtime="runc",
                        rootfs=str(busybox_rootfs))
     with open(f"/proc/{shim.task_pid}/stat") as f:
@@ -73,7 +58,7 @@ def test_runc_container_under_the_shim(shims: Shims, busybox_rootfs: Path) -> No
 
 
 @needs_runc
-def test_runc_stop_and_force_delete(shims: Shims, busybox_rootfs: Path) -> None:  # noqa: F811
+def test_runc_stop_and_force_delete(shims: Shims, busybox_rootfs: Path) -> None:
     shim = shims.start(["sleep", "30"], cid=unique_id("shim"), runtime="runc",
                        rootfs=str(busybox_rootfs))
     with shim.connect() as conn:
@@ -126,7 +111,7 @@ def cgroup_of(shim: ShimHandle) -> str:
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_run_exit_status_times_and_delete_leave_nothing(
-        shims: Shims, busybox_rootfs: Path, root: Path, runtime: str) -> None:  # noqa: F811
+        shims: Shims, busybox_rootfs: Path, root: Path, runtime: str) -> None:
     shim = oci(shims, busybox_rootfs, "echo out; echo err >&2; exit 5", runtime)
     assert leftover_cgroups(cgroup_of(shim))
     with shim.connect() as conn, shim.connect() as events:
@@ -151,7 +136,7 @@ def test_run_exit_status_times_and_delete_leave_nothing(
 
 @needs_runc
 def test_sigkill_gives_137_and_a_bad_command_fails_start_word_for_word(
-        shims: Shims, busybox_rootfs: Path, root: Path) -> None:  # noqa: F811
+        shims: Shims, busybox_rootfs: Path, root: Path) -> None:
     shim = oci(shims, busybox_rootfs, ["sleep", "30"])
     with shim.connect() as conn:
         conn.call("start")
@@ -185,7 +170,7 @@ def test_sigkill_gives_137_and_a_bad_command_fails_start_word_for_word(
 
 
 @needs_runc
-def test_stop_of_an_obedient_container(shims: Shims, busybox_rootfs: Path) -> None:  # noqa: F811
+def test_stop_of_an_obedient_container(shims: Shims, busybox_rootfs: Path) -> None:
     shim = oci(shims, busybox_rootfs, ["sleep", "30"], init=True)
     with shim.connect() as conn:
         conn.call("start")
@@ -210,7 +195,7 @@ def zombies(pid: int) -> int:
 
 @pytest.mark.parametrize("kind", [*RUNTIMES, pytest.param("process", marks=needs_root)])
 def test_init_reaps_orphans_inside_the_container(
-        shims: Shims, busybox_rootfs: Path, kind: str) -> None:  # noqa: F811
+        shims: Shims, busybox_rootfs: Path, kind: str) -> None:
     counts = {}
     for init in (False, True):
         if kind in ("runc", "crun"):
@@ -228,7 +213,7 @@ def test_init_reaps_orphans_inside_the_container(
 
 @pytest.mark.parametrize("kind", [*RUNTIMES, pytest.param("process", marks=needs_root)])
 def test_memory_hog_gives_task_oom_then_exit_137(
-        shims: Shims, busybox_rootfs: Path, kind: str) -> None:  # noqa: F811
+        shims: Shims, busybox_rootfs: Path, kind: str) -> None:
     hog = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]
     limits = {"memory": 32 << 20}
     if kind in ("runc", "crun"):
@@ -251,7 +236,7 @@ def test_memory_hog_gives_task_oom_then_exit_137(
 @pytest.mark.parametrize("kind", [*RUNTIMES, pytest.param("process", marks=needs_root),
                                   "plain"])
 def test_exec_streams_output_and_status_and_publishes_events(
-        shims: Shims, busybox_rootfs: Path, kind: str) -> None:  # noqa: F811
+        shims: Shims, busybox_rootfs: Path, kind: str) -> None:
     if kind in ("runc", "crun"):
         shim = oci(shims, busybox_rootfs, ["sleep", "30"], kind, env={"WHO": "container"})
     elif kind == "process":
@@ -295,7 +280,7 @@ def test_exec_streams_output_and_status_and_publishes_events(
 
 @needs_runc
 def test_a_bad_bundle_is_a_clear_error_and_leaks_nothing(
-        shims: Shims, busybox_rootfs: Path, root: Path, tmp_path: Path) -> None:  # noqa: F811
+        shims: Shims, busybox_rootfs: Path, root: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty-bundle"
     empty.mkdir()
     for spec, words in [({"bundle": str(empty)}, "config.json"),
@@ -314,7 +299,7 @@ def test_a_bad_bundle_is_a_clear_error_and_leaks_nothing(
 
 @needs_runc
 def test_an_oom_kill_of_a_child_is_reported_while_the_container_runs_on(
-        shims: Shims, busybox_rootfs: Path) -> None:  # noqa: F811
+        shims: Shims, busybox_rootfs: Path) -> None:
     shim = oci(shims, busybox_rootfs, "dd if=/dev/zero of=/dev/null bs=64M count=1; "
                "echo dd=$?; exit 0", limits={"memory": 32 << 20})
     with shim.connect() as conn, shim.connect() as events:
