@@ -220,3 +220,21 @@ def daemon_factory(root: Path) -> Iterator[Any]:
 def daemon(daemon_factory: Any) -> Daemon:
     """A started supervisord on the test's root, cleaned up (with all its shims) afterwards."""
     return daemon_factory()
+
+
+#: The real ``supervisorctl`` of this venv (its console script), as a user runs it.
+_SCRIPT = Path(sys.executable).parent / "supervisorctl"
+CTL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "supervisor.ctl"]
+
+
+def ctl(d: Daemon, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``supervisorctl --root ROOT ARGV...`` as a separate process; its completed result."""
+    return subprocess.run([*CTL, "--root", str(d.root), *argv], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+def ok(d: Daemon, *argv: str) -> str:
+    """:func:`ctl` that must succeed; its stdout."""
+    proc = ctl(d, *argv)
+    assert proc.returncode == 0, (argv, proc.stdout, proc.stderr)
+    return proc.stdout

@@ -12,31 +12,17 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import Daemon, daemon, daemon_factory  # noqa: F401 (fixtures)
+from daemon_helpers import CTL, Daemon, ctl, daemon, daemon_factory, ok  # noqa: F401 (fixtures)
 
 from supervisor.protocol import PS_FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
-_SCRIPT = Path(sys.executable).parent / "supervisorctl"
-CTL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "supervisor.ctl"]
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z")
-
-
-def ctl(d: Daemon, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CTL, "--root", str(d.root), *argv], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
-
-
-def ok(d: Daemon, *argv: str) -> str:
-    proc = ctl(d, *argv)
-    assert proc.returncode == 0, (argv, proc.stdout, proc.stderr)
-    return proc.stdout
 
 
 def ps_json(d: Daemon, *flags: str) -> dict[str, dict[str, Any]]:

@@ -13,34 +13,17 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import Daemon, daemon_factory  # noqa: F401 (fixture)
+from daemon_helpers import Daemon, ctl, daemon_factory, ok  # noqa: F401 (fixture)
 from oci_helpers import busybox_rootfs, needs_root, needs_runc, runtime_list  # noqa: F401
 from shim_helpers import Shims, leftover_cgroups
 
 from events import shim_api
-
-REPO = Path(__file__).resolve().parent.parent
-_SCRIPT = Path(sys.executable).parent / "supervisorctl"
-CTL = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "supervisor.ctl"]
-
-
-def ctl(d: Daemon, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CTL, "--root", str(d.root), *argv], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
-
-
-def ok(d: Daemon, *argv: str) -> str:
-    proc = ctl(d, *argv)
-    assert proc.returncode == 0, (argv, proc.stdout, proc.stderr)
-    return proc.stdout
 
 
 def ps(d: Daemon) -> dict[str, dict[str, Any]]:
