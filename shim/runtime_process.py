@@ -52,6 +52,33 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+def _report_error(status_w: int, stage: str, exc: BaseException) -> None:
+    """In a forked child: tell the shim which step failed and why (read by :func:`_parse_error`);
+    the child then ends in ``os._exit(127)``."""
+    if isinstance(exc, OSError):
+        data = f"{exc.errno or 0}\0{stage}\0{exc.strerror or exc}"
+    else:
+        data = f"0\0{stage}\0{exc!r}"
+    with contextlib.suppress(OSError):
+        os.write(status_w, data.encode())
+
+
+def _reset_signals() -> None:
+    """In a forked child: the shim's signal set-up (wakeup fd, handlers, mask) is not inherited
+    by what the child execs."""
+    signal.set_wakeup_fd(-1)
+    for name in _RESET_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def _become_user(user: dict[str, Any]) -> None:
+    """In a forked child: drop to ``user`` (no supplementary groups), gid first."""
+    os.setgroups([])
+    os.setgid(int(user.get("gid", user["uid"])))
+    os.setuid(int(user["uid"]))
+
+
 def _parse_error(data: bytes) -> tuple[str, int, str]:
     number, _, rest = data.partition(b"\0")
     stage, _, message = rest.partition(b"\0")
@@ -164,10 +191,7 @@ class ProcessRuntime:
             if cgroup is not None:
                 stage = "join cgroup"
                 cgroup.join()  # first: every process the container makes is inside
-            signal.set_wakeup_fd(-1)
-            for name in _RESET_SIGNALS:
-                signal.signal(getattr(signal, name), signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            _reset_signals()
             stage = "setsid"
             os.setsid()  # its own session and process group: kill(all) signals the group
             stage = "open(/dev/null)"
@@ -194,9 +218,7 @@ class ProcessRuntime:
             user = spec.get("user")
             if user:
                 stage = "setgroups/setgid/setuid"
-                os.setgroups([])
-                os.setgid(int(user.get("gid", user["uid"])))
-                os.setuid(int(user["uid"]))
+                _become_user(user)
             os.write(status_w, b"R")
             stage = "wait for start"
             if os.read(sync_r, 1) != b"S":
@@ -205,12 +227,8 @@ class ProcessRuntime:
             command = spec["command"]
             stage = f"exec {command[0]!r}"
             os.execvpe(command[0], command, dict(spec.get("env") or {}))
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.write(status_w, f"{exc.errno or 0}\0{stage}\0{exc.strerror or exc}".encode())
         except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.write(status_w, f"0\0{stage}\0{exc!r}".encode())
+            _report_error(status_w, stage, exc)
 
     def start(self) -> None:
         try:
@@ -307,10 +325,7 @@ class ProcessRuntime:
         """Runs in the forked child; returns only to ``os._exit(127)``."""
         stage = "setup"
         try:
-            signal.set_wakeup_fd(-1)
-            for name in _RESET_SIGNALS:
-                signal.signal(getattr(signal, name), signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            _reset_signals()
             if cgroup is not None:
                 stage = "join cgroup"
                 cgroup.join()
@@ -334,18 +349,12 @@ class ProcessRuntime:
             user = process.get("user")
             if user:
                 stage = "setgroups/setgid/setuid"
-                os.setgroups([])
-                os.setgid(int(user.get("gid", user["uid"])))
-                os.setuid(int(user["uid"]))
+                _become_user(user)
             command = process["command"]
             stage = f"exec {command[0]!r}"
             os.execvpe(command[0], command, dict(process.get("env") or {}))
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.write(status_w, f"{exc.errno or 0}\0{stage}\0{exc.strerror or exc}".encode())
         except BaseException as exc:
-            with contextlib.suppress(OSError):
-                os.write(status_w, f"0\0{stage}\0{exc!r}".encode())
+            _report_error(status_w, stage, exc)
 
     def delete(self) -> None:
         for attr in ("_sync_w", "_status_r"):
