@@ -79,6 +79,7 @@ from __future__ import annotations
 import json
 import os
 
+from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT
 from events.ids import validate_id
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the shim ~8 ms
@@ -132,8 +133,8 @@ SPEC_FIELDS: dict[str, Any] = {
     "namespaces": [],         # process runtime as root: ["pid", "mount", "uts", "ipc", "net"]
     "limits": {},             # {"memory": bytes, "cpus": float, "pids": n}
     "log": {"max_size": 16 * 1024 * 1024, "keep": 3},
-    "stop_signal": 15,
-    "stop_timeout": 10.0,
+    "stop_signal": DEFAULT_STOP_SIGNAL,
+    "stop_timeout": DEFAULT_STOP_TIMEOUT,
     "labels": {},
 }
 

@@ -25,6 +25,8 @@ import struct
 
 import msgpack
 
+from events.domain import ErrorCode
+
 TYPE_CHECKING = False  # not typing's: every supervisorctl call imports this module (~3 ms)
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -61,11 +63,8 @@ MAX_FRAME = 16 * 1024 * 1024
 _HEADER = struct.Struct(">I")
 HEADER_SIZE = _HEADER.size
 
-#: Error codes used in error frames. Free-form strings are allowed; these are the common ones.
-ERROR_CODES = frozenset(
-    {"invalid", "not_found", "conflict", "unknown_method", "protocol", "unavailable",
-     "internal", "too_slow", "no_space"}
-)
+#: Error codes used in error frames: :class:`events.domain.ErrorCode` is their one definition.
+ERROR_CODES = frozenset(code.value for code in ErrorCode)
 
 
 class ProtocolError(Exception):

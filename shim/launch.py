@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 
+from events import procfs
 from shim import osutil
 
 #: How long the starter waits for ready: creating a process takes milliseconds; this only
@@ -103,13 +104,9 @@ def outcome(container_id: str, lines: list[tuple[str, str]], ready_timeout: floa
 def _wait_gone(pid: int, timeout: float) -> None:
     """Until *pid* (not our child: polled in /proc) has exited, or is a zombie, or is another
     process (its start time changed); SIGKILLed if it still lives after *timeout*."""
-    def started() -> bytes | None:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        return None if fields[0] in (b"Z", b"X") else fields[19]
+    def started() -> int | None:
+        stat = procfs.read_stat(pid)
+        return stat.starttime if stat is not None and stat.alive else None
 
     first = started()
     deadline = time.monotonic() + timeout

@@ -16,13 +16,10 @@ import os
 import time
 from collections.abc import Callable
 
+from events.timefmt import rfc3339_bytes
+
 #: Longest piece of a line written as one record; longer lines become several ``P`` records.
 MAX_LINE = 16 * 1024
-
-
-def rfc3339nano(ns: int) -> bytes:
-    seconds, frac = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)).encode() + b".%09dZ" % frac
 
 
 class CriLog:
@@ -58,7 +55,7 @@ class CriLog:
         rest = lines.pop()  # after the last newline: an unfinished line
         records: list[tuple[bytes, bytes]] = []
         if lines and max(map(len, lines)) <= self.max_line:
-            prefix = rfc3339nano(time.time_ns()) + b" " + stream + b" F "
+            prefix = rfc3339_bytes(time.time_ns()) + b" " + stream + b" F "
             blob = prefix + (b"\n" + prefix).join(lines) + b"\n"
             if self._size + len(blob) <= self.max_size:
                 self._flush(blob, len(lines))
@@ -85,7 +82,7 @@ class CriLog:
             self._write(stream, [(b"P", rest)])
 
     def _write(self, stream: bytes, records: list[tuple[bytes, bytes]]) -> None:
-        prefix = rfc3339nano(time.time_ns()) + b" " + stream + b" "
+        prefix = rfc3339_bytes(time.time_ns()) + b" " + stream + b" "
         batch = bytearray()
         count = 0
         for tag, text in records:

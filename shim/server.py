@@ -54,7 +54,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from events import shim_api, wire
+from events.domain import DEFAULT_STOP_TIMEOUT
 from events.ids import validate_id
+from events.signals import InvalidSignal, parse_signal
 from shim.logs import CriLog
 from shim.osutil import Diag
 from shim.runtime import ExecFailed, Runtime
@@ -632,7 +634,7 @@ class Shim:
         return None
 
     def m_stop(self, conn: Conn, rid: int, params: dict[str, Any]) -> Any:
-        timeout = params.get("timeout", self.spec.get("stop_timeout", 10.0))
+        timeout = params.get("timeout", self.spec.get("stop_timeout", DEFAULT_STOP_TIMEOUT))
         if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
             raise ShimError("invalid", f"stop timeout must be a number >= 0, got {timeout!r}")
         sig = _signal_param(params, "signal", self.spec.get("stop_signal") or signal.SIGTERM)
@@ -745,10 +747,7 @@ class Shim:
 
 
 def _signal_param(params: dict[str, Any], name: str, default: int) -> int:
-    value = params.get(name, default)
-    if isinstance(value, str):
-        value = getattr(signal, value if value.startswith("SIG") else "SIG" + value, value)
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < signal.NSIG:
-        raise ShimError("invalid", f"{name} must be a signal number or name, got {value!r}")
-    return int(value)
-
+    try:
+        return parse_signal(params.get(name, default))
+    except InvalidSignal as exc:
+        raise ShimError("invalid", f"{name}: {exc}") from None

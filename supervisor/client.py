@@ -64,7 +64,7 @@ class TooSlow(wire.RemoteError):
 def default_socket(root: str | os.PathLike[str] | None = None) -> str:
     """``ROOT/supervisord.sock``; ROOT defaults as in DESIGN.md (same rule as supervisorctl)."""
     if root is None:
-        from supervisor.ctl import default_root
+        from supervisor.defaults import default_root
 
         root = default_root()
     return os.path.join(os.fspath(root), "supervisord.sock")

@@ -22,7 +22,9 @@ import structlog
 import trio
 
 from events import wire
+from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT
 from events.model import InvalidId, validate_id
+from events.signals import InvalidSignal, parse_signal
 from supervisor import protocol
 from supervisor.channel import Closed, connect
 from supervisor.core import VERSION, Core
@@ -63,20 +65,10 @@ def exit_fields(c: dict[str, Any]) -> dict[str, Any]:
 
 
 def _signal_number(value: object) -> int:
-    if isinstance(value, bool):
-        raise ApiError("invalid", f"signal must be a number or name, got {value!r}")
-    if isinstance(value, int):
-        if 0 < value < signal_mod.NSIG:
-            return value
-    elif isinstance(value, str):
-        name = value.upper()
-        name = name if name.startswith("SIG") else "SIG" + name
-        sig = getattr(signal_mod.Signals, name, None) if name.isidentifier() else None
-        if sig is None and value.isdigit():
-            return _signal_number(int(value))
-        if sig is not None:
-            return int(sig)
-    raise ApiError("invalid", f"unknown signal {value!r}; use a number or a name like TERM")
+    try:
+        return parse_signal(value)
+    except InvalidSignal as exc:
+        raise ApiError("invalid", str(exc)) from None
 
 
 def _timeout(params: dict[str, Any]) -> float | None:
@@ -115,12 +107,12 @@ def validate_spec(spec: object) -> dict[str, Any]:
                               or (key != "cpus" and not isinstance(v, int))):
             kind = "a number" if key == "cpus" else "a whole number"
             raise ApiError("invalid", f"spec.{key} must be {kind} above 0, got {v!r}")
-    st = spec.get("stop_timeout", 10.0)
+    st = spec.get("stop_timeout", DEFAULT_STOP_TIMEOUT)
     if isinstance(st, bool) or not isinstance(st, int | float) or st < 0:
         raise ApiError("invalid", "spec.stop_timeout must be a number >= 0")
     out = {k: v for k, v in protocol.SPEC_PARAMS.items()}
     out.update(spec)
-    out["stop_signal"] = _signal_number(spec.get("stop_signal") or 15)
+    out["stop_signal"] = _signal_number(spec.get("stop_signal") or DEFAULT_STOP_SIGNAL)
     return out
 
 
@@ -267,9 +259,9 @@ class Commands:
             return c
         instance = c["instance"]
         if timeout is None:
-            timeout = float(c["spec"].get("stop_timeout", 10.0))
-        params: dict[str, Any] = {"timeout": timeout,
-                                  "signal": int(c["spec"].get("stop_signal") or 15)}
+            timeout = float(c["spec"].get("stop_timeout", DEFAULT_STOP_TIMEOUT))
+        stop_signal = int(c["spec"].get("stop_signal") or DEFAULT_STOP_SIGNAL)
+        params: dict[str, Any] = {"timeout": timeout, "signal": stop_signal}
         try:
             record = await call_shim(self.root, cid, "stop", **params)
         except ApiError as exc:
@@ -285,7 +277,7 @@ class Commands:
 
     async def kill(self, params: dict[str, Any]) -> None:
         cid = check_id(params.get("id"))
-        sig = _signal_number(params.get("signal", 15))
+        sig = _signal_number(params.get("signal", DEFAULT_STOP_SIGNAL))
         c = self._container(cid)
         if c["state"] == "stopped" and not params.get("all"):
             raise ApiError("conflict", f"container {cid} is not running")

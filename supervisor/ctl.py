@@ -15,6 +15,8 @@ import argparse
 import os
 import sys
 
+from supervisor.defaults import default_root
+
 TYPE_CHECKING = False  # not typing's: every one-shot command would pay ~3 ms to import typing
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -40,15 +42,6 @@ class CtlError(Exception):
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
         super().__init__(message)
         self.code = code
-
-
-def default_root() -> str:
-    """DESIGN.md's default: ``/var/lib/tether`` for root, a per-user state dir otherwise."""
-    if os.geteuid() == 0:
-        return "/var/lib/tether"
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state")
-    return os.path.join(state, "tether")
 
 
 def socket_path(root: str | None, sock: str | None) -> str:
@@ -88,22 +81,12 @@ def parse_size(text: str) -> int:
 
 def parse_signal(text: str) -> int:
     """``TERM``, ``SIGTERM``, ``term``, ``15`` -> 15. Checked here so a typo is a usage error."""
-    import signal  # only `kill` pays for it (it imports enum)
+    from events.signals import InvalidSignal, parse_signal  # only `kill` pays for it
 
-    s = text.strip()
-    if s.isdigit():
-        number = int(s)
-        if not 0 < number < signal.NSIG:
-            raise argparse.ArgumentTypeError(f"invalid signal number {number}")
-        return number
-    name = s.upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    sig = getattr(signal, name, None)
-    if not isinstance(sig, signal.Signals):
-        raise argparse.ArgumentTypeError(
-            f"unknown signal {text!r}: use a name like TERM, KILL, HUP, INT, USR1 or a number")
-    return int(sig)
+    try:
+        return parse_signal(text)
+    except InvalidSignal as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_env(text: str) -> tuple[str, str]:
@@ -644,21 +627,11 @@ def cmd_info(t: Target, args: argparse.Namespace) -> int:
 SHUTDOWN_WAIT = 15.0
 
 
-def _running(pid: int) -> bool:
-    """Alive and not a zombie: an exited daemon its parent has not reaped yet has stopped."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True  # cannot tell (no /proc?); the closed socket will have to do
-    return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
-
-
 def cmd_shutdown(t: Target, args: argparse.Namespace) -> int:
     """Ask the daemon to stop, then wait until it has: scripts may restart it right after."""
     import time
+
+    from events import procfs
 
     with t.connect() as c:
         pid = c.peer.get("pid")
@@ -671,7 +644,7 @@ def cmd_shutdown(t: Target, args: argparse.Namespace) -> int:
         except (OSError, ValueError):
             pass
     while isinstance(pid, int) and time.monotonic() < deadline:
-        if not _running(pid):
+        if not procfs.is_running(pid):
             break
         time.sleep(0.02)
     else:

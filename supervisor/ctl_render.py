@@ -11,8 +11,7 @@ The ``--json`` shapes are a compatibility promise (DESIGN.md): one object per li
 
 from __future__ import annotations
 
-import time
-
+from events import timefmt
 from supervisor.protocol import PS_FIELDS
 
 TYPE_CHECKING = False  # not typing's: a one-shot command would pay ~3 ms to import typing
@@ -37,15 +36,8 @@ _NS = 1_000_000_000
 
 
 def rfc3339(ns: int | None) -> str | None:
-    """Unix nanoseconds -> ``2026-11-28T02:10:00.123456789Z`` (UTC, always 9 digits), None -> None.
-
-    Nine digits always, so the strings sort like the times they name and no precision the log
-    kept is thrown away.
-    """
-    if ns is None:
-        return None
-    secs, frac = divmod(int(ns), _NS)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
+    """Unix nanoseconds -> RFC 3339 (:func:`events.timefmt.rfc3339`); None -> None."""
+    return None if ns is None else timefmt.rfc3339(ns)
 
 
 def _human_duration(seconds: float) -> str:

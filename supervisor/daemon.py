@@ -167,7 +167,7 @@ def _raise_nofile() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logsetup.configure(args.log_format)
-    root = args.root or str(default_root())
+    root = args.root or default_root()
     config = Config(root, socket=args.socket, repair=args.repair, group=args.group,
                     snapshot_every=max(1, args.snapshot_every),
                     retain_events=max(0, args.retain_events),

@@ -6,19 +6,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from supervisor.defaults import default_root
+
 __all__ = ["MAX_SOCKET_PATH", "Paths", "default_root"]
 
 #: sun_path is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
-
-
-def default_root() -> Path:
-    """``/var/lib/tether`` as root; ``$XDG_STATE_HOME/tether`` (or ``~/.local/state/tether``)
-    otherwise, so an unprivileged user never needs write access to /var."""
-    if os.geteuid() == 0:
-        return Path("/var/lib/tether")
-    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(state) / "tether"
 
 
 @dataclass(frozen=True)

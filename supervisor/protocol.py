@@ -66,6 +66,8 @@ Times in results are unix nanoseconds (ints); supervisorctl renders them (RFC 33
 
 from __future__ import annotations
 
+from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT
+
 #: ``ps`` row fields, in the order supervisorctl prints them (the ``--json`` promise of DESIGN.md).
 PS_FIELDS = ("id", "state", "pid", "exit_status", "restarts", "runtime", "created", "started",
              "finished")
@@ -90,8 +92,8 @@ SPEC_PARAMS = {
     "cpus": None,
     "pids_limit": None,
     "user": None,
-    "stop_signal": 15,
-    "stop_timeout": 10.0,
+    "stop_signal": DEFAULT_STOP_SIGNAL,
+    "stop_timeout": DEFAULT_STOP_TIMEOUT,
     "labels": {},
     "log_max_size": None,
     "log_keep": None,

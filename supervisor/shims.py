@@ -31,6 +31,8 @@ import structlog
 import trio
 
 from events import shim_api, wire
+from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT
+from events.procfs import is_running, starttime
 from supervisor.channel import Channel, Closed, connect
 from supervisor.errors import ApiError
 
@@ -60,8 +62,9 @@ def shim_spec(cid: str, instance: str, spec: dict[str, Any]) -> dict[str, Any]:
         "cwd": spec.get("cwd"), "runtime": spec.get("runtime") or "process",
         "rootfs": spec.get("rootfs"), "bundle": spec.get("bundle"),
         "init": bool(spec.get("init")), "user": spec.get("user"), "limits": limits,
-        "stop_signal": spec.get("stop_signal") or 15,
-        "stop_timeout": spec.get("stop_timeout", 10.0), "labels": spec.get("labels") or {},
+        "stop_signal": spec.get("stop_signal") or DEFAULT_STOP_SIGNAL,
+        "stop_timeout": spec.get("stop_timeout", DEFAULT_STOP_TIMEOUT),
+        "labels": spec.get("labels") or {},
     }
     log_conf = dict(shim_api.SPEC_FIELDS["log"])
     if spec.get("log_max_size"):
@@ -404,35 +407,6 @@ async def call_shim(root: Path, cid: str, method: str, **params: Any) -> Any:
         await chan.aclose()
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return stat[stat.rindex(b")") + 2 :].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
-
-
-def starttime(pid: int | None) -> int | None:
-    """The process's start time (clock ticks since boot): with the pid, its identity."""
-    if not pid:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return int(stat[stat.rindex(b")") + 2 :].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 async def end_shim(root: Path, cid: str) -> str:
     """End whatever runs in ``ROOT/shims/ID`` (delete with force; kill by pid if it does not
     answer) and remove the directory. Returns what was done, for the log."""
@@ -446,7 +420,7 @@ async def end_shim(root: Path, cid: str) -> str:
             pid = int((directory / shim_api.PID_FILE).read_text())
         except (OSError, ValueError):
             pid = 0
-        if _alive(pid):
+        if is_running(pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
             what = f"killed an unresponsive shim (pid {pid})"
@@ -463,7 +437,7 @@ async def watch_lost_task(core: Core, cid: str, instance: str, pid: int | None,
     was reused while the daemon was down: another process with that pid is not our task.
     """
     fd: int | None = None
-    if pid and _alive(pid):
+    if pid and is_running(pid):
         try:
             fd = os.pidfd_open(pid)
         except (ProcessLookupError, OSError):
@@ -610,7 +584,7 @@ class ShimLink:
         pid = c["pid"]
         started = c.get("lost_starttime")
         if not c["lost"]:
-            alive = _alive(pid)
+            alive = is_running(pid)
             started = starttime(pid) if alive else None
             log.warning("shim lost", id=cid, pid=pid, task_alive=alive)
             await core.record_shim_event(cid, "shim.lost", {

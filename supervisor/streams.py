@@ -13,11 +13,9 @@ opened, so no line is lost or repeated across a rotation.
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -26,6 +24,7 @@ import trio
 from events import shim_api
 from events.filters import make_filter
 from events.model import Event, InvalidId, validate_id
+from events.timefmt import parse_rfc3339
 from supervisor.errors import ApiError
 from supervisor.subscribers import TooSlow
 
@@ -65,19 +64,9 @@ def parse_cri_line(line: bytes) -> dict[str, Any] | None:
         return None
     stamp, stream, tag = parts[0], parts[1], parts[2]
     text = parts[3] if len(parts) == 4 else b""
-    return {"time": _parse_time(stamp.decode(errors="replace")),
+    return {"time": parse_rfc3339(stamp.decode(errors="replace")),
             "stream": stream.decode(errors="replace"), "partial": tag == b"P",
             "line": text.decode(errors="replace")}
-
-
-def _parse_time(stamp: str) -> int | None:
-    try:
-        base, _, frac = stamp.rstrip("Z").partition(".")
-        secs = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
-        nanos = int((frac + "000000000")[:9]) if frac else 0
-        return secs * 1_000_000_000 + nanos
-    except ValueError:
-        return None
 
 
 class Streams:

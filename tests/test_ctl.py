@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_client_fake import error, fake_daemon, result, stream
 
-from supervisor import ctl, ctl_render
+from supervisor import ctl, ctl_render, defaults
 from supervisor.protocol import PS_FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,13 +96,13 @@ def test_help_exits_0(capsys) -> None:
 
 def test_default_root_follows_design(monkeypatch) -> None:
     if os.geteuid() == 0:
-        assert ctl.default_root() == "/var/lib/tether"
+        assert defaults.default_root() == "/var/lib/tether"
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setenv("XDG_STATE_HOME", "/x/state")
-    assert ctl.default_root() == "/x/state/tether"
+    assert defaults.default_root() == "/x/state/tether"
     monkeypatch.delenv("XDG_STATE_HOME")
     monkeypatch.setenv("HOME", "/home/u")
-    assert ctl.default_root() == "/home/u/.local/state/tether"
+    assert defaults.default_root() == "/home/u/.local/state/tether"
     assert ctl.socket_path(None, None) == "/home/u/.local/state/tether/supervisord.sock"
     assert ctl.socket_path("/r", None) == "/r/supervisord.sock"
     assert ctl.socket_path(None, "/s.sock") == "/s.sock"

@@ -9,7 +9,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shim.logs import CriLog, rfc3339nano
+from events.timefmt import rfc3339_bytes
+from shim.logs import CriLog
 
 RECORD = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (stdout|stderr) (F|P) (.*)$",
                     re.DOTALL)
@@ -24,8 +25,8 @@ def records(path: Path) -> list[tuple[bytes, bytes, bytes]]:
     return out
 
 
-def test_rfc3339nano() -> None:
-    assert rfc3339nano(1_700_000_000_000_000_001) == b"2023-11-14T22:13:20.000000001Z"
+def test_rfc3339_bytes() -> None:
+    assert rfc3339_bytes(1_700_000_000_000_000_001) == b"2023-11-14T22:13:20.000000001Z"
 
 
 def test_lines_split_across_reads_and_streams(tmp_path: Path) -> None:

@@ -1,0 +1,73 @@
+"""What ``/proc`` says of a process, and of the host's boot: read in one place.
+
+A pid alone does not name a process for long: it is reused. ``(pid, starttime)`` does (the start
+time in clock ticks since boot, field 22 of ``/proc/PID/stat``), and that is how the daemon
+recognises the task of a lost shim, and the shim launcher a shim it started. The command name in
+``/proc/PID/stat`` is in parentheses and may itself contain spaces and parentheses, so the fields
+are read after the *last* ``)``.
+
+:func:`boot_id` is the kernel's random id of this boot: a change means the host rebooted, so every
+shim and container of the previous boot is gone. ``TETHER_BOOT_ID``, when set, stands in for it,
+so that tests can simulate a reboot.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["ProcStat", "boot_id", "is_running", "read_stat", "starttime"]
+
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+class ProcStat:
+    """The fields of ``/proc/PID/stat`` that Tether uses."""
+
+    __slots__ = ("ppid", "starttime", "state")
+
+    def __init__(self, state: str, ppid: int, starttime: int) -> None:
+        self.state = state  # R, S, D, Z (zombie), X (dead), T, ...
+        self.ppid = ppid
+        self.starttime = starttime
+
+    @property
+    def alive(self) -> bool:
+        """Running or sleeping: not a zombie waiting for its parent, not dead."""
+        return self.state not in ("Z", "X")
+
+
+def read_stat(pid: int) -> ProcStat | None:
+    """The process's stat, or None when there is no such process (or /proc cannot tell)."""
+    if not pid or pid < 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        fields = data[data.rindex(b")") + 2 :].split()
+        return ProcStat(fields[0].decode(), int(fields[1]), int(fields[19]))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def is_running(pid: int | None) -> bool:
+    """Alive and not a zombie (an exited process its parent has not reaped has stopped)."""
+    stat = read_stat(pid or 0)
+    return stat is not None and stat.alive
+
+
+def starttime(pid: int | None) -> int | None:
+    """The process's start time (clock ticks since boot): with the pid, its identity."""
+    stat = read_stat(pid or 0)
+    return None if stat is None else stat.starttime
+
+
+def boot_id() -> str:
+    """This boot's id: ``TETHER_BOOT_ID`` when set (tests), else the kernel's."""
+    forced = os.environ.get("TETHER_BOOT_ID")
+    if forced:
+        return forced
+    try:
+        with open(BOOT_ID_PATH) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
