@@ -9,7 +9,7 @@ with the anchors measured on this kind of machine (/work/shared/ANCHORS.md) besi
   that namespace is measured on its own (``list`` with and without it);
 * ``ctr run -d --rootfs`` through containerd only if it is installed;
 * the shim's start path: ``prepare_bundle`` (config.json written atomically), then
-  ``OCIRuntime.create`` with pipes + ``start``;
+  ``OciCli.create`` with pipes + ``start``;
 * the shim's stop path for a container that obeys SIGTERM (busybox ``sleep`` under the tini
   init, which forwards the signal): ``kill TERM``, ``waitpid`` of the init, ``delete`` (no -f),
   against ``delete -f`` of the same running container. Goal: <= 20 ms.
@@ -50,7 +50,7 @@ from oci_helpers import build_busybox_rootfs, remove_cgroup_tree, wait_for_child
 from events import shim_api
 from events.rpc import BlockingConnection
 from shim.oci import (
-    OCIRuntime,
+    OciCli,
     RuntimeFailed,
     RuntimeNotFound,
     hide_unified_cgroup,
@@ -80,14 +80,14 @@ class Bench:
         self.n = n
         self.rootfs = rootfs or build_busybox_rootfs(base / "rootfs")
         self.rows: list[tuple[str, float | None, str, str]] = []
-        self.runtimes: dict[str, OCIRuntime] = {}
+        self.runtimes: dict[str, OciCli] = {}
         self.shim_root = base / "root"
         self.shim_pids: list[int] = []
         self.cgroups: list[str] = []
 
-    def runtime(self, name: str) -> OCIRuntime:
+    def runtime(self, name: str) -> OciCli:
         if name not in self.runtimes:
-            self.runtimes[name] = OCIRuntime(name, root=str(self.base / name),
+            self.runtimes[name] = OciCli(name, root=str(self.base / name),
                                              log_path=self.base / f"{name}.log.json")
         return self.runtimes[name]
 
@@ -171,8 +171,8 @@ class Bench:
             reap(pid)
             rt.delete(cid)
         self.row(f"{label}: prepare_bundle (config.json)", [ms(x) for x in prepare])
-        self.row(f"{label}: OCIRuntime.create (pipes)", [ms(x) for x in create])
-        self.row(f"{label}: OCIRuntime.start", [ms(x) for x in start])
+        self.row(f"{label}: OciCli.create (pipes)", [ms(x) for x in create])
+        self.row(f"{label}: OciCli.start", [ms(x) for x in start])
         self.row(f"{label}: create + start (shim pays)",
                  [ms(a + b) for a, b in zip(create, start, strict=True)],
                  ANCHORS["conmon + runc create/start"] + " (conmon)")
@@ -368,7 +368,7 @@ class Bench:
                 os.waitpid(pid, 0)
         for name in ("runc", "crun"):
             if (self.shim_root / name).is_dir():
-                rt = OCIRuntime(name, root=str(self.shim_root / name),
+                rt = OciCli(name, root=str(self.shim_root / name),
                                 log_path=self.base / f"{name}-shim-cleanup.log.json")
                 with contextlib.suppress(RuntimeFailed):
                     for entry in rt.list():

@@ -493,7 +493,7 @@ def _inotify_watch(path: str) -> int:
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    fd = _libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+    fd: int = _libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
     if fd < 0:
         err = ctypes.get_errno()
         raise CgroupError(f"inotify_init1: {os.strerror(err)}")

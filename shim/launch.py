@@ -157,8 +157,7 @@ def parse_lines(data: bytes) -> list[tuple[str, str]]:
 def serve(root: str, container_id: str, ready_w: int) -> None:
     """The shim process: detach from everything inherited, create the container, report, loop."""
     from events import shim_api
-    from shim.runtime import make_runtime
-    from shim.server import Shim
+    from shim.server import Shim, make_runtime
 
     shim: Shim | None = None
     files: list[str] = []

@@ -5,7 +5,7 @@ Standard library only (plus :mod:`events` and :mod:`shim.cgroups`): this runs in
 
 The life of a container, as the shim drives it (the shim is a child subreaper)::
 
-    rt = OCIRuntime("runc", root=state_root(ROOT, "runc"), log_path=f"{shim_dir}/runtime.log")
+    rt = OciCli("runc", root=state_root(ROOT, "runc"), log_path=f"{shim_dir}/runtime.log")
     bundle = prepare_bundle(spec, f"{shim_dir}/bundle")
     pid = rt.create(id, bundle, f"{shim_dir}/init.pid", stdout=out_w, stderr=err_w)
     # `runc create` has exited; its init (pid) is now the shim's child, stopped before the
@@ -37,6 +37,7 @@ Why each choice:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import copy
 import json
@@ -55,7 +56,7 @@ __all__ = [
     "OCI_VERSION",
     "BundleError",
     "OCIError",
-    "OCIRuntime",
+    "OciCli",
     "RuntimeFailed",
     "RuntimeNotFound",
     "default_cgroups_path",
@@ -345,9 +346,9 @@ def prepare_bundle(spec: Mapping[str, Any], bundle_dir: str | os.PathLike[str],
     if bundle and rootfs:
         raise BundleError("spec has both 'bundle' and 'rootfs': pass one")
     if bundle:
-        bundle = os.path.abspath(bundle)
-        load_config(bundle)
-        return bundle
+        path = os.path.abspath(str(bundle))
+        load_config(path)
+        return path
     if not rootfs:
         raise BundleError(f"runtime {spec.get('runtime')!r} needs a rootfs or a bundle")
     rootfs = os.path.abspath(rootfs)
@@ -414,7 +415,7 @@ def hide_unified_cgroup(mountpoint: str = "/sys/fs/cgroup/unified") -> None:
 StdioFd = int | None
 
 
-class OCIRuntime:
+class OciCli:
     """The runtime's command line, run synchronously, the way containerd's runc shim runs it.
 
     *binary*: ``"runc"``, ``"crun"`` or a path (see :func:`resolve_runtime`). *root*: the state
@@ -446,7 +447,7 @@ class OCIRuntime:
         self.hides_unified = bool(hide_unified)
 
     def __repr__(self) -> str:
-        return f"OCIRuntime({self.binary!r}, root={self.root!r})"
+        return f"OciCli({self.binary!r}, root={self.root!r})"
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -522,7 +523,7 @@ class OCIRuntime:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def command(self, args: Sequence[str]) -> list[str]:
+    def command(self, args: Sequence[str]) -> builtins.list[str]:
         """The full command line for *args* (global options first)."""
         log = f"file:{self.log_path}" if self.kind == "crun" else self.log_path
         base = [self.binary]
@@ -593,8 +594,8 @@ def _run_process(cmd: list[str], fds: list[Any], timeout: float,
     try:
         pidfd = os.pidfd_open(proc.pid)
     except OSError:  # a kernel without pidfds: the polling wait
-        out, err = proc.communicate(timeout=timeout)
-        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+        done: tuple[bytes | None, bytes | None] = proc.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(cmd, proc.returncode, *done)
     pipes = [p for p in (proc.stdout, proc.stderr) if p is not None]
     chunks: dict[int, list[bytes]] = {p.fileno(): [] for p in pipes}
     deadline = time.monotonic() + timeout
@@ -616,7 +617,7 @@ def _run_process(cmd: list[str], fds: list[Any], timeout: float,
                     else:
                         sel.unregister(key.fd)
         out, err = (b"".join(chunks[p.fileno()]) if p is not None else None
-                    for p in (proc.stdout, proc.stderr))
+                    for p in (proc.stdout, proc.stderr))  # type: bytes | None, bytes | None
     finally:
         os.close(pidfd)
         for pipe in pipes:

@@ -1,5 +1,6 @@
 """What the shim asks of a runtime: create the container's init, start it, signal it, clean up.
 
+A pure interface: the shim's server picks the implementation (:func:`shim.server.make_runtime`).
 The server owns everything else (reaping, output, events, the socket), so a runtime is small:
 :mod:`shim.runtime_process` forks and execs a plain process; an OCI runtime (runc/crun) runs
 ``runc create`` with the shim's pipes as stdio and lets the init be reparented to the shim,
@@ -61,19 +62,11 @@ class Runtime(Protocol):
         ...
 
     def delete(self) -> None:
-        """Release what the runtime holds (pipes, runc state, cgroup), when the shim ends."""
+        """Release what the runtime holds (pipes, runc state, cgroup): when the shim ends, and
+        before the next task of a restart is created (the runtime is used again after it)."""
         ...
 
-
-def make_runtime(spec: dict[str, Any], directory: str) -> Runtime:
-    """The runtime named by ``spec["runtime"]``: ``process`` here; ``runc``, ``crun`` or the
-    path of a runc-compatible binary through :mod:`shim.runtime_oci`. *directory* is the
-    shim's own (``ROOT/shims/ID``), where a runtime keeps its files."""
-    name = spec.get("runtime") or "process"
-    if name == "process":
-        from shim.runtime_process import ProcessRuntime
-
-        return ProcessRuntime()
-    from shim.runtime_oci import OciRuntime
-
-    return OciRuntime(spec, directory)
+    def container_process(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The container's ``env``, ``cwd`` and ``user``: the defaults of an exec and of the
+        health checks (an OCI bundle's own ``process``, else the spec's)."""
+        ...

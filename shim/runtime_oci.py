@@ -1,6 +1,6 @@
 """The OCI runtimes (runc, crun) behind the shim's :class:`~shim.runtime.Runtime` interface.
 
-A thin adapter over :class:`shim.oci.OCIRuntime` (the OCI driver): ``runc create`` with the
+A thin adapter over :class:`shim.oci.OciCli` (the runtime's command line): ``runc create`` with the
 shim's pipes as the container's stdio; ``runc create`` exits and the container init is
 reparented to the shim (a subreaper), whose reaper gets its real exit status. Its files live in
 the shim's directory: ``bundle/`` (a generated config.json), ``init.pid``, ``exec/`` (an exec's
@@ -46,7 +46,9 @@ class OciRuntime:
             binary = oci.resolve_runtime(spec["runtime"])
             hide = oci.needs_private_cgroup_view(binary)
             if hide and os.geteuid() == 0:
-                layout = oci.detect_layout()
+                from shim.cgroups import detect_layout
+
+                layout = detect_layout()
                 mountpoint = layout.unified.mountpoint if layout.unified else None
                 try:
                     oci.hide_unified_cgroup(mountpoint or "/sys/fs/cgroup/unified")
@@ -55,22 +57,44 @@ class OciRuntime:
                                        f"namespace failed: {exc}") from None
             # hidden above (or nothing to hide): the driver need not read the mount table
             # again; not root: it says why crun cannot run here
-            self.rt = oci.OCIRuntime(binary, oci.state_root(root, binary),
+            self.rt = oci.OciCli(binary, oci.state_root(root, binary),
                                      os.path.join(directory, "runtime.log"),
                                      hide_unified=None if hide and os.geteuid() != 0 else False)
         except oci.OCIError as exc:
             raise CreateFailed(str(exc)) from None
         self._created = False
+        self._bundle: str | None = None
+        self._process: dict[str, Any] | None = None
 
     def create(self, spec: dict[str, Any], stdout: int, stderr: int) -> int:
+        """``runc create``; a restart's next task is created from the same bundle (prepared
+        once: the user's own, or the config.json generated for the first task)."""
         try:
-            bundle = oci.prepare_bundle(spec, os.path.join(self.dir, "bundle"))
-            self.pid = self.rt.create(self.id, bundle, os.path.join(self.dir, "init.pid"),
+            if self._bundle is None:
+                self._bundle = oci.prepare_bundle(spec, os.path.join(self.dir, "bundle"))
+            self.pid = self.rt.create(self.id, self._bundle, os.path.join(self.dir, "init.pid"),
                                       stdout=stdout, stderr=stderr)
         except oci.OCIError as exc:
             raise CreateFailed(str(exc)) from None
         self._created = True
         return self.pid
+
+    def container_process(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The bundle's own ``process`` (env, cwd, user): what a user's bundle sets applies to
+        an exec and a health check too; for a generated bundle it is the spec's."""
+        if self._process is None:
+            process: dict[str, Any] = {"env": dict(spec.get("env") or {}),
+                                       "cwd": spec.get("cwd"), "user": spec.get("user")}
+            if self._bundle is not None and spec.get("bundle"):
+                with contextlib.suppress(oci.OCIError, TypeError, ValueError):
+                    config = oci.load_config(self._bundle).get("process") or {}
+                    env = dict(item.partition("=")[::2] for item in config.get("env") or [])
+                    user = config.get("user") or {}
+                    process = {"env": env, "cwd": config.get("cwd") or "/",
+                               "user": {"uid": int(user.get("uid", 0)),
+                                        "gid": int(user.get("gid", 0))}}
+            self._process = process
+        return dict(self._process)
 
     def oom_watch(self) -> OOMWatch | None:
         """A watch on the cgroup the runtime put the init in (read from /proc/PID/cgroup)."""

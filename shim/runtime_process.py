@@ -356,6 +356,10 @@ class ProcessRuntime:
         except BaseException as exc:
             _report_error(status_w, stage, exc)
 
+    def container_process(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return {"env": dict(spec.get("env") or {}), "cwd": spec.get("cwd"),
+                "user": spec.get("user")}
+
     def delete(self) -> None:
         for attr in ("_sync_w", "_status_r"):
             fd = getattr(self, attr)

@@ -209,16 +209,16 @@ class Container:
 
 
 class Harness:
-    """Plays the shim: runs containers through :class:`shim.oci.OCIRuntime` with pipes, reaps
+    """Plays the shim: runs containers through :class:`shim.oci.OciCli` with pipes, reaps
     their init, and deletes everything (``delete --force``, SIGKILL by pid, rmdir cgroups) at
     the end, whatever the test did."""
 
     def __init__(self, runtime_name: str, base: Path, rootfs: Path) -> None:
-        from shim.oci import OCIRuntime
+        from shim.oci import OciCli
 
         self.base = base
         self.rootfs = rootfs
-        self.runtime = OCIRuntime(runtime_name, root=str(base / runtime_name),
+        self.runtime = OciCli(runtime_name, root=str(base / runtime_name),
                                   log_path=base / f"{runtime_name}.log.json")
         self.containers: list[Container] = []
         self.cgroup_parent = f"{TEST_CGROUP_PARENT}/{base.name}-{uuid.uuid4().hex[:6]}"

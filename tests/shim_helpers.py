@@ -188,10 +188,10 @@ class Shims:
             state = self.root / kind
             if not state.is_dir():
                 continue
-            from shim.oci import OCIError, OCIRuntime
+            from shim.oci import OciCli, OCIError
 
             with contextlib.suppress(OCIError):
-                rt = OCIRuntime(kind, state, self.root / f"{kind}-cleanup.log")
+                rt = OciCli(kind, state, self.root / f"{kind}-cleanup.log")
                 for name in os.listdir(state):
                     with contextlib.suppress(OCIError):
                         rt.delete(name, force=True, missing_ok=True)

@@ -1,0 +1,482 @@
+"""The container's task, through its successive runs: one state machine, one decider.
+
+The shim runs one task at a time and, under a restart policy, the next one after the last
+ended. Its state is one of :class:`TaskState`; :data:`TRANSITIONS` is the only place a state
+changes (:meth:`Task._move`), and :data:`REQUESTS` says in which states each request is allowed,
+so every refusal is the same explicit ``conflict`` ("cannot start a task that is running"), as
+containerd's ``init_state.go`` has one type per state. Beside the state, the task owns:
+
+* the exit record of the latest run (written to the exit file, fsynced and renamed, *before*
+  ``task.exit`` is queued or any waiter answered, so whoever hears of an exit can find it);
+* the parked ``wait``/``stop``/``delete`` replies, answered at the exit;
+* a stop's SIGKILL deadline (a loop timer: the stop completes if the caller goes away);
+* the restart decision (:func:`events.policy.decide`, shared with the daemon), the back-off
+  timer, and ``final``: a ``stop`` or ``delete`` made it stopped by hand, so no policy restart
+  follows, whatever the policy;
+* the health checker (:mod:`shim.health`) and the OOM watch, both per run.
+
+Events, in this order for a policy restart: ``task.exit``, ``container.restart`` {attempt, delay,
+reason, by: "shim", start_at}, then ``task.create`` and ``task.start`` of the next run; when the
+policy gives up, ``task.exit`` then ``container.giveup`` {attempts, reason, exit_status}.
+Once the container is stopped for good (policy ``no``, a success under ``on-failure``, given up,
+stopped by hand) the task is *settled*: the shim ends once its outbox is acknowledged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from events import policy, shim_api, wire
+from events.domain import RestartPolicy
+from shim.loop import ShimError, park
+from shim.runtime import CreateFailed, ExecFailed
+
+if TYPE_CHECKING:
+    from events.domain import ExitRecord, HealthSpec, RestartSpec
+    from shim.cgroups import OOMWatch
+    from shim.execs import Execs, InitOutput
+    from shim.health import HealthChecker
+    from shim.loop import Conn, Loop, Timer
+    from shim.osutil import Diag
+    from shim.outbox import Outbox
+    from shim.runtime import Runtime
+
+#: A handler's result that will be sent later (the request is parked).
+PENDING: Any = object()
+#: How long the loop may wait for a failed start's init, or for leftovers before a restart.
+REAP_GRACE = 2.0
+
+
+class TaskState(StrEnum):
+    """The shim's task. ``restarting``: the last run ended, the next one waits out its back-off."""
+
+    NEW = "new"
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    RESTARTING = "restarting"
+
+
+class Move(StrEnum):
+    CREATE = "create"  # a run's init is created (stopped before the user's program)
+    START = "start"  # the user's program runs
+    EXIT = "exit"  # the init was reaped
+    BACK_OFF = "back off"  # the policy restarts it after a delay
+    SETTLE = "settle"  # a back-off ends without a next run (stop, delete, a failed create)
+
+
+S = TaskState
+#: Every state change there is; anything else is a bug (:class:`InvalidMove`).
+TRANSITIONS: dict[tuple[TaskState, Move], TaskState] = {
+    (S.NEW, Move.CREATE): S.CREATED,
+    (S.RESTARTING, Move.CREATE): S.CREATED,
+    (S.CREATED, Move.START): S.RUNNING,
+    (S.CREATED, Move.EXIT): S.STOPPED,  # killed before start, or its exec failed
+    (S.RUNNING, Move.EXIT): S.STOPPED,
+    (S.STOPPED, Move.BACK_OFF): S.RESTARTING,
+    (S.RESTARTING, Move.SETTLE): S.STOPPED,
+}
+#: The states in which each request that needs one is allowed (the others take any state).
+#: ``kill`` with ``all`` and ``delete``/``shutdown`` with ``force`` are allowed everywhere.
+REQUESTS: dict[str, frozenset[TaskState]] = {
+    "start": frozenset({S.CREATED}),
+    "exec": frozenset({S.RUNNING}),
+    "kill": frozenset({S.CREATED, S.RUNNING}),
+    "delete": frozenset({S.NEW, S.CREATED, S.STOPPED, S.RESTARTING}),
+    "shutdown": frozenset({S.NEW, S.STOPPED, S.RESTARTING}),
+}
+_REFUSALS = {
+    "kill": ("not_found", "the task has exited"),
+    "delete": ("conflict", "the task is running; stop it first or delete with force"),
+    "shutdown": ("conflict", "the task is {state}; shutdown would leave it without its shim: "
+                 "delete it, or shutdown with force"),
+}
+
+
+class InvalidMove(Exception):
+    """A state change the table does not have: a bug in the shim, never a client's error."""
+
+
+def check(request: str, state: TaskState) -> None:
+    """Raise the request's refusal when *state* does not allow it."""
+    if state in REQUESTS.get(request, frozenset(TaskState)):
+        return
+    code, text = _REFUSALS.get(request, ("conflict", "cannot {request} a task that is {state}"))
+    raise ShimError(code, text.format(request=request, state=state.value))
+
+
+class Task:
+    def __init__(self, directory: str, spec: dict[str, Any], address: str, runtime: Runtime,
+                 loop: Loop, outbox: Outbox, output: InitOutput, execs: Execs, diag: Diag
+                 ) -> None:
+        self.dir = directory
+        self.spec = spec
+        self.instance: str = spec["instance"]
+        self.address = address
+        self.runtime = runtime
+        self.loop = loop
+        self.outbox = outbox
+        self.output = output
+        self.execs = execs
+        self.diag = diag
+        self.restart: RestartSpec = policy.restart_spec(spec.get("restart"), "spec restart")
+        health: HealthSpec | None = policy.health_spec(spec.get("health"), "spec health")
+        self.stop_signal = int(spec.get("stop_signal") or signal.SIGTERM)
+        self.stop_timeout = policy.seconds(spec.get("stop_timeout", 10.0), "spec stop_timeout")
+        self.state = TaskState.NEW
+        self.pid = 0
+        self.created_at = 0  # unix ns, of the current run
+        self.started_at = 0
+        self.exit: ExitRecord | None = None  # the latest run's
+        self.exec_error: dict[str, Any] | None = None
+        self.final = False  # stopped by hand (stop, delete): no policy restart follows
+        self.settled = False  # stopped for good: the shim may end once its outbox is acked
+        self.deleting = False
+        self.attempt = 0  # restarts in a row (the last decision's)
+        self.start_at: int | None = None  # unix ns: when the pending restart runs
+        self.gave_up = False
+        self.unhealthy = False  # this run is being stopped because it is unhealthy
+        self.on_settled: Callable[[], None] = lambda: None
+        #: reap every child (bounded): the server's, which knows execs and orphans
+        self.reap_all: Callable[[float], None] = lambda timeout: None
+        self._waiters: list[tuple[Conn, int, str]] = []  # (conn, rid, "wait"|"delete")
+        self._stop_timer: Timer | None = None
+        self._backoff: Timer | None = None
+        self._oom: OOMWatch | None = None
+        self.health: HealthChecker | None = None
+        if health is not None:
+            from shim.health import HealthChecker
+
+            self.health = HealthChecker(health, loop, execs, self.container_process,
+                                        self._health_result, diag.log)
+
+    def _move(self, move: Move) -> None:
+        to = TRANSITIONS.get((self.state, move))
+        if to is None:
+            raise InvalidMove(f"cannot {move.value} a task that is {self.state.value}")
+        self.state = to
+
+    def container_process(self) -> dict[str, Any]:
+        """The container's env, cwd and user: the defaults of ``exec`` and health checks."""
+        return self.runtime.container_process(self.spec)
+
+    # -- one run: create, start, exit ---------------------------------------------------------
+
+    def create(self) -> int:
+        """Create the next run's init (stopped before exec) and publish ``task.create``."""
+        out_w, err_w = self.output.open()
+        try:
+            self.pid = self.runtime.create(self.spec, out_w, err_w)
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        self._watch_oom()
+        self._move(Move.CREATE)
+        self.created_at = time.time_ns()
+        self.started_at = 0
+        self.unhealthy = False
+        self.outbox.publish("task.create", {
+            "pid": self.pid, "shim_pid": os.getpid(), "address": self.address,
+            "instance": self.instance, "created_at": self.created_at})
+        self.diag.log("info", "task_created", pid=self.pid, command=self.spec.get("command"))
+        return self.pid
+
+    def start(self) -> dict[str, Any]:
+        check("start", self.state)
+        try:
+            self.runtime.start()
+        except ExecFailed as exc:
+            self.exec_error = {"errno": exc.errno, "message": str(exc)}
+            self.diag.log("error", "exec_failed", **self.exec_error)
+            self._reap_failed_start()
+            raise ShimError("exec_failed", f"{exc} (errno {exc.errno})") from None
+        self._move(Move.START)
+        self.started_at = time.time_ns()
+        self.exec_error = None
+        self.outbox.publish("task.start", {"pid": self.pid, "started_at": self.started_at})
+        if self.health is not None:
+            self.health.begin()
+        return {"pid": self.pid, "started_at": self.started_at}
+
+    def _reap_failed_start(self) -> None:
+        """After a failed start the init is exiting (127): reap it now, so the exit is
+        recorded before the error reply. A runtime whose init lingers gets SIGKILL after
+        :data:`REAP_GRACE`: the loop must never block on it."""
+        deadline = time.monotonic() + REAP_GRACE
+        flags = os.WNOHANG
+        pid = self.pid
+        with contextlib.suppress(ChildProcessError):
+            while True:
+                reaped, status = os.waitpid(pid, flags)
+                if reaped:
+                    self.reaped(reaped, status)
+                    return
+                if time.monotonic() > deadline:
+                    self.runtime.kill(signal.SIGKILL, True)
+                    flags = 0
+                time.sleep(0.001)
+
+    def is_init(self, pid: int) -> bool:
+        return pid == self.pid and self.state in (TaskState.CREATED, TaskState.RUNNING)
+
+    def reaped(self, pid: int, status: int) -> None:
+        """The init of the current run exited: record, tell, answer, then decide."""
+        self.runtime.pid = 0  # reaped: its pid may be reused, never signal it again
+        exit_status, sig = shim_api.exit_status_of(status)
+        self.output.drain()  # the output it wrote before exiting goes first
+        self._on_oom()  # an OOM kill is told before the exit it caused
+        if self.health is not None:
+            self.health.end()
+        seq = self.outbox.next_seq()
+        record: ExitRecord = {"pid": pid, "exit_status": exit_status, "signal": sig,
+                              "exited_at": time.time_ns(), "shim_seq": seq,
+                              "instance": self.instance}
+        try:
+            shim_api.write_exit_file(self.dir, dict(record))
+        except OSError as exc:  # still tell: the status is in memory and in the event
+            self.diag.log("error", "exit_file_failed", dir=self.dir, error=str(exc))
+        self.exit = record
+        self._move(Move.EXIT)
+        self._cancel_stop()
+        self.diag.log("info", "task_exit", **record)
+        self.outbox.publish("task.exit", {"pid": pid, "exit_status": exit_status,
+                                          "signal": sig, "exited_at": record["exited_at"]}, seq)
+        waiters, self._waiters = self._waiters, []
+        self._close_oom()
+        deleting = any(kind == "delete" for _, _, kind in waiters)
+        if deleting:
+            # A delete's caller removes our directory as soon as it has the reply (the
+            # runtime's --log file is in it): the runtime's state must be gone before then.
+            self.deleting = self.final = True
+            self._runtime_exited()
+        self._answer(waiters)
+        self._runtime_exited()  # after stop/wait replies: they are not delayed by the clean-up
+        self._decide()
+
+    def _answer(self, waiters: list[tuple[Conn, int, str]]) -> None:
+        for conn, rid, _ in waiters:
+            conn.pending -= 1
+            self.loop.send(conn, wire.reply(rid, dict(self.exit or {})))
+
+    def _runtime_exited(self) -> None:
+        """The runtime's clean-up after the init's exit (``runc delete``); runs once."""
+        try:
+            self.runtime.exited()
+        except Exception as exc:
+            self.diag.log("warning", "runtime_cleanup_failed", error=str(exc))
+
+    # -- the policy ---------------------------------------------------------------------------
+
+    def _decide(self) -> None:
+        import random  # here, not at start-up: ~2 ms of imports every shim would pay
+
+        record = self.exit or {}
+        ran_for = (record.get("exited_at", 0) - (self.started_at or self.created_at)) / 1e9
+        decision = policy.decide(self.restart, exit_status=record.get("exit_status"),
+                                 streak=self.attempt, ran_for=max(0.0, ran_for),
+                                 stopped_by_user=self.final, unhealthy=self.unhealthy,
+                                 jitter=random.uniform(0.9, 1.1))
+        self.diag.log("info", "policy", decision=repr(decision))
+        if decision.restart:
+            self._back_off(decision)
+            return
+        if decision.give_up:
+            self.gave_up = True
+            self.outbox.publish("container.giveup", {
+                "attempts": decision.attempt, "reason": decision.reason,
+                "exit_status": record.get("exit_status")})
+        self._settle()
+
+    def _back_off(self, decision: policy.Decision) -> None:
+        # what is left of the run (orphans, execs, a check) goes now: the next run starts clean
+        self.runtime.kill(signal.SIGKILL, True)
+        self._move(Move.BACK_OFF)
+        self.attempt = decision.attempt
+        self.start_at = time.time_ns() + int(decision.delay * 1e9)
+        self.outbox.publish("container.restart", {
+            "attempt": decision.attempt, "delay": decision.delay, "reason": decision.reason,
+            "by": "shim", "start_at": self.start_at})
+        self._backoff = self.loop.call_later(decision.delay, self._restart_now)
+
+    def _restart_now(self) -> None:
+        """The back-off is over: the next run, created and started from the same spec."""
+        self._backoff = None
+        self.start_at = None
+        self.reap_all(REAP_GRACE)  # the last run's leftovers, killed at the decision
+        try:
+            self.runtime.delete()  # the last run's cgroup, pipes, runtime state
+        except Exception as exc:
+            self.diag.log("warning", "runtime_delete_failed", error=str(exc))
+        try:
+            self.create()
+        except (CreateFailed, OSError) as exc:
+            self.diag.log("error", "restart_create_failed", error=str(exc))
+            self._move(Move.SETTLE)
+            self.gave_up = True
+            self.outbox.publish("container.giveup", {
+                "attempts": self.attempt, "exit_status": (self.exit or {}).get("exit_status"),
+                "reason": f"the next task could not be created: {exc}"})
+            self._settle()
+            return
+        with contextlib.suppress(ShimError):  # an exec failure is an exit (127): decided again
+            self.start()
+
+    def _settle(self) -> None:
+        self.settled = True
+        self.start_at = None
+        self.on_settled()
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def kill(self, sig: int, all: bool) -> None:
+        if not all:
+            check("kill", self.state)
+        self.runtime.kill(sig, all)
+
+    def stop(self, conn: Conn, rid: int, timeout: float, sig: int) -> Any:
+        """Stopped by hand: final first (a pending back-off is cancelled), then the signal."""
+        self.final = True
+        if self.state is TaskState.RESTARTING:
+            self._cancel_backoff()
+        if self.state in (TaskState.STOPPED, TaskState.NEW):
+            if not self.settled:
+                self._settle()
+            return dict(self.exit or {})
+        self._park(conn, rid, "wait")
+        self._signal_stop(sig, timeout)
+        return PENDING
+
+    def _signal_stop(self, sig: int, timeout: float) -> None:
+        when = time.monotonic() + timeout
+        if self._stop_timer is None or when < self._stop_timer.when:
+            if self._stop_timer is not None:
+                self._stop_timer.cancel()
+            self._stop_timer = self.loop.call_later(timeout, self._escalate)
+        self.diag.log("info", "stop", pid=self.pid, signal=sig, timeout=timeout)
+        self.runtime.kill(sig if timeout > 0 else signal.SIGKILL, timeout <= 0)
+
+    def _escalate(self) -> None:
+        self._stop_timer = None
+        self.diag.log("info", "stop_escalated", pid=self.pid, signal=signal.SIGKILL)
+        self.runtime.kill(signal.SIGKILL, True)
+
+    def _cancel_stop(self) -> None:
+        if self._stop_timer is not None:
+            self._stop_timer.cancel()
+            self._stop_timer = None
+
+    def _cancel_backoff(self) -> None:
+        if self._backoff is not None:
+            self._backoff.cancel()
+            self._backoff = None
+        self._move(Move.SETTLE)
+
+    def wait(self, conn: Conn, rid: int) -> Any:
+        if self.state not in (TaskState.CREATED, TaskState.RUNNING):
+            return dict(self.exit or {})
+        self._park(conn, rid, "wait")
+        return PENDING
+
+    def delete(self, conn: Conn, rid: int, force: bool) -> Any:
+        if not force:
+            check("delete", self.state)
+        self.final = True
+        if self.state is TaskState.RESTARTING:
+            self._cancel_backoff()
+        if self.state in (TaskState.STOPPED, TaskState.NEW):
+            self.deleting = True
+            return dict(self.exit or {})
+        self._park(conn, rid, "delete")
+        self.runtime.kill(signal.SIGKILL, True)
+        return PENDING
+
+    def shutdown(self, force: bool) -> None:
+        if not force:
+            check("shutdown", self.state)
+        if self.state is TaskState.RESTARTING and self._backoff is not None:
+            self._backoff.cancel()  # the daemon starts the next run at start_at
+
+    def _park(self, conn: Conn, rid: int, kind: str) -> None:
+        park(conn)
+        self._waiters.append((conn, rid, kind))
+
+    def forget(self, conn: Conn) -> None:
+        self._waiters = [w for w in self._waiters if w[0] is not conn]
+
+    # -- health and OOM -----------------------------------------------------------------------
+
+    def _health_result(self, result: dict[str, Any], changed: bool) -> None:
+        health = self.health
+        assert health is not None
+        if changed:
+            self.outbox.publish("container.health", {
+                "status": health.status, "failing_streak": health.failing_streak,
+                "exit_code": result["exit_code"], "output": result["output"]})
+            self.diag.log("info", "health", status=health.status,
+                          failing_streak=health.failing_streak)
+        if (health.status == "unhealthy" and health.spec["restart"] and not self.unhealthy
+                and self.state is TaskState.RUNNING
+                and self.restart["policy"] != RestartPolicy.NO):
+            self.unhealthy = True  # the policy sees a failure, whatever the status
+            self._signal_stop(self.stop_signal, self.stop_timeout)
+
+    def _watch_oom(self) -> None:
+        """Watch this run's memory cgroup; without one (no cgroup, no memory controller, not
+        root) the container runs unwatched and shim.log says why."""
+        try:
+            self._oom = self.runtime.oom_watch()
+        except Exception as exc:
+            self.diag.log("warning", "oom_watch_unavailable", error=str(exc))
+            return
+        if self._oom is not None:
+            self.loop.watch(self._oom.fileno(), lambda fd: self._on_oom())
+
+    def _on_oom(self) -> None:
+        if self._oom is None:
+            return
+        kills = self._oom.read()
+        if kills:
+            self.diag.log("warning", "oom_kill", pid=self.pid, kills=kills)
+            self.outbox.publish("task.oom", {})
+
+    def _close_oom(self) -> None:
+        """Before the cgroup goes: v1 signals the eventfd on removal (a spurious wake-up)."""
+        if self._oom is not None:
+            self.loop.unwatch(self._oom.fileno())
+            self._oom.close()
+            self._oom = None
+
+    def abort(self) -> None:
+        """Undo a half-made start (failure before ready): nothing may be left running."""
+        if self.state is TaskState.CREATED:
+            self.runtime.kill(signal.SIGKILL, True)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
+        self._close_oom()
+        self.runtime.delete()
+
+    def close(self) -> None:
+        """The shim is ending."""
+        for timer in (self._stop_timer, self._backoff):
+            if timer is not None:
+                timer.cancel()
+        if self.health is not None:
+            self.health.end()
+        self._close_oom()
+
+    def report(self) -> dict[str, Any]:
+        """The task's part of ``state``."""
+        return {
+            "pid": self.pid, "status": self.state.value, "exit": self.exit,
+            "exec_error": self.exec_error,
+            "restart": {"policy": self.restart["policy"], "attempt": self.attempt,
+                        "start_at": self.start_at, "gave_up": self.gave_up,
+                        "final": self.final},
+            "health": None if self.health is None else self.health.state(),
+        }
