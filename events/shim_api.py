@@ -136,6 +136,8 @@ SPEC_FIELDS: dict[str, Any] = {
     "stop_signal": DEFAULT_STOP_SIGNAL,
     "stop_timeout": DEFAULT_STOP_TIMEOUT,
     "labels": {},
+    "restart": None,          # events.policy.restart_spec: None is policy "no"
+    "health": None,           # events.policy.health_spec: None is no health check
 }
 
 
@@ -199,7 +201,14 @@ def write_spec(directory: str | os.PathLike[str], spec: dict[str, Any]) -> None:
 
 def read_spec(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """The spec with every field present (defaults filled in for fields an older writer lacked)."""
-    with open(os.path.join(directory, SPEC_FILE), "rb") as f:
+    path = os.path.join(directory, SPEC_FILE)
+    try:  # never through a symlink: the shim would run what someone else's file says
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP
+            raise OSError(exc.errno, f"{path} is a symlink; refusing to read it") from None
+        raise
+    with open(fd, "rb") as f:
         spec = json.load(f)
     if not isinstance(spec, dict):
         raise ValueError(f"{directory}/{SPEC_FILE} does not hold a JSON object")

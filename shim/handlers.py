@@ -116,6 +116,7 @@ class Handlers:
         if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
             raise ShimError("invalid", f"ack needs an integer seq >= 0, got {seq!r}")
         self.shim.outbox.ack(seq)
+        self.shim.maybe_retire()
         return None
 
     def delete(self, conn: Conn, rid: int, params: dict[str, Any]) -> Any:

@@ -163,9 +163,10 @@ def serve(root: str, container_id: str, ready_w: int) -> None:
     files: list[str] = []
     try:
         directory = str(shim_api.shim_dir(root, container_id))
+        osutil.refuse_symlinks(os.path.join(root, "shims"), directory)
         null = os.open("/dev/null", os.O_RDWR)
-        log_fd = os.open(os.path.join(directory, shim_api.SHIM_LOG),
-                         os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        log_fd = osutil.open_nofollow(os.path.join(directory, shim_api.SHIM_LOG),
+                                      os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         os.dup2(null, 0)
         os.dup2(null, 1)
         os.dup2(log_fd, 2)  # a traceback we did not foresee lands in shim.log
@@ -197,6 +198,8 @@ def serve(root: str, container_id: str, ready_w: int) -> None:
                             (shim_api.ADDRESS_FILE, address)):
             shim_api.write_atomic(os.path.join(directory, name), value.encode(), durable=False)
             files.append(os.path.join(directory, name))
+        for name in (shim_api.EXIT_FILE, shim_api.CONTAINER_LOG):  # written into, or renamed over
+            osutil.refuse_symlinks(os.path.join(directory, name), missing_ok=True)
         shim = Shim(directory, spec, listener, address, make_runtime(spec, directory), diag)
         task_pid = shim.create()
         diag.log("info", "ready", address=address, task_pid=task_pid, instance=spec["instance"])

@@ -41,8 +41,8 @@ class CriLog:
         self._open()
 
     def _open(self) -> None:
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                           0o640)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                           | os.O_NOFOLLOW, 0o640)
         self._size = os.fstat(self._fd).st_size
 
     def feed(self, stream: bytes, data: bytes) -> None:

@@ -98,11 +98,40 @@ def close_fds(keep: set[int]) -> None:
                 os.close(fd)
 
 
+def refuse_symlinks(*paths: str, missing_ok: bool = False) -> None:
+    """Each of *paths* must be what it looks like, not a symlink: a pre-existing
+    ``ROOT/shims/ID -> elsewhere`` would make the shim write its files (and runc its state)
+    outside ROOT, where ``rm`` never removes them. Raises OSError naming the path."""
+    import stat
+
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            if missing_ok:
+                continue
+            raise
+        if stat.S_ISLNK(st.st_mode):
+            raise OSError(errno.ELOOP, f"{path} is a symlink (to {os.readlink(path)!r}); the "
+                          "shim refuses to follow it: remove it and start again")
+
+
+def open_nofollow(path: str, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` that refuses a symlink as the last component, with a clear error."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, f"{path} is a symlink; the shim refuses to follow it: "
+                          "remove it and start again") from None
+        raise
+
+
 def take_lock(directory: str) -> int:
     """Hold ``directory/shim.lock`` (flock) for our whole life: a second shim for the same id
     fails here. The kernel drops the lock when we die, however we die, so no stale lock."""
     path = os.path.join(directory, LOCK_NAME)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

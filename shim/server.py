@@ -86,6 +86,7 @@ class Shim:
         self.task = Task(directory, spec, address, runtime, self.loop, self.outbox, self.output,
                          self.execs, diag)
         self.task.reap_all = self._reap_all
+        self.task.on_settled = self.maybe_retire
         self.handlers = Handlers(self)
 
     @property

@@ -216,6 +216,54 @@ def no_shim_processes(root: Path) -> bool:
     return not processes_naming(str(root))
 
 
+class EventReader:
+    """Plays the daemon's side of the event stream: one ``events`` stream, every item kept in
+    :attr:`items`, each acknowledged at once (on the same connection) when *ack*."""
+
+    def __init__(self, shim: ShimHandle, ack: bool = True) -> None:
+        self.conn = shim.connect()
+        self.ack = ack
+        self.rid = self.conn.send_request("events")
+        self.items: list[dict[str, Any]] = []
+        self.ended = False  # the shim ended the stream (it exited)
+
+    def until(self, predicate: Any, timeout: float = 15.0, what: str = "events"
+              ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.items):
+            left = deadline - time.monotonic()
+            assert left > 0 and not self.ended, f"timed out waiting for {what}: {self.types()}"
+            self.conn.settimeout(left)
+            try:
+                message = self.conn.recv()
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                self.ended = True
+                continue
+            if message.get("id") != self.rid:
+                continue
+            if message.get("end"):
+                self.ended = True
+            elif "item" in message:
+                self.items.append(message["item"])
+                if self.ack:
+                    self.conn.send_request("ack", {"seq": message["item"]["seq"]})
+        return self.items
+
+    def count(self, etype: str) -> int:
+        return sum(1 for e in self.items if e["type"] == etype)
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.items]
+
+    def of(self, etype: str) -> list[dict[str, Any]]:
+        return [e["data"] for e in self.items if e["type"] == etype]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def poll(predicate: Any, timeout: float = 10.0, what: str = "condition") -> Any:
     """Poll ``predicate()`` until it is truthy; return its value, fail after *timeout*."""
     deadline = time.monotonic() + timeout

@@ -185,6 +185,14 @@ def test_stop_of_an_obedient_container(shims: Shims, busybox_rootfs: Path) -> No
 ZOMBIE_MAKER = "(sleep 0.05 &); exec sleep 30"  # the orphan's new parent is pid 1: sleep
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def zombies(pid: int) -> int:
     count = 0
     for p in tree(pid):
@@ -204,7 +212,13 @@ def test_init_reaps_orphans_inside_the_container(
             shim = shims.start(ZOMBIE_MAKER, cid=unique_id("shim"), namespaces=["pid"],
                                init=init)
         shim.call("start")
-        time.sleep(0.4)
+        # ``exec sleep 30`` ran (so the orphan was forked) and the orphan (sleep 0.05) has
+        # exited: a zombie under sleep, or reaped by tini
+        def orphan_done(shim: ShimHandle = shim) -> bool:
+            cmds = [_cmdline(p) for p in tree(shim.task_pid)]
+            return b"sleep\x0030\x00" in cmds and b"sleep\x000.05\x00" not in cmds
+
+        poll(orphan_done, what="the orphan's exit")
         counts[init] = zombies(shim.task_pid)
         assert shim.call("delete", force=True)["exit_status"] == 137
         shim.wait_gone()
@@ -310,3 +324,53 @@ def test_an_oom_kill_of_a_child_is_reported_while_the_container_runs_on(
         conn.call("delete")
     shim.wait_gone()
     assert shim.log_lines()[-1].endswith("stdout F dd=137")
+
+
+def _state_pid(root: Path, runtime: str, cid: str) -> tuple[int, str]:
+    import json
+    import subprocess
+
+    from shim.oci import resolve_runtime
+
+    out = subprocess.run([resolve_runtime(runtime), "--root", str(root / runtime), "state", cid],
+                         capture_output=True, check=True).stdout
+    state = json.loads(out)
+    return int(state["pid"]), str(state["status"])
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_restarted_oci_container_is_recreated_clean_with_its_init(
+        shims: Shims, busybox_rootfs: Path, root: Path, runtime: str) -> None:
+    """SIGKILL of the container's init (tini, with --init): the shim deletes the old container
+    and creates + starts a new one from the same bundle: new init pid, runtime state and cgroup
+    of the new one only; exec and --init work in it."""
+    shim = oci(shims, busybox_rootfs, ["sleep", "30"], runtime, init=True,
+               restart={"policy": "always", "delay": 0})
+    shim.call("start")
+    cgroup = cgroup_of(shim)
+    old = shim.task_pid
+    os.kill(old, signal.SIGKILL)
+
+    def restarted() -> int:
+        state = shim.call("state")
+        return int(state["pid"]) if state["status"] == "running" and state["pid"] != old else 0
+
+    new = poll(restarted, what="the container running again")
+    shims._track(new)
+    assert listed(root, runtime) == [shim.id]
+    assert _state_pid(root, runtime, shim.id) == (new, "running")
+    assert int(proc_stat(new)[1]) == shim.pid  # reparented to the shim again
+    with open(f"/proc/{new}/cmdline", "rb") as f:
+        assert f.read().startswith(b"/dev/tether-init\x00")  # --init (tini) still in front
+    dirs = leftover_cgroups(cgroup)
+    assert dirs  # the same cgroup path, made again, holding the new container only
+    pids = {int(p) for d in dirs if os.path.exists(f"{d}/cgroup.procs")
+            for p in open(f"{d}/cgroup.procs").read().split()}  # noqa: SIM115
+    assert new in pids and old not in pids
+    with shim.connect() as conn:
+        items = list(conn.stream("exec", exec_id="after", command=["sh", "-c", "echo $$"]))
+    assert items[-1] == {"exit_status": 0, "signal": 0}
+    assert shim.call("delete", force=True)["exit_status"] == 137
+    shim.wait_gone()
+    assert listed(root, runtime) == []
+    assert not leftover_cgroups(cgroup)
