@@ -10,7 +10,14 @@ Measures, beside the anchors of shared/ANCHORS.md:
   (includes the fsync of the exit file, which comes first);
 * log throughput: a container writing as fast as it can, through the shim into container.log;
 * side by side, the same for shims forked from ``python -I -m shim launcher`` (preloaded,
-  ``gc.freeze()``; what supervisord uses), with the launcher's own PSS shared out.
+  ``gc.freeze()``; what supervisord uses), with the launcher's own PSS shared out;
+* supervision (``--restarts N``, 0 to skip): a crash-looping container (``exit 1``, policy
+  ``always``, back-off delay 0) restarted N times by its shim with no daemon, a test client
+  acknowledging the events: the shim's own CPU seconds per 100 restarts (and, apart, its reaped
+  children's: the container's processes and, for runc, the runtime's commands); and the restart
+  latency exit -> running again (SIGKILL of ``sleep`` -> the next ``task.start`` read by the
+  client; and the shim's own ``exited_at`` -> ``started_at``), process runtime and runc,
+  beside what docker, Supervisor and systemd do (ANCHORS.md).
 
 Every process it starts is ended by pid: the bench is a child subreaper, so the detached shims
 are reparented to it and reaped here.
@@ -68,17 +75,17 @@ class Bench:
         self.pids: dict[int, int | None] = {}  # pid -> start time (pids get reused)
         self.n = 0
 
-    def spec(self, command: list[str]) -> str:
+    def spec(self, command: list[str], **extra: Any) -> str:
         self.n += 1
         cid = f"b{self.n}"
         directory = shim_api.shim_dir(self.root, cid)
         directory.mkdir(parents=True)
         shim_api.write_spec(directory, {"id": cid, "instance": f"{cid}-1", "command": command,
-                                        "env": {"PATH": "/usr/bin:/bin"}})
+                                        "env": {"PATH": "/usr/bin:/bin"}, **extra})
         return cid
 
-    def start(self, command: list[str]) -> tuple[dict[str, Any], float]:
-        cid = self.spec(command)
+    def start(self, command: list[str], **extra: Any) -> tuple[dict[str, Any], float]:
+        cid = self.spec(command, **extra)
         began = time.perf_counter()
         proc = subprocess.run([sys.executable, "-I", "-m", "shim", "start", "--root", self.root,
                                "--id", cid], capture_output=True, text=True, timeout=30)
@@ -123,6 +130,132 @@ def exit_latency(ready: dict[str, Any]) -> float:
         while conn.recv()["item"]["type"] != "task.exit":
             pass
         return time.perf_counter() - began
+
+
+#: What the systems people compare us with do after an exit (shared/ANCHORS.md).
+RESTART_ANCHORS = [
+    ("docker --restart", "100 ms doubling (reset after 10 s up); none while dockerd is down"),
+    ("Supervisor autorestart", "at once, no delay, no limit once RUNNING; children die with it"),
+    ("systemd Restart=", "RestartSec 100 ms; StartLimitBurst"),
+]
+
+ALWAYS_AT_ONCE = {"policy": "always", "delay": 0}
+
+
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """(utime + stime, cutime + cstime) of *pid*: its own CPU, and its reaped children's."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+
+class Stream:
+    """The daemon's side: one events stream, every item acknowledged as it arrives."""
+
+    def __init__(self, address: str) -> None:
+        self.conn = BlockingConnection(address, timeout=30)
+        self.rid = self.conn.send_request("events")
+
+    def next(self, etype: str) -> dict[str, Any]:
+        while True:
+            message = self.conn.recv()
+            if message.get("id") == self.rid and "item" in message:
+                item = message["item"]
+                self.conn.send_request("ack", {"seq": item["seq"]})
+                if item["type"] == etype:
+                    return dict(item["data"])
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def crash_loop_cpu(bench: Bench, restarts: int, **spec: Any) -> tuple[float, float, float]:
+    """CPU seconds per 100 restarts of ``exit 1`` under ``always`` with no back-off: the
+    shim's own, its reaped children's; and the restarts per second achieved."""
+    ready, _ = bench.start(["sh", "-c", "exit 1"], restart=ALWAYS_AT_ONCE, **spec)
+    stream = Stream(ready["address"])
+    try:
+        stream.conn.call("start")
+        for _ in range(5):  # warm up
+            stream.next("task.start")
+        hz = os.sysconf("SC_CLK_TCK")
+        own0, kids0 = cpu_ticks(ready["pid"])
+        began = time.perf_counter()
+        for _ in range(restarts):
+            bench.track(stream.next("task.start")["pid"])
+        elapsed = time.perf_counter() - began
+        own1, kids1 = cpu_ticks(ready["pid"])
+    finally:
+        stream.close()
+        bench.delete(ready)
+    per100 = 100 / restarts / hz
+    return (own1 - own0) * per100, (kids1 - kids0) * per100, restarts / elapsed
+
+
+def restart_latency(bench: Bench, runs: int, **spec: Any) -> tuple[float, float]:
+    """Medians (ms): SIGKILL of the task -> its next ``task.start`` read by the client, and
+    the shim's own ``exited_at`` -> ``started_at``."""
+    ready, _ = bench.start(["sleep", "1000"], restart=ALWAYS_AT_ONCE, **spec)
+    stream = Stream(ready["address"])
+    seen, own = [], []
+    try:
+        stream.conn.call("start")
+        pid = stream.next("task.start")["pid"]
+        for _ in range(runs):
+            began = time.perf_counter()
+            os.kill(pid, signal.SIGKILL)
+            exited = stream.next("task.exit")
+            started = stream.next("task.start")
+            seen.append(time.perf_counter() - began)
+            own.append((started["started_at"] - exited["exited_at"]) / 1e9)
+            pid = started["pid"]
+            bench.track(pid)
+    finally:
+        stream.close()
+        bench.delete(ready)
+    return statistics.median(seen) * 1e3, statistics.median(own) * 1e3
+
+
+def restart_rows(bench: Bench, restarts: int, runs: int) -> list[tuple[str, str, str, str]]:
+    rows = []
+    own, kids, rate = crash_loop_cpu(bench, restarts)
+    rows.append((f"crash loop, process runtime: CPU s per 100 restarts, shim / children "
+                 f"({restarts} restarts, {rate:.0f}/s)", f"{own:.2f} / {kids:.2f} s", "", ""))
+    seen, shim = restart_latency(bench, runs)
+    rows.append(("restart latency, process runtime: kill -> task.start read / shim's own",
+                 f"{seen:.1f} / {shim:.1f} ms", "", "delay 0"))
+    oci = oci_spec(bench.root)
+    if oci is None:
+        rows.append(("restart with runc", "not measured: runc or busybox-static missing", "",
+                     ""))
+    else:
+        own, kids, rate = crash_loop_cpu(bench, max(20, restarts // 5), **oci)
+        rows.append((f"crash loop, runc: CPU s per 100 restarts, shim / children "
+                     f"({max(20, restarts // 5)} restarts, {rate:.0f}/s)",
+                     f"{own:.2f} / {kids:.2f} s", "", "children: runc create/start/delete"))
+        seen, shim = restart_latency(bench, max(5, runs // 3), **oci)
+        rows.append(("restart latency, runc: kill -> task.start read / shim's own",
+                     f"{seen:.1f} / {shim:.1f} ms", "", "delete, create, start"))
+    rows += [(f"anchor: {name}", what, "", "ANCHORS.md") for name, what in RESTART_ANCHORS]
+    return rows
+
+
+def oci_spec(root: str) -> dict[str, Any] | None:
+    """runc with a busybox root filesystem, when both are there."""
+    from shim.oci import OCIError, resolve_runtime
+
+    try:
+        resolve_runtime("runc")
+    except OCIError:
+        return None
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    try:
+        from oci_helpers import build_busybox_rootfs
+
+        rootfs = build_busybox_rootfs(os.path.join(root, "rootfs"))
+    except (ImportError, RuntimeError):
+        return None
+    return {"runtime": "runc", "rootfs": str(rootfs)}
 
 
 def log_throughput(bench: Bench, size: int = 100_000_000) -> tuple[float, float]:
@@ -229,6 +362,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shims", type=int, default=50)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--restarts", type=int, default=200,
+                        help="restarts of the crash-loop measurement (0: skip supervision)")
     args = parser.parse_args()
     ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     root = tempfile.mkdtemp(prefix="tether-bench-")
@@ -251,6 +386,7 @@ def main() -> None:
             bench.delete(ready)
         forked = launcher_experiment(bench, args.shims, args.runs)
         through_shim, direct = log_throughput(bench)
+        supervision = restart_rows(bench, args.restarts, args.runs) if args.restarts else []
     finally:
         bench.cleanup()
         shutil.rmtree(root, ignore_errors=True)
@@ -279,6 +415,7 @@ def main() -> None:
     ]
     rows += [(f"anchor: {name}: RSS / PSS", f"{rss} / {pss} MB", "", "ANCHORS.md")
              for name, (rss, pss) in ANCHORS.items()]
+    rows += supervision
     width = max(len(r[0]) for r in rows)
     print(f"{'what':{width}}  {'shim start (fresh)':>24}  {'shim launcher':>24}  note")
     for what, fresh, launched, note in rows:

@@ -13,8 +13,10 @@ Files in ``ROOT/shims/ID/`` (see :func:`shim_dir`):
                     loss; the durable record is the daemon's ``task.create``) before ready.
 ``address``         the path of the shim's socket (may be a short fallback path outside the
                     directory when ``ROOT`` is deep: unix socket paths are limited to 107 bytes).
-``exit``            the exit record (:func:`write_exit_file`), written atomically *before* anyone is
-                    told of the exit: a SIGKILLed shim leaves a whole file or none.
+``exit``            the latest task's exit record (:func:`write_exit_file`; its ``shim_seq`` is the
+                    seq of its ``task.exit`` event, so a reader deduplicates it), written
+                    atomically *before* anyone is told of the exit: a SIGKILLed shim leaves a
+                    whole file or none, and a restart overwrites it only with the next exit.
 ``container.log``   the container's output in CRI format, rotated to ``container.log.1`` ... .
 ``shim.log``        the shim's own diagnostics, one JSON object per line.
 
@@ -36,20 +38,32 @@ Socket: the wire protocol of :mod:`events.wire`. The caller's hello has role ``"
 (or ``"client"``); the shim answers with role ``"shim"`` and ``id``, ``instance``, ``pid``.
 Methods (see :data:`METHODS`):
 
-``state``               -> :func:`state` map
+``state``               -> ``{id, instance, pid, status, exit, exec_error, restart, health,
+                           orphans_reaped, shim_pid, seq, acked, runtime, execs, log}``;
+                           ``status``: ``created``, ``running``, ``stopped`` or ``restarting``
+                           (waiting out a back-off); ``exit``: the latest task's exit record;
+                           ``restart``: ``{policy, attempt, start_at, gave_up, final}``;
+                           ``health``: ``{status, failing_streak, log}`` (``log``: the last 5
+                           results ``{start, end, exit_code, output}``) or None
 ``start``               -> ``{"pid": n, "started_at": ns}``; ``exec_failed`` error if the
                            command cannot be executed (the task then exits with status 127)
-``kill {signal, all}``  -> ``None``; ``all`` signals every process of the container
-``stop {timeout, signal}`` -> the exit record, once the task has exited. The shim itself sends
-                           ``signal``, waits ``timeout`` seconds, then SIGKILL; the stop completes
-                           even if the caller disconnects.
-``wait``                -> the exit record, once the task has exited
+``kill {signal, all}``  -> ``None``; ``all`` signals every process of the container. A signal
+                           and nothing more: the exit that follows goes to the restart policy
+``stop {timeout, signal}`` -> the exit record, once the task has exited. First makes the shim
+                           *final* (stopped by hand: no policy restart follows; a pending
+                           back-off is cancelled and the last exit record answered at once),
+                           then sends ``signal``, waits ``timeout`` seconds (finite, at most a
+                           week, else ``invalid``), then SIGKILL; the stop completes even if the
+                           caller disconnects.
+``wait``                -> the exit record, once the current task has exited (at once when none
+                           runs)
 ``events``              -> a stream of ``{"seq", "type", "data"}`` items: first every event not yet
-                           acknowledged, then live ones. Never ends by itself.
+                           acknowledged, then live ones. Ends (end frame) only when the shim exits.
 ``ack {seq}``           -> ``None``; events with ``seq <= seq`` are never sent again
 ``delete {force}``      -> the exit record; refused (``conflict``) while the task runs unless
-                           ``force`` (kill, wait). After replying, the shim removes its socket and
-                           exits; its directory (exit file, logs) stays for supervisord to remove.
+                           ``force`` (kill, wait). Final, like ``stop``. After replying, the shim
+                           removes its socket and exits; its directory (exit file, logs) stays for
+                           supervisord to remove.
 ``shutdown``            -> ``None``; the shim exits, leaving a running container behind only
                            with ``force``; used for cleanup.
 ``exec {exec_id, command, env, cwd}``
@@ -63,15 +77,31 @@ Methods (see :data:`METHODS`):
                            ``invalid``, ``exec_failed`` (the runtime's words), ``unavailable``
                            (the shim exited before the process). The output is not logged.
 
-Events (``{"seq", "type", "data"}``; every one stays in the outbox until acked):
+Events (``{"seq", "type", "data"}``; every one stays in the outbox until acked; ``seq`` is the
+shim's own sequence, one for its whole life, across the successive tasks it runs):
 ``task.create`` {pid, shim_pid, address, instance, created_at}, ``task.start`` {pid,
 started_at}, ``task.oom`` {} (the kernel OOM-killed a process of the container; always before
 the ``task.exit`` it caused), ``task.exit`` {pid, exit_status, signal, exited_at},
 ``task.exec.start`` {exec_id, pid}, ``task.exec.exit`` {exec_id, pid, exit_status, signal,
-exited_at}. Times are unix nanoseconds of the shim's clock.
+exited_at}, ``container.restart`` {attempt, delay, reason, by: "shim", start_at} (the policy
+restarts the container: ``task.create`` and ``task.start`` of the next task follow),
+``container.giveup`` {attempts, reason, exit_status}, ``container.health`` {status,
+failing_streak, exit_code, output} (on change only). Times are unix nanoseconds of the shim's
+clock. A policy restart's events come in this order: ``task.exit``, ``container.restart``,
+``task.create``, ``task.start``.
+
+The shim's life: it lives as long as its container can run again by itself. Once the container
+is stopped for good (policy ``no``, a success under ``on-failure``, given up, stopped by hand)
+and every event is acknowledged, it kills what is left of the container, removes its socket,
+``address`` and ``shim.pid``, and exits; ``exit``, ``spec.json``, ``container.log*`` and
+``shim.log`` stay. While nobody acknowledges (the daemon is down) it waits.
+
+A shim refuses to start (``shim start`` fails, nothing written) when ``ROOT/shims`` or
+``ROOT/shims/ID``, or a file it would write into there, is a symlink.
 
 Signals: a shim ignores SIGTERM, SIGINT and SIGHUP (logged in ``shim.log``): only ``delete``,
-``shutdown`` or SIGKILL end it, so a signal sent to "everything" never orphans a container.
+``shutdown``, its own end (above) or SIGKILL end it, so a signal sent to "everything" never
+orphans a container.
 """
 
 from __future__ import annotations
@@ -117,7 +147,8 @@ METHODS = frozenset({"state", "start", "kill", "stop", "wait", "events", "ack", 
                      "shutdown", "exec"})
 
 #: Spec fields and their defaults. ``id`` and ``instance`` are required; ``instance`` is new for
-#: every task of a container (a restart gets a new one) so shim sequence numbers never collide.
+#: every shim of a container (``start``/``restart`` by command make a new shim), so shim sequence
+#: numbers never collide; the successive tasks of one shim share its instance and its sequence.
 SPEC_FIELDS: dict[str, Any] = {
     "id": None,
     "instance": None,

@@ -88,7 +88,7 @@ class Handlers:
                 "log": {"lines": shim.log.written_lines, "dropped": shim.log.dropped_lines}}
 
     def start(self, conn: Conn, rid: int, params: dict[str, Any]) -> dict[str, Any]:
-        return self.task.start()
+        return self.task.start(by_request=True)
 
     def kill(self, conn: Conn, rid: int, params: dict[str, Any]) -> None:
         self.task.kill(_signal(params, "signal", signal.SIGTERM), bool(params.get("all", False)))

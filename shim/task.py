@@ -142,6 +142,7 @@ class Task:
         self.start_at: int | None = None  # unix ns: when the pending restart runs
         self.gave_up = False
         self.unhealthy = False  # this run is being stopped because it is unhealthy
+        self._unstartable = False  # the start request's exec failed: not for the policy
         self.on_settled: Callable[[], None] = lambda: None
         #: reap every child (bounded): the server's, which knows execs and orphans
         self.reap_all: Callable[[float], None] = lambda timeout: None
@@ -187,13 +188,18 @@ class Task:
         self.diag.log("info", "task_created", pid=self.pid, command=self.spec.get("command"))
         return self.pid
 
-    def start(self) -> dict[str, Any]:
+    def start(self, by_request: bool = False) -> dict[str, Any]:
+        """Let the created init run the user's program. *by_request*: the ``start`` method (the
+        user's command): if the program cannot be executed the caller gets the error and the
+        policy does not restart it (docker's behaviour); a later task's exec failure is an
+        exit (127) like any other, and the policy decides."""
         check("start", self.state)
         try:
             self.runtime.start()
         except ExecFailed as exc:
             self.exec_error = {"errno": exc.errno, "message": str(exc)}
             self.diag.log("error", "exec_failed", **self.exec_error)
+            self._unstartable = by_request
             self._reap_failed_start()
             raise ShimError("exec_failed", f"{exc} (errno {exc.errno})") from None
         self._move(Move.START)
@@ -283,6 +289,11 @@ class Task:
                                  stopped_by_user=self.final, unhealthy=self.unhealthy,
                                  jitter=random.uniform(0.9, 1.1))
         self.diag.log("info", "policy", decision=repr(decision))
+        if self._unstartable:
+            self.diag.log("info", "policy", decision="no restart: the start request's command "
+                          "could not be executed (the caller has the error)")
+            self._settle()
+            return
         if decision.restart:
             self._back_off(decision)
             return

@@ -248,7 +248,10 @@ class EventReader:
             elif "item" in message:
                 self.items.append(message["item"])
                 if self.ack:
-                    self.conn.send_request("ack", {"seq": message["item"]["seq"]})
+                    try:
+                        self.conn.send_request("ack", {"seq": message["item"]["seq"]})
+                    except OSError:  # the shim is gone: what was read stays read
+                        self.ended = True
         return self.items
 
     def count(self, etype: str) -> int:

@@ -320,3 +320,40 @@ def test_without_a_policy_the_shim_ends_once_its_exit_is_acknowledged(shims: Shi
     for pid in orphans:  # killed by the shim before it left
         poll(lambda pid=pid: not alive(pid), what=f"orphan {pid} gone")
     assert shim_api.read_exit_file(shim.dir)["exit_status"] == 2
+
+
+def test_a_start_that_cannot_exec_is_an_error_not_a_crash_loop(shims: Shims) -> None:
+    shim = shims.start(["/nonexistent/program"], restart=always())
+    reader = EventReader(shim)
+    with pytest.raises(wire.RemoteError) as info:
+        shim.call("start")
+    assert info.value.code == "exec_failed"
+    reader.until(lambda items: reader.ended, what="the shim's end")  # reading acks each event
+    shim.wait_gone()  # settled, everything acknowledged: no restart, the shim ended
+    assert reader.types() == ["task.create", "task.exit"]
+    assert shim_api.read_exit_file(shim.dir)["exit_status"] == 127
+
+
+def test_a_shim_killed_at_random_moments_of_a_crash_loop_leaves_the_latest_exit(
+        shims: Shims) -> None:
+    """Whatever the moment of the SIGKILL, the exit file is whole and holds the latest exit:
+    the one the daemon saw last, or a later one it has not seen (its seq says which)."""
+    import random
+
+    for _ in range(8):
+        shim = shims.start("exit 1", restart=always(0.002))
+        reader = EventReader(shim)
+        shim.call("start")
+        reader.until(lambda items: sum(e["type"] == "task.exit" for e in items) >= 2)
+        time.sleep(random.uniform(0, 0.03))  # a random moment of the loop, on purpose
+        os.kill(shim.pid, signal.SIGKILL)
+        shim.wait_gone()
+        reader.until(lambda items, r=reader: r.ended, what="the stream's end")
+        exits = [e for e in reader.items if e["type"] == "task.exit"]
+        record = shim_api.read_exit_file(shim.dir)
+        assert record is not None and record["exit_status"] == 1
+        assert record["shim_seq"] >= exits[-1]["seq"]
+        if record["shim_seq"] == exits[-1]["seq"]:
+            assert {k: record[k] for k in exits[-1]["data"]} == exits[-1]["data"]
+        seqs = [e["seq"] for e in reader.items]
+        assert seqs == list(range(1, len(seqs) + 1))
