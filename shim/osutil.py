@@ -182,9 +182,44 @@ def bind_unix(path: str) -> socket.socket:
     return sock
 
 
+def children(pid: int) -> list[int] | None:
+    """Direct children of *pid* from ``/proc/PID/task/*/children`` (None when the kernel does
+    not have that file)."""
+    found: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []  # gone: no children
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                found += [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue  # the thread ended meanwhile
+            return None  # no CONFIG_PROC_CHILDREN
+        except OSError:
+            continue
+    return found
+
+
 def descendants(ancestor: int) -> list[int]:
-    """Pids whose chain of parents reaches *ancestor* (read from /proc, best effort)."""
-    children: dict[int, list[int]] = {}
+    """Pids whose chain of parents reaches *ancestor* (best effort). Walks the ``children``
+    files from *ancestor* down (a handful of reads: a crash loop calls this for every restart),
+    and scans all of ``/proc`` only on a kernel without them."""
+    found: list[int] = []
+    stack = [ancestor]
+    while stack:
+        kids = children(stack.pop())
+        if kids is None:
+            return _descendants_by_scan(ancestor)
+        found += kids
+        stack += kids
+    return found
+
+
+def _descendants_by_scan(ancestor: int) -> list[int]:
+    by_parent: dict[int, list[int]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -194,13 +229,13 @@ def descendants(ancestor: int) -> list[int]:
         except OSError:
             continue
         ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(name))
+        by_parent.setdefault(ppid, []).append(int(name))
     found: list[int] = []
-    stack = list(children.get(ancestor, []))
+    stack = list(by_parent.get(ancestor, []))
     while stack:
         pid = stack.pop()
         found.append(pid)
-        stack.extend(children.get(pid, []))
+        stack.extend(by_parent.get(pid, []))
     return found
 
 
