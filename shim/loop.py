@@ -15,7 +15,6 @@ Timers use the monotonic clock and have no thread: :meth:`Loop.call_later` retur
 from __future__ import annotations
 
 import contextlib
-import heapq
 import os
 import selectors
 import signal
@@ -130,22 +129,22 @@ class Loop:
             self.sel.unregister(fd)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """A list, not a heap: a shim has a handful of timers at most (a stop's deadline, a
+        back-off, a health check's interval and timeout), and heapq costs every shim 30 kB."""
         timer = Timer(time.monotonic() + max(0.0, delay), callback)
-        heapq.heappush(self.timers, timer)
+        self.timers.append(timer)
         return timer
 
     def _next_timeout(self) -> float | None:
-        while self.timers and self.timers[0].cancelled:
-            heapq.heappop(self.timers)
+        self.timers = [t for t in self.timers if not t.cancelled]
         if not self.timers:
             return None
-        return max(0.0, self.timers[0].when - time.monotonic())
+        return max(0.0, min(t.when for t in self.timers) - time.monotonic())
 
     def _run_timers(self) -> None:
         now = time.monotonic()
-        while self.timers and (self.timers[0].cancelled or self.timers[0].when <= now):
-            timer = heapq.heappop(self.timers)
-            if not timer.cancelled:
+        for timer in sorted(t for t in self.timers if t.when <= now):
+            if not timer.cancelled:  # (an earlier callback of this batch may cancel it)
                 timer.cancelled = True  # ran: a later cancel() is harmless
                 self._guarded(timer.callback)
 
