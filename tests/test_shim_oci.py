@@ -374,3 +374,49 @@ def test_a_restarted_oci_container_is_recreated_clean_with_its_init(
     shim.wait_gone()
     assert listed(root, runtime) == []
     assert not leftover_cgroups(cgroup)
+
+
+@pytest.mark.parametrize("kind", [*RUNTIMES, pytest.param("process", marks=needs_root)])
+def test_the_oom_watch_is_armed_again_for_each_restarted_task(
+        shims: Shims, busybox_rootfs: Path, kind: str) -> None:
+    """on-failure:1: two runs, each OOM-killed: each ``task.exit`` has its ``task.oom`` first
+    (the second run's cgroup is a new one, watched anew), then the policy gives up."""
+    from shim_helpers import EventReader
+
+    hog = ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]
+    spec = {"limits": {"memory": 32 << 20},
+            "restart": {"policy": "on-failure", "max_retries": 1, "delay": 0}}
+    if kind in ("runc", "crun"):
+        shim = oci(shims, busybox_rootfs, hog, kind, **spec)
+    else:
+        shim = shims.start(hog, cid=unique_id("shim"), **spec)
+    cgroup = cgroup_of(shim)
+    reader = EventReader(shim)
+    shim.call("start")
+    reader.until(lambda items: items and items[-1]["type"] == "container.giveup")
+    assert reader.types() == ["task.create", "task.start", "task.oom", "task.exit",
+                              "container.restart", "task.create", "task.start", "task.oom",
+                              "task.exit", "container.giveup"]
+    assert [e["exit_status"] for e in reader.of("task.exit")] == [137, 137]
+    shim.wait_gone()  # given up, everything acknowledged
+    assert not leftover_cgroups(cgroup)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_health_check_runs_inside_the_oci_container(
+        shims: Shims, busybox_rootfs: Path, runtime: str) -> None:
+    mark = f"/tmp/healthy-{runtime}-{os.getpid()}"  # the rootfs is shared by the session
+    shim = oci(shims, busybox_rootfs, ["sleep", "30"], runtime, env={"WHO": "inside"},
+               health={"cmd": f"echo $WHO $(hostname); test -f {mark}", "interval": 0.05,
+                       "retries": 1})
+    shim.call("start")
+    poll(lambda: shim.call("state")["health"]["status"] == "unhealthy", what="unhealthy")
+    result = shim.call("state")["health"]["log"][-1]
+    assert result["exit_code"] == 1 and result["output"].startswith("inside ")
+    with shim.connect() as conn:  # the check saw the container's file system, not the host's
+        list(conn.stream("exec", exec_id="mark", command=["touch", mark]))
+    poll(lambda: shim.call("state")["health"]["status"] == "healthy", what="healthy")
+    assert shim.call("delete", force=True)["exit_status"] == 137
+    shim.wait_gone()
+    assert listed(shims.root, runtime) == []
+    (busybox_rootfs / mark.lstrip("/")).unlink()
