@@ -60,7 +60,7 @@ def preload() -> None:
     import pathlib  # noqa: F401  (shim_api.shim_dir: ~1 MB and ~3 ms in every shim otherwise)
     import random  # noqa: F401  (the back-off's jitter)
 
-    import msgpack  # noqa: F401
+    import msgpack  # type: ignore[import-untyped]  # noqa: F401
 
     import shim.health
     import shim.logs
