@@ -18,7 +18,8 @@ Files in ``ROOT/shims/ID/`` (see :func:`shim_dir`):
                     atomically *before* anyone is told of the exit: a SIGKILLed shim leaves a
                     whole file or none, and a restart overwrites it only with the next exit.
 ``container.log``   the container's output in CRI format, rotated to ``container.log.1`` ... .
-``shim.log``        the shim's own diagnostics, one JSON object per line.
+``shim.log``        the shim's own diagnostics, one JSON object per line (rotated to
+                    ``shim.log.1`` at 4 MB).
 
 Starting: ``sys.executable -I -m shim start --root ROOT --id ID``. The command returns once the
 shim is ready (socket bound, pid and address written, container process created and waiting for

@@ -171,7 +171,7 @@ def serve(root: str, container_id: str, ready_w: int) -> None:
         os.dup2(null, 1)
         os.dup2(log_fd, 2)  # a traceback we did not foresee lands in shim.log
         osutil.close_fds({ready_w})
-        diag = osutil.Diag(2)
+        diag = osutil.Diag(2, os.path.join(directory, shim_api.SHIM_LOG))
         # Only delete, shutdown or SIGKILL end a shim: a SIGTERM sent to "everything" (an
         # operator, a careless unit) must not orphan the container and lose its exit status.
         # Caught (logged), not SIG_IGN: an ignored disposition would be inherited through

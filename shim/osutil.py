@@ -242,13 +242,34 @@ def _descendants_by_scan(ancestor: int) -> list[int]:
 class Diag:
     """The shim's own diagnostics: one JSON object per line in ``shim.log`` (no structlog:
     it would cost memory in every shim). A failing write is ignored; diagnostics must never
-    take the shim down."""
+    take the shim down.
 
-    def __init__(self, fd: int) -> None:
+    With *path*, the file is rotated once it passes *max_size* (renamed to ``shim.log.1``,
+    replacing the previous one, and a new one opened on the same fd): a crash loop with no
+    back-off logs a few lines per restart, and must not fill the disk over weeks."""
+
+    def __init__(self, fd: int, path: str | None = None, max_size: int = 4 << 20) -> None:
         self.fd = fd
+        self.path = path
+        self.max_size = max_size
+        self.size = 0
+        if path is not None:
+            with contextlib.suppress(OSError):
+                self.size = os.fstat(fd).st_size
 
     def log(self, level: str, event: str, **fields: Any) -> None:
         record = {"time": time.time_ns(), "level": level, "event": event, "pid": os.getpid(),
                   **fields}
+        data = json.dumps(record, default=str).encode() + b"\n"
         with contextlib.suppress(OSError):
-            os.write(self.fd, json.dumps(record, default=str).encode() + b"\n")
+            os.write(self.fd, data)
+            self.size += len(data)
+            if self.path is not None and self.size > self.max_size:
+                self._rotate(self.path)
+
+    def _rotate(self, path: str) -> None:
+        os.rename(path, path + ".1")
+        fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
+        os.dup2(fd, self.fd)  # fd 2 too: a traceback still lands in the current file
+        os.close(fd)
+        self.size = 0

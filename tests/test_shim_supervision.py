@@ -357,3 +357,19 @@ def test_a_shim_killed_at_random_moments_of_a_crash_loop_leaves_the_latest_exit(
             assert {k: record[k] for k in exits[-1]["data"]} == exits[-1]["data"]
         seqs = [e["seq"] for e in reader.items]
         assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_shim_log_is_rotated_in_a_long_crash_loop(tmp_path: Path) -> None:
+    from shim.osutil import Diag
+
+    path = tmp_path / "shim.log"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        diag = Diag(fd, str(path), max_size=10_000)
+        for n in range(1000):
+            diag.log("info", "task_exit", n=n)
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(tmp_path)) == ["shim.log", "shim.log.1"]
+    assert path.stat().st_size <= 10_200 and (tmp_path / "shim.log.1").stat().st_size <= 10_200
+    assert '"n": 999' in path.read_text().splitlines()[-1]
