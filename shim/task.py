@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 PENDING: Any = object()
 #: How long the loop may wait for a failed start's init, or for leftovers before a restart.
 REAP_GRACE = 2.0
+#: Events waiting for the daemon past which a restart waits at least ``max_delay``: a crash
+#: loop with no back-off while the daemon is down would otherwise grow the outbox (memory) by
+#: hundreds of events a second; slowed, it adds a few a minute.
+OUTBOX_BACKLOG = 1000
 
 
 class TaskState(StrEnum):
@@ -307,6 +311,10 @@ class Task:
     def _back_off(self, decision: policy.Decision) -> None:
         # what is left of the run (orphans, execs, a check) goes now: the next run starts clean
         self.runtime.kill(signal.SIGKILL, True)
+        if len(self.outbox.events) > OUTBOX_BACKLOG and decision.delay < self.restart["max_delay"]:
+            decision.delay = self.restart["max_delay"]
+            decision.reason += (f" (slowed to max_delay: {len(self.outbox.events)} events wait "
+                                "for the daemon)")
         self._move(Move.BACK_OFF)
         self.attempt = decision.attempt
         self.start_at = time.time_ns() + int(decision.delay * 1e9)

@@ -373,3 +373,24 @@ def test_shim_log_is_rotated_in_a_long_crash_loop(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["shim.log", "shim.log.1"]
     assert path.stat().st_size <= 10_200 and (tmp_path / "shim.log.1").stat().st_size <= 10_200
     assert '"n": 999' in path.read_text().splitlines()[-1]
+
+
+def test_a_crash_loop_slows_down_while_the_daemon_does_not_take_its_events(
+        shims: Shims) -> None:
+    from shim.task import OUTBOX_BACKLOG
+
+    shim = shims.start("exit 1", restart=always(0, max_delay=30))
+    shim.call("start")
+    def slowed() -> bool:
+        start_at = shim.call("state")["restart"]["start_at"]
+        return start_at is not None and start_at > time.time_ns() + 20e9
+
+    poll(slowed, timeout=60, what="the back-off raised to max_delay")
+    state = shim.call("state")
+    assert state["seq"] > OUTBOX_BACKLOG  # every restart until then at once, all kept
+    reader = EventReader(shim, ack=False)
+    items = reader.until(lambda items: len(items) == state["seq"] - state["acked"])
+    last = items[-1]["data"]
+    assert items[-1]["type"] == "container.restart" and last["delay"] == 30
+    assert "slowed to max_delay" in last["reason"]
+    reader.close()
