@@ -57,12 +57,22 @@ def test_runc_container_under_the_shim(shims: Shims, busybox_rootfs: Path) -> No
     assert shim_api.read_exit_file(shim.dir) == record
 
 
+def _exe_name(pid: int) -> str | None:
+    try:
+        return os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return None
+
+
 @needs_runc
 def test_runc_stop_and_force_delete(shims: Shims, busybox_rootfs: Path) -> None:
     shim = shims.start(["sleep", "30"], cid=unique_id("shim"), runtime="runc",
                        rootfs=str(busybox_rootfs))
     with shim.connect() as conn:
-        conn.call("start")
+        pid = conn.call("start")["pid"]
+        # `runc start` returns before runc's init has exec'd sleep; a SIGTERM in that window
+        # ends runc init (a Go program: status 2), which is not what this test is about
+        poll(lambda: _exe_name(pid) == "busybox", what="sleep exec'd in the container")
         # sleep is pid 1 of its namespace: it has no default action for SIGTERM, so the
         # shim's own timer escalates to SIGKILL
         assert conn.call("stop", timeout=0.3)["exit_status"] == 137
