@@ -229,6 +229,10 @@ def test_init_reaps_orphans_inside_the_container(
             return b"sleep\x0030\x00" in cmds and b"sleep\x000.05\x00" not in cmds
 
         poll(orphan_done, what="the orphan's exit")
+        if init:  # the orphan may have been forked but not yet exec'd: let it end, unreaped
+            time.sleep(0.5)
+        else:  # without an init nothing reaps it: its zombie appears (and stays)
+            poll(lambda shim=shim: zombies(shim.task_pid) >= 1, what="the orphan's zombie")
         counts[init] = zombies(shim.task_pid)
         assert shim.call("delete", force=True)["exit_status"] == 137
         shim.wait_gone()
