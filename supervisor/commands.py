@@ -113,6 +113,13 @@ def validate_spec(spec: object) -> dict[str, Any]:
     out = {k: v for k, v in protocol.SPEC_PARAMS.items()}
     out.update(spec)
     out["stop_signal"] = _signal_number(spec.get("stop_signal") or DEFAULT_STOP_SIGNAL)
+    if spec.get("restart") is not None:
+        from events.policy import restart_spec
+
+        try:
+            out["restart"] = dict(restart_spec(spec["restart"], "spec.restart"))
+        except ValueError as exc:
+            raise ApiError("invalid", str(exc)) from None
     return out
 
 

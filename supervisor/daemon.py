@@ -27,6 +27,7 @@ import structlog
 import trio
 
 from events.log import CorruptLog, EventLog, LogBusy, LogVersionError
+from supervisor import compat as compat_mod
 from supervisor import logsetup, recovery
 from supervisor.commands import Commands
 from supervisor.core import VERSION, Config, Core
@@ -63,11 +64,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="start every shim in a fresh interpreter (~50 ms each) instead of "
                    "forking it from the preloaded launcher (a few ms)")
     p.add_argument("--segment-size", type=int, default=64 * 2**20, help=argparse.SUPPRESS)
+    compat_mod.add_arguments(p)  # Supervisor compatibility: --config, --http-*
     return p.parse_args(argv)
 
 
-async def run(config: Config) -> int:
+async def run(config: Config, compat: compat_mod.Compat | None = None) -> int:
     """Run until a signal or ``shutdown``; returns the exit code."""
+    compat = compat or compat_mod.Compat()
     paths = config.paths
     paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     paths.shims.mkdir(exist_ok=True, mode=0o700)
@@ -93,10 +96,11 @@ async def run(config: Config) -> int:
         core.unreconciled = set(recovery.to_reconcile(state))
         core.reconciling = True  # from the first request on: reconcile_all clears it
         commands = Commands(core)
+        compat.install(core, commands)
         sock, gid = bind_api_socket(paths.socket, config.group)
         server = Server(core, commands, gid)
         try:
-            await _serve(core, server, sock)
+            await _serve(core, server, sock, compat)
         finally:
             sock.close()
             with contextlib.suppress(OSError):
@@ -107,7 +111,7 @@ async def run(config: Config) -> int:
     return 0
 
 
-async def _serve(core: Core, server: Server, sock: object) -> None:
+async def _serve(core: Core, server: Server, sock: object, compat: compat_mod.Compat) -> None:
     async with trio.open_nursery() as outer:
         await outer.start(core.writer.run)
         try:
@@ -122,6 +126,7 @@ async def _serve(core: Core, server: Server, sock: object) -> None:
                 if core.config.shim_launcher:
                     services.start_soon(ShimLauncher(core.paths.root).run)
                 await services.start(server.serve, sock)
+                await services.start(compat.serve)  # ROOT/supervisor.sock, --config
                 services.start_soon(recovery.reconcile_all, core)
                 services.start_soon(recovery.snapshotter, core)
                 await _until_stop(core)
@@ -175,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
                     reconcile_concurrency=max(1, args.reconcile_concurrency),
                     segment_size=args.segment_size, shim_launcher=args.shim_launcher)
     config.paths.check_socket()
+    compat = compat_mod.Compat(compat_mod.options(args))
     _raise_nofile()
-    return trio.run(run, config)
+    code = trio.run(run, config, compat)
+    compat.exec_if_requested()  # supervisor.restart: the same supervisord, programs untouched
+    return code
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ published. The writer itself keeps running, so the next command succeeds once sp
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,8 @@ class LogWriter:
         self._closed = False
         self.batches = 0
         self.appended = 0
+        #: called with the seconds each batch took to write and fdatasync (``/metrics``)
+        self.on_write: Callable[[float], None] | None = None
 
     async def append(self, items: Sequence[Item]) -> list[Event]:
         """Append ``(type, id, data)`` items atomically; return them as durable events.
@@ -98,9 +101,15 @@ class LogWriter:
             batch.append(p)
             count += len(p.items)
         flat = [item for p in batch for item in p.items]
+
+        def write() -> tuple[list[Event], float]:
+            began = time.perf_counter()
+            written = self.log.append(flat)
+            return written, time.perf_counter() - began
+
         try:
             with trio.CancelScope(shield=True):
-                events = await trio.to_thread.run_sync(self.log.append, flat)
+                events, took = await trio.to_thread.run_sync(write)
         except OSError as exc:
             for p in batch:
                 p.error = exc
@@ -113,6 +122,8 @@ class LogWriter:
             raise
         self.batches += 1
         self.appended += len(events)
+        if self.on_write is not None:
+            self.on_write(took)
         try:
             self.on_commit(events)
         finally:

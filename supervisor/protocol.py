@@ -97,6 +97,7 @@ SPEC_PARAMS = {
     "labels": {},
     "log_max_size": None,
     "log_keep": None,
+    "restart": None,       # events.policy.restart_spec: docker's string or a map (normalised)
 }
 
 METHODS = frozenset({"create", "start", "run", "stop", "kill", "restart", "rm", "ps", "inspect",

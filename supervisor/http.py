@@ -1,0 +1,265 @@
+"""supervisord's HTTP server: Supervisor's XML-RPC (``POST /RPC2``), ``GET /logtail/NAME``,
+and ``GET /metrics``, on ``ROOT/supervisor.sock`` and optionally a TCP address.
+
+h11 does the HTTP (sans-IO, like our own wire codec): this module only moves bytes between it
+and a trio stream. Every client is held to limits, so that one of them can cost only itself:
+a request head over :data:`MAX_HEAD` bytes or a body over :data:`MAX_BODY` gets 431/413, a
+client that has not sent its whole request within :data:`REQUEST_TIMEOUT` gets 408, a
+malformed request gets 400, and each connection is closed after such an error.
+
+Who may talk: on the unix socket, the peer-credential rule of the API socket (root, the
+daemon's uid, members of ``--group``); on TCP, HTTP basic auth (``--http-user``/
+``--http-password``, compared in constant time) unless no credentials were configured, which
+``--http-listen`` allows only on a loopback address.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hmac
+import http
+import os
+import socket
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import h11
+import structlog
+import trio
+
+from supervisor.peercred import allowed, peer_creds
+
+if TYPE_CHECKING:
+    from supervisor.compat import Compat
+
+__all__ = ["MAX_BODY", "HttpServer"]
+
+log = structlog.get_logger("supervisord.http")
+
+MAX_BODY = 1 << 20
+MAX_HEAD = 64 << 10
+REQUEST_TIMEOUT = 30.0
+IDLE_TIMEOUT = 300.0
+READ_SIZE = 65536
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class _Reply(Exception):
+    """An HTTP error to answer with (and close the connection after)."""
+
+    def __init__(self, status: int, text: str, headers: Headers | None = None) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+        self.headers = headers or []
+
+
+class _Conn:
+    """One connection: the h11 state and the stream, with the helpers every route needs."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+
+    async def send(self, event: Any) -> None:
+        data = self.h11.send(event)
+        if data:
+            await self.stream.send_all(data)
+
+    async def next_event(self) -> Any:
+        while True:
+            event = self.h11.next_event()
+            if event is h11.NEED_DATA:
+                data = await self.stream.receive_some(READ_SIZE)
+                self.h11.receive_data(data)
+                continue
+            return event
+
+    async def respond(self, status: int, body: bytes, content_type: bytes,
+                      headers: Headers | None = None) -> None:
+        all_headers = [(b"content-type", content_type),
+                       (b"content-length", str(len(body)).encode()),
+                       (b"server", b"tether"), *(headers or [])]
+        await self.send(response(status, all_headers))
+        await self.send(h11.Data(data=body))
+        await self.send(h11.EndOfMessage())
+
+
+class HttpServer:
+    """Serves one kind of listener; :meth:`serve_unix` and :meth:`serve_tcp` differ only in
+    who is let in."""
+
+    def __init__(self, compat: Compat, routes: dict[tuple[str, str], Any]) -> None:
+        self.compat = compat
+        self.routes = routes
+        self.my_uid = os.geteuid()
+        self.connections = 0
+
+    async def serve(self, sock: socket.socket, gate: Callable[[trio.SocketStream, Any],
+                                                              Awaitable[bool]],
+                    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        async with listener, trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:  # EMFILE: back off, keep serving the others
+                    log.warning("accept failed", error=str(exc))
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(self._connection, stream, gate)
+
+    # -- gates -------------------------------------------------------------------------------
+
+    def unix_gate(self, group_gid: int | None) -> Callable[[trio.SocketStream, Any],
+                                                           Awaitable[bool]]:
+        async def gate(stream: trio.SocketStream, request: Any) -> bool:
+            try:
+                creds = peer_creds(stream.socket)  # type: ignore[arg-type]
+            except OSError:
+                return False
+            if allowed(creds, self.my_uid, group_gid):
+                return True
+            raise _Reply(403, f"uid {creds[1]} may not use this supervisord: it allows root, "
+                         "its own uid and members of its --group\n")
+
+        return gate
+
+    def basic_auth_gate(self, user: str | None, password: str | None
+                        ) -> Callable[[trio.SocketStream, Any], Awaitable[bool]]:
+        expected = None if user is None else f"{user}:{password}".encode()
+
+        async def gate(stream: trio.SocketStream, request: Any) -> bool:
+            if expected is None:
+                return True
+            given = b""
+            for name, value in request.headers:
+                if name == b"authorization" and value[:6].lower() == b"basic ":
+                    with contextlib.suppress(ValueError):
+                        given = base64.b64decode(value[6:].strip(), validate=True)
+            if hmac.compare_digest(given, expected):
+                return True
+            raise _Reply(401, "authentication required\n",
+                         [(b"www-authenticate", b'Basic realm="supervisor"')])
+
+        return gate
+
+    # -- one connection ----------------------------------------------------------------------
+
+    async def _connection(self, stream: trio.SocketStream,
+                          gate: Callable[[trio.SocketStream, Any], Awaitable[bool]]) -> None:
+        self.connections += 1
+        conn = _Conn(stream)
+        try:
+            async with stream:
+                await self._converse(conn, gate)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception as exc:  # a bug costs this connection, never the daemon
+            log.exception("http connection failed", error=repr(exc))
+        finally:
+            self.connections -= 1
+
+    async def _converse(self, conn: _Conn,
+                        gate: Callable[[trio.SocketStream, Any], Awaitable[bool]]) -> None:
+        first = True
+        while True:
+            try:
+                request, body = await self._read_request(conn, first)
+            except _Reply as reply:
+                await self._error(conn, reply)
+                return
+            if request is None:
+                return
+            first = False
+            try:
+                await gate(conn.stream, request)  # type: ignore[arg-type]
+                await self._route(conn, request, body)
+            except _Reply as reply:
+                await self._error(conn, reply)
+                return
+            if conn.h11.our_state is h11.MUST_CLOSE or conn.h11.their_state is h11.MUST_CLOSE:
+                return
+            try:
+                conn.h11.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+
+    async def _read_request(self, conn: _Conn, first: bool) -> tuple[Any, bytes]:
+        """The next request and its body; ``(None, b"")`` when the client is done."""
+        idle = trio.move_on_after(REQUEST_TIMEOUT if first else IDLE_TIMEOUT)
+        with idle:
+            try:
+                event = await conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise _Reply(exc.error_status_hint, f"bad request: {exc}\n") from None
+        if idle.cancelled_caught:
+            if first:
+                raise _Reply(408, "no request within the time allowed\n")
+            return None, b""
+        if isinstance(event, h11.ConnectionClosed) or not isinstance(event, h11.Request):
+            return None, b""
+        length = None
+        for name, value in event.headers:
+            if name == b"content-length":
+                with contextlib.suppress(ValueError):
+                    length = int(value)
+        if length is not None and length > MAX_BODY:
+            raise _Reply(413, f"request body over {MAX_BODY} bytes\n")
+        chunks: list[bytes] = []
+        size = 0
+        with trio.move_on_after(REQUEST_TIMEOUT) as scope:
+            while True:
+                try:
+                    part = await conn.next_event()
+                except h11.RemoteProtocolError as exc:
+                    raise _Reply(400, f"bad request: {exc}\n") from None
+                if isinstance(part, h11.Data):
+                    size += len(part.data)
+                    if size > MAX_BODY:
+                        raise _Reply(413, f"request body over {MAX_BODY} bytes\n")
+                    chunks.append(bytes(part.data))
+                elif isinstance(part, h11.EndOfMessage):
+                    break
+                else:
+                    return None, b""
+        if scope.cancelled_caught:
+            raise _Reply(408, "the request body did not arrive within the time allowed\n")
+        return event, b"".join(chunks)
+
+    async def _error(self, conn: _Conn, reply: _Reply) -> None:
+        if conn.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        with contextlib.suppress(h11.LocalProtocolError, trio.BrokenResourceError,
+                                 trio.ClosedResourceError):
+            await conn.respond(reply.status, reply.text.encode(), b"text/plain; charset=utf-8",
+                               [*reply.headers, (b"connection", b"close")])
+
+    async def _route(self, conn: _Conn, request: Any, body: bytes) -> None:
+        method = request.method.decode("ascii", "replace").upper()
+        target = request.target.decode("ascii", "replace")
+        path = urllib.parse.unquote(urllib.parse.urlsplit(target).path)
+        for (want_method, prefix), handler in self.routes.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                if method != want_method:
+                    raise _Reply(405, f"{prefix} takes {want_method}\n",
+                                 [(b"allow", want_method.encode())])
+                await handler(conn, path, body)
+                return
+        raise _Reply(404, f"no such resource {path}\n")
+
+
+def response(status: int, headers: Headers) -> h11.Response:
+    """An h11 response with its reason phrase: Supervisor's own client splits the status line
+    in three and fails on an empty reason."""
+    return h11.Response(status_code=status, headers=headers,
+                        reason=http.HTTPStatus(status).phrase.encode())
+
+
+def reply(status: int, text: str) -> _Reply:
+    """An HTTP error for a route handler to raise."""
+    return _Reply(status, text)
