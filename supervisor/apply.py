@@ -203,6 +203,7 @@ class Applier:
             result = plan.to_wire()
             result["lines"] += [f"{p.name}: start (created, never started)" for p in pending]
             result["start"] = [p.name for p in pending]
+            result["groups"] = list(plan.groups(containers, processes))
             result["failed"] = []
             if dry_run:
                 return result

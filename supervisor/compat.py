@@ -234,10 +234,10 @@ class Compat:
     # -- the daemon's own socket -------------------------------------------------------------
 
     async def api_xmlrpc(self, params: dict[str, Any]) -> dict[str, Any]:
-        """``xmlrpc {method, params}``: Supervisor's interface without HTTP; a fault is a
-        result (``{"fault": {"code", "string"}}``), not an error of the call."""
+        """``xmlrpc {name, args}``: Supervisor's interface without HTTP; a fault is a result
+        (``{"fault": {"code", "string"}}``), not an error of the call."""
         try:
-            value = await self.rpc.call(params.get("method"), params.get("params") or [])
+            value = await self.rpc.call(params.get("name"), params.get("args") or [])
         except Fault as exc:
             return {"fault": {"code": exc.code, "string": exc.text}}
         return {"result": value}

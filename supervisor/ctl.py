@@ -210,10 +210,18 @@ def _add_spec_arguments(p: argparse.ArgumentParser) -> None:
 def _define_commands(sub: Any, only: str | None, shell: bool) -> None:
     """Add the subcommands (just ``only`` when given: see :func:`build_parser`)."""
 
+    overridden: frozenset[str] = frozenset()
+
     def add(name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser | None:
-        if only is not None and name != only:
+        if (only is not None and name != only) or name in overridden:
             return None
         return sub.add_parser(name, help=help, formatter_class=_formatter, **kwargs)
+
+    # Supervisor's verbs (status, start, stop, restart, signal, tail, pid, avail, reread,
+    # update, clear) and apply: where a verb exists in both, Supervisor's meaning wins.
+    from supervisor import ctl_supervisor
+
+    overridden = ctl_supervisor.define(add)
 
     spec_usage = "%(prog)s [options] -- CMD [ARGS...]"
     if p := add("run", "create and start a container, print its id", usage=spec_usage):
@@ -662,6 +670,10 @@ COMMANDS: dict[str, Callable[[Target, argparse.Namespace], int]] = {
     "logs": cmd_logs, "exec": cmd_exec, "events": cmd_events, "status": cmd_status,
     "info": cmd_info, "shutdown": cmd_shutdown,
 }
+
+from supervisor.ctl_supervisor import COMMANDS as _SUPERVISOR_COMMANDS  # noqa: E402
+
+COMMANDS.update(_SUPERVISOR_COMMANDS)
 
 #: Commands for which a dropped connection means "the daemon went away" rather than a bug.
 _LONG_RUNNING = {"wait", "logs", "events", "exec"}
