@@ -81,7 +81,9 @@ def load(path: str) -> Desired:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"line (\d+)", str(exc))
-        raise ConfigError(path, int(match.group(1)) if match else None,
+        line = int(match.group(1)) if match else (
+            len(text.splitlines()) if "end of document" in str(exc) else None)
+        raise ConfigError(path, line,
                           f"not valid TOML: {exc}") from None
     for key in doc:
         if key not in _TOP_KEYS:

@@ -40,7 +40,8 @@ log = structlog.get_logger("supervisord.http")
 
 MAX_BODY = 1 << 20
 MAX_HEAD = 64 << 10
-REQUEST_TIMEOUT = 30.0
+#: Seconds a client has to send a whole request (``TETHER_HTTP_REQUEST_TIMEOUT`` for tests).
+REQUEST_TIMEOUT = float(os.environ.get("TETHER_HTTP_REQUEST_TIMEOUT") or 30.0)
 IDLE_TIMEOUT = 300.0
 READ_SIZE = 65536
 
