@@ -140,9 +140,8 @@ class Compat:
             "apply": self.applier.api_apply, "update": self.applier.api_update,
             "program_sources": self.applier.api_sources, "xmlrpc": self.api_xmlrpc,
         })
-        on_write = getattr(core.writer, "on_write", False)
-        if on_write is None:  # the log writer reports each batch's write + fdatasync time
-            core.writer.on_write = self.fsync.observe  # type: ignore[attr-defined]
+        if getattr(core.writer, "on_write", False) is None:  # each durable batch, timed
+            core.writer.on_write = self._on_write
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -161,7 +160,6 @@ class Compat:
                         self.options.user, self.options.password))
                     log.info("serving Supervisor's XML-RPC on TCP",
                              address=f"{self.options.listen[0]}:{tcp.getsockname()[1]}")
-                nursery.start_soon(self._count_exits)
                 task_status.started()
                 if self.config_path is not None:
                     nursery.start_soon(self._apply_config_at_start)
@@ -184,20 +182,9 @@ class Compat:
 
     # -- tasks -------------------------------------------------------------------------------
 
-    async def _count_exits(self) -> None:
-        from supervisor.subscribers import TooSlow
-
-        hub = self.core.hub
-        while True:
-            sub = hub.subscribe(self.core.state.last_seq, lambda e: e.type == "task.exit",
-                                100_000)
-            try:
-                while True:
-                    self.exits += len(await sub.next_batch())
-            except TooSlow:
-                log.warning("the exit counter fell behind; some exits are not counted")
-            finally:
-                hub.unsubscribe(sub)
+    def _on_write(self, events: list[Any], seconds: float) -> None:
+        self.fsync.observe(seconds)
+        self.exits += sum(1 for e in events if e.type == "task.exit")
 
     async def _apply_config_at_start(self) -> None:
         while self.core.reconciling:

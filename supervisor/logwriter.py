@@ -51,8 +51,9 @@ class LogWriter:
         self._closed = False
         self.batches = 0
         self.appended = 0
-        #: called with the seconds each batch took to write and fdatasync (``/metrics``)
-        self.on_write: Callable[[float], None] | None = None
+        #: called with each durable batch and the seconds it took to write and fdatasync
+        #: (``/metrics``)
+        self.on_write: Callable[[list[Event], float], None] | None = None
 
     async def append(self, items: Sequence[Item]) -> list[Event]:
         """Append ``(type, id, data)`` items atomically; return them as durable events.
@@ -123,7 +124,7 @@ class LogWriter:
         self.batches += 1
         self.appended += len(events)
         if self.on_write is not None:
-            self.on_write(took)
+            self.on_write(events, took)
         try:
             self.on_commit(events)
         finally:
