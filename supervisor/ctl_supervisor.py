@@ -223,15 +223,7 @@ def _verb(c: BlockingConnection, names: list[str], status: _Status, *, all_metho
             _out(f"{namespec(group, process)}: {done}")
 
 
-def _needs_names(args: argparse.Namespace, verb: str) -> None:
-    from supervisor.ctl import EXIT_USAGE, CtlError
-
-    if not args.names:
-        raise CtlError(f"Error: {verb} requires a process name", EXIT_USAGE)
-
-
 def cmd_start(t: Target, args: argparse.Namespace) -> int:
-    _needs_names(args, "start")
     status = _Status()
     with t.connect(call_timeout=None) as c:
         _verb(c, args.names, status, all_method="supervisor.startAllProcesses",
@@ -253,35 +245,43 @@ def _stop(t: Target, args: argparse.Namespace, status: _Status) -> None:
 
 def _stop_with_grace(c: BlockingConnection, names: list[str], grace: float,
                      status: _Status) -> None:
+    """docker's ``stop -t``: the daemon's ``stop`` with a grace time, per container id (a plain
+    name is an id; ``GROUP:*``, ``GROUP:NAME`` and ``all`` are resolved first)."""
     from events import wire
 
-    infos = rpc(c, "supervisor.getAllProcessInfo")
+    chosen: list[tuple[str, str]] = []
+    infos: list[dict[str, Any]] | None = None
     for name in names:
+        if ":" not in name and name != "all":
+            chosen.append((name, name))
+            continue
+        if infos is None:
+            infos = rpc(c, "supervisor.getAllProcessInfo")
         group, process = split_namespec(name)
-        chosen = [i for i in infos if (name == "all" or i["group"] == group)
-                  and (process is None or name == "all" or i["name"] == process)]
-        if not chosen:
+        found = [(i["name"], namespec(i["group"], i["name"])) for i in infos
+                 if name == "all" or (i["group"] == group
+                                      and (process is None or i["name"] == process))]
+        if not found:
             _out(f"{name}: ERROR (no such process)")
             status.code = GENERIC
-        for info in chosen:
-            try:
-                c.call("stop", id=info["name"], timeout=grace)
-            except wire.RemoteError as exc:
-                _out(f"{namespec(info['group'], info['name'])}: ERROR ({exc.message})")
-                status.code = GENERIC
-            else:
-                _out(f"{namespec(info['group'], info['name'])}: stopped")
+        chosen += found
+    for cid, shown in chosen:
+        try:
+            c.call("stop", id=cid, timeout=grace)
+        except wire.RemoteError as exc:
+            _out(f"{shown}: ERROR ({exc.message})")
+            status.code = GENERIC
+        else:
+            _out(f"{shown}: stopped")
 
 
 def cmd_stop(t: Target, args: argparse.Namespace) -> int:
-    _needs_names(args, "stop")
     status = _Status()
     _stop(t, args, status)
     return status.code
 
 
 def cmd_restart(t: Target, args: argparse.Namespace) -> int:
-    _needs_names(args, "restart")
     status = _Status()
     _stop(t, args, status)
     with t.connect(call_timeout=None) as c:
@@ -302,7 +302,6 @@ def cmd_signal(t: Target, args: argparse.Namespace) -> int:
 
 
 def cmd_clear(t: Target, args: argparse.Namespace) -> int:
-    _needs_names(args, "clear")
     status = _Status()
 
     def render(r: dict[str, Any]) -> str:
@@ -505,13 +504,13 @@ def define(add: Callable[..., argparse.ArgumentParser | None]) -> frozenset[str]
         p.add_argument("names", nargs="*", metavar="NAME|GROUP:*|all")
         p.add_argument("--json", action="store_true", help="one process info object per line")
     if p := add("start", "start processes: names, groups (GROUP:*) or all"):
-        p.add_argument("names", nargs="*", metavar=names)
+        p.add_argument("names", nargs="+", metavar=names)
     for verb, text in (("stop", "stop processes (stop signal, then KILL after stopwaitsecs)"),
                        ("restart", "stop, then start processes")):
         if p := add(verb, text):
             p.add_argument("-t", "--time", type=non_negative_float, metavar="SECONDS",
                            help="grace time before SIGKILL (default: the program's)")
-            p.add_argument("names", nargs="*", metavar=names)
+            p.add_argument("names", nargs="+", metavar=names)
     if p := add("signal", "send a signal to processes"):
         p.add_argument("signal", metavar="SIGNAL", help="a name (HUP, TERM) or a number")
         p.add_argument("names", nargs="+", metavar=names)
@@ -524,7 +523,7 @@ def define(add: Callable[..., argparse.ArgumentParser | None]) -> frozenset[str]
     add("reread", "what `update` would change (the --config file, or the applied file)")
     add("update", "apply the --config file (or the applied file) again, with prune")
     if p := add("clear", "clear processes' logs"):
-        p.add_argument("names", nargs="*", metavar="NAME|all")
+        p.add_argument("names", nargs="+", metavar="NAME|all")
     if p := add("apply", "apply a program file (Tether TOML or supervisord.conf)"):
         p.add_argument("-f", "--file", required=True, metavar="FILE")
         p.add_argument("--prune", action="store_true",

@@ -88,7 +88,7 @@ def test_stop_restart_rm(daemon: Daemon) -> None:
     assert row["restarts"] == 1 and row["pid"] != first_pid and not alive(first_pid)
 
     started = time.monotonic()
-    assert ok(daemon, "stop", "-t", "0.5", "stubborn") == "stubborn\n"
+    assert ok(daemon, "stop", "-t", "0.5", "stubborn") == "stubborn: stopped\n"
     assert time.monotonic() - started >= 0.4  # it ignored SIGTERM: SIGKILL after the grace
     assert ps_json(daemon, "-a")["stubborn"]["exit_status"] == 137
 
@@ -183,9 +183,8 @@ def test_events_since_type_id_and_follow(daemon: Daemon) -> None:
 def test_status_info_shutdown_and_no_daemon(daemon: Daemon) -> None:
     ok(daemon, "run", "--name", "survivor", "--", "sleep", "60")
     pid = ps_json(daemon)["survivor"]["pid"]
-    status = json.loads(ok(daemon, "status", "--json"))
-    assert status["ok"] is True and status["pid"] == daemon.pid
-    info = json.loads(ok(daemon, "info", "--json"))
+    info = json.loads(ok(daemon, "info", "--json"))  # daemon health: `status` is Supervisor's
+    assert info["ok"] is True and info["pid"] == daemon.pid
     assert info["root"] == str(daemon.root) and info["containers"]["running"] == 1
 
     out = ok(daemon, "shutdown")
@@ -256,7 +255,7 @@ def test_create_start_and_logs_follow_across_rotation(daemon: Daemon) -> None:
     follower = subprocess.Popen([*CTL, "--root", str(daemon.root), "logs", "-f", cid],
                                 stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        assert ok(daemon, "start", cid) == f"{cid}\n"
+        assert ok(daemon, "start", cid) == f"{cid}: started\n"
         assert follower.stdout is not None
         lines = []
         while len(lines) < 40:
@@ -280,6 +279,6 @@ def test_interactive_shell(daemon: Daemon) -> None:
     out = proc.stdout.splitlines()
     assert out[0] == "s"
     assert json.loads(out[1])["state"] == "running"
-    assert out[2:4] == ["s", "137"]
+    assert out[2:4] == ["s: stopped", "137"]
     assert "unknown signal 'nope'" in proc.stderr and "Traceback" not in proc.stderr
     assert any("block until a container exits" in line or "usage:" in line for line in out[4:])
