@@ -1,0 +1,89 @@
+"""Tether's own ``supervisorctl status`` reads the way Supervisor's does: the text that tools
+parse (ansible's ``community.general.supervisorctl`` splits each line on spaces, takes the
+name and the state, and picks a name, ``GROUP:`` members or ``all``) gives the same answers
+from ours as from Debian's ``supervisorctl`` on the same daemon."""
+
+# ruff: noqa: F811  (pytest fixtures imported from daemon_helpers are used as arguments)
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+from daemon_helpers import Daemon, ctl, daemon_factory, ok  # noqa: F401
+
+DEBIAN_CTL = "/usr/bin/supervisorctl"
+
+CONF = """\
+    [program:lonely]
+    command=sleep 1000
+    startsecs=0
+    [program:echo_date]
+    command=sleep 1001
+    process_name=%(program_name)s_%(process_num)02d
+    numprocs=2
+    startsecs=0
+    [program:idle]
+    command=sleep 1002
+    autostart=false
+    """
+
+
+def matched(status_text: str, name: str) -> list[tuple[str, str]]:
+    """How ansible's module reads ``supervisorctl status``: fields split on spaces, a trailing
+    ':' in the asked name means a group, ``all`` means everything."""
+    is_group = name.endswith(":")
+    name = name.rstrip(":")
+    out = []
+    for line in status_text.splitlines():
+        fields = [f for f in line.split(" ") if f]
+        process, state = fields[0], fields[1]
+        if is_group:
+            if ":" not in process or process.split(":")[0] != name:
+                continue
+        elif process != name and name != "all":
+            continue
+        out.append((process, state))
+    return out
+
+
+@pytest.fixture
+def d(daemon_factory, tmp_path: Path) -> Daemon:
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(textwrap.dedent(CONF))
+    daemon = daemon_factory("--config", str(conf))
+    daemon.wait_for(lambda: len(daemon.ps()) == 4 and "STARTING" not in ctl(daemon,
+                                                                           "status").stdout)
+    return daemon
+
+
+def test_status_parses_like_supervisors(d: Daemon, tmp_path: Path) -> None:
+    ours = ctl(d, "status")
+    assert ours.returncode == 3  # idle is not running
+    assert matched(ours.stdout, "lonely") == [("lonely", "RUNNING")]
+    assert matched(ours.stdout, "echo_date:") == [("echo_date:echo_date_00", "RUNNING"),
+                                                  ("echo_date:echo_date_01", "RUNNING")]
+    assert matched(ours.stdout, "idle") == [("idle", "STOPPED")]
+    assert len(matched(ours.stdout, "all")) == 4
+    # ansible's state changes: `stop NAME` / `start GROUP:` and no "NAME: ERROR" in the output
+    out = ok(d, "stop", "echo_date:*")
+    assert "ERROR" not in out and matched(ctl(d, "status").stdout, "echo_date:") == [
+        ("echo_date:echo_date_00", "STOPPED"), ("echo_date:echo_date_01", "STOPPED")]
+    assert "ERROR" not in ok(d, "start", "echo_date:*")
+    if os.path.exists(DEBIAN_CTL):
+        url = f"unix://{d.root}/supervisor.sock"
+        conf = tmp_path / "ctl.conf"
+        conf.write_text(f"[supervisorctl]\nserverurl={url}\n")
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        theirs = subprocess.run([DEBIAN_CTL, "-c", str(conf), "-s", url, "status"],
+                                capture_output=True, text=True, timeout=30, env=env, cwd="/")
+        ours = ctl(d, "status")
+        for name in ("lonely", "echo_date:", "idle", "all"):
+            assert matched(ours.stdout, name) == matched(theirs.stdout, name)
+        # the very same text, apart from the uptimes that moved on between the two calls
+        assert [line[:43] for line in ours.stdout.splitlines()] == [
+            line[:43] for line in theirs.stdout.splitlines()]
+        assert ours.returncode == theirs.returncode == 3
