@@ -198,3 +198,22 @@ def test_config_with_a_bad_file_refuses_to_start(daemon_factory, tmp_path: Path)
     d.start(expect_fail=True)
     assert d.wait_exit() != 0
     assert f"{conf}:3: [program:x] numprocs" in d.stderr()
+
+
+def test_the_example_files_apply(daemon: Daemon) -> None:
+    """examples/supervisord.conf and examples/programs.toml: what the README shows works."""
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    env = {**os.environ, "WEB_PORT": "8080"}
+    for name, wanted in (("supervisord.conf", {"web", "worker_00", "worker_01", "report"}),
+                         ("programs.toml", {"web", "worker_00", "worker_01", "report"})):
+        import subprocess
+
+        from daemon_helpers import CTL, REPO
+
+        proc = subprocess.run([*CTL, "--root", str(daemon.root), "apply", "--dry-run", "-f",
+                               str(examples / name)], capture_output=True, text=True,
+                              timeout=30, cwd=REPO, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert {line.split(":")[0] for line in proc.stdout.splitlines()
+                if line.endswith(("create", "(autostart=false: not started)"))} == wanted
+    assert daemon.ps() == {}
