@@ -25,7 +25,6 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import h11
 import structlog
 import trio
 
@@ -46,6 +45,20 @@ IDLE_TIMEOUT = 300.0
 READ_SIZE = 65536
 
 Headers = list[tuple[bytes, bytes]]
+
+
+class _LazyH11:
+    """h11, imported at the first connection: the socket is bound at start-up, but h11's
+    import (~8 ms, more on a loaded machine) need not delay a daemon nobody asks over HTTP."""
+
+    def __getattr__(self, name: str) -> Any:
+        import h11 as module
+
+        globals()["h11"] = module
+        return getattr(module, name)
+
+
+h11: Any = _LazyH11()
 
 
 class _Reply(Exception):

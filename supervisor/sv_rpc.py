@@ -19,7 +19,6 @@ line): every program keeps running, with the same pid, which Supervisor itself c
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -74,10 +73,11 @@ class SupervisorRPC:
         if not isinstance(params, list | tuple):
             raise Fault("INCORRECT_PARAMETERS")
         fn = self.methods[method]
-        try:
-            inspect.signature(fn).bind(*params)
-        except TypeError:
-            raise Fault("INCORRECT_PARAMETERS") from None
+        code = fn.__code__  # type: ignore[attr-defined]
+        most = code.co_argcount - 1  # without self
+        least = most - len(fn.__defaults__ or ())  # type: ignore[attr-defined]
+        if not least <= len(params) <= most:
+            raise Fault("INCORRECT_PARAMETERS")
         return await fn(*params)
 
     # -- state helpers -----------------------------------------------------------------------

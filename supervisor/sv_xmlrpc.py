@@ -8,9 +8,7 @@ without a dependency (expat 2.4+ also bounds entity amplification itself; the te
 
 from __future__ import annotations
 
-import xmlrpc.client as xc
 from typing import Any
-from xml.parsers import expat
 
 __all__ = ["ALIASES", "API_VERSION", "DOCS", "FAULTS", "SYSTEM_DOCS", "BadRequest", "Fault",
            "dump_fault", "dump_result", "load_call"]
@@ -101,6 +99,9 @@ def _forbid(*args: object) -> None:
 
 def load_call(body: bytes) -> tuple[str, tuple[Any, ...]]:
     """``(method, params)`` of a ``methodCall``; :class:`BadRequest` for anything else."""
+    import xmlrpc.client as xc  # at the first call: ~10 ms the daemon's start need not pay
+    from xml.parsers import expat
+
     target = xc.Unmarshaller()
     parser = expat.ParserCreate(None, None)
     parser.StartElementHandler = target.start
@@ -130,7 +131,7 @@ def _capped(value: Any) -> Any:
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
-        return max(xc.MININT, min(xc.MAXINT, value))
+        return max(-(2**31), min(2**31 - 1, value))
     if value is None:
         return "none"
     if isinstance(value, dict):
@@ -141,8 +142,12 @@ def _capped(value: Any) -> Any:
 
 
 def dump_result(value: Any) -> bytes:
+    import xmlrpc.client as xc
+
     return xc.dumps((_capped(value),), methodresponse=True).encode()
 
 
 def dump_fault(code: int, text: str) -> bytes:
+    import xmlrpc.client as xc
+
     return xc.dumps(xc.Fault(code, text)).encode()
