@@ -130,10 +130,14 @@ async def follow(directory: Path, channels: frozenset[bytes], head: int,
                     yield text
                 continue
             try:
-                now = os.stat(current).st_ino
+                now_stat = os.stat(current)
             except FileNotFoundError:
-                now = None
-            if now != inode:
+                now_stat = None
+            if now_stat is not None and now_stat.st_ino == inode and now_stat.st_size < f.tell():
+                f.seek(0)  # cleared (clearProcessLogs truncates it): read it from the start
+                rest = b""
+                continue
+            if now_stat is None or now_stat.st_ino != inode:
                 f.close()
                 f = None
                 continue
