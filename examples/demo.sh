@@ -41,7 +41,7 @@ start_daemon() {
   DAEMON_PID=$!
   PIDS+=("$DAEMON_PID")
   for _ in $(seq 200); do
-    supervisorctl status >/dev/null 2>&1 && return 0
+    supervisorctl info >/dev/null 2>&1 && return 0
     alive "$DAEMON_PID" || { tail -20 "$DAEMON_LOG" >&2; die "supervisord exited at start"; }
     sleep 0.05
   done
@@ -58,12 +58,12 @@ cleanup() {
   local status=$?
   trap - EXIT INT TERM
   say "Cleaning up"
-  if ! supervisorctl status >/dev/null 2>&1 && [ "${#PIDS[@]}" -gt 0 ]; then
+  if ! supervisorctl info >/dev/null 2>&1 && [ "${#PIDS[@]}" -gt 0 ]; then
     # The daemon is down (we killed it, or a step failed): bring it back to remove cleanly.
     "$REPO/.venv/bin/supervisord" --log-format json >>"$DAEMON_LOG" 2>&1 &
     DAEMON_PID=$!
     PIDS+=("$DAEMON_PID")
-    for _ in $(seq 100); do supervisorctl status >/dev/null 2>&1 && break; sleep 0.05; done
+    for _ in $(seq 100); do supervisorctl info >/dev/null 2>&1 && break; sleep 0.05; done
   fi
   for name in "${NAMES[@]}"; do
     supervisorctl rm -f "$name" >/dev/null 2>&1 && echo "removed $name" || true
@@ -90,7 +90,7 @@ cleanup() {
   exit "$status"
 }
 
-if supervisorctl status >/dev/null 2>&1; then
+if supervisorctl info >/dev/null 2>&1; then
   die "a supervisord is already running on $ROOT; the demo kills its daemon, so it will not \
 use yours. Stop it first (supervisorctl shutdown)."
 fi
@@ -100,7 +100,7 @@ trap 'exit 130' INT TERM
 say "Starting supervisord on its default root ($ROOT)"
 start_daemon
 echo "supervisord pid $DAEMON_PID, log $DAEMON_LOG"
-START_SEQ=$(supervisorctl status --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["last_seq"])')
+START_SEQ=$(supervisorctl info --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["last_seq"])')
 for name in "${NAMES[@]}"; do supervisorctl rm -f "$name" >/dev/null 2>&1 || true; done
 
 say "Running three containers"
