@@ -10,6 +10,9 @@ Every verb is Supervisor's own ``supervisorctl`` logic (same output, same exit s
 Supervisor's interface, reached through the daemon's socket (method ``xmlrpc``) instead of
 HTTP: one implementation of the semantics (:mod:`supervisor.sv_rpc`) behind both clients.
 
+Over 500 lines on purpose: one module per client interface (each verb a short port of
+Supervisor's supervisorctl), so the whole of Supervisor's CLI reads in one place.
+
 Imported by :mod:`supervisor.ctl` on every call: only ``argparse``, ``os`` and ``sys`` at import.
 """
 

@@ -12,6 +12,9 @@ returns the result or raises :class:`Fault`. The HTTP server (``POST /RPC2``) an
 own socket (method ``xmlrpc``, what Tether's ``supervisorctl status|start|stop...`` use) both
 call it, so both speak exactly the same interface.
 
+Over 500 lines on purpose: it is one interface, Supervisor's ~35 methods side by side, each short;
+splitting it would scatter one table.
+
 ``supervisor.restart`` re-executes supervisord (flush, close, ``execv`` of the same command
 line): every program keeps running, with the same pid, which Supervisor itself cannot do.
 """
