@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_FRAME",
     "PROTO",
+    "Conversation",
     "FrameDecoder",
     "FrameTooLarge",
     "ProtocolError",
@@ -245,6 +246,81 @@ def response_to(rid: int, message: Mapping[str, Any]) -> tuple[str, Any] | None:
     if "item" in message:
         return ("item", message["item"])
     return None
+
+
+class Conversation:
+    """The client's side of one connection, sans-IO, as h11's ``Connection``: every client of
+    the system (the blocking ``supervisorctl``, the trio client library, the daemon's calls to
+    its shims) drives one of these and only moves bytes.
+
+    ::
+
+        conv = Conversation("client")
+        send(conv.hello())
+        send(conv.request("ps", {"all": True}))
+        while (event := conv.next_event()) is None:   # None: it needs more bytes
+            conv.receive_data(recv())                  # the peer's hello is taken on the way
+        kind, value = event                            # ("result", rows)
+
+    One request at a time is *current*: :meth:`next_event` interprets replies for it alone
+    (through :func:`response_to`) and skips frames of an earlier request (the items of a stream
+    its caller abandoned). An error frame for it raises :class:`RemoteError`; a bad frame
+    raises :class:`ProtocolError` (the connection is then out of sync: close it). Callers that
+    multiplex several requests on one connection (a shim link: ``state`` beside ``events``)
+    read whole frames with :meth:`next_message` and match ids themselves.
+    """
+
+    __slots__ = ("_decoder", "_pending", "_stream", "max_frame", "peer", "rid", "role")
+
+    def __init__(self, role: str = "client", max_frame: int = MAX_FRAME) -> None:
+        self.role = role
+        self.max_frame = max_frame
+        self._decoder = FrameDecoder(max_frame)
+        self._pending: list[dict[str, Any]] = []
+        #: the peer's hello map, once it arrived (see :func:`parse_hello`)
+        self.peer: dict[str, Any] | None = None
+        #: the id of the current request (0: none yet); ids count up from 1
+        self.rid = 0
+        self._stream = False
+
+    def hello(self, **extra: Any) -> bytes:
+        """The first frame to send."""
+        return encode(hello(self.role, **extra), self.max_frame)
+
+    def request(self, method: str, params: Mapping[str, Any] | None = None, *,
+                stream: bool = False) -> bytes:
+        """Frame a new request, which becomes the current one. ``stream``: it answers with
+        items and an end (``logs``, ``events``, ``exec``), not with one result."""
+        self.rid += 1
+        self._stream = stream
+        return encode(request(self.rid, method, params), self.max_frame)
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Bytes from the peer (never empty: the caller turns EOF into its own error)."""
+        self._pending.extend(self._decoder.feed(data))
+
+    def next_message(self) -> dict[str, Any] | None:
+        """The next whole frame as it came (None: more bytes needed)."""
+        return self._pending.pop(0) if self._pending else None
+
+    def next_event(self) -> tuple[str, Any] | None:
+        """What the peer said next: ``("hello", peer)`` first, then, for the current request,
+        ``("result", value)``, or ``("item", value)`` ... ``("end", None)`` for a stream;
+        None when more bytes are needed."""
+        while self._pending:
+            message = self._pending.pop(0)
+            if self.peer is None:
+                self.peer = parse_hello(message)
+                return ("hello", self.peer)
+            event = response_to(self.rid, message) if self.rid else None
+            if event is None:
+                continue
+            if (event[0] == "result") == self._stream:
+                what = "a result" if event[0] == "result" else "stream frames"
+                raise ProtocolError(f"request {self.rid} got {what}: it is "
+                                    f"{'a stream' if self._stream else 'a call'}")
+            return event
+        return None
 
 
 class Request:

@@ -1,13 +1,15 @@
-"""Framed messages over a trio stream: the sans-IO codec of :mod:`events.wire` plus trio I/O.
+"""Framed messages over a trio stream: :class:`events.wire.Conversation` plus trio I/O.
 
-Used for both sides of the daemon: the API server's connections and the daemon's connections
-to shims (:func:`connect`, :meth:`Channel.call`, :meth:`Channel.stream`).
+Used on both sides of the daemon: the API server's connections (raw :meth:`Channel.recv` and
+:meth:`Channel.send`) and the daemon's connections to shims (:func:`connect`, then
+:meth:`Channel.call` / :meth:`Channel.stream`, or raw frames when several requests share the
+connection, as a shim link's ``state`` and ``events`` do).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import trio
@@ -15,6 +17,8 @@ import trio
 from events import wire
 
 __all__ = ["Channel", "Closed", "connect"]
+
+_RECV = 65536
 
 
 class Closed(ConnectionError):
@@ -24,34 +28,47 @@ class Closed(ConnectionError):
 class Channel:
     """One connection; ``recv`` returns whole messages, ``send`` frames one."""
 
-    def __init__(self, stream: trio.SocketStream, max_frame: int = wire.MAX_FRAME) -> None:
+    def __init__(self, stream: trio.SocketStream, max_frame: int = wire.MAX_FRAME,
+                 role: str = "supervisor") -> None:
         self.stream = stream
-        self.decoder = wire.FrameDecoder(max_frame)
-        self.max_frame = max_frame
-        self._pending: list[dict[str, Any]] = []
+        self.conv = wire.Conversation(role, max_frame)
         self._send_lock = trio.Lock()
-        self._next_id = 1
-        self.peer: dict[str, Any] = {}
+
+    @property
+    def peer(self) -> dict[str, Any]:
+        """The peer's hello (empty until it arrived)."""
+        return self.conv.peer or {}
 
     async def send(self, message: dict[str, Any]) -> None:
-        data = wire.encode(message, self.max_frame)
+        await self.send_bytes(wire.encode(message, self.conv.max_frame))
+
+    async def send_bytes(self, data: bytes) -> None:
         async with self._send_lock:
             try:
                 await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise Closed(str(exc)) from None
 
+    async def _receive(self) -> None:
+        try:
+            data = await self.stream.receive_some(_RECV)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise Closed(str(exc)) from None
+        if not data:
+            raise Closed("peer closed the connection")
+        self.conv.receive_data(data)
+
     async def recv(self) -> dict[str, Any]:
         """The next message; :class:`Closed` on EOF; ``wire.ProtocolError`` on bad frames."""
-        while not self._pending:
-            try:
-                data = await self.stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise Closed(str(exc)) from None
-            if not data:
-                raise Closed("peer closed the connection")
-            self._pending.extend(self.decoder.feed(data))
-        return self._pending.pop(0)
+        while (message := self.conv.next_message()) is None:
+            await self._receive()
+        return message
+
+    async def next_event(self) -> tuple[str, Any]:
+        """The conversation's next event (:meth:`events.wire.Conversation.next_event`)."""
+        while (event := self.conv.next_event()) is None:
+            await self._receive()
+        return event
 
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):
@@ -59,48 +76,39 @@ class Channel:
 
     # -- client side -----------------------------------------------------------------------------
 
-    async def _request(self, method: str, params: dict[str, Any]) -> int:
-        rid = self._next_id
-        self._next_id += 1
-        await self.send(wire.request(rid, method, params))
-        return rid
-
     async def call(self, method: str, **params: Any) -> Any:
         """One request, its result; an error reply raises ``wire.RemoteError``."""
-        rid = await self._request(method, params)
-        while True:
-            response = wire.response_to(rid, await self.recv())
-            if response is not None and response[0] == "result":
-                return response[1]
+        await self.send_bytes(self.conv.request(method, params))
+        return (await self.next_event())[1]
 
-    async def stream_items(self, method: str, **params: Any) -> AsyncIterator[Any]:
-        rid = await self._request(method, params)
-        while True:
-            response = wire.response_to(rid, await self.recv())
-            if response is None or response[0] == "result":
-                continue
-            if response[0] == "end":
-                return
-            yield response[1]
+    async def stream_items(self, method: str, **params: Any) -> AsyncGenerator[Any, None]:
+        """The items of a stream request until its end."""
+        await self.send_bytes(self.conv.request(method, params, stream=True))
+        while (event := await self.next_event())[0] == "item":
+            yield event[1]
+
+
+#: A request to send behind the hello: ``(method, params, stream)``.
+Then = tuple[str, dict[str, Any], bool]
 
 
 async def connect(path: str, role: str = "supervisor", timeout: float = 5.0,
-                  then: list[dict[str, Any]] | None = None) -> Channel:
+                  then: Sequence[Then] = ()) -> Channel:
     """Connect to a unix socket and exchange hellos; raises ``OSError``/``Closed`` on failure.
 
-    ``then``: requests to send right behind the hello, in the same write. Reconciling 1,000
-    shims is dominated by wake-ups of the peers, so one write per shim instead of three counts.
+    ``then``: requests to send right behind the hello, in the same write (the last one is the
+    conversation's current request). Reconciling many shims is dominated by wake-ups of the
+    peers, so one write per shim instead of two or three counts.
     """
     with trio.fail_after(timeout):
         stream = await trio.open_unix_socket(path)
-        chan = Channel(stream)
+        chan = Channel(stream, role=role)
         try:
-            data = wire.encode(wire.hello(role)) + b"".join(wire.encode(m) for m in then or ())
-            try:
-                await stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                raise Closed(str(exc)) from None
-            chan.peer = wire.parse_hello(await chan.recv())
+            conv = chan.conv
+            await chan.send_bytes(conv.hello() + b"".join(
+                conv.request(method, params, stream=is_stream)
+                for method, params, is_stream in then))
+            await chan.next_event()  # the hello (anything else raises)
         except BaseException:
             await chan.aclose()
             raise

@@ -24,7 +24,7 @@ carry ``last_seq``, the seq of the last event this stream yielded, so
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -83,8 +83,8 @@ async def connect(root: str | os.PathLike[str] | None = None, *,
     stream = await trio.open_unix_socket(path)
     client = Client(stream, path, max_frame)
     try:
-        await client._send(wire.hello("client"))
-        client.peer = wire.parse_hello(await client._recv())
+        await client._send(client._conv.hello())
+        client.peer = (await client._next())[1]
     except BaseException:
         await stream.aclose()
         raise
@@ -92,18 +92,20 @@ async def connect(root: str | os.PathLike[str] | None = None, *,
 
 
 class Client:
-    """A connection to supervisord. Make one with :func:`connect`, not this constructor."""
+    """A connection to supervisord. Make one with :func:`connect`, not this constructor.
+
+    A thin trio wrapper around :class:`events.wire.Conversation` (the sans-IO client that
+    ``supervisorctl`` drives with a blocking socket).
+    """
 
     def __init__(self, stream: trio.SocketStream, path: str, max_frame: int) -> None:
         self.path = path
         self.peer: dict[str, Any] = {}
         self._stream = stream
-        self._decoder = wire.FrameDecoder(max_frame)
-        self._pending: list[dict[str, Any]] = []
+        self._conv = wire.Conversation("client", max_frame)
         self._busy = False
         self._idle = trio.Event()
         self._idle.set()
-        self._next_id = 1
         self._closed = False
 
     async def __aenter__(self) -> Client:
@@ -117,29 +119,24 @@ class Client:
         self._closed = True
         await self._stream.aclose()
 
-    # -- framing -------------------------------------------------------------------------------
+    # -- I/O -----------------------------------------------------------------------------------
 
-    async def _send(self, message: dict[str, Any]) -> None:
+    async def _send(self, data: bytes) -> None:
         try:
-            await self._stream.send_all(wire.encode(message))
+            await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise Disconnected(f"{self.path}: connection lost: {exc}") from exc
 
-    async def _recv(self) -> dict[str, Any]:
-        while not self._pending:
+    async def _next(self) -> tuple[str, Any]:
+        while (event := self._conv.next_event()) is None:
             try:
                 data = await self._stream.receive_some(_RECV)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise Disconnected(f"{self.path}: connection lost: {exc}") from exc
             if not data:
                 raise Disconnected(f"{self.path}: supervisord closed the connection")
-            self._pending.extend(self._decoder.feed(data))
-        return self._pending.pop(0)
-
-    def _request(self, method: str, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        rid = self._next_id
-        self._next_id += 1
-        return rid, wire.request(rid, method, params)
+            self._conv.receive_data(data)
+        return event
 
     # -- API -----------------------------------------------------------------------------------
 
@@ -168,16 +165,12 @@ class Client:
         """One request; returns its result, raises ``wire.RemoteError`` for an error reply."""
         await self._acquire()
         try:
-            rid, message = self._request(method, params)
-            await self._send(message)
-            while True:
-                response = wire.response_to(rid, await self._recv())
-                if response is not None and response[0] == "result":
-                    return response[1]
+            await self._send(self._conv.request(method, params))
+            return (await self._next())[1]
         finally:
             self._release()
 
-    async def stream(self, method: str, **params: Any) -> AsyncIterator[Any]:
+    async def stream(self, method: str, **params: Any) -> AsyncGenerator[Any, None]:
         """The raw items of a stream request (``logs``, ``events``, ``exec``) until its end.
 
         Leaving the loop early closes the connection (the daemon would keep sending); wrap the
@@ -187,24 +180,22 @@ class Client:
         await self._acquire()
         done = False
         try:
-            rid, message = self._request(method, params)
-            await self._send(message)
+            await self._send(self._conv.request(method, params, stream=True))
             while True:
                 try:
-                    response = wire.response_to(rid, await self._recv())
+                    kind, value = await self._next()
                 except wire.RemoteError:
                     done = True
                     raise
-                if response is None or response[0] == "result":
-                    continue
-                if response[0] == "end":
+                if kind == "end":
                     done = True
                     return
-                yield response[1]
+                yield value
         finally:
             if not done:
                 self._abandon()
             self._release()
+
     async def events(self, since: int = 0, types: Iterable[str] | None = None,
                      ids: Iterable[str] | None = None, follow: bool = True
                      ) -> AsyncIterator[Event]:

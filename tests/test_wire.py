@@ -92,3 +92,100 @@ def test_parse_request_shapes():
         wire.parse_request({"id": "x", "method": "ps"})
     with pytest.raises(wire.ProtocolError):
         wire.parse_request({"id": 1, "method": "ps", "params": [1]})
+
+
+# -- response_to: how every client reads replies -------------------------------------------------
+
+
+def test_response_to_reads_results_items_and_ends_of_its_request():
+    assert wire.response_to(3, wire.reply(3, [1])) == ("result", [1])
+    assert wire.response_to(3, wire.reply(3)) == ("result", None)  # None is a result too
+    assert wire.response_to(3, wire.item(3, {"seq": 1})) == ("item", {"seq": 1})
+    assert wire.response_to(3, wire.end(3)) == ("end", None)
+
+
+def test_response_to_skips_other_requests_and_unknown_shapes():
+    assert wire.response_to(3, wire.item(2, "stale")) is None  # an abandoned stream's item
+    assert wire.response_to(3, wire.error(2, "internal", "old")) is None
+    assert wire.response_to(3, {"id": 3, "surprise": 1}) is None  # a newer peer's frame
+
+
+def test_response_to_raises_error_frames_for_its_request_or_the_connection():
+    with pytest.raises(wire.RemoteError) as exc:
+        wire.response_to(3, wire.error(3, "not_found", "no container 'x'"))
+    assert (exc.value.code, exc.value.message) == ("not_found", "no container 'x'")
+    with pytest.raises(wire.RemoteError) as exc:
+        wire.response_to(3, wire.error(None, "protocol", "bad frame"))
+    assert exc.value.code == "protocol"
+    with pytest.raises(wire.RemoteError) as exc:
+        wire.response_to(3, {"id": 3, "error": "not a map"})
+    assert exc.value.code == "protocol" and "malformed" in exc.value.message
+
+
+# -- the client conversation (sans-IO) ------------------------------------------------------------
+
+
+def _server_bytes(*messages: dict) -> bytes:
+    return b"".join(wire.encode(m) for m in messages)
+
+
+def test_conversation_hello_then_a_call_byte_by_byte():
+    conv = wire.Conversation("client")
+    assert wire.FrameDecoder().feed(conv.hello()) == [wire.hello("client")]
+    sent = wire.FrameDecoder().feed(conv.request("ps", {"all": True}))
+    assert sent == [wire.request(1, "ps", {"all": True})] and conv.rid == 1
+    assert conv.next_event() is None  # nothing received yet: it needs data
+    data = _server_bytes(wire.hello("daemon", pid=7), wire.reply(1, [{"id": "a"}]))
+    events = []
+    for i in range(len(data)):
+        conv.receive_data(data[i : i + 1])
+        while (event := conv.next_event()) is not None:
+            events.append(event)
+    assert events == [("hello", {"proto": wire.PROTO, "role": "daemon", "pid": 7}),
+                      ("result", [{"id": "a"}])]
+    assert conv.peer == {"proto": wire.PROTO, "role": "daemon", "pid": 7}
+
+
+def test_conversation_stream_skips_an_abandoned_requests_frames():
+    conv = wire.Conversation()
+    conv.receive_data(_server_bytes(wire.hello("daemon")))
+    assert conv.next_event() == ("hello", {"proto": wire.PROTO, "role": "daemon"})
+    conv.request("events", stream=True)
+    conv.request("logs", stream=True)  # the first was abandoned: its frames are skipped
+    conv.receive_data(_server_bytes(wire.item(1, "old"), wire.end(1), wire.item(2, "a"),
+                                    wire.item(2, "b"), wire.end(2)))
+    got = []
+    while (event := conv.next_event()) is not None:
+        got.append(event)
+    assert got == [("item", "a"), ("item", "b"), ("end", None)]
+
+
+def test_conversation_refuses_a_wrong_hello_and_mismatched_replies():
+    conv = wire.Conversation()
+    conv.receive_data(_server_bytes(wire.reply(1, "no hello")))
+    with pytest.raises(wire.ProtocolError, match="hello frame first"):
+        conv.next_event()
+    refused = wire.Conversation()
+    refused.receive_data(_server_bytes(wire.error(None, "permission_denied", "uid 65534")))
+    with pytest.raises(wire.RemoteError) as exc:
+        refused.next_event()
+    assert exc.value.code == "permission_denied"
+    conv = wire.Conversation()
+    conv.receive_data(_server_bytes(wire.hello("daemon")))
+    conv.next_event()
+    conv.request("events")  # a call ...
+    conv.receive_data(_server_bytes(wire.item(1, "x")))  # ... answered like a stream
+    with pytest.raises(wire.ProtocolError, match="a call"):
+        conv.next_event()
+
+
+def test_conversation_raw_messages_for_multiplexing_callers():
+    conv = wire.Conversation("supervisor")
+    conv.request("state")
+    conv.request("events", stream=True)
+    conv.receive_data(_server_bytes(wire.hello("shim"), wire.reply(1, {"seq": 3}),
+                                    wire.item(2, {"seq": 3})))
+    assert conv.next_event()[0] == "hello"
+    assert conv.next_message() == wire.reply(1, {"seq": 3})
+    assert conv.next_message() == wire.item(2, {"seq": 3})
+    assert conv.next_message() is None
