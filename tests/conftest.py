@@ -15,7 +15,9 @@ import ctypes
 import os
 import signal
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,6 +125,36 @@ def shims(root: Path):
         yield factory
     finally:
         factory.cleanup()
+
+
+@pytest.fixture
+def daemon_factory(root: Path) -> Iterator[Callable[..., Any]]:
+    """``make(*args, root_dir=None, start=True, **kwargs)`` -> a ``daemon_helpers.Daemon``
+    (started unless ``start=False``); every one made is cleaned up after the test, with all
+    its shims and containers, by pid."""
+    from daemon_helpers import Daemon
+
+    made: list[Daemon] = []
+
+    def make(*args: str, root_dir: str | os.PathLike[str] | None = None,
+             start: bool = True, **kwargs: Any) -> Daemon:
+        d = Daemon(root_dir or root, *args, **kwargs)
+        made.append(d)
+        if start:
+            d.start()
+        return d
+
+    try:
+        yield make
+    finally:
+        for d in made:
+            d.cleanup()
+
+
+@pytest.fixture
+def daemon(daemon_factory: Callable[..., Any]) -> Any:
+    """A started supervisord on the test's root, cleaned up (with all its shims) afterwards."""
+    return daemon_factory()
 
 
 @pytest.fixture(autouse=True)

@@ -1,9 +1,6 @@
 """A real supervisord process for tests: start, call, kill -9, restart, clean up everything.
 
-Usage in a test module::
-
-    # ruff: noqa: F811  (at the top of the module: fixtures are used as arguments)
-    from daemon_helpers import Daemon, daemon, daemon_factory  # noqa: F401
+The fixtures ``daemon`` and ``daemon_factory`` live in ``conftest.py`` (no import needed)::
 
     def test_something(daemon):          # a started daemon on the test's root
         daemon.call("ps", all=True)
@@ -22,17 +19,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from conftest import kill_and_wait, processes_naming, reap_adopted_orphans
+from conftest import daemon, daemon_factory, kill_and_wait, processes_naming, reap_adopted_orphans
 
 from events import wire
 from events.rpc import BlockingConnection
 
-__all__ = ["Daemon", "daemon", "daemon_factory"]
+# ``daemon``/``daemon_factory`` are re-exported for modules that still import them from here
+__all__ = ["CTL", "Daemon", "ctl", "daemon", "daemon_factory", "ok"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -185,6 +181,10 @@ class Daemon:
                 raise TimeoutError(f"condition not met in {timeout}s; last value {value!r}")
             time.sleep(interval)
 
+    def wait_for_line(self, cid: str, line: str, timeout: float = 10.0) -> None:
+        """Until container *cid* printed *line* (e.g. that its signal trap is set)."""
+        self.wait_for(lambda: line in [i["line"] for i in self.stream("logs", id=cid)], timeout)
+
     # -- cleanup -------------------------------------------------------------------------------
 
     def cleanup(self) -> None:
@@ -194,32 +194,6 @@ class Daemon:
             self.proc.wait()
         kill_and_wait(processes_naming(str(self.root)))
         reap_adopted_orphans()
-
-
-@pytest.fixture
-def daemon_factory(root: Path) -> Iterator[Any]:
-    """``make(root=None, *args, start=True)`` -> Daemon; all of them are cleaned up."""
-    made: list[Daemon] = []
-
-    def make(*args: str, root_dir: str | os.PathLike[str] | None = None,
-             start: bool = True, **kwargs: Any) -> Daemon:
-        d = Daemon(root_dir or root, *args, **kwargs)
-        made.append(d)
-        if start:
-            d.start()
-        return d
-
-    try:
-        yield make
-    finally:
-        for d in made:
-            d.cleanup()
-
-
-@pytest.fixture
-def daemon(daemon_factory: Any) -> Daemon:
-    """A started supervisord on the test's root, cleaned up (with all its shims) afterwards."""
-    return daemon_factory()
 
 
 #: The real ``supervisorctl`` of this venv (its console script), as a user runs it.

@@ -1,7 +1,5 @@
 """Recovery: kill -9 of the daemon, of shims, exits while down, corrupt logs, unknown shims."""
 
-# ruff: noqa: F811  (pytest fixtures imported from daemon_helpers are used as arguments)
-
 from __future__ import annotations
 
 import contextlib
@@ -13,9 +11,10 @@ import threading
 import time
 
 import pytest
-from daemon_helpers import Daemon, daemon, daemon_factory  # noqa: F401
+from daemon_helpers import Daemon
 
 from events import shim_api, wire
+from events.procfs import is_running
 from events.rpc import BlockingConnection
 
 
@@ -46,8 +45,9 @@ def test_kill9_keeps_containers_and_reconciles_with_the_same_pids(daemon):
 
 def test_exit_while_daemon_is_down_is_recorded_exactly_once(daemon):
     daemon.run("sh", "-c", "sleep 0.3; exit 5", name="quick")
+    pid = daemon.ps()["quick"]["pid"]
     daemon.kill9()
-    time.sleep(0.8)  # the container exits while nobody listens
+    daemon.wait_for(lambda: not is_running(pid))  # it exits while nobody listens
     daemon.start()
     result = daemon.call("wait", id="quick")
     assert result["exit_status"] == 5
@@ -70,8 +70,9 @@ def test_exits_during_a_20s_downtime_are_recorded(daemon):
 
 
 def test_a_stop_in_flight_when_the_daemon_dies_completes(daemon):
-    daemon.run("sh", "-c", "trap '' TERM; while :; do sleep 0.1; done", name="stubborn")
-    time.sleep(0.2)  # let the trap be set
+    daemon.run("sh", "-c", "trap 'echo term' TERM; echo ready; while :; do sleep 0.1; done",
+               name="stubborn")
+    daemon.wait_for_line("stubborn", "ready")
     errors: list[BaseException] = []
 
     def stopper():
@@ -82,7 +83,7 @@ def test_a_stop_in_flight_when_the_daemon_dies_completes(daemon):
 
     t = threading.Thread(target=stopper)
     t.start()
-    time.sleep(0.3)
+    daemon.wait_for_line("stubborn", "term")  # the shim sent SIGTERM: the stop is under way
     daemon.kill9()
     t.join()
     assert errors
@@ -92,15 +93,13 @@ def test_a_stop_in_flight_when_the_daemon_dies_completes(daemon):
     assert len(exits_of(daemon, "stubborn")) == 1
 
 
-def test_a_sigkilled_shim_gives_shim_lost_within_a_second(daemon):
+def test_a_sigkilled_shim_gives_shim_lost(daemon):
+    """(bench/daemon.py measures how soon.)"""
     daemon.run("sleep", "100", name="orphaned")
     shim_pid = int((daemon.root / "shims/orphaned" / shim_api.PID_FILE).read_text())
     task_pid = daemon.ps()["orphaned"]["pid"]
-    t0 = time.monotonic()
     os.kill(shim_pid, signal.SIGKILL)
-    daemon.wait_for(lambda: "shim.lost" in types_of(daemon, "orphaned"), timeout=1.0,
-                    interval=0.01)
-    assert time.monotonic() - t0 < 1.0
+    daemon.wait_for(lambda: "shim.lost" in types_of(daemon, "orphaned"), interval=0.01)
     lost = next(e for e in daemon.stream("events") if e["type"] == "shim.lost")
     assert lost["data"]["pid"] == task_pid and lost["data"]["task_alive"] is True
     # the container outlived its shim; its end is still recorded (status unknown)
@@ -118,7 +117,7 @@ def test_a_lost_shim_and_task_found_at_start_are_recorded(daemon):
     daemon.kill9()
     os.kill(shim_pid, signal.SIGKILL)
     os.kill(task_pid, signal.SIGKILL)
-    time.sleep(0.2)
+    daemon.wait_for(lambda: not is_running(shim_pid) and not is_running(task_pid))
     daemon.start()
     result = daemon.call("wait", id="gone", io_timeout=5)
     assert result["exit_status"] is None
