@@ -16,17 +16,18 @@ process that was created but never started is started.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
 
+from events.domain import ErrorCode
 from supervisor import program_files
 from supervisor import programs as P
 from supervisor import sv_processes as S
-from supervisor.commands import validate_spec
 from supervisor.errors import ApiError
+from supervisor.spec import validate_spec
 from supervisor.sv_xmlrpc import Fault
 
 if TYPE_CHECKING:
@@ -37,11 +38,11 @@ __all__ = ["Applier"]
 log = structlog.get_logger("supervisord.apply")
 
 
-def _never_started(c: dict[str, Any]) -> bool:
+def _never_started(c: Mapping[str, Any]) -> bool:
     return c.get("state") == "created" and not c.get("restarts") and c.get("started") is None
 
 
-def process_of(c: dict[str, Any]) -> P.Process:
+def process_of(c: Mapping[str, Any]) -> P.Process:
     """A program container's :class:`~supervisor.programs.Process` back from its labels."""
     def number(key: str, default: int) -> int:
         try:
@@ -74,11 +75,11 @@ class Applier:
         self.loaded: P.Desired | None = None
 
     @property
-    def _containers(self) -> dict[str, dict[str, Any]]:
+    def _containers(self) -> dict[str, Mapping[str, Any]]:
         return dict(self.compat.core.state.containers)
 
     async def _call(self, method: str, **params: Any) -> Any:
-        return await self.compat.commands.methods[method](params)
+        return await self.compat.commands.calls[method](params)
 
     # -- the API methods ---------------------------------------------------------------------
 
@@ -86,16 +87,16 @@ class Applier:
         """``apply {programs, source, prune, dry_run}``: programs as parsed by the client."""
         raw = params.get("programs")
         if not isinstance(raw, list):
-            raise ApiError("invalid", "programs must be a list (see supervisor.programs)")
+            raise ApiError(ErrorCode.INVALID, "programs must be a list (see supervisor.programs)")
         processes = []
         for item in raw:
             try:
                 processes.append(P.from_wire(item))
             except ValueError as exc:
-                raise ApiError("invalid", str(exc)) from None
+                raise ApiError(ErrorCode.INVALID, str(exc)) from None
         source = params.get("source")
         if not isinstance(source, str) or not source:
-            raise ApiError("invalid", "source must be the path of the applied file")
+            raise ApiError(ErrorCode.INVALID, "source must be the path of the applied file")
         return await self.apply(processes, source, prune=bool(params.get("prune")),
                                 dry_run=bool(params.get("dry_run")))
 
@@ -119,12 +120,12 @@ class Applier:
     async def read_config(self) -> P.Desired:
         path = self.compat.config_path
         if path is None:
-            raise ApiError("not_found", "supervisord was started without --config FILE: "
+            raise ApiError(ErrorCode.NOT_FOUND, "supervisord was started without --config FILE: "
                            "apply a file with `supervisorctl apply -f FILE`")
         try:
             desired = await trio.to_thread.run_sync(program_files.load, path)
         except P.ConfigError as exc:
-            raise ApiError("invalid", str(exc)) from None
+            raise ApiError(ErrorCode.INVALID, str(exc)) from None
         self.loaded = desired
         return desired
 
@@ -182,7 +183,7 @@ class Applier:
                 where = f"{p.where}: " if p.where else ""
                 errors.append(f"{where}program {p.program} ({p.name}): {exc.message}")
         if errors:
-            raise ApiError("invalid", "nothing was changed:\n  " + "\n  ".join(errors))
+            raise ApiError(ErrorCode.INVALID, "nothing was changed:\n  " + "\n  ".join(errors))
 
     async def apply(self, processes: Sequence[P.Process], source: str, *, prune: bool,
                     dry_run: bool) -> dict[str, Any]:
@@ -191,7 +192,7 @@ class Applier:
 
             def normalise(spec: dict[str, Any]) -> dict[str, Any]:
                 try:
-                    return validate_spec(spec)
+                    return dict(validate_spec(spec))
                 except ApiError:
                     return spec
 

@@ -136,7 +136,7 @@ class Compat:
     def install(self, core: Core, commands: Commands) -> None:
         self.core = core
         self.commands = commands
-        commands.methods.update({
+        commands.extend({
             "apply": self.applier.api_apply, "update": self.applier.api_update,
             "program_sources": self.applier.api_sources, "xmlrpc": self.api_xmlrpc,
         })
@@ -288,7 +288,7 @@ class Compat:
             restarts += int(c.get("restarts") or 0)
         snap = metrics.Snapshot(
             version=VERSION, containers=counts, restarts=restarts, exits=self.exits,
-            last_seq=core.state.last_seq, subscribers=len(core.hub), shims=len(core.links),
+            last_seq=core.state.last_seq, subscribers=len(core.hub), shims=len(core.shims),
             http_connections=self.http.connections, fsync=self.fsync.cumulative(),
             fsync_sum=self.fsync.sum)
         data = await trio.to_thread.run_sync(metrics.render, snap)

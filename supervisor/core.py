@@ -1,9 +1,10 @@
-"""The daemon's shared state: the projection, the log writer, subscribers, per-container locks.
+"""The daemon's state and its owner: the projection, the log writer, subscribers, per-container
+locks, the shims, and where recovery and snapshots stand.
 
-Every service (API server, shim links, recovery, snapshots) goes through :class:`Core`, which
-holds the only mutable reference to the current :class:`~supervisor.projection.State`. The
-state object itself is immutable, so a snapshot can be written from a thread while the daemon
-goes on, and readers (``ps``) never see half an update.
+Every service (API server, shim links, recovery, snapshots) goes through :class:`Core`'s
+methods; none writes its fields. It holds the only mutable reference to the current
+:class:`~supervisor.projection.State`, which is itself immutable, so a snapshot can be written
+from a thread while the daemon goes on, and readers (``ps``) never see half an update.
 """
 
 from __future__ import annotations
@@ -11,28 +12,35 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 import trio
 
+from events.domain import ContainerState, ErrorCode, EventType
 from events.model import Event
 from supervisor import projection
 from supervisor.errors import ApiError
 from supervisor.logwriter import LogWriter
 from supervisor.paths import Paths
+from supervisor.registry import ShimRegistry
 from supervisor.subscribers import Hub
 
 if TYPE_CHECKING:
     from events.log import EventLog
-    from supervisor.shims import ShimLink
+    from supervisor.links import ShimLink
+    from supervisor.projection import Container
 
-__all__ = ["Config", "Core"]
+__all__ = ["VERSION", "Config", "Core"]
 
 log = structlog.get_logger("supervisord")
 
 VERSION = "0.1.0"
+
+T = TypeVar("T")
+Item = tuple[str, str, dict[str, Any]]
 
 
 class Config:
@@ -56,69 +64,101 @@ class Config:
 
 
 class Core:
+    """The daemon's state (see the module's docstring). It is the shim links' host
+    (:class:`supervisor.links.LinkHost`) and owns the shim registry."""
+
     def __init__(self, config: Config, eventlog: EventLog, state: projection.State,
                  snapshot_seq: int) -> None:
         self.config = config
         self.paths = config.paths
         self.eventlog = eventlog
-        self.state = state
-        self.snapshot_seq = snapshot_seq
+        self._state = state
+        self._snapshot_seq = snapshot_seq
         self.hub = Hub(config.subscriber_buffer)
         self.writer = LogWriter(eventlog, self._on_commit)
-        self.started_monotonic = time.monotonic()
+        self.shims = ShimRegistry(config.paths.root, self,
+                                  use_launcher=config.shim_launcher)
+        self._started = time.monotonic()
         self._changed = trio.Event()
         self._locks: dict[str, trio.Lock] = {}
         self._append_locks: dict[str, trio.Lock] = {}
         #: containers recovered from the log that are not yet reconciled with their shim
-        self.unreconciled: set[str] = set()
-        self.reconciling = False
-        self.links: dict[str, ShimLink] = {}
-        self.since_snapshot = 0
-        self.snapshot_wanted = trio.Event()
+        self._unreconciled: set[str] = set()
+        self._reconciling = False
+        self._since_snapshot = 0
+        self._snapshot_due = trio.Event()
+        self._shutdown = trio.Event()
+        #: events the projection skipped since the start (logged one by one)
         self.skipped = 0
-        self.nursery: trio.Nursery | None = None  # where shim links and watchers live
-        self.shutdown_requested = trio.Event()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> projection.State:
+        return self._state
+
+    @property
+    def root(self) -> Path:
+        return self.paths.root
+
+    def container(self, cid: str) -> Container | None:
+        return self._state.containers.get(cid)
+
+    def shown_state(self, c: Container) -> str:
+        """What ``ps`` says: ``unknown`` until a recovered container is reconciled."""
+        return ContainerState.UNKNOWN if c.id in self._unreconciled else c.state
+
+    def uptime(self) -> float:
+        return time.monotonic() - self._started
+
+    async def wait_until(self, predicate: Callable[[projection.State], T | None]) -> T:
+        """Wait until the projection satisfies ``predicate``; returns its (truthy) value."""
+        while True:
+            value = predicate(self._state)
+            if value:
+                return value
+            await self._changed.wait()
 
     # -- the write path ----------------------------------------------------------------------
 
     def _on_commit(self, events: list[Event]) -> None:
         # one copy per batch: the intermediate states of a batch are never shown to anyone
-        state = self.state
-        state = projection.State(state.last_seq, dict(state.containers), state.daemon)
+        folder = projection.Folder(self._state)
         for event in events:
-            state, reason = projection.step(state, event, owned=True)
+            reason = folder.apply(event)
             if reason is not None:
                 self.skipped += 1
                 log.warning("event skipped by the projection", seq=event.seq,
                             type=event.type, id=event.id, reason=reason)
-        self.state = state
+        self._state = folder.state()
         self.hub.publish(events)
         self._changed.set()
         self._changed = trio.Event()
-        self.since_snapshot += len(events)
-        if self.since_snapshot >= self.config.snapshot_every:
-            self.snapshot_wanted.set()
+        self._since_snapshot += len(events)
+        if self._since_snapshot >= self.config.snapshot_every:
+            self._snapshot_due.set()
 
-    async def append(self, items: Sequence[tuple[str, str, dict[str, Any]]]) -> list[Event]:
+    async def append(self, items: Sequence[Item]) -> list[Event]:
         """Append durably; a full disk becomes ``no_space`` (nothing of ``items`` written)."""
         try:
             return await self.writer.append(items)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 log.error("event log write failed: disk full", error=str(exc))
-                raise ApiError("no_space", f"the event log cannot be written ({exc.strerror}); "
-                               "nothing was changed: free space under "
+                raise ApiError(ErrorCode.NO_SPACE, "the event log cannot be written "
+                               f"({exc.strerror}); nothing was changed: free space under "
                                f"{self.paths.events} and retry") from None
             log.error("event log write failed", error=str(exc))
-            raise ApiError("internal", f"the event log cannot be written: {exc}") from None
+            raise ApiError(ErrorCode.INTERNAL, f"the event log cannot be written: {exc}"
+                           ) from None
 
-    async def guarded_append(self, cid: str, items: Sequence[tuple[str, str, dict[str, Any]]],
+    async def guarded_append(self, cid: str, items: Sequence[Item],
                              check: Callable[[projection.State], bool]) -> list[Event] | None:
         """Append unless ``check(state)`` is false, with the check and the append atomic with
         respect to other guarded appends of the same container (dedup without duplicates)."""
         lock = self._append_locks.setdefault(cid, trio.Lock())
         async with lock:
-            if not check(self.state):
+            if not check(self._state):
                 return None
             return await self.append(items)
 
@@ -134,12 +174,12 @@ class Core:
             if projection.is_duplicate(state, cid, data):
                 return False
             c = state.containers.get(cid)
-            if c is None or (data.get("instance") and c["instance"] != data.get("instance")):
+            if c is None or (data.get("instance") and c.instance != data.get("instance")):
                 return False
-            if etype == "task.create":  # the daemon recorded this task when it created it
+            if etype == EventType.TASK_CREATE:  # the daemon recorded it when it created it
                 return False
             if etype in projection.LIFECYCLE_TYPES:
-                return (c["state"], etype) in projection.TRANSITIONS
+                return (c.state, etype) in projection.TRANSITIONS
             return True
 
         return await self.guarded_append(cid, [(etype, cid, data)], new_and_legal)
@@ -159,21 +199,14 @@ class Core:
                 await trio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    # -- reading -----------------------------------------------------------------------------
-
-    async def wait_until(self, predicate: Callable[[projection.State], Any]) -> Any:
-        """Wait until the projection satisfies ``predicate``; returns its value."""
-        while True:
-            value = predicate(self.state)
-            if value:
-                return value
-            await self._changed.wait()
+    # -- per-container locks -------------------------------------------------------------------
 
     def lock(self, cid: str) -> trio.Lock:
         """The per-container command lock: commands on one container run one at a time."""
         return self._locks.setdefault(cid, trio.Lock())
 
     def forget_locks(self, cid: str) -> None:
+        """Drop a removed container's locks (unless someone still waits on them)."""
         lock = self._locks.get(cid)
         if lock is not None and not lock.locked() and not lock.statistics().tasks_waiting:
             del self._locks[cid]
@@ -181,8 +214,58 @@ class Core:
         if alock is not None and not alock.locked():
             del self._append_locks[cid]
 
-    def shown_state(self, c: dict[str, Any]) -> str:
-        return "unknown" if c["id"] in self.unreconciled else c["state"]
+    # -- shims (the links' host) ---------------------------------------------------------------
 
-    def uptime(self) -> float:
-        return time.monotonic() - self.started_monotonic
+    def link_ended(self, link: ShimLink) -> None:
+        self.shims.link_ended(link)
+
+    # -- recovery ------------------------------------------------------------------------------
+
+    @property
+    def reconciling(self) -> bool:
+        return self._reconciling
+
+    def begin_reconciling(self, ids: Iterable[str]) -> None:
+        """Recovery starts: these containers show ``unknown`` until :meth:`reconciled`."""
+        self._unreconciled = set(ids)
+        self._reconciling = True
+
+    def reconciled(self, cid: str) -> None:
+        self._unreconciled.discard(cid)
+
+    def end_reconciling(self) -> None:
+        self._unreconciled.clear()
+        self._reconciling = False
+
+    def unreconciled(self) -> list[str]:
+        return sorted(self._unreconciled)
+
+    # -- snapshots -----------------------------------------------------------------------------
+
+    @property
+    def snapshot_seq(self) -> int:
+        """The seq the latest snapshot covers (0: none)."""
+        return self._snapshot_seq
+
+    async def snapshot_due(self) -> None:
+        """Until ``snapshot_every`` events were appended since the last snapshot."""
+        await self._snapshot_due.wait()
+        self._snapshot_due = trio.Event()
+
+    def snapshot_started(self) -> None:
+        self._since_snapshot = 0
+
+    def snapshot_written(self, seq: int) -> None:
+        self._snapshot_seq = seq
+
+    # -- shutting down -------------------------------------------------------------------------
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutdown.is_set()
+
+    async def shutdown_requested(self) -> None:
+        await self._shutdown.wait()

@@ -4,10 +4,10 @@ Services, all in one trio nursery (nothing runs unowned):
 
 * the log writer (the only writer of the event log; group commit in a worker thread);
 * the API server on ``ROOT/supervisord.sock``;
-* the shim launcher (:class:`~supervisor.shims.ShimLauncher`): a preloaded fork server that
-  starts shims in milliseconds; restarted if it dies, ``shim start`` in a fresh interpreter
-  meanwhile;
-* one link task per shim (its events, appended exactly once, then acknowledged);
+* the shim registry (:class:`~supervisor.registry.ShimRegistry`): one link task per shim (its
+  events, appended exactly once, then acknowledged) and the shim launcher
+  (:class:`~supervisor.launcher.ShimLauncher`), a preloaded fork server that starts shims much
+  faster than a fresh interpreter; restarted if it dies, ``shim start`` meanwhile;
 * recovery's reconciliation, and the snapshotter;
 * signal handling: SIGTERM/SIGINT (or the ``shutdown`` method) stop serving, append
   ``supervisor.stop``, write a snapshot and exit. Containers keep running: the shims are
@@ -21,6 +21,7 @@ import contextlib
 import os
 import resource
 import signal
+import socket
 import sys
 
 import structlog
@@ -33,7 +34,6 @@ from supervisor.commands import Commands
 from supervisor.core import VERSION, Config, Core
 from supervisor.paths import default_root
 from supervisor.server import Server, bind_api_socket
-from supervisor.shims import ShimLauncher
 
 __all__ = ["main", "run"]
 
@@ -93,10 +93,12 @@ async def run(config: Config, compat: compat_mod.Compat | None = None) -> int:
                       hint="start with --repair" if isinstance(exc, CorruptLog) else None)
             return 1
         core = Core(config, eventlog, state, snapshot_seq)
-        core.unreconciled = set(recovery.to_reconcile(state))
-        core.reconciling = True  # from the first request on: reconcile_all clears it
+        # from the first request on: reconcile_all ends it
+        core.begin_reconciling(recovery.to_reconcile(state))
         commands = Commands(core)
         compat.install(core, commands)
+        if commands.missing():  # the method table and the handlers are one: a bug otherwise
+            raise RuntimeError(f"methods without a handler: {commands.missing()}")
         sock, gid = bind_api_socket(paths.socket, config.group)
         server = Server(core, commands, gid)
         try:
@@ -111,7 +113,8 @@ async def run(config: Config, compat: compat_mod.Compat | None = None) -> int:
     return 0
 
 
-async def _serve(core: Core, server: Server, sock: object, compat: compat_mod.Compat) -> None:
+async def _serve(core: Core, server: Server, sock: socket.socket,
+                 compat: compat_mod.Compat) -> None:
     async with trio.open_nursery() as outer:
         await outer.start(core.writer.run)
         try:
@@ -122,9 +125,7 @@ async def _serve(core: Core, server: Server, sock: object, compat: compat_mod.Co
                      socket=str(core.paths.socket), last_seq=core.state.last_seq,
                      containers=len(core.state.containers))
             async with trio.open_nursery() as services:
-                core.nursery = services
-                if core.config.shim_launcher:
-                    services.start_soon(ShimLauncher(core.paths.root).run)
+                await services.start(core.shims.run)
                 await services.start(server.serve, sock)
                 await services.start(compat.serve)  # ROOT/supervisor.sock, --config
                 services.start_soon(recovery.reconcile_all, core)
@@ -152,7 +153,7 @@ async def _until_stop(core: Core) -> None:
                 nursery.cancel_scope.cancel()
 
             async def on_shutdown() -> None:
-                await core.shutdown_requested.wait()
+                await core.shutdown_requested()
                 log.info("shutdown requested; stopping")
                 await trio.sleep(SHUTDOWN_REPLY_GRACE)
                 nursery.cancel_scope.cancel()

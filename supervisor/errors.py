@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from events.domain import ErrorCode
+
 __all__ = ["ApiError"]
 
 
 class ApiError(Exception):
-    """``code`` is one of supervisor.protocol's error codes; ``message`` says what to do."""
+    """``code`` names the kind of failure (the error frame's code); ``message`` says what
+    happened and what to do about it."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message

@@ -108,5 +108,5 @@ def render(snap: Snapshot) -> bytes:
             yield info
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector())  # type: ignore[arg-type]
+    registry.register(Collector())
     return generate_latest(registry)

@@ -79,7 +79,7 @@ STATES = ("created", "running", "stopped", "unknown")
 EXIT_FIELDS = ("id", "pid", "exit_status", "signal", "exited_at")
 
 #: Params of a spec sent by ``create``/``run`` (all optional except ``command``).
-SPEC_PARAMS = {
+SPEC_PARAMS: dict[str, object] = {
     "name": None,          # becomes the id; generated when absent
     "command": [],         # argv
     "env": {},             # added to a default PATH
@@ -100,5 +100,15 @@ SPEC_PARAMS = {
     "restart": None,       # events.policy.restart_spec: docker's string or a map (normalised)
 }
 
-METHODS = frozenset({"create", "start", "run", "stop", "kill", "restart", "rm", "ps", "inspect",
-                     "wait", "logs", "events", "status", "info", "shutdown", "exec"})
+#: Every method and how it answers: ``"call"`` (one result) or ``"stream"`` (items, then an
+#: end). The daemon's dispatch table is made from this one (:class:`supervisor.commands.
+#: Commands` has one handler of the same name per entry, and no other public method), so the
+#: table above, the daemon and its tests cannot drift apart.
+METHODS: dict[str, str] = {
+    "create": "call", "start": "call", "run": "call", "stop": "call", "kill": "call",
+    "restart": "call", "rm": "call", "ps": "call", "inspect": "call", "wait": "call",
+    "status": "call", "info": "call", "shutdown": "call",
+    "logs": "stream", "events": "stream", "exec": "stream",
+    # Supervisor compatibility (supervisor.compat: docs/design.md, section 9)
+    "apply": "call", "update": "call", "program_sources": "call", "xmlrpc": "call",
+}

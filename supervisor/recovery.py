@@ -26,16 +26,18 @@ import structlog
 import trio
 
 from events import shim_api
+from events.domain import ContainerState
 from events.log import EventLog
 from events.model import InvalidId, validate_id
 from events.snapshot import CorruptSnapshot, read_snapshot, write_snapshot
 from supervisor import projection
-from supervisor.shims import end_shim, exit_data, start_link
+from supervisor.shims import exit_data
 
 if TYPE_CHECKING:
     from supervisor.core import Core
 
-__all__ = ["load_state", "reconcile_all", "snapshotter"]
+__all__ = ["StartupError", "load_state", "reconcile_all", "snapshotter", "to_reconcile",
+           "write_snapshot_now"]
 
 log = structlog.get_logger("supervisord.recovery")
 
@@ -74,14 +76,15 @@ def load_state(eventlog: EventLog) -> tuple[projection.State, int]:
             f"but the usable snapshot ends at {state.last_seq}: the state cannot be rebuilt. "
             f"Restore {eventlog.root}/snapshot from a backup.")
     replayed = skipped = 0
-    state = projection.State(state.last_seq, dict(state.containers), state.daemon)
+    folder = projection.Folder(state)
     for event in eventlog.read(state.last_seq):
-        state, reason = projection.step(state, event, owned=True)
+        reason = folder.apply(event)
         replayed += 1
         if reason is not None:
             skipped += 1
             log.warning("event skipped during replay", seq=event.seq, type=event.type,
                         id=event.id, reason=reason)
+    state = folder.state()
     log.info("state rebuilt", snapshot_seq=snapshot_seq, replayed=replayed, skipped=skipped,
              last_seq=state.last_seq, containers=len(state.containers),
              seconds=round(time.monotonic() - t0, 3))
@@ -89,36 +92,39 @@ def load_state(eventlog: EventLog) -> tuple[projection.State, int]:
 
 
 def to_reconcile(state: projection.State) -> list[str]:
-    return [cid for cid, c in state.containers.items() if c["state"] in ("created", "running")]
+    """The containers whose task may still run: those recovery reconciles."""
+    return [cid for cid, c in state.containers.items()
+            if c.state in (ContainerState.CREATED, ContainerState.RUNNING)]
 
 
 async def reconcile_all(core: Core) -> None:
+    """Reconcile every container :meth:`Core.begin_reconciling` named, then end the shims the
+    log does not know; ``status`` says ``reconciling`` until this returns."""
     t0 = time.monotonic()
-    ids = sorted(core.unreconciled)
+    ids = core.unreconciled()
     limiter = trio.CapacityLimiter(core.config.reconcile_concurrency)
-    core.reconciling = True
     try:
         async with trio.open_nursery() as nursery:
             for cid in ids:
                 nursery.start_soon(_reconcile_one, core, cid, limiter)
         await _end_unknown_shims(core)
     finally:
-        core.reconciling = False
+        core.end_reconciling()
     log.info("reconciled", containers=len(ids), seconds=round(time.monotonic() - t0, 3))
 
 
 async def _reconcile_one(core: Core, cid: str, limiter: trio.CapacityLimiter) -> None:
     async with limiter:
         try:
-            c = core.state.containers.get(cid)
-            if c is None or c["state"] == "stopped":
+            c = core.container(cid)
+            if c is None or c.state == ContainerState.STOPPED or c.instance is None:
                 return
-            instance = c["instance"]
+            instance = c.instance
             # a small local file: reading it inline is cheaper than a thread hop per container
             record = shim_api.read_exit_file(shim_api.shim_dir(core.paths.root, cid))
             if record and record.get("instance") == instance:
                 await core.record_shim_event(cid, "task.exit", exit_data(record))
-            link = start_link(core, cid, instance)
+            link = core.shims.link(cid, instance)
             with trio.move_on_after(CATCH_UP_TIMEOUT) as scope:
                 await link.caught_up.wait()
             if scope.cancelled_caught:
@@ -126,7 +132,7 @@ async def _reconcile_one(core: Core, cid: str, limiter: trio.CapacityLimiter) ->
         except Exception as exc:  # one container's trouble must not stop the others
             log.exception("reconciliation failed", id=cid, error=repr(exc))
         finally:
-            core.unreconciled.discard(cid)
+            core.reconciled(cid)
 
 
 async def _end_unknown_shims(core: Core) -> None:
@@ -141,12 +147,12 @@ async def _end_unknown_shims(core: Core) -> None:
         except InvalidId:
             log.warning("ignoring a foreign entry in the shims directory", name=name)
             continue
-        if name in core.state.containers:
+        if core.container(name) is not None:
             continue
         async with core.lock(name):
-            if name in core.state.containers:
+            if core.container(name) is not None:
                 continue
-            what = await end_shim(core.paths.root, name)
+            what = await core.shims.end(name)
             log.warning("ended a shim the log does not know (its create was never "
                         "acknowledged, or its delete was)", id=name, action=what)
 
@@ -155,10 +161,10 @@ async def write_snapshot_now(core: Core) -> None:
     state = core.state
     if state.last_seq <= core.snapshot_seq:
         return
-    core.since_snapshot = 0
+    core.snapshot_started()
     data = state.to_dict()  # immutable state: safe to serialize from a thread
     await trio.to_thread.run_sync(write_snapshot, core.paths.root, state.last_seq, data)
-    core.snapshot_seq = state.last_seq
+    core.snapshot_written(state.last_seq)
     keep_from = min(core.snapshot_seq + 1,
                     max(1, state.last_seq - core.config.retain_events + 1))
     removed = await trio.to_thread.run_sync(core.eventlog.compact, keep_from)
@@ -168,8 +174,7 @@ async def write_snapshot_now(core: Core) -> None:
 async def snapshotter(core: Core) -> None:
     """Write a snapshot every ``snapshot_every`` events, off the hot path (a thread)."""
     while True:
-        await core.snapshot_wanted.wait()
-        core.snapshot_wanted = trio.Event()
+        await core.snapshot_due()
         try:
             await write_snapshot_now(core)
         except OSError as exc:

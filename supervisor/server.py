@@ -22,6 +22,8 @@ import structlog
 import trio
 
 from events import wire
+from events.domain import ErrorCode
+from supervisor import protocol
 from supervisor.channel import Channel, Closed
 from supervisor.commands import Commands
 from supervisor.core import VERSION, Core
@@ -154,7 +156,7 @@ class Server:
     async def _request(self, chan: Channel, req: wire.Request, streams: set[trio.CancelScope],
                        limiter: trio.Semaphore, raw: Any) -> None:
         try:
-            handler = self.commands.methods.get(req.method)
+            handler = self.commands.calls.get(req.method)
             stream_handler = self.commands.streams.get(req.method)
             if stream_handler is not None:
                 scope = trio.CancelScope()
@@ -170,8 +172,8 @@ class Server:
                     streams.discard(scope)
                 return
             if handler is None:
-                known = ", ".join(sorted([*self.commands.methods, *self.commands.streams]))
-                raise ApiError("unknown_method",
+                known = ", ".join(sorted(protocol.METHODS))
+                raise ApiError(ErrorCode.UNKNOWN_METHOD,
                                f"unknown method {req.method!r}; known: {known}")
             result = await handler(req.params)
             await chan.send(wire.reply(req.rid, result))

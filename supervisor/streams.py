@@ -17,16 +17,21 @@ import contextlib
 import os
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import trio
 
 from events import shim_api
+from events.domain import ContainerState, ErrorCode
 from events.filters import make_filter
-from events.model import Event, InvalidId, validate_id
+from events.model import Event
 from events.timefmt import parse_rfc3339
 from supervisor.errors import ApiError
+from supervisor.spec import check_id
 from supervisor.subscribers import TooSlow
+
+if TYPE_CHECKING:
+    from supervisor.core import Core
 
 __all__ = ["Streams", "parse_cri_line"]
 
@@ -42,12 +47,12 @@ def _str_list(value: object, name: str) -> list[str]:
     if isinstance(value, str):
         return [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ApiError("invalid", f"{name} must be a list of strings")
+        raise ApiError(ErrorCode.INVALID, f"{name} must be a list of strings")
     return value
 
 
 def _take(it: Iterator[Event], n: int, last: int) -> list[Event]:
-    out = []
+    out: list[Event] = []
     for event in it:
         if event.seq > last:
             break
@@ -70,7 +75,7 @@ def parse_cri_line(line: bytes) -> dict[str, Any] | None:
 
 
 class Streams:
-    def __init__(self, core: Any) -> None:
+    def __init__(self, core: Core) -> None:
         self.core = core
 
     # -- events ----------------------------------------------------------------------------------
@@ -82,7 +87,7 @@ class Streams:
         if since is None:
             since = 0
         if isinstance(since, bool) or not isinstance(since, int) or since < 0:
-            raise ApiError("invalid", f"since must be a seq >= 0, got {since!r}")
+            raise ApiError(ErrorCode.INVALID, f"since must be a seq >= 0, got {since!r}")
         types = _str_list(params.get("types"), "types")
         ids = _str_list(params.get("ids"), "ids")
         follow = bool(params.get("follow"))
@@ -102,7 +107,7 @@ class Streams:
             if since < last:
                 first = core.eventlog.first_seq
                 if since + 1 < first:
-                    raise ApiError("not_found", f"events {since + 1}..{first - 1} were "
+                    raise ApiError(ErrorCode.NOT_FOUND, f"events {since + 1}..{first - 1} were "
                                    f"compacted; the oldest kept is {first}")
                 it = core.eventlog.read(since)
                 while True:
@@ -120,7 +125,7 @@ class Streams:
                     batch = await sub.next_batch()
                 except TooSlow:
                     raise ApiError(
-                        "too_slow",
+                        ErrorCode.TOO_SLOW,
                         f"subscriber fell more than {sub.limit} events behind and was cut off; "
                         f"the last seq it was sent is {last_sent}: resume with since="
                         f"{last_sent}") from None
@@ -136,15 +141,13 @@ class Streams:
 
     async def logs(self, params: dict[str, Any], send: SendItem,
                    sock: socket.socket | None = None) -> None:
-        try:
-            cid = validate_id(params.get("id"))
-        except InvalidId as exc:
-            raise ApiError("invalid", str(exc)) from None
-        if cid not in self.core.state.containers:
-            raise ApiError("not_found", f"no container {cid!r}")
+        cid = check_id(params.get("id"))
+        if self.core.container(cid) is None:
+            raise ApiError(ErrorCode.NOT_FOUND, f"no container {cid!r}")
         tail = params.get("tail")
         if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 0):
-            raise ApiError("invalid", f"tail must be a number of lines >= 0, got {tail!r}")
+            raise ApiError(ErrorCode.INVALID, f"tail must be a number of lines >= 0, got "
+                           f"{tail!r}")
         follow = bool(params.get("follow"))
         directory = shim_api.shim_dir(self.core.paths.root, cid)
         current = directory / shim_api.CONTAINER_LOG
@@ -152,7 +155,7 @@ class Streams:
                          key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
         rotated = [p for p in rotated if p.suffix[1:].isdigit()]
 
-        def read_all() -> tuple[list[bytes], Any, int]:
+        def read_all() -> tuple[list[bytes], IO[bytes] | None, int]:
             lines: list[bytes] = []
             for path in rotated:
                 with contextlib.suppress(OSError):
@@ -203,8 +206,8 @@ class Streams:
                         f.close()
                         f = None
                         continue
-                c = self.core.state.containers.get(cid)
-                if c is None or c["state"] == "stopped":
+                c = self.core.container(cid)
+                if c is None or c.state == ContainerState.STOPPED:
                     return  # the shim drains the output before it records the exit
                 await trio.sleep(LOG_POLL)
         finally:

@@ -76,9 +76,9 @@ class SupervisorRPC:
         if not isinstance(params, list | tuple):
             raise Fault("INCORRECT_PARAMETERS")
         fn = self.methods[method]
-        code = fn.__code__  # type: ignore[attr-defined]
+        code = fn.__code__
         most = code.co_argcount - 1  # without self
-        least = most - len(fn.__defaults__ or ())  # type: ignore[attr-defined]
+        least = most - len(fn.__defaults__ or ())
         if not least <= len(params) <= most:
             raise Fault("INCORRECT_PARAMETERS")
         return await fn(*params)
@@ -124,7 +124,8 @@ class SupervisorRPC:
                               c["id"] in self.compat.stopped_by_hand)
 
     def _current(self, cid: str) -> dict[str, Any] | None:
-        return self.core.state.containers.get(cid)
+        current: dict[str, Any] | None = self.core.state.containers.get(cid)
+        return current
 
     async def _each(self, members: list[dict[str, Any]], want: Callable[[int], bool],
                     action: Callable[[dict[str, Any]], Awaitable[Any]],
@@ -165,7 +166,7 @@ class SupervisorRPC:
         return "supervisor"
 
     async def getState(self) -> dict[str, Any]:
-        if self.core.shutdown_requested.is_set():
+        if self.core.shutting_down:
             return {"statecode": -1, "statename": "SHUTDOWN"}
         return {"statecode": 1, "statename": "RUNNING"}
 
@@ -186,17 +187,17 @@ class SupervisorRPC:
 
     async def shutdown(self) -> bool:
         self._not_shutting_down()
-        self.core.shutdown_requested.set()
+        self.core.request_shutdown()
         return True
 
     async def restart(self) -> bool:
         self._not_shutting_down()
         self.compat.reexec_requested = True
-        self.core.shutdown_requested.set()
+        self.core.request_shutdown()
         return True
 
     def _not_shutting_down(self) -> None:
-        if self.core.shutdown_requested.is_set():
+        if self.core.shutting_down:
             raise Fault("SHUTDOWN_STATE")
 
     # -- configuration -----------------------------------------------------------------------
@@ -244,9 +245,9 @@ class SupervisorRPC:
         self.compat.stopped_by_hand.discard(cid)
         try:
             if c["state"] == "created":
-                result = await self.compat.commands.methods["start"]({"id": cid})
+                result = await self.compat.commands.calls["start"]({"id": cid})
             else:
-                result = await self.compat.commands.methods["restart"]({"id": cid})
+                result = await self.compat.commands.calls["restart"]({"id": cid})
         except ApiError as exc:
             if exc.code == "exec_failed":
                 raise Fault("SPAWN_ERROR", S.namespec(*S.identity(c))) from None
@@ -330,10 +331,10 @@ class SupervisorRPC:
         try:
             if P.label(c, P.STOP_AS_GROUP) == "true" and c["state"] == "running":
                 # stopasgroup: the stop signal goes to the process group too
-                await self.compat.commands.methods["kill"]({
+                await self.compat.commands.calls["kill"]({
                     "id": cid, "signal": int(c["spec"].get("stop_signal") or 15),
                     "all": True})
-            await self.compat.commands.methods["stop"]({"id": cid})
+            await self.compat.commands.calls["stop"]({"id": cid})
         except ApiError as exc:
             if exc.code == "conflict" and (self._current(cid) or {}).get("state") == "stopped":
                 return
@@ -372,7 +373,7 @@ class SupervisorRPC:
 
     async def _signal(self, c: dict[str, Any], number: int) -> None:
         try:
-            await self.compat.commands.methods["kill"]({"id": c["id"], "signal": number})
+            await self.compat.commands.calls["kill"]({"id": c["id"], "signal": number})
         except ApiError as exc:
             raise Fault("FAILED", f"{S.namespec(*S.identity(c))}: {exc.message}") from None
 

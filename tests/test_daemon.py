@@ -17,6 +17,19 @@ from events import wire
 from events.rpc import BlockingConnection
 
 
+def test_the_method_table_is_the_daemons_dispatch_table():
+    """protocol.METHODS is the API's source of truth: the daemon builds its dispatch from it
+    (and refuses to start with a method no one handles); Commands handles all but the methods
+    of Supervisor compatibility, which supervisor.compat registers."""
+    from supervisor import protocol
+    from supervisor.commands import Commands
+
+    handlers = {name for name, value in vars(Commands).items()
+                if not name.startswith("_") and callable(value)} - {"extend", "missing"}
+    assert handlers <= set(protocol.METHODS)
+    assert set(protocol.METHODS) - handlers == {"apply", "update", "program_sources", "xmlrpc"}
+
+
 def events_of(d: Daemon, **params) -> list[dict]:
     return d.stream("events", **params)
 

@@ -35,10 +35,10 @@ def test_the_lifecycle_walks_the_table():
     state = State()
     for event in lifecycle(ev):
         state = apply(state, event)
-        states.append(state.containers["c"]["state"])
+        states.append(state.containers["c"].state)
     assert states == ["created", "created", "running", "stopped"]
     c = state.containers["c"]
-    assert (c["pid"], c["exit_status"], c["finished"], c["instance"]) == (10, 3, 5, "i1")
+    assert (c.pid, c.exit_status, c.finished, c.instance) == (10, 3, 5, "i1")
     state = apply(state, ev("container.delete"))
     assert "c" not in state.containers
     assert state.last_seq == 5
@@ -80,7 +80,7 @@ def test_shim_events_are_deduplicated_by_instance_and_shim_seq():
     assert is_duplicate(state, "c", again.data)
     state2, reason = step(state, again)
     assert reason is not None and "duplicate" in reason
-    assert state2.containers["c"]["exit_status"] == 3
+    assert state2.containers["c"].exit_status == 3
     # the same shim_seq of another instance (a restarted task) is a different event
     assert not is_duplicate(state, "c", {"shim_seq": 3, "instance": "i2"})
 
@@ -93,8 +93,8 @@ def test_restart_gets_a_new_task_and_counts():
                   ev("task.create", pid=20, instance="i2"),
                   ev("task.start", pid=20, shim_seq=2, instance="i2")], state)
     c = state.containers["c"]
-    assert (c["state"], c["restarts"], c["pid"], c["exit_status"]) == ("running", 1, 20, None)
-    assert c["seen"] == {"i1": 3, "i2": 2}
+    assert (c.state, c.restarts, c.pid, c.exit_status) == ("running", 1, 20, None)
+    assert c.seen == {"i1": 3, "i2": 2}
 
 
 def test_the_previous_state_is_never_mutated():
@@ -140,3 +140,30 @@ def test_malformed_data_is_skipped_not_raised():
         state2, reason = step(state, bad)
         assert reason is not None, bad
         assert state2.containers == state.containers
+
+
+def test_a_container_is_a_frozen_record():
+    import dataclasses
+
+    import pytest
+
+    c = fold(lifecycle(Seq())).containers["c"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.state = "running"  # type: ignore[misc]
+    assert c.evolve(pid=99).pid == 99 and c.pid == 10
+
+
+def test_a_snapshot_written_by_the_first_state_version_still_loads():
+    """Version 1 (the maps the daemon wrote before containers were records): fields it lacked
+    take their defaults."""
+    v1 = {"v": 1, "last_seq": 4, "daemon": {"start": {"pid": 1, "time": 5}}, "containers": {
+        "c": {"id": "c", "state": "stopped", "spec": {"command": ["true"]}, "runtime": "process",
+              "created": 1, "create_seq": 1, "started": 2, "finished": 3, "pid": 10,
+              "shim_pid": 9, "address": "/s", "instance": "i1", "exit_status": 3, "signal": 0,
+              "exit_reason": None, "restarts": 0, "oom": 0, "lost": False, "seen": {"i1": 3}}}}
+    state = State.from_dict(v1)
+    c = state.containers["c"]
+    assert (c.state, c.exit_status, c.seen, c.lost_starttime) == ("stopped", 3, {"i1": 3}, None)
+    assert state.daemon["start"]["pid"] == 1
+    # and what it writes back reads the same
+    assert State.from_dict(state.to_dict()) == state

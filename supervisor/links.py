@@ -1,0 +1,225 @@
+"""The daemon's link to one shim: what the shim reports becomes durable events.
+
+One :class:`ShimLink` task per live shim holds a single connection with an ``events`` stream:
+each event the shim reports is appended (deduplicated by ``(instance, shim_seq)``) and only
+then acknowledged on the same connection, so a crash anywhere in between re-delivers it and the
+projection's memory of shim seqs makes the second delivery a no-op.
+
+When the connection ends without our asking (the shim was SIGKILLed, or crashed), the shim's
+exit file decides: if it holds this instance's exit, that exit is appended; otherwise the
+daemon appends ``shim.lost`` and watches the container's pid through a pidfd so that its end
+is still recorded (as ``task.exit`` with ``exit_status`` None and a ``reason``).
+
+A link knows the daemon only through :class:`LinkHost`: the container's record, the append of
+a shim's event, and the news that the link ended.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+import trio
+
+from events import shim_api, wire
+from events.domain import ContainerState
+from events.procfs import is_running, starttime
+from supervisor.channel import Channel, Closed, connect
+from supervisor.shims import exit_data, read_address
+
+if TYPE_CHECKING:
+    from supervisor.projection import Container
+
+__all__ = ["LinkHost", "ShimLink", "watch_lost_task"]
+
+log = structlog.get_logger("supervisord.links")
+
+#: A bug met by a link: how long it waits before it tries again.
+RETRY_AFTER_BUG = 1.0
+
+
+class LinkHost(Protocol):
+    """What a link needs of the daemon."""
+
+    @property
+    def root(self) -> Path: ...
+
+    def container(self, cid: str) -> Container | None:
+        """The container's current record (None once it was removed)."""
+
+    async def record_shim_event(self, cid: str, etype: str, data: dict[str, Any]) -> object:
+        """Append a shim's event exactly once (waiting out a full disk)."""
+
+    def link_ended(self, link: ShimLink) -> None:
+        """The link's task is over."""
+
+
+class ShimLink:
+    """The daemon's connection to one shim (one task in the daemon's nursery).
+
+    ``caught_up`` is set once everything the shim had not had acknowledged when we connected
+    is durable (or once the shim turned out to be dead and that is recorded): recovery shows a
+    container as ``unknown`` until then. ``closing`` says the daemon asked the shim to go
+    (``delete``): the end of its connection is then expected, not a loss.
+    """
+
+    def __init__(self, host: LinkHost, cid: str, instance: str) -> None:
+        self.host = host
+        self.cid = cid
+        self.instance = instance
+        self.closing = False
+        self.caught_up = trio.Event()
+        self.cancel_scope = trio.CancelScope()
+        self.gone = trio.Event()
+
+    def close(self) -> None:
+        """Stop consuming: the daemon retires this shim (its end is expected)."""
+        self.closing = True
+        self.cancel_scope.cancel()
+
+    def _current(self) -> Container | None:
+        """The container, while this link's shim still runs its task (else None)."""
+        c = self.host.container(self.cid)
+        return c if c is not None and c.instance == self.instance else None
+
+    async def run(self) -> None:
+        """Consume the shim's events until it goes away; then record what is known.
+
+        A bug met on the way is logged and the link retried a second later: it must neither
+        take the daemon down nor leave the shim's events unconsumed.
+        """
+        try:
+            with self.cancel_scope:
+                while True:
+                    try:
+                        await self._run_once()
+                        return
+                    except Exception as exc:
+                        log.exception("shim link failed; retrying", id=self.cid,
+                                      error=repr(exc))
+                        await trio.sleep(RETRY_AFTER_BUG)
+                        if self.closing or self._current() is None:
+                            return
+        finally:
+            self.host.link_ended(self)
+            self.caught_up.set()
+            self.gone.set()
+
+    async def _run_once(self) -> None:
+        chan: Channel | None = None
+        address = read_address(self.host.root, self.cid)
+        try:
+            if address is None:
+                raise OSError("no address file")
+            # ``state`` first: its seq/acked tell how much backlog ``events`` replays
+            chan = await connect(address, "supervisor", then=[
+                ("state", {}, False), ("events", {}, True)])
+        except (OSError, Closed, trio.TooSlowError, wire.ProtocolError) as exc:
+            log.info("shim unreachable", id=self.cid, error=str(exc))
+        if chan is not None:
+            try:
+                await self._consume(chan)
+            finally:
+                await chan.aclose()
+        if not self.closing:
+            await self._shim_gone()
+
+    async def _consume(self, chan: Channel) -> None:
+        """Requests 1 (``state``) and 2 (``events``) were sent with the hello."""
+        target: int | None = None
+        try:
+            while True:
+                message = await chan.recv()
+                rid = message.get("id")
+                if rid == 1:
+                    result = message.get("result") or {}
+                    seq, acked = result.get("seq", 0), result.get("acked", 0)
+                    target = seq if isinstance(seq, int) and seq > (acked or 0) else 0
+                    if target == 0:
+                        self.caught_up.set()
+                    continue
+                if rid != 2:
+                    continue  # replies to our acks
+                if "error" in message or message.get("end"):
+                    return
+                item = message.get("item")
+                if not isinstance(item, dict):
+                    continue
+                seq = item.get("seq")
+                etype = item.get("type")
+                if not isinstance(seq, int) or not isinstance(etype, str):
+                    log.warning("malformed shim event", id=self.cid, item=item)
+                    continue
+                data = dict(item.get("data") or {})
+                data["shim_seq"] = seq
+                data["instance"] = self.instance
+                await self.host.record_shim_event(self.cid, etype, data)
+                await chan.send_bytes(chan.conv.request("ack", {"seq": seq}))
+                if target is not None and seq >= target:
+                    self.caught_up.set()
+        except (Closed, wire.ProtocolError):
+            return
+
+    async def _shim_gone(self) -> None:
+        """The connection ended (or never came) without a delete: exit file or shim.lost."""
+        host = self.host
+        cid = self.cid
+        if self._current() is None:
+            return
+        record = shim_api.read_exit_file(shim_api.shim_dir(host.root, cid))
+        if record and record.get("instance") == self.instance:
+            await host.record_shim_event(cid, "task.exit", exit_data(record))
+            return
+        c = self._current()
+        if c is None or c.state == ContainerState.STOPPED:
+            return
+        pid = c.pid
+        started = c.lost_starttime
+        if not c.lost:
+            alive = is_running(pid)
+            started = starttime(pid) if alive else None
+            log.warning("shim lost", id=cid, pid=pid, task_alive=alive)
+            await host.record_shim_event(cid, "shim.lost", {
+                "reason": "the shim's connection closed and it left no exit file",
+                "instance": self.instance, "pid": pid, "task_alive": alive,
+                "task_starttime": started, "state": c.state})
+        self.caught_up.set()
+        await watch_lost_task(host, cid, self.instance, pid, started)
+
+
+async def watch_lost_task(host: LinkHost, cid: str, instance: str, pid: int | None,
+                          started: int | None = None) -> None:
+    """The shim is gone but its container may not be: record the container's end when it
+    comes, via a pidfd (no polling, no race with pid reuse once the pidfd is open).
+
+    ``started`` (the task's start time when the loss was recorded) guards against a pid that
+    was reused while the daemon was down: another process with that pid is not our task.
+    """
+    fd: int | None = None
+    if pid and is_running(pid):
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            fd = None
+        if fd is not None and started is not None and starttime(pid) != started:
+            log.info("the pid of a lost task was reused: the task is gone", id=cid, pid=pid)
+            os.close(fd)
+            fd = None
+    try:
+        if fd is not None:
+            log.info("watching the task of a lost shim", id=cid, pid=pid)
+            await trio.lowlevel.wait_readable(fd)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    # the exit file may have appeared meanwhile (the shim died after writing it): prefer it
+    record = shim_api.read_exit_file(shim_api.shim_dir(host.root, cid))
+    if record and record.get("instance") == instance:
+        await host.record_shim_event(cid, "task.exit", exit_data(record))
+        return
+    await host.record_shim_event(cid, "task.exit", {
+        "pid": pid, "exit_status": None, "signal": None, "exited_at": time.time_ns(),
+        "instance": instance, "reason": "shim lost: the task ended, its status is unknown"})

@@ -1,0 +1,113 @@
+"""The daemon's shims: one registry owns the link to each, the launcher, and their retirement.
+
+Everything that starts, links or retires a shim goes through :class:`ShimRegistry`, so the
+answer to "which shim does the daemon talk to for this container" lives in one place: the link
+of the container (at most one; a new link replaces the old one), started in the daemon's
+nursery, removed from the registry when its task ends.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from supervisor.errors import ApiError
+from supervisor.launcher import ShimLauncher
+from supervisor.links import LinkHost, ShimLink
+from supervisor.shims import Ready, call_shim, end_shim, spawn_shim
+
+if TYPE_CHECKING:
+    from supervisor.spec import Spec
+
+__all__ = ["ShimRegistry"]
+
+log = structlog.get_logger("supervisord.shims")
+
+
+class ShimRegistry:
+    """The links to live shims and the launcher that starts new ones (one per daemon)."""
+
+    def __init__(self, root: Path, host: LinkHost, *, use_launcher: bool = True) -> None:
+        self.root = root
+        self._host = host
+        self._links: dict[str, ShimLink] = {}
+        self.launcher = ShimLauncher(root) if use_launcher else None
+        self._nursery: trio.Nursery | None = None
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """The registry's life (a task of the daemon): links run in a nursery it opens here,
+        beside the launcher; cancelling this task ends them all (never the shims)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self.launcher is not None:
+                nursery.start_soon(self.launcher.run)
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- starting -------------------------------------------------------------------------------
+
+    async def spawn(self, cid: str, instance: str, spec: Spec) -> Ready:
+        """Start a shim for ``cid`` (its ready map); see :func:`supervisor.shims.spawn_shim`."""
+        return await spawn_shim(self.root, cid, instance, spec, self.launcher)
+
+    def link(self, cid: str, instance: str) -> ShimLink:
+        """Start the link to ``cid``'s shim ``instance``; it replaces any previous link."""
+        assert self._nursery is not None, "the registry is not running"
+        old = self._links.get(cid)
+        if old is not None:
+            old.close()
+        link = ShimLink(self._host, cid, instance)
+        self._links[cid] = link
+        self._nursery.start_soon(link.run)
+        return link
+
+    def link_ended(self, link: ShimLink) -> None:
+        if self._links.get(link.cid) is link:
+            del self._links[link.cid]
+
+    def link_of(self, cid: str) -> ShimLink | None:
+        return self._links.get(cid)
+
+    # -- talking and ending ---------------------------------------------------------------------
+
+    async def call(self, cid: str, method: str, **params: Any) -> Any:
+        """One request to ``cid``'s shim (:func:`supervisor.shims.call_shim`)."""
+        return await call_shim(self.root, cid, method, **params)
+
+    def expect_end(self, cid: str) -> ShimLink | None:
+        """The daemon is about to end ``cid``'s shim: its link must not call that a loss.
+        Returns the link, for :meth:`forget` once the shim is gone."""
+        link = self._links.get(cid)
+        if link is not None:
+            link.closing = True
+        return link
+
+    @staticmethod
+    def forget(link: ShimLink | None) -> None:
+        """Stop a link :meth:`expect_end` returned (its shim is gone, or going)."""
+        if link is not None:
+            link.cancel_scope.cancel()
+
+    async def retire(self, cid: str) -> Any:
+        """Ask ``cid``'s shim to go (``delete``, its task having ended) and stop its link;
+        the shim's last exit record, or None when it could not be reached."""
+        link = self.expect_end(cid)
+        try:
+            return await call_shim(self.root, cid, "delete", force=False)
+        except ApiError as exc:
+            log.debug("shim delete", id=cid, error=exc.message)
+            return None
+        finally:
+            self.forget(link)
+
+    async def end(self, cid: str) -> str:
+        """End whatever runs in ``cid``'s shim directory and remove the directory
+        (:func:`supervisor.shims.end_shim`): for shims the log does not know."""
+        return await end_shim(self.root, cid)
