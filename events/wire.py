@@ -27,7 +27,7 @@ import msgpack
 
 from events.domain import ErrorCode
 
-TYPE_CHECKING = False  # not typing's: every supervisorctl call imports this module (~3 ms)
+TYPE_CHECKING = False  # not typing's: every supervisorctl call imports this module
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any

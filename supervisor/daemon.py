@@ -61,8 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reconcile-concurrency", type=int, default=64, metavar="N",
                    help="containers reconciled at once after a start")
     p.add_argument("--no-shim-launcher", dest="shim_launcher", action="store_false",
-                   help="start every shim in a fresh interpreter (~50 ms each) instead of "
-                   "forking it from the preloaded launcher (a few ms)")
+                   help="start every shim in a fresh interpreter instead of forking it from "
+                   "the preloaded launcher (slower, and more memory per shim)")
     p.add_argument("--segment-size", type=int, default=64 * 2**20, help=argparse.SUPPRESS)
     compat_mod.add_arguments(p)  # Supervisor compatibility: --config, --http-*
     return p.parse_args(argv)
