@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import signal as signal_mod
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,45 +27,37 @@ import structlog
 import trio
 
 from events import wire
-from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT, ContainerState, ErrorCode
+from events.domain import DEFAULT_STOP_SIGNAL, ContainerState, ErrorCode
 from supervisor import protocol
 from supervisor.channel import Closed, connect
 from supervisor.core import VERSION, Core
+from supervisor.decide import restart_spec, stopped_for_good
 from supervisor.errors import ApiError
-from supervisor.projection import Container, State
-from supervisor.shims import (
-    Ready,
-    exit_data,
-    new_instance,
-    read_address,
-    remote_api_error,
-    shim_spec,
-)
-from supervisor.spec import check_id, signal_number, timeout_param, validate_spec
+from supervisor.lifecycle import RECORD_GRACE, Lifecycle, task_create_data
+from supervisor.projection import Container
+from supervisor.shims import exit_data, new_instance, read_address, remote_api_error, shim_spec
+from supervisor.spec import check_id, seconds_param, signal_number, validate_spec
 from supervisor.streams import Streams
 
 __all__ = ["Commands"]
 
 log = structlog.get_logger("supervisord.commands")
 
+#: How long ``inspect`` waits for a shim's health results before it answers without them.
+HEALTH_LOG_TIMEOUT = 2.0
+
 SendItem = Callable[[Any], Awaitable[None]]
 Call = Callable[[dict[str, Any]], Awaitable[Any]]
 Stream = Callable[[dict[str, Any], SendItem, Any], Awaitable[None]]
 
-CREATED = ContainerState.CREATED
 RUNNING = ContainerState.RUNNING
+RESTARTING = ContainerState.RESTARTING
 STOPPED = ContainerState.STOPPED
 
 _ADJECTIVES = ("brave", "calm", "eager", "fond", "glad", "keen", "lucid", "merry", "nimble",
                "proud", "quick", "sly", "tidy", "vivid", "witty", "zesty")
 _NOUNS = ("otter", "heron", "lynx", "panda", "raven", "tapir", "wombat", "yak", "bison",
           "gecko", "ibis", "koala", "lemur", "moose", "newt", "orca")
-
-#: How long ``stop`` waits for the exit to be recorded once its shim replied, and past the
-#: grace time when the shim is gone and the exit comes from the pid's end: the record's
-#: append (an fdatasync) and the link's wake-up, with room for a loaded machine.
-RECORD_GRACE = 10.0
-
 
 def exit_fields(c: Container) -> dict[str, Any]:
     """The exit result (:data:`supervisor.protocol.EXIT_FIELDS` and ``reason``)."""
@@ -75,8 +68,9 @@ def exit_fields(c: Container) -> dict[str, Any]:
 class Commands:
     """The API's handlers, by name (:attr:`calls` and :attr:`streams`)."""
 
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, lifecycle: Lifecycle) -> None:
         self._core = core
+        self._lifecycle = lifecycle
         self._root = core.paths.root
         self._streams = Streams(core)
         self.calls: dict[str, Call] = {}
@@ -104,13 +98,6 @@ class Commands:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _container(self, cid: str) -> Container:
-        c = self._core.container(cid)
-        if c is None:
-            raise ApiError(ErrorCode.NOT_FOUND, f"no container {cid!r}; see "
-                           "`supervisorctl ps -a`")
-        return c
-
     def _new_id(self) -> str:
         for _ in range(100):
             cid = (f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-"
@@ -120,27 +107,11 @@ class Commands:
         return secrets.token_hex(6)
 
     def _row(self, c: Container) -> dict[str, Any]:
+        """A ``ps`` row: :data:`supervisor.protocol.PS_FIELDS`, then ``health``."""
         return {"id": c.id, "state": self._core.shown_state(c), "pid": c.pid,
                 "exit_status": c.exit_status, "restarts": c.restarts, "runtime": c.runtime,
-                "created": c.created, "started": c.started, "finished": c.finished}
-
-    async def _wait_stopped(self, cid: str, instance: str | None,
-                            timeout: float | None = None) -> Container | None:
-        """Until the projection shows this task stopped; None if the container was removed."""
-        def done(state: State) -> tuple[Container | None] | None:
-            c = state.containers.get(cid)
-            if c is None:
-                return (None,)
-            if c.state == STOPPED and (instance is None or c.instance == instance):
-                return (c,)
-            return None
-
-        if timeout is None:
-            return (await self._core.wait_until(done))[0]
-        with trio.move_on_after(timeout):
-            return (await self._core.wait_until(done))[0]
-        raise ApiError(ErrorCode.UNAVAILABLE, f"container {cid}: no exit was recorded in "
-                       f"{timeout:g}s")
+                "created": c.created, "started": c.started, "finished": c.finished,
+                "health": c.health}
 
     # -- create / start / run -------------------------------------------------------------------
 
@@ -161,7 +132,7 @@ class Commands:
             try:
                 await self._core.append([
                     ("container.create", cid, {"spec": stored}),
-                    ("task.create", cid, _task_create_data(ready, instance)),
+                    ("task.create", cid, task_create_data(ready, instance, self._core.boot_id)),
                 ])
             except BaseException:
                 # not durable: the container does not exist, so neither may its shim
@@ -173,125 +144,69 @@ class Commands:
         return {"id": cid}
 
     async def start(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Start a created container, or a stopped one (a new task, in a new shim)."""
         cid = check_id(params.get("id"))
         async with self._core.lock(cid):
-            return await self._start_locked(cid)
-
-    async def _start_locked(self, cid: str) -> dict[str, Any]:
-        c = self._container(cid)
-        if c.state == RUNNING:
-            raise ApiError(ErrorCode.CONFLICT, f"container {cid} is already running")
-        if c.state != CREATED:
-            raise ApiError(ErrorCode.CONFLICT, f"container {cid} is {c.state}; use restart")
-        instance = c.instance
-        try:
-            result = await self._core.shims.call(cid, "start")
-        except ApiError as exc:
-            if exc.code == ErrorCode.EXEC_FAILED:
-                # the shim recorded exit 127: reply once that exit is durable
-                with trio.move_on_after(5):
-                    await self._wait_stopped(cid, instance)
-            raise
-        pid = result.get("pid")
-
-        def still_created(state: State) -> bool:
-            c2 = state.containers.get(cid)
-            return c2 is not None and c2.instance == instance and c2.state == CREATED
-
-        data = {"pid": pid, "instance": instance}
-        if isinstance(result.get("started_at"), int):  # the shim's clock, when it started it
-            data["started_at"] = result["started_at"]
-        await self._core.guarded_append(cid, [("task.start", cid, data)], still_created)
-        return {"id": cid, "pid": pid}
+            c = self._lifecycle.container(cid)
+            if c.state == RUNNING:
+                raise ApiError(ErrorCode.CONFLICT, f"container {cid} is already running")
+            if c.state == RESTARTING:
+                raise ApiError(ErrorCode.CONFLICT, f"container {cid} is restarting (waiting "
+                               "out its back-off); `supervisorctl restart` starts it now")
+            if c.state == STOPPED:
+                await self._lifecycle.retire(cid)
+                await self._lifecycle.new_task(cid)
+            return await self._lifecycle.start(cid)
 
     async def run(self, params: dict[str, Any]) -> dict[str, Any]:
         created = await self.create(params)
         cid = created["id"]
         async with self._core.lock(cid):
-            return await self._start_locked(cid)
+            return await self._lifecycle.start(cid)
 
     # -- stop / kill / restart / rm / wait -------------------------------------------------------
 
     async def stop(self, params: dict[str, Any]) -> dict[str, Any]:
         cid = check_id(params.get("id"))
-        timeout = timeout_param(params)
+        timeout = seconds_param(params)
         async with self._core.lock(cid):
-            c = self._container(cid)
-            return exit_fields(await self._stop_locked(c, timeout))
-
-    async def _stop_locked(self, c: Container, timeout: float | None) -> Container:
-        cid = c.id
-        if c.state == STOPPED:
-            return c
-        instance = c.instance
-        if timeout is None:
-            timeout = float(c.spec.get("stop_timeout", DEFAULT_STOP_TIMEOUT))
-        stop_signal = int(c.spec.get("stop_signal") or DEFAULT_STOP_SIGNAL)
-        try:
-            record = await self._core.shims.call(cid, "stop", timeout=timeout,
-                                                 signal=stop_signal)
-        except ApiError as exc:
-            if exc.code != ErrorCode.UNAVAILABLE:
-                raise
-            # the shim is gone: its link records the exit (exit file, or the pid's end)
-            return await self._stopped(cid, instance, timeout + RECORD_GRACE)
-        if isinstance(record, dict) and record.get("instance") == instance:
-            # the same record the link is delivering (deduplicated by shim_seq): whichever
-            # comes first is appended, so the reply never waits on the link
-            await self._core.append_shim_event(cid, "task.exit", exit_data(record))
-        return await self._stopped(cid, instance, RECORD_GRACE)
-
-    async def _stopped(self, cid: str, instance: str | None, timeout: float) -> Container:
-        c = await self._wait_stopped(cid, instance, timeout)
-        if c is None:
-            raise ApiError(ErrorCode.NOT_FOUND, f"container {cid} was removed meanwhile")
-        return c
+            return exit_fields(await self._lifecycle.stop(cid, timeout, "stop"))
 
     async def kill(self, params: dict[str, Any]) -> None:
         cid = check_id(params.get("id"))
         sig = signal_number(params.get("signal", DEFAULT_STOP_SIGNAL))
-        c = self._container(cid)
-        if c.state == STOPPED and not params.get("all"):
-            raise ApiError(ErrorCode.CONFLICT, f"container {cid} is not running")
+        c = self._lifecycle.container(cid)
+        if c.state in (STOPPED, RESTARTING) and not params.get("all"):
+            raise ApiError(ErrorCode.CONFLICT, f"container {cid} is not running"
+                           + ("; it waits out its back-off: `supervisorctl stop` cancels the "
+                              "restart" if c.state == RESTARTING else ""))
         await self._core.shims.call(cid, "kill", signal=sig, all=bool(params.get("all")))
 
     async def restart(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Stop (durably: no policy restart comes in between), then a new task at once; in a
+        back-off, the restart happens now and the back-off starts over."""
         cid = check_id(params.get("id"))
-        timeout = timeout_param(params)
+        timeout = seconds_param(params)
         async with self._core.lock(cid):
-            c = await self._stop_locked(self._container(cid), timeout)
-            await self._retire_task(cid)
-            c = self._container(cid)
-            instance = new_instance()
-            ready = await self._core.shims.spawn(cid, instance, c.spec)
-            try:
-                await self._core.append([
-                    ("container.restart", cid, {"attempt": c.restarts + 1,
-                                                "reason": "restart command", "delay": 0}),
-                    ("task.create", cid, _task_create_data(ready, instance)),
-                ])
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await self._core.shims.retire(cid)
-                raise
-            self._core.shims.link(cid, instance)
-            return await self._start_locked(cid)
-
-    async def _retire_task(self, cid: str) -> None:
-        """Delete the stopped task's shim and record ``task.delete``."""
-        await self._core.shims.retire(cid)
-        c = self._container(cid)
-        await self._core.append([("task.delete", cid, {"exit_status": c.exit_status,
-                                                       "instance": c.instance})])
+            await self._lifecycle.stop(cid, timeout, "restart")
+            await self._lifecycle.retire(cid)
+            await self._lifecycle.new_task(cid, [("container.restart", cid, {
+                "attempt": 0, "delay": 0.0, "reason": "restart command", "by": "user",
+                "start_at": time.time_ns()})], autostart=True)
+            return await self._lifecycle.start(cid)
 
     async def rm(self, params: dict[str, Any]) -> None:
         cid = check_id(params.get("id"))
         force = bool(params.get("force"))
         async with self._core.lock(cid):
-            c = self._container(cid)
-            if c.state == RUNNING and not force:
-                raise ApiError(ErrorCode.CONFLICT, f"container {cid} is running; stop it first "
-                               "or use rm -f")
+            c = self._lifecycle.container(cid)
+            if c.state in (RUNNING, RESTARTING) and not force:
+                raise ApiError(ErrorCode.CONFLICT, f"container {cid} is {c.state}; stop it "
+                               "first or use rm -f")
+            if not (c.state == STOPPED and (c.stopped_by_user or stopped_for_good(c))):
+                # durable first: no policy restart may follow the removal's kill
+                await self._core.append([("container.stop", cid, {"reason": "rm"})])
+                c = self._lifecycle.container(cid)
             if c.state != STOPPED:
                 link = self._core.shims.expect_end(cid)
                 try:
@@ -305,22 +220,24 @@ class Commands:
                 self._core.shims.forget(link)
             else:
                 await self._core.shims.retire(cid)
-            c = self._container(cid)
+            c = self._lifecycle.container(cid)
             if c.state == RUNNING:  # shim unreachable and the task outlived it
                 if c.pid:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(c.pid, signal_mod.SIGKILL)
-                await self._stopped(cid, c.instance, RECORD_GRACE)
+                await self._lifecycle.wait_stopped(cid, c.instance, RECORD_GRACE)
             await self._core.append([("container.delete", cid, {})])
             await trio.to_thread.run_sync(
                 lambda: shutil.rmtree(self._root / "shims" / cid, ignore_errors=True))
         self._core.forget_locks(cid)
 
     async def wait(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The exit once the container is stopped for good (an exit the policy restarts is
+        not the end: docker's ``wait`` with a restart policy)."""
         cid = check_id(params.get("id"))
-        c: Container | None = self._container(cid)
-        if c is not None and c.state != STOPPED:
-            c = await self._wait_stopped(cid, None)
+        c: Container | None = self._lifecycle.container(cid)
+        if c is not None and not stopped_for_good(c):
+            c = await self._lifecycle.wait_stopped(cid, None, for_good=True)
         if c is None:
             raise ApiError(ErrorCode.NOT_FOUND, f"container {cid} was removed while waiting")
         return exit_fields(c)
@@ -336,7 +253,7 @@ class Commands:
 
     async def inspect(self, params: dict[str, Any]) -> dict[str, Any]:
         cid = check_id(params.get("id"))
-        c = self._container(cid)
+        c = self._lifecycle.container(cid)
         since = max(0, c.create_seq - 1)
         last = self._core.state.last_seq
 
@@ -354,10 +271,33 @@ class Commands:
         except Exception as exc:  # compacted or unreadable: still answer
             hist = []
             log.warning("inspect: history unavailable", id=cid, error=str(exc))
+        restart = restart_spec(c)
         return {**self._row(c), "spec": c.spec, "instance": c.instance,
                 "shim_pid": c.shim_pid, "address": c.address, "signal": c.signal,
                 "exit_reason": c.exit_reason, "oom": c.oom, "lost": c.lost,
+                "restart": {"policy": restart["policy"], "max_retries": restart["max_retries"],
+                            "attempt": c.attempt, "start_at": c.start_at,
+                            "gave_up": c.gave_up, "stopped_by_user": c.stopped_by_user,
+                            "by": c.restart_by, "reason": c.restart_reason},
+                "health": await self._health(c),
                 "history": hist}
+
+    async def _health(self, c: Container) -> dict[str, Any] | None:
+        """``inspect``'s health: the record's status, and the last results from the shim
+        (it keeps them; none when it cannot be reached)."""
+        if not c.spec.get("health"):
+            return None
+        results: list[Any] = []
+        if c.state != STOPPED:
+            try:
+                with trio.move_on_after(HEALTH_LOG_TIMEOUT):
+                    state = await self._core.shims.call(c.id, "state")
+                    health = state.get("health") if isinstance(state, dict) else None
+                    if isinstance(health, dict) and isinstance(health.get("log"), list):
+                        results = health["log"]
+            except ApiError:
+                pass
+        return {"status": c.health, "failing_streak": c.failing_streak, "log": results}
 
     async def status(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "pid": os.getpid(), "uptime": self._core.uptime(),
@@ -407,7 +347,7 @@ class Commands:
         cwd = params.get("cwd")
         if cwd is not None and not isinstance(cwd, str):
             raise ApiError(ErrorCode.INVALID, "exec cwd must be a path string")
-        c = self._container(cid)
+        c = self._lifecycle.container(cid)
         if self._core.shown_state(c) != RUNNING:
             raise ApiError(ErrorCode.CONFLICT, f"container {cid} is "
                            f"{self._core.shown_state(c)}; exec needs a running container")
@@ -436,12 +376,3 @@ class Commands:
         finally:
             with trio.CancelScope(shield=True):
                 await chan.aclose()
-
-
-def _task_create_data(ready: Ready, instance: str) -> dict[str, Any]:
-    """``task.create`` from the shim's ready line (``created_at``: the shim's clock)."""
-    data: dict[str, Any] = {"pid": ready.get("task_pid"), "shim_pid": ready.get("pid"),
-                            "address": ready.get("address"), "instance": instance}
-    if isinstance(ready.get("created_at"), int):
-        data["created_at"] = ready["created_at"]
-    return data

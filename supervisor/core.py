@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 import trio
 
+from events import procfs
 from events.domain import ContainerState, ErrorCode, EventType
 from events.model import Event
 from supervisor import projection
@@ -41,6 +42,12 @@ VERSION = "0.1.0"
 
 T = TypeVar("T")
 Item = tuple[str, str, dict[str, Any]]
+
+#: The events a shim reports (docs/design.md, sections 7 and 8); the others are the daemon's.
+SHIM_TYPES = frozenset({
+    EventType.TASK_CREATE, EventType.TASK_START, EventType.TASK_EXIT, EventType.TASK_OOM,
+    EventType.TASK_EXEC_START, EventType.TASK_EXEC_EXIT, EventType.CONTAINER_RESTART,
+    EventType.CONTAINER_GIVEUP, EventType.CONTAINER_HEALTH, EventType.SHIM_LOST})
 
 
 class Config:
@@ -90,6 +97,10 @@ class Core:
         self._shutdown = trio.Event()
         #: events the projection skipped since the start (logged one by one)
         self.skipped = 0
+        #: this boot's id (:func:`events.procfs.boot_id`): a task created under another one
+        #: ended with that boot
+        self.boot_id = procfs.boot_id()
+        self._on_shim_gone: Callable[[str, str], None] | None = None
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -170,14 +181,25 @@ class Core:
         legal right now (the daemon already recorded it another way, e.g. ``task.start`` after
         the ``start`` command) is not appended either.
         """
+        if etype not in SHIM_TYPES:
+            log.warning("a shim reported an event only the daemon writes; dropped", id=cid,
+                        type=etype)
+            return None
+        if etype == EventType.TASK_CREATE:
+            data = {**data, "boot_id": self.boot_id}
+
         def new_and_legal(state: projection.State) -> bool:
             if projection.is_duplicate(state, cid, data):
                 return False
             c = state.containers.get(cid)
             if c is None or (data.get("instance") and c.instance != data.get("instance")):
                 return False
-            if etype == EventType.TASK_CREATE:  # the daemon recorded it when it created it
-                return False
+            if etype == EventType.TASK_CREATE:
+                # the shim's next task after its own restart decision; a first task was
+                # recorded by the daemon when it started the shim
+                return c.state == ContainerState.RESTARTING
+            if etype == EventType.CONTAINER_RESTART and (c.stopped_by_user or c.gave_up):
+                return False  # the stop by hand came first: it is final
             if etype in projection.LIFECYCLE_TYPES:
                 return (c.state, etype) in projection.TRANSITIONS
             return True
@@ -218,6 +240,14 @@ class Core:
 
     def link_ended(self, link: ShimLink) -> None:
         self.shims.link_ended(link)
+
+    def on_shim_gone(self, handler: Callable[[str, str], None]) -> None:
+        """Who decides once a shim is gone (:class:`supervisor.supervision.Supervision`)."""
+        self._on_shim_gone = handler
+
+    def shim_gone(self, cid: str, instance: str) -> None:
+        if self._on_shim_gone is not None:
+            self._on_shim_gone(cid, instance)
 
     # -- recovery ------------------------------------------------------------------------------
 

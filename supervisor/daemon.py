@@ -8,6 +8,8 @@ Services, all in one trio nursery (nothing runs unowned):
   events, appended exactly once, then acknowledged) and the shim launcher
   (:class:`~supervisor.launcher.ShimLauncher`), a preloaded fork server that starts shims much
   faster than a fresh interpreter; restarted if it dies, ``shim start`` meanwhile;
+* supervision (:class:`~supervisor.supervision.Supervision`): the restarts the daemon decides
+  and carries out where no shim exists (after a reboot, after a lost shim's task ended);
 * recovery's reconciliation, and the snapshotter;
 * signal handling: SIGTERM/SIGINT (or the ``shutdown`` method) stop serving, append
   ``supervisor.stop``, write a snapshot and exit. Containers keep running: the shims are
@@ -32,8 +34,10 @@ from supervisor import compat as compat_mod
 from supervisor import logsetup, recovery
 from supervisor.commands import Commands
 from supervisor.core import VERSION, Config, Core
+from supervisor.lifecycle import Lifecycle
 from supervisor.paths import default_root
 from supervisor.server import Server, bind_api_socket
+from supervisor.supervision import Supervision
 
 __all__ = ["main", "run"]
 
@@ -95,14 +99,19 @@ async def run(config: Config, compat: compat_mod.Compat | None = None) -> int:
         core = Core(config, eventlog, state, snapshot_seq)
         # from the first request on: reconcile_all ends it
         core.begin_reconciling(recovery.to_reconcile(state))
-        commands = Commands(core)
+        lifecycle = Lifecycle(core)
+        supervision = Supervision(core, lifecycle)
+        commands = Commands(core, lifecycle)
         compat.install(core, commands)
         if commands.missing():  # the method table and the handlers are one: a bug otherwise
             raise RuntimeError(f"methods without a handler: {commands.missing()}")
         sock, gid = bind_api_socket(paths.socket, config.group)
         server = Server(core, commands, gid)
+        # the boot of the daemon that ran before (before our own supervisor.start replaces it)
+        previous = state.daemon.get("start", {}).get("boot_id")
         try:
-            await _serve(core, server, sock, compat)
+            await _serve(core, supervision, server, sock, compat,
+                         previous if isinstance(previous, str) else None)
         finally:
             sock.close()
             with contextlib.suppress(OSError):
@@ -113,22 +122,24 @@ async def run(config: Config, compat: compat_mod.Compat | None = None) -> int:
     return 0
 
 
-async def _serve(core: Core, server: Server, sock: socket.socket,
-                 compat: compat_mod.Compat) -> None:
+async def _serve(core: Core, supervision: Supervision, server: Server, sock: socket.socket,
+                 compat: compat_mod.Compat, previous_boot: str | None) -> None:
     async with trio.open_nursery() as outer:
         await outer.start(core.writer.run)
         try:
             await core.append([("supervisor.start", "", {"pid": os.getpid(),
                                                          "version": VERSION,
-                                                         "root": str(core.paths.root)})])
+                                                         "root": str(core.paths.root),
+                                                         "boot_id": core.boot_id})])
             log.info("supervisord started", pid=os.getpid(), root=str(core.paths.root),
                      socket=str(core.paths.socket), last_seq=core.state.last_seq,
                      containers=len(core.state.containers))
             async with trio.open_nursery() as services:
                 await services.start(core.shims.run)
+                await services.start(supervision.run)
                 await services.start(server.serve, sock)
                 await services.start(compat.serve)  # ROOT/supervisor.sock, --config
-                services.start_soon(recovery.reconcile_all, core)
+                services.start_soon(recovery.reconcile_all, core, supervision, previous_boot)
                 services.start_soon(recovery.snapshotter, core)
                 await _until_stop(core)
                 services.cancel_scope.cancel()

@@ -5,13 +5,16 @@ each event the shim reports is appended (deduplicated by ``(instance, shim_seq)`
 then acknowledged on the same connection, so a crash anywhere in between re-delivers it and the
 projection's memory of shim seqs makes the second delivery a no-op.
 
-When the connection ends without our asking (the shim was SIGKILLed, or crashed), the shim's
-exit file decides: if it holds this instance's exit, that exit is appended; otherwise the
-daemon appends ``shim.lost`` and watches the container's pid through a pidfd so that its end
-is still recorded (as ``task.exit`` with ``exit_status`` None and a ``reason``).
+When the connection ends without our asking, the shim either exited by itself (its container
+stopped for good and every event acknowledged: normal) or was lost (SIGKILLed, or crashed).
+The shim's exit file decides what is known: if it holds this instance's exit, that exit is
+appended; otherwise, for a task that may still run, the daemon appends ``shim.lost`` and
+watches the container's pid through a pidfd so that its end is still recorded (as
+``task.exit`` with ``exit_status`` None and a ``reason``). Then the daemon is told the shim is
+gone: where no shim exists, the daemon is the one that applies the restart policy.
 
 A link knows the daemon only through :class:`LinkHost`: the container's record, the append of
-a shim's event, and the news that the link ended.
+a shim's event, and the news that the link ended or its shim is gone.
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ class LinkHost(Protocol):
     def link_ended(self, link: ShimLink) -> None:
         """The link's task is over."""
 
+    def shim_gone(self, cid: str, instance: str) -> None:
+        """The shim ``instance`` is gone and what is known of its task's end is recorded
+        (the host acts in its own tasks: this link is about to end)."""
+
 
 class ShimLink:
     """The daemon's connection to one shim (one task in the daemon's nursery).
@@ -74,6 +81,8 @@ class ShimLink:
         self.caught_up = trio.Event()
         self.cancel_scope = trio.CancelScope()
         self.gone = trio.Event()
+        #: the shim that answered is another instance than this link's (see _consume)
+        self.stranger = False
 
     def close(self) -> None:
         """Stop consuming: the daemon retires this shim (its end is expected)."""
@@ -136,6 +145,14 @@ class ShimLink:
                 rid = message.get("id")
                 if rid == 1:
                     result = message.get("result") or {}
+                    if result.get("instance", self.instance) != self.instance:
+                        # an unrecorded shim (a start the daemon died in) sits in the
+                        # directory: it is not ours, and ours is gone
+                        log.warning("another shim answers in the container's directory",
+                                    id=self.cid, instance=result.get("instance"),
+                                    expected=self.instance)
+                        self.stranger = True
+                        return
                     seq, acked = result.get("seq", 0), result.get("acked", 0)
                     target = seq if isinstance(seq, int) and seq > (acked or 0) else 0
                     if target == 0:
@@ -164,7 +181,8 @@ class ShimLink:
             return
 
     async def _shim_gone(self) -> None:
-        """The connection ended (or never came) without a delete: exit file or shim.lost."""
+        """The connection ended (or never came) without a delete: record what is known of
+        the task's end (exit file, or shim.lost and the pid's end), then tell the host."""
         host = self.host
         cid = self.cid
         if self._current() is None:
@@ -172,9 +190,22 @@ class ShimLink:
         record = shim_api.read_exit_file(shim_api.shim_dir(host.root, cid))
         if record and record.get("instance") == self.instance:
             await host.record_shim_event(cid, "task.exit", exit_data(record))
-            return
         c = self._current()
-        if c is None or c.state == ContainerState.STOPPED:
+        if c is None:
+            return
+        if c.state == ContainerState.STOPPED:  # nothing runs (and the shim may have exited
+            self.caught_up.set()               # by itself: stopped for good, all acked)
+            host.shim_gone(cid, self.instance)
+            return
+        if c.state == ContainerState.RESTARTING:  # lost during its back-off: no task runs
+            if not c.lost:
+                log.warning("shim lost during a back-off", id=cid)
+                await host.record_shim_event(cid, "shim.lost", {
+                    "reason": "the shim's connection closed during its back-off",
+                    "instance": self.instance, "pid": None, "task_alive": False,
+                    "task_starttime": None, "state": c.state})
+            self.caught_up.set()
+            host.shim_gone(cid, self.instance)
             return
         pid = c.pid
         started = c.lost_starttime
@@ -188,6 +219,7 @@ class ShimLink:
                 "task_starttime": started, "state": c.state})
         self.caught_up.set()
         await watch_lost_task(host, cid, self.instance, pid, started)
+        host.shim_gone(cid, self.instance)
 
 
 async def watch_lost_task(host: LinkHost, cid: str, instance: str, pid: int | None,

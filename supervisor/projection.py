@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from events.domain import ContainerState, EventType, known
+from events.domain import ContainerState, EventType, HealthStatus, known
 from events.model import Event
 
 if TYPE_CHECKING:
@@ -46,18 +46,29 @@ __all__ = [
 
 CREATED = ContainerState.CREATED
 RUNNING = ContainerState.RUNNING
+RESTARTING = ContainerState.RESTARTING
 STOPPED = ContainerState.STOPPED
 
-#: The lifecycle of a container. ``None`` is "no such container" (never created, or deleted:
-#: ``rm`` frees the id). A stopped container gets a new task (``task.create``) on restart.
+#: The lifecycle of a container (docs/design.md, section 8). ``None`` is "no such container"
+#: (never created, or deleted: ``rm`` frees the id).
 TRANSITIONS: dict[tuple[ContainerState | None, str], ContainerState | None] = {
     (None, EventType.CONTAINER_CREATE): CREATED,
-    (CREATED, EventType.TASK_CREATE): CREATED,
-    (STOPPED, EventType.TASK_CREATE): CREATED,
+    (CREATED, EventType.TASK_CREATE): CREATED,     # the first task, with the create
+    (STOPPED, EventType.TASK_CREATE): CREATED,     # start or restart by command: a new shim
+    (RESTARTING, EventType.TASK_CREATE): CREATED,  # a restart decided before, carried out
     (CREATED, EventType.TASK_START): RUNNING,
-    (CREATED, EventType.TASK_EXIT): STOPPED,     # killed before start, or exec failed (127)
+    (CREATED, EventType.TASK_EXIT): STOPPED,       # killed before start, or exec failed (127)
     (RUNNING, EventType.TASK_EXIT): STOPPED,
     (STOPPED, EventType.TASK_DELETE): STOPPED,
+    (STOPPED, EventType.CONTAINER_RESTART): RESTARTING,  # a restart is decided: the back-off
+    # a stop by hand is durable and final: recorded before the stop begins (it changes no
+    # state but "stopped by hand"), and during a back-off it cancels the restart
+    (CREATED, EventType.CONTAINER_STOP): CREATED,
+    (RUNNING, EventType.CONTAINER_STOP): RUNNING,
+    (STOPPED, EventType.CONTAINER_STOP): STOPPED,
+    (RESTARTING, EventType.CONTAINER_STOP): STOPPED,
+    (STOPPED, EventType.CONTAINER_GIVEUP): STOPPED,
+    (RESTARTING, EventType.CONTAINER_GIVEUP): STOPPED,  # the daemon could not start the task
     (CREATED, EventType.CONTAINER_DELETE): None,
     (STOPPED, EventType.CONTAINER_DELETE): None,
 }
@@ -65,11 +76,11 @@ TRANSITIONS: dict[tuple[ContainerState | None, str], ContainerState | None] = {
 #: Types that move a container through :data:`TRANSITIONS`; other types only annotate it.
 LIFECYCLE_TYPES = frozenset(t for _, t in TRANSITIONS)
 
-_ANY = frozenset({CREATED, RUNNING, STOPPED})
+_ANY = frozenset({CREATED, RUNNING, RESTARTING, STOPPED})
 #: Container types that annotate without moving the lifecycle, and the states they are legal in.
 ANNOTATIONS: dict[str, frozenset[ContainerState]] = {
     EventType.CONTAINER_UPDATE: _ANY,
-    EventType.CONTAINER_RESTART: _ANY,
+    EventType.CONTAINER_HEALTH: _ANY,
     EventType.TASK_OOM: _ANY,
     EventType.SHIM_LOST: _ANY,
     # stopped too: the shim may deliver an exec's start after the init's exit (they raced)
@@ -115,6 +126,25 @@ class Container(Mapping[str, Any]):
     lost_starttime: int | None = None
     #: instance -> the highest ``shim_seq`` applied (the deduplication of shim events)
     seen: Mapping[str, int] = field(default_factory=dict)
+    #: the kernel's boot id when the current task was created (a reboot ends every task)
+    boot_id: str | None = None
+    #: a ``stop`` or ``rm`` was recorded: no policy restart follows (until a start by command)
+    stopped_by_user: bool = False
+    #: the policy gave up (``on-failure:MAX``): no policy restart follows (until a new task)
+    gave_up: bool = False
+    #: restarts in a row, as the latest ``container.restart`` counted them (0: by command)
+    attempt: int = 0
+    #: when the decided restart's task starts (unix ns; while ``restarting``)
+    start_at: int | None = None
+    #: who decided the latest restart or give-up (``shim``, ``daemon``, ``user``), and why
+    restart_by: str | None = None
+    restart_reason: str | None = None
+    #: the daemon created this task to carry out a restart: it also starts it (recovery
+    #: finishes that start when the daemon died in between)
+    autostart: bool = False
+    #: the health check's status (None: no check, or no task) and failures in a row
+    health: HealthStatus | None = None
+    failing_streak: int = 0
 
     def evolve(self, **changes: Any) -> Container:
         """A copy with ``changes``: what :func:`dataclasses.replace` does, without its
@@ -145,6 +175,8 @@ class Container(Mapping[str, Any]):
         newer one added are dropped (raises ``KeyError``/``ValueError`` for a broken map)."""
         known_fields = {k: v for k, v in record.items() if k in _FIELDS}
         known_fields["state"] = ContainerState(record["state"])
+        if record.get("health") is not None:
+            known_fields["health"] = HealthStatus(record["health"])
         return cls(**known_fields)
 
 
@@ -160,8 +192,9 @@ class State:
     #: pid/time of the daemon's latest ``supervisor.start`` / ``supervisor.stop`` (for ``info``)
     daemon: Mapping[str, Any] = field(default_factory=dict)
 
-    #: The version of :meth:`to_dict`'s map; :meth:`from_dict` reads this one and older ones.
-    VERSION = 1
+    #: The version of :meth:`to_dict`'s map; :meth:`from_dict` reads this one and older ones
+    #: (2: supervision's fields and the ``restarting`` state; 1: containers as plain maps).
+    VERSION = 2
 
     def to_dict(self) -> dict[str, Any]:
         return {"v": self.VERSION, "last_seq": self.last_seq,
@@ -241,20 +274,43 @@ def _annotate(old: Container | None, target: ContainerState, event: Event) -> Co
     if etype == EventType.TASK_CREATE:
         if old.instance is None and isinstance(d.get("created_at"), int):
             changes["created"] = d["created_at"]  # the first task: the shim's clock
-        changes.update(pid=d.get("pid"), shim_pid=d.get("shim_pid"), address=d.get("address"),
-                       instance=instance, started=None, finished=None, exit_status=None,
-                       signal=None, exit_reason=None, lost=False)
+        changes.update(pid=d.get("pid"), shim_pid=d.get("shim_pid", old.shim_pid),
+                       address=d.get("address", old.address),
+                       instance=instance if isinstance(instance, str) else old.instance,
+                       started=None, finished=None, exit_status=None, signal=None,
+                       exit_reason=None, lost=False, lost_starttime=None,
+                       boot_id=d.get("boot_id"), gave_up=False, start_at=None,
+                       autostart=bool(d.get("start")), health=None, failing_streak=0)
+        if old.state == STOPPED:  # a start by command: the stop by hand is over
+            changes["stopped_by_user"] = False
     elif etype == EventType.TASK_START:
         changes["pid"] = d.get("pid", old.pid)
         # the shim's clock when present: exited_at is the shim's too, so the times of a
         # container that exits at once still read created <= started <= finished
         started_at = d.get("started_at")
         changes["started"] = started_at if isinstance(started_at, int) else event.time
+        changes["autostart"] = False
+        if old.spec.get("health"):
+            changes["health"] = HealthStatus.STARTING
     elif etype == EventType.TASK_EXIT:
         changes.update(exit_status=d.get("exit_status"), signal=d.get("signal"),
-                       finished=d.get("exited_at") or event.time, exit_reason=d.get("reason"))
+                       finished=d.get("exited_at") or event.time, exit_reason=d.get("reason"),
+                       autostart=False)
     elif etype == EventType.CONTAINER_RESTART:
-        changes["restarts"] = old.restarts + 1
+        by = d.get("by")
+        changes.update(restarts=old.restarts + 1, attempt=int(d.get("attempt") or 0),
+                       start_at=d.get("start_at"), restart_by=by,
+                       restart_reason=d.get("reason"))
+        if by == "user":
+            changes.update(stopped_by_user=False, gave_up=False)
+    elif etype == EventType.CONTAINER_STOP:
+        changes.update(stopped_by_user=True, start_at=None)
+    elif etype == EventType.CONTAINER_GIVEUP:
+        changes.update(gave_up=True, start_at=None, restart_by=d.get("by"),
+                       restart_reason=d.get("reason"))
+    elif etype == EventType.CONTAINER_HEALTH:
+        changes.update(health=HealthStatus(d["status"]),
+                       failing_streak=int(d.get("failing_streak") or 0))
     elif etype == EventType.CONTAINER_UPDATE:
         changes["spec"] = {**old.spec, **d.get("spec", {})}
     elif etype == EventType.TASK_OOM:

@@ -67,13 +67,14 @@ Times in results are unix nanoseconds (ints); supervisorctl renders them (RFC 33
 from __future__ import annotations
 
 from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT
+from events.policy import DEFAULT_RESTART
 
 #: ``ps`` row fields, in the order supervisorctl prints them (the ``--json`` promise of DESIGN.md).
 PS_FIELDS = ("id", "state", "pid", "exit_status", "restarts", "runtime", "created", "started",
              "finished")
 
 #: Container states shown to users. ``unknown`` until a recovered container is reconciled.
-STATES = ("created", "running", "stopped", "unknown")
+STATES = ("created", "running", "restarting", "stopped", "unknown")
 
 #: Fields of an exit result.
 EXIT_FIELDS = ("id", "pid", "exit_status", "signal", "exited_at")
@@ -97,7 +98,8 @@ SPEC_PARAMS: dict[str, object] = {
     "labels": {},
     "log_max_size": None,
     "log_keep": None,
-    "restart": None,       # events.policy.restart_spec: docker's string or a map (normalised)
+    "restart": DEFAULT_RESTART,  # docker's string ("on-failure:3") or a map: events.policy
+    "health": None,        # {"cmd", ...}: events.policy.health_spec
 }
 
 #: Every method and how it answers: ``"call"`` (one result) or ``"stream"`` (items, then an

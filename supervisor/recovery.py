@@ -1,16 +1,21 @@
 """Start-up: rebuild the state (snapshot + replay), then reconcile it with the shims on disk.
 
-Reconciliation, per container the log says is ``created`` or ``running`` (concurrently, at most
-``reconcile_concurrency`` at a time, so 1,000 containers take about as long as the slowest
-64-wide wave, not 1,000 round trips in a row):
+Reconciliation, per container (concurrently, at most ``reconcile_concurrency`` at a time, so
+1,000 containers take about as long as the slowest 64-wide wave, not 1,000 round trips in a
+row); ``created``, ``running`` and ``restarting`` ones show ``unknown`` in ``ps`` until done:
 
 1. its exit file, if it holds this task's exit, is appended (deduplicated by shim_seq: the
    shim may also still have it in its outbox);
-2. a link to the shim is started; a live shim replays every event it has not had
-   acknowledged, and the container stays ``unknown`` in ``ps`` until that backlog is durable;
-3. a shim that cannot be reached gives ``shim.lost`` (unless already recorded) and the
-   container's pid is watched through a pidfd; its end is recorded as ``task.exit`` with
-   ``exit_status`` None and a ``reason``.
+2. a task created in another boot ended with it: :class:`~supervisor.supervision.Supervision`
+   records its end and applies the policy (docker's rules after a reboot); nothing is linked;
+3. a ``created`` or ``running`` container's shim is linked; a live shim replays every event it
+   has not had acknowledged; a shim that cannot be reached gives ``shim.lost`` (unless already
+   recorded) and the container's pid is watched through a pidfd; its end is recorded as
+   ``task.exit`` with ``exit_status`` None and a ``reason``. A stop by hand the daemon died
+   in is sent again; a restart's task it died before starting is started;
+4. a ``restarting`` or ``stopped`` container's live shim is linked (it decides, or it waits for
+   its last events to be acknowledged before it exits); without one, the daemon carries out a
+   recorded restart, or makes the decision no shim made.
 
 Shim directories the log does not know (a crash between starting a shim and recording
 ``container.create``, or between recording ``container.delete`` and removing the directory)
@@ -35,6 +40,12 @@ from supervisor.shims import exit_data
 
 if TYPE_CHECKING:
     from supervisor.core import Core
+    from supervisor.projection import Container
+    from supervisor.supervision import Supervision
+
+CREATED = ContainerState.CREATED
+RUNNING = ContainerState.RUNNING
+RESTARTING = ContainerState.RESTARTING
 
 __all__ = ["StartupError", "load_state", "reconcile_all", "snapshotter", "to_reconcile",
            "write_snapshot_now"]
@@ -92,47 +103,74 @@ def load_state(eventlog: EventLog) -> tuple[projection.State, int]:
 
 
 def to_reconcile(state: projection.State) -> list[str]:
-    """The containers whose task may still run: those recovery reconciles."""
+    """The containers ``ps`` shows ``unknown`` until they are reconciled: those whose task may
+    still run, or whose restart may be under way."""
     return [cid for cid, c in state.containers.items()
-            if c.state in (ContainerState.CREATED, ContainerState.RUNNING)]
+            if c.state in (CREATED, RUNNING, RESTARTING)]
 
 
-async def reconcile_all(core: Core) -> None:
-    """Reconcile every container :meth:`Core.begin_reconciling` named, then end the shims the
-    log does not know; ``status`` says ``reconciling`` until this returns."""
+async def reconcile_all(core: Core, supervision: Supervision,
+                        previous_boot: str | None) -> None:
+    """Reconcile every container, then end the shims the log does not know; ``status`` says
+    ``reconciling`` until this returns. ``previous_boot``: the boot id the daemon that ran
+    before recorded (for tasks whose own ``task.create`` has none)."""
     t0 = time.monotonic()
-    ids = core.unreconciled()
+    ids = list(core.state.containers)
     limiter = trio.CapacityLimiter(core.config.reconcile_concurrency)
     try:
         async with trio.open_nursery() as nursery:
             for cid in ids:
-                nursery.start_soon(_reconcile_one, core, cid, limiter)
+                nursery.start_soon(_reconcile_one, core, supervision, previous_boot, cid,
+                                   limiter)
         await _end_unknown_shims(core)
     finally:
         core.end_reconciling()
     log.info("reconciled", containers=len(ids), seconds=round(time.monotonic() - t0, 3))
 
 
-async def _reconcile_one(core: Core, cid: str, limiter: trio.CapacityLimiter) -> None:
+async def _reconcile_one(core: Core, supervision: Supervision, previous_boot: str | None,
+                         cid: str, limiter: trio.CapacityLimiter) -> None:
     async with limiter:
         try:
             c = core.container(cid)
-            if c is None or c.state == ContainerState.STOPPED or c.instance is None:
+            if c is None or c.instance is None:
                 return
-            instance = c.instance
-            # a small local file: reading it inline is cheaper than a thread hop per container
-            record = shim_api.read_exit_file(shim_api.shim_dir(core.paths.root, cid))
-            if record and record.get("instance") == instance:
-                await core.record_shim_event(cid, "task.exit", exit_data(record))
-            link = core.shims.link(cid, instance)
-            with trio.move_on_after(CATCH_UP_TIMEOUT) as scope:
-                await link.caught_up.wait()
-            if scope.cancelled_caught:
-                log.warning("shim did not replay its backlog in time", id=cid)
+            if c.state in (CREATED, RUNNING):
+                # a small local file: reading it inline is cheaper than a thread hop each
+                record = shim_api.read_exit_file(shim_api.shim_dir(core.paths.root, cid))
+                if record and record.get("instance") == c.instance:
+                    await core.record_shim_event(cid, "task.exit", exit_data(record))
+                c = core.container(cid)
+            if c is None:
+                return
+            if supervision.rebooted(c, previous_boot):
+                await supervision.recover(cid, previous_boot)
+            elif c.state in (CREATED, RUNNING) or core.shims.alive(cid):
+                await _link(core, supervision, c)
+            else:
+                await supervision.recover(cid, previous_boot)
         except Exception as exc:  # one container's trouble must not stop the others
             log.exception("reconciliation failed", id=cid, error=repr(exc))
         finally:
             core.reconciled(cid)
+
+
+async def _link(core: Core, supervision: Supervision, c: Container) -> None:
+    """Link the container's shim and wait for its backlog; then finish what the daemon was
+    doing when it died (a stop by hand, the start of a restart's task)."""
+    assert c.instance is not None
+    link = core.shims.link(c.id, c.instance)
+    with trio.move_on_after(CATCH_UP_TIMEOUT) as scope:
+        await link.caught_up.wait()
+    if scope.cancelled_caught:
+        log.warning("shim did not replay its backlog in time", id=c.id)
+    now = core.container(c.id)
+    if now is None or link.gone.is_set():
+        return  # the link found the shim gone: it recorded that, and supervision decides
+    if now.stopped_by_user:
+        supervision.resend_stop(c.id)  # cheap when it is stopped: the shim answers at once
+    elif now.state == CREATED and now.autostart:
+        supervision.finish_start(c.id)
 
 
 async def _end_unknown_shims(core: Core) -> None:

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
+from events import shim_api
 from supervisor.errors import ApiError
 from supervisor.launcher import ShimLauncher
 from supervisor.links import LinkHost, ShimLink
-from supervisor.shims import Ready, call_shim, end_shim, spawn_shim
+from supervisor.shims import Ready, call_shim, end_shim, shim_alive, spawn_shim
 
 if TYPE_CHECKING:
     from supervisor.spec import Spec
@@ -111,3 +112,16 @@ class ShimRegistry:
         """End whatever runs in ``cid``'s shim directory and remove the directory
         (:func:`supervisor.shims.end_shim`): for shims the log does not know."""
         return await end_shim(self.root, cid)
+
+    async def end_task(self, cid: str) -> str:
+        """End the shim in ``cid``'s directory (and its task), keeping the directory: a shim
+        the log does not know, in the directory of a container it does (the logs stay)."""
+        link = self.expect_end(cid)
+        try:
+            return await end_shim(self.root, cid, remove=False)
+        finally:
+            self.forget(link)
+
+    def alive(self, cid: str) -> bool:
+        """Does a shim run in ``cid``'s directory (whichever instance)?"""
+        return shim_alive(shim_api.shim_dir(self.root, cid))

@@ -304,9 +304,10 @@ async def call_shim(root: Path, cid: str, method: str, **params: Any) -> Any:
         await chan.aclose()
 
 
-async def end_shim(root: Path, cid: str) -> str:
+async def end_shim(root: Path, cid: str, *, remove: bool = True) -> str:
     """End whatever runs in ``ROOT/shims/ID`` (delete with force; kill by pid if it does not
-    answer) and remove the directory. Returns what was done, for the log."""
+    answer) and, with ``remove``, remove the directory (else its logs stay). Returns what was
+    done, for the log."""
     directory = shim_api.shim_dir(root, cid)
     what = "removed an empty shim directory"
     try:
@@ -321,7 +322,8 @@ async def end_shim(root: Path, cid: str) -> str:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
             what = f"killed an unresponsive shim (pid {pid})"
-    await trio.to_thread.run_sync(lambda: shutil.rmtree(directory, ignore_errors=True))
+    if remove:
+        await trio.to_thread.run_sync(lambda: shutil.rmtree(directory, ignore_errors=True))
     return what
 
 

@@ -1,21 +1,41 @@
 """A container's spec as the API takes it: its shape (:class:`Spec`) and its validation.
 
 :func:`validate_spec` is the edge: whatever a client sends either becomes a complete, checked
-spec (every field present, defaults filled in) or an ``invalid`` error naming the field, before
-anything is created or touched on disk.
+spec (every field present, defaults filled in, ``restart`` and ``health`` normalised by
+:mod:`events.policy`) or an ``invalid`` error naming the field, before anything is created or
+touched on disk. Every number is checked to be finite and within a bound, so no ``inf``,
+``nan`` or ``1e308`` ever reaches a timer, a cgroup file or a shim.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypedDict, cast
+import math
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
-from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT, ErrorCode
+from events import policy
+from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT, ErrorCode, RestartPolicy
 from events.ids import InvalidId, validate_id
 from events.signals import InvalidSignal, parse_signal
 from supervisor import protocol
 from supervisor.errors import ApiError
 
-__all__ = ["Spec", "check_id", "signal_number", "timeout_param", "validate_spec"]
+if TYPE_CHECKING:
+    from events.domain import HealthSpec, RestartSpec
+
+__all__ = ["Spec", "check_id", "count_param", "seconds_param", "signal_number", "validate_spec"]
+
+#: Bounds of the limits: far above any real use, below anything that overflows the kernel's or
+#: msgpack's integers (memory: 4 EiB; pids: the kernel's PID_MAX_LIMIT; CPUs: a large host).
+MAX_MEMORY = 2**62
+MAX_PIDS = 4_194_304
+MAX_CPUS = 4096.0
+#: A log file's size (1 TiB) and how many rotated files are kept.
+MAX_LOG_SIZE = 2**40
+MAX_LOG_KEEP = 1000
+#: The namespaces the process runtime can unshare (shim/runtime_process.py's NAMESPACES).
+NAMESPACES = frozenset({"mount", "uts", "ipc", "net", "pid"})
+#: A uid or gid: 32 bits, without (uid_t)-1, which means "no change" to the kernel.
+MAX_ID = 2**32 - 2
 
 
 class Spec(TypedDict, total=False):
@@ -33,15 +53,20 @@ class Spec(TypedDict, total=False):
     memory: int | None
     cpus: float | None
     pids_limit: int | None
-    user: Any
+    user: dict[str, int] | None
     stop_signal: int
     stop_timeout: float
     labels: dict[str, str]
     log_max_size: int | None
     log_keep: int | None
-    restart: dict[str, Any] | None
+    restart: RestartSpec
+    health: HealthSpec | None
     namespaces: list[str]
     rlimits: dict[str, list[int]]
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(ErrorCode.INVALID, message)
 
 
 def check_id(value: object) -> str:
@@ -49,24 +74,47 @@ def check_id(value: object) -> str:
     try:
         return validate_id(value)
     except InvalidId as exc:
-        raise ApiError(ErrorCode.INVALID, str(exc)) from None
+        raise invalid(str(exc)) from None
 
 
 def signal_number(value: object) -> int:
     try:
         return parse_signal(value)
     except InvalidSignal as exc:
-        raise ApiError(ErrorCode.INVALID, str(exc)) from None
+        raise invalid(str(exc)) from None
 
 
-def timeout_param(params: dict[str, Any]) -> float | None:
-    """``params["timeout"]``: seconds >= 0, or None when absent."""
-    t = params.get("timeout")
-    if t is None:
+def seconds_param(params: dict[str, Any], key: str = "timeout") -> float | None:
+    """``params[key]``: finite seconds from 0 to :data:`events.policy.MAX_SECONDS`, or None
+    when absent."""
+    value = params.get(key)
+    if value is None:
         return None
-    if isinstance(t, bool) or not isinstance(t, int | float) or t < 0:
-        raise ApiError(ErrorCode.INVALID, f"timeout must be a number of seconds >= 0, got {t!r}")
-    return float(t)
+    try:
+        return policy.seconds(value, key)
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+
+
+def count_param(params: dict[str, Any], key: str, *, maximum: int = 2**63 - 1
+                ) -> int | None:
+    """``params[key]``: a whole number from 0 to ``maximum``, or None when absent."""
+    value = params.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise invalid(f"{key} must be a whole number from 0 to {maximum}, got {value!r}")
+    return value
+
+
+def _whole(spec: dict[str, Any], key: str, lowest: int, highest: int) -> int | None:
+    value = spec.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
+        raise invalid(f"spec.{key} must be a whole number from {lowest} to {highest}, got "
+                      f"{value!r}")
+    return value
 
 
 def _is_argv(command: object) -> bool:
@@ -74,47 +122,109 @@ def _is_argv(command: object) -> bool:
             and all(isinstance(a, str) and "\0" not in a for a in command))
 
 
-def _is_env(env: object) -> bool:
-    return isinstance(env, dict) and all(isinstance(k, str) and k and "=" not in k
-                                         and isinstance(v, str) for k, v in env.items())
+def _is_str_map(value: object, keys_are_names: bool = False) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str)
+        and (not keys_are_names or (k and "=" not in k and "\0" not in k)) and "\0" not in v
+        for k, v in value.items())
+
+
+def _user(value: object) -> dict[str, int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"uid", "gid"} or "uid" not in value:
+        raise invalid(f"spec.user must be {{'uid': n}} or {{'uid': n, 'gid': n}}, got {value!r}")
+    out: dict[str, int] = {}
+    for key, number in value.items():
+        if isinstance(number, bool) or not isinstance(number, int) or not 0 <= number <= MAX_ID:
+            raise invalid(f"spec.user.{key} must be a whole number from 0 to {MAX_ID}, got "
+                          f"{number!r}")
+        out[key] = number
+    return out
+
+
+def _rlimits(value: object) -> dict[str, list[int]]:
+    if not isinstance(value, dict):
+        raise invalid(f"spec.rlimits must map names (nofile, nproc, ...) to [soft, hard], got "
+                      f"{value!r}")
+    out: dict[str, list[int]] = {}
+    for name, pair in value.items():
+        if (not isinstance(name, str) or not name.isalpha() or not isinstance(pair, list)
+                or len(pair) != 2 or not all(isinstance(n, int) and not isinstance(n, bool)
+                                             and 0 <= n < 2**63 for n in pair)
+                or pair[0] > pair[1]):
+            raise invalid(f"spec.rlimits.{name}: must be [soft, hard], whole numbers with "
+                          f"soft <= hard, got {pair!r}")
+        out[name] = list(pair)
+    return out
+
+
+def _namespaces(value: object) -> list[str]:
+    if (not isinstance(value, list)
+            or not all(isinstance(n, str) and n in NAMESPACES for n in value)):
+        raise invalid(f"spec.namespaces must be a list of {sorted(NAMESPACES)}, got {value!r}")
+    return list(value)
+
+
+def _supervision(spec: dict[str, Any]) -> tuple[RestartSpec, HealthSpec | None]:
+    try:
+        restart = policy.restart_spec(spec.get("restart"), "spec.restart")
+        health = policy.health_spec(spec.get("health"), "spec.health")
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+    if health is not None and health["restart"] and restart["policy"] == RestartPolicy.NO:
+        raise invalid("spec.health.restart (--health-restart) restarts through the restart "
+                      "policy: give one other than 'no' (e.g. restart: on-failure)")
+    return restart, health
 
 
 def validate_spec(spec: object) -> Spec:
+    """The complete, checked spec of ``spec`` (a client's map), or ``invalid`` naming the
+    first bad field."""
     if not isinstance(spec, dict):
-        raise ApiError(ErrorCode.INVALID, "params.spec must be a map (see "
-                       "supervisor.protocol.SPEC_PARAMS)")
+        raise invalid("params.spec must be a map (see supervisor.protocol.SPEC_PARAMS)")
     unknown = set(spec) - set(protocol.SPEC_PARAMS) - {"namespaces", "rlimits"}
     if unknown:
-        raise ApiError(ErrorCode.INVALID, f"unknown spec fields {sorted(unknown)}; known: "
-                       f"{sorted(protocol.SPEC_PARAMS)}")
+        raise invalid(f"unknown spec fields {sorted(unknown)}; known: "
+                      f"{sorted(protocol.SPEC_PARAMS)}")
     if not _is_argv(spec.get("command")):
-        raise ApiError(ErrorCode.INVALID, "spec.command must be a non-empty list of strings "
-                       "(argv)")
-    if not _is_env(spec.get("env") or {}):
-        raise ApiError(ErrorCode.INVALID, "spec.env must map names (without '=') to strings")
+        raise invalid("spec.command must be a non-empty list of strings (argv)")
+    if not _is_str_map(spec.get("env") or {}, keys_are_names=True):
+        raise invalid("spec.env must map names (without '=') to strings")
+    if not _is_str_map(spec.get("labels") or {}):
+        raise invalid("spec.labels must map strings to strings")
     for key in ("cwd", "rootfs", "bundle"):
-        if spec.get(key) is not None and not isinstance(spec[key], str):
-            raise ApiError(ErrorCode.INVALID, f"spec.{key} must be a path string")
+        value = spec.get(key)
+        if value is not None and (not isinstance(value, str) or "\0" in value):
+            raise invalid(f"spec.{key} must be a path string")
     runtime = spec.get("runtime") or "process"
-    if not isinstance(runtime, str):
-        raise ApiError(ErrorCode.INVALID, "spec.runtime must be a string")
-    for key in ("memory", "pids_limit", "cpus"):
-        v = spec.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v <= 0
-                              or (key != "cpus" and not isinstance(v, int))):
-            kind = "a number" if key == "cpus" else "a whole number"
-            raise ApiError(ErrorCode.INVALID, f"spec.{key} must be {kind} above 0, got {v!r}")
-    st = spec.get("stop_timeout", DEFAULT_STOP_TIMEOUT)
-    if isinstance(st, bool) or not isinstance(st, int | float) or st < 0:
-        raise ApiError(ErrorCode.INVALID, "spec.stop_timeout must be a number >= 0")
+    if not isinstance(runtime, str) or "\0" in runtime:
+        raise invalid("spec.runtime must be a string")
+    if spec.get("init") is not None and not isinstance(spec.get("init"), bool):
+        raise invalid(f"spec.init must be true or false, got {spec.get('init')!r}")
     out: dict[str, Any] = dict(protocol.SPEC_PARAMS)
     out.update(spec)
+    out["memory"] = _whole(spec, "memory", 1, MAX_MEMORY)
+    out["pids_limit"] = _whole(spec, "pids_limit", 1, MAX_PIDS)
+    out["log_max_size"] = _whole(spec, "log_max_size", 1, MAX_LOG_SIZE)
+    out["log_keep"] = _whole(spec, "log_keep", 0, MAX_LOG_KEEP)
+    cpus = spec.get("cpus")
+    if cpus is not None:
+        if (isinstance(cpus, bool) or not isinstance(cpus, int | float)
+                or not math.isfinite(cpus) or not 0 < cpus <= MAX_CPUS):
+            raise invalid(f"spec.cpus must be a number of CPUs above 0 and at most "
+                          f"{MAX_CPUS:g}, got {cpus!r}")
+        out["cpus"] = float(cpus)
+    try:
+        out["stop_timeout"] = policy.seconds(spec.get("stop_timeout", DEFAULT_STOP_TIMEOUT),
+                                             "spec.stop_timeout")
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
     out["stop_signal"] = signal_number(spec.get("stop_signal") or DEFAULT_STOP_SIGNAL)
-    if spec.get("restart") is not None:
-        from events.policy import restart_spec
-
-        try:
-            out["restart"] = dict(restart_spec(spec["restart"], "spec.restart"))
-        except ValueError as exc:
-            raise ApiError(ErrorCode.INVALID, str(exc)) from None
+    out["user"] = _user(spec.get("user"))
+    if "rlimits" in spec:
+        out["rlimits"] = _rlimits(spec["rlimits"])
+    if "namespaces" in spec:
+        out["namespaces"] = _namespaces(spec["namespaces"])
+    out["restart"], out["health"] = _supervision(spec)
     return cast(Spec, out)  # every key was checked above

@@ -22,10 +22,11 @@ from typing import IO, TYPE_CHECKING, Any
 import trio
 
 from events import shim_api
-from events.domain import ContainerState, ErrorCode
+from events.domain import ErrorCode
 from events.filters import make_filter
 from events.model import Event
 from events.timefmt import parse_rfc3339
+from supervisor.decide import stopped_for_good
 from supervisor.errors import ApiError
 from supervisor.spec import check_id
 from supervisor.subscribers import TooSlow
@@ -207,7 +208,7 @@ class Streams:
                         f = None
                         continue
                 c = self.core.container(cid)
-                if c is None or c.state == ContainerState.STOPPED:
+                if c is None or stopped_for_good(c):
                     return  # the shim drains the output before it records the exit
                 await trio.sleep(LOG_POLL)
         finally:

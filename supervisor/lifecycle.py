@@ -1,0 +1,185 @@
+"""A container's task operations, shared by the API's commands and the daemon's supervision.
+
+Each method expects its caller to hold the container's lock (:meth:`Core.lock`), and records
+before it acts where a crash could otherwise double or lose something:
+
+* :meth:`Lifecycle.stop` appends ``container.stop`` *before* it asks the shim to stop, so no
+  policy restart can follow a stop by hand, even when the daemon dies in the middle (recovery
+  sends the stop again);
+* :meth:`Lifecycle.new_task` starts a shim, then records ``task.create`` (with whatever
+  decision led to it, in the same append); a shim the daemon started but did not record is
+  ended at the next start-up, since no one was told of it;
+* :meth:`Lifecycle.start` replies once ``task.start`` is durable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+import trio
+
+from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT, ContainerState, ErrorCode
+from supervisor.core import Core, Item
+from supervisor.decide import stopped_for_good
+from supervisor.errors import ApiError
+from supervisor.projection import Container, State
+from supervisor.shims import Ready, exit_data, new_instance
+
+__all__ = ["RECORD_GRACE", "Lifecycle", "task_create_data"]
+
+log = structlog.get_logger("supervisord.lifecycle")
+
+CREATED = ContainerState.CREATED
+RUNNING = ContainerState.RUNNING
+STOPPED = ContainerState.STOPPED
+
+#: How long ``stop`` waits for the exit to be recorded once its shim replied, and past the
+#: grace time when the shim is gone and the exit comes from the pid's end: the record's
+#: append (an fdatasync) and the link's wake-up, with room for a loaded machine.
+RECORD_GRACE = 10.0
+
+
+def task_create_data(ready: Ready, instance: str, boot_id: str) -> dict[str, Any]:
+    """``task.create`` from the shim's ready line (``created_at``: the shim's clock)."""
+    data: dict[str, Any] = {"pid": ready.get("task_pid"), "shim_pid": ready.get("pid"),
+                            "address": ready.get("address"), "instance": instance,
+                            "boot_id": boot_id}
+    if isinstance(ready.get("created_at"), int):
+        data["created_at"] = ready["created_at"]
+    return data
+
+
+class Lifecycle:
+    """Stop, create, start and retire tasks (see the module's docstring)."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def container(self, cid: str) -> Container:
+        c = self.core.container(cid)
+        if c is None:
+            raise ApiError(ErrorCode.NOT_FOUND, f"no container {cid!r}; see "
+                           "`supervisorctl ps -a`")
+        return c
+
+    # -- waiting -------------------------------------------------------------------------------
+
+    async def wait_stopped(self, cid: str, instance: str | None,
+                           timeout: float | None = None, *, for_good: bool = False
+                           ) -> Container | None:
+        """Until the projection shows this task stopped (``for_good``: and no restart will
+        follow); None if the container was removed meanwhile."""
+        def done(state: State) -> tuple[Container | None] | None:
+            c = state.containers.get(cid)
+            if c is None:
+                return (None,)
+            if c.state != STOPPED or (instance is not None and c.instance != instance):
+                return None
+            if for_good and not stopped_for_good(c):
+                return None
+            return (c,)
+
+        if timeout is None:
+            return (await self.core.wait_until(done))[0]
+        with trio.move_on_after(timeout):
+            return (await self.core.wait_until(done))[0]
+        raise ApiError(ErrorCode.UNAVAILABLE, f"container {cid}: no exit was recorded in "
+                       f"{timeout:g}s")
+
+    async def _stopped(self, cid: str, instance: str | None, timeout: float) -> Container:
+        c = await self.wait_stopped(cid, instance, timeout)
+        if c is None:
+            raise ApiError(ErrorCode.NOT_FOUND, f"container {cid} was removed meanwhile")
+        return c
+
+    # -- stop ----------------------------------------------------------------------------------
+
+    async def stop(self, cid: str, timeout: float | None, reason: str) -> Container:
+        """Stop by hand, durably (``reason``: ``stop``, ``rm``, ``restart``); the container
+        once its exit is recorded. A back-off in progress is cancelled."""
+        c = self.container(cid)
+        if c.state == STOPPED and (c.stopped_by_user or stopped_for_good(c)):
+            return c  # nothing runs, nothing will: no event to record
+        if not c.stopped_by_user:
+            await self.core.append([("container.stop", cid, {"reason": reason})])
+            c = self.container(cid)
+        instance = c.instance
+        if timeout is None:
+            timeout = float(c.spec.get("stop_timeout", DEFAULT_STOP_TIMEOUT))
+        stop_signal = int(c.spec.get("stop_signal") or DEFAULT_STOP_SIGNAL)
+        try:
+            record = await self.core.shims.call(cid, "stop", timeout=timeout,
+                                                signal=stop_signal)
+        except ApiError as exc:
+            if exc.code != ErrorCode.UNAVAILABLE:
+                raise
+            if c.state == STOPPED:
+                return c  # no shim, and nothing runs: the stop is recorded, that is all
+            # the shim is gone: its link records the exit (exit file, or the pid's end)
+            return await self._stopped(cid, instance, timeout + RECORD_GRACE)
+        if isinstance(record, dict) and record.get("instance") == instance:
+            # the same record the link is delivering (deduplicated by shim_seq): whichever
+            # comes first is appended, so the reply never waits on the link
+            await self.core.append_shim_event(cid, "task.exit", exit_data(record))
+        return await self._stopped(cid, instance, RECORD_GRACE)
+
+    # -- new tasks -----------------------------------------------------------------------------
+
+    async def retire(self, cid: str) -> None:
+        """Before a new task: ask the stopped task's shim to go (if it has not already), and
+        record ``task.delete``."""
+        await self.core.shims.retire(cid)
+        c = self.container(cid)
+        await self.core.append([("task.delete", cid, {"exit_status": c.exit_status,
+                                                      "instance": c.instance})])
+
+    async def new_task(self, cid: str, before: Sequence[Item] = (), *,
+                       autostart: bool = False) -> str:
+        """Start a new shim (a new instance) for ``cid`` and record its ``task.create``,
+        behind ``before`` in the same append; the new instance. ``autostart``: the task is
+        to be started (a restart), which recovery finishes if the daemon dies before
+        :meth:`start` did."""
+        c = self.container(cid)
+        instance = new_instance()
+        ready = await self.core.shims.spawn(cid, instance, c.spec)
+        data = task_create_data(ready, instance, self.core.boot_id)
+        if autostart:
+            data["start"] = True
+        try:
+            await self.core.append([*before, ("task.create", cid, data)])
+        except BaseException:
+            # not durable: no one may be told of this task, so its shim must go
+            with trio.CancelScope(shield=True):
+                what = await self.core.shims.end_task(cid)
+                log.warning("task not recorded; shim ended", id=cid, action=what)
+            raise
+        self.core.shims.link(cid, instance)
+        return instance
+
+    async def start(self, cid: str) -> dict[str, Any]:
+        """Start a created task; ``{"id", "pid"}`` once ``task.start`` is durable."""
+        c = self.container(cid)
+        if c.state != CREATED:
+            raise ApiError(ErrorCode.CONFLICT, f"container {cid} is {c.state}, not created")
+        instance = c.instance
+        try:
+            result = await self.core.shims.call(cid, "start")
+        except ApiError as exc:
+            if exc.code == ErrorCode.EXEC_FAILED:
+                # the shim recorded exit 127: reply once that exit is durable
+                with trio.move_on_after(5):
+                    await self.wait_stopped(cid, instance)
+            raise
+        pid = result.get("pid")
+
+        def still_created(state: State) -> bool:
+            c2 = state.containers.get(cid)
+            return c2 is not None and c2.instance == instance and c2.state == CREATED
+
+        data: dict[str, Any] = {"pid": pid, "instance": instance}
+        if isinstance(result.get("started_at"), int):  # the shim's clock, when it started it
+            data["started_at"] = result["started_at"]
+        await self.core.guarded_append(cid, [("task.start", cid, data)], still_created)
+        return {"id": cid, "pid": pid}
