@@ -133,7 +133,7 @@ def non_negative_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if value < 0 or value != value:
+    if not 0 <= value < float("inf"):  # also nan; inf would overflow the socket timeout
         raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {text!r}")
     return value
 
@@ -183,6 +183,109 @@ def parse_runtime(value: str) -> str:
         "binary (e.g. ./my-runc)")
 
 
+def parse_restart_policy(text: str) -> tuple[str, int | None]:
+    """``--restart``: docker's ``no|on-failure[:MAX]|always|unless-stopped``."""
+    from events.policy import parse_restart  # only run/create pay for it
+
+    try:
+        return parse_restart(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_seconds(text: str) -> float:
+    """A duration flag: seconds, finite, from 0 to a week (events.policy.seconds)."""
+    from events.policy import seconds
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    try:
+        return seconds(value, "the value")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+#: The supervision flags of run/create and the spec fields they set (section 8 of the design).
+_RESTART_FLAGS = {"restart_delay": "delay", "restart_max_delay": "max_delay",
+                  "restart_reset": "reset"}
+_HEALTH_FLAGS = {"health_interval": "interval", "health_timeout": "timeout",
+                 "health_retries": "retries", "health_start_period": "start_period"}
+
+
+def _add_supervision_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("restart policy and health check (docker's meanings)")
+    g.add_argument("--restart", type=parse_restart_policy, metavar="POLICY",
+                   help="no (default), on-failure[:MAX] (a non-zero status or a signal; give "
+                        "up after MAX in a row), always, unless-stopped")
+    g.add_argument("--restart-delay", type=parse_seconds, metavar="S",
+                   help="first back-off (default 0.1 s); doubles after each restart in a row")
+    g.add_argument("--restart-max-delay", type=parse_seconds, metavar="S",
+                   help="the back-off's cap (default 60 s)")
+    g.add_argument("--restart-reset", type=parse_seconds, metavar="S",
+                   help="a task that ran this long resets the back-off (default 10 s)")
+    g.add_argument("--health-cmd", metavar="CMD",
+                   help="health check: `sh -c CMD` inside the container, 0 = healthy")
+    g.add_argument("--health-interval", type=parse_seconds, metavar="S",
+                   help="between checks (default 30 s)")
+    g.add_argument("--health-timeout", type=parse_seconds, metavar="S",
+                   help="a check that takes longer fails (default 30 s)")
+    g.add_argument("--health-retries", type=positive_int, metavar="N",
+                   help="failures in a row that make it unhealthy (default 3)")
+    g.add_argument("--health-start-period", type=parse_seconds, metavar="S",
+                   help="failures before this do not count (default 0)")
+    g.add_argument("--health-restart", action="store_true",
+                   help="restart an unhealthy container through its restart policy")
+
+
+def _supervision_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """``restart``/``health`` of the spec from the flags; a usage error names the flag."""
+    from events import policy
+
+    def usage(message: str) -> CtlError:  # worded like argparse's own errors
+        return CtlError(f"supervisorctl {args.cmd}: {message}\nTry 'supervisorctl {args.cmd} "
+                        "--help'.", EXIT_USAGE)
+
+    out: dict[str, Any] = {}
+    restart: dict[str, Any] = {}
+    if args.restart is not None:
+        restart["policy"], restart["max_retries"] = args.restart
+    restart.update({key: getattr(args, flag) for flag, key in _RESTART_FLAGS.items()
+                    if getattr(args, flag) is not None})
+    given = [flag for flag in (*_HEALTH_FLAGS, "health_restart")
+             if getattr(args, flag) not in (None, False)]
+    if given and args.health_cmd is None:
+        raise usage(f"--{given[0].replace('_', '-')} needs --health-cmd")
+    health: dict[str, Any] = {key: getattr(args, flag) for flag, key in _HEALTH_FLAGS.items()
+                              if getattr(args, flag) is not None}
+    if args.health_restart:
+        health["restart"] = True
+    if args.health_cmd is not None:
+        health["cmd"] = args.health_cmd
+    names = {f"restart.{key}": f"--{flag.replace('_', '-')}"
+             for flag, key in _RESTART_FLAGS.items()}
+    names.update({f"health.{key}": f"--{flag.replace('_', '-')}"
+                  for flag, key in _HEALTH_FLAGS.items()})
+    names.update({"health.cmd": "--health-cmd", "restart.max_retries": "--restart"})
+    try:
+        checked = policy.restart_spec(restart or None)
+        policy.health_spec(health or None)
+    except ValueError as exc:
+        message = str(exc)
+        for field, flag in sorted(names.items(), key=lambda kv: -len(kv[0])):
+            message = message.replace(field, flag)
+        raise usage(message) from None
+    if health.get("restart") and checked["policy"] == "no":
+        raise usage("--health-restart restarts through the restart policy: give one with "
+                    "--restart (e.g. --restart on-failure)")
+    if restart:
+        out["restart"] = restart
+    if health:
+        out["health"] = health
+    return out
+
+
 def _add_spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="the container's id (generated when absent)")
     p.add_argument("--runtime", default="process", type=parse_runtime,
@@ -203,6 +306,7 @@ def _add_spec_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU limit in CPUs, e.g. 0.5 (CFS quota)")
     p.add_argument("--pids-limit", metavar="N", type=positive_int,
                    help="most processes the container may have at once")
+    _add_supervision_arguments(p)
     p.add_argument("command", nargs="+", metavar="CMD",
                    help="the command and its arguments (put them after --)")
 
@@ -436,12 +540,14 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
             spec[key] = value
     if args.init:
         spec["init"] = True
+    spec.update(_supervision_spec(args))
     return spec
 
 
 def cmd_run(t: Target, args: argparse.Namespace) -> int:
+    spec = _spec(args)  # a usage error does not need the daemon
     with t.connect() as c:
-        result = c.call(args.cmd, spec=_spec(args))
+        result = c.call(args.cmd, spec=spec)
     _out(f"{result['id']}\n")
     return EXIT_OK
 

@@ -93,7 +93,12 @@ def ps_table(rows: Sequence[Mapping[str, Any]], now_ns: int) -> str:
         cells = []
         for field in PS_FIELDS:
             value = row.get(field)
-            cells.append(human_ago(value, now_ns) if field in PS_TIME_FIELDS else _cell(value))
+            if field in PS_TIME_FIELDS:
+                cells.append(human_ago(value, now_ns))
+            elif field == "state" and row.get("health") and value == "running":
+                cells.append(f"{value} ({row['health']})")  # docker's "Up 3 minutes (healthy)"
+            else:
+                cells.append(_cell(value))
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(_PS_HEADERS))]
     out = []
@@ -176,12 +181,26 @@ def _non_default(spec: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in spec.items() if k not in SPEC_PARAMS or SPEC_PARAMS[k] != v}
 
 
+def _times(entry: Any) -> Any:
+    """A health check's result with its times (unix ns) as RFC 3339."""
+    if not isinstance(entry, dict):
+        return entry
+    return {k: rfc3339(v) if (k == "time" or k.endswith("_at")) and isinstance(v, int)
+            and not isinstance(v, bool) else v for k, v in entry.items()}
+
+
 def inspect_json(obj: Mapping[str, Any]) -> str:
     """``inspect``: the daemon's object, times rendered (PS times, history event times)."""
     out = dict(obj)
     for field in PS_TIME_FIELDS:
         if field in out:
             out[field] = rfc3339(out[field])
+    restart = out.get("restart")
+    if isinstance(restart, dict) and isinstance(restart.get("start_at"), int):
+        out["restart"] = {**restart, "start_at": rfc3339(restart["start_at"])}
+    health = out.get("health")
+    if isinstance(health, dict) and isinstance(health.get("log"), list):
+        out["health"] = {**health, "log": [_times(entry) for entry in health["log"]]}
     history = out.get("history")
     if isinstance(history, list):
         out["history"] = [event_object(e) if isinstance(e, dict) else e for e in history]

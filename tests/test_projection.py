@@ -107,8 +107,9 @@ def test_the_previous_state_is_never_mutated():
 
 _ops = st.lists(st.tuples(st.sampled_from(["container.create", "task.create", "task.start",
                                            "task.exit", "task.delete", "container.delete",
-                                           "container.restart", "shim.lost", "task.oom",
-                                           "other.type"]),
+                                           "container.restart", "container.stop",
+                                           "container.giveup", "container.health",
+                                           "shim.lost", "task.oom", "other.type"]),
                           st.sampled_from(["a", "b", "c"]),
                           st.integers(0, 4)), max_size=60)
 
@@ -118,7 +119,9 @@ _ops = st.lists(st.tuples(st.sampled_from(["container.create", "task.create", "t
 def test_snapshot_round_trip_equals_replay(ops, cut):
     """state(snapshot at k, then replay) == state(replay all), for every k, through msgpack."""
     events = [Event(i + 1, i, t, cid, {"spec": {"command": ["x"]}, "pid": n, "shim_seq": n,
-                                       "instance": f"i{n % 2}", "exit_status": n})
+                                       "instance": f"i{n % 2}", "exit_status": n,
+                                       "status": ["starting", "healthy", "bogus"][n % 3],
+                                       "attempt": n, "by": ["shim", "user"][n % 2]})
               for i, (t, cid, n) in enumerate(ops)]
     full = fold(events)
     one_by_one = State()
@@ -167,3 +170,104 @@ def test_a_snapshot_written_by_the_first_state_version_still_loads():
     assert state.daemon["start"]["pid"] == 1
     # and what it writes back reads the same
     assert State.from_dict(state.to_dict()) == state
+
+
+# -- supervision (docs/design.md, section 8) -----------------------------------------------------
+
+
+def policy_restart(ev: Seq, instance: str = "i1", seq: int = 4, pid: int = 20) -> list[Event]:
+    """What a shim reports for one policy restart of its task."""
+    return [ev("container.restart", attempt=1, delay=0.1, reason="always: exit status 3",
+               by="shim", start_at=2000, shim_seq=seq, instance=instance),
+            ev("task.create", pid=pid, instance=instance, shim_seq=seq + 1, boot_id="b"),
+            ev("task.start", pid=pid, instance=instance, shim_seq=seq + 2)]
+
+
+def test_a_policy_restart_walks_through_restarting():
+    ev = Seq()
+    state = fold(lifecycle(ev))
+    states = []
+    for event in policy_restart(ev):
+        state = apply(state, event)
+        states.append(state.containers["c"].state)
+    assert states == ["restarting", "created", "running"]
+    c = state.containers["c"]
+    assert (c.restarts, c.attempt, c.pid, c.exit_status, c.boot_id) == (1, 1, 20, None, "b")
+    assert (c.restart_by, c.start_at) == ("shim", None)  # start_at only while restarting
+
+
+def test_a_stop_by_hand_is_final_and_a_start_by_command_ends_it():
+    ev = Seq()
+    state = fold(lifecycle(ev)[:3])  # running
+    state = apply(state, ev("container.stop", reason="stop"))
+    c = state.containers["c"]
+    assert (c.state, c.stopped_by_user) == ("running", True)  # recorded before the exit
+    state = apply(state, ev("task.exit", exit_status=143, shim_seq=3, instance="i1"))
+    assert state.containers["c"].stopped_by_user is True
+    # a start by command (a new task in state stopped) ends the stop by hand
+    state = apply(state, ev("task.create", pid=30, instance="i2"))
+    assert (state.containers["c"].state, state.containers["c"].stopped_by_user) == \
+        ("created", False)
+
+
+def test_a_stop_during_a_back_off_cancels_it():
+    ev = Seq()
+    state = fold([*lifecycle(ev), policy_restart(ev)[0]])
+    assert state.containers["c"].state == "restarting"
+    state = apply(state, ev("container.stop", reason="stop"))
+    c = state.containers["c"]
+    assert (c.state, c.stopped_by_user, c.start_at) == ("stopped", True, None)
+
+
+def test_a_restart_by_command_clears_the_stop_by_hand_and_the_streak():
+    ev = Seq()
+    state = fold([*lifecycle(ev), *policy_restart(ev)])
+    state = fold([ev("container.stop", reason="restart"),
+                  ev("task.exit", exit_status=143, instance="i1", shim_seq=7),
+                  ev("container.restart", attempt=0, delay=0, reason="restart command",
+                     by="user", start_at=1),
+                  ev("task.create", pid=40, instance="i2", start=True)], state)
+    c = state.containers["c"]
+    assert (c.state, c.restarts, c.attempt, c.stopped_by_user, c.autostart) == \
+        ("created", 2, 0, False, True)
+    state = apply(state, ev("task.start", pid=40, instance="i2"))
+    assert state.containers["c"].autostart is False
+
+
+def test_giving_up_leaves_the_container_stopped_with_its_status():
+    ev = Seq()
+    state = fold([*lifecycle(ev),
+                  ev("container.giveup", attempts=3, reason="gave up", exit_status=3,
+                     shim_seq=4, instance="i1")])
+    c = state.containers["c"]
+    assert (c.state, c.gave_up, c.exit_status) == ("stopped", True, 3)
+    assert step(state, ev("container.giveup", attempts=3, reason="again"))[1] is None
+    # the next task (a start by command) is a fresh start
+    assert apply(state, ev("task.create", pid=5, instance="i2")).containers["c"].gave_up is False
+
+
+def test_health_changes_annotate_and_a_new_task_starts_over():
+    ev = Seq()
+    events = lifecycle(ev)
+    events[0] = ev("container.create", spec={"command": ["x"], "health": {"cmd": "true"}})
+    state = fold(events[:3])
+    assert state.containers["c"].health == "starting"
+    state = apply(state, ev("container.health", status="unhealthy", failing_streak=3,
+                            shim_seq=3, instance="i1"))
+    assert (state.containers["c"].health, state.containers["c"].failing_streak) == \
+        ("unhealthy", 3)
+    state2, reason = step(state, ev("container.health", status="bogus", shim_seq=4,
+                                    instance="i1"))
+    assert reason is not None and "malformed" in reason
+    assert state2.containers["c"].health == "unhealthy"
+
+
+def test_the_table_has_section_8s_rows():
+    assert TRANSITIONS[("stopped", "container.restart")] == "restarting"
+    assert TRANSITIONS[("restarting", "task.create")] == "created"
+    assert TRANSITIONS[("restarting", "container.stop")] == "stopped"
+    for state in ("created", "running", "stopped"):
+        assert TRANSITIONS[(state, "container.stop")] == state
+    assert ("running", "container.restart") not in TRANSITIONS  # a restart follows an end
+    assert ("restarting", "task.exit") not in TRANSITIONS  # no task runs in a back-off
+    assert ("restarting", "container.delete") not in TRANSITIONS  # rm stops it first
