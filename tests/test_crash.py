@@ -1,10 +1,20 @@
 """The crash suite: SIGKILL the daemon at random moments of a seeded workload, many times.
 
+The workload runs, stops, kills, restarts and removes containers, some of them crash-looping
+under a restart policy (``always``, ``on-failure``, ``on-failure:3``, with short back-offs),
+and SIGKILLs the shims of some of those (then the daemon decides their restart).
+
 After every restart (once reconciliation is done):
 * no container whose create was acknowledged is lost, and none appears from nowhere;
 * no duplicate processes: each container's init (marked by its ``$0``) runs at most once,
   and not at all once the container is stopped or removed;
 * every exit is in the log exactly once per task, with the right status;
+* per container, tasks alternate: each created once, started at most once, ended once, the
+  next one created only after the previous ended and a restart was recorded; no restart is
+  recorded twice for one end (each ``container.restart`` is followed by its task, unless a
+  stop cancelled it); ``restarts`` in ps is the number of ``container.restart`` events;
+* no restart is lost: a policy container whose shim is gone is not left stopped when its
+  policy says it must run again;
 * seqs are gap-free, and a subscriber that follows live and resumes with ``since`` after
   each crash has received every event exactly once.
 
@@ -36,11 +46,16 @@ SEED = int(os.environ.get("TETHER_CRASH_SEED", "20261128"))
 DaemonGone = (OSError, ConnectionError, wire.ProtocolError, TimeoutError)
 
 
+#: The restart policies of the crash-looping containers: short back-offs, so that they loop.
+POLICIES = ("always", "on-failure", "on-failure:3")
+
+
 @dataclass
 class Tracked:
     cid: str
-    kind: str                 # "short" (exits by itself with ``code``) or "long"
+    kind: str                 # "short" (exits by itself with ``code``), "long", or "loop"
     code: int = 0
+    policy: str = "no"
     acked: bool = False       # create (or run) acknowledged
     rm: str = ""              # "" | "acked" | "uncertain"
     interfered: bool = False  # stop/kill/restart attempted: the status may be a signal's
@@ -62,7 +77,30 @@ def command(t: Tracked) -> list[str]:
     mark = f"mark-{RUN}-{t.cid}"
     if t.kind == "short":
         return ["sh", "-c", f"sleep 0.{random.randint(0, 3)}; exit {t.code}", mark]
+    if t.kind == "loop":
+        return ["sh", "-c", f"sleep 0.{random.randint(1, 4)}; exit {t.code}", mark]
     return ["sh", "-c", "sleep 1000; true", mark]
+
+
+def spec_of(t: Tracked) -> dict[str, Any]:
+    spec: dict[str, Any] = {"command": command(t), "name": t.cid, "stop_timeout": 0.5}
+    if t.policy != "no":
+        policy, _, retries = t.policy.partition(":")
+        spec["restart"] = {"policy": policy, "delay": 0.05, "max_delay": 0.2,
+                           "max_retries": int(retries) if retries else None}
+    return spec
+
+
+def kill_shim(d: Daemon, t: Tracked) -> None:
+    """SIGKILL the container's shim (by its pid file): a lost shim, whose task's end the
+    daemon then records and decides on."""
+    try:
+        pid = int((d.root / "shims" / t.cid / "shim.pid").read_text())
+    except (OSError, ValueError):
+        return
+    if any(p == pid and f"--id {t.cid}" in cmd + " " for p, (_, cmd) in _proc_table().items()):
+        t.interfered = True
+        os.kill(pid, 9)
 
 
 def workload(d: Daemon, model: Model, ops: int) -> None:
@@ -75,20 +113,22 @@ def workload(d: Daemon, model: Model, ops: int) -> None:
     with conn:
         for _ in range(ops):
             live = [t for t in model.items.values() if t.acked and not t.rm]
-            op = rng.choice(["short", "short", "long", "create", "start", "stop", "rm",
-                             "kill", "restart"])
+            op = rng.choice(["short", "short", "long", "loop", "create", "start", "stop", "rm",
+                             "kill", "restart", "shimkill", "shimkill"])
             try:
-                if op in ("short", "long", "create"):
-                    t = Tracked(model.new_id(), "short" if op == "short" else "long",
-                                code=rng.randint(1, 60), started=op != "create")
+                if op in ("short", "long", "create", "loop"):
+                    kind = {"short": "short", "loop": "loop"}.get(op, "long")
+                    t = Tracked(model.new_id(), kind, code=rng.randint(1, 60),
+                                started=op != "create",
+                                policy=rng.choice(POLICIES) if op == "loop" else "no")
                     model.items[t.cid] = t
-                    conn.call("create" if op == "create" else "run",
-                              spec={"command": command(t), "name": t.cid, "stop_timeout": 0.5})
+                    conn.call("create" if op == "create" else "run", spec=spec_of(t))
                     t.acked = True
                     continue
                 if not live:
                     continue
-                t = rng.choice(live)
+                loops = [t for t in live if t.kind == "loop"]
+                t = rng.choice(loops if op == "shimkill" and loops else live)
                 if op == "start" and not t.started:
                     t.started = True
                     conn.call("start", id=t.cid)
@@ -98,13 +138,15 @@ def workload(d: Daemon, model: Model, ops: int) -> None:
                 elif op == "kill" and t.kind == "long":
                     t.interfered = True
                     conn.call("kill", id=t.cid, signal="KILL")
-                elif op == "restart" and t.kind == "long" and t.started:
+                elif op == "restart" and t.kind in ("long", "loop") and t.started:
                     t.interfered = True
                     conn.call("restart", id=t.cid, timeout=0.5)
                 elif op == "rm":
                     t.rm = "uncertain"
                     conn.call("rm", id=t.cid, force=True)
                     t.rm = "acked"
+                elif op == "shimkill" and t.kind == "loop":
+                    kill_shim(d, t)
             except wire.RemoteError as exc:
                 if exc.code in ("conflict", "not_found", "exec_failed"):
                     if op == "rm":
@@ -180,18 +222,28 @@ def check(d: Daemon, model: Model) -> None:
     for cid in rows:
         assert cid in model.items, f"container {cid} appeared from nowhere"
     # exits exactly once per task, with the right status
-    exits: Counter[tuple[str, str]] = Counter()
+    exits: Counter[tuple[str, str, int]] = Counter()
     for e in events:
         if e["type"] == "task.exit":
-            exits[(e["id"], e["data"].get("instance"))] += 1
+            exits[(e["id"], e["data"].get("instance"), e["data"].get("pid"))] += 1
             t = model.items[e["id"]]
             status = e["data"]["exit_status"]
-            if t.kind == "short" and not t.interfered:
+            if t.kind in ("short", "loop") and not t.interfered:
                 assert status in (t.code, 137), (e, t)  # 137: rm -f before it ended
-            else:
+            elif not (t.kind == "loop" and status is None):  # None: its shim was killed
                 assert status is not None, e
     dup = {k: n for k, n in exits.items() if n > 1}
     assert not dup, f"exits recorded more than once: {dup}"
+    # tasks alternate, restarts are recorded once each and counted in ps
+    now, history = quiet_view(d)
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for e in history:
+        by_id.setdefault(e["id"], []).append(e)
+    for cid, row in now.items():
+        check_tasks(cid, by_id.get(cid, []), row)
+    for cid, row in rows.items():
+        if model.items[cid].policy != "no" and row["state"] == "stopped":
+            d.wait_for(lambda cid=cid: not restart_lost(d, cid), timeout=5)
     # no exit is lost: every short container that is running now ends, recorded as it ended
     for cid, row in rows.items():
         t = model.items[cid]
@@ -217,6 +269,73 @@ def check(d: Daemon, model: Model) -> None:
                            if e["id"] == cid]
                 raise AssertionError(f"{cid} is {row} but still has processes {procs}; "
                                      f"model {model.items[cid]}; history {history}") from None
+
+
+def quiet_view(d: Daemon) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """``ps`` and the whole history as of the same seq (crash loops keep appending: retry
+    until nothing was appended in between)."""
+    for _ in range(100):
+        before = d.call("status")["last_seq"]
+        rows = d.ps()
+        events = d.stream("events")
+        if events and events[-1]["seq"] == before == d.call("status")["last_seq"]:
+            return rows, events
+    raise AssertionError("the daemon never stood still long enough to compare ps and the log")
+
+
+def check_tasks(cid: str, events: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """One container's history: each task created, started at most once and ended once, in
+    that order; a task after the first only after a recorded restart (or a start by command
+    of a stopped container, after its ``task.delete``); each restart recorded once (followed
+    by its task, unless a stop cancelled it)."""
+    running: tuple[Any, Any] | None = None  # (instance, pid) of the task not ended yet
+    started = False
+    tasks = 0
+    pending = False  # a restart recorded, its task not created yet
+    deleted = False  # the last task was deleted: a start by command may follow
+    history = [(e["seq"], e["type"]) for e in events]
+    for e in events:
+        kind, data = e["type"], e["data"]
+        if kind == "task.create":
+            assert running is None, f"{cid}: a task created before the last ended: {history}"
+            assert tasks == 0 or pending or deleted, \
+                f"{cid}: a new task without a restart: {history}"
+            running, started = (data.get("instance"), data.get("pid")), False
+            pending = deleted = False
+            tasks += 1
+        elif kind == "task.start":
+            assert running is not None and not started, f"{cid}: a start twice: {history}"
+            started = True
+        elif kind == "task.exit":
+            assert running is not None, f"{cid}: an exit without a task: {history}"
+            running = None
+        elif kind == "container.restart":
+            assert running is None, f"{cid}: a restart while a task runs: {history}"
+            assert not pending, f"{cid}: a restart recorded twice: {history}"
+            pending = True
+        elif kind == "task.delete":
+            deleted = True
+        elif kind in ("container.stop", "container.giveup"):
+            pending = False  # a stop (or the daemon giving up) cancels a pending restart
+    if pending:
+        assert row["state"] == "restarting", (cid, row, history)
+    restarts = sum(1 for e in events if e["type"] == "container.restart")
+    assert row["restarts"] == restarts, (cid, row, history)
+
+
+def restart_lost(d: Daemon, cid: str) -> bool:
+    """A stopped policy container that must run again, whose shim is gone, and for which no
+    one recorded a decision: a restart was lost."""
+    from events import shim_api
+    from supervisor.shims import shim_alive
+
+    info = d.call("inspect", id=cid)
+    restart = info["restart"]
+    if info["state"] != "stopped" or restart["stopped_by_user"] or restart["gave_up"]:
+        return False
+    if restart["policy"] == "on-failure" and info["exit_status"] == 0:
+        return False
+    return not shim_alive(shim_api.shim_dir(d.root, cid))
 
 
 def test_crash_suite(daemon_factory):
@@ -249,11 +368,15 @@ def test_crash_suite(daemon_factory):
     last = d.start().call("status")["last_seq"]
     follower.start()
     d.wait_for(lambda: follower.seqs and follower.seqs[-1] >= last, timeout=10)
-    types = Counter(e["type"] for e in d.stream("events"))
-    print(f"crash suite: {ROUNDS} rounds, {len(model.items)} containers, {dict(types)}")
+    history = d.stream("events")
+    types = Counter(e["type"] for e in history)
+    by = Counter(e["data"].get("by") for e in history if e["type"] == "container.restart")
+    print(f"crash suite: {ROUNDS} rounds, {len(model.items)} containers, {dict(types)}, "
+          f"restarts by {dict(by)}")
     needed_types = ["task.start", "task.exit", "container.delete"]
     if ROUNDS >= 50:
-        needed_types.append("container.restart")
+        needed_types += ["container.restart", "container.stop"]
+        assert by["daemon"] > 0, f"the daemon never had a restart to decide: {dict(by)}"
     for needed in needed_types:
         assert types[needed] > 0, f"the workload never produced {needed}: {dict(types)}"
     d.stop()
