@@ -8,6 +8,9 @@ Measures, on a fresh root under /tmp (sockets must stay short):
   (these three side by side: shims from the launcher, and ``--no-shim-launcher``)
 * kill -9 of the daemon -> every one of N containers reconciled and answering;
 * container exit -> a live ``events`` subscriber (p50/p99);
+* a shim SIGKILLed -> ``shim.lost`` recorded (p50/p99);
+* supervision: the daemon's CPU per 100 restarts of a crash-looping container, when the shim
+  restarts it (the daemon records) and when the daemon decides (its shim lost each time);
 * daemon RSS with the largest N containers;
 * start over a 1,000,000-event log (with the snapshot the daemon would have written, and
   without one, to show why snapshots exist).
@@ -266,6 +269,87 @@ def bench_exit_latency(d: Daemon, n: int) -> tuple[float, float, float, float]:
             pct(daemon_part, 99) * 1000)
 
 
+def _shim_pid(d: Daemon, cid: str) -> int:
+    return int((d.root / "shims" / cid / "shim.pid").read_text())
+
+
+def bench_shim_lost(d: Daemon, n: int) -> tuple[float, float]:
+    """(p50, p99) of a shim's SIGKILL -> ``shim.lost`` in the log (seen by a subscriber)."""
+    samples = []
+    with d.conn() as c:
+        for _ in range(n):
+            cid = c.call("run", spec={"command": ["sleep", "1000"]})["id"]
+            since = c.call("status")["last_seq"]
+            with d.conn() as follower:
+                stream = follower.stream("events", since=since, follow=True, ids=[cid],
+                                         types=["shim.lost"])
+                t0 = time.perf_counter()
+                os.kill(_shim_pid(d, cid), signal.SIGKILL)
+                next(stream)
+                samples.append(time.perf_counter() - t0)
+            c.call("rm", id=cid, force=True)
+    return median_ms(samples), pct(samples, 99) * 1000
+
+
+def _restarts(c: BlockingConnection, cid: str) -> int:
+    return int(next(r for r in c.call("ps", all=True) if r["id"] == cid)["restarts"])
+
+
+def bench_crash_loop(d: Daemon, n: int, timeout: float = 60.0) -> float | None:
+    """Daemon CPU seconds per 100 restarts of ``true`` under ``always`` with no back-off, the
+    shim restarting it (the daemon records four events per restart). None when this shim
+    does not restart by itself."""
+    with d.conn() as c:
+        cid = c.call("run", spec={"command": ["true"], "restart": {
+            "policy": "always", "delay": 0, "max_delay": 0}})["id"]
+        deadline = time.monotonic() + 5
+        while _restarts(c, cid) < 2:
+            if time.monotonic() > deadline:
+                c.call("rm", id=cid, force=True)
+                return None
+            time.sleep(0.01)
+        first, cpu0 = _restarts(c, cid), d.cpu_seconds()
+        deadline = time.monotonic() + timeout
+        while (done := _restarts(c, cid) - first) < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cpu = d.cpu_seconds() - cpu0
+        c.call("rm", id=cid, force=True)
+    return cpu / max(1, done) * 100
+
+
+def bench_daemon_restarts(d: Daemon, n: int) -> tuple[float, float]:
+    """The daemon's own decisions: a container (``sleep 0.05`` under ``always``) whose shim is
+    SIGKILLed while its task runs, so that the daemon records the task's end and decides and
+    carries out the restart (a new shim) every time. (daemon CPU seconds per 100 restarts,
+    median ms from the lost task's recorded end to the next task's recorded start.)"""
+    with d.conn() as c:
+        cid = c.call("run", spec={"command": ["sh", "-c", "sleep 0.05"],
+                                  "restart": {"policy": "always", "delay": 0}})["id"]
+
+        def running(restarts: int) -> bool:  # ps, not inspect: no history read per poll
+            row = next(r for r in c.call("ps") if r["id"] == cid)
+            return row["state"] == "running" and row["restarts"] == restarts
+
+        cpu0 = d.cpu_seconds()
+        for i in range(n):
+            while not running(i):
+                time.sleep(0.005)
+            os.kill(_shim_pid(d, cid), signal.SIGKILL)
+        while not running(n):
+            time.sleep(0.005)
+        cpu = d.cpu_seconds() - cpu0
+        history = c.call("inspect", id=cid)["history"]
+        c.call("rm", id=cid, force=True)
+    gaps, ended = [], None
+    for e in history:
+        if e["type"] == "task.exit":
+            ended = e["time"]
+        elif e["type"] == "task.start" and ended is not None:
+            gaps.append((e["time"] - ended) / 1e9)
+            ended = None
+    return cpu / n * 100, median_ms(gaps)
+
+
 def build_log(root: Path, n: int, snapshot: bool) -> float:
     """A log of n events of realistic shapes (create/task/exit/delete cycles)."""
     root.mkdir(parents=True)
@@ -306,7 +390,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, few samples")
     ap.add_argument("--sizes", default="100,500,1000")
     ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--no-supervision", dest="supervision", action="store_false",
+                    help="skip the supervision rows (a daemon from before restart policies)")
     args = ap.parse_args()
+    supervision = args.supervision
     sizes = [int(s) for s in args.sizes.split(",")]
     samples = 5 if args.quick else 20
     if args.quick:
@@ -348,6 +435,19 @@ def main() -> None:
                      "<= 2 / 10 ms (ctr: 2.2)"))
         rows.append(("  of which log append -> subscriber (p50 / p99)",
                      f"{a50:.2f} / {a99:.2f} ms", ""))
+        if supervision:
+            l50, l99 = bench_shim_lost(d, 10 if args.quick else 20)
+            rows.append(("shim SIGKILL -> shim.lost recorded (p50 / p99)",
+                         f"{l50:.1f} / {l99:.1f} ms", ""))
+            loop = bench_crash_loop(d, 100)
+            rows.append(("daemon CPU per 100 restarts, the shim restarting",
+                         "n/a: this shim does not restart" if loop is None
+                         else f"{loop:.2f} s", "little"))
+            cpu, latency = bench_daemon_restarts(d, 20 if args.quick else 50)
+            rows.append(("daemon CPU per 100 restarts it decides (shim lost each time)",
+                         f"{cpu:.2f} s", ""))
+            rows.append(("  the lost task's end -> its restart started (median)",
+                         f"{latency:.1f} ms", ""))
         have = 100
         for n in sizes:
             if n > have:

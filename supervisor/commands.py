@@ -28,6 +28,7 @@ import trio
 
 from events import wire
 from events.domain import DEFAULT_STOP_SIGNAL, ContainerState, ErrorCode
+from events.procfs import is_running, starttime
 from supervisor import protocol
 from supervisor.channel import Closed, connect
 from supervisor.core import VERSION, Core
@@ -217,19 +218,30 @@ class Commands:
                     record = None
                 if record:
                     await self._core.append_shim_event(cid, "task.exit", exit_data(record))
+                c = self._lifecycle.container(cid)
+                if c.state != STOPPED:  # its shim is gone and the task outlived it
+                    await self._end_lost_task(c)
                 self._core.shims.forget(link)
             else:
                 await self._core.shims.retire(cid)
-            c = self._lifecycle.container(cid)
-            if c.state == RUNNING:  # shim unreachable and the task outlived it
-                if c.pid:
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.kill(c.pid, signal_mod.SIGKILL)
-                await self._lifecycle.wait_stopped(cid, c.instance, RECORD_GRACE)
             await self._core.append([("container.delete", cid, {})])
             await trio.to_thread.run_sync(
                 lambda: shutil.rmtree(self._root / "shims" / cid, ignore_errors=True))
         self._core.forget_locks(cid)
+
+    async def _end_lost_task(self, c: Container) -> None:
+        """``rm -f`` of a container whose shim is gone: SIGKILL its task (if that pid is still
+        the task: pids are reused) and record its end (status unknown: it is not our child)."""
+        pid = c.pid
+        if pid and is_running(pid) and c.lost_starttime in (None, starttime(pid)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal_mod.SIGKILL)
+            with trio.move_on_after(RECORD_GRACE):
+                while is_running(pid):
+                    await trio.sleep(0.01)
+        await self._core.append_shim_event(c.id, "task.exit", {
+            "pid": pid, "exit_status": None, "signal": None, "exited_at": time.time_ns(),
+            "instance": c.instance, "reason": "removed (rm -f) after its shim was lost"})
 
     async def wait(self, params: dict[str, Any]) -> dict[str, Any]:
         """The exit once the container is stopped for good (an exit the policy restarts is

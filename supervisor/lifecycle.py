@@ -136,14 +136,15 @@ class Lifecycle:
                                                       "instance": c.instance})])
 
     async def new_task(self, cid: str, before: Sequence[Item] = (), *,
-                       autostart: bool = False) -> str:
+                       autostart: bool = False, attempt: int = 0) -> str:
         """Start a new shim (a new instance) for ``cid`` and record its ``task.create``,
         behind ``before`` in the same append; the new instance. ``autostart``: the task is
         to be started (a restart), which recovery finishes if the daemon dies before
-        :meth:`start` did."""
+        :meth:`start` did. ``attempt``: the restarts in a row so far (a policy restart
+        carries a crash loop's count on to the new shim; a start by command begins anew)."""
         c = self.container(cid)
         instance = new_instance()
-        ready = await self.core.shims.spawn(cid, instance, c.spec)
+        ready = await self.core.shims.spawn(cid, instance, c.spec, attempt)
         data = task_create_data(ready, instance, self.core.boot_id)
         if autostart:
             data["start"] = True

@@ -54,9 +54,9 @@ class ShimRegistry:
 
     # -- starting -------------------------------------------------------------------------------
 
-    async def spawn(self, cid: str, instance: str, spec: Spec) -> Ready:
+    async def spawn(self, cid: str, instance: str, spec: Spec, attempt: int = 0) -> Ready:
         """Start a shim for ``cid`` (its ready map); see :func:`supervisor.shims.spawn_shim`."""
-        return await spawn_shim(self.root, cid, instance, spec, self.launcher)
+        return await spawn_shim(self.root, cid, instance, spec, self.launcher, attempt)
 
     def link(self, cid: str, instance: str) -> ShimLink:
         """Start the link to ``cid``'s shim ``instance``; it replaces any previous link."""

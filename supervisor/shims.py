@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any, Protocol, TypedDict, cast
 import structlog
 import trio
 
-from events import shim_api, wire
+from events import policy, shim_api, wire
 from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT, ErrorCode, known
 from events.procfs import is_running
 from supervisor.channel import Closed, connect
 from supervisor.errors import ApiError
 
 if TYPE_CHECKING:
-    from events.domain import ExitRecord
+    from events.domain import ExitRecord, HealthSpec, RestartSpec
     from supervisor.spec import Spec
 
 __all__ = ["Launcher", "Ready", "ShimSpec", "call_shim", "end_shim", "exit_data", "new_instance",
@@ -75,6 +75,9 @@ class ShimSpec(TypedDict, total=False):
     stop_signal: int
     stop_timeout: float
     labels: dict[str, str]
+    restart: RestartSpec
+    health: HealthSpec | None
+    restart_attempt: int
     log: dict[str, int]
     namespaces: list[str]
     rlimits: dict[str, list[int]]
@@ -97,8 +100,10 @@ def new_instance() -> str:
     return secrets.token_hex(8)
 
 
-def shim_spec(cid: str, instance: str, spec: Spec) -> ShimSpec:
-    """Translate an API spec (:class:`supervisor.spec.Spec`) to a shim spec."""
+def shim_spec(cid: str, instance: str, spec: Spec, attempt: int = 0) -> ShimSpec:
+    """Translate an API spec (:class:`supervisor.spec.Spec`) to a shim spec. ``attempt``: the
+    restarts in a row so far, when this shim carries on a crash loop another shim began (the
+    daemon restarting a lost shim's container), so that ``on-failure:MAX`` counts them."""
     env = {"PATH": DEFAULT_PATH, **{str(k): str(v) for k, v in (spec.get("env") or {}).items()}}
     limits = {k: v for k, v in (("memory", spec.get("memory")), ("cpus", spec.get("cpus")),
                                 ("pids", spec.get("pids_limit"))) if v is not None}
@@ -110,6 +115,9 @@ def shim_spec(cid: str, instance: str, spec: Spec) -> ShimSpec:
         "stop_signal": spec.get("stop_signal") or DEFAULT_STOP_SIGNAL,
         "stop_timeout": spec.get("stop_timeout", DEFAULT_STOP_TIMEOUT),
         "labels": spec.get("labels") or {},
+        "restart": policy.restart_spec(spec.get("restart")),
+        "health": spec.get("health"),
+        "restart_attempt": attempt,
     }
     log_conf = dict(shim_api.SPEC_FIELDS["log"])
     if spec.get("log_max_size"):
@@ -125,7 +133,7 @@ def shim_spec(cid: str, instance: str, spec: Spec) -> ShimSpec:
 
 
 async def spawn_shim(root: Path, cid: str, instance: str, spec: Spec,
-                     launcher: Launcher | None = None) -> Ready:
+                     launcher: Launcher | None = None, attempt: int = 0) -> Ready:
     """Write the shim spec and start the shim (through ``launcher`` when it is ready); its
     ready map. The shim directory must not hold a live shim.
 
@@ -135,7 +143,7 @@ async def spawn_shim(root: Path, cid: str, instance: str, spec: Spec,
     directory = shim_api.shim_dir(root, cid)
     fresh = not directory.exists()
     try:
-        return await _spawn(root, cid, directory, instance, spec, launcher)
+        return await _spawn(root, cid, directory, instance, spec, launcher, attempt)
     except BaseException:
         if fresh:
             with trio.CancelScope(shield=True):
@@ -145,7 +153,7 @@ async def spawn_shim(root: Path, cid: str, instance: str, spec: Spec,
 
 
 async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: Spec,
-                 launcher: Launcher | None) -> Ready:
+                 launcher: Launcher | None, attempt: int) -> Ready:
     # A shim that was just deleted (restart) replies, removes its socket and exits: until it
     # has, it holds the directory's lock and a new shim would be refused. Wait for it (bounded:
     # past that, the new shim's start says clearly that another shim runs).
@@ -158,7 +166,7 @@ async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: Spe
         for stale in (shim_api.EXIT_FILE, shim_api.ADDRESS_FILE, shim_api.PID_FILE):
             with contextlib.suppress(FileNotFoundError):
                 (directory / stale).unlink()
-        shim_api.write_spec(directory, dict(shim_spec(cid, instance, spec)))
+        shim_api.write_spec(directory, dict(shim_spec(cid, instance, spec, attempt)))
 
     try:  # file system calls (a hung disk must not stall the daemon): in a thread
         await trio.to_thread.run_sync(prepare)

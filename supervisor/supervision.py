@@ -244,7 +244,7 @@ class Supervision:
                 return True
             if await self._our_shim_lives(c):
                 return True  # the shim carries out its own decision
-            await self.lifecycle.new_task(cid, autostart=True)
+            await self.lifecycle.new_task(cid, autostart=True, attempt=c.attempt)
             log.info("restart carried out", id=cid, attempt=c.attempt)
             await self._start_created(cid)
             return True

@@ -282,3 +282,15 @@ def test_a_torn_tail_is_cut_and_the_daemon_starts(daemon):
     events = daemon.stream("events")
     assert [e["seq"] for e in events] == list(range(1, last + 2))
     assert events[-1]["type"] == "supervisor.start"
+
+
+def test_rm_force_ends_the_task_of_a_lost_shim(daemon):
+    daemon.run("sleep", "1000", name="orphan")
+    task_pid = daemon.ps()["orphan"]["pid"]
+    os.kill(int((daemon.root / "shims/orphan" / shim_api.PID_FILE).read_text()), signal.SIGKILL)
+    daemon.wait_for(lambda: "shim.lost" in types_of(daemon, "orphan"))
+    daemon.call("rm", id="orphan", force=True)
+    assert "orphan" not in daemon.ps()
+    daemon.wait_for(lambda: not is_running(task_pid))
+    ends = exits_of(daemon, "orphan")
+    assert len(ends) == 1 and ends[0]["data"]["exit_status"] is None, ends

@@ -84,6 +84,10 @@ def test_restart_and_health_are_stored_normalised(daemon):
                               "start_period": 0.0, "restart": False}
     daemon.call("create", spec={"command": ["true"], "name": "b"})
     assert daemon.call("inspect", id="b")["spec"]["restart"]["policy"] == "no"
+    # and so the shim gets them, in its spec.json
+    shim = shim_api.read_spec(daemon.root / "shims" / "a")
+    assert (shim["restart"], shim["health"], shim["restart_attempt"]) == (
+        spec["restart"], spec["health"], 0)
 
 
 @pytest.mark.parametrize("spec,field", [
@@ -238,6 +242,9 @@ def test_after_a_lost_shims_task_ended_the_daemon_applies_the_policy(daemon):
     assert restart["data"]["by"] == "daemon" and restart["data"]["attempt"] == 1
     assert restart["data"]["start_at"] >= restart["time"]
     assert events[-1]["data"]["pid"] == row["pid"]
+    # the new shim carries the crash loop's count on (on-failure:MAX counts across shims)
+    spec = shim_api.read_spec(daemon.root / "shims" / "a")
+    assert spec["restart"]["policy"] == "always" and spec["restart_attempt"] == 1
     n = daemon.wait_for(lambda: (r := daemon.ps()["n"])["state"] == "stopped" and r)
     assert n["restarts"] == 0 and "container.restart" not in types_of(daemon, "n")
 
