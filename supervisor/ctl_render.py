@@ -182,10 +182,10 @@ def _non_default(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _times(entry: Any) -> Any:
-    """A health check's result with its times (unix ns) as RFC 3339."""
+    """A health check's result with its times (``start``, ``end``: unix ns) as RFC 3339."""
     if not isinstance(entry, dict):
         return entry
-    return {k: rfc3339(v) if (k == "time" or k.endswith("_at")) and isinstance(v, int)
+    return {k: rfc3339(v) if k in ("start", "end") and isinstance(v, int)
             and not isinstance(v, bool) else v for k, v in entry.items()}
 
 

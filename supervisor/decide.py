@@ -44,13 +44,15 @@ def decision(c: Container, jitter: float = 1.0) -> policy.Decision:
 
 
 def stopped_for_good(c: Container) -> bool:
-    """Stopped, and nothing will start it again by itself: stopped by hand, given up, or a
-    policy that does not restart this end."""
+    """Stopped, and nothing will start it again by itself: stopped by hand, given up (once
+    that is recorded, so that whoever waited for it finds it in ``inspect``), or a policy
+    that does not restart this end."""
     if c.state != ContainerState.STOPPED:
         return False
     if c.stopped_by_user or c.gave_up:
         return True
-    return not decision(c).restart
+    verdict = decision(c)
+    return not verdict.restart and not verdict.give_up
 
 
 def restart_after_reboot(c: Container) -> bool:

@@ -22,7 +22,7 @@ import trio
 
 from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT, ContainerState, ErrorCode
 from supervisor.core import Core, Item
-from supervisor.decide import stopped_for_good
+from supervisor.decide import decision, stopped_for_good
 from supervisor.errors import ApiError
 from supervisor.projection import Container, State
 from supervisor.shims import Ready, exit_data, new_instance
@@ -159,8 +159,14 @@ class Lifecycle:
         self.core.shims.link(cid, instance)
         return instance
 
-    async def start(self, cid: str) -> dict[str, Any]:
-        """Start a created task; ``{"id", "pid"}`` once ``task.start`` is durable."""
+    async def start(self, cid: str, *, by_user: bool = True) -> dict[str, Any]:
+        """Start a created task; ``{"id", "pid"}`` once ``task.start`` is durable.
+
+        When the command cannot be executed the caller gets ``exec_failed`` once the exit
+        (127) is durable. Asked by a user (``start``, ``run``, ``restart``), that settles the
+        container, as docker does (a typo is not a crash loop): the shim does not restart it,
+        and the daemon records that as ``container.giveup``. A restart the daemon carries out
+        (``by_user`` false) leaves the exit to the policy instead."""
         c = self.container(cid)
         if c.state != CREATED:
             raise ApiError(ErrorCode.CONFLICT, f"container {cid} is {c.state}, not created")
@@ -172,6 +178,8 @@ class Lifecycle:
                 # the shim recorded exit 127: reply once that exit is durable
                 with trio.move_on_after(5):
                     await self.wait_stopped(cid, instance)
+                if by_user:
+                    await self._unstartable(cid, instance, exc.message)
             raise
         pid = result.get("pid")
 
@@ -184,3 +192,13 @@ class Lifecycle:
             data["started_at"] = result["started_at"]
         await self.core.guarded_append(cid, [("task.start", cid, data)], still_created)
         return {"id": cid, "pid": pid}
+
+    async def _unstartable(self, cid: str, instance: str | None, why: str) -> None:
+        c = self.core.container(cid)
+        if (c is None or c.state != STOPPED or c.instance != instance or c.gave_up
+                or c.stopped_by_user or not decision(c).restart):
+            return  # nothing the policy would have restarted
+        await self.core.append([("container.giveup", cid, {
+            "attempts": c.attempt, "exit_status": c.exit_status, "by": "daemon",
+            "reason": f"the command could not be executed ({why}): no restart, the caller "
+                      "has the error"})])

@@ -251,9 +251,9 @@ class Supervision:
 
     async def _start_created(self, cid: str) -> None:
         try:
-            await self.lifecycle.start(cid)
+            await self.lifecycle.start(cid, by_user=False)
         except ApiError as exc:
-            # exec_failed: the shim recorded the exit (127), and decides what follows
+            # exec_failed: the exit (127) is recorded, and the policy decides what follows
             log.warning("the restarted task did not start", id=cid, error=exc.message)
 
     async def _give_up(self, cid: str, decided: int, exc: ApiError) -> None:

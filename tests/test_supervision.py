@@ -188,6 +188,18 @@ def test_inspect_tells_the_restart_policy_and_health(daemon):
     assert daemon.call("inspect", id="plain")["health"] is None
 
 
+def test_a_command_that_cannot_run_is_not_a_crash_loop(daemon):
+    """docker's behaviour: ``run`` of a missing binary is an error for the caller, recorded
+    (exit 127) and settled: no policy restart, and ``wait`` answers at once."""
+    with pytest.raises(wire.RemoteError) as err:
+        daemon.run("/nonexistent/binary", name="typo", restart="always")
+    assert err.value.code == "exec_failed"
+    assert daemon.call("wait", id="typo", io_timeout=10)["exit_status"] == 127
+    info = daemon.call("inspect", id="typo")
+    assert (info["state"], info["restarts"], info["restart"]["gave_up"]) == ("stopped", 0, True)
+    assert types_of(daemon, "typo")[-2:] == ["task.exit", "container.giveup"]
+
+
 # -- durable stops ------------------------------------------------------------------------------
 
 
