@@ -20,18 +20,26 @@ carries it out), never both, so no restart is doubled or lost.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import random
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import structlog
 import trio
 
+from events import shim_api
 from events.domain import ContainerState, ErrorCode
+from events.procfs import is_running, starttime
 from supervisor import decide
-from supervisor.core import Core
+from supervisor.core import Core, Item
 from supervisor.errors import ApiError
 from supervisor.lifecycle import Lifecycle
+from supervisor.links import watch_lost_task
 from supervisor.projection import Container
 
 __all__ = ["Supervision"]
@@ -51,6 +59,19 @@ RETRY_MAX = 60.0
 #: The errors that say the task cannot start however often it is tried (the spec's cwd or
 #: runtime is wrong): the daemon gives up rather than loop.
 PERMANENT = frozenset({ErrorCode.INVALID, ErrorCode.START_FAILED})
+
+
+#: The shim's record of the task it runs (docs/design.md, section 8: written before the task
+#: starts, so that a shim lost with undelivered events leaves a trace of the task they named).
+TASK_FILE = "task"
+
+
+def read_task_file(directory: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((directory / TASK_FILE).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def jitter() -> float:
@@ -157,7 +178,7 @@ class Supervision:
     async def _decide(self, cid: str) -> None:
         """Apply the policy to ``cid``, whose shim is gone (the caller holds the lock)."""
         c = self.core.container(cid)
-        if c is None:
+        if c is None or await self._account_for_unseen_task(c):
             return
         if c.state == RESTARTING:
             self.schedule(cid)
@@ -178,6 +199,54 @@ class Supervision:
                 "attempts": verdict.attempt, "reason": verdict.reason,
                 "exit_status": c.exit_status, "by": "daemon"})])
             log.info("gave up (no shim)", id=cid, reason=verdict.reason)
+
+    async def _account_for_unseen_task(self, c: Container) -> bool:
+        """A task the lost shim started but never delivered (its task file names a task the
+        log does not have, and that pid still runs it): record it as the shim's restart and
+        watch it, instead of starting a second one. True when one was found."""
+        record = read_task_file(shim_api.shim_dir(self.core.root, c.id))
+        if record is None or c.instance is None or record.get("instance") != c.instance:
+            return False
+        seq, pid, started = record.get("shim_seq"), record.get("pid"), record.get("starttime")
+        if (not isinstance(seq, int) or seq <= c.seen.get(c.instance, 0)
+                or not isinstance(pid, int) or not is_running(pid)
+                or starttime(pid) != started):
+            return False  # the log has it, or it is gone: nothing runs unseen
+        if c.stopped_by_user:
+            # the user's stop came first and is final: the task should not run at all
+            log.warning("ending a task its lost shim started after a stop by hand", id=c.id,
+                        pid=pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+            return False
+        now = time.time_ns()
+        items: list[Item] = []
+        if c.state == STOPPED:
+            items.append(("container.restart", c.id, {
+                "attempt": int(record.get("attempt") or 0), "delay": 0.0, "by": "shim",
+                "start_at": now,
+                "reason": "recovered from the lost shim's task file (its restart was never "
+                          "delivered)"}))
+        if c.state in (STOPPED, RESTARTING):
+            items.append(("task.create", c.id, {
+                "pid": pid, "instance": c.instance, "shim_pid": c.shim_pid,
+                "address": c.address, "boot_id": self.core.boot_id}))
+        if c.state in (STOPPED, RESTARTING, CREATED):
+            items.append(("task.start", c.id, {"pid": pid, "instance": c.instance}))
+        if not items:
+            return False
+        items.append(("shim.lost", c.id, {
+            "reason": "the shim was lost with a task it had not delivered (its task file)",
+            "instance": c.instance, "pid": pid, "task_alive": True, "task_starttime": started,
+            "state": RUNNING}))
+        await self.core.append(items)
+        log.warning("a lost shim's undelivered task recorded; watching it", id=c.id, pid=pid)
+        self._spawn(self._watch_unseen, c.id, c.instance, pid, started)
+        return True
+
+    async def _watch_unseen(self, cid: str, instance: str, pid: int, started: int) -> None:
+        await watch_lost_task(self.core, cid, instance, pid, started)
+        self.shim_gone(cid, instance)
 
     async def _after_reboot(self, cid: str) -> None:
         async with self.core.lock(cid):

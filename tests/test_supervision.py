@@ -436,3 +436,39 @@ async def test_what_a_shim_reports_is_recorded_only_when_it_may_be(tmp_path):
         assert c is not None and (c.state, c.restarts, c.stopped_by_user) == ("stopped", 1, True)
         nursery.cancel_scope.cancel()
     log.close()
+
+
+def test_a_task_a_lost_shim_never_delivered_is_recorded_not_doubled(daemon, tmp_path):
+    """The shim restarted its task while the daemon was down and was SIGKILLed before it
+    delivered that: its task file (written here as the shim's contract says) lets the daemon
+    account for the running task instead of starting a second one, then supervise on."""
+    import json
+
+    marker = f"mark-unseen-{tmp_path.name}"
+    daemon.run("sh", "-c", "sleep 1.5; exit 1", marker, name="u",
+               restart={"policy": "always", "delay": 0.1})
+    info = daemon.call("inspect", id="u")
+    daemon.kill9()
+    # what the shim would have run, unseen, when it was lost: a task of the same command
+    import subprocess
+
+    unseen = subprocess.Popen(["sh", "-c", "sleep 1.5; exit 1", marker])
+    os.kill(info["shim_pid"], signal.SIGKILL)
+    os.kill(info["pid"], signal.SIGKILL)
+    with open(f"/proc/{unseen.pid}/stat", "rb") as f:
+        started = int(f.read().rsplit(b")", 1)[1].split()[19])
+    (daemon.root / "shims" / "u" / "task").write_text(json.dumps({
+        "instance": info["instance"], "shim_seq": 10**6, "pid": unseen.pid,
+        "starttime": started, "attempt": 1}))
+    daemon.start()
+    daemon.wait_for(lambda: (r := daemon.ps()["u"])["state"] == "running"
+                    and r["pid"] == unseen.pid)
+    unseen.wait()  # it ends (status 1, unseen by any shim): the daemon restarts the container
+    row = daemon.wait_for(lambda: (r := daemon.ps()["u"])["state"] == "running"
+                          and r["pid"] != unseen.pid and r)
+    types = [e["type"] for e in events_of(daemon, "u")]
+    assert types[types.index("container.restart"):][:5] == [
+        "container.restart", "task.create", "task.start", "shim.lost", "task.exit"], types
+    restarts = [e["data"] for e in events_of(daemon, "u") if e["type"] == "container.restart"]
+    assert [r["by"] for r in restarts] == ["shim", "daemon"]
+    assert row["restarts"] == 2
