@@ -2,64 +2,11 @@
 may ask of supervisord. Framing and hello are :mod:`events.wire` (client role ``"client"``, the
 daemon answers role ``"daemon"`` with ``version`` and ``pid``).
 
-This table is a compatibility promise, like the CLI: add optional params and result fields
-freely; never change a meaning.
-
-=============  ==========================================  =========================================
-method         params                                      result
-=============  ==========================================  =========================================
-``create``     ``spec`` (:data:`SPEC_PARAMS`)              ``{"id"}`` once ``container.create`` and
-                                                           ``task.create`` are durable
-``start``      ``id``                                      ``{"id", "pid"}`` once ``task.start`` is
-                                                           durable; ``exec_failed`` error if the
-                                                           command cannot run (status 127 recorded)
-``run``        ``spec``                                    create + start: ``{"id", "pid"}``
-``stop``       ``id``, ``timeout`` (s, default the spec's)  :data:`EXIT_FIELDS` once ``task.exit``
-                                                           is durable (immediately if not running)
-``kill``       ``id``, ``signal`` (int or name), ``all``   ``None``
-``restart``    ``id``, ``timeout``                         ``{"id", "pid"}``: stop, new task
-``rm``         ``id``, ``force``                           ``None`` once ``container.delete`` is
-                                                           durable; ``conflict`` while running
-                                                           unless ``force``
-``ps``         ``all`` (include stopped)                   list of :data:`PS_FIELDS` maps
-``inspect``    ``id``                                      ``{... PS_FIELDS, "spec", "history":
-                                                           [event records of this container]}``
-``wait``       ``id``                                      :data:`EXIT_FIELDS` once the task exits
-``logs``       ``id``, ``tail`` (n or None), ``follow``    stream of ``{"time", "stream", "partial",
-                                                           "line"}``; follows across rotation
-``events``     ``since`` (seq, exclusive), ``types``       stream of event records ``{seq, time,
-               (prefixes), ``ids``, ``follow``             type, id, data}``: history, then live
-                                                           with ``follow``, no gap, no duplicate.
-                                                           A subscriber too slow for its bounded
-                                                           buffer gets error ``too_slow`` naming
-                                                           the last seq it was sent.
-``status``     -                                           ``{"ok", "pid", "uptime", "last_seq",
-                                                           "reconciling"}``
-``info``       -                                           ``{"version", "pid", "root", "socket",
-                                                           "last_seq", "containers": {state: n},
-                                                           "shims", "snapshot_seq"}``
-``shutdown``   -                                           ``None``; the daemon flushes and exits,
-                                                           containers keep running
-``exec``       ``id``, ``command``, ``env`` (added to the   stream of ``{"stream": "stdout"|
-               container's), ``cwd``                       "stderr", "data": bytes}`` items as
-                                                           output comes, then ``{"exit_status",
-                                                           "signal"}``; ``conflict`` unless
-                                                           running
-=============  ==========================================  =========================================
-
-Error codes: ``invalid`` (bad params, bad id), ``not_found``, ``conflict`` (wrong state, id in
-use), ``unknown_method``, ``protocol``, ``exec_failed``, ``no_space`` (the log cannot be written:
-nothing was changed), ``unavailable`` (the shim cannot be reached), ``internal``,
-``unsupported`` (a known method this daemon cannot do yet), ``permission_denied``
-(connection-level, id None: the peer's uid is neither root, the daemon's, nor in ``--group``).
-
-Optional additions (supervisord, daemon issue):
-* ``events`` takes ``buffer`` (n): a smaller per-subscriber buffer than the daemon's
-  ``--subscriber-buffer`` (a small one also shrinks the socket's send buffer, so "behind"
-  means behind); the ``too_slow`` message ends with ``resume with since=N``.
-* exit results (``stop``, ``wait``) also carry ``reason``: None, or why the status is unknown
-  (``exit_status`` None: the shim was lost and the task ended unseen).
-* ``info`` also carries ``subscribers`` and ``skipped_events`` (events the projection skipped).
+The methods, their params and results, and the error codes are documented in one place,
+``docs/design.md`` section 6 (a compatibility promise, like the CLI: add optional params and
+result fields freely; never change a meaning). This module holds what the code checks against:
+:data:`METHODS` (the daemon's dispatch table is made from it), the ``ps`` fields, the states,
+the exit result's fields and the spec's params with their defaults.
 
 Times in results are unix nanoseconds (ints); supervisorctl renders them (RFC 3339 in ``--json``).
 """
