@@ -105,9 +105,12 @@ async def connect(path: str, role: str = "supervisor", timeout: float = 5.0,
         chan = Channel(stream, role=role)
         try:
             conv = chan.conv
-            await chan.send_bytes(conv.hello() + b"".join(
-                conv.request(method, params, stream=is_stream)
-                for method, params, is_stream in then))
+            data = conv.hello() + b"".join(conv.request(method, params, stream=is_stream)
+                                           for method, params, is_stream in then)
+            try:  # no one else has the channel yet: no need for its send lock
+                await stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                raise Closed(str(exc)) from None
             await chan.next_event()  # the hello (anything else raises)
         except BaseException:
             await chan.aclose()

@@ -23,10 +23,10 @@ goes on, and ``ps`` never sees half an update). A snapshot is ``msgpack(state.to
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from events.domain import ContainerState, EventType, HealthStatus, known
+from events.domain import ContainerState, EventType, HealthStatus
 from events.model import Event
 
 if TYPE_CHECKING:
@@ -146,6 +146,14 @@ class Container(Mapping[str, Any]):
     health: HealthStatus | None = None
     failing_streak: int = 0
 
+    @classmethod
+    def new(cls, **fields: Any) -> Container:
+        """A new record: the defaults and ``fields``, without the frozen ``__init__``'s one
+        ``object.__setattr__`` per field (see :meth:`evolve`)."""
+        record = object.__new__(cls)
+        object.__setattr__(record, "__dict__", {**_DEFAULTS, **fields})
+        return record
+
     def evolve(self, **changes: Any) -> Container:
         """A copy with ``changes``: what :func:`dataclasses.replace` does, without its
         per-field ``__init__`` and field lookups (a replay makes one copy per event, so the
@@ -181,6 +189,10 @@ class Container(Mapping[str, Any]):
 
 
 _FIELDS = frozenset(f.name for f in fields(Container))
+#: Every field's default (the required ones are always given to :meth:`Container.new`).
+_DEFAULTS: dict[str, Any] = {
+    f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+    for f in fields(Container) if f.default is not MISSING or f.default_factory is not MISSING}
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,28 +225,47 @@ class State:
 
 def is_duplicate(state: State, event_id: str, data: Mapping[str, Any]) -> bool:
     """True if a shim event with this ``(instance, shim_seq)`` is already in the log."""
-    return _duplicate(state.containers.get(event_id), data)
+    c = state.containers.get(event_id)
+    instance, shim_seq = data.get("instance"), data.get("shim_seq")
+    return (c is not None and isinstance(instance, str) and isinstance(shim_seq, int)
+            and shim_seq <= c.seen.get(instance, 0))
 
 
-def _duplicate(c: Container | None, data: Mapping[str, Any]) -> bool:
-    shim_seq = data.get("shim_seq")
-    instance = data.get("instance")
-    if c is None or not isinstance(shim_seq, int) or not isinstance(instance, str):
-        return False
-    return shim_seq <= c.seen.get(instance, 0)
+# The event types as plain strings: a replay compares a million of them (an enum member's
+# attribute lookup costs more than the comparison).
+_KNOWN_TYPES = frozenset(t.value for t in EventType)
+_CREATE = EventType.CONTAINER_CREATE.value
+_TASK_CREATE = EventType.TASK_CREATE.value
+_TASK_START = EventType.TASK_START.value
+_TASK_EXIT = EventType.TASK_EXIT.value
+_RESTART = EventType.CONTAINER_RESTART.value
+_STOP = EventType.CONTAINER_STOP.value
+_GIVEUP = EventType.CONTAINER_GIVEUP.value
+_HEALTH = EventType.CONTAINER_HEALTH.value
+_UPDATE = EventType.CONTAINER_UPDATE.value
+_OOM = EventType.TASK_OOM.value
+_LOST = EventType.SHIM_LOST.value
+
+#: What a new task resets (``task.create``).
+_NEW_TASK = {"started": None, "finished": None, "exit_status": None, "signal": None,
+             "exit_reason": None, "lost": False, "lost_starttime": None, "gave_up": False,
+             "start_at": None, "health": None, "failing_streak": 0}
 
 
 def _next(old: Container | None, event: Event) -> tuple[Container | None, str | None]:
     """The container after ``event``: ``(record, None)`` (None: deleted), or ``(old, reason)``
     when the event is skipped."""
     etype = event.type
-    if not known(EventType, etype):
+    if etype not in _KNOWN_TYPES:
         return old, f"unknown event type {etype!r}"
     if not event.id:
         return old, f"{etype} without a container id"
-    if _duplicate(old, event.data):
-        return old, (f"duplicate shim event (instance {event.data.get('instance')}, "
-                     f"shim_seq {event.data.get('shim_seq')})")
+    d = event.data
+    instance, shim_seq = d.get("instance"), d.get("shim_seq")
+    if not isinstance(instance, str) or not isinstance(shim_seq, int):
+        shim_seq = None  # not a shim's event: nothing to deduplicate
+    elif old is not None and shim_seq <= old.seen.get(instance, 0):
+        return old, f"duplicate shim event (instance {instance}, shim_seq {shim_seq})"
     current = None if old is None else old.state
     target: ContainerState | None
     if etype in LIFECYCLE_TYPES:
@@ -250,74 +281,75 @@ def _next(old: Container | None, event: Event) -> tuple[Container | None, str | 
     if target is None:
         return None, None
     try:
-        return _annotate(old, target, event), None
+        if old is None:
+            return _created(target, event), None
+        changes = _changes(old, etype, d, event.time)
+        changes["state"] = target
+        if shim_seq is not None:
+            changes["seen"] = {**old.seen, instance: shim_seq}
+        return old.evolve(**changes), None
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
         # a record of the right type but the wrong shape (a buggy or foreign writer): history
         # is history, so it is skipped like an illegal transition, never a crash
         return old, f"{etype} with malformed data: {exc!r}"
 
 
-def _annotate(old: Container | None, target: ContainerState, event: Event) -> Container:
-    """The container after an accepted event: ``target`` state plus what the event tells."""
-    d = event.data
-    etype = event.type
-    if old is None:  # container.create
-        spec = dict(d.get("spec", d))
-        return Container(id=event.id, state=target, spec=spec,  # type: ignore[arg-type]
+def _created(state: ContainerState, event: Event) -> Container:
+    """The record of a ``container.create``."""
+    spec = dict(event.data.get("spec", event.data))
+    return Container.new(id=event.id, state=state, spec=spec,
                          runtime=spec.get("runtime", "process"), created=event.time,
                          create_seq=event.seq)
-    changes: dict[str, Any] = {"state": target}
-    instance = d.get("instance")
-    shim_seq = d.get("shim_seq")
-    if isinstance(instance, str) and isinstance(shim_seq, int):
-        changes["seen"] = {**old.seen, instance: max(shim_seq, old.seen.get(instance, 0))}
-    if etype == EventType.TASK_CREATE:
+
+
+def _changes(old: Container, etype: str, d: Mapping[str, Any], time: int) -> dict[str, Any]:
+    """What an accepted event tells about its container (besides its state and ``seen``)."""
+    if etype == _TASK_CREATE:
+        instance = d.get("instance")
+        changes = {**_NEW_TASK, "pid": d.get("pid"), "shim_pid": d.get("shim_pid", old.shim_pid),
+                   "address": d.get("address", old.address),
+                   "instance": instance if isinstance(instance, str) else old.instance,
+                   "boot_id": d.get("boot_id"), "autostart": bool(d.get("start"))}
         if old.instance is None and isinstance(d.get("created_at"), int):
             changes["created"] = d["created_at"]  # the first task: the shim's clock
-        changes.update(pid=d.get("pid"), shim_pid=d.get("shim_pid", old.shim_pid),
-                       address=d.get("address", old.address),
-                       instance=instance if isinstance(instance, str) else old.instance,
-                       started=None, finished=None, exit_status=None, signal=None,
-                       exit_reason=None, lost=False, lost_starttime=None,
-                       boot_id=d.get("boot_id"), gave_up=False, start_at=None,
-                       autostart=bool(d.get("start")), health=None, failing_streak=0)
         if old.state == STOPPED:  # a start by command: the stop by hand is over
             changes["stopped_by_user"] = False
-    elif etype == EventType.TASK_START:
-        changes["pid"] = d.get("pid", old.pid)
+        return changes
+    if etype == _TASK_START:
         # the shim's clock when present: exited_at is the shim's too, so the times of a
         # container that exits at once still read created <= started <= finished
         started_at = d.get("started_at")
-        changes["started"] = started_at if isinstance(started_at, int) else event.time
-        changes["autostart"] = False
+        changes = {"pid": d.get("pid", old.pid), "autostart": False,
+                   "started": started_at if isinstance(started_at, int) else time}
         if old.spec.get("health"):
             changes["health"] = HealthStatus.STARTING
-    elif etype == EventType.TASK_EXIT:
-        changes.update(exit_status=d.get("exit_status"), signal=d.get("signal"),
-                       finished=d.get("exited_at") or event.time, exit_reason=d.get("reason"),
-                       autostart=False)
-    elif etype == EventType.CONTAINER_RESTART:
-        by = d.get("by")
-        changes.update(restarts=old.restarts + 1, attempt=int(d.get("attempt") or 0),
-                       start_at=d.get("start_at"), restart_by=by,
-                       restart_reason=d.get("reason"))
-        if by == "user":
+        return changes
+    if etype == _TASK_EXIT:
+        return {"exit_status": d.get("exit_status"), "signal": d.get("signal"),
+                "finished": d.get("exited_at") or time, "exit_reason": d.get("reason"),
+                "autostart": False}
+    if etype == _RESTART:
+        changes = {"restarts": old.restarts + 1, "attempt": int(d.get("attempt") or 0),
+                   "start_at": d.get("start_at"), "restart_by": d.get("by"),
+                   "restart_reason": d.get("reason")}
+        if d.get("by") == "user":
             changes.update(stopped_by_user=False, gave_up=False)
-    elif etype == EventType.CONTAINER_STOP:
-        changes.update(stopped_by_user=True, start_at=None)
-    elif etype == EventType.CONTAINER_GIVEUP:
-        changes.update(gave_up=True, start_at=None, restart_by=d.get("by"),
-                       restart_reason=d.get("reason"))
-    elif etype == EventType.CONTAINER_HEALTH:
-        changes.update(health=HealthStatus(d["status"]),
-                       failing_streak=int(d.get("failing_streak") or 0))
-    elif etype == EventType.CONTAINER_UPDATE:
-        changes["spec"] = {**old.spec, **d.get("spec", {})}
-    elif etype == EventType.TASK_OOM:
-        changes["oom"] = old.oom + 1
-    elif etype == EventType.SHIM_LOST:
-        changes.update(lost=True, lost_starttime=d.get("task_starttime"))
-    return old.evolve(**changes)
+        return changes
+    if etype == _STOP:
+        return {"stopped_by_user": True, "start_at": None}
+    if etype == _GIVEUP:
+        return {"gave_up": True, "start_at": None, "restart_by": d.get("by"),
+                "restart_reason": d.get("reason")}
+    if etype == _HEALTH:
+        return {"health": HealthStatus(d["status"]),
+                "failing_streak": int(d.get("failing_streak") or 0)}
+    if etype == _UPDATE:
+        return {"spec": {**old.spec, **d.get("spec", {})}}
+    if etype == _OOM:
+        return {"oom": old.oom + 1}
+    if etype == _LOST:
+        return {"lost": True, "lost_starttime": d.get("task_starttime")}
+    return {}
 
 
 class Folder:

@@ -276,7 +276,7 @@ def test_a_shim_gone_after_its_container_stopped_is_not_lost(daemon):
     assert [i["line"] for i in daemon.stream("logs", id="done")] == ["hello"]
     daemon.call("start", id="done")
     assert daemon.call("wait", id="done")["exit_status"] == 0
-    assert shim_pid(daemon, "done") != first
+    assert daemon.call("inspect", id="done")["shim_pid"] != first
     assert [i["line"] for i in daemon.stream("logs", id="done")] == ["hello", "hello"]
     assert types_of(daemon, "done")[-4:] == ["task.delete", "task.create", "task.start",
                                               "task.exit"]
