@@ -23,8 +23,16 @@ _NS = 1_000_000_000
 
 
 def restart_spec(c: Container) -> RestartSpec:
-    """The container's normalised restart policy (a spec from before policies: ``no``)."""
-    return policy.restart_spec(c.spec.get("restart"))
+    """The container's normalised restart policy (a spec from before policies: ``no``).
+    The daemon stores it normalised (``spec.validate_spec``): taken as it is when it has the
+    normalised shape, normalised again otherwise (an older writer's, a docker string)."""
+    value = c.spec.get("restart")
+    if isinstance(value, dict) and value.keys() == _RESTART_KEYS:
+        return value
+    return policy.restart_spec(value)
+
+
+_RESTART_KEYS = policy.DEFAULT_RESTART.keys()
 
 
 def ran_for(c: Container) -> float:

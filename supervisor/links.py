@@ -31,7 +31,7 @@ from events import shim_api, wire
 from events.domain import ContainerState
 from events.procfs import is_running, starttime
 from supervisor.channel import Channel, Closed, connect
-from supervisor.shims import exit_data, read_address
+from supervisor.shims import exit_data, read_address, shim_dir
 
 if TYPE_CHECKING:
     from supervisor.projection import Container
@@ -187,7 +187,7 @@ class ShimLink:
         cid = self.cid
         if self._current() is None:
             return
-        record = shim_api.read_exit_file(shim_api.shim_dir(host.root, cid))
+        record = shim_api.read_exit_file(shim_dir(host.root, cid))
         if record and record.get("instance") == self.instance:
             await host.record_shim_event(cid, "task.exit", exit_data(record))
         c = self._current()
@@ -248,7 +248,7 @@ async def watch_lost_task(host: LinkHost, cid: str, instance: str, pid: int | No
         if fd is not None:
             os.close(fd)
     # the exit file may have appeared meanwhile (the shim died after writing it): prefer it
-    record = shim_api.read_exit_file(shim_api.shim_dir(host.root, cid))
+    record = shim_api.read_exit_file(shim_dir(host.root, cid))
     if record and record.get("instance") == instance:
         await host.record_shim_event(cid, "task.exit", exit_data(record))
         return

@@ -36,7 +36,7 @@ from events.log import EventLog
 from events.model import InvalidId, validate_id
 from events.snapshot import CorruptSnapshot, read_snapshot, write_snapshot
 from supervisor import projection
-from supervisor.shims import exit_data
+from supervisor.shims import exit_data, shim_dir
 
 if TYPE_CHECKING:
     from supervisor.core import Core
@@ -137,7 +137,7 @@ async def _reconcile_one(core: Core, supervision: Supervision, previous_boot: st
                 return
             if c.state in (CREATED, RUNNING):
                 # a small local file: reading it inline is cheaper than a thread hop each
-                record = shim_api.read_exit_file(shim_api.shim_dir(core.paths.root, cid))
+                record = shim_api.read_exit_file(shim_dir(core.paths.root, cid))
                 if record and record.get("instance") == c.instance:
                     await core.record_shim_event(cid, "task.exit", exit_data(record))
                 c = core.container(cid)

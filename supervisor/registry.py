@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
-from events import shim_api
 from supervisor.errors import ApiError
 from supervisor.launcher import ShimLauncher
 from supervisor.links import LinkHost, ShimLink
-from supervisor.shims import Ready, call_shim, end_shim, shim_alive, spawn_shim
+from supervisor.shims import Ready, call_shim, end_shim, shim_alive, shim_dir, spawn_shim
 
 if TYPE_CHECKING:
     from supervisor.spec import Spec
@@ -124,4 +123,4 @@ class ShimRegistry:
 
     def alive(self, cid: str) -> bool:
         """Does a shim run in ``cid``'s directory (whichever instance)?"""
-        return shim_alive(shim_api.shim_dir(self.root, cid))
+        return shim_alive(shim_dir(self.root, cid))

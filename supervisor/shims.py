@@ -265,10 +265,17 @@ def _os_error(what: str, path: Path, exc: OSError) -> ApiError:
     return ApiError(ErrorCode.INTERNAL, f"{what} in {path} failed: {exc}")
 
 
+def shim_dir(root: Path, cid: str) -> Path:
+    """``ROOT/shims/ID`` for an id the daemon already validated at its edge
+    (:func:`events.shim_api.shim_dir` validates it again: this is on every call's path)."""
+    return root / "shims" / cid
+
+
 def read_address(root: Path, cid: str) -> str | None:
     try:
-        return (shim_api.shim_dir(root, cid) / shim_api.ADDRESS_FILE).read_text().strip()
-    except OSError:
+        with open(os.path.join(root, "shims", cid, shim_api.ADDRESS_FILE), "rb") as f:
+            return f.read().decode().strip()
+    except (OSError, UnicodeDecodeError):
         return None
 
 

@@ -41,6 +41,7 @@ from supervisor.errors import ApiError
 from supervisor.lifecycle import Lifecycle
 from supervisor.links import watch_lost_task
 from supervisor.projection import Container
+from supervisor.shims import shim_dir
 
 __all__ = ["Supervision"]
 
@@ -106,7 +107,14 @@ class Supervision:
 
     def shim_gone(self, cid: str, instance: str) -> None:
         """A link's shim is gone and its task's end recorded (the link is ending: act in a
-        task of our own)."""
+        task of our own). Most shims that go are a container stopped for good whose shim
+        ended by itself (it removes its pid file then; a SIGKILLed one cannot): nothing to
+        decide, so no task for them."""
+        c = self.core.container(cid)
+        if (c is not None and c.state == STOPPED and c.instance == instance
+                and decide.stopped_for_good(c)
+                and not (shim_dir(self.core.root, cid) / shim_api.PID_FILE).exists()):
+            return
         self._spawn(self._after_shim_gone, cid, instance)
 
     async def recover(self, cid: str, previous_boot: str | None) -> None:
@@ -204,7 +212,7 @@ class Supervision:
         """A task the lost shim started but never delivered (its task file names a task the
         log does not have, and that pid still runs it): record it as the shim's restart and
         watch it, instead of starting a second one. True when one was found."""
-        record = read_task_file(shim_api.shim_dir(self.core.root, c.id))
+        record = read_task_file(shim_dir(self.core.root, c.id))
         if record is None or c.instance is None or record.get("instance") != c.instance:
             return False
         seq, pid, started = record.get("shim_seq"), record.get("pid"), record.get("starttime")
