@@ -27,7 +27,7 @@ from events.model import InvalidId, validate_id
 from events.signals import InvalidSignal, parse_signal
 from supervisor import protocol
 from supervisor.channel import Closed, connect
-from supervisor.core import VERSION, Core
+from supervisor.core import Core
 from supervisor.errors import ApiError
 from supervisor.shims import (
     call_shim,
@@ -39,6 +39,7 @@ from supervisor.shims import (
     spawn_shim,
     start_link,
 )
+from supervisor.version import VERSION
 
 __all__ = ["Commands"]
 

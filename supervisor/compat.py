@@ -277,7 +277,7 @@ class Compat:
                 await conn.send(h11.Data(data=chunk))
 
     async def _metrics(self, conn: Any, path: str, body: bytes) -> None:
-        from supervisor.core import VERSION
+        from supervisor.version import VERSION
 
         core = self.core
         counts = dict.fromkeys(("created", "running", "restarting", "stopped", "unknown"), 0)

@@ -32,8 +32,6 @@ __all__ = ["Config", "Core"]
 
 log = structlog.get_logger("supervisord")
 
-VERSION = "0.1.0"
-
 
 class Config:
     """Daemon settings (the command line)."""

@@ -30,10 +30,11 @@ from events.log import CorruptLog, EventLog, LogBusy, LogVersionError
 from supervisor import compat as compat_mod
 from supervisor import logsetup, recovery
 from supervisor.commands import Commands
-from supervisor.core import VERSION, Config, Core
+from supervisor.core import Config, Core
 from supervisor.paths import default_root
 from supervisor.server import Server, bind_api_socket
 from supervisor.shims import ShimLauncher
+from supervisor.version import VERSION, version_line
 
 __all__ = ["main", "run"]
 
@@ -64,6 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="start every shim in a fresh interpreter (~50 ms each) instead of "
                    "forking it from the preloaded launcher (a few ms)")
     p.add_argument("--segment-size", type=int, default=64 * 2**20, help=argparse.SUPPRESS)
+    p.add_argument("--version", action="version", version=version_line("supervisord"))
     compat_mod.add_arguments(p)  # Supervisor compatibility: --config, --http-*
     return p.parse_args(argv)
 

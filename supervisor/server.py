@@ -24,9 +24,10 @@ import trio
 from events import wire
 from supervisor.channel import Channel, Closed
 from supervisor.commands import Commands
-from supervisor.core import VERSION, Core
+from supervisor.core import Core
 from supervisor.errors import ApiError
 from supervisor.peercred import allowed, peer_creds
+from supervisor.version import VERSION
 
 __all__ = ["Server", "bind_api_socket"]
 
