@@ -243,8 +243,9 @@ class ProcessRuntime:
         self._status_r = -1
         if data:
             stage, number, message = _parse_error(data)
+            what = self._command[0] if stage.startswith("exec ") else stage
             raise ExecFailed(number, f"execvpe({self._command!r}) failed in {stage}: "
-                             f"[Errno {number}] {message}")
+                             f"[Errno {number}] {message}", reason=f"{message}: {what}")
 
     def kill(self, signal: int, all: bool) -> None:
         """*all*: the init's process group, then every other process of the shim's tree (a

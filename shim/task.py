@@ -201,7 +201,7 @@ class Task:
         try:
             self.runtime.start()
         except ExecFailed as exc:
-            self.exec_error = {"errno": exc.errno, "message": str(exc)}
+            self.exec_error = {"errno": exc.errno, "message": str(exc), "reason": exc.reason}
             self.diag.log("error", "exec_failed", **self.exec_error)
             self._unstartable = by_request
             self._reap_failed_start()
@@ -247,6 +247,8 @@ class Task:
         record: ExitRecord = {"pid": pid, "exit_status": exit_status, "signal": sig,
                               "exited_at": time.time_ns(), "shim_seq": seq,
                               "instance": self.instance}
+        if self.exec_error is not None:  # this run's command could not start: say why
+            record["reason"] = f"exec_failed: {self.exec_error['reason']}"
         try:
             shim_api.write_exit_file(self.dir, dict(record))
         except OSError as exc:  # still tell: the status is in memory and in the event
@@ -255,8 +257,11 @@ class Task:
         self._move(Move.EXIT)
         self._cancel_stop()
         self.diag.log("info", "task_exit", **record)
-        self.outbox.publish("task.exit", {"pid": pid, "exit_status": exit_status,
-                                          "signal": sig, "exited_at": record["exited_at"]}, seq)
+        data = {"pid": pid, "exit_status": exit_status, "signal": sig,
+                "exited_at": record["exited_at"]}
+        if "reason" in record:
+            data["reason"] = record["reason"]
+        self.outbox.publish("task.exit", data, seq)
         waiters, self._waiters = self._waiters, []
         self._close_oom()
         deleting = any(kind == "delete" for _, _, kind in waiters)

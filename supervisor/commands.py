@@ -11,6 +11,7 @@ Rules every mutating command follows:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -25,7 +26,7 @@ from events import wire
 from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT
 from events.model import InvalidId, validate_id
 from events.signals import InvalidSignal, parse_signal
-from supervisor import protocol
+from supervisor import autoremove, protocol
 from supervisor.channel import Closed, connect
 from supervisor.core import Core
 from supervisor.errors import ApiError
@@ -102,6 +103,13 @@ def validate_spec(spec: object) -> dict[str, Any]:
     runtime = spec.get("runtime") or "process"
     if not isinstance(runtime, str):
         raise ApiError("invalid", "spec.runtime must be a string")
+    if runtime == "process" and (spec.get("rootfs") or spec.get("bundle")):
+        # the process runtime would run the command on the host, ignoring the rootfs
+        raise ApiError("invalid", "spec.rootfs/bundle need an OCI runtime (runtime runc, crun "
+                       "or the path of one); the process runtime runs on the host")
+    if spec.get("auto_remove") and autoremove.restarts_by_policy(spec):
+        raise ApiError("invalid", "spec.auto_remove cannot be combined with a restart policy "
+                       "(as docker's --rm and --restart)")
     for key in ("memory", "pids_limit", "cpus"):
         v = spec.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or v <= 0
@@ -157,10 +165,13 @@ class Commands:
         return secrets.token_hex(6)
 
     def row(self, c: dict[str, Any]) -> dict[str, Any]:
+        spec = c["spec"]
         return {"id": c["id"], "state": self.core.shown_state(c), "pid": c["pid"],
                 "exit_status": c["exit_status"], "restarts": c["restarts"],
                 "runtime": c["runtime"], "created": c["created"], "started": c["started"],
-                "finished": c["finished"]}
+                "finished": c["finished"], "command": spec.get("command"),
+                "labels": spec.get("labels") or {}, "oom": bool(c.get("oom_killed")),
+                "exit_reason": c["exit_reason"]}
 
     async def _wait_stopped(self, cid: str, instance: str | None,
                             timeout: float | None = None) -> dict[str, Any]:
@@ -249,8 +260,28 @@ class Commands:
     async def run(self, params: dict[str, Any]) -> dict[str, Any]:
         created = await self.create(params)
         cid = created["id"]
-        async with self.core.lock(cid):
-            return await self._start_locked(cid)
+        try:
+            async with self.core.lock(cid):
+                return await self._start_locked(cid)
+        except ApiError as exc:
+            if exc.code != "exec_failed":
+                raise
+            raise ApiError("exec_failed", await self._after_failed_run(cid, exc.message)
+                           ) from None
+
+    async def _after_failed_run(self, cid: str, message: str) -> str:
+        """The error of a ``run`` whose command could not start: which container, and whether
+        its id is still taken (``auto_remove``: removed here, before the reply)."""
+        c = self.core.state.containers.get(cid)
+        reason = str((c or {}).get("exit_reason") or "").removeprefix("exec_failed: ")
+        if c is not None and autoremove.due(c):
+            with contextlib.suppress(ApiError):
+                await self.rm({"id": cid})
+        what = f"container {cid} could not start: {reason or message}"
+        if cid not in self.core.state.containers:
+            return f"{what}; it was removed (auto_remove)"
+        return (f"{what}; it exists, stopped with status 127: `supervisorctl rm {cid}` frees "
+                "the name (or run with --rm)")
 
     # -- stop / kill / restart / rm / wait -------------------------------------------------------
 

@@ -27,12 +27,12 @@ import structlog
 import trio
 
 from events.log import CorruptLog, EventLog, LogBusy, LogVersionError
+from supervisor import autoremove, logsetup, neighbours, recovery
 from supervisor import compat as compat_mod
-from supervisor import logsetup, recovery
 from supervisor.commands import Commands
 from supervisor.core import Config, Core
 from supervisor.paths import default_root
-from supervisor.server import Server, bind_api_socket
+from supervisor.server import Server, bind_api_socket, socket_identity, unlink_if_ours
 from supervisor.shims import ShimLauncher
 from supervisor.version import VERSION, version_line
 
@@ -100,13 +100,13 @@ async def run(config: Config, compat: compat_mod.Compat | None = None) -> int:
         commands = Commands(core)
         compat.install(core, commands)
         sock, gid = bind_api_socket(paths.socket, config.group)
+        bound = socket_identity(paths.socket)
         server = Server(core, commands, gid)
         try:
             await _serve(core, server, sock, compat)
         finally:
             sock.close()
-            with contextlib.suppress(OSError):
-                os.unlink(paths.socket)
+            unlink_if_ours(paths.socket, bound)
     finally:
         eventlog.close()
     log.info("supervisord stopped; containers keep running", last_seq=core.state.last_seq)
@@ -129,6 +129,7 @@ async def _serve(core: Core, server: Server, sock: object, compat: compat_mod.Co
                     services.start_soon(ShimLauncher(core.paths.root).run)
                 await services.start(server.serve, sock)
                 await services.start(compat.serve)  # ROOT/supervisor.sock, --config
+                await services.start(autoremove.run, core, server.commands.rm)  # run --rm
                 services.start_soon(recovery.reconcile_all, core)
                 services.start_soon(recovery.snapshotter, core)
                 await _until_stop(core)
@@ -183,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                     segment_size=args.segment_size, shim_launcher=args.shim_launcher)
     config.paths.check_socket()
     compat = compat_mod.Compat(compat_mod.options(args))
+    for note in neighbours.warnings():  # Supervisor's commands have the same names as ours
+        log.warning(note)
     _raise_nofile()
     code = trio.run(run, config, compat)
     compat.exec_if_requested()  # supervisor.restart: the same supervisord, programs untouched

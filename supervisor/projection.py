@@ -188,7 +188,7 @@ def _annotate(c: dict[str, Any], event: Event) -> None:
             c["created"] = d["created_at"]  # the first task: the shim's clock, like the rest
         c.update(pid=d.get("pid"), shim_pid=d.get("shim_pid"), address=d.get("address"),
                  instance=instance, started=None, finished=None, exit_status=None,
-                 signal=None, exit_reason=None, lost=False)
+                 signal=None, exit_reason=None, lost=False, oom_killed=False)
     elif etype == "task.start":
         c["pid"] = d.get("pid", c["pid"])
         # the shim's clock when present: exited_at is the shim's too, so the times of a
@@ -204,6 +204,7 @@ def _annotate(c: dict[str, Any], event: Event) -> None:
         c["spec"] = {**c["spec"], **d.get("spec", {})}
     elif etype == "task.oom":
         c["oom"] += 1
+        c["oom_killed"] = True  # this task's (ps: `stopped (oom)`); `oom` counts them all
     elif etype == "shim.lost":
         c["lost"] = True
         c["lost_starttime"] = d.get("task_starttime")

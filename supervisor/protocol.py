@@ -13,7 +13,9 @@ method         params                                      result
 ``start``      ``id``                                      ``{"id", "pid"}`` once ``task.start`` is
                                                            durable; ``exec_failed`` error if the
                                                            command cannot run (status 127 recorded)
-``run``        ``spec``                                    create + start: ``{"id", "pid"}``
+``run``        ``spec``                                    create + start: ``{"id", "pid"}``;
+                                                           ``exec_failed`` names the container
+                                                           (removed first if ``auto_remove``)
 ``stop``       ``id``, ``timeout`` (s, default the spec's)  :data:`EXIT_FIELDS` once ``task.exit``
                                                            is durable (immediately if not running)
 ``kill``       ``id``, ``signal`` (int or name), ``all``   ``None``
@@ -21,15 +23,20 @@ method         params                                      result
 ``rm``         ``id``, ``force``                           ``None`` once ``container.delete`` is
                                                            durable; ``conflict`` while running
                                                            unless ``force``
-``ps``         ``all`` (include stopped)                   list of :data:`PS_FIELDS` maps
+``ps``         ``all`` (include stopped)                   list of :data:`PS_FIELDS` maps, plus
+                                                           ``command``, ``labels``, ``oom`` (this
+                                                           task was OOM-killed), ``exit_reason``
 ``inspect``    ``id``                                      ``{... PS_FIELDS, "spec", "history":
                                                            [event records of this container]}``
 ``wait``       ``id``                                      :data:`EXIT_FIELDS` once the task exits
-``logs``       ``id``, ``tail`` (n or None), ``follow``    stream of ``{"time", "stream", "partial",
-                                                           "line"}``; follows across rotation
+``logs``       ``id``, ``tail`` (n or None), ``follow``,   stream of ``{"time", "stream", "partial",
+               ``since`` (unix ns: lines from then on),    "line", "cursor"}``: ``line`` is bytes
+               ``after`` (a ``cursor``: resume there)      (split on \\n only), ``cursor`` is
+                                                           ``[inode, offset]`` after the line;
+                                                           follows across rotation
 ``events``     ``since`` (seq, exclusive), ``types``       stream of event records ``{seq, time,
-               (prefixes), ``ids``, ``follow``             type, id, data}``: history, then live
-                                                           with ``follow``, no gap, no duplicate.
+               (known types or prefixes of them, else      type, id, data}``: history, then live
+               ``invalid``), ``ids``, ``follow``           with ``follow``, no gap, no duplicate.
                                                            A subscriber too slow for its bounded
                                                            buffer gets error ``too_slow`` naming
                                                            the last seq it was sent.
@@ -98,6 +105,7 @@ SPEC_PARAMS = {
     "log_max_size": None,
     "log_keep": None,
     "restart": None,       # events.policy.restart_spec: docker's string or a map (normalised)
+    "auto_remove": False,  # run --rm: removed once exited for good (supervisor.autoremove)
 }
 
 METHODS = frozenset({"create", "start", "run", "stop", "kill", "restart", "rm", "ps", "inspect",

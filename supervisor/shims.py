@@ -267,8 +267,11 @@ class ShimLauncher:
     async def _run_once(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            # its own process group: a Ctrl-C or a `kill -- -PGID` meant for the daemon must
+            # not end the launcher under it (the daemon ends it, by closing the channel)
             proc = subprocess.Popen(self.argv(theirs.fileno()), pass_fds=(theirs.fileno(),),
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    process_group=0)
         except BaseException:
             ours.close()
             raise
@@ -286,21 +289,13 @@ class ShimLauncher:
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(watch_exit)
-                hello = await chan.recv()
-                if not isinstance(hello.get("hello"), dict):
-                    raise wire.ProtocolError(f"the launcher said {hello!r}, not hello")
-                self.chan = chan
-                self.ready = True
-                log.info("shim launcher ready", pid=proc.pid,
-                         ms=round((time.perf_counter() - began) * 1e3, 1))
-                while True:
-                    message = await chan.recv()
-                    waiter = self._waiting.get(message.get("id"))  # type: ignore[arg-type]
-                    if waiter is not None:
-                        waiter[1].append(message)
-                        waiter[0].set()
-        except (Closed, wire.ProtocolError) as exc:
-            log.warning("shim launcher channel closed", pid=proc.pid, error=str(exc))
+                # Closed is caught in here, not around the nursery: the nursery would wrap it
+                # in an ExceptionGroup that the except clause does not match
+                try:
+                    await self._serve_replies(chan, proc.pid, began)
+                except (Closed, wire.ProtocolError) as exc:
+                    log.warning("shim launcher channel closed", pid=proc.pid, error=str(exc))
+                    nursery.cancel_scope.cancel()
         finally:
             self.ready = False
             self.chan = None
@@ -316,6 +311,20 @@ class ShimLauncher:
                 os.close(pidfd)
                 self.pid = None
                 log.info("shim launcher exited", pid=proc.pid, returncode=code)
+
+    async def _serve_replies(self, chan: Channel, pid: int, began: float) -> None:
+        hello = await chan.recv()
+        if not isinstance(hello.get("hello"), dict):
+            raise wire.ProtocolError(f"the launcher said {hello!r}, not hello")
+        self.chan = chan
+        self.ready = True
+        log.info("shim launcher ready", pid=pid, ms=round((time.perf_counter() - began) * 1e3, 1))
+        while True:
+            message = await chan.recv()
+            waiter = self._waiting.get(message.get("id"))  # type: ignore[arg-type]
+            if waiter is not None:
+                waiter[1].append(message)
+                waiter[0].set()
 
     async def start(self, cid: str) -> dict[str, Any] | None:
         """Start the shim of *cid*: its ready map; None if the launcher cannot (fall back);
@@ -464,8 +473,11 @@ async def watch_lost_task(core: Core, cid: str, instance: str, pid: int | None,
 
 
 def exit_data(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: record.get(k) for k in ("pid", "exit_status", "signal", "exited_at",
+    data = {k: record.get(k) for k in ("pid", "exit_status", "signal", "exited_at",
                                        "shim_seq", "instance")}
+    if record.get("reason"):  # e.g. exec_failed: ... (the shim's exit record)
+        data["reason"] = record["reason"]
+    return data
 
 
 class ShimLink:
