@@ -4,9 +4,11 @@ Pure functions of their arguments (``now`` is a parameter), so every format is u
 without a daemon. Only the standard library's cheapest modules are imported: this runs inside
 every one-shot ``supervisorctl`` and its import time is part of the 40 ms budget of ``ps``.
 
-The ``--json`` shapes are a compatibility promise (DESIGN.md): one object per line, the fields of
-:data:`supervisor.protocol.PS_FIELDS` for ``ps`` and ``seq, time, type, id, data`` for
-``events``, times as RFC 3339 UTC with nanoseconds, or ``null``.
+The ``--json`` shapes are a compatibility promise (``docs/design.md`` section 11): one object
+per line; :data:`PS_JSON_FIELDS` for ``ps`` (:data:`supervisor.protocol.PS_FIELDS`, then fields
+added later, always at the end), ``seq, time, type, id, data`` for ``events``, ``time, stream,
+partial, line`` for ``logs``; times as RFC 3339 UTC with nanoseconds, or ``null``; bytes that
+are not UTF-8 as ``{"base64": "..."}`` (as ``python -m events dump --json``).
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "PS_JSON_FIELDS",
     "PS_TIME_FIELDS",
     "event_json",
     "event_line",
     "human_ago",
     "inspect_json",
+    "log_json",
+    "log_prefix",
     "ps_json_lines",
     "ps_table",
     "rfc3339",
@@ -32,6 +37,10 @@ __all__ = [
 
 #: The ``ps`` fields that are unix-nanosecond times on the wire.
 PS_TIME_FIELDS = ("created", "started", "finished")
+#: ``ps --json``: the first nine are the original promise; later fields are only ever appended.
+PS_JSON_FIELDS = (*PS_FIELDS, "command", "labels", "oom", "exit_reason")
+#: Widest COMMAND cell of the table unless ``--no-trunc`` (docker's is 20).
+COMMAND_WIDTH = 30
 _NS = 1_000_000_000
 
 
@@ -83,17 +92,57 @@ def _cell(value: Any) -> str:
 
 
 _PS_HEADERS = ("ID", "STATE", "PID", "EXIT", "RESTARTS", "RUNTIME", "CREATED", "STARTED",
-               "FINISHED")
+               "FINISHED", "COMMAND")
 
 
-def ps_table(rows: Sequence[Mapping[str, Any]], now_ns: int) -> str:
-    """The human ``ps``: a header and one aligned line per container, columns as PS_FIELDS."""
+def state_cell(row: Mapping[str, Any]) -> str:
+    """The state, and why a stopped container stopped when it was not an ordinary exit:
+    ``stopped (oom)``, ``stopped (exec failed)``, ``stopped (lost)`` (the status is unknown)."""
+    state = _cell(row.get("state"))
+    if state != "stopped":
+        return state
+    reason = str(row.get("exit_reason") or "")
+    if row.get("oom"):
+        return "stopped (oom)"
+    if reason.startswith("exec_failed"):
+        return "stopped (exec failed)"
+    if reason and row.get("exit_status") is None:
+        return "stopped (lost)"
+    return state
+
+
+def command_cell(argv: Any, width: int | None = COMMAND_WIDTH) -> str:
+    """``sh -c 'echo hi'``: words with a space or a quote are quoted; cut to ``width`` with
+    an ellipsis (docker's habit), whole when ``width`` is None."""
+    if not isinstance(argv, list) or not argv:
+        return "-"
+    words = []
+    for word in map(str, argv):
+        if word and all(ch.isalnum() or ch in "@%+=:,./-_" for ch in word):
+            words.append(word)
+        else:
+            words.append("'" + word.replace("'", "'\\''") + "'")
+    text = " ".join(words)
+    if width is not None and len(text) > width:
+        text = text[: width - 1] + "\u2026"
+    return text
+
+
+def ps_table(rows: Sequence[Mapping[str, Any]], now_ns: int, trunc: bool = True) -> str:
+    """The human ``ps``: a header and one aligned line per container, columns as PS_FIELDS,
+    then the command."""
     lines: list[list[str]] = [list(_PS_HEADERS)]
     for row in rows:
         cells = []
         for field in PS_FIELDS:
             value = row.get(field)
-            cells.append(human_ago(value, now_ns) if field in PS_TIME_FIELDS else _cell(value))
+            if field in PS_TIME_FIELDS:
+                cells.append(human_ago(value, now_ns))
+            elif field == "state":
+                cells.append(state_cell(row))
+            else:
+                cells.append(_cell(value))
+        cells.append(command_cell(row.get("command"), COMMAND_WIDTH if trunc else None))
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(_PS_HEADERS))]
     out = []
@@ -104,9 +153,14 @@ def ps_table(rows: Sequence[Mapping[str, Any]], now_ns: int) -> str:
 
 
 def _json_default(value: Any) -> Any:
-    """msgpack may hand us bytes (a container's binary output, a label); JSON has no bytes."""
+    """JSON has no bytes: UTF-8 stays text, anything else is kept, losslessly, as base64."""
     if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            import base64
+
+            return {"base64": base64.b64encode(value).decode("ascii")}
     if isinstance(value, set | frozenset | tuple):
         return list(value)
     return str(value)
@@ -124,7 +178,7 @@ def dumps(value: Any, indent: int | None = None) -> str:
 def ps_object(row: Mapping[str, Any]) -> dict[str, Any]:
     """Exactly the promised fields, in order; times as RFC 3339; missing ones as null."""
     obj: dict[str, Any] = {}
-    for field in PS_FIELDS:
+    for field in PS_JSON_FIELDS:
         value = row.get(field)
         obj[field] = rfc3339(value) if field in PS_TIME_FIELDS else value
     return obj
@@ -186,3 +240,18 @@ def inspect_json(obj: Mapping[str, Any]) -> str:
     if isinstance(history, list):
         out["history"] = [event_object(e) if isinstance(e, dict) else e for e in history]
     return dumps(out, indent=2)
+
+
+def log_prefix(item: Mapping[str, Any]) -> bytes:
+    """``logs -t``: the line's RFC 3339 time and a space (docker's ``--timestamps``)."""
+    stamp = item.get("time")
+    return ((rfc3339(stamp) if isinstance(stamp, int) else "-") + " ").encode()
+
+
+def log_json(item: Mapping[str, Any]) -> str:
+    """``logs --json``: ``time, stream, partial, line``; a line that is not UTF-8 is
+    ``{"base64": ...}`` (every byte kept)."""
+    stamp = item.get("time")
+    return dumps({"time": rfc3339(stamp) if isinstance(stamp, int) else None,
+                  "stream": item.get("stream"), "partial": bool(item.get("partial")),
+                  "line": item.get("line", b"")})

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from events.rpc import BlockingConnection
     from supervisor.ctl import Target
 
-__all__ = ["COMMANDS", "VERBS", "define"]
+__all__ = ["COMMANDS", "GRAMMAR", "PREFIX_CHARS", "VERBS"]
 
 #: Supervisor's LSB exit statuses (its supervisorctl's).
 GENERIC, INVALID_ARGS, NOT_RUNNING_INIT = 1, 2, 7
@@ -477,7 +477,7 @@ def cmd_apply(t: Target, args: argparse.Namespace) -> int:
 
 def cmd_info(t: Target, args: argparse.Namespace) -> int:
     """Daemon health (what ``status`` printed before Supervisor's ``status`` took its name)."""
-    from supervisor.ctl import _print_map
+    from supervisor.ctl_commands import _print_map
 
     with t.connect() as c:
         health = c.call("status")
@@ -497,41 +497,79 @@ COMMANDS: dict[str, Callable[[Target, argparse.Namespace], int]] = {
 VERBS = frozenset(COMMANDS)
 
 
-def define(add: Callable[..., argparse.ArgumentParser | None]) -> frozenset[str]:
-    """Add the subcommands through ``supervisor.ctl``'s ``add`` (which skips all but the one
-    being parsed); returns the names it took over."""
-    from supervisor.ctl import non_negative_float
+_NAMES = "NAME|GROUP:*|all"
 
-    names = "NAME|GROUP:*|all"
-    if p := add("status", "Supervisor's process table (exit 3 if one listed is not running)"):
-        p.add_argument("names", nargs="*", metavar="NAME|GROUP:*|all")
-        p.add_argument("--json", action="store_true", help="one process info object per line")
-    if p := add("start", "start processes: names, groups (GROUP:*) or all"):
-        p.add_argument("names", nargs="+", metavar=names)
-    for verb, text in (("stop", "stop processes (stop signal, then KILL after stopwaitsecs)"),
-                       ("restart", "stop, then start processes")):
-        if p := add(verb, text):
-            p.add_argument("-t", "--time", type=non_negative_float, metavar="SECONDS",
-                           help="grace time before SIGKILL (default: the program's)")
-            p.add_argument("names", nargs="+", metavar=names)
-    if p := add("signal", "send a signal to processes"):
-        p.add_argument("signal", metavar="SIGNAL", help="a name (HUP, TERM) or a number")
-        p.add_argument("names", nargs="+", metavar=names)
-    if p := add("tail", "a process's output: tail [-f|-N] NAME [stdout|stderr]",
-                usage="%(prog)s [-f | -N] NAME [stdout|stderr]", prefix_chars="+"):
-        p.add_argument("words", nargs="+", metavar="ARG")
-    if p := add("pid", "the pid of supervisord, of processes, or of all"):
-        p.add_argument("names", nargs="*", metavar="NAME|all")
-    add("avail", "every configured process (in use or not)")
-    add("reread", "what `update` would change (the --config file, or the applied file)")
-    add("update", "apply the --config file (or the applied file) again, with prune")
-    if p := add("clear", "clear processes' logs"):
-        p.add_argument("names", nargs="+", metavar="NAME|all")
-    if p := add("apply", "apply a program file (Tether TOML or supervisord.conf)"):
-        p.add_argument("-f", "--file", required=True, metavar="FILE")
-        p.add_argument("--prune", action="store_true",
-                       help="remove programs that are not in the file (never `run` containers)")
-        p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    if p := add("info", "daemon health, version, paths, counts"):
-        p.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
-    return VERBS
+
+def _g_status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", metavar=_NAMES)
+    p.add_argument("--json", action="store_true", help="one process info object per line")
+
+
+def _g_names(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="+", metavar=_NAMES)
+
+
+def _g_stop(p: argparse.ArgumentParser) -> None:
+    from supervisor.ctl_grammar import non_negative_float
+
+    p.add_argument("-t", "--time", type=non_negative_float, metavar="SECONDS",
+                   help="grace time before SIGKILL (default: the program's)")
+    p.add_argument("--all", dest="names", action="store_const", const=["all"],
+                   help="every process (docker's --all; the same as the name all)")
+    p.add_argument("names", nargs="*", metavar=_NAMES)
+
+
+def _g_signal(p: argparse.ArgumentParser) -> None:
+    p.add_argument("signal", metavar="SIGNAL", help="a name (HUP, TERM) or a number")
+    _g_names(p)
+
+
+def _g_tail(p: argparse.ArgumentParser) -> None:
+    p.add_argument("words", nargs="+", metavar="ARG")
+
+
+def _g_pid(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", metavar="NAME|all")
+
+
+def _g_none(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _g_clear(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="+", metavar="NAME|all")
+
+
+def _g_apply(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--file", required=True, metavar="FILE")
+    p.add_argument("--prune", action="store_true",
+                   help="remove programs that are not in the file (never `run` containers)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+
+
+def _g_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
+
+
+#: Supervisor's verbs in :data:`supervisor.ctl_grammar.GRAMMAR`'s shape: name -> (one-line
+#: help, its arguments, usage or None). Where a name is also a docker-style verb, this wins.
+GRAMMAR: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str | None]] = {
+    "status": ("Supervisor's process table (exit 3 if one listed is not running)", _g_status,
+               None),
+    "start": ("start processes: names, groups (GROUP:*) or all", _g_names, None),
+    "stop": ("stop processes (stop signal, then KILL after stopwaitsecs)", _g_stop, None),
+    "restart": ("stop, then start processes", _g_stop, None),
+    "signal": ("send a signal to processes", _g_signal, None),
+    "tail": ("a process's output: tail [-f|-N] NAME [stdout|stderr]", _g_tail,
+             "%(prog)s [-f | -N] NAME [stdout|stderr]"),
+    "pid": ("the pid of supervisord, of processes, or of all", _g_pid, None),
+    "avail": ("every configured process (in use or not)", _g_none, None),
+    "reread": ("what `update` would change (the --config file, or the applied file)", _g_none,
+               None),
+    "update": ("apply the --config file (or the applied file) again, with prune", _g_none, None),
+    "clear": ("clear processes' logs", _g_clear, None),
+    "apply": ("apply a program file (Tether TOML or supervisord.conf)", _g_apply, None),
+    "info": ("daemon health, version, paths, counts", _g_info, None),
+}
+#: ``tail -f`` and ``tail -100`` are Supervisor's words, not options: its parser takes none.
+PREFIX_CHARS = {"tail": "+"}
