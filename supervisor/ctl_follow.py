@@ -159,6 +159,8 @@ def cmd_logs(t: Target, args: argparse.Namespace) -> int:
     if args.since is not None:
         params["since"] = args.since
     cursor: list[Any] = []
+    resumed: list[bool] = []
+    began = time.time_ns()
 
     def show(item: dict[str, Any]) -> None:
         if args.json:
@@ -178,6 +180,10 @@ def cmd_logs(t: Target, args: argparse.Namespace) -> int:
         if cursor:  # resuming: exactly after the last line shown
             wanted.pop("tail", None)
             wanted["after"] = cursor[0]
+        elif resumed and "tail" in params:  # nothing shown yet (--tail 0): what came since
+            wanted.pop("tail", None)
+            wanted["since"] = max(began, params.get("since") or 0)
+        resumed.append(True)
         for item in items(conn, "logs", wanted, watch_output=args.follow):
             show(item)
             if isinstance(item.get("cursor"), list):

@@ -297,6 +297,22 @@ def test_logs_follow_resumes_after_the_last_line_across_a_restart(daemon: Daemon
     assert lines == [f"line{i}\n".encode() for i in range(1, 61)]  # no gap, no duplicate
 
 
+def test_logs_follow_with_nothing_shown_yet_misses_nothing_across_a_restart(
+        daemon: Daemon) -> None:
+    ok(daemon, "run", "--name", "late", "sh", "-c", "echo early; sleep 1.5; echo late; sleep 60")
+    daemon.wait_for(lambda: ctl(daemon, "logs", "late").stdout == "early\n")
+    reader = follower(daemon, "logs", "-f", "--tail", "0", "late")
+    try:
+        time.sleep(0.3)
+        daemon.kill9()
+        time.sleep(1.5)  # `late` is written while no daemon is up
+        daemon.start()
+        assert reader.stdout is not None
+        assert reader.stdout.readline() == b"late\n"
+    finally:
+        stop(reader)
+
+
 def test_the_help_says_which_exit_code_means_what() -> None:
     for argv in (["wait", "--help"], ["--help"]):
         proc = subprocess.run([*CTL, *argv], capture_output=True, text=True, timeout=30,
