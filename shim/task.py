@@ -257,7 +257,7 @@ class Task:
         self._move(Move.EXIT)
         self._cancel_stop()
         self.diag.log("info", "task_exit", **record)
-        data = {"pid": pid, "exit_status": exit_status, "signal": sig,
+        data: dict[str, Any] = {"pid": pid, "exit_status": exit_status, "signal": sig,
                 "exited_at": record["exited_at"]}
         if "reason" in record:
             data["reason"] = record["reason"]

@@ -191,7 +191,8 @@ class _Unsupported(argparse.Action):
 
     def __init__(self, *args: Any, why: str = "", **kwargs: Any) -> None:
         self.why = why
-        super().__init__(*args, nargs=0, **kwargs)
+        kwargs["nargs"] = 0
+        super().__init__(*args, **kwargs)
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
         parser.error(f"{'/'.join(self.option_strings)}: {self.why}")

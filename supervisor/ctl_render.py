@@ -245,7 +245,7 @@ def inspect_json(obj: Mapping[str, Any]) -> str:
 def log_prefix(item: Mapping[str, Any]) -> bytes:
     """``logs -t``: the line's RFC 3339 time and a space (docker's ``--timestamps``)."""
     stamp = item.get("time")
-    return ((rfc3339(stamp) if isinstance(stamp, int) else "-") + " ").encode()
+    return ((timefmt.rfc3339(stamp) if isinstance(stamp, int) else "-") + " ").encode()
 
 
 def log_json(item: Mapping[str, Any]) -> str:

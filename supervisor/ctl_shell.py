@@ -8,6 +8,7 @@ Each command opens its own connection: the shell outlives a daemon restart witho
 
 from __future__ import annotations
 
+import argparse
 import cmd
 import shlex
 import sys
@@ -27,7 +28,7 @@ class Shell(cmd.Cmd):
 
     def run(self) -> int:
         if not sys.stdin.isatty():
-            self.intro = None
+            self.intro = None  # type: ignore[assignment]
             self.prompt = ""
         while True:
             try:
@@ -35,14 +36,14 @@ class Shell(cmd.Cmd):
                 return self.status
             except KeyboardInterrupt:  # Ctrl-C cancels the line (or a `logs -f`), not the shell
                 sys.stdout.write("\n")
-                self.intro = None
+                self.intro = None  # type: ignore[assignment]
 
     # cmd.Cmd hooks -------------------------------------------------------------------------
 
     def emptyline(self) -> bool:
         return False  # do not repeat the last command (it could be `rm`)
 
-    def default(self, line: str) -> bool:
+    def default(self, line: str) -> bool:  # type: ignore[override]
         try:
             words = shlex.split(line)
         except ValueError as exc:
@@ -66,7 +67,8 @@ class Shell(cmd.Cmd):
 
     def do_help(self, arg: str) -> bool:
         try:
-            self.status = cmd_help(None, _Topic(arg.strip() or None), shell=True)
+            self.status = cmd_help(None, argparse.Namespace(topic=arg.strip() or None),
+                                   shell=True)
         except ctl.CtlError as exc:
             ctl.warn(str(exc))
             self.status = exc.code
@@ -86,7 +88,3 @@ class Shell(cmd.Cmd):
         names = [c for c in ctl_grammar.GRAMMAR if c != "completion"]
         return [c for c in [*names, *ctl_grammar.SHELL_ONLY] if c.startswith(text)]
 
-
-class _Topic:
-    def __init__(self, topic: str | None) -> None:
-        self.topic = topic
