@@ -235,6 +235,18 @@ def cmd_start(t: Target, args: argparse.Namespace) -> int:
     return status.code
 
 
+def _names_or_all(args: argparse.Namespace) -> None:
+    """``stop``/``restart``: names, or docker's ``--all`` (the name ``all``), not both."""
+    from supervisor.ctl_grammar import usage_error
+
+    if args.all and args.names:
+        raise usage_error(args, "give names or --all, not both")
+    if args.all:
+        args.names = ["all"]
+    if not args.names:
+        raise usage_error(args, f"the following arguments are required: {_NAMES} (or --all)")
+
+
 def _stop(t: Target, args: argparse.Namespace, status: _Status) -> None:
     with t.connect(call_timeout=None) as c:
         if getattr(args, "time", None) is not None:  # docker's stop -t: the grace time
@@ -261,10 +273,14 @@ def _stop_with_grace(c: BlockingConnection, names: list[str], grace: float,
         if infos is None:
             infos = rpc(c, "supervisor.getAllProcessInfo")
         group, process = split_namespec(name)
-        found = [(i["name"], namespec(i["group"], i["name"])) for i in infos
+        named = [i for i in infos
                  if name == "all" or (i["group"] == group
                                       and (process is None or i["name"] == process))]
-        if not found:
+        # as stopAllProcesses/stopProcessGroup: what is already stopped is left alone
+        found = [(i["name"], namespec(i["group"], i["name"])) for i in named
+                 if (name != "all" and process is not None)
+                 or i["state"] not in STOPPED_STATES]
+        if not named:
             _out(f"{name}: ERROR (no such process)")
             status.code = GENERIC
         chosen += found
@@ -279,12 +295,14 @@ def _stop_with_grace(c: BlockingConnection, names: list[str], grace: float,
 
 
 def cmd_stop(t: Target, args: argparse.Namespace) -> int:
+    _names_or_all(args)
     status = _Status()
     _stop(t, args, status)
     return status.code
 
 
 def cmd_restart(t: Target, args: argparse.Namespace) -> int:
+    _names_or_all(args)
     status = _Status()
     _stop(t, args, status)
     with t.connect(call_timeout=None) as c:
@@ -514,7 +532,7 @@ def _g_stop(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("-t", "--time", type=non_negative_float, metavar="SECONDS",
                    help="grace time before SIGKILL (default: the program's)")
-    p.add_argument("--all", dest="names", action="store_const", const=["all"],
+    p.add_argument("--all", action="store_true",
                    help="every process (docker's --all; the same as the name all)")
     p.add_argument("names", nargs="*", metavar=_NAMES)
 

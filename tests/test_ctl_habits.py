@@ -235,8 +235,8 @@ def test_rm_f_of_ps_aq_and_the_all_flags(daemon: Daemon) -> None:
     ok(daemon, "run", "--name", "done", "true")
     assert ok(daemon, "wait", "done") == "0\n"
     assert ok(daemon, "rm", "--all") == "done\n"  # stopped ones only, without -f
-    assert ok(daemon, "stop", "-t", "0", "a") == "a\n"
-    assert ok(daemon, "stop", "--all", "-t", "0") == "b\nc\n"
+    assert ok(daemon, "stop", "-t", "0", "a") == "a: stopped\n"  # Supervisor's words
+    assert ok(daemon, "stop", "--all", "-t", "0") == "b: stopped\nc: stopped\n"
     assert ps_rows(daemon) == {}
     for name in ("d", "e"):
         ok(daemon, "run", "--name", name, "sleep", "60")
