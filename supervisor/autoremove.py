@@ -60,7 +60,7 @@ async def run(core: Any, remove: Remove, *,
     """The service (a task of the daemon's nursery): ``remove`` is the ``rm`` method."""
     matches = make_filter(["task.exit"], [])
     while True:
-        sub = core.hub.subscribe(core.state.last_seq, matches)
+        sub = core.hub.subscribe(core.state.last_seq, matches, internal=True)
         task_status.started()
         task_status = trio.TASK_STATUS_IGNORED
         try:
