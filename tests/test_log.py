@@ -164,8 +164,8 @@ def test_rolls_into_segments_named_by_first_seq(root: Path) -> None:
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
 def test_replay_across_chunk_boundaries(root: Path, monkeypatch, chunk: int) -> None:
-    import events.log
-    monkeypatch.setattr(events.log, "CHUNK", chunk)
+    import events.segment
+    monkeypatch.setattr(events.segment, "CHUNK", chunk)
     with EventLog.open(root, segment_size=2000) as log:
         evs = []
         for i in range(15):
