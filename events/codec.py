@@ -3,13 +3,22 @@
 Sans-IO: everything here takes and returns bytes, so the writer (:mod:`events.log`), replay and
 recovery (:mod:`events.segment`), and verify/repair (:mod:`events.verify`) read the format
 through the same few functions, and the version is checked in one place
-(:func:`parse_header`). ``docs/design.md`` section 3 describes the format byte by byte.
+(:func:`read_version`). ``docs/design.md`` section 3 describes the format byte by byte.
 
-A *frame* is the unit a CRC covers. In format 1 a frame is one record:
-``u32 length | u32 crc32(payload) | payload``. :func:`parse_frames` walks as many whole, valid
-frames as a buffer holds and returns their payloads as a list (no generator per frame: replay
-of a million events goes through it); one msgpack ``Unpacker`` then decodes a whole run of
-payloads at once, far cheaper than ``unpackb`` per record.
+A *frame* is the unit a CRC covers and a crash keeps or loses whole:
+
+* format 2 (written): one frame per :meth:`EventLog.append <events.log.EventLog.append>`, a
+  *batch*: ``magic | crc32 | u32 length | u32 count | u64 first_seq | records``, the CRC
+  covering everything after it and seeded with the segment's random salt. A power loss that
+  leaves the one unsynced batch half on disk (pages in any order, a hole then whole records)
+  fails that batch's CRC, so it reads as "never committed", like a SQLite WAL transaction
+  without its commit frame, and is cut; a valid batch after damage means real corruption.
+* format 1 (read only): one frame per record, ``u32 length | u32 crc32(payload) | payload``.
+
+:func:`parse_frames` walks as many whole, valid frames as a buffer holds and returns their
+bodies as a list (no generator per frame: replay of a million events goes through it); one
+msgpack ``Unpacker`` then decodes a whole run of bodies at once, far cheaper than ``unpackb``
+per record. A record is ``msgpack(event.to_record())`` in both formats.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ __all__ = [
     "decode_record",
     "encode_batch",
     "encode_header",
+    "encode_header_v1",
+    "encode_records_v1",
     "find_valid_frame",
     "parse_frames",
     "parse_header",
@@ -44,24 +55,35 @@ __all__ = [
 ]
 
 #: The segment format this code writes. Older versions stay readable; newer ones are refused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAGIC = b"TETHRLOG"
 _PREFIX = struct.Struct(">8sI")  # magic, version: the part every version shares
 PREFIX_SIZE = _PREFIX.size
 _HEADER_V1 = struct.Struct(">8sIQI")  # magic, version, first_seq, crc32 of the preceding 20 bytes
-HEADER_SIZE = _HEADER_V1.size
+HEADER_SIZE_V1 = _HEADER_V1.size
+_HEADER_V2 = struct.Struct(">8sIQII")  # magic, version, first_seq, salt, crc32 of the first 24
+HEADER_SIZE = _HEADER_V2.size
 #: Bytes enough to hold the header of any version this code reads.
-MAX_HEADER = _HEADER_V1.size
-_REC = struct.Struct(">II")  # payload length, crc32 of payload
+MAX_HEADER = max(HEADER_SIZE, HEADER_SIZE_V1)
+_REC = struct.Struct(">II")  # format 1 record: payload length, crc32 of payload
 REC_HEADER = _REC.size
+#: Format 2 batch: magic, crc32 (salted) of everything after it, body length, count, first seq.
+BATCH_MAGIC = b"\xb7TB\x02"
+_BATCH = struct.Struct(">4sIIIQ")
+BATCH_HEADER = _BATCH.size
+_BATCH_TAIL = struct.Struct(">IIQ")  # the part of the batch header after magic and crc
 #: Largest payload accepted. Above the wire's 16 MiB frame limit (no event can be larger than the
 #: request that caused it), far below anything a damaged length field could make us allocate.
 MAX_RECORD = 32 * 1024 * 1024
+#: Largest batch body: what one append may write (and a damaged length field may claim).
+MAX_BATCH = 1024 * 1024 * 1024
 
 _crc32 = zlib.crc32
 _rec_unpack = _REC.unpack_from
 _rec_pack = _REC.pack
 _u32_unpack = struct.Struct(">I").unpack_from
+_batch_unpack = _BATCH.unpack_from
+_tail_pack = _BATCH_TAIL.pack
 
 
 class CorruptLog(Exception):
@@ -101,12 +123,23 @@ class Header:
 
     version: int
     first_seq: int
-    size: int  # bytes: records start here
+    size: int  # bytes: frames start here
+    salt: int = 0  # format 2: seeds every batch CRC of the segment
 
 
-def encode_header(first_seq: int) -> bytes:
+def new_salt() -> int:
+    return int.from_bytes(os.urandom(4), "big")
+
+
+def encode_header(first_seq: int, salt: int) -> bytes:
     """The header of a new segment, in the current format."""
-    body = _PREFIX.pack(MAGIC, FORMAT_VERSION) + struct.pack(">Q", first_seq)
+    body = _PREFIX.pack(MAGIC, FORMAT_VERSION) + struct.pack(">QI", first_seq, salt)
+    return body + struct.pack(">I", _crc32(body))
+
+
+def encode_header_v1(first_seq: int) -> bytes:
+    """A format-1 header: only to recognise one (and for tests); nothing writes format 1."""
+    body = _PREFIX.pack(MAGIC, 1) + struct.pack(">Q", first_seq)
     return body + struct.pack(">I", _crc32(body))
 
 
@@ -132,30 +165,71 @@ def parse_header(data: bytes, first_seq: int, path: str | os.PathLike[str]) -> H
     Raises :class:`LogVersionError` for a newer format.
     """
     version = read_version(data, path)
-    if len(data) < HEADER_SIZE:
-        return f"partial segment header ({len(data)} of {HEADER_SIZE} bytes)"
+    size = HEADER_SIZE_V1 if version == 1 else HEADER_SIZE
+    if len(data) < size:
+        return f"partial segment header ({len(data)} of {size} bytes)"
     if version is None:
         return "bad segment magic (not a Tether event-log segment)"
     if version < 1:
         return f"bad segment format version {version}"
-    if data[:HEADER_SIZE] != encode_header(first_seq):
+    if version == 1:
+        if data[:size] != encode_header_v1(first_seq):
+            return "bad segment header (checksum or first seq does not match its name)"
+        return Header(1, first_seq, size)
+    _, _, seq, salt, crc = _HEADER_V2.unpack_from(data, 0)
+    if crc != _crc32(memoryview(data)[: size - 4]) or seq != first_seq:
         return "bad segment header (checksum or first seq does not match its name)"
-    return Header(version, first_seq, HEADER_SIZE)
+    return Header(version, first_seq, size, salt)
 
 
 # -- frames -------------------------------------------------------------------------------------
 
 
-def parse_frames(hdr: Header, buf: bytes, pos: int, end: int
-                 ) -> tuple[list[memoryview], int, str | None]:
-    """Walk the whole, valid frames of ``buf[pos:end]``.
+def parse_frames(hdr: Header, buf: bytes, pos: int, end: int, seq: int
+                 ) -> tuple[list[memoryview], int, int, str | None, bool]:
+    """Walk the whole, valid frames of ``buf[pos:end]``, the first holding record ``seq``.
 
-    Returns ``(payloads, stop, why)``: the payload of every frame passed, where the walk
-    stopped, and ``why`` when it stopped at a bad frame (``None``: at ``end``, or at a frame
-    that continues past ``end`` -- more bytes are needed, or the segment ends in a partial
-    frame). Zeros where a frame should start are reported as a bad frame: the caller tells
-    the space written ahead of the records (:func:`all_zero` to the end) from damage.
+    Returns ``(bodies, records, stop, why, sound)``: the body of every frame passed, how many
+    records they hold, where the walk stopped, and ``why`` when it stopped at a bad frame
+    (``None``: at ``end``, or at a frame that continues past ``end`` -- more bytes are needed,
+    or the segment ends in a partial frame). ``sound`` says the bad frame passed its checksum
+    (a wrong seq): no crash leaves that, so it is never a torn tail. Zeros where a frame should
+    start are reported as a bad frame: the caller tells the space written ahead of the records
+    (:func:`all_zero` to the end) from damage. Format-1 records' seqs are checked when they
+    are decoded; format-2 batches carry theirs in the header.
     """
+    if hdr.version == 1:
+        return _parse_v1(buf, pos, end)
+    bodies: list[memoryview] = []
+    add = bodies.append
+    mv = memoryview(buf)
+    unpack = _batch_unpack
+    crc32 = _crc32
+    salt = hdr.salt
+    first = seq
+    while pos + BATCH_HEADER <= end:
+        magic, crc, length, count, batch_seq = unpack(buf, pos)
+        if magic != BATCH_MAGIC:
+            return bodies, seq - first, pos, "no batch header where one should start", False
+        if not 0 < count <= length <= MAX_BATCH:
+            return bodies, seq - first, pos, f"implausible batch ({count} records in " \
+                f"{length} bytes)", False
+        stop = pos + BATCH_HEADER + length
+        if stop > end:
+            break
+        if crc32(mv[pos + 8 : stop], salt) != crc:
+            return bodies, seq - first, pos, "batch checksum mismatch", False
+        if batch_seq != seq:
+            return bodies, seq - first, pos, (f"batch of seq {batch_seq} where {seq} was "
+                                             "expected (a gap or a duplicate)"), True
+        add(mv[pos + BATCH_HEADER : stop])
+        seq += count
+        pos = stop
+    return bodies, seq - first, pos, None, False
+
+
+def _parse_v1(buf: bytes, pos: int, end: int
+              ) -> tuple[list[memoryview], int, int, str | None, bool]:
     payloads: list[memoryview] = []
     add = payloads.append
     mv = memoryview(buf)
@@ -164,31 +238,43 @@ def parse_frames(hdr: Header, buf: bytes, pos: int, end: int
     while pos + REC_HEADER <= end:
         length, crc = rec_unpack(buf, pos)
         if not 0 < length <= MAX_RECORD:
-            return payloads, pos, f"implausible record length {length}"
+            return payloads, len(payloads), pos, f"implausible record length {length}", False
         stop = pos + REC_HEADER + length
         if stop > end:
             break
         payload = mv[pos + REC_HEADER : stop]
         if crc32(payload) != crc:
-            return payloads, pos, "record checksum mismatch"
+            return payloads, len(payloads), pos, "record checksum mismatch", False
         add(payload)
         pos = stop
-    return payloads, pos, None
+    return payloads, len(payloads), pos, None, False
 
 
 def skip_frames(hdr: Header, buf: bytes, pos: int, end: int, records: int) -> tuple[int, int]:
-    """Hop over up to ``records`` records from ``pos`` without checking them (replay ``since``):
-    ``(pos, records hopped)``. Stops early at anything odd; :func:`parse_frames` reports it."""
+    """Hop over whole frames holding at most ``records`` records from ``pos`` without checking
+    them (replay ``since``): ``(pos, records hopped)``. Stops early at anything odd;
+    :func:`parse_frames` reports it."""
     hopped = 0
-    u32 = _u32_unpack
-    while hopped < records and pos + REC_HEADER <= end:
-        (length,) = u32(buf, pos)
-        if not 0 < length <= MAX_RECORD:
+    if hdr.version == 1:
+        u32 = _u32_unpack
+        while hopped < records and pos + REC_HEADER <= end:
+            (length,) = u32(buf, pos)
+            if not 0 < length <= MAX_RECORD:
+                break
+            stop = pos + REC_HEADER + length
+            if stop > end:
+                break
+            hopped += 1
+            pos = stop
+        return pos, hopped
+    while pos + BATCH_HEADER <= end:
+        magic, _, length, count, _ = _batch_unpack(buf, pos)
+        if magic != BATCH_MAGIC or not 0 < count <= length <= MAX_BATCH:
             break
-        stop = pos + REC_HEADER + length
-        if stop > end:
+        stop = pos + BATCH_HEADER + length
+        if stop > end or hopped + count > records:
             break
-        hopped += 1
+        hopped += count
         pos = stop
     return pos, hopped
 
@@ -196,18 +282,50 @@ def skip_frames(hdr: Header, buf: bytes, pos: int, end: int, records: int) -> tu
 def frame_offset(hdr: Header, buf: bytes, pos: int, records: int) -> int:
     """Offset of the frame holding the ``records``-th record after ``pos`` (frames that
     :func:`parse_frames` already passed): where a record that fails to decode is reported."""
-    for _ in range(records):
-        (length,) = _u32_unpack(buf, pos)
-        pos += REC_HEADER + length
-    return pos
+    if hdr.version == 1:
+        for _ in range(records):
+            (length,) = _u32_unpack(buf, pos)
+            pos += REC_HEADER + length
+        return pos
+    while True:
+        _, _, length, count, _ = _batch_unpack(buf, pos)
+        if records < count:
+            return pos
+        records -= count
+        pos += BATCH_HEADER + length
+
+
+def frame_size(hdr: Header, buf: bytes, pos: int, end: int) -> int | None:
+    """Bytes the frame at ``pos`` takes, from its header (None: the header is not all there)."""
+    if hdr.version == 1:
+        return REC_HEADER + _u32_unpack(buf, pos)[0] if pos + REC_HEADER <= end else None
+    if pos + BATCH_HEADER > end:
+        return None
+    return BATCH_HEADER + int(_batch_unpack(buf, pos)[2])
 
 
 def partial_frame(hdr: Header, buf: bytes, pos: int, end: int) -> str:
     """Describe the frame at ``pos`` that continues past ``end``."""
-    if pos + REC_HEADER > end:
-        return f"partial record header ({end - pos} of {REC_HEADER} bytes)"
-    (length,) = _u32_unpack(buf, pos)
-    return f"partial record ({end - pos - REC_HEADER} of {length} payload bytes)"
+    if hdr.version == 1:
+        if pos + REC_HEADER > end:
+            return f"partial record header ({end - pos} of {REC_HEADER} bytes)"
+        (length,) = _u32_unpack(buf, pos)
+        return f"partial record ({end - pos - REC_HEADER} of {length} payload bytes)"
+    if pos + BATCH_HEADER > end:
+        return f"partial batch header ({end - pos} of {BATCH_HEADER} bytes)"
+    length = _batch_unpack(buf, pos)[2]
+    return f"partial batch ({end - pos - BATCH_HEADER} of {length} bytes)"
+
+
+def batch_seqs(hdr: Header, buf: bytes, pos: int, end: int) -> tuple[int, int] | None:
+    """``(first, last)`` seq a format-2 batch header at ``pos`` claims, if it looks like one
+    (for the warning that names what a torn-tail cut removes)."""
+    if hdr.version == 1 or pos + BATCH_HEADER > end:
+        return None
+    magic, _, length, count, first = _batch_unpack(buf, pos)
+    if magic != BATCH_MAGIC or not 0 < count <= length:
+        return None
+    return int(first), int(first + count - 1)
 
 
 def find_valid_frame(hdr: Header | None, buf: bytes, start: int, end: int,
@@ -216,8 +334,29 @@ def find_valid_frame(hdr: Header | None, buf: bytes, start: int, end: int,
 
     Used after a bad frame: its length field may itself be damaged, so it cannot tell where
     the next frame starts; every byte offset is tried. A frame found here means the damage is
-    in the middle of the history, not a torn tail.
+    in the middle of the history, not a torn tail. ``hdr=None`` (the segment header itself is
+    damaged, so neither the format nor the salt is known) looks for either format's frames,
+    and takes a format-2 batch on its structure alone: refusing wrongly is safe, cutting
+    wrongly is not.
     """
+    if hdr is None or hdr.version == 1:
+        found = _find_record_v1(buf, start, end, min_seq)
+        if hdr is not None or found is not None:
+            return found
+    mv = memoryview(buf)
+    q = buf.find(BATCH_MAGIC, start, end)
+    while q != -1:
+        if q + BATCH_HEADER <= end:
+            _, crc, length, count, first = _batch_unpack(buf, q)
+            stop = q + BATCH_HEADER + length
+            if (0 < count <= length and stop <= end and min_seq <= first
+                    and (hdr is None or _crc32(mv[q + 8 : stop], hdr.salt) == crc)):
+                return q
+        q = buf.find(BATCH_MAGIC, q + 1, end)
+    return None
+
+
+def _find_record_v1(buf: bytes, start: int, end: int, min_seq: int) -> int | None:
     max_seq = min_seq + (end - start)  # every record takes more than one byte
     mv = memoryview(buf)
     for q in range(start, end - REC_HEADER):
@@ -316,7 +455,7 @@ Item = tuple[str, str, dict[str, Any]]
 
 
 class Encoder:
-    """Turns a batch of ``(type, id, data)`` items into the bytes to append and their events.
+    """Turns a batch of ``(type, id, data)`` items into the frame to append and its events.
 
     Holds one msgpack Packer (reused: cheaper than ``packb`` per record). Not thread-safe: the
     log encodes under its lock.
@@ -325,17 +464,16 @@ class Encoder:
     def __init__(self) -> None:
         self._packer = msgpack.Packer(use_bin_type=True)
 
-    def encode(self, items: Sequence[Item], last_seq: int, time_ns: int | None
+    def encode(self, items: Sequence[Item], last_seq: int, time_ns: int | None, salt: int
                ) -> tuple[bytes, list[Event]]:
-        """Frames for ``items`` numbered from ``last_seq + 1``; ValueError/TypeError for an
-        invalid item, before anything is returned (the batch is all or nothing)."""
+        """One batch frame for ``items`` numbered from ``last_seq + 1``; ValueError/TypeError
+        for an invalid item, before anything is returned (the batch is all or nothing)."""
         stamp = time.time_ns() if time_ns is None else time_ns
         seq = last_seq
         events: list[Event] = []
         parts: list[bytes] = []
+        add = parts.append
         pack = self._packer.pack
-        rec_pack = _rec_pack
-        crc32 = _crc32
         fast = FAST
         for etype, eid, data in items:
             if not isinstance(etype, str) or not etype:
@@ -351,12 +489,27 @@ class Encoder:
             if len(payload) > MAX_RECORD:
                 raise ValueError(f"event {etype} of {len(payload)} bytes exceeds the "
                                  f"{MAX_RECORD}-byte record limit")
-            parts.append(rec_pack(len(payload), crc32(payload)))
-            parts.append(payload)
+            add(payload)
             events.append(ev)
-        return b"".join(parts), events
+        body = b"".join(parts)
+        if len(body) > MAX_BATCH:
+            raise ValueError(f"a batch of {len(body)} bytes exceeds the {MAX_BATCH}-byte limit")
+        tail = _tail_pack(len(body), len(events), last_seq + 1)
+        crc = _crc32(body, _crc32(tail, salt))
+        return b"".join((BATCH_MAGIC, crc.to_bytes(4, "big"), tail, body)), events
 
 
-def encode_batch(items: Sequence[Item], last_seq: int, time_ns: int | None = None) -> bytes:
-    """The bytes :class:`Encoder` appends for ``items`` (tests and tools)."""
-    return Encoder().encode(items, last_seq, time_ns)[0]
+def encode_batch(items: Sequence[Item], last_seq: int, salt: int, time_ns: int | None = None
+                 ) -> bytes:
+    """The frame :class:`Encoder` appends for ``items`` (tests and tools)."""
+    return Encoder().encode(items, last_seq, time_ns, salt)[0]
+
+
+def encode_records_v1(items: Sequence[Item], last_seq: int, time_ns: int) -> bytes:
+    """Format-1 records, as Tether before format 2 wrote them (tests of the reader)."""
+    out = []
+    for k, (etype, eid, data) in enumerate(items):
+        payload = msgpack.packb({"seq": last_seq + 1 + k, "time": time_ns, "type": etype,
+                                 "id": eid, "data": data}, use_bin_type=True)
+        out.append(_rec_pack(len(payload), _crc32(payload)) + payload)
+    return b"".join(out)

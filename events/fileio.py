@@ -52,6 +52,10 @@ class FileIO:
     def unlink(self, path: str | os.PathLike[str]) -> None:
         os.unlink(path)
 
+    def mkdir(self, path: str | os.PathLike[str]) -> None:
+        """Create a directory (its entry is durable once the parent is fsynced)."""
+        os.mkdir(path)
+
     def fsync_dir(self, path: str | os.PathLike[str]) -> None:
         """Make a directory's entries (a new, renamed or deleted file) durable."""
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

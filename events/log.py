@@ -137,6 +137,8 @@ class EventLog:
     _prealloc: int
     _last_seq: int
     _needs_truncate: bool
+    _salt: int
+    _new_salt: int
 
     def __init__(self, *_: Any, **__: Any) -> None:
         raise TypeError("use EventLog.open(root)")
@@ -155,8 +157,13 @@ class EventLog:
         self = object.__new__(cls)
         self._root = Path(root)
         self._dir = self._root / "events"
-        self._dir.mkdir(parents=True, exist_ok=True)
         self._io = io
+        if not self._dir.is_dir():
+            # The directory's entry must be as durable as the first append in it.
+            self._root.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                io.mkdir(self._dir)
+            io.fsync_dir(self._root)
         self._segment_size = segment_size
         self._lock = threading.Lock()
         self._encoder = codec.Encoder()
@@ -187,6 +194,7 @@ class EventLog:
         segs = list_segments(self._dir)
         for _, path in segs[:-1]:
             check_version(path)
+        popped = False
         while True:
             if not segs:
                 io.close(self._create_segment(1))
@@ -194,14 +202,15 @@ class EventLog:
             first, path = segs[-1]
             data = path.read_bytes()
             scan = quick_scan(path, first, data)
-            if scan.damage is not None and not scan.torn:
+            if scan.damage is not None and (not scan.torn or popped):
+                # popped: a segment before the last was closed (synced) before the next one was
+                # created, so a crash cannot have torn it
                 raise CorruptLog(path, scan.end, scan.damage)
             if scan.damage is not None and not scan.header_ok:
                 # A crash while creating this segment (nothing in it was ever acknowledged), or
                 # a header damaged with nothing valid after it. Keep anything that is not just a
                 # partial header, for an operator to look at.
-                header = codec.encode_header(first)
-                if data.strip(b"\0") and not header.startswith(data.rstrip(b"\0")):
+                if data.strip(b"\0") and not _could_be_partial_header(data, first):
                     kept = broken_path(path)
                     io.rename(path, kept)
                     logger.warning("event log: %s: %s and no valid record after it; moved to %s",
@@ -213,14 +222,12 @@ class EventLog:
                 io.fsync_dir(self._dir)
                 if len(segs) > 1:
                     segs.pop()
+                    popped = True
                     continue
                 io.close(self._create_segment(first))
                 continue
             if scan.damage is not None:
-                logger.warning(
-                    "event log: %s: torn tail at byte offset %d (%s); cutting %d bytes "
-                    "(an append that was never acknowledged)",
-                    path, scan.end, scan.damage, scan.size - scan.end)
+                self._keep_torn_tail(scan, data)
             break
         fd = io.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
@@ -239,14 +246,82 @@ class EventLog:
         self._prealloc = min(PREALLOC, self._segment_size)
         self._last_seq = scan.last_seq
         self._needs_truncate = False
+        hdr = codec.parse_header(data, first, path)
+        assert not isinstance(hdr, str)  # the scan checked it
+        self._salt = hdr.salt
+        if hdr.version != FORMAT_VERSION:
+            self._upgrade_active(scan)
+
+    def _keep_torn_tail(self, scan: SegmentScan, data: bytes) -> None:
+        """Before a torn tail is cut: say what it claimed to be and keep its bytes aside.
+
+        The tail was never acknowledged if the storage kept its promise (fdatasync); if it did
+        not, or a bit rotted in the last batch (which looks exactly like a torn write), these
+        bytes are the only copy of acknowledged events: they go to ``<segment>.torn``.
+        """
+        hdr = codec.parse_header(data, scan.first_seq, scan.path)
+        claim = None if isinstance(hdr, str) else codec.batch_seqs(hdr, data, scan.end,
+                                                                   len(data))
+        stop = len(data[: scan.size].rstrip(b"\0"))  # not the zeros written ahead...
+        size = None if isinstance(hdr, str) else codec.frame_size(hdr, data, scan.end, len(data))
+        if size is not None and scan.end + size <= len(data):
+            stop = max(stop, scan.end + size)  # ...but all the batch its header describes
+        tail = data[scan.end : stop]
+        kept = None
+        if tail:
+            kept = broken_path(scan.path, ".torn")
+            fd = self._io.open(kept, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                self._io.write_all(fd, tail, 0)
+                self._io.fsync(fd)
+            finally:
+                self._io.close(fd)
+            self._io.fsync_dir(self._dir)
+        logger.warning(
+            "event log: %s: torn tail at byte offset %d (%s%s); cutting %d bytes (an append "
+            "that was never acknowledged)%s",
+            scan.path, scan.end, scan.damage,
+            f"; its header claims seqs {claim[0]}..{claim[1]}" if claim else "",
+            scan.size - scan.end, f"; kept in {kept}" if kept else "")
+
+    def _upgrade_active(self, scan: SegmentScan) -> None:
+        """The last segment is of an older format: continue in a new segment of this one.
+
+        An empty old segment is replaced (a new one cannot take its name: names are first
+        seqs) through a temp file and a rename, so a crash leaves one or the other, whole.
+        """
+        io = self._io
+        first = self._last_seq + 1
+        if scan.count:
+            self._roll()
+        else:
+            tmp = self._dir / (segment_name(first) + ".new")
+            with contextlib.suppress(FileNotFoundError):
+                io.unlink(tmp)
+            salt = codec.new_salt()
+            fd = io.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                io.write_all(fd, codec.encode_header(first, salt), 0)
+                io.fdatasync(fd)
+                io.rename(tmp, self._dir / segment_name(first))
+                io.fsync_dir(self._dir)
+            except BaseException:
+                io.close(fd)
+                raise
+            io.close(self._fd)
+            self._fd, self._salt = fd, salt
+            self._end = self._alloc_end = codec.HEADER_SIZE
+        logger.info("event log: continuing in a format-%d segment from seq %d",
+                    FORMAT_VERSION, first)
 
     def _create_segment(self, first_seq: int) -> int:
         """Create a segment holding only its header, durably (file and directory entry)."""
         io = self._io
         path = self._dir / segment_name(first_seq)
         fd = io.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        salt = codec.new_salt()
         try:
-            io.write_all(fd, codec.encode_header(first_seq), 0)
+            io.write_all(fd, codec.encode_header(first_seq, salt), 0)
             io.fdatasync(fd)
             io.fsync_dir(self._dir)
         except BaseException:
@@ -254,6 +329,7 @@ class EventLog:
             with contextlib.suppress(OSError):
                 io.unlink(path)
             raise
+        self._new_salt = salt
         return fd
 
     # -- properties
@@ -293,9 +369,9 @@ class EventLog:
                 io.ftruncate(self._fd, self._end)
                 self._needs_truncate = False
                 self._alloc_end = self._end
-            blob, events = self._encoder.encode(items, self._last_seq, time_ns)
             if self._end >= self._segment_size and self._last_seq >= self._segs[-1]:
                 self._roll()
+            blob, events = self._encoder.encode(items, self._last_seq, time_ns, self._salt)
             if self._end + len(blob) > self._alloc_end and self._prealloc:
                 self._extend(self._end + len(blob))
             try:
@@ -352,6 +428,7 @@ class EventLog:
         fd = self._create_segment(first)  # on failure the current segment stays active
         old = self._fd
         self._fd = fd
+        self._salt = self._new_salt
         self._segs.append(first)
         self._end = self._alloc_end = HEADER_SIZE
         self._prealloc = min(PREALLOC, self._segment_size)
@@ -391,10 +468,11 @@ class EventLog:
             while len(self._segs) > 1 and self._segs[1] <= keep_from_seq:
                 path = self._dir / segment_name(self._segs[0])
                 self._io.unlink(path)
+                # one at a time, oldest first: whatever a crash keeps of a compaction is
+                # still a log without a gap, on any file system
+                self._io.fsync_dir(self._dir)
                 deleted.append(path)
                 self._segs.pop(0)
-            if deleted:
-                self._io.fsync_dir(self._dir)
         return deleted
 
     def close(self) -> None:
@@ -420,3 +498,15 @@ class EventLog:
 
     def __repr__(self) -> str:
         return f"<EventLog {str(self._dir)!r} last_seq={self._last_seq}>"
+
+
+def _could_be_partial_header(data: bytes, first_seq: int) -> bool:
+    """Is ``data`` (zeros aside) a prefix of what creating segment ``first_seq`` writes?"""
+    head = data.rstrip(b"\0")
+    if len(head) > codec.MAX_HEADER:
+        return False
+    if codec.encode_header_v1(first_seq).startswith(head):
+        return True
+    # format 2: magic, version and first seq are known, the salt and the CRC are not
+    known = codec.encode_header(first_seq, 0)[:20]
+    return known.startswith(head[:20])

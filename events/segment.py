@@ -102,71 +102,96 @@ def scan_segment(path: Path, first_seq: int, data: bytes | None = None) -> Segme
     hdr = codec.parse_header(data, first_seq, path)
     if isinstance(hdr, str):
         scan.damage = hdr
-        if end >= codec.HEADER_SIZE:
+        if end > codec.MAX_HEADER:
             scan.valid_after = codec.find_valid_frame(None, data, 0, end, first_seq)
         return scan
     scan.version = hdr.version
     scan.header_ok = True
     pos = hdr.size
     seq = first_seq
-    while pos < end:
-        payloads, stop, why = codec.parse_frames(hdr, data, pos, end)
-        k, bad = _check_records(payloads, seq)
+    if pos < end:
+        bodies, count, stop, why, sound = codec.parse_frames(hdr, data, pos, end, seq)
+        k, bad = _check_records(bodies, seq, count)
         if bad:
-            # A frame whose CRC holds but whose record is not the event expected. A wrong seq
-            # is never a torn tail; an undecodable record is judged like a bad CRC.
+            # A frame whose CRC holds but whose records are not the events expected. A wrong
+            # seq is never a torn tail; an undecodable record is judged like a bad CRC.
             pos = codec.frame_offset(hdr, data, pos, k)
-            scan.end, scan.count, scan.damage = pos, seq + k - first_seq, bad
+            scan.end, scan.count, scan.damage = pos, _records_before(hdr, data, hdr.size,
+                                                                     pos), bad
             scan.valid_after = (pos if bad.startswith("seq ")
-                                else codec.find_valid_frame(hdr, data, pos + 1, end, seq + k))
+                                else codec.find_valid_frame(hdr, data, pos + 1, end,
+                                                            first_seq + scan.count))
             return scan
-        seq += len(payloads)
+        seq += count
         pos = stop
-        if pos == end:
-            break
-        if why is None:
-            why = codec.partial_frame(hdr, data, pos, end)
-        if codec.all_zero(data, pos, end):
-            break  # space written ahead of the records: the clean end of the segment
-        scan.damage = why
-        scan.valid_after = codec.find_valid_frame(hdr, data, pos + 1, end, seq)
-        break
+        if pos < end and not codec.all_zero(data, pos, end):
+            # zeros: space written ahead of the records, the clean end of the segment
+            scan.damage = why or codec.partial_frame(hdr, data, pos, end)
+            scan.valid_after = pos if sound else codec.find_valid_frame(hdr, data, pos + 1,
+                                                                        end, seq)
     scan.end = pos
     scan.count = seq - first_seq
     return scan
 
 
-def _check_records(payloads: list[memoryview], seq: int) -> tuple[int, str]:
-    """Decode ``payloads`` strictly, the first numbered ``seq``: ``(index, why)`` of the first
-    that is not the event expected, ``(len, "")`` if all are."""
-    for k, payload in enumerate(payloads):
-        try:
-            ev = codec.decode_record(payload)
-        except InvalidEvent as exc:
-            return k, str(exc)
-        if ev.seq != seq + k:
-            return k, f"seq {ev.seq} where {seq + k} was expected (a gap or a duplicate)"
-    return len(payloads), ""
+def _check_records(bodies: list[memoryview], seq: int, count: int) -> tuple[int, str]:
+    """Decode ``bodies`` (``count`` records, the first numbered ``seq``) strictly: ``(index,
+    why)`` of the first record that is not the event expected, ``(count, "")`` if all are."""
+    unpacker = codec.new_unpacker(sum(len(b) for b in bodies))
+    unpacker.feed(b"".join(bodies))
+    k = 0
+    try:
+        for record in unpacker:
+            if k == count:
+                return k - 1, "a frame holds more records than its header says"
+            try:
+                ev = Event.from_record(record)
+            except InvalidEvent as exc:
+                return k, str(exc)
+            if ev.seq != seq + k:
+                return k, f"seq {ev.seq} where {seq + k} was expected (a gap or a duplicate)"
+            k += 1
+    except ValueError as exc:  # msgpack's errors are ValueErrors
+        return min(k, count - 1), f"record is not valid msgpack: {exc}"
+    if k != count:
+        return max(k - 1, 0), "a frame holds fewer records than its header says"
+    return count, ""
+
+
+def _records_before(hdr: codec.Header, data: bytes, pos: int, offset: int) -> int:
+    """Records in the frames from ``pos`` up to ``offset`` (a frame boundary)."""
+    _, count, _, _, _ = codec.parse_frames(hdr, data, pos, offset, 0)
+    if hdr.version == 1:
+        return count
+    n = 0
+    while pos < offset:  # format 2: counts from the headers (seqs may be what is wrong)
+        size = codec.frame_size(hdr, data, pos, offset)
+        assert size is not None
+        seqs = codec.batch_seqs(hdr, data, pos, offset)
+        assert seqs is not None
+        n += seqs[1] - seqs[0] + 1
+        pos += size
+    return n
 
 
 def quick_scan(path: Path, first_seq: int, data: bytes) -> SegmentScan:
     """:func:`scan_segment` for the common, clean case, fast enough to run on every open.
 
-    Checks the header and every frame's CRC but decodes only the last record, whose seq must
-    then be ``first_seq + count - 1`` (each record is re-checked by :meth:`EventLog.read`
-    when replayed). Anything unexpected falls back to the full scan, which explains it.
+    Checks the header and every frame's CRC (and, in format 2, every batch's first seq) but
+    decodes only the last record, whose seq must then be ``first_seq + count - 1`` (each record
+    is re-checked by :meth:`EventLog.read` when replayed). Anything unexpected falls back to
+    the full scan, which explains it.
     """
     end = len(data)
     hdr = codec.parse_header(data, first_seq, path)
     if isinstance(hdr, str):
         return scan_segment(path, first_seq, data)
-    payloads, pos, _ = codec.parse_frames(hdr, data, hdr.size, end)
+    bodies, count, pos, _, _ = codec.parse_frames(hdr, data, hdr.size, end, first_seq)
     if pos != end and not codec.all_zero(data, pos, end):
         return scan_segment(path, first_seq, data)
-    count = len(payloads)
-    if count:
+    if count and hdr.version == 1:
         try:
-            ev = codec.decode_record(payloads[-1])
+            ev = codec.decode_record(bodies[-1])
         except InvalidEvent:
             return scan_segment(path, first_seq, data)
         if ev.seq != first_seq + count - 1:
@@ -220,7 +245,7 @@ def _iter_segment(path: Path, first: int, since: int, limit: int | None,
     """Replay one segment; returns the seq of its last record.
 
     Hot loop of replay: per chunk, :func:`codec.parse_frames` walks the frames and checks the
-    CRCs, then one msgpack Unpacker decodes every payload of the chunk.
+    CRCs, then one msgpack Unpacker decodes every record of the chunk.
     """
     with open(path, "rb", buffering=0) as f:
         hdr = codec.parse_header(f.read(codec.MAX_HEADER), first, path)
@@ -235,32 +260,38 @@ def _iter_segment(path: Path, first: int, since: int, limit: int | None,
         buf = b""
         make = codec.make_event
         parse = codec.parse_frames
+        need = CHUNK
         while True:
             want = limit - base - len(buf)
-            chunk = f.read(min(CHUNK, want)) if want > 0 else b""
+            chunk = f.read(min(need, want)) if want > 0 else b""
             if not chunk:
                 if buf and not codec.all_zero(buf, 0, len(buf)):
                     if offline_tail:
-                        logger.warning("event log: %s: partial record at byte offset %d "
+                        logger.warning("event log: %s: partial frame at byte offset %d "
                                        "(torn tail); replay stops there", path, base)
                         return seq - 1
-                    raise CorruptLog(path, base, "segment ends in a partial record")
+                    raise CorruptLog(path, base, "segment ends in a partial frame")
                 return seq - 1
             buf = buf + chunk if buf else chunk
             end = len(buf)
             pos = 0
-            if skip:  # records before ``since``: hop over them
+            if skip:  # whole frames before ``since``: hop over them
                 pos, hopped = codec.skip_frames(hdr, buf, 0, end, skip)
                 skip -= hopped
                 seq += hopped
             run_start, run_seq = pos, seq
-            payloads, pos, bad = parse(hdr, buf, pos, end)
-            if payloads:
+            bodies, count, pos, bad, _ = parse(hdr, buf, pos, end, seq)
+            if bodies:
                 unpacker = codec.new_unpacker(end)
-                unpacker.feed(b"".join(payloads))
+                unpacker.feed(b"".join(bodies))
                 # Only decoding errors are expected here; an exception thrown into this generator
                 # by its consumer (gen.throw) would also be reported as damage: nobody does that.
                 try:
+                    if skip:  # ``since`` falls inside this run's first frame
+                        for _ in range(min(skip, count)):
+                            unpacker.skip()
+                        seq += min(skip, count)
+                        skip -= min(skip, count)
                     for d in unpacker:
                         try:
                             if d["seq"] != seq:
@@ -275,20 +306,35 @@ def _iter_segment(path: Path, first: int, since: int, limit: int | None,
                 except (_SeqMismatch, InvalidEvent, ValueError) as exc:
                     k = seq - run_seq
                     off = base + codec.frame_offset(hdr, buf, run_start, k)
-                    what = (f"seq {codec.seq_of(payloads[k])} where {seq} was expected "
+                    what = (f"seq {_seq_at(bodies, k)} where {seq} was expected "
                             "(a gap or a duplicate)") if isinstance(exc, _SeqMismatch) \
                         else str(exc)
                     raise CorruptLog(path, off, what) from None
-                if seq - run_seq != len(payloads):
-                    raise CorruptLog(path, base + codec.frame_offset(hdr, buf, run_start,
-                                                                     seq - run_seq),
-                                     "record payload is not exactly one msgpack object")
+                if seq - run_seq != count:
+                    k = min(seq - run_seq, count - 1)
+                    raise CorruptLog(path, base + codec.frame_offset(hdr, buf, run_start, k),
+                                     "a frame does not hold exactly the records it says")
             if bad:
                 if _zeros_to_end(f, buf, pos, limit - base - end):
                     return seq - 1  # space written ahead of the records
                 raise CorruptLog(path, base + pos, bad)
             buf = buf[pos:]
             base += pos
+            size = codec.frame_size(hdr, buf, 0, len(buf))  # a frame longer than a chunk
+            need = max(CHUNK, size - len(buf)) if size is not None else CHUNK
+
+
+def _seq_at(bodies: list[memoryview], k: int) -> object:
+    """The seq record ``k`` of ``bodies`` claims (for an error message)."""
+    unpacker = codec.new_unpacker(sum(len(b) for b in bodies))
+    unpacker.feed(b"".join(bodies))
+    try:
+        for _ in range(k):
+            unpacker.skip()
+        record = unpacker.unpack()
+        return record.get("seq") if isinstance(record, dict) else "?"
+    except Exception:  # any decoding failure: this only feeds a message
+        return "?"
 
 
 def _zeros_to_end(f: BinaryIO, buf: bytes, pos: int, unread: int) -> bool:

@@ -164,7 +164,7 @@ def repair_dir(events_dir: Path, io: FileIO = OS) -> RepairReport:
         fd = io.open(events_dir / segment_name(first),
                      os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            io.write_all(fd, codec.encode_header(first), 0)
+            io.write_all(fd, codec.encode_header(first, codec.new_salt()), 0)
             io.fdatasync(fd)
         finally:
             io.close(fd)
