@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -241,7 +241,7 @@ class _SeqMismatch(Exception):
 
 
 def _iter_segment(path: Path, first: int, since: int, limit: int | None,
-                  offline_tail: bool) -> Iterator[Event]:
+                  offline_tail: bool) -> Generator[Event, None, int]:
     """Replay one segment; returns the seq of its last record.
 
     Hot loop of replay: per chunk, :func:`codec.parse_frames` walks the frames and checks the

@@ -264,6 +264,7 @@ def read_exit_file(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The exit record, or None when the task has not exited (or the shim never got to it)."""
     try:
         with open(os.path.join(directory, EXIT_FILE), "rb") as f:
-            return json.load(f)
+            record: dict[str, Any] = json.load(f)
+            return record
     except FileNotFoundError:
         return None
