@@ -9,6 +9,8 @@ Measures, in one run so the ratios are fair on a noisy shared machine:
   (``supervisor.logwriter.LogWriter``: trio tasks queue items; its writer task drains
   everything queued into one ``EventLog.append`` in a worker thread, i.e. one fdatasync per
   batch, then wakes the batch's waiters);
+* with ``--compare REF``: the same group-commit runs with ``supervisor/logwriter.py`` as it was
+  at git ref REF, interleaved round by round with the current one (before/after in one run);
 * replay of the whole log from seq 1 with ``EventLog.read`` (events/s);
 * the limits: one fdatasync of a 128-byte append (median, p99), and a plain framed decode
   (length + crc + msgpack, no Event objects) of the same segment files.
@@ -53,8 +55,22 @@ def task_exit(i: int) -> tuple[str, str, dict]:
              "exited_at": 1_795_830_000_000_000_000 + i, "shim_seq": i})
 
 
-async def _group_commit(log: Any, appenders: int, seconds: float) -> tuple[int, int, float]:
-    writer = LogWriter(log, lambda events: None)  # the daemon's own group commit
+def writer_at(ref: str) -> type:
+    """``LogWriter`` as ``supervisor/logwriter.py`` was at git ref ``ref``."""
+    import subprocess
+    import types
+
+    src = subprocess.run(["git", "show", f"{ref}:supervisor/logwriter.py"], check=True,
+                         capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout
+    module = types.ModuleType(f"logwriter_{ref}")
+    exec(compile(src, f"{ref}:supervisor/logwriter.py", "exec"), module.__dict__)
+    return module.LogWriter  # type: ignore[no-any-return]  # (a module built at run time)
+
+
+async def _group_commit(log: Any, appenders: int, seconds: float, writer_cls: type = LogWriter
+                        ) -> tuple[int, int, float]:
+    writer = writer_cls(log, lambda events: None)  # the daemon's own group commit
     count = 0
     stop_at = trio.current_time() + seconds
 
@@ -77,11 +93,12 @@ async def _group_commit(log: Any, appenders: int, seconds: float) -> tuple[int, 
     return count, writer.batches, elapsed
 
 
-def bench_group_commit(base: Path, appenders: int, seconds: float) -> dict:
+def bench_group_commit(base: Path, appenders: int, seconds: float, writer_cls: type = LogWriter
+                       ) -> dict:
     root = base / f"gc{appenders}"
     log = EventLog.open(root)
     try:
-        count, batches, elapsed = trio.run(_group_commit, log, appenders, seconds)
+        count, batches, elapsed = trio.run(_group_commit, log, appenders, seconds, writer_cls)
     finally:
         log.close()
     shutil.rmtree(root)
@@ -95,8 +112,8 @@ class _NoLog:
         return items
 
 
-def bench_writer_alone(appenders: int, seconds: float) -> float:
-    count, _, elapsed = trio.run(_group_commit, _NoLog(), appenders, seconds)
+def bench_writer_alone(appenders: int, seconds: float, writer_cls: type = LogWriter) -> float:
+    count, _, elapsed = trio.run(_group_commit, _NoLog(), appenders, seconds, writer_cls)
     return count / elapsed
 
 
@@ -200,6 +217,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="per group-commit run")
     parser.add_argument("--repeats", type=int, default=3, help="replay/decode repetitions")
     parser.add_argument("--dir", default="/work", help="where the temp directory goes")
+    parser.add_argument("--compare", metavar="REF", help="also run the LogWriter of git REF")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="tether-bench-", dir=args.dir))
     rows: list[tuple[str, str, str]] = []
@@ -211,16 +229,21 @@ def main() -> int:
         rows.append(("fdatasync of a 128 B write into zeros",
                      f"{med2 * 1e6:.0f} us median, {p99_2 * 1e6:.0f} us p99",
                      "what the log pays: it writes zeros ahead"))
+        writers: list[tuple[str, type]] = [("", LogWriter)]
+        if args.compare:
+            writers.insert(0, (f" [{args.compare}]", writer_at(args.compare)))
         for appenders in (1, 8, 64):
-            r = bench_group_commit(base, appenders, args.seconds)
-            goal = f"goal >= {GOAL_APPEND_64:,}/s" if appenders == 64 else (
-                f"one at a time: ~{1 / med:,.0f}/s from fdatasync" if appenders == 1 else "")
-            rows.append((f"durable appends, {appenders} appender(s)",
-                         f"{r['rate']:,.0f} events/s (batch {r['batch']:.1f})",
-                         goal + ("; " if goal else "") + f"anchor {ANCHOR_GROUP}"))
-        rate = bench_writer_alone(64, args.seconds)
-        rows.append(("64 appenders, writer with a no-op log", f"{rate:,.0f} events/s",
-                     "ceiling of trio tasks + to_thread alone"))
+            for tag, cls in writers:  # interleaved: the machine's noise hits both alike
+                r = bench_group_commit(base, appenders, args.seconds, cls)
+                goal = f"goal >= {GOAL_APPEND_64:,}/s" if appenders == 64 else (
+                    f"one at a time: ~{1 / med:,.0f}/s from fdatasync" if appenders == 1 else "")
+                rows.append((f"durable appends, {appenders} appender(s){tag}",
+                             f"{r['rate']:,.0f} events/s (batch {r['batch']:.1f})",
+                             goal + ("; " if goal else "") + f"anchor {ANCHOR_GROUP}"))
+        for tag, cls in writers:
+            rate = bench_writer_alone(64, args.seconds, cls)
+            rows.append((f"64 appenders, writer with a no-op log{tag}", f"{rate:,.0f} events/s",
+                         "ceiling of trio tasks + to_thread alone"))
         rate = bench_batches(base, 64, 1000)
         rows.append(("append() of 64-event batches back to back", f"{rate:,.0f} events/s",
                      "the log alone, without the trio writer"))
