@@ -25,21 +25,35 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import msgpack
 
-from events.model import Event, InvalidEvent
+from events import codec_v1 as v1
+from events.codec_v1 import REC_HEADER, encode_records_v1
+from events.model import Event
+from events.records import (
+    MAX_RECORD,
+    Item,
+    decode_record,
+    make_event,
+    new_unpacker,
+    pack_records,
+)
 
 __all__ = [
+    "BATCH_HEADER",
+    "BATCH_MAGIC",
     "FORMAT_VERSION",
+    "HEADER_SIZE",
+    "HEADER_SIZE_V1",
     "MAGIC",
     "MAX_RECORD",
+    "REC_HEADER",
     "CorruptLog",
+    "Encoder",
     "Header",
     "LogVersionError",
     "all_zero",
@@ -49,6 +63,8 @@ __all__ = [
     "encode_header_v1",
     "encode_records_v1",
     "find_valid_frame",
+    "make_event",
+    "new_unpacker",
     "parse_frames",
     "parse_header",
     "read_version",
@@ -65,23 +81,15 @@ _HEADER_V2 = struct.Struct(">8sIQII")  # magic, version, first_seq, salt, crc32 
 HEADER_SIZE = _HEADER_V2.size
 #: Bytes enough to hold the header of any version this code reads.
 MAX_HEADER = max(HEADER_SIZE, HEADER_SIZE_V1)
-_REC = struct.Struct(">II")  # format 1 record: payload length, crc32 of payload
-REC_HEADER = _REC.size
 #: Format 2 batch: magic, crc32 (salted) of everything after it, body length, count, first seq.
 BATCH_MAGIC = b"\xb7TB\x02"
 _BATCH = struct.Struct(">4sIIIQ")
 BATCH_HEADER = _BATCH.size
 _BATCH_TAIL = struct.Struct(">IIQ")  # the part of the batch header after magic and crc
-#: Largest payload accepted. Above the wire's 16 MiB frame limit (no event can be larger than the
-#: request that caused it), far below anything a damaged length field could make us allocate.
-MAX_RECORD = 32 * 1024 * 1024
 #: Largest batch body: what one append may write (and a damaged length field may claim).
 MAX_BATCH = 1024 * 1024 * 1024
 
 _crc32 = zlib.crc32
-_rec_unpack = _REC.unpack_from
-_rec_pack = _REC.pack
-_u32_unpack = struct.Struct(">I").unpack_from
 _batch_unpack = _BATCH.unpack_from
 _tail_pack = _BATCH_TAIL.pack
 
@@ -199,7 +207,7 @@ def parse_frames(hdr: Header, buf: bytes, pos: int, end: int, seq: int
     are decoded; format-2 batches carry theirs in the header.
     """
     if hdr.version == 1:
-        return _parse_v1(buf, pos, end)
+        return v1.parse_frames(buf, pos, end)
     bodies: list[memoryview] = []
     add = bodies.append
     mv = memoryview(buf)
@@ -228,45 +236,13 @@ def parse_frames(hdr: Header, buf: bytes, pos: int, end: int, seq: int
     return bodies, seq - first, pos, None, False
 
 
-def _parse_v1(buf: bytes, pos: int, end: int
-              ) -> tuple[list[memoryview], int, int, str | None, bool]:
-    payloads: list[memoryview] = []
-    add = payloads.append
-    mv = memoryview(buf)
-    rec_unpack = _rec_unpack
-    crc32 = _crc32
-    while pos + REC_HEADER <= end:
-        length, crc = rec_unpack(buf, pos)
-        if not 0 < length <= MAX_RECORD:
-            return payloads, len(payloads), pos, f"implausible record length {length}", False
-        stop = pos + REC_HEADER + length
-        if stop > end:
-            break
-        payload = mv[pos + REC_HEADER : stop]
-        if crc32(payload) != crc:
-            return payloads, len(payloads), pos, "record checksum mismatch", False
-        add(payload)
-        pos = stop
-    return payloads, len(payloads), pos, None, False
-
-
 def skip_frames(hdr: Header, buf: bytes, pos: int, end: int, records: int) -> tuple[int, int]:
     """Hop over whole frames holding at most ``records`` records from ``pos`` without checking
     them (replay ``since``): ``(pos, records hopped)``. Stops early at anything odd;
     :func:`parse_frames` reports it."""
-    hopped = 0
     if hdr.version == 1:
-        u32 = _u32_unpack
-        while hopped < records and pos + REC_HEADER <= end:
-            (length,) = u32(buf, pos)
-            if not 0 < length <= MAX_RECORD:
-                break
-            stop = pos + REC_HEADER + length
-            if stop > end:
-                break
-            hopped += 1
-            pos = stop
-        return pos, hopped
+        return v1.skip_frames(buf, pos, end, records)
+    hopped = 0
     while pos + BATCH_HEADER <= end:
         magic, _, length, count, _ = _batch_unpack(buf, pos)
         if magic != BATCH_MAGIC or not 0 < count <= length <= MAX_BATCH:
@@ -283,10 +259,7 @@ def frame_offset(hdr: Header, buf: bytes, pos: int, records: int) -> int:
     """Offset of the frame holding the ``records``-th record after ``pos`` (frames that
     :func:`parse_frames` already passed): where a record that fails to decode is reported."""
     if hdr.version == 1:
-        for _ in range(records):
-            (length,) = _u32_unpack(buf, pos)
-            pos += REC_HEADER + length
-        return pos
+        return v1.frame_offset(buf, pos, records)
     while True:
         _, _, length, count, _ = _batch_unpack(buf, pos)
         if records < count:
@@ -298,7 +271,7 @@ def frame_offset(hdr: Header, buf: bytes, pos: int, records: int) -> int:
 def frame_size(hdr: Header, buf: bytes, pos: int, end: int) -> int | None:
     """Bytes the frame at ``pos`` takes, from its header (None: the header is not all there)."""
     if hdr.version == 1:
-        return REC_HEADER + _u32_unpack(buf, pos)[0] if pos + REC_HEADER <= end else None
+        return v1.frame_size(buf, pos, end)
     if pos + BATCH_HEADER > end:
         return None
     return BATCH_HEADER + int(_batch_unpack(buf, pos)[2])
@@ -307,10 +280,7 @@ def frame_size(hdr: Header, buf: bytes, pos: int, end: int) -> int | None:
 def partial_frame(hdr: Header, buf: bytes, pos: int, end: int) -> str:
     """Describe the frame at ``pos`` that continues past ``end``."""
     if hdr.version == 1:
-        if pos + REC_HEADER > end:
-            return f"partial record header ({end - pos} of {REC_HEADER} bytes)"
-        (length,) = _u32_unpack(buf, pos)
-        return f"partial record ({end - pos - REC_HEADER} of {length} payload bytes)"
+        return v1.partial_frame(buf, pos, end)
     if pos + BATCH_HEADER > end:
         return f"partial batch header ({end - pos} of {BATCH_HEADER} bytes)"
     length = _batch_unpack(buf, pos)[2]
@@ -340,7 +310,7 @@ def find_valid_frame(hdr: Header | None, buf: bytes, start: int, end: int,
     wrongly is not.
     """
     if hdr is None or hdr.version == 1:
-        found = _find_record_v1(buf, start, end, min_seq)
+        found = v1.find_record(buf, start, end, min_seq)
         if hdr is not None or found is not None:
             return found
     mv = memoryview(buf)
@@ -356,103 +326,11 @@ def find_valid_frame(hdr: Header | None, buf: bytes, start: int, end: int,
     return None
 
 
-def _find_record_v1(buf: bytes, start: int, end: int, min_seq: int) -> int | None:
-    max_seq = min_seq + (end - start)  # every record takes more than one byte
-    mv = memoryview(buf)
-    for q in range(start, end - REC_HEADER):
-        length, crc = _rec_unpack(buf, q)
-        if length == 0 or length > MAX_RECORD or q + REC_HEADER + length > end:
-            continue
-        if _crc32(mv[q + REC_HEADER : q + REC_HEADER + length]) != crc:
-            continue
-        try:
-            ev = decode_record(mv[q + REC_HEADER : q + REC_HEADER + length])
-        except InvalidEvent:
-            continue
-        if min_seq <= ev.seq <= max_seq:
-            return q
-    return None
-
-
 def all_zero(buf: bytes, start: int, end: int) -> bool:
     return buf.count(0, start, end) == end - start
 
 
-# -- records ----------------------------------------------------------------------------------
-
-_unpackb = msgpack.unpackb
-
-# Event is a frozen, slotted dataclass: its __init__ pays object.__setattr__ per field. Replay
-# builds a million of them, so it sets the slots directly, which is three times faster. The
-# shortcut is used only while the dataclass has exactly the fields it was written for.
-_new = object.__new__
-_FIELDS = ["seq", "time", "type", "id", "data"]
-FAST = (
-    [f.name for f in fields(Event)] == _FIELDS
-    and all(hasattr(Event.__dict__.get(k), "__set__") for k in _FIELDS)
-    # encode_batch builds the record map itself; only while it is exactly what to_record() gives
-    and list(Event(1, 2, "t", "i", {}).to_record().items())
-    == [("seq", 1), ("time", 2), ("type", "t"), ("id", "i"), ("data", {})]
-)
-if FAST:
-    _set_seq, _set_time, _set_type, _set_id, _set_data = (
-        Event.__dict__[k].__set__ for k in ("seq", "time", "type", "id", "data")
-    )
-
-    def make_event(d: dict[str, Any]) -> Event:
-        """An Event from a decoded record map; KeyError/TypeError if it is not one."""
-        ev: Event = _new(Event)
-        _set_seq(ev, d["seq"])
-        _set_time(ev, d["time"])
-        _set_type(ev, d["type"])
-        _set_id(ev, d["id"])
-        _set_data(ev, d["data"])
-        return ev
-
-    def _build_event(seq: int, stamp: int, etype: str, eid: str, data: dict[str, Any]) -> Event:
-        ev: Event = _new(Event)
-        _set_seq(ev, seq)
-        _set_time(ev, stamp)
-        _set_type(ev, etype)
-        _set_id(ev, eid)
-        _set_data(ev, data)
-        return ev
-else:  # pragma: no cover - the model changed; stay correct, just slower
-
-    def make_event(d: dict[str, Any]) -> Event:
-        return Event(d["seq"], d["time"], d["type"], d["id"], d["data"])
-
-    def _build_event(seq: int, stamp: int, etype: str, eid: str, data: dict[str, Any]) -> Event:
-        return Event(seq, stamp, etype, eid, data)
-
-
-def decode_record(payload: bytes | memoryview) -> Event:
-    """Decode one payload strictly; raises InvalidEvent for anything that is not an event."""
-    try:
-        record = _unpackb(payload, raw=False, strict_map_key=False)
-    except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise InvalidEvent(f"record is not valid msgpack: {exc}") from None
-    return Event.from_record(record)
-
-
-def new_unpacker(size: int) -> msgpack.Unpacker:
-    """The decoder of a run of payloads (``size`` bytes): strict about nothing but size."""
-    return msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=max(size, 1024))
-
-
-def seq_of(payload: bytes | memoryview) -> object:
-    """The seq a payload claims, for an error message; "?" if it does not decode."""
-    try:
-        record = _unpackb(payload, raw=False, strict_map_key=False)
-        return record.get("seq") if isinstance(record, dict) else "?"
-    except Exception:  # any decoding failure: this only feeds a message
-        return "?"
-
-
 # -- encoding ---------------------------------------------------------------------------------
-
-Item = tuple[str, str, dict[str, Any]]
-
 
 class Encoder:
     """Turns a batch of ``(type, id, data)`` items into the frame to append and its events.
@@ -468,29 +346,7 @@ class Encoder:
                ) -> tuple[bytes, list[Event]]:
         """One batch frame for ``items`` numbered from ``last_seq + 1``; ValueError/TypeError
         for an invalid item, before anything is returned (the batch is all or nothing)."""
-        stamp = time.time_ns() if time_ns is None else time_ns
-        seq = last_seq
-        events: list[Event] = []
-        parts: list[bytes] = []
-        add = parts.append
-        pack = self._packer.pack
-        fast = FAST
-        for etype, eid, data in items:
-            if not isinstance(etype, str) or not etype:
-                raise ValueError(f"event type must be a non-empty string, got {etype!r}")
-            if not isinstance(eid, str):
-                raise ValueError(f"event id must be a string, got {eid!r}")
-            if not isinstance(data, dict):
-                raise ValueError(f"event data must be a dict, got {type(data).__name__}")
-            seq += 1
-            ev = _build_event(seq, stamp, etype, eid, data)
-            payload = pack({"seq": seq, "time": stamp, "type": etype, "id": eid,
-                            "data": data} if fast else ev.to_record())
-            if len(payload) > MAX_RECORD:
-                raise ValueError(f"event {etype} of {len(payload)} bytes exceeds the "
-                                 f"{MAX_RECORD}-byte record limit")
-            add(payload)
-            events.append(ev)
+        parts, events = pack_records(self._packer.pack, items, last_seq, time_ns)
         body = b"".join(parts)
         if len(body) > MAX_BATCH:
             raise ValueError(f"a batch of {len(body)} bytes exceeds the {MAX_BATCH}-byte limit")
@@ -505,11 +361,3 @@ def encode_batch(items: Sequence[Item], last_seq: int, salt: int, time_ns: int |
     return Encoder().encode(items, last_seq, time_ns, salt)[0]
 
 
-def encode_records_v1(items: Sequence[Item], last_seq: int, time_ns: int) -> bytes:
-    """Format-1 records, as Tether before format 2 wrote them (tests of the reader)."""
-    out = []
-    for k, (etype, eid, data) in enumerate(items):
-        payload = msgpack.packb({"seq": last_seq + 1 + k, "time": time_ns, "type": etype,
-                                 "id": eid, "data": data}, use_bin_type=True)
-        out.append(_rec_pack(len(payload), _crc32(payload)) + payload)
-    return b"".join(out)
