@@ -1,6 +1,7 @@
 """Offline tools for an operator whose daemon will not start: ``python -m events ...``.
 
-``verify ROOT``                     check every record of every segment (and the snapshot)
+``verify ROOT``                     check every record of every segment (and the snapshot);
+                                    formats 1 and 2 alike
 ``dump ROOT [--since SEQ] [--json]``  one line per event (JSON: seq, time, type, id, data)
 ``repair ROOT``                     cut the log at its first damage, keeping the cut bytes
 
@@ -80,9 +81,15 @@ def cmd_verify(root: Path) -> int:
     report = verify(root)
     span = (f"seqs {report.first_seq}..{report.last_seq}" if report.records
             else "no records")
-    print(f"{root / 'events'}: {report.segments} segment(s), {report.records} record(s), {span}")
+    formats = ", ".join(f"format {v}: {n}" for v, n in sorted(report.formats.items()))
+    print(f"{root / 'events'}: {report.segments} segment(s)"
+          f"{f' ({formats})' if formats else ''}, {report.records} record(s), {span}")
     for w in report.warnings:
         print(f"warning: {w}")
+    for path in report.evidence:
+        what = ("the unsynced tail a start cut off" if ".torn" in path.name
+                else "bytes repair cut off")
+        print(f"note: {path} holds {what}; kept as evidence, delete it when done")
     for p in report.problems:
         print(f"DAMAGE: {p}")
     bad_snapshot = False

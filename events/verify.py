@@ -8,6 +8,7 @@ corruption, which :func:`repair` cuts only when an operator asks (``python -m ev
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from dataclasses import dataclass, field
@@ -49,6 +50,9 @@ class VerifyReport:
     last_seq: int | None = None
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    formats: dict[int, int] = field(default_factory=dict)  # format version -> segments
+    #: bytes a cut kept aside: ``.torn`` (a torn tail cut on open), ``.broken`` (repair)
+    evidence: list[Path] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -92,10 +96,16 @@ def _scan_all(events_dir: Path) -> list[tuple[SegmentScan, str | None]]:
 def verify(root: str | os.PathLike[str]) -> VerifyReport:
     """Check every record of every segment (CRC, decoding, seq continuity); read-only."""
     report = VerifyReport(root=Path(root))
-    scans = _scan_all(report.root / "events")
+    events_dir = report.root / "events"
+    scans = _scan_all(events_dir)
     report.segments = len(scans)
+    with contextlib.suppress(FileNotFoundError):
+        report.evidence = sorted(p for p in events_dir.iterdir()
+                                 if ".seg.torn" in p.name or ".seg.broken" in p.name)
     for i, (scan, gap) in enumerate(scans):
         is_last = i == len(scans) - 1
+        if scan.version is not None:
+            report.formats[scan.version] = report.formats.get(scan.version, 0) + 1
         if gap is not None:
             report.problems.append(Problem(scan.path, 0, gap))
         if scan.count:
@@ -106,7 +116,8 @@ def verify(root: str | os.PathLike[str]) -> VerifyReport:
         if scan.damage is not None:
             problem = Problem(scan.path, scan.end, scan.damage)
             if scan.torn and is_last:
-                problem.what += " (torn tail: cut on the next open, nothing acknowledged lost)"
+                problem.what += (" (torn tail: an append whose fdatasync never returned; the "
+                                 "next open cuts it and keeps its bytes in a .torn file)")
                 report.warnings.append(problem)
             else:
                 report.problems.append(problem)
