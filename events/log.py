@@ -1,36 +1,41 @@
-"""The durable event log: segments of framed records under ``ROOT/events/``.
+"""The durable event log: segments of batches of records under ``ROOT/events/``.
 
 The log is the only source of truth of the system, so every design choice here is about never
-losing an acknowledged event and never silently presenting a shorter history:
+losing an acknowledged event and never silently presenting a shorter history. The bytes on disk
+are :mod:`events.codec`'s (``docs/design.md`` section 3 has them byte by byte); replay and the
+recovery scan are :mod:`events.segment`'s, ``verify``/``repair`` :mod:`events.verify`'s.
 
 * A segment is named by the seq of its first record (``00000000000000000001.seg``) so a reader
   finds where ``since`` lives by a binary search on file names, without opening anything.
-* A segment starts with a header: ``magic (8) | u32 version`` (stable across every version, so a
-  newer format is always recognised and refused with :class:`LogVersionError`), then for
-  version 1 ``u64 first_seq | u32 crc32`` of the bytes before it.
-* A record is ``u32 length | u32 crc32(payload) | payload`` (big-endian), the payload being
-  ``msgpack(event.to_record())``. Seqs are gap-free across records and segments.
-* :meth:`EventLog.append` writes a whole batch and calls ``fdatasync`` once (group commit); on
-  failure it cuts the segment back to where the batch began, so a full disk never leaves a
-  partial record that could later pass for corruption.
-* The active segment is followed by zeros written ahead (:data:`PREALLOC`); a length of 0
-  marks the end of the records. Zeros are cut when a segment is closed (roll, close, open),
-  so only the last segment can end in them.
-* Opening recovers: a bad record that is the last thing in the last segment is a torn tail
-  (a crash mid-append) and is cut off with a warning; damage followed by a valid record is
-  corruption, and the log refuses to open (:class:`CorruptLog`) rather than lose history.
+* :meth:`EventLog.append` writes one *batch* (one frame, one CRC over all of it, seeded with
+  the segment's random salt) and calls ``fdatasync`` once (group commit); on failure it cuts
+  the segment back to where the batch began, so a full disk never leaves a partial batch.
+* The active segment is followed by zeros written ahead (:data:`PREALLOC`); zeros where a
+  batch should start mark the end of the records. Zeros are cut when a segment is closed
+  (roll, close, open), so only the last segment can end in them.
+* Opening recovers. Only the last batch of the last segment can be unsynced (a batch is
+  synced before the next one is written, a segment before the next one is created), and a
+  crash may leave it in any state: whole, partly written, or -- after a power loss -- with its
+  pages on disk in any order (a hole, then whole records). Any damage with no valid batch
+  after it is that batch: it is cut with a warning naming the seqs its header claimed, its
+  bytes kept in ``<segment>.torn``. Damage followed by a valid batch, a valid batch with the
+  wrong seq, or damage in a segment before the last is corruption: the log refuses to open
+  (:class:`CorruptLog`) rather than lose history; ``repair`` cuts it on an operator's word.
+* Format-1 segments (one CRC per record, before format 2) are read, verified and repaired
+  alike; a log whose last segment is format 1 goes on in a new format-2 segment.
 
 Opening checks the frames and CRCs of the last segment only (a 1 M-event log opens in about a
 third of a second); every other record is checked (CRC, seq continuity) when
 :meth:`EventLog.read` passes over it, and :func:`verify` checks them all. The module logs with
 stdlib :mod:`logging`: the events package stays light.
 
-Known limit: after a *power loss* (not a process crash: the page cache survives those), the
-pages of the one batch whose fdatasync had not returned may reach the disk in any order, so
-its tail can have a hole followed by whole records. By the rule above that reads as
-corruption (refuse, ``--repair`` cuts it), never as a silent cut of acknowledged events. A
-batch-start flag in the spare high bits of the length field would let a later format version
-tell that case apart.
+Known limit: a cut never removes an acknowledged event *if the storage keeps fdatasync's
+promise*: callers, and subscribers, only hear of a batch after its fdatasync returned, and only
+the batch whose fdatasync had not returned can be torn. A bit that rots in the last batch after
+it was synced (or a disk that acknowledged a flush it had not made) looks exactly like a torn
+write, so that batch is cut too, its seqs are given to the next events, and a subscriber that
+saw the old ones would see different events under the same seqs. The ``.torn`` file is then
+the only copy of the lost events; the warning says so. Rot anywhere else is refused.
 """
 
 from __future__ import annotations
