@@ -147,6 +147,12 @@ class Recorder(FileIO):
     def mark(self, kind: str, seq: int) -> None:
         self.ops.append(Op(kind, seq=seq))
 
+    def adopt(self, rel: str) -> int:
+        """A file that was there before recording started; returns its inode number."""
+        ino = next(self._inos)
+        self._path_ino[rel] = ino
+        return ino
+
 
 class DroppingRecorder(Recorder):
     """A broken FileIO for the explorer's own test: it never syncs data (nor records it)."""
@@ -261,6 +267,11 @@ class FsModel:
         self.durable_dirs: set[str] = {"."}
         self.volatile_dirs: set[str] = {"."}
         self.pending: dict[str, list[Op]] = {}  # parent dir -> entry changes not yet synced
+
+    def adopt(self, rel: str, ino: int, data: bytes) -> None:
+        """A file already on disk, durably, before the trace starts."""
+        self.inodes[ino] = _Inode(durable=data, volatile=bytearray(data))
+        self.durable_ns[rel] = self.volatile_ns[rel] = ino
 
     def apply(self, op: Op) -> None:
         for ino in self.inodes.values():
@@ -512,6 +523,7 @@ class Summary:
     generated: int = 0
     process: int = 0
     power: int = 0
+    recovery: int = 0  # distinct states of a crash during recovery (and the first append)
     failures: list[str] = field(default_factory=list)
     tags: dict[str, int] = field(default_factory=dict)  # what the states exercised
 
@@ -532,6 +544,7 @@ def explore(states: int, seed: int = 1, recorder_cls: type[Recorder] = Recorder,
         summary.ops = len(trace.ops)
         expects = expectations(trace)
         budget = 48
+        recovery_share = 0.05  # of the states whose recovery cuts or keeps an unsynced tail
         model = FsModel()
         seen: set[bytes] = set()
         writes = _append_writes(trace)
@@ -555,18 +568,86 @@ def explore(states: int, seed: int = 1, recorder_cls: type[Recorder] = Recorder,
                 work = tmp / f"s{summary.states}"
                 work.mkdir()
                 try:
-                    for tag in check_state(state, trace, expects[i], work):
+                    tags = check_state(state, trace, expects[i], work)
+                    for tag in tags:
                         summary.tags[tag] = summary.tags.get(tag, 0) + 1
+                    if tags & {"cut", "unacknowledged kept"} and rng.random() < recovery_share:
+                        again = tmp / f"r{summary.states}"
+                        again.mkdir()
+                        _check_recovery_crashes(state, trace, expects[i], again, rng, seen,
+                                                summary, max_failures)
                 except Exception as exc:
                     summary.failures.append(f"after op {i} ({op.kind} {op.path}), "
                                             f"{state.kind} crash: {type(exc).__name__}: {exc}")
-                    if len(summary.failures) >= max_failures:
-                        return summary
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
+                if len(summary.failures) >= max_failures:
+                    return summary
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return summary
+
+
+def _check_recovery_crashes(state: CrashState, trace: Trace, expect: Expect, workdir: Path,
+                            rng: random.Random, seen: set[bytes], summary: Summary,
+                            max_failures: int) -> None:
+    states = explore_recovery(state, trace, expect, workdir / "record", rng, 8, seen)
+    for n, (crashed, after, want) in enumerate(states):
+        work = workdir / f"s{n}"
+        work.mkdir()
+        summary.recovery += 1
+        try:
+            check_state(crashed, after, want, work)
+        except Exception as exc:
+            summary.failures.append(f"crash {crashed.after} ops into recovering a state of "
+                                    f"op {state.after} ({state.kind}), {crashed.kind} crash: "
+                                    f"{type(exc).__name__}: {exc}")
+            if len(summary.failures) >= max_failures:
+                return
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def explore_recovery(state: CrashState, trace: Trace, expect: Expect, workdir: Path,
+                     rng: random.Random, budget: int, seen: set[bytes]) -> Iterator[tuple[
+                         CrashState, Trace, Expect]]:
+    """Crash again, while recovering ``state``: record what opening it and the daemon's first
+    append do to the files, and yield every state a crash after each of those operations could
+    leave, with what it must satisfy (the events the first recovery kept, plus the new one
+    once its append returned)."""
+    root = workdir / "root"
+    root.mkdir(parents=True)
+    rec = Recorder(root)
+    model = FsModel()
+    model.durable_dirs |= state.dirs
+    model.volatile_dirs |= state.dirs
+    for d in state.dirs:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for name, data in state.files.items():
+        (root / name).write_bytes(data)
+        model.adopt(name, rec.adopt(name), data)
+    log = EventLog.open(root, segment_size=trace.segment_size, io=rec)
+    try:
+        kept = log.last_seq
+        new = log.append([("supervisor.start", "", {"pid": 2})])
+        rec.mark("ack", new[-1].seq)
+    finally:
+        log.close()
+    after = Trace([], trace.appended[:kept] + new,
+                  {s for s in trace.batch_ends if s <= kept} | {kept + 1}, trace.snapshots,
+                  trace.segment_size)
+    acked = expect.acked
+    for i, op in enumerate(rec.ops):
+        model.apply(op)
+        if op.kind == "ack":
+            acked = op.seq
+            continue
+        for crashed in itertools.chain(model.process_crash(i), model.power_loss(i, rng, budget)):
+            key = crashed.key()
+            if key not in seen:
+                seen.add(key)
+                crashed.written = kept
+                yield crashed, after, Expect(acked, expect.durable_snapshot)
 
 
 def _append_writes(trace: Trace) -> dict[int, int]:
@@ -598,7 +679,8 @@ def main(argv: list[str] | None = None) -> int:
     s = explore(args.states, args.seed, max_failures=20)
     print(f"{s.ops} operations recorded; {s.generated} crash states generated, {s.states} "
           f"distinct checked ({s.process} process crash, {s.power} power loss) in "
-          f"{time.perf_counter() - started:.1f} s; exercised: {s.tags}")
+          f"{time.perf_counter() - started:.1f} s; exercised: {s.tags}; {s.recovery} states "
+          "of a second crash during recovery")
     for f in s.failures:
         print("FAIL:", f)
     return 1 if s.failures else 0

@@ -29,9 +29,10 @@ def test_every_crash_state_opens_with_every_acknowledged_event_and_nothing_else(
         logging.disable(logging.NOTSET)
     assert not summary.failures, "\n".join(summary.failures)
     print(f"{summary.states} distinct crash states of {summary.ops} operations: "
-          f"{summary.tags}")
+          f"{summary.tags}; {summary.recovery} of a second crash during recovery")
     assert summary.states >= STATES // 2
     assert summary.process and summary.power
+    assert summary.recovery > 100  # a second crash while recovering from the first
     # it did reach what matters: torn batches cut (their bytes kept aside), whole batches that
     # were never acknowledged kept, a snapshot whose rename was not yet durable
     for tag in ("cut", "torn kept aside", "unacknowledged kept",
