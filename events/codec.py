@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # it ships no type information
 
 from events import codec_v1 as v1
 from events.codec_v1 import REC_HEADER, encode_records_v1

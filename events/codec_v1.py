@@ -12,7 +12,7 @@ import struct
 import zlib
 from collections.abc import Sequence
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # it ships no type information
 
 from events.model import InvalidEvent
 from events.records import MAX_RECORD, Item, decode_record

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # it ships no type information
 
 from events.model import Event, InvalidEvent
 

@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # it ships no type information
 
 from events.fileio import OS, FileIO
 

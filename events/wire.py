@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # it ships no type information
 
 from events.domain import ErrorCode
 
