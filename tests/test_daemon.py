@@ -234,6 +234,7 @@ def test_events_since_then_follow_has_no_gap_and_no_duplicate(daemon):
         for _ in range(6):
             daemon.run("true")
         stop.set()
+        daemon.run("true")  # events after stop is set: the loop below must see one to end
 
     worker = threading.Thread(target=workload)
     worker.start()
