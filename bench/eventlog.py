@@ -38,7 +38,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from events.codec import BATCH_MAGIC
+from events.codec import BATCH_MAGIC, encode_header_v1, encode_records_v1
 from events.log import HEADER_SIZE, EventLog
 from supervisor.logwriter import LogWriter
 
@@ -123,6 +123,27 @@ def build_log(root: Path, n: int) -> EventLog:
     for start in range(0, n, batch):
         log.append([task_exit(i) for i in range(start, min(n, start + batch))])
     return log
+
+
+def build_v1_log(root: Path, n: int) -> None:
+    """A format-1 log of ``n`` events in 64 MiB segments, as Tether before format 2 wrote it."""
+    events_dir = root / "events"
+    events_dir.mkdir(parents=True)
+    seq, path, size, f = 0, None, 0, None
+    try:
+        for start in range(0, n, 10_000):
+            if f is None or size >= 64 * 2**20:
+                if f is not None:
+                    f.close()
+                path = events_dir / f"{seq + 1:020d}.seg"
+                f = open(path, "wb")  # noqa: SIM115  (closed above or below)
+                size = f.write(encode_header_v1(seq + 1))
+            batch = [task_exit(i) for i in range(start, min(n, start + 10_000))]
+            size += f.write(encode_records_v1(batch, seq, 1_795_830_000_000_000_000))
+            seq += len(batch)
+    finally:
+        if f is not None:
+            f.close()
 
 
 def bench_replay(log: EventLog, repeats: int) -> tuple[list[float], list[float]]:
@@ -262,6 +283,13 @@ def main() -> int:
                      f"{statistics.median(replay):,.0f} events/s (best {max(replay):,.0f}; "
                      f"CPU time: {statistics.median(replay_cpu):,.0f})",
                      f"goal >= {GOAL_REPLAY:,}/s"))
+        build_v1_log(base / "v1", args.events)
+        with EventLog.open(base / "v1") as v1log:  # (goes on in a new format-2 segment)
+            v1_replay, v1_cpu = bench_replay(v1log, args.repeats)
+        rows.append((f"replay read(0) of {args.events:,} events, format 1",
+                     f"{statistics.median(v1_replay):,.0f} events/s (best {max(v1_replay):,.0f};"
+                     f" CPU time: {statistics.median(v1_cpu):,.0f})",
+                     "a log written before format 2"))
         rows.append(("plain framed decode, same files (limit)",
                      f"{statistics.median(plain):,.0f} events/s (best {max(plain):,.0f})",
                      f"anchor {ANCHOR_DECODE}"))
