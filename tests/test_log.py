@@ -1,6 +1,8 @@
 """The event log on real files: round trips, torn tails, corruption, versions, compaction.
 
-Format 2 (what the log writes); ``test_log_v1.py`` covers reading format-1 segments.
+Format 2 (what the log writes); ``test_log_v1.py`` covers reading format-1 segments. Past 500
+lines because each section (round trips, torn tails, zeros written ahead, corruption, versions,
+compaction) shares the same few helpers for building and damaging segments.
 """
 
 from __future__ import annotations
