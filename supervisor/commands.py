@@ -454,7 +454,8 @@ class Commands:
                 "socket": str(self.core.paths.socket), "last_seq": self.core.state.last_seq,
                 "containers": counts, "shims": len(self.core.links),
                 "snapshot_seq": self.core.snapshot_seq, "subscribers": len(self.core.hub),
-                "skipped_events": self.core.skipped}
+                "skipped_events": self.core.skipped,
+                "log_id": self.core.log_id}
 
     async def shutdown(self, params: dict[str, Any]) -> None:
         self.core.shutdown_requested.set()

@@ -76,6 +76,7 @@ class Core:
         self.skipped = 0
         self.nursery: trio.Nursery | None = None  # where shim links and watchers live
         self.shutdown_requested = trio.Event()
+        self.log_id: str | None = None  # ROOT/log_id (supervisor/logid.py), set at start-up
 
     # -- the write path ----------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from supervisor import autoremove, logsetup, neighbours, recovery
 from supervisor import compat as compat_mod
 from supervisor.commands import Commands
 from supervisor.core import Config, Core
+from supervisor.logid import InvalidLogId, ensure_log_id
 from supervisor.paths import default_root
 from supervisor.server import Server, bind_api_socket, socket_identity, unlink_if_ours
 from supervisor.shims import ShimLauncher
@@ -88,6 +89,11 @@ async def run(config: Config, compat: compat_mod.Compat | None = None) -> int:
         log.error("refusing to start", error=str(exc))
         return 1
     try:
+        try:  # the log's identity, durable before supervisor.start is appended (logid.py)
+            log_id = ensure_log_id(paths.root)
+        except (InvalidLogId, OSError) as exc:
+            log.error("refusing to start", error=str(exc))
+            return 1
         try:
             state, snapshot_seq = await trio.to_thread.run_sync(recovery.load_state, eventlog)
         except (recovery.StartupError, CorruptLog) as exc:
@@ -95,6 +101,7 @@ async def run(config: Config, compat: compat_mod.Compat | None = None) -> int:
                       hint="start with --repair" if isinstance(exc, CorruptLog) else None)
             return 1
         core = Core(config, eventlog, state, snapshot_seq)
+        core.log_id = log_id
         core.unreconciled = set(recovery.to_reconcile(state))
         core.reconciling = True  # from the first request on: reconcile_all clears it
         commands = Commands(core)

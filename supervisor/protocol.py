@@ -67,6 +67,8 @@ Optional additions (supervisord, daemon issue):
 * exit results (``stop``, ``wait``) also carry ``reason``: None, or why the status is unknown
   (``exit_status`` None: the shim was lost and the task ended unseen).
 * ``info`` also carries ``subscribers`` and ``skipped_events`` (events the projection skipped).
+* ``info`` also carries ``log_id``: the durable identity of the root's log (``ROOT/log_id``,
+  :mod:`supervisor.logid`); ``(log_id, seq)`` names one event for good (fleet issue).
 
 Times in results are unix nanoseconds (ints); supervisorctl renders them (RFC 3339 in ``--json``).
 """
