@@ -201,7 +201,31 @@ def cmd_logs(t: Target, args: argparse.Namespace) -> int:
 # -- events -------------------------------------------------------------------------------------
 
 
+_EVENTS_HELP = "\nTry 'supervisorctl events --help'."
+
+
+def _fleet_events(args: argparse.Namespace) -> int:
+    """``events --nats``: nats-py and asyncio are imported here only, by no other command."""
+    if not args.nats:
+        raise CtlError("supervisorctl events: --node needs --nats URL (the fleet stream)"
+                       + _EVENTS_HELP, ctl.EXIT_USAGE)
+    from supervisor.fleet.reader import ReaderError, run_events
+
+    try:
+        return run_events(args)
+    except ReaderError as exc:
+        if exc.usage:
+            raise CtlError(f"supervisorctl events: {exc}{_EVENTS_HELP}", ctl.EXIT_USAGE
+                           ) from None
+        raise CtlError(f"events: {exc}") from None
+
+
 def cmd_events(t: Target, args: argparse.Namespace) -> int:
+    if args.nats or args.node:
+        return _fleet_events(args)
+    if not isinstance(args.since, int):
+        raise CtlError(f"supervisorctl events: --since {args.since}: the local log takes a "
+                       f"seq (a time needs --nats){_EVENTS_HELP}", ctl.EXIT_USAGE)
     from supervisor import ctl_render
 
     render = ctl_render.event_json if args.json else ctl_render.event_line

@@ -310,9 +310,20 @@ def _g_exec(p: argparse.ArgumentParser) -> None:
     p.add_argument("id", metavar="ID")
 
 
+def since_arg(text: str) -> int | str:
+    """``events --since``: a seq (checked here), or a time that only ``--nats`` reads (checked
+    there)."""
+    if text.strip().isdigit():
+        return int(text)
+    if text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
+    return text
+
+
 def _g_events(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--since", type=non_negative_int, default=0, metavar="SEQ",
-                   help="only events after this seq (default: from the start)")
+    p.add_argument("--since", type=since_arg, default=0, metavar="SEQ|TIME",
+                   help="only events after this seq (default: from the start); with --nats "
+                        "also a time: RFC 3339 or a duration ago (10m)")
     p.add_argument("--type", dest="types", action="append", metavar="T",
                    help="only this type or type prefix, e.g. task.exit or task (repeatable)")
     p.add_argument("--id", dest="ids", action="append", metavar="ID",
@@ -321,6 +332,12 @@ def _g_events(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--reconnect", type=non_negative_float, default=60.0, metavar="SECONDS",
                    help="with -f: " + _RECONNECT_HELP)
+    p.add_argument("--nats", metavar="URL[,URL...]",
+                   help="read the fleet stream of a NATS JetStream cluster instead (what "
+                        "supervisord-export publishes); lines start with the node")
+    p.add_argument("--node", metavar="NAME|all",
+                   help="with --nats: only this node's events (default: all)")
+    p.add_argument("--stream", default="TETHER", help="with --nats: the stream's name")
 
 
 def _g_none(p: argparse.ArgumentParser) -> None:
