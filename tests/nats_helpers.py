@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -30,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from daemon_helpers import CTL, REPO, Daemon
 
-__all__ = ["NATS_SERVER", "NatsCluster", "NatsServer", "free_port", "nats_cluster",
-           "nats_server", "need_nats_server"]
+__all__ = ["EXPORT", "NATS_SERVER", "ExportProc", "NatsCluster", "NatsServer", "fleet_events",
+           "free_port", "local_events", "nats_cluster", "nats_server", "need_nats_server",
+           "wait_exported"]
 
 NATS_SERVER = shutil.which("nats-server", path="/usr/sbin:/usr/bin:/sbin:/bin") or ""
 
@@ -255,3 +258,110 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
         _ensure_gone(list(cluster.servers.values()))
 
 
+
+
+#: The venv's exporter (its console script), called by path as a user would.
+EXPORT = str(Path(sys.executable).parent / "supervisord-export")
+
+
+class ExportProc:
+    """One ``supervisord-export`` process; its stderr (JSON log lines) in ``log``."""
+
+    def __init__(self, root: Path, servers: str, node: str, *extra: str) -> None:
+        self.root = root
+        self.servers = servers
+        self.node = node
+        self.extra = list(extra)
+        self.log = root.parent / f"export-{node}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        return [EXPORT, "--root", str(self.root), "--nats", self.servers, "--node", self.node,
+                "--log-format", "json", *self.extra]
+
+    def start(self) -> ExportProc:
+        assert not self.running()
+        log = open(self.log, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log, cwd=REPO)
+        finally:
+            log.close()
+        return self
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        out = []
+        with contextlib.suppress(FileNotFoundError):
+            for line in self.log.read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+def fleet_events(servers: str, node: str, *extra: str) -> list[dict[str, Any]]:
+    """``supervisorctl events --nats ... --node NODE --json``: the node's events as the fleet
+    stream holds them, each line's ``node`` checked and removed (so it compares with local).
+    No stream yet (the exporter creates it): none."""
+    proc = subprocess.run([*CTL, "events", "--nats", servers, "--node", node, "--json", *extra],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    if proc.returncode == 1 and "no stream" in proc.stderr:
+        return []
+    assert proc.returncode == 0, proc.stderr
+    out = []
+    for line in proc.stdout.splitlines():
+        obj = json.loads(line)
+        assert obj.pop("node") == node
+        out.append(obj)
+    return out
+
+
+def local_events(daemon: Daemon, since: int = 0) -> list[dict[str, Any]]:
+    """``supervisorctl --root ROOT events --json``: the node's own log."""
+    proc = subprocess.run([*CTL, "--root", str(daemon.root), "events", "--json", "--since",
+                           str(since)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def wait_exported(servers: str, daemon: Daemon, node: str, timeout: float = 60.0
+                  ) -> list[dict[str, Any]]:
+    """Until the fleet stream holds exactly the node's log (seq by seq); returns it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        local = local_events(daemon)
+        fleet = fleet_events(servers, node)
+        if fleet == local:
+            return fleet
+        if time.monotonic() > deadline:
+            seqs = [e["seq"] for e in fleet]
+            raise AssertionError(
+                f"{node}: the stream does not hold the log after {timeout} s: local has "
+                f"{len(local)} events (last {local[-1]['seq'] if local else None}), the stream "
+                f"{len(fleet)} (seqs {seqs[:5]}...{seqs[-5:]}); duplicates: "
+                f"{len(seqs) - len(set(seqs))}")
+        time.sleep(0.3)

@@ -158,16 +158,19 @@ async def ensure_stream(js: JetStreamContext, stream: str, replicas: int | None)
         if _is_transient(exc):
             raise _unavailable(exc, f"stream {stream}") from None
         raise BrokerConfigError(f"stream {stream}: {exc.description or exc}") from None
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
-            nats.errors.ConnectionClosedError) as exc:
-        raise _unavailable(exc, f"JetStream did not answer for stream {stream} (is JetStream "
-                           "enabled on the server?)") from None
+    except nats.errors.NoRespondersError:
+        raise BrokerConfigError("JetStream is not enabled on the NATS server (no one answers "
+                                "its API): enable it (a jetstream {} block)") from None
+    except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as exc:
+        raise _unavailable(exc, f"JetStream did not answer for stream {stream}") from None
     if info is not None:
         subjects = list(info.config.subjects or [])
         if SUBJECTS[0] not in subjects:
             raise BrokerConfigError(
                 f"stream {stream} exists with subjects {subjects}, not {SUBJECTS[0]}: it is not "
                 "a Tether fleet stream; pass another --stream NAME (or change that stream)")
+        if info.cluster is not None and not info.cluster.leader:
+            await _wait_leader(js, stream)
         return int(info.config.num_replicas or 1)
     tries = [replicas] if replicas else [3, 2, 1]
     last: Exception | None = None

@@ -58,6 +58,8 @@ WINDOW = 256
 #: An acknowledgement not back within this long ends the session (a leader change takes a few
 #: seconds; the retry is deduplicated if the message was stored after all).
 ACK_TIMEOUT = 5.0
+#: How long a start-up waits for a connected cluster's stream to answer before it gives up.
+START_PATIENCE = 30.0
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
 #: Room kept under the server's max_payload for the headers.
@@ -124,7 +126,18 @@ class Exporter:
                                        name=f"supervisord-export {self.node}")
         self.js = self.nc.jetstream(timeout=broker.API_TIMEOUT,
                                     publish_async_max_pending=self.config.window * 4)
-        replicas = await broker.ensure_stream(self.js, self.config.stream, self.config.replicas)
+        deadline = time.monotonic() + START_PATIENCE
+        backoff = Backoff()
+        while True:  # connected, but the stream may be being created or electing its leader
+            try:
+                replicas = await broker.ensure_stream(self.js, self.config.stream,
+                                                      self.config.replicas)
+                break
+            except broker.BrokerUnavailable as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("stream not available yet; retrying", error=str(exc))
+                await backoff.wait()
         log.info("connected", servers=self.nc.connected_url.netloc if self.nc.connected_url
                  else None, stream=self.config.stream, replicas=replicas, node=self.node)
 
@@ -162,6 +175,8 @@ class Exporter:
         return 0
 
     async def session(self) -> None:
+        assert self.js is not None
+        await broker.ensure_stream(self.js, self.config.stream, self.config.replicas)
         link = await DaemonLink.open(self.config.socket_path)
         try:
             info = await link.call("info")
