@@ -154,6 +154,27 @@ async def _node_start(js: JetStreamContext, stream: str, node: str, after: int,
     return at if ok else answer
 
 
+#: A stream electing a new leader answers nothing for a few seconds: wait that long.
+PATIENCE = 15.0
+
+
+async def _stream_info(js: JetStreamContext, stream: str, servers: list[str]) -> Any:
+    deadline = time.monotonic() + PATIENCE
+    while True:
+        try:
+            return await js.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            raise ReaderError(f"no stream {stream} at {','.join(servers)}: is "
+                              "supervisord-export running (it creates it)?") from None
+        except nats.errors.NoRespondersError:
+            raise ReaderError(f"JetStream is not enabled at {','.join(servers)}") from None
+        except (nats.errors.Error, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise ReaderError(f"stream {stream} does not answer ({exc}): is its "
+                                  "cluster up, with a quorum of its servers?") from None
+            await asyncio.sleep(0.2)
+
+
 async def read(servers: list[str], stream: str, node: str | None, since: tuple[str, int] | None,
                out: _Output, follow: bool) -> None:
     try:
@@ -162,13 +183,7 @@ async def read(servers: list[str], stream: str, node: str | None, since: tuple[s
         raise ReaderError(str(exc)) from None
     try:
         js = nc.jetstream(timeout=broker.API_TIMEOUT)
-        try:
-            info = await js.stream_info(stream)
-        except nats.js.errors.NotFoundError:
-            raise ReaderError(f"no stream {stream} at {','.join(servers)}: is "
-                              "supervisord-export running (it creates it)?") from None
-        except (nats.errors.Error, OSError) as exc:
-            raise ReaderError(f"stream {stream}: {exc}") from None
+        info = await _stream_info(js, stream, servers)
         end = int(info.state.last_seq or 0)
         config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
         if since is not None and since[0] == "seq":
