@@ -65,6 +65,7 @@ def test_body_and_headers_round_trip() -> None:
         records.decode(b'{"seq": 1}')
     with pytest.raises(records.BadMessage):
         records.position_of({"Nats-Msg-Id": "x"}, 1)
+    assert records.parse_msg_id(hdrs) == ("n1", "ab" * 16, 7)
 
 
 def test_since_parsing() -> None:

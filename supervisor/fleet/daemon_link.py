@@ -68,15 +68,19 @@ class DaemonLink:
         with contextlib.suppress(OSError, ConnectionError):
             await self._writer.wait_closed()
 
-    async def recv(self) -> dict[str, Any]:
+    async def _fill(self) -> None:
+        """Until at least one whole message is buffered."""
         while not self._pending:
             try:
-                data = await self._reader.read(65536)
+                data = await self._reader.read(2**20)
             except OSError as exc:
                 raise DaemonUnavailable(f"the daemon's connection broke: {exc}") from None
             if not data:
                 raise DaemonUnavailable("the daemon closed the connection")
             self._pending.extend(self._decoder.feed(data))
+
+    async def recv(self) -> dict[str, Any]:
+        await self._fill()
         return self._pending.pop(0)
 
     async def _request(self, method: str, params: dict[str, Any]) -> int:
@@ -96,35 +100,55 @@ class DaemonLink:
             if response is not None and response[0] == "result":
                 return response[1]
 
-    async def events(self, since: int, types: list[str] | None = None, follow: bool = True,
-                     until: int | None = None) -> AsyncIterator[dict[str, Any]]:
-        """The records after ``since``: history, then live with ``follow``.
+    async def event_batches(self, since: int, types: list[str] | None = None,
+                            follow: bool = True) -> AsyncIterator[list[dict[str, Any]]]:
+        """The records after ``since``, history then live with ``follow``, in batches: every
+        record already received comes in one list, so a caller can hand a whole batch to the
+        broker in one write rather than one write per event.
 
         ``not_found`` (the log was compacted past ``since``) raises :class:`Compacted`;
         ``too_slow`` (we fell behind the daemon's buffer) raises :class:`DaemonUnavailable`,
         since the cure is the same: reconnect from the last position the stream confirmed.
-        ``until``: stop after that seq (a bounded read of history).
         """
         params: dict[str, Any] = {"since": since, "follow": follow}
         if types:
             params["types"] = types
         rid = await self._request("events", params)
         while True:
+            await self._fill()
+            batch = []
             try:
-                response = wire.response_to(rid, await self.recv())
+                while self._pending:
+                    response = wire.response_to(rid, self._pending.pop(0))
+                    if response is None or response[0] == "result":
+                        continue
+                    if response[0] == "end":
+                        if batch:
+                            yield batch
+                        return
+                    batch.append(response[1])
             except wire.RemoteError as exc:
-                if exc.code == "not_found":
-                    match = _OLDEST.search(exc.message)
-                    if match:
-                        raise Compacted(since, int(match.group(1)), exc.message) from None
-                if exc.code in ("too_slow", "not_found", "unavailable", "internal"):
-                    raise DaemonUnavailable(f"events: {exc}") from None
-                raise
-            if response is None or response[0] == "result":
-                continue
-            if response[0] == "end":
-                return
-            record = response[1]
-            yield record
-            if until is not None and record.get("seq", 0) >= until:
-                return
+                if batch:  # what came before the error is good
+                    yield batch
+                raise self._stream_error(exc, since) from None
+            if batch:
+                yield batch
+
+    @staticmethod
+    def _stream_error(exc: wire.RemoteError, since: int) -> Exception:
+        if exc.code == "not_found":
+            match = _OLDEST.search(exc.message)
+            if match:
+                return Compacted(since, int(match.group(1)), exc.message)
+        if exc.code in ("too_slow", "not_found", "unavailable", "internal"):
+            return DaemonUnavailable(f"events: {exc}")
+        return exc
+
+    async def events(self, since: int, types: list[str] | None = None, follow: bool = True,
+                     until: int | None = None) -> AsyncIterator[dict[str, Any]]:
+        """:meth:`event_batches` one record at a time; ``until``: stop after that seq."""
+        async for batch in self.event_batches(since, types, follow):
+            for record in batch:
+                yield record
+                if until is not None and record.get("seq", 0) >= until:
+                    return

@@ -223,10 +223,13 @@ class Exporter:
         """Publish again any event in ``(acked, last]`` the broker dropped while it stored a
         later one (a leader change with several publishes in flight can do that)."""
         assert self.js is not None
-        present = {int(h.get("Tether-Seq", 0))
-                   for _, h in await broker.stream_messages_after(
-                       self.js, self.config.stream, self.node, acked.stream_seq, last.stream_seq)
-                   if h.get("Tether-Log") == last.log_id}
+        present = set()
+        for _, hdrs in await broker.stream_messages_after(
+                self.js, self.config.stream, self.node, acked.stream_seq, last.stream_seq):
+            with contextlib.suppress(records.BadMessage):
+                _, log_id, seq = records.parse_msg_id(hdrs)
+                if log_id == last.log_id:
+                    present.add(seq)
         link = await DaemonLink.open(self.config.socket_path)
         try:
             missing = [r async for r in link.events(acked.seq, self.config.types, follow=False,
@@ -291,17 +294,20 @@ class Exporter:
         draining = False
 
         async def read_and_publish() -> None:
-            async for record in link.events(acked.seq, self.config.types):
-                await window.acquire()
-                event = self.event(start.log_id, record)
-                subject, body, hdrs = self.message(event, acked)
-                try:
-                    future = await js.publish_async(subject, body, stream=self.config.stream,
-                                                    headers=hdrs)
-                except Exception as exc:
-                    raise _classify(exc, event) from None
-                inflight.append((event, future))
-                wake.set()
+            # A whole batch is published without yielding (unless the window is full), so
+            # nats-py sends it in one write: one syscall per event capped us at ~2,400/s.
+            async for batch in link.event_batches(acked.seq, self.config.types):
+                for record in batch:
+                    await window.acquire()
+                    event = self.event(start.log_id, record)
+                    subject, body, hdrs = self.message(event, acked)
+                    try:
+                        future = await js.publish_async(subject, body, headers=hdrs,
+                                                        stream=self.config.stream)
+                    except Exception as exc:
+                        raise _classify(exc, event) from None
+                    inflight.append((event, future))
+                    wake.set()
 
         async def confirm() -> None:
             nonlocal acked
@@ -312,9 +318,12 @@ class Exporter:
                     wake.clear()
                     await wake.wait()
                 event, future = inflight[0]
+                if not future.done():
+                    await asyncio.wait((future,), timeout=self.config.ack_timeout)
                 try:
-                    ack = await asyncio.wait_for(asyncio.shield(future),
-                                                 self.config.ack_timeout)
+                    if not future.done():
+                        raise TimeoutError
+                    ack = future.result()
                 except Exception as exc:
                     raise _classify(exc, event) from None
                 inflight.popleft()

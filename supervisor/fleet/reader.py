@@ -120,6 +120,13 @@ class _Output:
             sys.stdout.flush()
 
 
+def _log_and_seq(hdrs: dict[str, str] | None) -> tuple[str, int]:
+    try:
+        return records.parse_msg_id(hdrs)[1:]
+    except records.BadMessage:
+        return ("", 0)
+
+
 async def _node_start(js: JetStreamContext, stream: str, node: str, after: int,
                       first: int) -> int | None:
     """The stream seq of the node's first message after seq ``after`` of its current log;
@@ -128,14 +135,13 @@ async def _node_start(js: JetStreamContext, stream: str, node: str, after: int,
         last = await js.get_last_msg(stream, records.node_filter(node))
     except nats.js.errors.NotFoundError:
         return None
-    current = (last.headers or {}).get("Tether-Log")
+    current = _log_and_seq(last.headers)[0]
 
     async def probe(stream_seq: int) -> tuple[int, bool]:
         msg = await js.get_msg(stream, seq=stream_seq, subject=records.node_filter(node),
                                next=True)
-        hdrs = msg.headers or {}
-        ok = hdrs.get("Tether-Log") == current and int(hdrs.get("Tether-Seq", 0)) > after
-        return int(msg.seq or 0), ok
+        log_id, seq = _log_and_seq(msg.headers)
+        return int(msg.seq or 0), log_id == current and seq > after
 
     last_seq = int(last.seq or 0)
     found, ok = await probe(last_seq)

@@ -8,9 +8,10 @@ reader and any consumer in any language:
   subject tokens (an empty word, a space, ``*`` or ``>``) goes to ``tether.<node>._invalid``:
   the body still carries it untouched.
 * headers ``Nats-Msg-Id: <node>/<log_id>/<seq>`` (JetStream drops a second message with the
-  same id within the stream's duplicate window), ``Tether-Node``, ``Tether-Log``,
-  ``Tether-Seq``, ``Tether-Type``, ``Tether-Id`` (the container id, "" for daemon events) and
-  ``Tether-Acked`` (see :class:`Position`).
+  same id within the stream's duplicate window; it also names the event, so no other header
+  repeats node, log or seq), ``Tether-Id`` (the container id, "" for daemon events) and
+  ``Tether-Acked`` (see :class:`Position`). Few headers on purpose: nats-py encodes each one
+  in Python, and every header costs the exporter's throughput.
 * body: one JSON object ``{"node", "log_id", "seq", "time", "type", "id", "data"}``, ``time``
   in unix nanoseconds as in the log. JSON, not msgpack, so ``nats sub`` and a consumer in any
   language read it; bytes in ``data`` (rare) become UTF-8 text as in ``supervisorctl events
@@ -35,6 +36,7 @@ __all__ = [
     "headers",
     "msg_id",
     "node_filter",
+    "parse_msg_id",
     "position_of",
     "subject_for",
     "validate_node",
@@ -129,10 +131,17 @@ def encode(event: FleetEvent) -> bytes:
 
 
 def headers(event: FleetEvent, acked: Position) -> dict[str, str]:
-    return {"Nats-Msg-Id": msg_id(event.node, event.log_id, event.seq),
-            "Tether-Node": event.node, "Tether-Log": event.log_id,
-            "Tether-Seq": str(event.seq), "Tether-Type": event.type, "Tether-Id": event.id,
+    return {"Nats-Msg-Id": msg_id(event.node, event.log_id, event.seq), "Tether-Id": event.id,
             "Tether-Acked": acked.acked_header()}
+
+
+def parse_msg_id(hdrs: dict[str, str] | None) -> tuple[str, str, int]:
+    """``Nats-Msg-Id`` -> (node, log_id, seq); :class:`BadMessage` if it is not ours."""
+    node, _, rest = (hdrs or {}).get("Nats-Msg-Id", "").partition("/")
+    log_id, _, seq = rest.partition("/")
+    if not node or not log_id or not seq.isdigit():
+        raise BadMessage(f"no Tether Nats-Msg-Id ({(hdrs or {}).get('Nats-Msg-Id')!r})")
+    return node, log_id, int(seq)
 
 
 class BadMessage(ValueError):
@@ -165,12 +174,10 @@ def position_of(hdrs: dict[str, str] | None, stream_seq: int) -> tuple[Position,
 
     Raises :class:`BadMessage` when the headers are not an exporter's.
     """
-    hdrs = hdrs or {}
+    _, log_id, seq = parse_msg_id(hdrs)
     try:
-        log_id = hdrs["Tether-Log"]
-        seq = int(hdrs["Tether-Seq"])
-        acked_seq, _, acked_stream = hdrs.get("Tether-Acked", "0:0").partition(":")
+        acked_seq, _, acked_stream = (hdrs or {}).get("Tether-Acked", "0:0").partition(":")
         acked = Position(log_id, int(acked_seq), int(acked_stream or 0))
-    except (KeyError, ValueError) as exc:
-        raise BadMessage(f"the node's last message has no valid Tether headers ({exc})") from None
+    except ValueError as exc:
+        raise BadMessage(f"the node's last message has a bad Tether-Acked ({exc})") from None
     return Position(log_id, seq, stream_seq), acked
