@@ -116,7 +116,7 @@ class DaemonLink:
         rid = await self._request("events", params)
         while True:
             await self._fill()
-            batch = []
+            batch: list[dict[str, Any]] = []
             try:
                 while self._pending:
                     response = wire.response_to(rid, self._pending.pop(0))

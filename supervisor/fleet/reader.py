@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import calendar
 import contextlib
+import datetime
 import re
 import sys
 import time
@@ -78,9 +79,9 @@ def parse_since(text: str | int | None, now_ns: int) -> tuple[str, int] | None:
         pos = match.end()
     if pos and pos == len(s):
         return ("time", now_ns - int(total * 1e9))
-    match = _RFC3339.fullmatch(s)
-    if match:
-        base, frac, zone = match.groups()
+    stamp = _RFC3339.fullmatch(s)
+    if stamp:
+        base, frac, zone = stamp.groups()
         secs = calendar.timegm(time.strptime(base.upper(), "%Y-%m-%dT%H:%M:%S"))
         if zone.upper() != "Z":
             sign = 1 if zone[0] == "+" else -1
@@ -90,9 +91,12 @@ def parse_since(text: str | int | None, now_ns: int) -> tuple[str, int] | None:
                       "(2026-11-28T02:10:00Z) or a duration ago (90s, 10m, 2h, 1d)", usage=True)
 
 
-def _rfc3339_start(ns: int) -> str:
-    """A start time for the consumer; the server wants RFC 3339 with at most nanoseconds."""
-    return ctl_render.rfc3339(ns) or ""
+def _start_time(ns: int) -> datetime.datetime:
+    """The consumer's start time: microseconds (a datetime's), rounded down, so it is never
+    after ``ns`` (the exact cut is made here, on the event's own time)."""
+    micros = ns // 1000
+    return datetime.datetime.fromtimestamp(micros // 1_000_000, datetime.UTC).replace(
+        microsecond=micros % 1_000_000)
 
 
 class _Output:
@@ -203,7 +207,7 @@ async def read(servers: list[str], stream: str, node: str | None, since: tuple[s
                                         opt_start_seq=start)
         elif since is not None:
             config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_TIME,
-                                        opt_start_time=_rfc3339_start(since[1]))
+                                        opt_start_time=_start_time(since[1]))
         if not follow and end == 0:
             return
         sub = await js.subscribe(records.node_filter(node), stream=stream,
