@@ -330,3 +330,28 @@ def test_the_message_contract(nats_server: NatsServer, daemon_factory: Any,
     assert msg.headers["Tether-Id"] == exit_event["id"]
     body = json.loads(msg.data)
     assert body == {"node": "n1", "log_id": log_id, **exit_event}
+
+
+def test_a_retried_publish_is_dropped_by_its_msg_id(nats_server: NatsServer,
+                                                     tmp_path: Path) -> None:
+    """What makes a retry after an ack timeout (or a leader change) harmless: the same event
+    published again carries the same Nats-Msg-Id and JetStream keeps one copy; an event of
+    another log with the same node and seq is another message."""
+    from supervisor.fleet.export import ExportConfig, Exporter
+
+    async def go() -> tuple[list[int], int]:
+        exporter = Exporter(ExportConfig(root=str(tmp_path), servers=[nats_server.url],
+                                         node="n1"))
+        await exporter.connect()
+        try:
+            event = records.FleetEvent("n1", "a" * 32, 1, 0, "task.exit", "c", {})
+            other_log = records.FleetEvent("n1", "b" * 32, 1, 0, "task.exit", "c", {})
+            start = records.Position("a" * 32)
+            seqs = [await exporter.publish_one(e, start) for e in (event, event, other_log)]
+            return seqs, exporter.published
+        finally:
+            await exporter.close()
+
+    seqs, published = asyncio.run(go())
+    assert seqs == [1, 1, 2] and published == 3
+    assert stream_info(nats_server.url).state.messages == 2

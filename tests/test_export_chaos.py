@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import threading
 import time
 from collections import Counter
@@ -138,3 +139,30 @@ def test_a_cluster_down_for_a_while_loses_nothing_and_the_backlog_drains(
     assert e.stop() == 0
     assert any("broker unavailable" in r.get("event", "") for r in e.log_lines())
     assert fleet_events(nats_cluster.urls, "a", "--type", "task.exit")
+
+
+def test_publishes_that_time_out_while_stored_are_not_doubled(
+        nats_cluster: NatsCluster, daemon_factory: Any, tmp_path: Path) -> None:
+    """Every server SIGSTOPped for longer than the ack timeout while events are being
+    published: the acks never come, the session ends; once the servers run again they store
+    what was already in their sockets, and the next session finds it in the stream (or the
+    retry's Msg-Id is dropped as a duplicate): nothing twice, nothing missing."""
+    d = daemon_factory(root_dir=tmp_path / "a")
+    e = ExportProc(d.root, nats_cluster.urls, "a").start()
+    wait_exported(nats_cluster.urls, d, "a")
+    with Storm(d, CHAOS_SEED) as storm:
+        time.sleep(1.0)
+        pids = nats_cluster.pids()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(7.0)  # > the exporter's 5 s ack timeout
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        time.sleep(1.0)
+    assert storm.runs > 10
+    events = wait_exported(nats_cluster.urls, d, "a", timeout=120)
+    assert stream_info(nats_cluster.urls).state.messages == len(events)
+    assert e.stop() == 0
+    assert any("no acknowledgement in time" in r.get("error", "") for r in e.log_lines())
