@@ -30,6 +30,7 @@ from nats_helpers import (  # noqa: F401
     local_events,
     nats_cluster,
     nats_server,
+    need_nats_server,
     wait_exported,
 )
 
@@ -247,6 +248,7 @@ def test_bad_arguments_are_usage_errors(args: list[str], message: str, tmp_path:
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
+@need_nats_server
 def test_bad_credentials_are_refused_with_nothing_published(daemon_factory: Any,
                                                             tmp_path: Path) -> None:
     server = NatsServer("auth", tmp_path / "nats", auth=("tether", "s3cret"))
