@@ -14,6 +14,8 @@ are not UTF-8 as ``{"base64": "..."}`` (as ``python -m events dump --json``).
 from __future__ import annotations
 
 from events import timefmt
+from events.render import dumps, event_json, event_object, rfc3339
+from events.render import event_line as _event_line
 from supervisor.protocol import PS_FIELDS
 
 TYPE_CHECKING = False  # not typing's: a one-shot command would pay ~3 ms to import typing
@@ -42,11 +44,6 @@ PS_JSON_FIELDS = (*PS_FIELDS, "command", "labels", "oom", "exit_reason")
 #: Widest COMMAND cell of the table unless ``--no-trunc`` (docker's is 20).
 COMMAND_WIDTH = 30
 _NS = 1_000_000_000
-
-
-def rfc3339(ns: int | None) -> str | None:
-    """Unix nanoseconds -> RFC 3339 (:func:`events.timefmt.rfc3339`); None -> None."""
-    return None if ns is None else timefmt.rfc3339(ns)
 
 
 def _human_duration(seconds: float) -> str:
@@ -152,29 +149,6 @@ def ps_table(rows: Sequence[Mapping[str, Any]], now_ns: int, trunc: bool = True)
     return "\n".join(out) + "\n"
 
 
-def _json_default(value: Any) -> Any:
-    """JSON has no bytes: UTF-8 stays text, anything else is kept, losslessly, as base64."""
-    if isinstance(value, bytes | bytearray):
-        try:
-            return bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            import base64
-
-            return {"base64": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    return str(value)
-
-
-def dumps(value: Any, indent: int | None = None) -> str:
-    """JSON the same way everywhere: UTF-8 kept readable, bytes decoded, compact lines."""
-    import json  # not for the `ps` table: 1.4 ms of a one-shot run
-
-    separators = (", ", ": ") if indent is None else (",", ": ")
-    return json.dumps(value, default=_json_default, ensure_ascii=False, indent=indent,
-                      separators=separators)
-
-
 def ps_object(row: Mapping[str, Any]) -> dict[str, Any]:
     """Exactly the promised fields, in order; times as RFC 3339; missing ones as null."""
     obj: dict[str, Any] = {}
@@ -188,46 +162,11 @@ def ps_json_lines(rows: Iterable[Mapping[str, Any]]) -> str:
     return "".join(dumps(ps_object(row)) + "\n" for row in rows)
 
 
-def event_object(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The promised event line: ``seq, time, type, id, data`` and nothing else."""
-    return {
-        "seq": record.get("seq"),
-        "time": rfc3339(record.get("time")),
-        "type": record.get("type"),
-        "id": record.get("id", ""),
-        "data": record.get("data", {}),
-    }
-
-
-def event_json(record: Mapping[str, Any]) -> str:
-    return dumps(event_object(record))
-
-
 def event_line(record: Mapping[str, Any]) -> str:
-    """One human line: ``seq time type id key=value ...`` (data compact, keys sorted)."""
-    data = record.get("data") or {}
-    parts = []
-    for key in sorted(data):
-        value = data[key]
-        if key == "spec" and isinstance(value, dict):
-            value = _non_default(value)  # the line shows what was asked, not every default
-        if key.endswith("_at") and isinstance(value, int) and not isinstance(value, bool):
-            shown = rfc3339(value)  # e.g. exited_at: people read times, not nanoseconds
-        elif isinstance(value, str) and value and " " not in value:
-            shown = value
-        else:
-            shown = dumps(value)
-        parts.append(f"{key}={shown}")
-    return " ".join(
-        str(p) for p in (record.get("seq"), rfc3339(record.get("time")), record.get("type"),
-                         record.get("id") or "-", *parts)
-    )
-
-
-def _non_default(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`events.render.event_line`, a spec shown without the API's defaults."""
     from supervisor.protocol import SPEC_PARAMS
 
-    return {k: v for k, v in spec.items() if k not in SPEC_PARAMS or SPEC_PARAMS[k] != v}
+    return _event_line(record, SPEC_PARAMS)
 
 
 def inspect_json(obj: Mapping[str, Any]) -> str:
