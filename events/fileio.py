@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 
+from events import durable
+
 __all__ = ["OS", "FileIO"]
 
 
@@ -58,11 +60,7 @@ class FileIO:
 
     def fsync_dir(self, path: str | os.PathLike[str]) -> None:
         """Make a directory's entries (a new, renamed or deleted file) durable."""
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        durable.fsync_dir(path)
 
 
 #: The real thing: what the log and the snapshot use unless told otherwise.

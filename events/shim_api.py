@@ -111,6 +111,7 @@ import json
 import os
 
 from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT
+from events.durable import fsync_dir, write_atomic
 from events.ids import validate_id
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the shim ~8 ms
@@ -178,48 +179,6 @@ def shim_dir(root: str | os.PathLike[str], container_id: str) -> Path:
     from pathlib import Path  # lazily: the shim's start-up pays for every import (ready time)
 
     return Path(root) / "shims" / validate_id(container_id)
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600,
-                 durable: bool = True) -> None:
-    """Write *data* so that readers see the old file or the whole new one, never a torn one.
-
-    temp file in the same directory -> fsync -> rename -> fsync of the directory, so the rename
-    itself survives a power loss. Without *durable*, no fsync (~0.7 ms less, two of them): for
-    a file that is worthless after a power loss anyway (regenerated on every start, or naming
-    a process that cannot have survived it); readers still never see a torn file.
-    """
-    path = os.fspath(path)
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.tmp.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        if durable:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        try:  # noqa: SIM105 (contextlib is one more import for every shim)
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-    if durable:
-        fsync_dir(directory or ".")
-
-
-def fsync_dir(path: str | os.PathLike[str]) -> None:
-    """fsync a directory so that entries created, renamed or removed in it are durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_spec(directory: str | os.PathLike[str], spec: dict[str, Any]) -> None:

@@ -19,6 +19,8 @@ import re
 import secrets
 from pathlib import Path
 
+from events.durable import write_atomic
+
 __all__ = ["LOG_ID_FILE", "InvalidLogId", "ensure_log_id"]
 
 LOG_ID_FILE = "log_id"
@@ -45,17 +47,5 @@ def ensure_log_id(root: str | os.PathLike[str]) -> str:
 
 def _create(path: Path) -> str:
     log_id = secrets.token_hex(16)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, (log_id + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, (log_id + "\n").encode(), mode=0o644)  # fsynced, and its directory
     return log_id
