@@ -160,8 +160,8 @@ def run_quiet(argv: list[str], check: bool = True) -> subprocess.CompletedProces
     return proc
 
 
-def timed(argv: list[str],
-          detaches: bool = False) -> tuple[float, subprocess.CompletedProcess[bytes]]:
+def timed(argv: list[str], detaches: bool = False,
+          ok: tuple[int, ...] = (0,)) -> tuple[float, subprocess.CompletedProcess[bytes]]:
     """Seconds one whole command took (fork to exit), and its result; fails on non-zero.
 
     ``detaches``: the command leaves a process behind that keeps its stdio (``runc run -d``
@@ -172,7 +172,7 @@ def timed(argv: list[str],
     t = time.perf_counter()
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, check=False)
     took = time.perf_counter() - t
-    if proc.returncode != 0:
+    if proc.returncode not in ok:
         raise RuntimeError(f"{' '.join(argv)}: exit {proc.returncode}: "
                            f"{(proc.stderr or b'').decode(errors='replace').strip()}")
     return took, proc
