@@ -62,8 +62,8 @@ CLI_COMMON = frozenset({
     "functools", "gettext", "itertools", "keyword", "locale", "math", "msgpack",
     "msgpack._cmsgpack", "msgpack.exceptions", "msgpack.ext", "operator", "re", "re._casefix",
     "re._compiler", "re._constants", "re._parser", "reprlib", "select", "selectors", "socket",
-    "struct", "supervisor", "supervisor.ctl", "supervisor.ctl_supervisor", "supervisor.defaults",
-    "types", "warnings",
+    "struct", "supervisor", "supervisor.ctl", "supervisor.ctl_commands", "supervisor.ctl_grammar",
+    "supervisor.ctl_supervisor", "supervisor.defaults", "types", "warnings",
 })
 _RENDER = frozenset({"calendar", "events.timefmt", "supervisor.ctl_render", "supervisor.protocol"})
 _JSON = frozenset({"json", "json.decoder", "json.encoder", "json.scanner", "_json"})
