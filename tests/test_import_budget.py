@@ -65,7 +65,9 @@ CLI_COMMON = frozenset({
     "struct", "supervisor", "supervisor.ctl", "supervisor.ctl_commands", "supervisor.ctl_grammar",
     "supervisor.ctl_supervisor", "supervisor.defaults", "types", "warnings",
 })
-_RENDER = frozenset({"calendar", "events.timefmt", "supervisor.ctl_render", "supervisor.protocol"})
+#: events.render: the one event rendering (shared with `python -m events dump`), ~0.1 ms
+_RENDER = frozenset({"calendar", "events.render", "events.timefmt", "supervisor.ctl_render",
+                     "supervisor.protocol"})
 _JSON = frozenset({"json", "json.decoder", "json.encoder", "json.scanner", "_json"})
 #: Per command, on top of :data:`CLI_COMMON`.
 CLI_EXTRA: dict[str, frozenset[str]] = {
@@ -83,7 +85,7 @@ SHIM_ALLOWED = frozenset({
     "_operator", "_posixsubprocess", "_socket", "_sre", "_struct", "_typing", "_weakrefset",
     "_winapi", "array", "calendar", "collections", "collections.abc", "contextlib", "copy",
     "copyreg", "ctypes", "ctypes._endian", "datetime", "enum", "errno", "events",
-    "events.domain", "events.ids", "events.procfs", "events.shim_api", "events.signals",
+    "events.domain", "events.durable", "events.ids", "events.procfs", "events.shim_api", "events.signals",
     "events.timefmt", "events.wire", "fcntl", "fnmatch", "functools", "gc", "ipaddress",
     "itertools", "json", "json.decoder", "json.encoder", "json.scanner", "keyword", "locale",
     "math", "msgpack", "msgpack._cmsgpack", "msgpack.exceptions", "msgpack.ext", "msvcrt", "nt",
