@@ -128,20 +128,26 @@ __all__ = [
     "SHIM_LOG",
     "SPEC_FIELDS",
     "SPEC_FILE",
+    "TASK_FILE",
     "exit_status_of",
     "fsync_dir",
     "read_exit_file",
     "read_spec",
+    "read_task_file",
     "shim_dir",
     "write_atomic",
     "write_exit_file",
     "write_spec",
+    "write_task_file",
 ]
 
 SPEC_FILE = "spec.json"
 PID_FILE = "shim.pid"
 ADDRESS_FILE = "address"
 EXIT_FILE = "exit"
+#: The task a shim started on its own (a policy restart), written before its ``task.start``
+#: is published: what a daemon finds of a task whose events the shim never delivered.
+TASK_FILE = "task"
 CONTAINER_LOG = "container.log"
 SHIM_LOG = "shim.log"
 
@@ -227,3 +233,22 @@ def read_exit_file(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
             return record
     except FileNotFoundError:
         return None
+
+
+def write_task_file(directory: str | os.PathLike[str], record: dict[str, Any]) -> None:
+    """``{instance, shim_seq, pid, starttime, attempt}`` of a task the shim restarted by itself
+    (``shim_seq``: its ``task.create``'s). Atomic, not fsynced: a power loss ends the task too.
+    A shim SIGKILLed before it delivered that task's events leaves this trace, so the daemon
+    accounts for the task instead of starting a second one (docs/design.md, section 8)."""
+    write_atomic(os.path.join(directory, TASK_FILE), json.dumps(record).encode(),
+                 durable=False)
+
+
+def read_task_file(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The task file's record, or None (none written, or not a JSON object)."""
+    try:
+        with open(os.path.join(directory, TASK_FILE), "rb") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
