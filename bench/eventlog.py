@@ -9,6 +9,8 @@ Measures, in one run so the ratios are fair on a noisy shared machine:
   (``supervisor.logwriter.LogWriter``: trio tasks queue items; its writer task drains
   everything queued into one ``EventLog.append`` in a worker thread, i.e. one fdatasync per
   batch, then wakes the batch's waiters);
+* with ``--compare REF``: the same group-commit runs with ``supervisor/logwriter.py`` as it was
+  at git ref REF, interleaved round by round with the current one (before/after in one run);
 * replay of the whole log from seq 1 with ``EventLog.read`` (events/s);
 * the limits: one fdatasync of a 128-byte append (median, p99), and a plain framed decode
   (length + crc + msgpack, no Event objects) of the same segment files.
@@ -36,6 +38,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from events.codec import BATCH_MAGIC, encode_header_v1, encode_records_v1
 from events.log import HEADER_SIZE, EventLog
 from supervisor.logwriter import LogWriter
 
@@ -52,8 +55,22 @@ def task_exit(i: int) -> tuple[str, str, dict]:
              "exited_at": 1_795_830_000_000_000_000 + i, "shim_seq": i})
 
 
-async def _group_commit(log: Any, appenders: int, seconds: float) -> tuple[int, int, float]:
-    writer = LogWriter(log, lambda events: None)  # the daemon's own group commit
+def writer_at(ref: str) -> type:
+    """``LogWriter`` as ``supervisor/logwriter.py`` was at git ref ``ref``."""
+    import subprocess
+    import types
+
+    src = subprocess.run(["git", "show", f"{ref}:supervisor/logwriter.py"], check=True,
+                         capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent).stdout
+    module = types.ModuleType(f"logwriter_{ref}")
+    exec(compile(src, f"{ref}:supervisor/logwriter.py", "exec"), module.__dict__)
+    return module.LogWriter  # type: ignore[no-any-return]  # (a module built at run time)
+
+
+async def _group_commit(log: Any, appenders: int, seconds: float, writer_cls: type = LogWriter
+                        ) -> tuple[int, int, float]:
+    writer = writer_cls(log, lambda events: None)  # the daemon's own group commit
     count = 0
     stop_at = trio.current_time() + seconds
 
@@ -76,11 +93,12 @@ async def _group_commit(log: Any, appenders: int, seconds: float) -> tuple[int, 
     return count, writer.batches, elapsed
 
 
-def bench_group_commit(base: Path, appenders: int, seconds: float) -> dict:
+def bench_group_commit(base: Path, appenders: int, seconds: float, writer_cls: type = LogWriter
+                       ) -> dict:
     root = base / f"gc{appenders}"
     log = EventLog.open(root)
     try:
-        count, batches, elapsed = trio.run(_group_commit, log, appenders, seconds)
+        count, batches, elapsed = trio.run(_group_commit, log, appenders, seconds, writer_cls)
     finally:
         log.close()
     shutil.rmtree(root)
@@ -94,8 +112,8 @@ class _NoLog:
         return items
 
 
-def bench_writer_alone(appenders: int, seconds: float) -> float:
-    count, _, elapsed = trio.run(_group_commit, _NoLog(), appenders, seconds)
+def bench_writer_alone(appenders: int, seconds: float, writer_cls: type = LogWriter) -> float:
+    count, _, elapsed = trio.run(_group_commit, _NoLog(), appenders, seconds, writer_cls)
     return count / elapsed
 
 
@@ -105,6 +123,27 @@ def build_log(root: Path, n: int) -> EventLog:
     for start in range(0, n, batch):
         log.append([task_exit(i) for i in range(start, min(n, start + batch))])
     return log
+
+
+def build_v1_log(root: Path, n: int) -> None:
+    """A format-1 log of ``n`` events in 64 MiB segments, as Tether before format 2 wrote it."""
+    events_dir = root / "events"
+    events_dir.mkdir(parents=True)
+    seq, path, size, f = 0, None, 0, None
+    try:
+        for start in range(0, n, 10_000):
+            if f is None or size >= 64 * 2**20:
+                if f is not None:
+                    f.close()
+                path = events_dir / f"{seq + 1:020d}.seg"
+                f = open(path, "wb")  # noqa: SIM115  (closed above or below)
+                size = f.write(encode_header_v1(seq + 1))
+            batch = [task_exit(i) for i in range(start, min(n, start + 10_000))]
+            size += f.write(encode_records_v1(batch, seq, 1_795_830_000_000_000_000))
+            seq += len(batch)
+    finally:
+        if f is not None:
+            f.close()
 
 
 def bench_replay(log: EventLog, repeats: int) -> tuple[list[float], list[float]]:
@@ -135,15 +174,16 @@ def bench_batches(base: Path, batch: int, count: int) -> float:
 
 
 def bench_plain_decode(paths: list[Path], repeats: int) -> list[float]:
-    """The floor: read 1 MiB chunks, check length + crc, msgpack-decode; no Event objects."""
+    """The floor: read 1 MiB chunks, check each batch's header and salted crc, msgpack-decode
+    its records; no Event objects, no seq checks (format 2, see events/codec.py)."""
     rates = []
-    rec = struct.Struct(">II")
+    batch = struct.Struct(">4sIIIQ")
     for _ in range(repeats):
         started = time.perf_counter()
         n = 0
         for path in paths:
             with open(path, "rb", buffering=0) as f:
-                f.read(HEADER_SIZE)
+                (salt,) = struct.unpack_from(">I", f.read(HEADER_SIZE), 20)
                 buf = b""
                 while True:
                     chunk = f.read(1 << 20)
@@ -152,16 +192,17 @@ def bench_plain_decode(paths: list[Path], repeats: int) -> list[float]:
                     buf = buf + chunk if buf else chunk
                     mv = memoryview(buf)
                     pos, end = 0, len(buf)
-                    while pos + 8 <= end:
-                        length, crc = rec.unpack_from(buf, pos)
-                        stop = pos + 8 + length
-                        if stop > end or length == 0:  # (0: zeros written ahead)
+                    while pos + batch.size <= end:
+                        magic, crc, length, _, _ = batch.unpack_from(buf, pos)
+                        stop = pos + batch.size + length
+                        if stop > end or magic != BATCH_MAGIC:  # (zeros written ahead)
                             break
-                        payload = mv[pos + 8 : stop]
-                        if zlib.crc32(payload) != crc:
+                        if zlib.crc32(mv[pos + 8 : stop], salt) != crc:
                             raise ValueError("crc")
-                        msgpack.unpackb(payload)
-                        n += 1
+                        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=length + 1)
+                        unpacker.feed(mv[pos + batch.size : stop])
+                        for _rec in unpacker:
+                            n += 1
                         pos = stop
                     buf = buf[pos:]
         rates.append(n / (time.perf_counter() - started))
@@ -197,6 +238,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="per group-commit run")
     parser.add_argument("--repeats", type=int, default=3, help="replay/decode repetitions")
     parser.add_argument("--dir", default="/work", help="where the temp directory goes")
+    parser.add_argument("--compare", metavar="REF", help="also run the LogWriter of git REF")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="tether-bench-", dir=args.dir))
     rows: list[tuple[str, str, str]] = []
@@ -208,16 +250,21 @@ def main() -> int:
         rows.append(("fdatasync of a 128 B write into zeros",
                      f"{med2 * 1e6:.0f} us median, {p99_2 * 1e6:.0f} us p99",
                      "what the log pays: it writes zeros ahead"))
+        writers: list[tuple[str, type]] = [("", LogWriter)]
+        if args.compare:
+            writers.insert(0, (f" [{args.compare}]", writer_at(args.compare)))
         for appenders in (1, 8, 64):
-            r = bench_group_commit(base, appenders, args.seconds)
-            goal = f"goal >= {GOAL_APPEND_64:,}/s" if appenders == 64 else (
-                f"one at a time: ~{1 / med:,.0f}/s from fdatasync" if appenders == 1 else "")
-            rows.append((f"durable appends, {appenders} appender(s)",
-                         f"{r['rate']:,.0f} events/s (batch {r['batch']:.1f})",
-                         goal + ("; " if goal else "") + f"anchor {ANCHOR_GROUP}"))
-        rate = bench_writer_alone(64, args.seconds)
-        rows.append(("64 appenders, writer with a no-op log", f"{rate:,.0f} events/s",
-                     "ceiling of trio tasks + to_thread alone"))
+            for tag, cls in writers:  # interleaved: the machine's noise hits both alike
+                r = bench_group_commit(base, appenders, args.seconds, cls)
+                goal = f"goal >= {GOAL_APPEND_64:,}/s" if appenders == 64 else (
+                    f"one at a time: ~{1 / med:,.0f}/s from fdatasync" if appenders == 1 else "")
+                rows.append((f"durable appends, {appenders} appender(s){tag}",
+                             f"{r['rate']:,.0f} events/s (batch {r['batch']:.1f})",
+                             goal + ("; " if goal else "") + f"anchor {ANCHOR_GROUP}"))
+        for tag, cls in writers:
+            rate = bench_writer_alone(64, args.seconds, cls)
+            rows.append((f"64 appenders, writer with a no-op log{tag}", f"{rate:,.0f} events/s",
+                         "ceiling of trio tasks + to_thread alone"))
         rate = bench_batches(base, 64, 1000)
         rows.append(("append() of 64-event batches back to back", f"{rate:,.0f} events/s",
                      "the log alone, without the trio writer"))
@@ -236,6 +283,13 @@ def main() -> int:
                      f"{statistics.median(replay):,.0f} events/s (best {max(replay):,.0f}; "
                      f"CPU time: {statistics.median(replay_cpu):,.0f})",
                      f"goal >= {GOAL_REPLAY:,}/s"))
+        build_v1_log(base / "v1", args.events)
+        with EventLog.open(base / "v1") as v1log:  # (goes on in a new format-2 segment)
+            v1_replay, v1_cpu = bench_replay(v1log, args.repeats)
+        rows.append((f"replay read(0) of {args.events:,} events, format 1",
+                     f"{statistics.median(v1_replay):,.0f} events/s (best {max(v1_replay):,.0f};"
+                     f" CPU time: {statistics.median(v1_cpu):,.0f})",
+                     "a log written before format 2"))
         rows.append(("plain framed decode, same files (limit)",
                      f"{statistics.median(plain):,.0f} events/s (best {max(plain):,.0f})",
                      f"anchor {ANCHOR_DECODE}"))

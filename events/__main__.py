@@ -1,6 +1,7 @@
 """Offline tools for an operator whose daemon will not start: ``python -m events ...``.
 
-``verify ROOT``                     check every record of every segment (and the snapshot)
+``verify ROOT``                     check every record of every segment (and the snapshot);
+                                    formats 1 and 2 alike
 ``dump ROOT [--since SEQ] [--json]``  one line per event (JSON: seq, time, type, id, data)
 ``repair ROOT``                     cut the log at its first damage, keeping the cut bytes
 
@@ -12,15 +13,12 @@ Exit codes: 0 ok, 1 damage or failure, 2 usage.
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from events import render
 from events.log import (
     CorruptLog,
     LogBusy,
@@ -34,37 +32,12 @@ from events.model import Event
 from events.snapshot import CorruptSnapshot, read_snapshot
 
 
-def rfc3339(ns: int) -> str:
-    """Unix nanoseconds as ``2026-11-28T02:10:00.123456789Z``, as ``supervisorctl events`` does."""
-    secs, frac = divmod(int(ns), 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"
-
-
-def _json_default(value: Any) -> Any:
-    """JSON has no bytes: UTF-8 text stays text, anything else is kept losslessly as base64."""
-    if isinstance(value, bytes | bytearray):
-        try:
-            return bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            return {"base64": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    return str(value)
-
-
 def event_json(ev: Event) -> str:
-    obj = {"seq": ev.seq, "time": rfc3339(ev.time), "type": ev.type, "id": ev.id, "data": ev.data}
-    return json.dumps(obj, default=_json_default, ensure_ascii=False)
+    return render.event_json(ev.to_record())
 
 
 def event_line(ev: Event) -> str:
-    parts = [str(ev.seq), rfc3339(ev.time), ev.type, ev.id or "-"]
-    for key in sorted(ev.data, key=str):
-        value = ev.data[key]
-        shown = (value if isinstance(value, str) and value and " " not in value
-                 else json.dumps(value, default=_json_default, ensure_ascii=False))
-        parts.append(f"{key}={shown}")
-    return " ".join(parts)
+    return render.event_line(ev.to_record())
 
 
 def _need_log(root: Path) -> bool:
@@ -80,9 +53,15 @@ def cmd_verify(root: Path) -> int:
     report = verify(root)
     span = (f"seqs {report.first_seq}..{report.last_seq}" if report.records
             else "no records")
-    print(f"{root / 'events'}: {report.segments} segment(s), {report.records} record(s), {span}")
+    formats = ", ".join(f"format {v}: {n}" for v, n in sorted(report.formats.items()))
+    print(f"{root / 'events'}: {report.segments} segment(s)"
+          f"{f' ({formats})' if formats else ''}, {report.records} record(s), {span}")
     for w in report.warnings:
         print(f"warning: {w}")
+    for path in report.evidence:
+        what = ("the unsynced tail a start cut off" if ".torn" in path.name
+                else "bytes repair cut off")
+        print(f"note: {path} holds {what}; kept as evidence, delete it when done")
     for p in report.problems:
         print(f"DAMAGE: {p}")
     bad_snapshot = False

@@ -139,7 +139,8 @@ def restart_spec(value: object, name: str = "restart") -> RestartSpec:
     out["max_retries"] = None if retries is None else _count(retries, f"{name}.max_retries")
     for key in ("delay", "max_delay", "reset"):
         if key in value:
-            out[key] = seconds(value[key], f"{name}.{key}")  # type: ignore[literal-required]
+            # mypy < 2 types ``key`` as str here, newer ones as the literal it is
+            out[key] = seconds(value[key], f"{name}.{key}")  # type: ignore[literal-required, unused-ignore]
     if out["max_delay"] < out["delay"]:
         raise ValueError(f"{name}.max_delay ({out['max_delay']:g}) must be at least "
                          f"{name}.delay ({out['delay']:g})")
@@ -187,6 +188,7 @@ def is_failure(restart: Mapping[str, object], exit_status: int | None) -> bool:
     if exit_status is None:
         return True
     codes = restart.get("exit_codes") or [0]
+    # ``codes`` is an ``object`` to mypy (the map's values are); parse_restart made it a list
     return exit_status not in codes  # type: ignore[operator]
 
 

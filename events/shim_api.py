@@ -111,6 +111,7 @@ import json
 import os
 
 from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT
+from events.durable import fsync_dir, write_atomic
 from events.ids import validate_id
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs the shim ~8 ms
@@ -127,20 +128,26 @@ __all__ = [
     "SHIM_LOG",
     "SPEC_FIELDS",
     "SPEC_FILE",
+    "TASK_FILE",
     "exit_status_of",
     "fsync_dir",
     "read_exit_file",
     "read_spec",
+    "read_task_file",
     "shim_dir",
     "write_atomic",
     "write_exit_file",
     "write_spec",
+    "write_task_file",
 ]
 
 SPEC_FILE = "spec.json"
 PID_FILE = "shim.pid"
 ADDRESS_FILE = "address"
 EXIT_FILE = "exit"
+#: The task a shim started on its own (a policy restart), written before its ``task.start``
+#: is published: what a daemon finds of a task whose events the shim never delivered.
+TASK_FILE = "task"
 CONTAINER_LOG = "container.log"
 SHIM_LOG = "shim.log"
 
@@ -178,48 +185,6 @@ def shim_dir(root: str | os.PathLike[str], container_id: str) -> Path:
     from pathlib import Path  # lazily: the shim's start-up pays for every import (ready time)
 
     return Path(root) / "shims" / validate_id(container_id)
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600,
-                 durable: bool = True) -> None:
-    """Write *data* so that readers see the old file or the whole new one, never a torn one.
-
-    temp file in the same directory -> fsync -> rename -> fsync of the directory, so the rename
-    itself survives a power loss. Without *durable*, no fsync (~0.7 ms less, two of them): for
-    a file that is worthless after a power loss anyway (regenerated on every start, or naming
-    a process that cannot have survived it); readers still never see a torn file.
-    """
-    path = os.fspath(path)
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.tmp.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        if durable:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        try:  # noqa: SIM105 (contextlib is one more import for every shim)
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-    if durable:
-        fsync_dir(directory or ".")
-
-
-def fsync_dir(path: str | os.PathLike[str]) -> None:
-    """fsync a directory so that entries created, renamed or removed in it are durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_spec(directory: str | os.PathLike[str], spec: dict[str, Any]) -> None:
@@ -264,6 +229,26 @@ def read_exit_file(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The exit record, or None when the task has not exited (or the shim never got to it)."""
     try:
         with open(os.path.join(directory, EXIT_FILE), "rb") as f:
-            return json.load(f)
+            record: dict[str, Any] = json.load(f)
+            return record
     except FileNotFoundError:
         return None
+
+
+def write_task_file(directory: str | os.PathLike[str], record: dict[str, Any]) -> None:
+    """``{instance, shim_seq, pid, starttime, attempt}`` of a task the shim restarted by itself
+    (``shim_seq``: its ``task.create``'s). Atomic, not fsynced: a power loss ends the task too.
+    A shim SIGKILLed before it delivered that task's events leaves this trace, so the daemon
+    accounts for the task instead of starting a second one (docs/design.md, section 8)."""
+    write_atomic(os.path.join(directory, TASK_FILE), json.dumps(record).encode(),
+                 durable=False)
+
+
+def read_task_file(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The task file's record, or None (none written, or not a JSON object)."""
+    try:
+        with open(os.path.join(directory, TASK_FILE), "rb") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None

@@ -16,7 +16,9 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # it ships no type information
+
+from events.fileio import OS, FileIO
 
 __all__ = ["SNAPSHOT_VERSION", "CorruptSnapshot", "SnapshotVersionError", "read_snapshot",
            "snapshot_path", "write_snapshot"]
@@ -53,33 +55,28 @@ def snapshot_path(root: str | os.PathLike[str]) -> Path:
     return Path(root) / "snapshot"
 
 
-def write_snapshot(root: str | os.PathLike[str], seq: int, state: Any) -> None:
-    """Durably replace ``ROOT/snapshot`` with ``state`` as of ``seq``."""
+def write_snapshot(root: str | os.PathLike[str], seq: int, state: Any, io: FileIO = OS) -> None:
+    """Durably replace ``ROOT/snapshot`` with ``state`` as of ``seq``; ``io`` is where every
+    change to the files goes (tests record it)."""
     root = Path(root)
     payload = msgpack.packb({"seq": seq, "state": state}, use_bin_type=True)
     data = _HEADER.pack(_MAGIC, SNAPSHOT_VERSION, zlib.crc32(payload), len(payload)) + payload
     for stale in root.glob(_TMP_PREFIX + "*"):  # left by a crash mid-write; never read
         with contextlib.suppress(OSError):
-            stale.unlink()
+            io.unlink(stale)
     tmp = root / f"{_TMP_PREFIX}{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    fd = io.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        io.write_all(fd, data, 0)
+        io.fsync(fd)
     except BaseException:
-        os.close(fd)
+        io.close(fd)
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            io.unlink(tmp)
         raise
-    os.close(fd)
-    os.rename(tmp, snapshot_path(root))
-    dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    io.close(fd)
+    io.rename(tmp, snapshot_path(root))
+    io.fsync_dir(root)
 
 
 def read_snapshot(root: str | os.PathLike[str]) -> tuple[int, Any] | None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # it ships no type information
 
 from events.domain import ErrorCode
 
@@ -95,7 +95,7 @@ class RemoteError(Exception):
 
 def encode(message: Mapping[str, Any], max_frame: int = MAX_FRAME) -> bytes:
     """Frame one message. Raises :class:`FrameTooLarge` rather than send what the peer refuses."""
-    payload = msgpack.packb(message, use_bin_type=True)
+    payload: bytes = msgpack.packb(message, use_bin_type=True)
     if len(payload) > max_frame:
         raise FrameTooLarge(f"message of {len(payload)} bytes exceeds the {max_frame}-byte limit")
     return _HEADER.pack(len(payload)) + payload

@@ -5,6 +5,8 @@
 #   3. SIGKILL the daemon; the containers keep running; the job exits while no daemon is up,
 #   4. restart the daemon: the same pids are running, and the job's exit is recorded exactly once.
 # It cleans up after itself (containers, daemon) even when a step fails: nothing is left running.
+# It says where things stay: the default root keeps its event log (the demo's history), and the
+# daemon's log in /tmp/tether-demo.* is removed on success, kept on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -27,7 +29,7 @@ bash .ci/setup
 PY=$REPO/.venv/bin/python
 # The console scripts, by name in the narration, from the venv in practice.
 supervisorctl() { "$REPO/.venv/bin/supervisorctl" "$@"; }
-ROOT=$("$PY" -c 'from supervisor.ctl import default_root; print(default_root())')
+ROOT=$("$PY" -c 'from supervisor.defaults import default_root; print(default_root())')
 WORK=$(mktemp -d /tmp/tether-demo.XXXXXX)
 DAEMON_LOG=$WORK/supervisord.log
 NAMES=(demo-web demo-worker demo-job)
@@ -85,7 +87,14 @@ cleanup() {
     echo "killing leftover processes: ${left[*]}"
     kill -9 "${left[@]}" 2>/dev/null || true
   fi
-  echo "daemon log: $DAEMON_LOG"
+  if [ "$status" = 0 ]; then
+    rm -rf "$WORK"
+    echo "removed the demo's scratch directory $WORK (the daemon's log)"
+  else
+    echo "kept the daemon's log for you: $DAEMON_LOG"
+  fi
+  echo "Tether's state stays in $ROOT: its event log now holds this demo's history"
+  echo "  (supervisorctl events shows it; with no supervisord running, rm -rf $ROOT forgets it)"
   if [ "$status" = 0 ]; then echo "demo: OK"; else echo "demo: FAILED (exit $status)" >&2; fi
   exit "$status"
 }

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Print every container exit as it happens: never twice, never missed, across restarts.
 
-    python examples/subscriber.py --root /var/lib/tether --state /var/tmp/exits.seq
+    examples/subscriber.py --root /var/lib/tether --state /var/tmp/exits.seq
+
+It needs Tether's dependencies (trio, msgpack): run by any ``python3``, it re-executes itself
+with the checkout's ``.venv/bin/python`` (made by ``bash .ci/setup``) when they are missing.
 
 Each exit is printed as one line (``--json``: the JSON line of ``supervisorctl events --json``)::
 
@@ -34,14 +37,23 @@ import sys
 from pathlib import Path
 
 # Run from a checkout without installing: the repository root holds `events` and `supervisor`.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 
-import trio
+try:
+    import msgpack  # noqa: F401 - only to know that the dependencies are there
+    import trio
+except ImportError:  # a python3 without Tether's dependencies: use the checkout's venv
+    VENV_PYTHON = REPO / ".venv" / "bin" / "python"
+    if not VENV_PYTHON.exists() or Path(sys.prefix).resolve() == (REPO / ".venv").resolve():
+        raise SystemExit("subscriber: needs Tether's dependencies (trio, msgpack): run "
+                         f"`bash {REPO}/.ci/setup`, then {VENV_PYTHON} {__file__}") from None
+    os.execv(VENV_PYTHON, [str(VENV_PYTHON), __file__, *sys.argv[1:]])
 
-from events import wire
-from events.model import Event
-from supervisor import ctl_render
-from supervisor.client import Disconnected, TooSlow, connect
+from events import wire  # noqa: E402 - after the dependency check
+from events.model import Event  # noqa: E402
+from supervisor import ctl_render  # noqa: E402
+from supervisor.client import Disconnected, TooSlow, connect  # noqa: E402
 
 #: Back-off between reconnection attempts: quick to notice a restarted daemon, gentle on a
 #: daemon that stays down.

@@ -15,6 +15,8 @@ import socket
 import time
 from typing import Any
 
+from events import procfs
+
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NAME = 15
 PR_SET_MM = 35
@@ -223,13 +225,9 @@ def _descendants_by_scan(ancestor: int) -> list[int]:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        by_parent.setdefault(ppid, []).append(int(name))
+        stat = procfs.read_stat(int(name))
+        if stat is not None:
+            by_parent.setdefault(stat.ppid, []).append(int(name))
     found: list[int] = []
     stack = list(by_parent.get(ancestor, []))
     while stack:

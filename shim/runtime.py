@@ -22,11 +22,13 @@ class CreateFailed(Exception):
 
 
 class ExecFailed(Exception):
-    """The command could not be executed; the init exits with status 127."""
+    """The command could not be executed; the init exits with status 127. ``reason`` is the
+    short form recorded with the exit (``No such file or directory: nosuchcmd``)."""
 
-    def __init__(self, errno: int, message: str) -> None:
+    def __init__(self, errno: int, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.errno = errno
+        self.reason = reason or message
 
 
 class Runtime(Protocol):

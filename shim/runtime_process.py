@@ -42,6 +42,9 @@ NAMESPACES = {"mount": 0x00020000, "uts": 0x04000000, "ipc": 0x08000000,
               "net": 0x40000000, "pid": 0x20000000}
 #: /proc/PID/ns/ file names, in the order exec enters them (mount last, as nsenter does).
 NS_FILES = {"uts": "uts", "ipc": "ipc", "net": "net", "mount": "mnt"}
+#: Walks of the shim's tree by a kill of everything (see :meth:`ProcessRuntime.kill`): a fork
+#: bomb can outrun any number; a cgroup (limits, as root) catches what the walks miss.
+KILL_ALL_ROUNDS = 8
 _RESET_SIGNALS = ("SIGPIPE", "SIGHUP", "SIGINT", "SIGXFSZ", "SIGCHLD", "SIGTERM", "SIGQUIT")
 
 
@@ -243,8 +246,9 @@ class ProcessRuntime:
         self._status_r = -1
         if data:
             stage, number, message = _parse_error(data)
+            what = self._command[0] if stage.startswith("exec ") else stage
             raise ExecFailed(number, f"execvpe({self._command!r}) failed in {stage}: "
-                             f"[Errno {number}] {message}")
+                             f"[Errno {number}] {message}", reason=f"{message}: {what}")
 
     def kill(self, signal: int, all: bool) -> None:
         """*all*: the init's process group, then every other process of the shim's tree (a
@@ -258,9 +262,17 @@ class ProcessRuntime:
         if self.pid:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal)
-        for pid in descendants(os.getpid()):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal)
+        # A process may fork between the walk and its signal: its child, orphaned by the
+        # SIGKILL, lands on the shim (a subreaper). Walk again until a walk finds nobody new.
+        signalled: set[int] = set()
+        for _ in range(KILL_ALL_ROUNDS):
+            found = [pid for pid in descendants(os.getpid()) if pid not in signalled]
+            if not found:
+                break
+            for pid in found:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal)
+            signalled.update(found)
         if self.cgroup is not None:  # also what left the shim's tree (a daemonized child)
             self.cgroup.kill_all(signal)
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from events import policy, shim_api, wire
+from events import policy, procfs, shim_api, wire
 from events.domain import RestartPolicy
 from shim.loop import ShimError, park
 from shim.runtime import CreateFailed, ExecFailed
@@ -143,6 +143,7 @@ class Task:
         self.settled = False  # stopped for good: the shim may end once its outbox is acked
         self.deleting = False
         self.attempt = 0  # restarts in a row (the last decision's)
+        self.create_seq = 0  # the shim_seq of the current run's task.create
         self.start_at: int | None = None  # unix ns: when the pending restart runs
         self.gave_up = False
         self.unhealthy = False  # this run is being stopped because it is unhealthy
@@ -186,7 +187,7 @@ class Task:
         self.created_at = time.time_ns()
         self.started_at = 0
         self.unhealthy = False
-        self.outbox.publish("task.create", {
+        self.create_seq = self.outbox.publish("task.create", {
             "pid": self.pid, "shim_pid": os.getpid(), "address": self.address,
             "instance": self.instance, "created_at": self.created_at})
         self.diag.log("info", "task_created", pid=self.pid, command=self.spec.get("command"))
@@ -201,7 +202,7 @@ class Task:
         try:
             self.runtime.start()
         except ExecFailed as exc:
-            self.exec_error = {"errno": exc.errno, "message": str(exc)}
+            self.exec_error = {"errno": exc.errno, "message": str(exc), "reason": exc.reason}
             self.diag.log("error", "exec_failed", **self.exec_error)
             self._unstartable = by_request
             self._reap_failed_start()
@@ -209,10 +210,20 @@ class Task:
         self._move(Move.START)
         self.started_at = time.time_ns()
         self.exec_error = None
+        if not by_request:  # our own restart: leave a trace before anyone may hear of it
+            self._write_task_file()
         self.outbox.publish("task.start", {"pid": self.pid, "started_at": self.started_at})
         if self.health is not None:
             self.health.begin()
         return {"pid": self.pid, "started_at": self.started_at}
+
+    def _write_task_file(self) -> None:
+        try:
+            shim_api.write_task_file(self.dir, {
+                "instance": self.instance, "shim_seq": self.create_seq, "pid": self.pid,
+                "starttime": procfs.starttime(self.pid), "attempt": self.attempt})
+        except OSError as exc:  # a full disk: the task runs; only this trace is missing
+            self.diag.log("error", "task_file_failed", dir=self.dir, error=str(exc))
 
     def _reap_failed_start(self) -> None:
         """After a failed start the init is exiting (127): reap it now, so the exit is
@@ -247,6 +258,8 @@ class Task:
         record: ExitRecord = {"pid": pid, "exit_status": exit_status, "signal": sig,
                               "exited_at": time.time_ns(), "shim_seq": seq,
                               "instance": self.instance}
+        if self.exec_error is not None:  # this run's command could not start: say why
+            record["reason"] = f"exec_failed: {self.exec_error['reason']}"
         try:
             shim_api.write_exit_file(self.dir, dict(record))
         except OSError as exc:  # still tell: the status is in memory and in the event
@@ -255,8 +268,11 @@ class Task:
         self._move(Move.EXIT)
         self._cancel_stop()
         self.diag.log("info", "task_exit", **record)
-        self.outbox.publish("task.exit", {"pid": pid, "exit_status": exit_status,
-                                          "signal": sig, "exited_at": record["exited_at"]}, seq)
+        data: dict[str, Any] = {"pid": pid, "exit_status": exit_status, "signal": sig,
+                "exited_at": record["exited_at"]}
+        if "reason" in record:
+            data["reason"] = record["reason"]
+        self.outbox.publish("task.exit", data, seq)
         waiters, self._waiters = self._waiters, []
         self._close_oom()
         deleting = any(kind == "delete" for _, _, kind in waiters)

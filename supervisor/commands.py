@@ -29,9 +29,9 @@ import trio
 from events import wire
 from events.domain import DEFAULT_STOP_SIGNAL, ContainerState, ErrorCode
 from events.procfs import is_running, starttime
-from supervisor import protocol
+from supervisor import autoremove, protocol
 from supervisor.channel import Closed, connect
-from supervisor.core import VERSION, Core
+from supervisor.core import Core
 from supervisor.decide import restart_spec, stopped_for_good
 from supervisor.errors import ApiError
 from supervisor.lifecycle import RECORD_GRACE, Lifecycle, task_create_data
@@ -39,6 +39,7 @@ from supervisor.projection import Container
 from supervisor.shims import exit_data, new_instance, read_address, remote_api_error, shim_spec
 from supervisor.spec import check_id, seconds_param, signal_number, validate_spec
 from supervisor.streams import Streams
+from supervisor.version import VERSION
 
 __all__ = ["Commands"]
 
@@ -108,11 +109,13 @@ class Commands:
         return secrets.token_hex(6)
 
     def _row(self, c: Container) -> dict[str, Any]:
-        """A ``ps`` row: :data:`supervisor.protocol.PS_FIELDS`, then ``health``."""
+        """A ``ps`` row: :data:`supervisor.protocol.PS_FIELDS`, then ``command``, ``labels``,
+        ``oom`` (this task was OOM-killed), ``exit_reason`` and ``health``."""
         return {"id": c.id, "state": self._core.shown_state(c), "pid": c.pid,
                 "exit_status": c.exit_status, "restarts": c.restarts, "runtime": c.runtime,
                 "created": c.created, "started": c.started, "finished": c.finished,
-                "health": c.health}
+                "command": c.spec.get("command"), "labels": c.spec.get("labels") or {},
+                "oom": c.oom_killed, "exit_reason": c.exit_reason, "health": c.health}
 
     # -- create / start / run -------------------------------------------------------------------
 
@@ -162,8 +165,28 @@ class Commands:
     async def run(self, params: dict[str, Any]) -> dict[str, Any]:
         created = await self.create(params)
         cid = created["id"]
-        async with self._core.lock(cid):
-            return await self._lifecycle.start(cid)
+        try:
+            async with self._core.lock(cid):
+                return await self._lifecycle.start(cid)
+        except ApiError as exc:
+            if exc.code != ErrorCode.EXEC_FAILED:
+                raise
+            raise ApiError(ErrorCode.EXEC_FAILED, await self._after_failed_run(
+                cid, exc.message)) from None
+
+    async def _after_failed_run(self, cid: str, message: str) -> str:
+        """The error of a ``run`` whose command could not start: which container, and whether
+        its id is still taken (``auto_remove``: removed here, before the reply)."""
+        c = self._core.container(cid)
+        reason = str((c.exit_reason if c else None) or "").removeprefix("exec_failed: ")
+        if c is not None and autoremove.due(c):
+            with contextlib.suppress(ApiError):
+                await self.rm({"id": cid})
+        what = f"container {cid} could not start: {reason or message}"
+        if self._core.container(cid) is None:
+            return f"{what}; it was removed (auto_remove)"
+        return (f"{what}; it exists, stopped with status 127: `supervisorctl rm {cid}` frees "
+                "the name (or run with --rm)")
 
     # -- stop / kill / restart / rm / wait -------------------------------------------------------
 
@@ -324,7 +347,7 @@ class Commands:
                 "socket": str(self._core.paths.socket), "last_seq": self._core.state.last_seq,
                 "containers": counts, "shims": len(self._core.shims),
                 "snapshot_seq": self._core.snapshot_seq, "subscribers": len(self._core.hub),
-                "skipped_events": self._core.skipped}
+                "skipped_events": self._core.skipped, "log_id": self._core.log_id}
 
     async def shutdown(self, params: dict[str, Any]) -> None:
         self._core.request_shutdown()

@@ -187,11 +187,13 @@ class Compat:
         self.exits += sum(1 for e in events if e.type == "task.exit")
 
     async def _apply_config_at_start(self) -> None:
-        while self.core.reconciling:
-            await trio.sleep(0.05)
+        # the file as read at start: a `reread`/`update` meanwhile reads it again and is its
+        # own apply; this one must not pick up their newer copy and apply it behind their back
         desired = self.applier.loaded
         if desired is None:
             return
+        while self.core.reconciling:
+            await trio.sleep(0.05)
         try:
             result = await self.applier.apply(desired.processes, desired.source, prune=True,
                                               dry_run=False)
@@ -277,7 +279,7 @@ class Compat:
                 await conn.send(h11.Data(data=chunk))
 
     async def _metrics(self, conn: Any, path: str, body: bytes) -> None:
-        from supervisor.core import VERSION
+        from supervisor.version import VERSION
 
         core = self.core
         counts = dict.fromkeys(("created", "running", "restarting", "stopped", "unknown"), 0)

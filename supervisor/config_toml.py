@@ -60,7 +60,7 @@ def _line_of(text: str, table: str, key: str | None) -> int | None:
 def _size(value: object) -> object:
     """``memory = "64m"`` as the CLI's ``--memory 64m``; whole numbers stay bytes."""
     if isinstance(value, str):
-        from supervisor.ctl import parse_size
+        from supervisor.ctl_grammar import parse_size
 
         try:
             return parse_size(value)

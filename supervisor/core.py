@@ -34,11 +34,9 @@ if TYPE_CHECKING:
     from supervisor.links import ShimLink
     from supervisor.projection import Container
 
-__all__ = ["VERSION", "Config", "Core"]
+__all__ = ["Config", "Core"]
 
 log = structlog.get_logger("supervisord")
-
-VERSION = "0.1.0"
 
 T = TypeVar("T")
 Item = tuple[str, str, dict[str, Any]]
@@ -75,7 +73,7 @@ class Core:
     (:class:`supervisor.links.LinkHost`) and owns the shim registry."""
 
     def __init__(self, config: Config, eventlog: EventLog, state: projection.State,
-                 snapshot_seq: int) -> None:
+                 snapshot_seq: int, log_id: str | None = None) -> None:
         self.config = config
         self.paths = config.paths
         self.eventlog = eventlog
@@ -97,6 +95,8 @@ class Core:
         self._shutdown = trio.Event()
         #: events the projection skipped since the start (logged one by one)
         self.skipped = 0
+        #: ROOT/log_id (:mod:`supervisor.logid`): with a seq, names one event for good
+        self.log_id = log_id
         #: this boot's id (:func:`events.procfs.boot_id`): a task created under another one
         #: ended with that boot
         self.boot_id = procfs.boot_id()

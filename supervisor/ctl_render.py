@@ -4,14 +4,18 @@ Pure functions of their arguments (``now`` is a parameter), so every format is u
 without a daemon. Only the standard library's cheapest modules are imported: this runs inside
 every one-shot ``supervisorctl`` and its import time is part of the 40 ms budget of ``ps``.
 
-The ``--json`` shapes are a compatibility promise (DESIGN.md): one object per line, the fields of
-:data:`supervisor.protocol.PS_FIELDS` for ``ps`` and ``seq, time, type, id, data`` for
-``events``, times as RFC 3339 UTC with nanoseconds, or ``null``.
+The ``--json`` shapes are a compatibility promise (``docs/design.md`` section 11): one object
+per line; :data:`PS_JSON_FIELDS` for ``ps`` (:data:`supervisor.protocol.PS_FIELDS`, then fields
+added later, always at the end), ``seq, time, type, id, data`` for ``events``, ``time, stream,
+partial, line`` for ``logs``; times as RFC 3339 UTC with nanoseconds, or ``null``; bytes that
+are not UTF-8 as ``{"base64": "..."}`` (as ``python -m events dump --json``).
 """
 
 from __future__ import annotations
 
 from events import timefmt
+from events.render import dumps, event_json, event_object, rfc3339
+from events.render import event_line as _event_line
 from supervisor.protocol import PS_FIELDS
 
 TYPE_CHECKING = False  # not typing's: a one-shot command would pay ~3 ms to import typing
@@ -20,11 +24,14 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "PS_JSON_FIELDS",
     "PS_TIME_FIELDS",
     "event_json",
     "event_line",
     "human_ago",
     "inspect_json",
+    "log_json",
+    "log_prefix",
     "ps_json_lines",
     "ps_table",
     "rfc3339",
@@ -32,12 +39,11 @@ __all__ = [
 
 #: The ``ps`` fields that are unix-nanosecond times on the wire.
 PS_TIME_FIELDS = ("created", "started", "finished")
+#: ``ps --json``: the first nine are the original promise; later fields are only ever appended.
+PS_JSON_FIELDS = (*PS_FIELDS, "command", "labels", "oom", "exit_reason")
+#: Widest COMMAND cell of the table unless ``--no-trunc`` (docker's is 20).
+COMMAND_WIDTH = 30
 _NS = 1_000_000_000
-
-
-def rfc3339(ns: int | None) -> str | None:
-    """Unix nanoseconds -> RFC 3339 (:func:`events.timefmt.rfc3339`); None -> None."""
-    return None if ns is None else timefmt.rfc3339(ns)
 
 
 def _human_duration(seconds: float) -> str:
@@ -83,11 +89,48 @@ def _cell(value: Any) -> str:
 
 
 _PS_HEADERS = ("ID", "STATE", "PID", "EXIT", "RESTARTS", "RUNTIME", "CREATED", "STARTED",
-               "FINISHED")
+               "FINISHED", "COMMAND")
 
 
-def ps_table(rows: Sequence[Mapping[str, Any]], now_ns: int) -> str:
-    """The human ``ps``: a header and one aligned line per container, columns as PS_FIELDS."""
+def state_cell(row: Mapping[str, Any]) -> str:
+    """The state, with the health of a running container that has a check (``running
+    (healthy)``), and why a stopped container stopped when it was not an ordinary exit:
+    ``stopped (oom)``, ``stopped (exec failed)``, ``stopped (lost)`` (the status is unknown)."""
+    state = _cell(row.get("state"))
+    if state == "running" and row.get("health"):
+        return f"running ({row['health']})"  # docker's "Up 3 minutes (healthy)"
+    if state != "stopped":
+        return state
+    reason = str(row.get("exit_reason") or "")
+    if row.get("oom"):
+        return "stopped (oom)"
+    if reason.startswith("exec_failed"):
+        return "stopped (exec failed)"
+    if reason and row.get("exit_status") is None:
+        return "stopped (lost)"
+    return state
+
+
+def command_cell(argv: Any, width: int | None = COMMAND_WIDTH) -> str:
+    """``sh -c 'echo hi'``: words with a space or a quote are quoted; cut to ``width`` with
+    an ellipsis (docker's habit), whole when ``width`` is None."""
+    if not isinstance(argv, list) or not argv:
+        return "-"
+    words = []
+    for word in map(str, argv):
+        if word and all(ch.isalnum() or ch in "@%+=:,./-_" for ch in word):
+            words.append(word)
+        else:
+            words.append("'" + word.replace("'", "'\\''") + "'")
+    text = " ".join(words)
+    if width is not None and len(text) > width:
+        text = text[: width - 1] + "\u2026"
+    return text
+
+
+def ps_table(rows: Sequence[Mapping[str, Any]], now_ns: int, trunc: bool = True) -> str:
+    """The human ``ps``: a header and one aligned line per container, columns as PS_FIELDS,
+    then the command."""
     lines: list[list[str]] = [list(_PS_HEADERS)]
     for row in rows:
         cells = []
@@ -95,10 +138,11 @@ def ps_table(rows: Sequence[Mapping[str, Any]], now_ns: int) -> str:
             value = row.get(field)
             if field in PS_TIME_FIELDS:
                 cells.append(human_ago(value, now_ns))
-            elif field == "state" and row.get("health") and value == "running":
-                cells.append(f"{value} ({row['health']})")  # docker's "Up 3 minutes (healthy)"
+            elif field == "state":
+                cells.append(state_cell(row))
             else:
                 cells.append(_cell(value))
+        cells.append(command_cell(row.get("command"), COMMAND_WIDTH if trunc else None))
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(_PS_HEADERS))]
     out = []
@@ -108,28 +152,10 @@ def ps_table(rows: Sequence[Mapping[str, Any]], now_ns: int) -> str:
     return "\n".join(out) + "\n"
 
 
-def _json_default(value: Any) -> Any:
-    """msgpack may hand us bytes (a container's binary output, a label); JSON has no bytes."""
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    return str(value)
-
-
-def dumps(value: Any, indent: int | None = None) -> str:
-    """JSON the same way everywhere: UTF-8 kept readable, bytes decoded, compact lines."""
-    import json  # not for the `ps` table: 1.4 ms of a one-shot run
-
-    separators = (", ", ": ") if indent is None else (",", ": ")
-    return json.dumps(value, default=_json_default, ensure_ascii=False, indent=indent,
-                      separators=separators)
-
-
 def ps_object(row: Mapping[str, Any]) -> dict[str, Any]:
     """Exactly the promised fields, in order; times as RFC 3339; missing ones as null."""
     obj: dict[str, Any] = {}
-    for field in PS_FIELDS:
+    for field in PS_JSON_FIELDS:
         value = row.get(field)
         obj[field] = rfc3339(value) if field in PS_TIME_FIELDS else value
     return obj
@@ -139,46 +165,11 @@ def ps_json_lines(rows: Iterable[Mapping[str, Any]]) -> str:
     return "".join(dumps(ps_object(row)) + "\n" for row in rows)
 
 
-def event_object(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The promised event line: ``seq, time, type, id, data`` and nothing else."""
-    return {
-        "seq": record.get("seq"),
-        "time": rfc3339(record.get("time")),
-        "type": record.get("type"),
-        "id": record.get("id", ""),
-        "data": record.get("data", {}),
-    }
-
-
-def event_json(record: Mapping[str, Any]) -> str:
-    return dumps(event_object(record))
-
-
 def event_line(record: Mapping[str, Any]) -> str:
-    """One human line: ``seq time type id key=value ...`` (data compact, keys sorted)."""
-    data = record.get("data") or {}
-    parts = []
-    for key in sorted(data):
-        value = data[key]
-        if key == "spec" and isinstance(value, dict):
-            value = _non_default(value)  # the line shows what was asked, not every default
-        if key.endswith("_at") and isinstance(value, int) and not isinstance(value, bool):
-            shown = rfc3339(value)  # e.g. exited_at: people read times, not nanoseconds
-        elif isinstance(value, str) and value and " " not in value:
-            shown = value
-        else:
-            shown = dumps(value)
-        parts.append(f"{key}={shown}")
-    return " ".join(
-        str(p) for p in (record.get("seq"), rfc3339(record.get("time")), record.get("type"),
-                         record.get("id") or "-", *parts)
-    )
-
-
-def _non_default(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`events.render.event_line`, a spec shown without the API's defaults."""
     from supervisor.protocol import SPEC_PARAMS
 
-    return {k: v for k, v in spec.items() if k not in SPEC_PARAMS or SPEC_PARAMS[k] != v}
+    return _event_line(record, SPEC_PARAMS)
 
 
 def _times(entry: Any) -> Any:
@@ -205,3 +196,18 @@ def inspect_json(obj: Mapping[str, Any]) -> str:
     if isinstance(history, list):
         out["history"] = [event_object(e) if isinstance(e, dict) else e for e in history]
     return dumps(out, indent=2)
+
+
+def log_prefix(item: Mapping[str, Any]) -> bytes:
+    """``logs -t``: the line's RFC 3339 time and a space (docker's ``--timestamps``)."""
+    stamp = item.get("time")
+    return ((timefmt.rfc3339(stamp) if isinstance(stamp, int) else "-") + " ").encode()
+
+
+def log_json(item: Mapping[str, Any]) -> str:
+    """``logs --json``: ``time, stream, partial, line``; a line that is not UTF-8 is
+    ``{"base64": ...}`` (every byte kept)."""
+    stamp = item.get("time")
+    return dumps({"time": rfc3339(stamp) if isinstance(stamp, int) else None,
+                  "stream": item.get("stream"), "partial": bool(item.get("partial")),
+                  "line": item.get("line", b"")})

@@ -1,19 +1,20 @@
 """The interactive ``supervisorctl`` (no command given): the same commands, one per line.
 
 Like Supervisor's own ``supervisorctl`` shell: a :class:`cmd.Cmd` loop with ``help`` and ``quit``.
-Every line is parsed by the very parser of the one-shot CLI (:func:`supervisor.ctl.build_parser`),
-so the shell can never drift from the command line. Each command opens its own connection: the
-shell outlives a daemon restart without noticing.
+Every line is parsed by the very grammar of the one-shot CLI
+(:func:`supervisor.ctl_grammar.parse`), so the shell can never drift from the command line.
+Each command opens its own connection: the shell outlives a daemon restart without noticing.
 """
 
 from __future__ import annotations
 
+import argparse
 import cmd
-import contextlib
 import shlex
 import sys
 
-from supervisor import ctl
+from supervisor import ctl, ctl_grammar
+from supervisor.ctl_commands import cmd_help
 
 
 class Shell(cmd.Cmd):
@@ -23,12 +24,11 @@ class Shell(cmd.Cmd):
     def __init__(self, target: ctl.Target) -> None:
         super().__init__()
         self.target = target
-        self.parser = ctl.build_parser(prog="", shell=True)
         self.status = ctl.EXIT_OK
 
     def run(self) -> int:
         if not sys.stdin.isatty():
-            self.intro = None
+            self.intro = None  # type: ignore[assignment]
             self.prompt = ""
         while True:
             try:
@@ -36,14 +36,14 @@ class Shell(cmd.Cmd):
                 return self.status
             except KeyboardInterrupt:  # Ctrl-C cancels the line (or a `logs -f`), not the shell
                 sys.stdout.write("\n")
-                self.intro = None
+                self.intro = None  # type: ignore[assignment]
 
     # cmd.Cmd hooks -------------------------------------------------------------------------
 
     def emptyline(self) -> bool:
         return False  # do not repeat the last command (it could be `rm`)
 
-    def default(self, line: str) -> bool:
+    def default(self, line: str) -> bool:  # type: ignore[override]
         try:
             words = shlex.split(line)
         except ValueError as exc:
@@ -53,24 +53,25 @@ class Shell(cmd.Cmd):
         if not words:
             return False
         try:
-            args = self.parser.parse_args(words)
+            args = ctl_grammar.parse(words, shell=True)
+            if args.cmd in ctl_grammar.SHELL_ONLY:
+                return True  # quit
             self.status = ctl.dispatch(self.target, args)
-        except ctl._ParserExit as exc:
+        except ctl_grammar.ParserExit as exc:
             self.status = exc.status
         except ctl.CtlError as exc:
-            sys.stdout.flush()
-            sys.stderr.write(f"{str(exc).lstrip(': ')}\n")
+            ctl.warn(str(exc).lstrip(": "))
             self.status = exc.code
-        sys.stdout.flush()
+        ctl.flush()
         return False
 
     def do_help(self, arg: str) -> bool:
-        topic = arg.strip()
-        if topic and topic in ctl.COMMANDS:
-            with contextlib.suppress(ctl._ParserExit):
-                self.parser.parse_args([topic, "--help"])
-        else:
-            self.parser.print_help()
+        try:
+            self.status = cmd_help(None, argparse.Namespace(topic=arg.strip() or None),
+                                   shell=True)
+        except ctl.CtlError as exc:
+            ctl.warn(str(exc))
+            self.status = exc.code
         return False
 
     def do_quit(self, arg: str) -> bool:
@@ -84,4 +85,6 @@ class Shell(cmd.Cmd):
         return True
 
     def completenames(self, text: str, *ignored: object) -> list[str]:
-        return [c for c in [*ctl.COMMANDS, "help", "quit"] if c.startswith(text)]
+        names = [c for c in ctl_grammar.GRAMMAR if c != "completion"]
+        return [c for c in [*names, *ctl_grammar.SHELL_ONLY] if c.startswith(text)]
+

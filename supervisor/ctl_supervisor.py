@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from events.rpc import BlockingConnection
     from supervisor.ctl import Target
 
-__all__ = ["COMMANDS", "VERBS", "define"]
+__all__ = ["COMMANDS", "GRAMMAR", "PREFIX_CHARS", "VERBS"]
 
 #: Supervisor's LSB exit statuses (its supervisorctl's).
 GENERIC, INVALID_ARGS, NOT_RUNNING_INIT = 1, 2, 7
@@ -235,6 +235,18 @@ def cmd_start(t: Target, args: argparse.Namespace) -> int:
     return status.code
 
 
+def _names_or_all(args: argparse.Namespace) -> None:
+    """``stop``/``restart``: names, or docker's ``--all`` (the name ``all``), not both."""
+    from supervisor.ctl_grammar import usage_error
+
+    if args.all and args.names:
+        raise usage_error(args, "give names or --all, not both")
+    if args.all:
+        args.names = ["all"]
+    if not args.names:
+        raise usage_error(args, f"the following arguments are required: {_NAMES} (or --all)")
+
+
 def _stop(t: Target, args: argparse.Namespace, status: _Status) -> None:
     with t.connect(call_timeout=None) as c:
         if getattr(args, "time", None) is not None:  # docker's stop -t: the grace time
@@ -261,10 +273,14 @@ def _stop_with_grace(c: BlockingConnection, names: list[str], grace: float,
         if infos is None:
             infos = rpc(c, "supervisor.getAllProcessInfo")
         group, process = split_namespec(name)
-        found = [(i["name"], namespec(i["group"], i["name"])) for i in infos
+        named = [i for i in infos
                  if name == "all" or (i["group"] == group
                                       and (process is None or i["name"] == process))]
-        if not found:
+        # as stopAllProcesses/stopProcessGroup: what is already stopped is left alone
+        found = [(i["name"], namespec(i["group"], i["name"])) for i in named
+                 if (name != "all" and process is not None)
+                 or i["state"] not in STOPPED_STATES]
+        if not named:
             _out(f"{name}: ERROR (no such process)")
             status.code = GENERIC
         chosen += found
@@ -279,12 +295,14 @@ def _stop_with_grace(c: BlockingConnection, names: list[str], grace: float,
 
 
 def cmd_stop(t: Target, args: argparse.Namespace) -> int:
+    _names_or_all(args)
     status = _Status()
     _stop(t, args, status)
     return status.code
 
 
 def cmd_restart(t: Target, args: argparse.Namespace) -> int:
+    _names_or_all(args)
     status = _Status()
     _stop(t, args, status)
     with t.connect(call_timeout=None) as c:
@@ -477,7 +495,7 @@ def cmd_apply(t: Target, args: argparse.Namespace) -> int:
 
 def cmd_info(t: Target, args: argparse.Namespace) -> int:
     """Daemon health (what ``status`` printed before Supervisor's ``status`` took its name)."""
-    from supervisor.ctl import _print_map
+    from supervisor.ctl_commands import _print_map
 
     with t.connect() as c:
         health = c.call("status")
@@ -497,41 +515,79 @@ COMMANDS: dict[str, Callable[[Target, argparse.Namespace], int]] = {
 VERBS = frozenset(COMMANDS)
 
 
-def define(add: Callable[..., argparse.ArgumentParser | None]) -> frozenset[str]:
-    """Add the subcommands through ``supervisor.ctl``'s ``add`` (which skips all but the one
-    being parsed); returns the names it took over."""
-    from supervisor.ctl import non_negative_float
+_NAMES = "NAME|GROUP:*|all"
 
-    names = "NAME|GROUP:*|all"
-    if p := add("status", "Supervisor's process table (exit 3 if one listed is not running)"):
-        p.add_argument("names", nargs="*", metavar="NAME|GROUP:*|all")
-        p.add_argument("--json", action="store_true", help="one process info object per line")
-    if p := add("start", "start processes: names, groups (GROUP:*) or all"):
-        p.add_argument("names", nargs="+", metavar=names)
-    for verb, text in (("stop", "stop processes (stop signal, then KILL after stopwaitsecs)"),
-                       ("restart", "stop, then start processes")):
-        if p := add(verb, text):
-            p.add_argument("-t", "--time", type=non_negative_float, metavar="SECONDS",
-                           help="grace time before SIGKILL (default: the program's)")
-            p.add_argument("names", nargs="+", metavar=names)
-    if p := add("signal", "send a signal to processes"):
-        p.add_argument("signal", metavar="SIGNAL", help="a name (HUP, TERM) or a number")
-        p.add_argument("names", nargs="+", metavar=names)
-    if p := add("tail", "a process's output: tail [-f|-N] NAME [stdout|stderr]",
-                usage="%(prog)s [-f | -N] NAME [stdout|stderr]", prefix_chars="+"):
-        p.add_argument("words", nargs="+", metavar="ARG")
-    if p := add("pid", "the pid of supervisord, of processes, or of all"):
-        p.add_argument("names", nargs="*", metavar="NAME|all")
-    add("avail", "every configured process (in use or not)")
-    add("reread", "what `update` would change (the --config file, or the applied file)")
-    add("update", "apply the --config file (or the applied file) again, with prune")
-    if p := add("clear", "clear processes' logs"):
-        p.add_argument("names", nargs="+", metavar="NAME|all")
-    if p := add("apply", "apply a program file (Tether TOML or supervisord.conf)"):
-        p.add_argument("-f", "--file", required=True, metavar="FILE")
-        p.add_argument("--prune", action="store_true",
-                       help="remove programs that are not in the file (never `run` containers)")
-        p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    if p := add("info", "daemon health, version, paths, counts"):
-        p.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
-    return VERBS
+
+def _g_status(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", metavar=_NAMES)
+    p.add_argument("--json", action="store_true", help="one process info object per line")
+
+
+def _g_names(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="+", metavar=_NAMES)
+
+
+def _g_stop(p: argparse.ArgumentParser) -> None:
+    from supervisor.ctl_grammar import non_negative_float
+
+    p.add_argument("-t", "--time", type=non_negative_float, metavar="SECONDS",
+                   help="grace time before SIGKILL (default: the program's)")
+    p.add_argument("--all", action="store_true",
+                   help="every process (docker's --all; the same as the name all)")
+    p.add_argument("names", nargs="*", metavar=_NAMES)
+
+
+def _g_signal(p: argparse.ArgumentParser) -> None:
+    p.add_argument("signal", metavar="SIGNAL", help="a name (HUP, TERM) or a number")
+    _g_names(p)
+
+
+def _g_tail(p: argparse.ArgumentParser) -> None:
+    p.add_argument("words", nargs="+", metavar="ARG")
+
+
+def _g_pid(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", metavar="NAME|all")
+
+
+def _g_none(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _g_clear(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="+", metavar="NAME|all")
+
+
+def _g_apply(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--file", required=True, metavar="FILE")
+    p.add_argument("--prune", action="store_true",
+                   help="remove programs that are not in the file (never `run` containers)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+
+
+def _g_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
+
+
+#: Supervisor's verbs in :data:`supervisor.ctl_grammar.GRAMMAR`'s shape: name -> (one-line
+#: help, its arguments, usage or None). Where a name is also a docker-style verb, this wins.
+GRAMMAR: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str | None]] = {
+    "status": ("Supervisor's process table (exit 3 if one listed is not running)", _g_status,
+               None),
+    "start": ("start processes: names, groups (GROUP:*) or all", _g_names, None),
+    "stop": ("stop processes (stop signal, then KILL after stopwaitsecs)", _g_stop, None),
+    "restart": ("stop, then start processes", _g_stop, None),
+    "signal": ("send a signal to processes", _g_signal, None),
+    "tail": ("a process's output: tail [-f|-N] NAME [stdout|stderr]", _g_tail,
+             "%(prog)s [-f | -N] NAME [stdout|stderr]"),
+    "pid": ("the pid of supervisord, of processes, or of all", _g_pid, None),
+    "avail": ("every configured process (in use or not)", _g_none, None),
+    "reread": ("what `update` would change (the --config file, or the applied file)", _g_none,
+               None),
+    "update": ("apply the --config file (or the applied file) again, with prune", _g_none, None),
+    "clear": ("clear processes' logs", _g_clear, None),
+    "apply": ("apply a program file (Tether TOML or supervisord.conf)", _g_apply, None),
+    "info": ("daemon health, version, paths, counts", _g_info, None),
+}
+#: ``tail -f`` and ``tail -100`` are Supervisor's words, not options: its parser takes none.
+PREFIX_CHARS = {"tail": "+"}

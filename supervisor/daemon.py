@@ -30,14 +30,16 @@ import structlog
 import trio
 
 from events.log import CorruptLog, EventLog, LogBusy, LogVersionError
+from supervisor import autoremove, logsetup, neighbours, recovery
 from supervisor import compat as compat_mod
-from supervisor import logsetup, recovery
 from supervisor.commands import Commands
-from supervisor.core import VERSION, Config, Core
+from supervisor.core import Config, Core
 from supervisor.lifecycle import Lifecycle
+from supervisor.logid import InvalidLogId, ensure_log_id
 from supervisor.paths import default_root
-from supervisor.server import Server, bind_api_socket
+from supervisor.server import Server, bind_api_socket, socket_identity, unlink_if_ours
 from supervisor.supervision import Supervision
+from supervisor.version import VERSION, version_line
 
 __all__ = ["main", "run"]
 
@@ -68,6 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="start every shim in a fresh interpreter instead of forking it from "
                    "the preloaded launcher (slower, and more memory per shim)")
     p.add_argument("--segment-size", type=int, default=64 * 2**20, help=argparse.SUPPRESS)
+    p.add_argument("--version", action="version", version=version_line("supervisord"))
     compat_mod.add_arguments(p)  # Supervisor compatibility: --config, --http-*
     return p.parse_args(argv)
 
@@ -90,13 +93,18 @@ async def run(config: Config, compat: compat_mod.Compat | None = None) -> int:
         log.error("refusing to start", error=str(exc))
         return 1
     try:
+        try:  # the log's identity, durable before supervisor.start is appended (logid.py)
+            log_id = ensure_log_id(paths.root)
+        except (InvalidLogId, OSError) as exc:
+            log.error("refusing to start", error=str(exc))
+            return 1
         try:
             state, snapshot_seq = await trio.to_thread.run_sync(recovery.load_state, eventlog)
         except (recovery.StartupError, CorruptLog) as exc:
             log.error("refusing to start", error=str(exc),
                       hint="start with --repair" if isinstance(exc, CorruptLog) else None)
             return 1
-        core = Core(config, eventlog, state, snapshot_seq)
+        core = Core(config, eventlog, state, snapshot_seq, log_id)
         # from the first request on: reconcile_all ends it
         core.begin_reconciling(recovery.to_reconcile(state))
         lifecycle = Lifecycle(core)
@@ -106,6 +114,7 @@ async def run(config: Config, compat: compat_mod.Compat | None = None) -> int:
         if commands.missing():  # the method table and the handlers are one: a bug otherwise
             raise RuntimeError(f"methods without a handler: {commands.missing()}")
         sock, gid = bind_api_socket(paths.socket, config.group)
+        bound = socket_identity(paths.socket)
         server = Server(core, commands, gid)
         # the boot of the daemon that ran before (before our own supervisor.start replaces it)
         previous = state.daemon.get("start", {}).get("boot_id")
@@ -114,8 +123,7 @@ async def run(config: Config, compat: compat_mod.Compat | None = None) -> int:
                          previous if isinstance(previous, str) else None)
         finally:
             sock.close()
-            with contextlib.suppress(OSError):
-                os.unlink(paths.socket)
+            unlink_if_ours(paths.socket, bound)
     finally:
         eventlog.close()
     log.info("supervisord stopped; containers keep running", last_seq=core.state.last_seq)
@@ -139,6 +147,7 @@ async def _serve(core: Core, supervision: Supervision, server: Server, sock: soc
                 await services.start(supervision.run)
                 await services.start(server.serve, sock)
                 await services.start(compat.serve)  # ROOT/supervisor.sock, --config
+                await services.start(autoremove.run, core, server.commands.rm)  # run --rm
                 services.start_soon(recovery.reconcile_all, core, supervision, previous_boot)
                 services.start_soon(recovery.snapshotter, core)
                 await _until_stop(core)
@@ -193,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                     segment_size=args.segment_size, shim_launcher=args.shim_launcher)
     config.paths.check_socket()
     compat = compat_mod.Compat(compat_mod.options(args))
+    for note in neighbours.warnings():  # Supervisor's commands have the same names as ours
+        log.warning(note)
     _raise_nofile()
     code = trio.run(run, config, compat)
     compat.exec_if_requested()  # supervisor.restart: the same supervisord, programs untouched

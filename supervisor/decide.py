@@ -27,12 +27,15 @@ def restart_spec(c: Container) -> RestartSpec:
     The daemon stores it normalised (``spec.validate_spec``): taken as it is when it has the
     normalised shape, normalised again otherwise (an older writer's, a docker string)."""
     value = c.spec.get("restart")
+    if value is None:
+        return _NO_RESTART
     if isinstance(value, dict) and value.keys() == _RESTART_KEYS:
         return value
     return policy.restart_spec(value)
 
 
 _RESTART_KEYS = policy.DEFAULT_RESTART.keys()
+_NO_RESTART = policy.restart_spec(None)
 
 
 def ran_for(c: Container) -> float:

@@ -79,8 +79,11 @@ class ShimLauncher:
     async def _run_once(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            # its own process group: a Ctrl-C or a `kill -- -PGID` meant for the daemon must
+            # not end the launcher under it (the daemon ends it, by closing the channel)
             proc = subprocess.Popen(self.argv(theirs.fileno()), pass_fds=(theirs.fileno(),),
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    process_group=0)
         except BaseException:
             ours.close()
             raise
@@ -98,22 +101,13 @@ class ShimLauncher:
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(watch_exit)
-                hello = await chan.recv()
-                if not isinstance(hello.get("hello"), dict):
-                    raise wire.ProtocolError(f"the launcher said {hello!r}, not hello")
-                self.chan = chan
-                self.ready = True
-                log.info("shim launcher ready", pid=proc.pid,
-                         ms=round((time.perf_counter() - began) * 1e3, 1))
-                while True:
-                    message = await chan.recv()
-                    rid = message.get("id")
-                    waiter = self._waiting.get(rid) if isinstance(rid, int) else None
-                    if waiter is not None:
-                        waiter[1].append(message)
-                        waiter[0].set()
-        except (Closed, wire.ProtocolError) as exc:
-            log.warning("shim launcher channel closed", pid=proc.pid, error=str(exc))
+                # Closed is caught in here, not around the nursery: the nursery would wrap it
+                # in an ExceptionGroup that the except clause does not match
+                try:
+                    await self._serve_replies(chan, proc.pid, began)
+                except (Closed, wire.ProtocolError) as exc:
+                    log.warning("shim launcher channel closed", pid=proc.pid, error=str(exc))
+                    nursery.cancel_scope.cancel()
         finally:
             self.ready = False
             self.chan = None
@@ -129,6 +123,21 @@ class ShimLauncher:
                 os.close(pidfd)
                 self.pid = None
                 log.info("shim launcher exited", pid=proc.pid, returncode=code)
+
+    async def _serve_replies(self, chan: Channel, pid: int, began: float) -> None:
+        hello = await chan.recv()
+        if not isinstance(hello.get("hello"), dict):
+            raise wire.ProtocolError(f"the launcher said {hello!r}, not hello")
+        self.chan = chan
+        self.ready = True
+        log.info("shim launcher ready", pid=pid, ms=round((time.perf_counter() - began) * 1e3, 1))
+        while True:
+            message = await chan.recv()
+            rid = message.get("id")
+            waiter = self._waiting.get(rid) if isinstance(rid, int) else None
+            if waiter is not None:
+                waiter[1].append(message)
+                waiter[0].set()
 
     async def start(self, cid: str) -> Ready | None:
         """Start the shim of *cid*: its ready map; None if the launcher cannot (fall back);

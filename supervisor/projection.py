@@ -119,7 +119,9 @@ class Container(Mapping[str, Any]):
     #: why the exit status is unknown (None when it is known)
     exit_reason: str | None = None
     restarts: int = 0
+    #: OOM kills of all tasks; and whether the current task's was one (ps: ``stopped (oom)``)
     oom: int = 0
+    oom_killed: bool = False
     #: the shim of the current task was lost (``shim.lost``); its task is watched by pid
     lost: bool = False
     #: the lost task's start time (with its pid, its identity: pids are reused)
@@ -249,7 +251,7 @@ _LOST = EventType.SHIM_LOST.value
 #: What a new task resets (``task.create``).
 _NEW_TASK = {"started": None, "finished": None, "exit_status": None, "signal": None,
              "exit_reason": None, "lost": False, "lost_starttime": None, "gave_up": False,
-             "start_at": None, "health": None, "failing_streak": 0}
+             "start_at": None, "health": None, "failing_streak": 0, "oom_killed": False}
 
 
 def _next(old: Container | None, event: Event) -> tuple[Container | None, str | None]:
@@ -346,7 +348,7 @@ def _changes(old: Container, etype: str, d: Mapping[str, Any], time: int) -> dic
     if etype == _UPDATE:
         return {"spec": {**old.spec, **d.get("spec", {})}}
     if etype == _OOM:
-        return {"oom": old.oom + 1}
+        return {"oom": old.oom + 1, "oom_killed": True}
     if etype == _LOST:
         return {"lost": True, "lost_starttime": d.get("task_starttime")}
     return {}

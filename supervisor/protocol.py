@@ -14,7 +14,6 @@ Times in results are unix nanoseconds (ints); supervisorctl renders them (RFC 33
 from __future__ import annotations
 
 from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT
-from events.policy import DEFAULT_RESTART
 
 #: ``ps`` row fields, in the order supervisorctl prints them (the ``--json`` promise of DESIGN.md).
 PS_FIELDS = ("id", "state", "pid", "exit_status", "restarts", "runtime", "created", "started",
@@ -45,8 +44,9 @@ SPEC_PARAMS: dict[str, object] = {
     "labels": {},
     "log_max_size": None,
     "log_keep": None,
-    "restart": DEFAULT_RESTART,  # docker's string ("on-failure:3") or a map: events.policy
+    "restart": None,       # docker's string ("on-failure:3") or a map (events.policy); None: no
     "health": None,        # {"cmd", ...}: events.policy.health_spec
+    "auto_remove": False,  # run --rm: removed once exited for good (supervisor.autoremove)
 }
 
 #: Every method and how it answers: ``"call"`` (one result) or ``"stream"`` (items, then an

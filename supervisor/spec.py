@@ -59,8 +59,9 @@ class Spec(TypedDict, total=False):
     labels: dict[str, str]
     log_max_size: int | None
     log_keep: int | None
-    restart: RestartSpec
+    restart: RestartSpec | None
     health: HealthSpec | None
+    auto_remove: bool
     namespaces: list[str]
     rlimits: dict[str, list[int]]
 
@@ -202,6 +203,13 @@ def validate_spec(spec: object) -> Spec:
         raise invalid("spec.runtime must be a string")
     if spec.get("init") is not None and not isinstance(spec.get("init"), bool):
         raise invalid(f"spec.init must be true or false, got {spec.get('init')!r}")
+    if runtime == "process" and (spec.get("rootfs") or spec.get("bundle")):
+        # the process runtime would run the command on the host, ignoring the rootfs
+        raise invalid("spec.rootfs/bundle need an OCI runtime (runtime runc, crun or the path "
+                      "of one); the process runtime runs on the host")
+    auto_remove = spec.get("auto_remove", False)
+    if not isinstance(auto_remove, bool):
+        raise invalid(f"spec.auto_remove must be true or false, got {auto_remove!r}")
     out: dict[str, Any] = dict(protocol.SPEC_PARAMS)
     out.update(spec)
     out["memory"] = _whole(spec, "memory", 1, MAX_MEMORY)
@@ -226,5 +234,10 @@ def validate_spec(spec: object) -> Spec:
         out["rlimits"] = _rlimits(spec["rlimits"])
     if "namespaces" in spec:
         out["namespaces"] = _namespaces(spec["namespaces"])
-    out["restart"], out["health"] = _supervision(spec)
+    restart, out["health"] = _supervision(spec)
+    # normalised, and the default (policy no) stored as null: a spec shows what was asked
+    out["restart"] = None if restart == policy.DEFAULT_RESTART else restart
+    if auto_remove and restart["policy"] != RestartPolicy.NO:
+        raise invalid("spec.auto_remove cannot be combined with a restart policy (as docker's "
+                      "--rm and --restart)")
     return cast(Spec, out)  # every key was checked above

@@ -6,24 +6,25 @@ subscriber's buffer: no gap, no duplicate. A subscriber whose buffer overflows g
 ``too_slow`` naming the last seq it was sent, so ``since=that`` resumes exactly.
 
 ``logs``: ``container.log`` and its rotated files (``container.log.N``, larger N older) are
-read in order; with ``follow`` the current file is read as it grows and, when the path's inode
-changes (rotation renames, never truncates), the old file is finished before the new one is
-opened, so no line is lost or repeated across a rotation.
+read in order, split on ``\n`` only (the CRI rule) with the text kept as bytes; each item
+carries a ``cursor`` ``[inode, end offset]`` that ``after`` resumes from exactly (an inode
+survives the renames of rotation). With ``follow`` the current file is read as it grows and,
+when the path's inode changes (rotation renames, never truncates), the old file is finished
+before the new one is opened, so no line is lost or repeated across a rotation.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from events import shim_api
-from events.domain import ErrorCode
-from events.filters import make_filter
+from events.domain import ErrorCode, EventType
+from events.filters import make_filter, type_matches
 from events.model import Event
 from events.timefmt import parse_rfc3339
 from supervisor.decide import stopped_for_good
@@ -53,7 +54,7 @@ def _str_list(value: object, name: str) -> list[str]:
 
 
 def _take(it: Iterator[Event], n: int, last: int) -> list[Event]:
-    out: list[Event] = []
+    out = []
     for event in it:
         if event.seq > last:
             break
@@ -64,15 +65,28 @@ def _take(it: Iterator[Event], n: int, last: int) -> list[Event]:
 
 
 def parse_cri_line(line: bytes) -> dict[str, Any] | None:
-    """``<RFC3339Nano> stdout|stderr F|P <text>`` -> ``{time (ns), stream, partial, line}``."""
+    """``<RFC3339Nano> stdout|stderr F|P <text>`` -> ``{time (ns), stream, partial, line}``.
+
+    ``line`` is the text's bytes, unchanged: a container's output is bytes (a progress bar's
+    ``\\r``, binary data), and only ``\\n`` ends a CRI record."""
     parts = line.rstrip(b"\n").split(b" ", 3)
     if len(parts) < 3:
         return None
     stamp, stream, tag = parts[0], parts[1], parts[2]
     text = parts[3] if len(parts) == 4 else b""
     return {"time": parse_rfc3339(stamp.decode(errors="replace")),
-            "stream": stream.decode(errors="replace"), "partial": tag == b"P",
-            "line": text.decode(errors="replace")}
+            "stream": stream.decode(errors="replace"), "partial": tag == b"P", "line": text}
+
+
+def _cursor(value: object) -> tuple[int, int] | None:
+    """``logs``' ``after``: the ``cursor`` of the last item a reader got, ``[inode, offset]``."""
+    if value is None:
+        return None
+    if (isinstance(value, list | tuple) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)):
+        return int(value[0]), int(value[1])
+    raise ApiError(ErrorCode.INVALID, f"after must be a cursor [inode, offset] from a logs item, "
+                   f"got {value!r}")
 
 
 class Streams:
@@ -90,13 +104,17 @@ class Streams:
         if isinstance(since, bool) or not isinstance(since, int) or since < 0:
             raise ApiError(ErrorCode.INVALID, f"since must be a seq >= 0, got {since!r}")
         types = _str_list(params.get("types"), "types")
+        for wanted in types:  # a typo would otherwise be an empty stream, forever
+            if not any(type_matches(known, wanted) for known in EventType):
+                raise ApiError(ErrorCode.INVALID, f"unknown event type {wanted!r}: give a "
+                               f"type or a prefix of one ({', '.join(EventType)})")
         ids = _str_list(params.get("ids"), "ids")
         follow = bool(params.get("follow"))
         limit = core.config.subscriber_buffer
-        wanted = params.get("buffer")
-        if isinstance(wanted, int) and not isinstance(wanted, bool) and wanted > 0:
-            limit = min(limit, wanted)
-            if sock is not None and wanted < 100:
+        buffer = params.get("buffer")
+        if isinstance(buffer, int) and not isinstance(buffer, bool) and buffer > 0:
+            limit = min(limit, buffer)
+            if sock is not None and buffer < 100:
                 # "behind" must mean behind: do not let the kernel hide a stalled reader
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         matches = make_filter(types, ids)
@@ -147,38 +165,62 @@ class Streams:
             raise ApiError(ErrorCode.NOT_FOUND, f"no container {cid!r}")
         tail = params.get("tail")
         if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 0):
-            raise ApiError(ErrorCode.INVALID, f"tail must be a number of lines >= 0, got "
-                           f"{tail!r}")
+            raise ApiError(ErrorCode.INVALID, f"tail must be a number of lines >= 0, got {tail!r}")
+        since = params.get("since")
+        if since is not None and (isinstance(since, bool) or not isinstance(since, int)):
+            raise ApiError(ErrorCode.INVALID, f"since must be a time in unix ns, got {since!r}")
+        after = _cursor(params.get("after"))
         follow = bool(params.get("follow"))
         directory = shim_api.shim_dir(self.core.paths.root, cid)
         current = directory / shim_api.CONTAINER_LOG
-        rotated = sorted(directory.glob(shim_api.CONTAINER_LOG + ".*"),
-                         key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
-        rotated = [p for p in rotated if p.suffix[1:].isdigit()]
 
-        def read_all() -> tuple[list[bytes], IO[bytes] | None, int]:
-            lines: list[bytes] = []
-            for path in rotated:
-                with contextlib.suppress(OSError):
-                    lines.extend(path.read_bytes().splitlines(keepends=True))
-            try:
-                f = open(current, "rb")  # noqa: SIM115 - kept open to follow
-            except FileNotFoundError:
-                return lines, None, 0
-            data = f.read()
-            cut = data.rfind(b"\n") + 1
-            f.seek(cut)
-            lines.extend(data[:cut].splitlines(keepends=True))
-            return lines, f, os.fstat(f.fileno()).st_ino
+        def item(raw: bytes, ino: int, end: int) -> dict[str, Any] | None:
+            got = parse_cri_line(raw)
+            if got is None or (since is not None and (got["time"] or 0) < since):
+                return None
+            got["cursor"] = [ino, end]
+            return got
 
-        lines, f, inode = await trio.to_thread.run_sync(read_all)
+        def read_all() -> tuple[list[dict[str, Any]], Any, int, int]:
+            """Every whole line of the rotated files (oldest first) and of the current one,
+            from ``after`` on; the current file is returned open, at the end of its last line."""
+            rotated = sorted((p for p in directory.glob(shim_api.CONTAINER_LOG + ".*")
+                              if p.suffix[1:].isdigit()), key=lambda p: -int(p.suffix[1:]))
+            opened: list[tuple[Any, int]] = []  # (file, inode), oldest first
+            for path in [*rotated, current]:
+                try:
+                    f = open(path, "rb")  # noqa: SIM115 - the current one is kept to follow
+                except FileNotFoundError:
+                    continue
+                opened.append((f, os.fstat(f.fileno()).st_ino))
+            inodes = [ino for _, ino in opened]
+            offset = 0
+            if after is not None and after[0] in inodes:  # else rotated away: all is newer
+                first = inodes.index(after[0])
+                for f, _ in opened[:first]:
+                    f.close()
+                opened, offset = opened[first:], after[1]
+            out: list[dict[str, Any]] = []
+            for i, (f, ino) in enumerate(opened):
+                pos = f.seek(offset if i == 0 else 0)
+                data = f.read()
+                for raw in data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]:
+                    pos += len(raw) + 1
+                    got = item(raw, ino, pos)
+                    if got is not None:
+                        out.append(got)
+                if i == len(opened) - 1 and f.name == str(current):
+                    f.seek(pos)  # an unfinished last line is read again when it is whole
+                    return out, f, ino, pos
+                f.close()
+            return out, None, 0, 0
+
+        lines, f, inode, pos = await trio.to_thread.run_sync(read_all)
         try:
             if tail is not None:
                 lines = lines[-tail:] if tail else []
-            for raw in lines:
-                item = parse_cri_line(raw)
-                if item is not None:
-                    await send(item)
+            for got in lines:
+                await send(got)
             if not follow:
                 return
             buf = b""
@@ -186,7 +228,7 @@ class Streams:
                 if f is None:
                     try:
                         f = open(current, "rb")  # noqa: SIM115
-                        inode = os.fstat(f.fileno()).st_ino
+                        inode, pos = os.fstat(f.fileno()).st_ino, 0
                     except FileNotFoundError:
                         f = None
                 if f is not None:
@@ -195,9 +237,10 @@ class Streams:
                         buf += chunk
                         *whole, buf = buf.split(b"\n")
                         for raw in whole:
-                            item = parse_cri_line(raw)
-                            if item is not None:
-                                await send(item)
+                            pos += len(raw) + 1
+                            line = item(raw, inode, pos)
+                            if line is not None:
+                                await send(line)
                         continue
                     try:
                         now = os.stat(current).st_ino
@@ -206,6 +249,7 @@ class Streams:
                     if now != inode:  # rotated: the old file is finished, take the new one
                         f.close()
                         f = None
+                        buf = b""
                         continue
                 c = self.core.container(cid)
                 if c is None or stopped_for_good(c):
@@ -214,4 +258,3 @@ class Streams:
         finally:
             if f is not None:
                 f.close()
-

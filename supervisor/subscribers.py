@@ -26,9 +26,10 @@ Filter = Callable[[Event], bool]
 class Subscriber:
     """One live subscription: ``after`` is the seq from which live events are buffered."""
 
-    __slots__ = ("_wakeup", "after", "buffer", "limit", "matches", "overflowed")
+    __slots__ = ("_wakeup", "after", "buffer", "internal", "limit", "matches", "overflowed")
 
-    def __init__(self, after: int, matches: Filter, limit: int) -> None:
+    def __init__(self, after: int, matches: Filter, limit: int, internal: bool = False) -> None:
+        self.internal = internal  # the daemon's own (run --rm): not a client, not counted
         self.after = after
         self.matches = matches
         self.limit = limit
@@ -73,10 +74,12 @@ class Hub:
         self._subs: set[Subscriber] = set()
 
     def __len__(self) -> int:
-        return len(self._subs)
+        """Client subscribers (``info``'s and ``/metrics``' count): not the daemon's own."""
+        return sum(not sub.internal for sub in self._subs)
 
-    def subscribe(self, after: int, matches: Filter, limit: int | None = None) -> Subscriber:
-        sub = Subscriber(after, matches, limit or self.buffer_limit)
+    def subscribe(self, after: int, matches: Filter, limit: int | None = None,
+                  internal: bool = False) -> Subscriber:
+        sub = Subscriber(after, matches, limit or self.buffer_limit, internal)
         self._subs.add(sub)
         return sub
 

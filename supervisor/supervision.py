@@ -21,12 +21,10 @@ carries it out), never both, so no restart is doubled or lost.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -60,19 +58,6 @@ RETRY_MAX = 60.0
 #: The errors that say the task cannot start however often it is tried (the spec's cwd or
 #: runtime is wrong): the daemon gives up rather than loop.
 PERMANENT = frozenset({ErrorCode.INVALID, ErrorCode.START_FAILED})
-
-
-#: The shim's record of the task it runs (docs/design.md, section 8: written before the task
-#: starts, so that a shim lost with undelivered events leaves a trace of the task they named).
-TASK_FILE = "task"
-
-
-def read_task_file(directory: Path) -> dict[str, Any] | None:
-    try:
-        record = json.loads((directory / TASK_FILE).read_bytes())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def jitter() -> float:
@@ -212,7 +197,7 @@ class Supervision:
         """A task the lost shim started but never delivered (its task file names a task the
         log does not have, and that pid still runs it): record it as the shim's restart and
         watch it, instead of starting a second one. True when one was found."""
-        record = read_task_file(shim_dir(self.core.root, c.id))
+        record = shim_api.read_task_file(shim_dir(self.core.root, c.id))
         if record is None or c.instance is None or record.get("instance") != c.instance:
             return False
         seq, pid, started = record.get("shim_seq"), record.get("pid"), record.get("starttime")

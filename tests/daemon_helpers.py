@@ -183,7 +183,8 @@ class Daemon:
 
     def wait_for_line(self, cid: str, line: str, timeout: float = 10.0) -> None:
         """Until container *cid* printed *line* (e.g. that its signal trap is set)."""
-        self.wait_for(lambda: line in [i["line"] for i in self.stream("logs", id=cid)], timeout)
+        wanted = line.encode()  # log lines travel as bytes
+        self.wait_for(lambda: wanted in [i["line"] for i in self.stream("logs", id=cid)], timeout)
 
     # -- cleanup -------------------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from test_client_fake import error, fake_daemon, result, stream
 
-from supervisor import ctl, ctl_render, defaults
+from supervisor import ctl, ctl_commands, ctl_grammar, ctl_render, defaults
+from supervisor.ctl_render import PS_JSON_FIELDS
 from supervisor.protocol import PS_FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,7 +40,7 @@ def run_ctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     ("100b", 100),
 ])
 def test_memory_sizes(text: str, expected: int) -> None:
-    assert ctl.parse_size(text) == expected
+    assert ctl_grammar.parse_size(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "m", "5q", "-1m", "0", "1.2.3g", "g1"])
@@ -54,7 +55,7 @@ def test_bad_memory_sizes_are_usage_errors(text: str, capsys, tmp_path) -> None:
     ("HUP", 1),
 ])
 def test_signal_names_and_numbers(text: str, expected: int) -> None:
-    assert ctl.parse_signal(text) == expected
+    assert ctl_grammar.parse_signal(text) == expected
 
 
 @pytest.mark.parametrize("text", ["FOO", "SIGFOO", "0", "999", "-9", "SIG_DFL"])
@@ -65,11 +66,12 @@ def test_bad_signals_are_usage_errors(text: str, capsys, tmp_path) -> None:
 
 
 def test_run_after_double_dash_keeps_the_commands_own_flags() -> None:
-    args = ctl.build_parser().parse_args(
+    args = ctl_grammar.parse(
         ["run", "--name", "a", "-e", "K=V", "--memory", "64m", "--", "sh", "-c", "x", "--", "-e"])
     assert args.command == ["sh", "-c", "x", "--", "-e"]
-    assert ctl._spec(args) == {"command": ["sh", "-c", "x", "--", "-e"], "runtime": "process",
-                               "env": {"K": "V"}, "name": "a", "memory": 64 << 20}
+    assert ctl_commands._spec(args) == {
+        "command": ["sh", "-c", "x", "--", "-e"], "runtime": "process", "env": {"K": "V"},
+        "name": "a", "memory": 64 << 20}
 
 
 @pytest.mark.parametrize("argv", [
@@ -131,18 +133,22 @@ def test_human_times_read_like_docker(seconds: float, text: str) -> None:
 
 ROW = {"id": "web", "state": "running", "pid": 123, "exit_status": None, "restarts": 0,
        "runtime": "process", "created": 1_795_000_000 * NS, "started": 1_795_000_001 * NS,
-       "finished": None, "extra": "not promised"}
+       "finished": None, "command": ["sleep", "60"], "labels": {"tier": "web"}, "oom": False,
+       "exit_reason": None, "extra": "not promised"}
 
 
 def test_ps_json_has_exactly_the_promised_fields_in_order() -> None:
     lines = ctl_render.ps_json_lines([ROW, {**ROW, "id": "db", "state": "stopped",
                                             "exit_status": 7, "finished": 1_795_000_009 * NS}])
     objs = [json.loads(line) for line in lines.splitlines()]
-    assert [list(o) for o in objs] == [list(PS_FIELDS)] * 2
+    assert [list(o) for o in objs] == [list(PS_JSON_FIELDS)] * 2
+    assert list(PS_JSON_FIELDS[:9]) == list(PS_FIELDS)  # the original promise, then additions
     assert objs[0] == {"id": "web", "state": "running", "pid": 123, "exit_status": None,
                        "restarts": 0, "runtime": "process",
                        "created": "2026-11-18T11:06:40.000000000Z",
-                       "started": "2026-11-18T11:06:41.000000000Z", "finished": None}
+                       "started": "2026-11-18T11:06:41.000000000Z", "finished": None,
+                       "command": ["sleep", "60"], "labels": {"tier": "web"}, "oom": False,
+                       "exit_reason": None}
     assert objs[1]["exit_status"] == 7
     assert objs[1]["finished"] == "2026-11-18T11:06:49.000000000Z"
 
@@ -152,7 +158,8 @@ def test_ps_table_aligns_columns_and_humanizes_times() -> None:
                                 now_ns=1_795_000_004 * NS)
     header, first, second = table.splitlines()
     assert header.split() == ["ID", "STATE", "PID", "EXIT", "RESTARTS", "RUNTIME", "CREATED",
-                              "STARTED", "FINISHED"]
+                              "STARTED", "FINISHED", "COMMAND"]
+    assert first.endswith("   sleep 60")
     assert first.split()[:6] == ["web", "running", "123", "-", "0", "process"]
     assert "4 seconds ago" in first and "3 seconds ago" in first
     assert header.index("STATE") == first.index("running") == second.index("running")
@@ -256,7 +263,7 @@ def test_ps_json_through_the_socket(capsys, root) -> None:
         code, out, _ = run_ctl(capsys, "--root", str(root), "ps", "-a", "--json")
     assert code == 0
     assert fake.requests == [("ps", {"all": True})]
-    assert [list(json.loads(line)) for line in out.splitlines()] == [list(PS_FIELDS)]
+    assert [list(json.loads(line)) for line in out.splitlines()] == [list(PS_JSON_FIELDS)]
 
 
 def test_wait_prints_and_exits_with_the_status(capsys, root) -> None:
@@ -301,10 +308,10 @@ def test_events_too_slow_says_where_to_resume(capsys, root) -> None:
     assert "events --since 1 --follow" in err
 
 
-def test_exec_unsupported_prints_the_error(capsys, root) -> None:
+def test_exec_error_prints_it_and_exits_125_not_a_status(capsys, root) -> None:
     with fake_daemon(root, {"exec": error("invalid", "exec is not supported yet")}):
         code, _, err = run_ctl(capsys, "--root", str(root), "exec", "c", "--", "ls", "-l")
-    assert code == 1
+    assert code == 125
     assert "exec: exec is not supported yet (invalid)" in err
 
 
@@ -325,7 +332,8 @@ def test_shell_runs_the_same_commands(root) -> None:
             input="help\nps --json\nstop\nquit\n", capture_output=True, text=True, timeout=20,
             cwd=REPO)
     assert json.loads(proc.stdout.splitlines()[-1])["id"] == "web" or '"web"' in proc.stdout
-    assert "the following arguments are required" in proc.stderr
+    assert "stop: the following arguments are required" in proc.stderr
+    assert "Try 'help stop'." in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -370,13 +378,16 @@ def test_broken_pipe_is_quiet(root) -> None:
     assert "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr
 
 
-@pytest.mark.parametrize(("argv", "word"), [
-    (["ps"], "ps"), (["--root", "/x", "ps", "-a"], "ps"), (["--root=/x", "logs", "a"], "logs"),
-    (["--socket", "/s", "events"], "events"), (["-h"], None), ([], None), (["--root", "/x"], None),
-    (["bogus", "ps"], None), (["--root", "ps", "ps"], "ps"),
+@pytest.mark.parametrize(("argv", "cmd", "root", "sock"), [
+    (["ps"], "ps", None, None), (["--root", "/x", "ps", "-a"], "ps", "/x", None),
+    (["--root=/x", "logs", "a"], "logs", "/x", None), (["--socket", "/s", "events"], "events",
+                                                       None, "/s"),
+    (["--root", "/x"], None, "/x", None), ([], None, None, None), (["--root", "ps", "ps"], "ps",
+                                                                   "ps", None),
 ])
-def test_only_the_named_command_is_built(argv, word) -> None:
-    assert ctl._command_word(argv) == word
+def test_global_options_then_the_command(argv, cmd, root, sock) -> None:
+    args = ctl_grammar.parse(argv)
+    assert (args.cmd, args.root, args.socket) == (cmd, root, sock)
 
 
 def test_socket_option_and_command_help(capsys, root) -> None:
@@ -394,3 +405,102 @@ def test_event_line_shows_only_what_the_spec_asked() -> None:
     line = ctl_render.event_line({"seq": 2, "time": 0, "type": "container.create", "id": "a",
                                   "data": {"spec": spec}})
     assert line.endswith('spec={"name": "a", "command": ["sleep", "1"], "memory": 1024}')
+
+
+# -- the grammar and the values (docker's) ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("argv", "options", "command"), [
+    (["run", "python3", "--help"], [], ["python3", "--help"]),
+    (["run", "--name", "a", "ls", "-la"], ["--name", "a"], ["ls", "-la"]),
+    (["run", "-e", "K=V", "--", "-x"], ["-e", "K=V"], ["-x"]),
+    (["run", "-eK=V", "-d", "true"], ["-eK=V", "-d"], ["true"]),
+    (["run", "-dm", "64m", "sleep", "1"], ["-dm", "64m"], ["sleep", "1"]),
+    (["run", "--memory=1g", "--rm", "x", "--rm"], ["--memory=1g", "--rm"], ["x", "--rm"]),
+    (["exec", "-e", "A=1", "web", "ls", "-l"], ["-e", "A=1", "web"], ["ls", "-l"]),
+    (["exec", "web", "--", "ls"], ["web"], ["ls"]),
+])
+def test_the_command_starts_at_the_first_word_that_is_not_an_option(argv, options,
+                                                                     command) -> None:
+    p = ctl_grammar.command_parser(argv[0])
+    assert ctl_grammar.split_command(p, argv[1:], ctl_grammar.TAKES_COMMAND[argv[0]]) == (
+        options, command)
+    assert ctl_grammar.parse(argv).command == command
+
+
+def test_logs_since_takes_rfc3339_unix_seconds_and_durations() -> None:
+    from supervisor.ctl_values import parse_since
+
+    now = 1_795_000_000 * NS
+    assert parse_since("10m", now) == now - 600 * NS
+    assert parse_since("1h30m", now) == now - 5400 * NS
+    assert parse_since("1.5s", now) == now - 1_500_000_000
+    assert parse_since("1795000000", now) == 1_795_000_000 * NS
+    assert parse_since("2026-11-18T11:06:40.5Z", now) == 1_795_000_000 * NS + NS // 2
+    assert parse_since("2026-11-18", now) == parse_since("2026-11-18T00:00:00Z", now)
+    for bad in ("yesterday", "10x", "", "m"):
+        with pytest.raises(ValueError, match="--since"):
+            parse_since(bad, now)
+
+
+def test_env_files_read_like_dockers(tmp_path) -> None:
+    from supervisor.ctl_values import read_env_file
+
+    path = tmp_path / "env"
+    path.write_text("# c\n\nA=1\nB=\"q\"\n  C=x=y\nD\nE\n")
+    assert read_env_file(str(path), {"D": "from-env"}) == {"A": "1", "B": '"q"', "C": "x=y",
+                                                           "D": "from-env"}
+    path.write_text("=nokey\n")
+    with pytest.raises(ValueError, match="line 1"):
+        read_env_file(str(path), {})
+
+
+def test_ps_filters_and_states_shown() -> None:
+    from supervisor.ctl_values import ps_filter
+
+    rows = [{**ROW, "id": "web"}, {**ROW, "id": "db", "labels": {"tier": "db"}},
+            {**ROW, "id": "job", "state": "stopped", "exit_status": 3, "labels": {}}]
+    keep, states = ps_filter(["label=tier"])
+    assert [r["id"] for r in rows if keep(r)] == ["web", "db"] and not states
+    keep, states = ps_filter(["status=exited", "exited=3"])
+    assert [r["id"] for r in rows if keep(r)] == ["job"] and states
+    keep, _ = ps_filter(["id=d", "id=j"])
+    assert [r["id"] for r in rows if keep(r)] == ["db", "job"]
+    for bad in (["colour=red"], ["state"], ["exited=x"]):
+        with pytest.raises(ValueError, match="--filter"):
+            ps_filter(bad)
+    stopped = {**ROW, "state": "stopped"}
+    assert ctl_render.state_cell({**stopped, "oom": True}) == "stopped (oom)"
+    assert ctl_render.state_cell({**stopped, "exit_reason": "exec_failed: x"}) == \
+        "stopped (exec failed)"
+    assert ctl_render.state_cell({**stopped, "exit_reason": "shim lost"}) == "stopped (lost)"
+    assert ctl_render.state_cell(stopped) == "stopped"
+
+
+def test_json_keeps_every_byte() -> None:
+    line = json.loads(ctl_render.log_json({"time": 0, "stream": "stdout", "partial": True,
+                                           "line": b"\xff\r\x00ok"}))
+    assert line == {"time": "1970-01-01T00:00:00.000000000Z", "stream": "stdout",
+                    "partial": True, "line": {"base64": "/w0Ab2s="}}
+    assert json.loads(ctl_render.log_json({"line": b"caf\xc3\xa9\r"}))["line"] == "caf\u00e9\r"
+
+
+def test_following_commands_stop_when_their_reader_leaves(root) -> None:
+    """`events -f | head -1` with nothing more to come: it notices, exits 141, says nothing."""
+    record = {"seq": 1, "time": 0, "type": "supervisor.start", "id": "", "data": {}}
+    with fake_daemon(root, {"events": lambda p: [{"item": record}]}):
+        proc = subprocess.run(
+            ["bash", "-c", f"{sys.executable} -m supervisor.ctl --root {root} events -f "
+             "2>err | head -1; echo ${PIPESTATUS[0]}"],
+            capture_output=True, text=True, timeout=30, cwd=root)
+    assert (proc.stdout.splitlines()[-1], (root / "err").read_text()) == ("141", "")
+
+
+def test_completion_script_is_valid_bash_naming_every_command() -> None:
+    from supervisor.ctl_completion import bash_script
+
+    script = bash_script()
+    assert subprocess.run(["bash", "-n"], input=script, text=True, timeout=30).returncode == 0
+    for name in ctl_grammar.GRAMMAR:
+        assert f"        {name})" in script
+    assert "--env-file" in script and "ps -aq" in script

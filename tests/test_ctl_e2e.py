@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from daemon_helpers import CTL, Daemon, ctl, daemon, daemon_factory, ok  # noqa: F401 (fixtures)
 
-from supervisor.protocol import PS_FIELDS
+from supervisor.ctl_render import PS_JSON_FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z")
@@ -49,13 +49,14 @@ def test_run_ps_json_wait_inspect(daemon: Daemon) -> None:
     everything = ps_json(daemon, "-a")
     assert set(everything) == {"sleeper", "job"}
     for obj in everything.values():
-        assert list(obj) == list(PS_FIELDS)
+        assert list(obj) == list(PS_JSON_FIELDS)
         assert RFC3339.fullmatch(obj["created"]) and RFC3339.fullmatch(obj["started"])
         assert obj["runtime"] == "process" and obj["restarts"] == 0
     sleeper, job = everything["sleeper"], everything["job"]
     assert sleeper["state"] == "running" and sleeper["exit_status"] is None
     assert sleeper["finished"] is None and alive(sleeper["pid"])
     assert job["state"] == "stopped" and job["exit_status"] == 3
+    assert job["command"] == ["sh", "-c", 'exit "$CODE"'] and job["exit_reason"] is None
     assert RFC3339.fullmatch(job["finished"])
 
     table = ok(daemon, "ps", "-a").splitlines()

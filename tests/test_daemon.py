@@ -64,9 +64,9 @@ def test_generated_ids_exit_status_logs_and_inspect(daemon):
     assert cid and "/" not in cid
     assert daemon.call("wait", id=cid)["exit_status"] == 7
     lines = daemon.stream("logs", id=cid)
-    assert [(i["stream"], i["line"]) for i in lines] == [("stdout", "out"), ("stderr", "err")]
+    assert [(i["stream"], i["line"]) for i in lines] == [("stdout", b"out"), ("stderr", b"err")]
     assert all(isinstance(i["time"], int) and i["partial"] is False for i in lines)
-    assert [i["line"] for i in daemon.stream("logs", id=cid, tail=1)] == ["err"]
+    assert [i["line"] for i in daemon.stream("logs", id=cid, tail=1)] == [b"err"]
     info = daemon.call("inspect", id=cid)
     assert info["spec"]["env"] == {"X": "1"} and info["exit_status"] == 7
     assert [e["type"] for e in info["history"]] == ["container.create", "task.create",
@@ -76,7 +76,7 @@ def test_generated_ids_exit_status_logs_and_inspect(daemon):
 def test_logs_follow_streams_until_exit(daemon):
     cid = daemon.run("sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.1; done")
     lines = [i["line"] for i in daemon.stream("logs", id=cid, follow=True)]
-    assert lines == ["line1", "line2", "line3"]
+    assert lines == [b"line1", b"line2", b"line3"]
 
 
 def test_create_then_start_and_conflicts(daemon):
@@ -247,6 +247,7 @@ def test_events_since_then_follow_has_no_gap_and_no_duplicate(daemon):
         for _ in range(6):
             daemon.run("true")
         stop.set()
+        daemon.run("true")  # events after stop is set: the loop below must see one to end
 
     worker = threading.Thread(target=workload)
     worker.start()
@@ -340,7 +341,7 @@ def test_logs_read_and_follow_across_rotation(daemon):
               "[ $((i % 50)) -eq 0 ] && sleep 0.05; done")
     cid = daemon.run("sh", "-c", script, log_max_size=4096, log_keep=50)
     followed = [i["line"] for i in daemon.stream("logs", id=cid, follow=True)]
-    expected = [f"line{i}" for i in range(400)]
+    expected = [f"line{i}".encode() for i in range(400)]
     assert followed == expected
     rotated = list((daemon.root / "shims" / cid).glob("container.log.*"))
     assert len(rotated) >= 2, rotated

@@ -106,3 +106,21 @@ def test_usage_errors_exit_2(root: Path) -> None:
     assert run().returncode == 2
     assert run("frobnicate", str(root)).returncode == 2
     assert run("dump", str(root), "--since", "x").returncode == 2
+
+
+def test_verify_after_a_power_cut_warns_then_notes_the_evidence(root: Path) -> None:
+    with EventLog.open(root) as log:
+        log.append([("task.start", "c", {"pid": 1})], time_ns=T0)
+        log.append([("task.exit", "c", {"pad": "x" * 9000})], time_ns=T0)  # the unsynced one
+    path = root / "events" / segment_name(1)
+    data = path.read_bytes()
+    path.write_bytes(data[:4096] + bytes(4096) + data[8192:])  # its middle page never written
+    res = run("verify", str(root))
+    assert res.returncode == 0, res.stdout  # a torn tail is not damage: the next open cuts it
+    assert "(format 2: 1), 1 record(s)" in res.stdout
+    assert "warning:" in res.stdout and "torn tail" in res.stdout
+    assert [line.split()[0] for line in run("dump", str(root)).stdout.splitlines()] == ["1"]
+    EventLog.open(root).close()
+    res = run("verify", str(root))
+    assert res.returncode == 0 and "1 record(s)" in res.stdout
+    assert f"note: {path}.torn holds the unsynced tail" in res.stdout

@@ -68,3 +68,21 @@ def test_rfc3339_round_trips_nanoseconds() -> None:
 def test_enums_are_their_wire_strings() -> None:
     assert msgpack.unpackb(msgpack.packb(ContainerState.RUNNING)) == "running"
     assert known(ErrorCode, "no_space") and not known(ErrorCode, "nope") and not known(ErrorCode, 3)
+
+
+def test_one_rendering_of_events_for_dump_and_supervisorctl() -> None:
+    """``python -m events dump`` and ``supervisorctl events`` render through events.render:
+    non-UTF-8 bytes are kept as base64 by both (they once disagreed)."""
+    from events import render
+    from events.__main__ import event_json as dump_json
+    from events.model import Event
+    from supervisor import ctl_render
+
+    ev = Event(7, 1_700_000_000_000_000_001, "task.exit", "web",
+               {"exited_at": 1_700_000_000_000_000_002, "blob": b"\xff\x00", "text": b"ok"})
+    line = dump_json(ev)
+    assert line == ctl_render.event_json(ev.to_record()) == render.event_json(ev.to_record())
+    assert '"blob": {"base64": "/wA="}' in line and '"text": "ok"' in line
+    human = ctl_render.event_line(ev.to_record())
+    assert human.startswith("7 2023-11-14T22:13:20.000000001Z task.exit web ")
+    assert "exited_at=2023-11-14T22:13:20.000000002Z" in human

@@ -1,4 +1,9 @@
-"""The event log on real files: round trips, torn tails, corruption, versions, compaction."""
+"""The event log on real files: round trips, torn tails, corruption, versions, compaction.
+
+Format 2 (what the log writes); ``test_log_v1.py`` covers reading format-1 segments. Past 500
+lines because each section (round trips, torn tails, zeros written ahead, corruption, versions,
+compaction) shares the same few helpers for building and damaging segments.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,18 @@ import os
 import struct
 import tempfile
 import threading
+import zlib
 from pathlib import Path
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from events import codec
 from events.log import (
     HEADER_SIZE,
     MAGIC,
-    REC_HEADER,
     CorruptLog,
     EventLog,
     LogBusy,
@@ -41,15 +48,20 @@ def seg_path(root: Path, first: int = 1) -> Path:
     return root / "events" / segment_name(first)
 
 
-def record_offsets(data: bytes) -> list[int]:
-    """Start offsets of every record of a clean segment's bytes."""
+def frame_offsets(data: bytes) -> list[int]:
+    """Start offsets of every batch of a clean segment's bytes."""
     offsets, pos = [], HEADER_SIZE
     while pos < len(data):
         offsets.append(pos)
-        (length,) = struct.unpack_from(">I", data, pos)
-        pos += REC_HEADER + length
+        assert data[pos : pos + 4] == codec.BATCH_MAGIC
+        (length,) = struct.unpack_from(">I", data, pos + 8)
+        pos += codec.BATCH_HEADER + length
     assert pos == len(data)
     return offsets
+
+
+def salt_of(data: bytes) -> int:
+    return struct.unpack_from(">I", data, 20)[0]
 
 
 def test_empty_log(root: Path) -> None:
@@ -164,8 +176,8 @@ def test_rolls_into_segments_named_by_first_seq(root: Path) -> None:
 
 @pytest.mark.parametrize("chunk", [1, 7, 64, 1000])
 def test_replay_across_chunk_boundaries(root: Path, monkeypatch, chunk: int) -> None:
-    import events.log
-    monkeypatch.setattr(events.log, "CHUNK", chunk)
+    import events.segment
+    monkeypatch.setattr(events.segment, "CHUNK", chunk)
     with EventLog.open(root, segment_size=2000) as log:
         evs = []
         for i in range(15):
@@ -226,14 +238,15 @@ def test_any_sequence_of_operations_keeps_exactly_what_was_appended(
 
 
 def _write_log(root: Path, n: int) -> tuple[bytes, list[Event]]:
+    """``n`` appends of one event each: one batch per event."""
     with EventLog.open(root) as log:
-        evs = log.append(items(n), time_ns=T0)
+        evs = [log.append(items(1, i), time_ns=T0)[0] for i in range(n)]
     return seg_path(root).read_bytes(), evs
 
 
 def test_torn_tail_at_every_offset_of_the_last_records(tmp_path: Path, caplog) -> None:
     data, evs = _write_log(tmp_path / "orig", 8)
-    offsets = record_offsets(data)
+    offsets = frame_offsets(data)
     for cut in range(offsets[-3], len(data)):
         root = tmp_path / f"cut{cut}"
         (root / "events").mkdir(parents=True)
@@ -289,7 +302,97 @@ def test_damaged_last_header_with_nothing_valid_after_is_moved_aside(root: Path)
     last.write_bytes(b"\x13" * (HEADER_SIZE + 40))
     with EventLog.open(root, segment_size=1) as log:
         assert list(log.read()) == evs[:2]
-    assert (root / "events" / (segment_name(3) + ".broken")).read_bytes() == b"\x13" * 64
+    assert (root / "events" / (segment_name(3) + ".broken")).read_bytes() == \
+        b"\x13" * (HEADER_SIZE + 40)
+
+
+def _big_batch(n: int) -> list[tuple[str, str, dict]]:
+    return [("container.create", f"c{i}", {"spec": {"pad": "p" * 900, "n": i}}) for i in range(n)]
+
+
+def test_power_loss_hole_in_the_last_batch_is_cut_not_corruption(root: Path, caplog) -> None:
+    # What a power cut leaves of the one batch whose fdatasync had not returned: its pages
+    # reached the disk in any order, so a page in the middle is still zeros (the space
+    # written ahead) while whole records with the following seqs sit after it.
+    with EventLog.open(root) as log:
+        acked = log.append(items(3), time_ns=T0)
+        log.append(_big_batch(20), time_ns=T0)  # ~19 KiB: several pages
+    data = seg_path(root).read_bytes()
+    offsets = frame_offsets(data)
+    hole = (offsets[1] // 4096 + 2) * 4096
+    assert hole + 4096 < len(data)
+    torn = data[:hole] + bytes(4096) + data[hole + 4096 :]
+    seg_path(root).write_bytes(torn)
+    report = verify(root)
+    assert report.ok and report.warnings and "torn tail" in report.warnings[0].what
+    with caplog.at_level(logging.WARNING, logger="tether.events.log"), \
+            EventLog.open(root) as log:
+        assert list(log.read()) == acked  # no --repair needed, nothing acknowledged lost
+        assert log.append(items(1))[0].seq == 4  # seq 4 was never acknowledged: reused
+    assert "torn tail" in caplog.text and "claims seqs 4..23" in caplog.text
+    kept = seg_path(root).with_name(seg_path(root).name + ".torn")
+    assert kept.read_bytes() == torn[offsets[1] :]  # the evidence
+
+
+def test_any_damage_in_the_last_batch_is_cut_and_kept(root: Path) -> None:
+    # The stated limit: a flipped bit in the last batch looks exactly like a torn write, so it
+    # is cut too; if that batch had been acknowledged, the .torn file is its only copy.
+    data, evs = _write_log(root, 3)
+    offsets = frame_offsets(data)
+    for pos in (offsets[2], offsets[2] + 6, len(data) - 1):
+        damaged = bytearray(data)
+        damaged[pos] ^= 0x01
+        seg_path(root).write_bytes(damaged)
+        for old in (root / "events").glob("*.torn*"):
+            old.unlink()
+        with EventLog.open(root) as log:
+            assert list(log.read()) == evs[:2]
+        assert seg_path(root).with_name(seg_path(root).name + ".torn").read_bytes() == \
+            bytes(damaged[offsets[2] :])
+
+
+def test_damage_before_a_valid_batch_is_refused_whatever_it_is(root: Path) -> None:
+    data, _ = _write_log(root, 3)
+    offsets = frame_offsets(data)
+    for start in (offsets[1], offsets[1] + 8, offsets[1] + 30):
+        damaged = bytearray(data)
+        damaged[start : offsets[2]] = bytes(offsets[2] - start)  # a hole, then a whole batch
+        seg_path(root).write_bytes(damaged)
+        with pytest.raises(CorruptLog) as info:
+            EventLog.open(root)
+        assert info.value.offset == offsets[1]
+        assert seg_path(root).read_bytes() == damaged  # nothing was cut
+
+
+def test_a_batch_inside_an_event_is_not_taken_for_a_later_batch(root: Path) -> None:
+    # A user can put any bytes in an event (a label, an env value): even a perfect copy of a
+    # batch frame with the next seq. Batch CRCs are seeded with the segment's random salt, so
+    # such a copy never validates in this segment, and a torn last batch that carries one is
+    # still cut, not refused.
+    other = root / "other"
+    with EventLog.open(other) as log:
+        log.append(items(2))
+        log.append(items(1))
+    forged = seg_path(other).read_bytes()
+    forged = forged[frame_offsets(forged)[1] :]  # a whole batch of seq 3
+    with EventLog.open(root) as log:
+        acked = log.append(items(2), time_ns=T0)
+        log.append([("container.update", "c", {"label": forged})], time_ns=T0)
+    data = seg_path(root).read_bytes()
+    offsets = frame_offsets(data)
+    torn = bytearray(data)
+    torn[offsets[1] : offsets[1] + 4] = bytes(4)  # the last batch's header never got there
+    seg_path(root).write_bytes(torn)
+    with EventLog.open(root) as log:
+        assert list(log.read()) == acked
+
+
+def test_every_segment_has_its_own_salt(root: Path) -> None:
+    with EventLog.open(root, segment_size=1) as log:
+        for i in range(4):
+            log.append(items(1, i))
+        salts = {salt_of(p.read_bytes()) for _, p in log.segments()}
+    assert len(salts) == 4
 
 
 # -- space written ahead -----------------------------------------------------------------------
@@ -303,7 +406,7 @@ def test_zeros_written_ahead_are_invisible(tmp_path: Path, caplog) -> None:
             evs = log.append(items(3), time_ns=T0)
             size = seg_path(root).stat().st_size
             data = seg_path(root).read_bytes()
-            end = HEADER_SIZE + sum(REC_HEADER + n for n in _lengths(data, 3))
+            end = HEADER_SIZE + sum(codec.BATCH_HEADER + n for n in _lengths(data, 1))
             assert size > end and not data[end:].strip(b"\0")  # written ahead, zeros
             assert list(read_events(root)) == evs  # offline reader, log open: no warning
             report = verify(root)
@@ -323,11 +426,12 @@ def test_zeros_written_ahead_are_invisible(tmp_path: Path, caplog) -> None:
 
 
 def _lengths(data: bytes, n: int) -> list[int]:
+    """Body lengths of the first ``n`` batches."""
     pos, out = HEADER_SIZE, []
     for _ in range(n):
-        (length,) = struct.unpack_from(">I", data, pos)
+        (length,) = struct.unpack_from(">I", data, pos + 8)
         out.append(length)
-        pos += REC_HEADER + length
+        pos += codec.BATCH_HEADER + length
     return out
 
 
@@ -336,13 +440,13 @@ def test_closed_segments_end_at_their_last_record(root: Path) -> None:
         for i in range(40):
             log.append(items(2, i))
         for _, path in log.segments()[:-1]:
-            record_offsets(path.read_bytes())  # parses to the exact end: no zeros after
+            frame_offsets(path.read_bytes())  # parses to the exact end: no zeros after
         assert [e.seq for e in log.read(5)] == list(range(6, 81))
 
 
 def test_torn_record_inside_the_zeros_is_a_torn_tail(root: Path, caplog) -> None:
     data, evs = _write_log(root, 4)
-    offsets = record_offsets(data)
+    offsets = frame_offsets(data)
     torn = data[: offsets[3] + 11] + bytes(5000)  # the last record half-written, then zeros
     seg_path(root).write_bytes(torn)
     with caplog.at_level(logging.WARNING, logger="tether.events.log"), \
@@ -363,7 +467,7 @@ def test_zeros_after_a_closed_segment_do_not_hide_a_gap(root: Path) -> None:
     first.write_bytes(data + bytes(300))  # zeros after a closed segment: still its end
     assert list(read_events(root)) == evs
     assert verify(root).ok
-    offsets = record_offsets(data)
+    offsets = frame_offsets(data)
     first.write_bytes(data[: offsets[-1]] + bytes(300))  # its last record zeroed: a gap
     with pytest.raises(CorruptLog, match="gap"):
         list(read_events(root))
@@ -375,7 +479,7 @@ def test_zeros_after_a_closed_segment_do_not_hide_a_gap(root: Path) -> None:
 
 def test_flipped_byte_in_any_earlier_record_is_corruption(tmp_path: Path) -> None:
     data, _ = _write_log(tmp_path / "orig", 5)
-    offsets = record_offsets(data)
+    offsets = frame_offsets(data)
     for pos in range(offsets[0], offsets[-1]):  # every byte of every record but the last
         rec = max(i for i, o in enumerate(offsets) if o <= pos)
         root = tmp_path / f"flip{pos}"
@@ -396,9 +500,9 @@ def test_flipped_byte_in_any_earlier_record_is_corruption(tmp_path: Path) -> Non
 
 def test_damaged_length_field_does_not_pass_for_a_torn_tail(root: Path) -> None:
     data, _ = _write_log(root, 6)
-    offsets = record_offsets(data)
+    offsets = frame_offsets(data)
     damaged = bytearray(data)
-    struct.pack_into(">I", damaged, offsets[2], len(data))  # "runs past the end of the file"
+    struct.pack_into(">I", damaged, offsets[2] + 8, len(data))  # "runs past the end of the file"
     seg_path(root).write_bytes(damaged)
     with pytest.raises(CorruptLog) as info:
         EventLog.open(root)
@@ -407,30 +511,35 @@ def test_damaged_length_field_does_not_pass_for_a_torn_tail(root: Path) -> None:
 
 def test_gap_in_seqs_is_corruption(root: Path) -> None:
     data, _ = _write_log(root, 5)
-    offsets = record_offsets(data)
+    offsets = frame_offsets(data)
     seg_path(root).write_bytes(data[: offsets[2]] + data[offsets[3]:])  # record 3 missing
-    with pytest.raises(CorruptLog, match="seq 4 where 3 was expected"):
+    with pytest.raises(CorruptLog, match="batch of seq 4 where 3 was expected") as info:
         EventLog.open(root)
+    assert info.value.offset == offsets[2]
 
 
-def test_duplicate_that_keeps_the_count_is_caught_by_read_and_verify(root: Path) -> None:
-    # seqs 1, 2, 2, 4: every CRC is valid and the last seq matches the count, so the quick
-    # scan on open passes; replay and verify check every seq and refuse it.
+def test_duplicate_inside_a_valid_batch_is_caught_by_read_and_verify(root: Path) -> None:
+    # seqs 1, 2, 2, 4 in one batch whose header and CRC are right: the quick scan on open
+    # checks frames, not records; replay and verify decode every record and refuse it.
     with EventLog.open(root) as log:
         evs = log.append([("task.start", "c", {"pid": i}) for i in range(4)], time_ns=T0)
     data = seg_path(root).read_bytes()
-    offsets = record_offsets(data)
-    assert offsets[2] - offsets[1] == offsets[3] - offsets[2]  # equal sizes: a clean swap
-    seg_path(root).write_bytes(data[: offsets[2]] + data[offsets[1] : offsets[2]]
-                               + data[offsets[3]:])
+    records = [ev.to_record() for ev in evs]
+    records[2]["seq"] = 2
+    body = b"".join(msgpack.packb(r, use_bin_type=True) for r in records)
+    tail = struct.pack(">IIQ", len(body), 4, 1)
+    crc = zlib.crc32(body, zlib.crc32(tail, salt_of(data)))
+    seg_path(root).write_bytes(data[:HEADER_SIZE] + codec.BATCH_MAGIC
+                               + struct.pack(">I", crc) + tail + body)
     with EventLog.open(root) as log:
         got = []
         with pytest.raises(CorruptLog, match="seq 2 where 3 was expected") as info:
             for ev in log.read():
                 got.append(ev)
-        assert got == evs[:2] and info.value.offset == offsets[2]
+        assert got == evs[:2] and info.value.offset == HEADER_SIZE
     report = verify(root)
-    assert not report.ok and report.problems[0].offset == offsets[2]
+    assert not report.ok and report.problems[0].offset == HEADER_SIZE
+    assert "seq 2 where 3" in report.problems[0].what
 
 
 def test_corruption_in_an_earlier_segment_is_found_by_read_and_verify(root: Path) -> None:
@@ -456,7 +565,7 @@ def test_corruption_in_an_earlier_segment_is_found_by_read_and_verify(root: Path
     assert (report.problems[0].path, report.problems[0].offset) == (path, HEADER_SIZE)
 
 
-@pytest.mark.parametrize("field", [0, 5, 12])  # length, crc, payload
+@pytest.mark.parametrize("field", [0, 5, 10, 14, 20, 30])  # magic, crc, length, count, seq, body
 def test_replay_yields_everything_before_damage_in_mid_segment(root: Path, field: int) -> None:
     with EventLog.open(root, segment_size=1200) as log:
         evs = []
@@ -465,7 +574,7 @@ def test_replay_yields_everything_before_damage_in_mid_segment(root: Path, field
         assert len(log.segments()) > 1
     path = seg_path(root)
     data = bytearray(path.read_bytes())
-    offsets = record_offsets(bytes(data))
+    offsets = frame_offsets(bytes(data))
     data[offsets[4] + field] ^= 0x08
     path.write_bytes(data)
     log = EventLog.open(root)  # only the last segment is checked on open
@@ -475,7 +584,7 @@ def test_replay_yields_everything_before_damage_in_mid_segment(root: Path, field
             with pytest.raises(CorruptLog) as info:
                 for ev in reader():
                     got.append(ev)
-            assert got == evs[:4]
+            assert got == evs[:8]  # four batches of two
             assert (info.value.path, info.value.offset) == (str(path), offsets[4])
     finally:
         log.close()
@@ -501,13 +610,13 @@ def test_repair_keeps_a_gap_free_prefix_and_the_cut_bytes(root: Path) -> None:
         segs = log.segments()
     first, path = segs[1]
     data = path.read_bytes()
-    offsets = record_offsets(data)
+    offsets = frame_offsets(data)
     damaged = bytearray(data)
     damaged[offsets[1] + 10] ^= 0xFF
     path.write_bytes(damaged)
     report = repair(root)
     assert report.cut is not None and report.cut.offset == offsets[1]
-    assert report.last_seq == first
+    assert report.last_seq == first + 1  # the segment's first batch (two events) is kept
     assert path.read_bytes() == data[: offsets[1]]
     broken = path.with_name(path.name + ".broken")
     assert broken.read_bytes() == bytes(damaged[offsets[1]:])
@@ -515,14 +624,14 @@ def test_repair_keeps_a_gap_free_prefix_and_the_cut_bytes(root: Path) -> None:
         assert not later.exists() and later.with_name(later.name + ".broken").exists()
     assert verify(root).ok
     with EventLog.open(root) as log:
-        assert list(log.read()) == evs[:first]
-        assert log.append(items(1))[0].seq == first + 1
+        assert list(log.read()) == evs[: first + 1]
+        assert log.append(items(1))[0].seq == first + 2
     assert not repair(root).changed
 
 
 def test_open_with_repair(root: Path) -> None:
     data, evs = _write_log(root, 4)
-    offsets = record_offsets(data)
+    offsets = frame_offsets(data)
     damaged = bytearray(data)
     damaged[offsets[1] + 9] ^= 1
     seg_path(root).write_bytes(damaged)
@@ -563,9 +672,9 @@ def test_newer_version_in_an_older_segment_is_refused_on_open(root: Path) -> Non
         log.append(items(1))
         log.append(items(1))
     data = bytearray(seg_path(root).read_bytes())
-    struct.pack_into(">I", data, 8, 2)
+    struct.pack_into(">I", data, 8, 3)
     seg_path(root).write_bytes(data)
-    with pytest.raises(LogVersionError, match="version 2"):
+    with pytest.raises(LogVersionError, match="version 3"):
         EventLog.open(root)
 
 

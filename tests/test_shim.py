@@ -268,10 +268,20 @@ def test_delete_refuses_a_running_task_unless_forced_then_exits(shims: Shims) ->
 def test_kill_all_reaches_processes_that_left_the_group(shims: Shims) -> None:
     shim = shims.start("setsid sleep 30 & sleep 30")
     shim.call("start")
-    poll(lambda: len(_descendants(shim.pid)) >= 3, what="setsid sleep")
+    # both sleeps exec'd (setsid may fork once more before its exec)
+    poll(lambda: sum(_cmdline(p).startswith(b"sleep") for p in _descendants(shim.pid)) >= 2,
+         what="setsid sleep")
     shim.call("kill", signal=signal.SIGKILL, all=True)
     assert shim.exit_record()["exit_status"] == 137
     poll(lambda: _descendants(shim.pid) == [], what="every process gone")
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def _descendants(pid: int) -> list[int]:

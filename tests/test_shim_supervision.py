@@ -74,7 +74,17 @@ def test_always_restarts_a_sigkilled_task_while_no_daemon_is_connected(shims: Sh
     assert items[4]["data"]["pid"] == items[5]["data"]["pid"] == new
     record = shim.exit_record()
     assert record["shim_seq"] == 3 and record["exit_status"] == 137
+    # the restarted task's trace, for a daemon that finds this shim lost before delivery
+    task = shim_api.read_task_file(shim.dir)
+    assert task == {"instance": state["instance"], "shim_seq": 5, "pid": new,
+                    "starttime": int(proc_stat(new)[19]), "attempt": 1}
     reader.close()
+
+
+def test_the_first_task_started_by_request_leaves_no_task_file(shims: Shims) -> None:
+    shim = shims.start(["sleep", "30"], restart=always())
+    shim.call("start")  # the daemon asked and records it: no trace needed
+    assert shim_api.read_task_file(shim.dir) is None
 
 
 def test_on_failure_3_starts_four_times_then_gives_up_and_the_shim_ends(shims: Shims) -> None:

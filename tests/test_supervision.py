@@ -21,7 +21,7 @@ from daemon_helpers import Daemon, ctl, ok
 from events import shim_api, wire
 from events.log import EventLog
 from events.procfs import is_running
-from supervisor import protocol
+from supervisor import ctl_render, protocol
 
 NS = 1_000_000_000
 
@@ -84,7 +84,10 @@ def test_restart_and_health_are_stored_normalised(daemon):
     assert spec["health"] == {"cmd": "true", "interval": 2.0, "timeout": 30.0, "retries": 3,
                               "start_period": 0.0, "restart": False}
     daemon.call("create", spec={"command": ["true"], "name": "b"})
-    assert daemon.call("inspect", id="b")["spec"]["restart"]["policy"] == "no"
+    info = daemon.call("inspect", id="b")
+    assert info["spec"]["restart"] is None  # the default, policy no, is stored as null
+    assert info["restart"]["policy"] == "no"
+    assert shim_api.read_spec(daemon.root / "shims" / "b")["restart"]["policy"] == "no"
     # and so the shim gets them, in its spec.json
     shim = shim_api.read_spec(daemon.root / "shims" / "a")
     assert (shim["restart"], shim["health"], shim["restart_attempt"]) == (
@@ -173,7 +176,8 @@ def test_ps_keeps_its_json_fields_and_the_table_shows_health(daemon):
     import json
 
     line = json.loads(ok(daemon, "ps", "--json"))
-    assert list(line) == list(protocol.PS_FIELDS)
+    assert list(line) == list(ctl_render.PS_JSON_FIELDS)  # health adds nothing to --json
+    assert list(line)[: len(protocol.PS_FIELDS)] == list(protocol.PS_FIELDS)
     assert "running (starting)" in ok(daemon, "ps")
 
 
@@ -273,11 +277,11 @@ def test_a_shim_gone_after_its_container_stopped_is_not_lost(daemon):
     daemon.wait_for(lambda: not is_running(first))
     daemon.wait_for(lambda: daemon.call("info")["shims"] == 0)
     assert "shim.lost" not in types_of(daemon, "done")
-    assert [i["line"] for i in daemon.stream("logs", id="done")] == ["hello"]
+    assert [i["line"] for i in daemon.stream("logs", id="done")] == [b"hello"]
     daemon.call("start", id="done")
     assert daemon.call("wait", id="done")["exit_status"] == 0
     assert daemon.call("inspect", id="done")["shim_pid"] != first
-    assert [i["line"] for i in daemon.stream("logs", id="done")] == ["hello", "hello"]
+    assert [i["line"] for i in daemon.stream("logs", id="done")] == [b"hello", b"hello"]
     assert types_of(daemon, "done")[-4:] == ["task.delete", "task.create", "task.start",
                                               "task.exit"]
 

@@ -195,10 +195,10 @@ def test_a_shim_exits_once_its_container_is_stopped_for_good(daemon):
     daemon.call("wait", id="q")
     daemon.wait_for(lambda: not is_running(pid))
     assert not events_of(daemon, "q", "shim.lost")
-    assert [i["line"] for i in daemon.stream("logs", id="q")] == ["bye"]
+    assert [i["line"] for i in daemon.stream("logs", id="q")] == [b"bye"]
     daemon.call("start", id="q")
     assert daemon.call("wait", id="q")["exit_status"] == 0
-    assert [i["line"] for i in daemon.stream("logs", id="q")] == ["bye", "bye"]
+    assert [i["line"] for i in daemon.stream("logs", id="q")] == [b"bye", b"bye"]
 
 
 def _processes_with(marker: str) -> list[int]:

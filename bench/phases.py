@@ -1,0 +1,221 @@
+"""Where the time of a run, an exit and a restart goes, phase by phase (a printed table).
+
+    sudo .venv/bin/python bench/phases.py [--runs 20] [--restart-at 20,1000]
+
+On a private supervisord (``bench/compare_systems.Tether``), from the event log's own clocks:
+
+* run -> running (in-process client; runc busybox and the process runtime): request ->
+  ``container.create`` + ``task.create`` durable (shim launched, runtime's create), ->
+  ``task.start`` durable (the shim's start call), -> reply; beside bare ``runc run -d`` and
+  ``runc create`` + ``runc start`` (what the shim runs today);
+* exit -> live subscriber (SIGKILL of the init from here): -> reaped by the shim (``exited_at``),
+  -> appended (the event's ``time``, stamped by the log writer: the shim's exit file and the link
+  are in between), -> received by an in-process ``events`` stream (the fdatasync, the hub);
+* daemon kill -9 -> restart with N containers: exec -> socket listening -> first ``ps``
+  answered -> all N ``running`` (in-process polls, so no CLI start-up is counted), and the
+  daemon's own log lines (state rebuilt, reconciled, launcher ready).
+
+Every process it starts is ended by pid at the end (they all name its temp directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import compare_systems as cs
+from oci_helpers import build_busybox_rootfs, remove_cgroup_tree
+
+SLEEP = ["/bin/sleep", "100000"]
+
+
+def show(title: str, rows: dict[str, list[float]]) -> None:
+    print(f"\n{title}")
+    width = max(len(k) for k in rows)
+    for name, values in rows.items():
+        print(f"  {name:<{width}}  median {statistics.median(values):7.2f} ms   "
+              f"min {min(values):7.2f}   max {max(values):7.2f}")
+
+
+class Phases:
+    def __init__(self, base: Path, runs: int) -> None:
+        self.base = base
+        self.runs = runs
+        self.rootfs = build_busybox_rootfs(base / "rootfs")
+        self.tether = cs.Tether(base)
+        self.bare = cs.BareRunc(base, self.rootfs)
+        self.token = base.name.split("-", 1)[1].lower().replace("_", "0")
+        self.n = 0
+
+    def spec(self, runtime: str) -> dict[str, object]:
+        self.n += 1
+        spec: dict[str, object] = {"command": SLEEP, "runtime": runtime,
+                                   "name": f"ph{self.n}-{self.token}"}
+        if runtime != "process":
+            spec["rootfs"] = str(self.rootfs)
+        return spec
+
+    def run_phases(self, runtime: str) -> None:
+        rows: dict[str, list[float]] = {
+            "request -> create + task.create durable": [],
+            "  -> task.start durable (the start call)": [],
+            "  -> reply received": [],
+            "total": []}
+        with self.tether.conn() as c:
+            for _ in range(self.runs):
+                since = c.call("status")["last_seq"]
+                t0 = time.time_ns()
+                r = c.call("run", spec=self.spec(runtime))
+                t1 = time.time_ns()
+                times = {e["type"]: e["time"] for e in
+                         c.stream("events", since=since, follow=False, ids=[r["id"]])}
+                rows["request -> create + task.create durable"].append(
+                    (times["task.create"] - t0) / 1e6)
+                rows["  -> task.start durable (the start call)"].append(
+                    (times["task.start"] - times["task.create"]) / 1e6)
+                rows["  -> reply received"].append((t1 - times["task.start"]) / 1e6)
+                rows["total"].append((t1 - t0) / 1e6)
+                c.call("rm", id=r["id"], force=True)
+        if runtime != "process":
+            run, create, start = [], [], []
+            for _ in range(self.runs):
+                cid, bundle = self.bare.bundle(SLEEP)
+                run.append(cs.timed(self.bare.run_argv(cid, bundle), detaches=True)[0] * 1e3)
+                self.bare.delete(cid)
+                cid, bundle = self.bare.bundle(SLEEP)
+                create.append(cs.timed(self.bare.argv("create", "--bundle", bundle, cid),
+                                       detaches=True)[0] * 1e3)
+                start.append(cs.timed(self.bare.argv("start", cid))[0] * 1e3)
+                self.bare.delete(cid)
+            rows["bare runc run -d"] = run
+            rows["bare runc create"] = create
+            rows["bare runc start"] = start
+        show(f"run -> running, {runtime} (in-process client)", rows)
+
+    def exit_phases(self, runtime: str) -> None:
+        seen: queue.Queue[tuple[dict[str, object], int]] = queue.Queue()
+        with self.tether.conn() as c:
+            since = c.call("status")["last_seq"]
+
+        def follow() -> None:
+            try:
+                with self.tether.conn(timeout=None) as c:
+                    for item in c.stream("events", since=since, follow=True,
+                                         types=["task.exit"]):
+                        seen.put((item, time.time_ns()))
+            except (OSError, ValueError):
+                pass
+
+        threading.Thread(target=follow, daemon=True).start()
+        time.sleep(0.2)
+        rows: dict[str, list[float]] = {
+            "kill -> reaped by the shim (exited_at)": [],
+            "  -> appended (exit file, link, writer queue)": [],
+            "  -> subscriber (fdatasync, hub, stream)": [],
+            "total": []}
+        with self.tether.conn() as c:
+            for _ in range(self.runs):
+                r = c.call("run", spec=self.spec(runtime))
+                time.sleep(0.05)
+                t0 = time.time_ns()
+                os.kill(r["pid"], signal.SIGKILL)
+                while True:
+                    item, at = seen.get(timeout=30)
+                    if item["id"] == r["id"]:
+                        break
+                data = item["data"]
+                assert isinstance(data, dict) and isinstance(item["time"], int)
+                rows["kill -> reaped by the shim (exited_at)"].append(
+                    (data["exited_at"] - t0) / 1e6)
+                rows["  -> appended (exit file, link, writer queue)"].append(
+                    (item["time"] - data["exited_at"]) / 1e6)
+                rows["  -> subscriber (fdatasync, hub, stream)"].append((at - item["time"]) / 1e6)
+                rows["total"].append((at - t0) / 1e6)
+                c.call("rm", id=r["id"], force=True)
+        show(f"exit -> live subscriber, {runtime}", rows)
+
+    def restart_phases(self, count: int, rounds: int) -> None:
+        have = len(self.tether.ps())
+
+        def one(_: int) -> None:
+            with self.tether.conn() as c:
+                c.call("run", spec=self.spec("process"))
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(one, range(max(0, count - have))))
+        rows: dict[str, list[float]] = {"exec -> socket listening": [],
+                                        "exec -> first ps answered": [],
+                                        "exec -> all listed running": []}
+        for _ in range(rounds):
+            self.tether.kill9()
+            t0 = time.perf_counter()
+            self.tether.start()
+            rows["exec -> socket listening"].append((time.perf_counter() - t0) * 1e3)
+            first = None
+            while True:
+                rows_now = self.tether.ps()
+                if first is None:
+                    first = time.perf_counter()
+                    rows["exec -> first ps answered"].append((first - t0) * 1e3)
+                if sum(1 for r in rows_now if r["state"] == "running") >= count:
+                    break
+                time.sleep(0.002)
+            rows["exec -> all listed running"].append((time.perf_counter() - t0) * 1e3)
+            self.tether.wait_launcher()
+        show(f"daemon kill -9 -> restart, {count} containers (in-process polls)", rows)
+        lines = (self.tether.dir / "daemon.log").read_text().splitlines()
+        wanted = ("state rebuilt", "reconciled", "shim launcher ready")
+        print("  last start, the daemon's own words:")
+        for line in [x for x in lines if any(w in x for w in wanted)][-3:]:
+            print(f"    {line[:160]}")
+
+    def cleanup(self) -> None:
+        self.tether.stop()
+        self.bare.remove_all()
+        cs.kill_everything_under(str(self.base))
+        remove_cgroup_tree(cs.BareRunc.CGROUP_PARENT)
+        for name in cs.cgroups_under("tether", self.token):
+            remove_cgroup_tree(name)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--restart-at", default="20,1000",
+                    help="container counts for the restart phases (comma-separated)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench/phases.py needs root (runc, cgroups)")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    base = Path(tempfile.mkdtemp(prefix="tph-", dir="/tmp"))
+    p = Phases(base, max(1, args.runs))
+    try:
+        p.tether.start()
+        p.tether.wait_launcher()
+        for runtime in ("runc", "process"):
+            p.run_phases(runtime)
+        for runtime in ("runc", "process"):
+            p.exit_phases(runtime)
+        for count in sorted(int(x) for x in args.restart_at.split(",") if x):
+            p.restart_phases(count, 3)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        p.cleanup()
+        cs.remove_tree(base)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Where a launcher-forked shim's private memory goes: its unshared pages, by module.
+
+    sudo .venv/bin/python bench/shim_pages.py [--shims 20] [--top 25]
+
+A shim forked from the launcher starts with every page shared with it (copy-on-write); what it
+costs on its own (most of its PSS) is the pages it has written since: new allocations, and
+objects of the launcher's heap whose reference counts it changed (CPython 3.11 writes to every
+object it touches, ``gc.freeze()`` or not). This tool shows which:
+
+1. it starts an instrumented launcher (the real ``shim.launcher``, on a socketpair it serves as
+   supervisord would) which, after its preload, records the address and size of every object
+   reachable from each module (each object counted once, for the first module that reaches it:
+   ``shim.*`` and ``events.*`` first);
+2. it starts N real shims (process runtime, ``sleep``) through it, and lets them settle;
+3. it reads ``/proc/PID/pagemap`` of the launcher and of each shim (root: the page frame numbers)
+   and counts, in the heap and anonymous mappings, the pages present in the shim whose frame
+   differs from the launcher's (private: written by the shim), then charges each such page to
+   the module owning most of the recorded bytes in it; ``(no recorded object)`` is new
+   allocations and allocator bookkeeping. libpython's own writable data (static types, small
+   ints, singletons) is counted apart.
+
+Everything it starts ends at exit (the launcher leaves when its channel closes; the shims are
+deleted through their sockets and their processes killed by pid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import collections
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from events import shim_api, wire  # noqa: E402
+from events.rpc import BlockingConnection  # noqa: E402
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+#: Run inside the launcher's interpreter: preload, record who owns what, then serve.
+LAUNCHER_CODE = r"""
+import builtins, gc, sys
+from shim import launcher
+launcher.preload()
+out, root, fd = sys.argv[1], sys.argv[2], int(sys.argv[3])
+mods = sorted(((n, m) for n, m in sys.modules.items() if n != "__main__"), key=lambda kv: (
+    not kv[0].startswith(("shim.", "events.")), kv[0]))
+mods.append(("builtins", builtins))  # last: every module's __builtins__ leads there
+seen = {id(builtins.__dict__), id(sys.modules)}
+rows = []
+for name, mod in mods:
+    if mod is None:
+        continue
+    stack = [mod]
+    while stack:
+        obj = stack.pop()
+        i = id(obj)
+        if i in seen:
+            continue
+        seen.add(i)
+        rows.append((i, sys.getsizeof(obj), name, type(obj).__name__))
+        if isinstance(obj, type(sys)) and obj is not mod:
+            continue  # another module: it is walked from its own root
+        if obj is mod and name == "builtins":
+            stack.extend(gc.get_referents(builtins.__dict__))
+        stack.extend(gc.get_referents(obj))
+with open(out, "w") as f:
+    for r in rows:
+        f.write("%d %d %s %s\n" % r)
+del rows, seen, mods, stack
+sys.exit(launcher.main(root, fd))
+"""
+
+
+def vmas(pid: int) -> list[tuple[int, int, str, str]]:
+    """(start, end, perms, name) of each mapping."""
+    out = []
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            parts = line.split()
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            out.append((lo, hi, parts[1], parts[5] if len(parts) > 5 else ""))
+    return out
+
+
+def frames(pid: int, lo: int, hi: int) -> list[int]:
+    """PFN of each page in [lo, hi) (0: not present)."""
+    n = (hi - lo) // PAGE
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        f.seek(lo // PAGE * 8)
+        data = f.read(n * 8)
+    result = []
+    for (entry,) in struct.iter_unpack("<Q", data):
+        result.append(entry & ((1 << 55) - 1) if entry >> 63 else 0)
+    return result
+
+
+def private_pages(shim: int, launcher: int) -> tuple[list[int], int, int]:
+    """Addresses of the shim's anon/heap pages not shared with the launcher, and the count of
+    its private pages in libpython's writable data; also its shared anon page count."""
+    lvmas = {(lo, hi): name for lo, hi, _, name in vmas(launcher)}
+    private, libpython, shared = [], 0, 0
+    for lo, hi, perms, name in vmas(shim):
+        if "w" not in perms:
+            continue
+        anon = name in ("", "[heap]")
+        if not anon and "libpython" not in name:
+            continue
+        mine = frames(shim, lo, hi)
+        theirs = frames(launcher, lo, hi) if (lo, hi) in lvmas or anon else [0] * len(mine)
+        if len(theirs) != len(mine):
+            theirs = [0] * len(mine)
+        for k, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+            if not a:
+                continue
+            if a == b:
+                shared += anon
+            elif anon:
+                private.append(lo + k * PAGE)
+            else:
+                libpython += 1
+    return private, libpython, shared
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shims", type=int, default=20)
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("needs root: /proc/PID/pagemap shows page frames only to root")
+    base = Path(tempfile.mkdtemp(prefix="tpg-", dir="/tmp"))
+    root = base / "r"
+    (root / "shims").mkdir(parents=True)
+    ours, theirs = socket.socketpair()
+    dump = base / "objects.txt"
+    launcher = subprocess.Popen([sys.executable, "-I", "-c", LAUNCHER_CODE, str(dump), str(root),
+                                 str(theirs.fileno())], pass_fds=[theirs.fileno()], cwd=REPO)
+    theirs.close()
+    shims: list[dict[str, object]] = []
+    try:
+        decoder = wire.FrameDecoder()
+        pending: list[dict[str, object]] = []
+
+        def receive() -> dict[str, object]:
+            while not pending:
+                data = ours.recv(65536)
+                if not data:
+                    raise SystemExit("the launcher exited; see its stderr")
+                pending.extend(decoder.feed(data))
+            return pending.pop(0)
+
+        receive()  # its hello: preloaded and recorded
+        for i in range(args.shims):
+            cid = f"pg{i}"
+            directory = shim_api.shim_dir(root, cid)
+            directory.mkdir()
+            shim_api.write_spec(directory, {"id": cid, "instance": f"{cid}-1",
+                                            "command": ["sleep", "100000"],
+                                            "env": {"PATH": "/usr/bin:/bin"}})
+            ours.sendall(wire.encode({"id": i + 1, "method": "start", "params": {"id": cid}}))
+            reply = receive()
+            if "result" not in reply:
+                raise SystemExit(f"start failed: {reply}")
+            shims.append(reply["result"])  # type: ignore[arg-type]
+        time.sleep(1.0)  # let them settle (events sent, first log flush)
+        report(dump, launcher.pid, [int(s["pid"]) for s in shims], args.top)  # type: ignore[call-overload]
+    finally:
+        for s in shims:
+            with contextlib.suppress(OSError), BlockingConnection(
+                    str(s["address"]), role="supervisor", timeout=5) as c:
+                c.call("kill", signal=9)
+                c.call("wait")
+                c.call("delete")
+        for s in shims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(s["pid"]), signal.SIGKILL)  # type: ignore[call-overload]
+        ours.close()
+        launcher.wait(10)
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+def report(dump: Path, launcher: int, shims: list[int], top: int) -> None:
+    starts, ends, owners, kinds = [], [], [], []
+    for line in dump.read_text().splitlines():
+        address, size, module, kind = line.split(" ", 3)
+        starts.append(int(address))
+        ends.append(int(address) + int(size))
+        owners.append(module)
+        kinds.append(kind)
+    order = sorted(range(len(starts)), key=starts.__getitem__)
+    starts = [starts[i] for i in order]
+    ends = [ends[i] for i in order]
+    owners = [owners[i] for i in order]
+    kinds = [kinds[i] for i in order]
+    by_module: collections.Counter[str] = collections.Counter()
+    by_kind: collections.Counter[str] = collections.Counter()
+    libpython_pages = shared_pages = 0
+    total_private = 0
+    for pid in shims:
+        pages, libpython, shared = private_pages(pid, launcher)
+        libpython_pages += libpython
+        shared_pages += shared
+        total_private += len(pages)
+        for page in pages:
+            k = bisect.bisect_left(starts, page) - 1
+            k = max(k, 0)
+            weight: collections.Counter[str] = collections.Counter()
+            kind: collections.Counter[str] = collections.Counter()
+            while k < len(starts) and starts[k] < page + PAGE:
+                overlap = min(ends[k], page + PAGE) - max(starts[k], page)
+                if overlap > 0:
+                    weight[owners[k]] += overlap
+                    kind[kinds[k]] += overlap
+                k += 1
+            by_module[weight.most_common(1)[0][0] if weight else "(no recorded object)"] += 1
+            by_kind[kind.most_common(1)[0][0] if kind else "(none)"] += 1
+    n = len(shims)
+    kb = PAGE / 1024
+    print(f"\nprivate pages of a launcher-forked shim (mean of {n}; 1 page = {kb:.0f} kB)\n")
+    print(f"heap + anonymous, private: {total_private / n * kb:8.0f} kB   "
+          f"(still shared with the launcher: {shared_pages / n * kb:.0f} kB)")
+    print(f"libpython writable data, private: {libpython_pages / n * kb:5.0f} kB\n")
+    print(f"{'module owning most of the page':44s} {'kB':>7}")
+    for module, count in by_module.most_common(top):
+        print(f"{module:44s} {count / n * kb:7.0f}")
+    print(f"\n{'object type owning most of the page':44s} {'kB':>7}")
+    for kind, count in by_kind.most_common(12):
+        print(f"{kind:44s} {count / n * kb:7.0f}")
+    print(json.dumps({"private_kb": total_private / n * kb,
+                      "libpython_private_kb": libpython_pages / n * kb}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

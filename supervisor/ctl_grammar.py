@@ -1,0 +1,599 @@
+"""The grammar of supervisorctl: every command, its flags and their values, and :func:`parse`.
+
+One table (:data:`GRAMMAR`) names the commands with their help and their arguments; only the
+named command's parser is built (argparse checks every argument as it is added, and building
+all of them costs more than a whole ``ps`` round trip). The grammar is docker's: global
+options, the command, its options, then (``run``, ``create``, ``exec``) the command line to
+run, which starts at the first word that is not an option or an option's value (``--`` is
+accepted too), so ``supervisorctl run python3 --help`` runs ``python3 --help``. A usage error
+names the command (``supervisorctl run: ...``) and exits 2.
+
+(Longer than our usual module: it is the one table of the CLI, and splitting it would put a
+command's flags in one place and their value types in another.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from supervisor import ctl_supervisor as _supervisor
+from supervisor.ctl import EXIT_USAGE, CtlError
+from supervisor.defaults import default_root
+
+TYPE_CHECKING = False  # not typing's: every one-shot command would pay ~3 ms to import typing
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+__all__ = ["EPILOG", "GRAMMAR", "SHELL_ONLY", "TAKES_COMMAND", "ParserExit", "build_parser",
+           "command_parser", "parse", "split_command", "usage_error"]
+
+EPILOG = """\
+Exit codes: 0 ok; 1 failed; 2 usage; wait and exec exit with the container's or the process's
+status (128+N if killed by signal N), 125 when supervisorctl has no status to give (the reason
+on stderr; also wait, logs -f and events -f when supervisord went away and did not come back
+within --reconnect seconds); exec 126/127 when the command cannot run / is not found;
+130 interrupted; 141 the reader of our output left (| head).
+With no command: an interactive shell."""
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``64m``, ``1g``, ``512k``, ``1048576`` (bytes) -> bytes; binary units like docker's."""
+    bad = f"invalid size {text!r}: use bytes or a number with k, m, g or t (e.g. 64m, 1g)"
+    s = text.strip().lower()
+    if s.endswith("ib"):
+        s = s[:-2]
+    elif s.endswith("b") and len(s) > 1 and not s[-2].isdigit():
+        s = s[:-1]
+    unit = s[-1:] if s[-1:].isalpha() else ""
+    number = s[: len(s) - len(unit)]
+    if unit not in _SIZE_UNITS or not number:
+        raise argparse.ArgumentTypeError(bad)
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(bad) from None
+    result = int(value * _SIZE_UNITS[unit])
+    if result <= 0:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: must be more than 0 bytes")
+    return result
+
+
+def parse_signal(text: str) -> int:
+    """``TERM``, ``SIGTERM``, ``term``, ``15`` -> 15. Checked here so a typo is a usage error."""
+    from events.signals import InvalidSignal, parse_signal  # only `kill` pays for it
+
+    try:
+        return parse_signal(text)
+    except InvalidSignal as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_env(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not key:
+        raise argparse.ArgumentTypeError(f"invalid environment variable {text!r}: use KEY=VALUE")
+    if not sep:  # docker's `-e KEY`: take it from our environment
+        if key not in os.environ:
+            raise argparse.ArgumentTypeError(
+                f"-e {key}: not set in this environment; use KEY=VALUE")
+        value = os.environ[key]
+    return key, value
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    key, _, value = text.partition("=")
+    if not key:
+        raise argparse.ArgumentTypeError(f"invalid label {text!r}: use KEY=VALUE or KEY")
+    return key, value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected 1 or more, got 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value < float("inf"):  # also nan; inf would overflow a socket timeout
+        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {text!r}")
+    return value
+
+
+def parse_restart_policy(text: str) -> tuple[str, int | None]:
+    """``--restart``: docker's ``no|on-failure[:MAX]|always|unless-stopped``."""
+    from events.policy import parse_restart  # only run/create pay for it
+
+    try:
+        return parse_restart(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_seconds(text: str) -> float:
+    """A supervision duration: seconds, finite, from 0 to a week (events.policy.seconds)."""
+    from events.policy import seconds
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    try:
+        return seconds(value, "the value")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def tail_lines(text: str) -> int | None:
+    """``--tail N``; docker's ``all`` is every line."""
+    return None if text == "all" else non_negative_int(text)
+
+
+def since_time(text: str) -> int:
+    from supervisor.ctl_values import parse_since  # only `logs --since` pays for it
+
+    return parse_since(text)
+
+
+def parse_runtime(value: str) -> str:
+    """``process``, ``runc``, ``crun``, or a path to a runc-compatible binary (made absolute:
+    the shim resolves it, from another working directory)."""
+    if value in ("process", "runc", "crun"):
+        return value
+    if "/" in value:
+        return os.path.abspath(value)
+    raise argparse.ArgumentTypeError(
+        f"unknown runtime {value!r}: use process, runc, crun or the path of a runc-compatible "
+        "binary (e.g. ./my-runc)")
+
+
+# -- the parser --------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so the interactive shell survives a typo."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CtlError(f"{self.prog}: {message}\nTry '{self.prog} --help'.", EXIT_USAGE)
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        if message:
+            sys.stderr.write(message)
+        raise ParserExit(status)
+
+
+class _ShellParser(_Parser):
+    """The parser of one shell line: its hints point at the shell's `help`."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        name = self.prog.strip()
+        if name:
+            raise CtlError(f"{name}: {message}\nTry 'help {name}'.", EXIT_USAGE)
+        raise CtlError(f"{message}\nTry 'help'.", EXIT_USAGE)
+
+
+class ParserExit(Exception):
+    """``--help`` or ``--version`` was printed: stop here with ``status`` (0)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class _Unsupported(argparse.Action):
+    """A docker flag that cannot mean anything here: refused with the reason, not "unknown"."""
+
+    def __init__(self, *args: Any, why: str = "", **kwargs: Any) -> None:
+        self.why = why
+        kwargs["nargs"] = 0
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        parser.error(f"{'/'.join(self.option_strings)}: {self.why}")
+
+
+_RECONNECT_HELP = ("if supervisord goes away, wait this long for it to come back, then exit "
+                   "125 (default 60; 0: at once)")
+
+
+def _spec_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", help="the container's id (generated when absent)")
+    p.add_argument("--runtime", default="process", type=parse_runtime,
+                   metavar="process|runc|crun|PATH",
+                   help="how to run it: a plain process on the host (default), an OCI runtime, "
+                        "or the path of any runc-compatible binary")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--rootfs", metavar="DIR", help="root filesystem (needs an OCI runtime)")
+    where.add_argument("--bundle", metavar="DIR", help="an OCI bundle (needs an OCI runtime)")
+    p.add_argument("-e", "--env", metavar="K=V", action="append", type=parse_env, default=[],
+                   help="set an environment variable; -e K takes ours (repeatable)")
+    p.add_argument("--env-file", metavar="FILE", action="append", default=[],
+                   help="read K=V lines from FILE (# comments; -e wins) (repeatable)")
+    p.add_argument("-w", "--cwd", "--workdir", dest="cwd", metavar="DIR",
+                   help="working directory of the command")
+    p.add_argument("-u", "--user", metavar="USER[:GROUP]",
+                   help="run as this user: a name or uid, and a group name or gid")
+    p.add_argument("-l", "--label", metavar="K=V", action="append", type=parse_label,
+                   default=[], help="a label, for ps --filter label=K[=V] (repeatable)")
+    p.add_argument("--init", action="store_true",
+                   help="run an init (tini) as pid 1 that reaps zombies and forwards signals")
+    p.add_argument("-m", "--memory", metavar="SIZE", type=parse_size,
+                   help="memory limit: bytes, or with a unit (64m, 1g)")
+    p.add_argument("--cpus", metavar="N", type=positive_float,
+                   help="CPU limit in CPUs, e.g. 0.5 (CFS quota)")
+    p.add_argument("--pids-limit", metavar="N", type=positive_int,
+                   help="most processes the container may have at once")
+    p.add_argument("--stop-signal", metavar="SIGNAL", type=parse_signal,
+                   help="what stop sends first (default TERM)")
+    p.add_argument("--stop-timeout", metavar="SECONDS", type=non_negative_float,
+                   help="grace time before stop sends SIGKILL (default 10)")
+    p.add_argument("--rm", action="store_true",
+                   help="remove the container once it has exited (the daemon does it)")
+    _supervision_arguments(p)
+    p.add_argument("-d", "--detach", action="store_true",
+                   help="accepted for docker's habit: containers always run detached")
+    p.add_argument("-i", "--interactive", action=_Unsupported, help=argparse.SUPPRESS,
+                   why="containers run detached, without a terminal or stdin; follow the "
+                       "output with `supervisorctl logs -f ID`, run more with `exec`")
+    p.add_argument("-t", "--tty", action=_Unsupported, help=argparse.SUPPRESS,
+                   why="containers run detached, without a terminal; follow the output with "
+                       "`supervisorctl logs -f ID`")
+
+
+def _supervision_arguments(p: argparse.ArgumentParser) -> None:
+    """docker's restart policies and HEALTHCHECK (docs/design.md, section 8)."""
+    g = p.add_argument_group("restart policy and health check (docker's meanings)")
+    g.add_argument("--restart", type=parse_restart_policy, metavar="POLICY",
+                   help="no (default), on-failure[:MAX] (a non-zero status or a signal; give "
+                        "up after MAX in a row), always, unless-stopped")
+    g.add_argument("--restart-delay", type=parse_seconds, metavar="S",
+                   help="first back-off (default 0.1 s); doubles after each restart in a row")
+    g.add_argument("--restart-max-delay", type=parse_seconds, metavar="S",
+                   help="the back-off's cap (default 60 s)")
+    g.add_argument("--restart-reset", type=parse_seconds, metavar="S",
+                   help="a task that ran this long resets the back-off (default 10 s)")
+    g.add_argument("--health-cmd", metavar="CMD",
+                   help="health check: `sh -c CMD` inside the container, 0 = healthy")
+    g.add_argument("--health-interval", type=parse_seconds, metavar="S",
+                   help="between checks (default 30 s)")
+    g.add_argument("--health-timeout", type=parse_seconds, metavar="S",
+                   help="a check that takes longer fails (default 30 s)")
+    g.add_argument("--health-retries", type=positive_int, metavar="N",
+                   help="failures in a row that make it unhealthy (default 3)")
+    g.add_argument("--health-start-period", type=parse_seconds, metavar="S",
+                   help="failures before this do not count (default 0)")
+    g.add_argument("--health-restart", action="store_true",
+                   help="restart an unhealthy container through its restart policy")
+
+
+def _g_run(p: argparse.ArgumentParser) -> None:
+    _spec_arguments(p)
+
+
+def _g_ids(p: argparse.ArgumentParser) -> None:
+    p.add_argument("ids", nargs="+", metavar="ID")
+
+
+def _g_ps(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-a", "--all", action="store_true", help="include stopped containers")
+    p.add_argument("-q", "--quiet", action="store_true", help="only the ids, one per line")
+    p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="state=S (status=, as docker's; implies -a), label=K[=V], id=PREFIX, "
+                        "name=TEXT, exited=STATUS; keys AND, a repeated key ORs")
+    p.add_argument("--no-trunc", action="store_true", help="show whole commands")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def _g_inspect(p: argparse.ArgumentParser) -> None:
+    p.add_argument("id", metavar="ID")
+
+
+def _g_kill(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-s", "--signal", type=parse_signal, default="KILL", metavar="SIGNAL",
+                   help="a name (TERM, SIGTERM) or a number (default KILL)")
+    _g_ids(p)
+
+
+def _g_rm(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true", help="kill it first if it runs")
+    p.add_argument("--all", action="store_true",
+                   help="every stopped container (with -f: every container)")
+    p.add_argument("ids", nargs="*", metavar="ID")
+
+
+def _g_wait(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reconnect", type=non_negative_float, default=60.0, metavar="SECONDS",
+                   help=_RECONNECT_HELP)
+    p.add_argument("id", metavar="ID")
+
+
+def _g_logs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    p.add_argument("-n", "--tail", type=tail_lines, metavar="N",
+                   help="only the last N lines (all: every line)")
+    p.add_argument("--since", type=since_time, metavar="TIME",
+                   help="only lines from TIME on: RFC 3339, unix seconds, or ago (10m, 1h30m)")
+    p.add_argument("-t", "--timestamps", action="store_true",
+                   help="start each line with its RFC 3339 time")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line: time, stream, partial, line (non-UTF-8 as "
+                        "{\"base64\": ...})")
+    p.add_argument("--reconnect", type=non_negative_float, default=60.0, metavar="SECONDS",
+                   help="with -f: " + _RECONNECT_HELP)
+    p.add_argument("id", metavar="ID")
+
+
+def _g_exec(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-e", "--env", metavar="K=V", action="append", type=parse_env,
+                   default=[], help="add to the container's environment (repeatable)")
+    p.add_argument("-w", "--cwd", "--workdir", dest="cwd", metavar="DIR",
+                   help="working directory (default: the container's)")
+    p.add_argument("id", metavar="ID")
+
+
+def since_arg(text: str) -> int | str:
+    """``events --since``: a seq (checked here), or a time that only ``--nats`` reads (checked
+    there)."""
+    if text.strip().isdigit():
+        return int(text)
+    if text.strip().startswith("-"):
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
+    return text
+
+
+def _g_events(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", type=since_arg, default=0, metavar="SEQ|TIME",
+                   help="only events after this seq (default: from the start); with --nats "
+                        "also a time: RFC 3339 or a duration ago (10m)")
+    p.add_argument("--type", dest="types", action="append", metavar="T",
+                   help="only this type or type prefix, e.g. task.exit or task (repeatable)")
+    p.add_argument("--id", dest="ids", action="append", metavar="ID",
+                   help="only this container's events (repeatable)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--reconnect", type=non_negative_float, default=60.0, metavar="SECONDS",
+                   help="with -f: " + _RECONNECT_HELP)
+    p.add_argument("--nats", metavar="URL[,URL...]",
+                   help="read the fleet stream of a NATS JetStream cluster instead (what "
+                        "supervisord-export publishes); lines start with the node")
+    p.add_argument("--node", metavar="NAME|all",
+                   help="with --nats: only this node's events (default: all)")
+    p.add_argument("--stream", default="TETHER", help="with --nats: the stream's name")
+
+
+def _g_none(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _g_help(p: argparse.ArgumentParser) -> None:
+    p.add_argument("topic", nargs="?", metavar="COMMAND")
+
+
+def _g_completion(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shell", choices=["bash"],
+                   help="print the completion script (source <(supervisorctl completion bash))")
+
+
+_SPEC_USAGE = "%(prog)s [OPTIONS] CMD [ARGS...]"
+
+#: name -> (one-line help, its arguments, usage or None). Order: as ``--help`` lists them.
+GRAMMAR: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str | None]] = {
+    "run": ("create and start a container, print its id", _g_run, _SPEC_USAGE),
+    "create": ("create a container without starting it, print its id", _g_run, _SPEC_USAGE),
+    "ps": ("list containers", _g_ps, None),
+    "inspect": ("full JSON of a container: state, spec, history", _g_inspect, None),
+    "kill": ("send a signal to a container (default KILL)", _g_kill, None),
+    "rm": ("remove a container (-f: even if running)", _g_rm, None),
+    "wait": ("block until a container exits; exit with its status", _g_wait, None),
+    "logs": ("a container's output, byte for byte", _g_logs, None),
+    "exec": ("run another process in a running container", _g_exec,
+             "%(prog)s [-e K=V] [-w DIR] ID CMD [ARGS...]"),
+    "events": ("the event log, then live events with --follow", _g_events, None),
+    "shutdown": ("stop the daemon (containers keep running)", _g_none, None),
+    "help": ("list the commands, or `help COMMAND`", _g_help, None),
+    "completion": ("print a shell completion script: completion bash", _g_completion, None),
+}
+
+# Supervisor's verbs (status, start, stop, restart, signal, tail, pid, avail, reread, update,
+# clear) and apply: where a verb exists in both, Supervisor's meaning wins (DESIGN.md).
+GRAMMAR.update(_supervisor.GRAMMAR)
+
+#: Commands whose trailing words are a command line: how many positionals come before it.
+TAKES_COMMAND = {"run": 0, "create": 0, "exec": 1}
+#: Commands that only the interactive shell has.
+SHELL_ONLY = {"quit": "leave the shell"}
+
+
+def _terminal_width() -> int:
+    """What argparse would compute, without importing shutil (3 ms of every one-shot run)."""
+    try:
+        return int(os.environ["COLUMNS"]) - 2
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns - 2
+    except (OSError, ValueError, AttributeError):
+        return 78
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.HelpFormatter(prog, width=_terminal_width())
+
+
+def command_parser(name: str, shell: bool = False) -> _Parser:
+    """The parser of one command: its errors name it (``supervisorctl run: ...``)."""
+    text, define, usage = GRAMMAR[name]
+    prog = name if shell else f"supervisorctl {name}"
+    cls = _ShellParser if shell else _Parser
+    p = cls(prog=prog, usage=usage, description=text[0].upper() + text[1:] + ".",
+            prefix_chars=_supervisor.PREFIX_CHARS.get(name, "-"),
+            formatter_class=_formatter, epilog=EPILOG if name in TAKES_COMMAND or name in (
+                "wait", "logs", "events") else None)
+    define(p)
+    return p
+
+
+def build_parser(prog: str = "supervisorctl", shell: bool = False) -> _Parser:
+    """The whole CLI's help: global options and the list of commands (their own arguments are
+    built only when one is named: :func:`command_parser`)."""
+    cls = _ShellParser if shell else _Parser
+    parser = cls(prog=prog, description="Control Tether's supervisord: run, list, stop and "
+                 "watch containers.", epilog=EPILOG, formatter_class=_formatter)
+    if not shell:
+        parser.add_argument("--version", action="version", version=_version())
+        target = parser.add_mutually_exclusive_group()
+        target.add_argument("--root", metavar="DIR",
+                            help=f"supervisord's root (default: {default_root()})")
+        target.add_argument("--socket", metavar="PATH",
+                            help="the API socket (default: ROOT/supervisord.sock)")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=cls)
+    for name, (text, _, _) in GRAMMAR.items():
+        if not (shell and name == "completion"):
+            sub.add_parser(name, help=text)
+    if shell:
+        for name, text in SHELL_ONLY.items():
+            sub.add_parser(name, help=text)
+    return parser
+
+
+def _version() -> str:
+    from supervisor.version import version_line
+
+    return version_line("supervisorctl")
+
+
+def split_command(p: argparse.ArgumentParser, words: Sequence[str],
+                  leading: int) -> tuple[list[str], list[str]]:
+    """``[options and leading positionals]``, ``[the command line]``.
+
+    The command starts at the first word that is neither an option, nor an option's value,
+    nor one of the ``leading`` positionals (``exec``'s ID); ``--`` ends the options too. So
+    ``run --name a python3 --help`` gives python3 its ``--help``, as ``docker run`` and
+    ``sudo`` do.
+    """
+    takes_value = {opt: action.nargs != 0 for opt, action in p._option_string_actions.items()}
+    head: list[str] = []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word == "--":
+            i += 1
+            while leading and i < len(words):
+                head.append(words[i])
+                leading -= 1
+                i += 1
+            break
+        if word.startswith("-") and word != "-":
+            head.append(word)
+            i += 1
+            if word.startswith("--"):
+                needs_value = "=" not in word and takes_value.get(word, False)
+            else:  # a cluster (-dm 64m): the first letter that takes a value ends it
+                needs_value = False
+                for j, letter in enumerate(word[1:], start=2):
+                    if takes_value.get("-" + letter):
+                        needs_value = j == len(word)  # else the value is attached: -eK=V
+                        break
+            if needs_value and i < len(words):
+                head.append(words[i])
+                i += 1
+            continue
+        if leading:
+            head.append(word)
+            leading -= 1
+            i += 1
+            continue
+        break
+    return head, list(words[i:])
+
+
+def parse(argv: Sequence[str], shell: bool = False) -> argparse.Namespace:
+    """A command line (or a shell line) -> the namespace of its command.
+
+    Global options come first (``--root``, ``--socket``, ``--version``, ``--help``); the first
+    other word is the command, parsed by its own parser.
+    """
+    root = sock = None
+    i = 0
+    while not shell and i < len(argv):
+        word = argv[i]
+        name, eq, value = word.partition("=")
+        if name in ("--root", "--socket"):
+            if not eq:
+                if i + 1 >= len(argv):
+                    build_parser().error(f"argument {name}: expected one argument")
+                value = argv[i + 1]
+                i += 1
+            if (root if name == "--socket" else sock) is not None:
+                build_parser().error("argument --socket: not allowed with argument --root")
+            if name == "--root":
+                root = value
+            else:
+                sock = value
+            i += 1
+        elif word.startswith("-"):
+            build_parser().parse_args(argv[i:])  # --help, --version, or the error it makes
+            raise AssertionError("unreachable: argparse printed or raised")
+        else:
+            break
+    words = list(argv[i:])
+    if not words:
+        return argparse.Namespace(cmd=None, root=root, socket=sock)
+    name = words[0]
+    if shell and name in SHELL_ONLY:
+        return argparse.Namespace(cmd=name, root=None, socket=None)
+    if name not in GRAMMAR or (shell and name == "completion"):
+        build_parser(prog="" if shell else "supervisorctl", shell=shell).parse_args(words)
+        raise AssertionError("unreachable: argparse rejected the command")
+    p = command_parser(name, shell)
+    rest = words[1:]
+    command: list[str] = []
+    if name in TAKES_COMMAND:
+        rest, command = split_command(p, rest, TAKES_COMMAND[name])
+    args = p.parse_args(rest)
+    if name in TAKES_COMMAND:
+        if not command:
+            p.error("the command to run is missing: give it after the options, e.g. "
+                    f"{p.prog} {'ID ' if name == 'exec' else ''}sleep 60")
+        args.command = command
+    args.cmd, args.root, args.socket, args.shell = name, root, sock, shell
+    return args
+
+
+def usage_error(args: argparse.Namespace, message: str) -> CtlError:
+    """A usage error found after parsing (two flags that exclude each other, a bad file): said
+    like argparse's own, naming the command, with the hint of the one-shot CLI or the shell."""
+    if getattr(args, "shell", False):
+        return CtlError(f"{args.cmd}: {message}\nTry 'help {args.cmd}'.", EXIT_USAGE)
+    return CtlError(f"supervisorctl {args.cmd}: {message}\nTry 'supervisorctl {args.cmd} "
+                    "--help'.", EXIT_USAGE)
