@@ -247,9 +247,11 @@ async def watch_lost_task(host: LinkHost, cid: str, instance: str, pid: int | No
     finally:
         if fd is not None:
             os.close(fd)
-    # the exit file may have appeared meanwhile (the shim died after writing it): prefer it
+    # the exit file may have appeared meanwhile (the shim died after writing it): prefer it,
+    # when it is this task's (a shim that ran several tasks keeps the latest exit: an earlier
+    # task's would be a duplicate, and this one's end would go unrecorded)
     record = shim_api.read_exit_file(shim_dir(host.root, cid))
-    if record and record.get("instance") == instance:
+    if record and record.get("instance") == instance and record.get("pid") == pid:
         await host.record_shim_event(cid, "task.exit", exit_data(record))
         return
     await host.record_shim_event(cid, "task.exit", {

@@ -476,3 +476,20 @@ def test_a_task_a_lost_shim_never_delivered_is_recorded_not_doubled(daemon, tmp_
     restarts = [e["data"] for e in events_of(daemon, "u") if e["type"] == "container.restart"]
     assert [r["by"] for r in restarts] == ["shim", "daemon"]
     assert row["restarts"] == 2
+
+
+def test_a_lost_shim_that_ran_several_tasks_has_its_last_tasks_end_recorded(daemon):
+    """The lost shim's exit file holds an earlier task's exit (it restarted the container
+    since): the watched task's own end is recorded, and the daemon restarts the container."""
+    daemon.run("sh", "-c", "sleep 1; exit 1", name="s", restart={"policy": "always",
+                                                                  "delay": 0.1})
+    daemon.wait_for(lambda: (r := daemon.ps()["s"])["restarts"] >= 1
+                    and r["state"] == "running", timeout=15)
+    task = daemon.ps()["s"]["pid"]
+    lose_shim_and_task(daemon, "s")
+    row = daemon.wait_for(lambda: (r := daemon.ps()["s"])["state"] == "running"
+                          and r["pid"] != task and r)
+    ends = [e["data"] for e in events_of(daemon, "s") if e["type"] == "task.exit"]
+    assert ends[-1]["pid"] == task and ends[-1]["exit_status"] is None, ends
+    restarts = [e["data"] for e in events_of(daemon, "s") if e["type"] == "container.restart"]
+    assert restarts[-1]["by"] == "daemon" and row["restarts"] == len(restarts)
