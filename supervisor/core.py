@@ -150,7 +150,22 @@ class Core:
             self._snapshot_due.set()
 
     async def append(self, items: Sequence[Item]) -> list[Event]:
-        """Append durably; a full disk becomes ``no_space`` (nothing of ``items`` written)."""
+        """Append durably; a full disk becomes ``no_space`` (nothing of ``items`` written).
+
+        Under the append lock of each container the items name, so that a guarded append's
+        check (:meth:`guarded_append`) still holds when its events are applied: a shim's
+        restart cannot land after a stop by hand that was appended while it was checked."""
+        locks = [self._append_locks.setdefault(cid, trio.Lock())
+                 for cid in sorted({cid for _, cid, _ in items if cid})]
+        for lock in locks:
+            await lock.acquire()
+        try:
+            return await self._append(items)
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+
+    async def _append(self, items: Sequence[Item]) -> list[Event]:
         try:
             return await self.writer.append(items)
         except OSError as exc:
@@ -171,7 +186,7 @@ class Core:
         async with lock:
             if not check(self._state):
                 return None
-            return await self.append(items)
+            return await self._append(items)
 
     async def append_shim_event(self, cid: str, etype: str, data: dict[str, Any]
                                 ) -> list[Event] | None:

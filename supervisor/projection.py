@@ -269,6 +269,10 @@ def _next(old: Container | None, event: Event) -> tuple[Container | None, str | 
     elif old is not None and shim_seq <= old.seen.get(instance, 0):
         return old, f"duplicate shim event (instance {instance}, shim_seq {shim_seq})"
     current = None if old is None else old.state
+    if shim_seq is not None and old is not None:
+        refused = _refused_from_shim(old, etype, d)
+        if refused is not None:
+            return old, refused
     target: ContainerState | None
     if etype in LIFECYCLE_TYPES:
         if (current, etype) not in TRANSITIONS:
@@ -294,6 +298,17 @@ def _next(old: Container | None, event: Event) -> tuple[Container | None, str | 
         # a record of the right type but the wrong shape (a buggy or foreign writer): history
         # is history, so it is skipped like an illegal transition, never a crash
         return old, f"{etype} with malformed data: {exc!r}"
+
+
+def _refused_from_shim(old: Container, etype: str, d: Mapping[str, Any]) -> str | None:
+    """What a shim may not do, whatever the table allows the daemon: create a task other
+    than the next one of its own restart (only from ``restarting``), or decide a restart
+    after a stop by hand or a give-up (both final)."""
+    if etype == _TASK_CREATE and old.state != RESTARTING:
+        return f"a shim's task.create in state {old.state} (only a restart's, from restarting)"
+    if etype == _RESTART and d.get("by") == "shim" and (old.stopped_by_user or old.gave_up):
+        return "a shim's restart after a stop by hand or a give-up (those are final)"
+    return None
 
 
 def _created(state: ContainerState, event: Event) -> Container:

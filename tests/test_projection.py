@@ -271,3 +271,22 @@ def test_the_table_has_section_8s_rows():
     assert ("running", "container.restart") not in TRANSITIONS  # a restart follows an end
     assert ("restarting", "task.exit") not in TRANSITIONS  # no task runs in a back-off
     assert ("restarting", "container.delete") not in TRANSITIONS  # rm stops it first
+
+
+def test_what_a_shim_may_not_do_whatever_the_table_allows_the_daemon():
+    """A stop by hand committed between a shim's restart decision and its next task (the two
+    raced in the log): the shim's task is not a transition, its later restart is refused."""
+    ev = Seq()
+    state = fold([*lifecycle(ev), policy_restart(ev)[0],  # the shim decided: restarting
+                  ev("container.stop", reason="stop")])   # the user's stop won the race
+    assert state.containers["c"].state == "stopped"
+    late = ev("task.create", pid=21, instance="i1", shim_seq=5)
+    state, reason = step(state, late)
+    assert reason is not None and "restarting" in reason
+    assert state.containers["c"].state == "stopped"  # not a start by command
+    again = ev("container.restart", attempt=2, by="shim", instance="i1", shim_seq=6)
+    state, reason = step(state, again)
+    assert reason is not None and "final" in reason
+    # the daemon's own task.create (no shim_seq: a start by command) still is one
+    assert apply(state, ev("task.create", pid=30, instance="i2")).containers["c"].state == \
+        "created"
