@@ -488,7 +488,11 @@ def main() -> None:
                          f"({'with' if snap else 'without'} snapshot)", f"{t * 1000:.0f} ms",
                          "<= 2 s" if snap else "(why snapshots exist)"))
     finally:
+        # twice: a shim the launcher forked just before its daemon stopped finishes its double
+        # fork after the first sweep saw its parent
         killed = kill_everything_naming(str(base))
+        time.sleep(0.5)
+        killed += kill_everything_naming(str(base))
         shutil.rmtree(base, ignore_errors=True)
     others = [name for name in ("containerd", "ctr", "supervisord") if shutil.which(name)
               and not str(shutil.which(name)).startswith(str(VENV_BIN))]
