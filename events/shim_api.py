@@ -177,6 +177,7 @@ SPEC_FIELDS: dict[str, Any] = {
     "labels": {},
     "restart": None,          # events.policy.restart_spec: None is policy "no"
     "health": None,           # events.policy.health_spec: None is no health check
+    "restart_attempt": 0,     # restarts in a row so far (a shim carrying on a lost shim's loop)
 }
 
 

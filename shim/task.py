@@ -142,7 +142,9 @@ class Task:
         self.final = False  # stopped by hand (stop, delete): no policy restart follows
         self.settled = False  # stopped for good: the shim may end once its outbox is acked
         self.deleting = False
-        self.attempt = 0  # restarts in a row (the last decision's)
+        # restarts in a row (the last decision's); a shim the daemon started to carry on a lost
+        # shim's crash loop goes on counting where that one was (spec restart_attempt)
+        self.attempt = int(spec.get("restart_attempt") or 0)
         self.create_seq = 0  # the shim_seq of the current run's task.create
         self.start_at: int | None = None  # unix ns: when the pending restart runs
         self.gave_up = False

@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 __all__ = [
     "PS_JSON_FIELDS",
     "PS_TIME_FIELDS",
+    "dumps",
     "event_json",
     "event_line",
+    "event_object",
     "human_ago",
     "inspect_json",
     "log_json",

@@ -116,6 +116,18 @@ def test_on_failure_3_starts_four_times_then_gives_up_and_the_shim_ends(shims: S
     assert (shim.dir / "container.log").exists() and (shim.dir / "shim.log").exists()
 
 
+def test_a_shim_carrying_on_a_lost_shims_crash_loop_counts_on(shims: Shims) -> None:
+    """The daemon starts a new shim for a lost shim's container with the restarts in a row so
+    far (spec restart_attempt): on-failure:3 after 2 restarts has one left, not three."""
+    shim = shims.start("exit 3", restart={"policy": "on-failure", "max_retries": 3,
+                                          "delay": 0.01}, restart_attempt=2)
+    reader = EventReader(shim)
+    shim.call("start")
+    reader.until(lambda items: any(e["type"] == "container.giveup" for e in items))
+    assert [r["attempt"] for r in reader.of("container.restart")] == [3]
+    assert reader.count("task.start") == 2
+
+
 def test_always_restarts_a_success_with_growing_back_off_until_stopped(shims: Shims) -> None:
     shim = shims.start("exit 0", restart=always(0.02))
     reader = EventReader(shim)

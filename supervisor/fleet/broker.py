@@ -101,7 +101,7 @@ async def connect(servers: list[str], creds: Credentials = Credentials(), *,
     if creds.user is not None:
         options["user"] = creds.user
         options["password"] = creds.password or ""
-    nc = nats.NATS()
+    nc = nats.NATS()  # type: ignore[attr-defined]  # nats-py re-exports NATS without __all__
     try:
         await nc.connect(**options)
     except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
