@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The main job of Tether, shown end to end (README: "Two commands"):
 #   1. start supervisord on its default root (/var/lib/tether as root),
-#   2. run three containers (process runtime): two that run forever, one that exits 7 soon,
-#   3. SIGKILL the daemon; the containers keep running; the job exits while no daemon is up,
-#   4. restart the daemon: the same pids are running, and the job's exit is recorded exactly once.
+#   2. run four containers (process runtime): two that run forever, one that exits 7 soon, one
+#      with a restart policy that crashes once,
+#   3. SIGKILL the daemon; the containers keep running; the job exits while no daemon is up, and
+#      the crashing one is restarted by its shim while no daemon is up,
+#   4. restart the daemon: the same pids are running, the job's exit is recorded exactly once,
+#      and the crash and its restart are recorded once each, in order.
 # It cleans up after itself (containers, daemon) even when a step fails: nothing is left running.
 # It says where things stay: the default root keeps its event log (the demo's history), and the
 # daemon's log in /tmp/tether-demo.* is removed on success, kept on failure.
@@ -32,7 +35,7 @@ supervisorctl() { "$REPO/.venv/bin/supervisorctl" "$@"; }
 ROOT=$("$PY" -c 'from supervisor.defaults import default_root; print(default_root())')
 WORK=$(mktemp -d /tmp/tether-demo.XXXXXX)
 DAEMON_LOG=$WORK/supervisord.log
-NAMES=(demo-web demo-worker demo-job)
+NAMES=(demo-web demo-worker demo-job demo-flaky)
 DAEMON_PID=""
 PIDS=()   # every pid the demo caused (daemons, shims, containers): the trap's last resort
 
@@ -112,16 +115,23 @@ echo "supervisord pid $DAEMON_PID, log $DAEMON_LOG"
 START_SEQ=$(supervisorctl info --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["last_seq"])')
 for name in "${NAMES[@]}"; do supervisorctl rm -f "$name" >/dev/null 2>&1 || true; done
 
-say "Running three containers"
+say "Running four containers"
 show supervisorctl run --name demo-web -- sh -c 'while :; do sleep 1; done'
 show supervisorctl run --name demo-worker -- sh -c 'while :; do echo working; sleep 2; done'
 show supervisorctl run --name demo-job -- sh -c 'sleep 3; echo done; exit 7'
+# crashes (exit 1) the first time only: the marker file says it already did
+MARK=$WORK/demo-flaky.crashed
+show supervisorctl run --name demo-flaky --restart on-failure --restart-delay 0.5 -- \
+  sh -c "if [ -e $MARK ]; then echo 'back up'; exec sleep 1000; fi; touch $MARK; sleep 3; echo crashing; exit 1"
 for name in "${NAMES[@]}"; do
   PIDS+=("$(field "$name" shim_pid)" "$(field "$name" pid)")
 done
 WEB_PID=$(field demo-web pid)
 WORKER_PID=$(field demo-worker pid)
 JOB_PID=$(field demo-job pid)
+FLAKY_PID=$(field demo-flaky pid)
+FLAKY_SHIM=$(field demo-flaky shim_pid)
+START_FLAKY=$(supervisorctl info --json | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["last_seq"])')
 show supervisorctl ps
 
 say "SIGKILL the daemon (pid $DAEMON_PID)"
@@ -135,6 +145,20 @@ say "While no daemon is up, demo-job (pid $JOB_PID) exits with status 7"
 for _ in $(seq 200); do alive "$JOB_PID" || break; sleep 0.05; done
 alive "$JOB_PID" && die "demo-job did not exit"
 echo "pid $JOB_PID is gone; its shim keeps the exit status until a daemon acknowledges it"
+
+say "While no daemon is up, demo-flaky (pid $FLAKY_PID) crashes and its shim restarts it"
+NEW_FLAKY=""
+for _ in $(seq 200); do
+  NEW_FLAKY=$(ps -o pid= --ppid "$FLAKY_SHIM" | tr -d ' ' | grep -vx "$FLAKY_PID" | head -1 || true)
+  ! alive "$FLAKY_PID" && [ -n "$NEW_FLAKY" ] && break
+  sleep 0.05
+done
+alive "$FLAKY_PID" && die "demo-flaky did not crash"
+[ -n "$NEW_FLAKY" ] || die "demo-flaky's shim did not restart it"
+PIDS+=("$NEW_FLAKY")
+show ps -o pid,ppid,args -p "$NEW_FLAKY"
+echo "pid $FLAKY_PID exited 1; its shim (pid $FLAKY_SHIM) applied the policy and started pid $NEW_FLAKY"
+echo "(docker, containerd and the kubelet restart nothing while their daemon is down)"
 
 say "Restarting supervisord on the same root"
 start_daemon
@@ -155,3 +179,17 @@ show supervisorctl wait demo-job || status=$?
 [ "$status" = 7 ] || die "supervisorctl wait demo-job said $status, not 7"
 echo "demo-job's exit (status 7) was recorded exactly once, though it happened with no daemon up"
 show supervisorctl logs demo-job
+
+say "Checking: the crash and its restart, recorded once each, in order"
+[ "$(field demo-flaky pid)" = "$NEW_FLAKY" ] || die "demo-flaky is not recorded on pid $NEW_FLAKY"
+[ "$(field demo-flaky state)" = running ] || die "demo-flaky is not running"
+[ "$(field demo-flaky restarts)" = 1 ] || die "demo-flaky's restarts are not 1"
+show supervisorctl events --since "$START_FLAKY" --id demo-flaky
+order=$(supervisorctl events --since "$START_FLAKY" --id demo-flaky --json | "$PY" -c '
+import json, sys
+print(" ".join(json.loads(line)["type"] for line in sys.stdin))')
+[ "$order" = "task.exit container.restart task.create task.start" ] \
+  || die "demo-flaky's events are: $order"
+echo "demo-flaky: one exit (status 1), one restart decided by its shim, one new start: none lost,"
+echo "none doubled, though all of it happened with no daemon up"
+show supervisorctl logs demo-flaky

@@ -337,8 +337,8 @@ class Task:
         self.attempt = decision.attempt
         self.start_at = time.time_ns() + int(decision.delay * 1e9)
         self.outbox.publish("container.restart", {
-            "attempt": decision.attempt, "delay": decision.delay, "reason": decision.reason,
-            "by": "shim", "start_at": self.start_at})
+            "attempt": decision.attempt, "delay": round(decision.delay, 3),  # ms: people read it
+            "reason": decision.reason, "by": "shim", "start_at": self.start_at})
         self._backoff = self.loop.call_later(decision.delay, self._restart_now)
 
     def _restart_now(self) -> None:
