@@ -11,9 +11,10 @@
   package has the same name).
 
 Every process any of them starts names the temp directory in its command line (or descends
-from one that does), so :func:`kill_everything_under` ends them all by pid at the end, also
-after a Ctrl-C, whatever state the run was in. Nothing here ever looks at a process that is
-not ours, and Debian's system services are never used (see :func:`ensure_debian_packages`).
+from one that does), so :func:`kill_everything_under` (bench/cleanup.py) ends them all by pid
+at the end, also after a Ctrl-C, whatever state the run was in. Nothing here ever looks at a
+process that is not ours, and Debian's system services are never used (see
+:func:`ensure_debian_packages`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from cleanup import kill_everything_naming as kill_everything_under  # noqa: E402, F401 (compare.py and phases.py use it from here)
+
+from events.procfs import process_table as proc_table  # noqa: E402
 from events.rpc import BlockingConnection  # noqa: E402
 
 VENV_BIN = REPO / ".venv" / "bin"
@@ -55,23 +59,6 @@ APT_LOCK_WAIT = 600.0
 # -- processes ---------------------------------------------------------------------------------
 
 
-def proc_table() -> dict[int, tuple[int, str]]:
-    """pid -> (ppid, command line) of every process now."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        table[int(entry)] = (int(stat[stat.rindex(b")") + 2:].split()[1]), cmd)
-    return table
-
-
 def process_state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -79,34 +66,6 @@ def process_state(pid: int) -> str:
         return stat[stat.rindex(b")") + 2:].split()[0].decode()
     except OSError:
         return ""
-
-
-def kill_everything_under(text: str) -> int:
-    """SIGKILL every process whose command line names *text*, and all their descendants;
-    wait until each is gone or a zombie. Returns how many there were."""
-    table = proc_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    stack = [pid for pid, (_, cmd) in table.items() if text in cmd and pid != os.getpid()]
-    found: set[int] = set()
-    while stack:
-        pid = stack.pop()
-        if pid not in found:
-            found.add(pid)
-            stack.extend(children.get(pid, []))
-    for pid in found:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        for pid in found:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-        if all(process_state(p) in ("Z", "X", "") for p in found):
-            break
-        time.sleep(0.02)
-    return len(found)
 
 
 def pss_kb(pid: int) -> dict[str, int]:

@@ -21,7 +21,6 @@ Every process it starts (daemon, shims, containers) is killed by pid at the end.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import signal
@@ -31,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,66 +38,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from cleanup import kill_everything_naming  # noqa: E402
+
 from events.log import EventLog  # noqa: E402
 from events.rpc import BlockingConnection  # noqa: E402
 from events.snapshot import write_snapshot  # noqa: E402
 from supervisor.projection import fold  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def proc_table() -> dict[int, tuple[int, str]]:
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        table[int(entry)] = (int(stat[stat.rindex(b")") + 2 :].split()[1]), cmd)
-    return table
-
-
-def kill_everything_naming(text: str) -> int:
-    """SIGKILL every process whose command line names *text*, and its descendants."""
-    table = proc_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    stack = [pid for pid, (_, cmd) in table.items() if text in cmd and pid != os.getpid()]
-    found: set[int] = set()
-    while stack:
-        pid = stack.pop()
-        if pid not in found:
-            found.add(pid)
-            stack.extend(children.get(pid, []))
-    for pid in found:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        alive = [p for p in found if os.path.exists(f"/proc/{p}")
-                 and _state(p) not in ("Z", "X", "")]
-        for p in found:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(p, os.WNOHANG)
-        if not alive:
-            break
-        time.sleep(0.02)
-    return len(found)
-
-
-def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return stat[stat.rindex(b")") + 2 :].split()[0].decode()
-    except OSError:
-        return ""
 
 
 class Daemon:
@@ -358,29 +306,37 @@ def bench_daemon_restarts(d: Daemon, n: int) -> tuple[float, float]:
     return cpu / n * 100, median_ms(gaps)
 
 
+Item = tuple[str, str, dict[str, Any]]
+
+
+def history(n: int) -> Iterator[Item]:
+    """n events of realistic shapes: create/task/exit/delete cycles over 2,000 ids."""
+    spec = {"command": ["sleep", "1"], "env": {}, "runtime": "process", "name": ""}
+    seq, i = 0, 0
+    while True:
+        cid, inst = f"c{i % 2000}", f"i{i}"
+        for item in (("container.create", cid, {"spec": {**spec, "name": cid}}),
+                     ("task.create", cid, {"pid": 100 + i, "shim_pid": 99, "address": "/x",
+                                           "instance": inst}),
+                     ("task.start", cid, {"pid": 100 + i, "shim_seq": 2, "instance": inst}),
+                     ("task.exit", cid, {"pid": 100 + i, "exit_status": 0, "signal": 0,
+                                         "exited_at": 1, "shim_seq": 3, "instance": inst}),
+                     ("container.delete", cid, {})):
+            if seq == n:
+                return
+            seq += 1
+            yield item
+        i += 1
+
+
 def build_log(root: Path, n: int, snapshot: bool) -> float:
     """A log of n events of realistic shapes (create/task/exit/delete cycles)."""
     root.mkdir(parents=True)
     log = EventLog.open(root)
-    spec = {"command": ["sleep", "1"], "env": {}, "runtime": "process", "name": ""}
-    batch: list = []
-    seq = 0
-    i = 0
+    batch: list[Item] = []
     t0 = time.perf_counter()
-    while seq < n:
-        cid = f"c{i % 2000}"
-        inst = f"i{i}"
-        cycle = [("container.create", cid, {"spec": {**spec, "name": cid}}),
-                 ("task.create", cid, {"pid": 100 + i, "shim_pid": 99, "address": "/x",
-                                       "instance": inst}),
-                 ("task.start", cid, {"pid": 100 + i, "shim_seq": 2, "instance": inst}),
-                 ("task.exit", cid, {"pid": 100 + i, "exit_status": 0, "signal": 0,
-                                     "exited_at": 1, "shim_seq": 3, "instance": inst}),
-                 ("container.delete", cid, {})]
-        take = cycle[: n - seq]
-        batch.extend(take)
-        seq += len(take)
-        i += 1
+    for item in history(n):
+        batch.append(item)
         if len(batch) >= 20000:
             log.append(batch)
             batch = []

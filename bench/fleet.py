@@ -27,7 +27,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -38,6 +37,7 @@ import nats.errors  # noqa: E402
 import nats.js.api  # noqa: E402
 import nats.js.errors  # noqa: E402
 from conftest import kill_and_wait, processes_naming  # noqa: E402
+from daemon import history  # noqa: E402
 from daemon_helpers import Daemon  # noqa: E402
 from nats_helpers import ExportProc, NatsCluster, NatsServer  # noqa: E402
 
@@ -54,25 +54,12 @@ def pct(values: list[float], p: float) -> float:
 
 
 def build_log(root: Path, n: int) -> None:
-    """n events of realistic shapes (create/task/exit/delete cycles), as bench/daemon.py."""
+    """n events of realistic shapes (bench/daemon.py's history)."""
     root.mkdir(parents=True)
     log = EventLog.open(root)
-    spec = {"command": ["sleep", "1"], "env": {}, "runtime": "process", "name": ""}
-    items: list[tuple[str, str, dict[str, Any]]] = []
-    i = 0
-    while len(items) < n:
-        cid = f"c{i % 2000}"
-        inst = f"i{i}"
-        items += [("container.create", cid, {"spec": {**spec, "name": cid}}),
-                  ("task.create", cid, {"pid": 100 + i, "shim_pid": 99, "address": "/x",
-                                        "instance": inst}),
-                  ("task.start", cid, {"pid": 100 + i, "shim_seq": 2, "instance": inst}),
-                  ("task.exit", cid, {"pid": 100 + i, "exit_status": 0, "signal": 0,
-                                      "exited_at": 1, "shim_seq": 3, "instance": inst}),
-                  ("container.delete", cid, {})]
-        i += 1
+    items = list(history(n))
     for start in range(0, n, 1000):
-        log.append(items[start:min(n, start + 1000)])
+        log.append(items[start:start + 1000])
     log.close()
 
 

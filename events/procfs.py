@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["ProcStat", "boot_id", "is_running", "read_stat", "starttime"]
+__all__ = ["ProcStat", "boot_id", "is_running", "process_table", "processes_naming", "read_stat",
+           "starttime"]
 
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
@@ -59,6 +60,45 @@ def starttime(pid: int | None) -> int | None:
     """The process's start time (clock ticks since boot): with the pid, its identity."""
     stat = read_stat(pid or 0)
     return None if stat is None else stat.starttime
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, command line with spaces for NULs) of every live process: what the tests'
+    leak guard and the benches' clean-up look through for what they started."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            table[int(entry)] = (int(stat[stat.rindex(b")") + 2 :].split()[1]), cmd)
+        except (OSError, ValueError, IndexError):
+            continue
+    return table
+
+
+def processes_naming(text: str) -> list[int]:
+    """Pids of the live processes whose command line contains ``text``, and of all their
+    descendants (a shim's container need not name the root), never this process."""
+    table = process_table()
+    me = os.getpid()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: list[int] = []
+    seen: set[int] = set()
+    stack = [pid for pid, (_, cmd) in table.items() if text in cmd]
+    while stack:
+        pid = stack.pop()
+        if pid in seen or pid == me:
+            continue
+        seen.add(pid)
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
 
 
 def boot_id() -> str:

@@ -21,6 +21,9 @@ from typing import Any
 
 import pytest
 
+from events.procfs import process_table as _proc_table
+from events.procfs import processes_naming
+
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -30,44 +33,6 @@ def _become_subreaper() -> None:
 
 
 _become_subreaper()
-
-
-def _proc_table() -> dict[int, tuple[int, str]]:
-    """pid -> (ppid, cmdline) for every live process."""
-    table: dict[int, tuple[int, str]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        table[pid] = (int(fields[1]), cmdline)
-    return table
-
-
-def processes_naming(text: str) -> list[int]:
-    """Pids of live processes whose command line contains *text*, and all their descendants."""
-    table = _proc_table()
-    me = os.getpid()
-    roots = [pid for pid, (_, cmd) in table.items() if text in cmd and pid != me]
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found: list[int] = []
-    stack = list(roots)
-    while stack:
-        pid = stack.pop()
-        if pid in found or pid == me:
-            continue
-        found.append(pid)
-        stack.extend(children.get(pid, []))
-    return found
 
 
 def is_zombie_or_gone(pid: int) -> bool:
