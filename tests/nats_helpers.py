@@ -50,7 +50,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class NatsServer:
+class _Child:
+    """A process a test started and may SIGKILL at any moment (``proc``: None until started)."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+
+class NatsServer(_Child):
     """One nats-server with JetStream: ``start()`` returns once it answers ``/healthz``."""
 
     def __init__(self, name: str, workdir: Path, *, cluster: str | None = None,
@@ -124,14 +138,6 @@ class NatsServer:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/{what}",
                                     timeout=2) as r:
             return dict(json.loads(r.read()))
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill9(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
 
     def stop(self) -> None:
         """SIGTERM (lame duck is SIGUSR2: not what a crash looks like), SIGKILL after 10 s."""
@@ -264,7 +270,7 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
 EXPORT = str(Path(sys.executable).parent / "supervisord-export")
 
 
-class ExportProc:
+class ExportProc(_Child):
     """One ``supervisord-export`` process; its stderr (JSON log lines) in ``log``."""
 
     def __init__(self, root: Path, servers: str, node: str, *extra: str) -> None:
@@ -288,14 +294,6 @@ class ExportProc:
         finally:
             log.close()
         return self
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill9(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
 
     def stop(self, timeout: float = 20.0) -> int:
         assert self.proc is not None
