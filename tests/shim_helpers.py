@@ -47,6 +47,15 @@ def tree(pid: int) -> list[int]:
     return found
 
 
+def cmdline(pid: int) -> bytes:
+    """The process's command line (NUL-separated), empty once it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 def start_time(pid: int) -> int | None:
     """The process's start time (clock ticks after boot), or None if it is gone."""
     try:

@@ -19,7 +19,17 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from shim_helpers import ENV, Shims, poll, proc_stat, sig_ignored, start_command
+from shim_helpers import (
+    ENV,
+    Shims,
+    children_of,
+    cmdline,
+    poll,
+    proc_stat,
+    sig_ignored,
+    start_command,
+    tree,
+)
 
 from events import shim_api, wire
 from events.rpc import BlockingConnection
@@ -126,16 +136,11 @@ def test_orphaned_grandchildren_are_reaped_and_the_exit_does_not_wait_for_them(
         record = conn.call("wait")
         assert time.monotonic() - began < 0.9, "the exit waited for the orphans' pipes"
         assert record["exit_status"] == 0
-        kids = [p for p in _children(shim.pid)]
+        kids = [p for p in children_of(shim.pid)]
         assert len(kids) == 10 and all(int(proc_stat(k)[1]) == shim.pid for k in kids)
         poll(lambda: conn.call("state")["orphans_reaped"] == 10, what="10 orphans reaped")
-        assert _children(shim.pid) == []  # no zombies: everything was reaped
+        assert children_of(shim.pid) == []  # no zombies: everything was reaped
     assert any(line.endswith("stdout F bye") for line in shim.log_lines())
-
-
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        return [int(p) for p in f.read().split()]
 
 
 @pytest.mark.parametrize(("script", "status", "sig"), [
@@ -269,28 +274,11 @@ def test_kill_all_reaches_processes_that_left_the_group(shims: Shims) -> None:
     shim = shims.start("setsid sleep 30 & sleep 30")
     shim.call("start")
     # both sleeps exec'd (setsid may fork once more before its exec)
-    poll(lambda: sum(_cmdline(p).startswith(b"sleep") for p in _descendants(shim.pid)) >= 2,
+    poll(lambda: sum(cmdline(p).startswith(b"sleep") for p in tree(shim.pid)[1:]) >= 2,
          what="setsid sleep")
     shim.call("kill", signal=signal.SIGKILL, all=True)
     assert shim.exit_record()["exit_status"] == 137
-    poll(lambda: _descendants(shim.pid) == [], what="every process gone")
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
-def _descendants(pid: int) -> list[int]:
-    out, stack = [], _children(pid)
-    while stack:
-        p = stack.pop()
-        out.append(p)
-        stack += _children(p)
-    return out
+    poll(lambda: tree(shim.pid)[1:] == [], what="every process gone")
 
 
 def test_shutdown_after_exit_and_forced_shutdown_leaves_the_container(shims: Shims) -> None:
@@ -537,7 +525,7 @@ def test_a_slow_exec_caller_gets_backpressure_not_cut_off(shims: Shims) -> None:
         rid = conn.send_request("exec", {"exec_id": "flood",
                                          "command": ["sh", "-c", "seq 1 3000000; exit 4"]})
         # the shim stops reading once the caller is behind: the writer then blocks on its pipe
-        poll(lambda: any(_blocked_writing(p) for p in _descendants(shim.pid)),
+        poll(lambda: any(_blocked_writing(p) for p in tree(shim.pid)[1:]),
              what="the exec'd process blocked on its full pipe")
         out, last = [], None
         while True:

@@ -29,6 +29,7 @@ from shim_helpers import (
     ENV,
     ShimHandle,
     Shims,
+    cmdline,
     leftover_cgroups,
     no_shim_processes,
     poll,
@@ -195,14 +196,6 @@ def test_stop_of_an_obedient_container(shims: Shims, busybox_rootfs: Path) -> No
 ZOMBIE_MAKER = "(sleep 0.05 &); exec sleep 30"  # the orphan's new parent is pid 1: sleep
 
 
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
 def zombies(pid: int) -> int:
     count = 0
     for p in tree(pid):
@@ -225,7 +218,7 @@ def test_init_reaps_orphans_inside_the_container(
         # ``exec sleep 30`` ran (so the orphan was forked) and the orphan (sleep 0.05) has
         # exited: a zombie under sleep, or reaped by tini
         def orphan_done(shim: ShimHandle = shim) -> bool:
-            cmds = [_cmdline(p) for p in tree(shim.task_pid)]
+            cmds = [cmdline(p) for p in tree(shim.task_pid)]
             return b"sleep\x0030\x00" in cmds and b"sleep\x000.05\x00" not in cmds
 
         poll(orphan_done, what="the orphan's exit")
