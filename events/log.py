@@ -27,7 +27,8 @@ recovery scan are :mod:`events.segment`'s, ``verify``/``repair`` :mod:`events.ve
 Opening checks the frames and CRCs of the last segment only (a 1 M-event log opens in about a
 third of a second); every other record is checked (CRC, seq continuity) when
 :meth:`EventLog.read` passes over it, and :func:`verify` checks them all. The module logs with
-stdlib :mod:`logging`: the events package stays light.
+stdlib :mod:`logging`: the events package stays light. (Just over our usual length: it is one
+class, the writer with its recovery, whose invariants are read together.)
 
 Known limit: a cut never removes an acknowledged event *if the storage keeps fdatasync's
 promise*: callers, and subscribers, only hear of a batch after its fdatasync returned, and only

@@ -189,7 +189,7 @@ def is_failure(restart: Mapping[str, object], exit_status: int | None) -> bool:
         return True
     codes = restart.get("exit_codes") or [0]
     # ``codes`` is an ``object`` to mypy (the map's values are); parse_restart made it a list
-    return exit_status not in codes  # type: ignore[operator]
+    return exit_status not in codes  # type: ignore[operator]  # see above
 
 
 def backoff(restart: RestartSpec, attempt: int, jitter: float = 1.0) -> float:

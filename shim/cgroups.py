@@ -29,6 +29,9 @@ its limit (v1: an eventfd registered on ``memory.oom_control``; v2: inotify on
 ``memory.events``) and :meth:`OOMWatch.read` answers with the number of *new* OOM kills from the
 kernel's own counter (``oom_kill``), so spurious wake-ups (v1 signals the eventfd when the cgroup
 is removed) never become false ``task.oom`` events.
+
+(Longer than our usual module: both layouts, the limits and the OOM watch are read together
+whenever one of them changes, and every module a shim imports costs every shim its pages.)
 """
 
 from __future__ import annotations

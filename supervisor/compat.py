@@ -128,7 +128,7 @@ class Compat:
             ("GET", "/metrics"): self._metrics,
         })
         self.core: Core = None  # type: ignore[assignment]  # set by install()
-        self.commands: Commands = None  # type: ignore[assignment]
+        self.commands: Commands = None  # type: ignore[assignment]  # set by install()
         self.nursery: trio.Nursery = None  # type: ignore[assignment]  # set by serve()
 
     # -- hooks -------------------------------------------------------------------------------

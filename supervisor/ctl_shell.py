@@ -28,7 +28,7 @@ class Shell(cmd.Cmd):
 
     def run(self) -> int:
         if not sys.stdin.isatty():
-            self.intro = None  # type: ignore[assignment]
+            self.intro = None  # type: ignore[assignment]  # typeshed: str; cmd.Cmd takes None
             self.prompt = ""
         while True:
             try:
@@ -36,14 +36,14 @@ class Shell(cmd.Cmd):
                 return self.status
             except KeyboardInterrupt:  # Ctrl-C cancels the line (or a `logs -f`), not the shell
                 sys.stdout.write("\n")
-                self.intro = None  # type: ignore[assignment]
+                self.intro = None  # type: ignore[assignment]  # as above
 
     # cmd.Cmd hooks -------------------------------------------------------------------------
 
     def emptyline(self) -> bool:
         return False  # do not repeat the last command (it could be `rm`)
 
-    def default(self, line: str) -> bool:  # type: ignore[override]
+    def default(self, line: str) -> bool:  # type: ignore[override]  # typeshed: None
         try:
             words = shlex.split(line)
         except ValueError as exc:

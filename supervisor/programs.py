@@ -128,13 +128,16 @@ def from_wire(obj: object) -> Process:
     (the daemon checks what any client sends, not only supervisorctl)."""
     if not isinstance(obj, dict):
         raise ValueError("each program must be a map")
-    name = obj.get("name")
-    program = obj.get("program", name)
-    group = obj.get("group", program)
-    for key, value in (("name", name), ("program", program), ("group", group)):
+    def word(key: str, default: object) -> str:
+        value = obj.get(key, default)
         if not isinstance(value, str) or not value or ":" in value:
             raise ValueError(f"program {key} must be a non-empty string without ':', "
                              f"got {value!r}")
+        return value
+
+    name = word("name", None)
+    program = word("program", name)
+    group = word("group", program)
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         raise ValueError(f"program {name}: spec must be a map")
@@ -158,7 +161,7 @@ def from_wire(obj: object) -> Process:
                          f"got {startsecs!r}")
     where = obj.get("where", "")
     return Process(
-        name=name, program=program, group=group, spec=spec,  # type: ignore[arg-type]
+        name=name, program=program, group=group, spec=spec,
         process_num=integer("process_num", 0), numprocs=integer("numprocs", 1),
         priority=integer("priority", DEFAULT_PRIORITY),
         group_priority=integer("group_priority", DEFAULT_PRIORITY),

@@ -15,7 +15,7 @@ Supervisor's own rotated logs do.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 __all__ = ["follow", "read", "records_bytes", "stream_bytes", "tail"]
@@ -97,7 +97,8 @@ def tail(directory: Path, channels: frozenset[bytes], offset: int, length: int
 
 
 async def follow(directory: Path, channels: frozenset[bytes], head: int,
-                 sleep: Callable[[float], object], poll: float = 0.1) -> AsyncIterator[bytes]:
+                 sleep: Callable[[float], Awaitable[object]],
+                 poll: float = 0.1) -> AsyncIterator[bytes]:
     """``tail -f``: the last *head* bytes, then new output as it is written, across
     rotations (a rotated file is finished before the new one is read), until cancelled."""
     current = directory / CONTAINER_LOG
@@ -121,7 +122,7 @@ async def follow(directory: Path, channels: frozenset[bytes], head: int,
                     inode = os.fstat(f.fileno()).st_ino
                     rest = b""
                 except FileNotFoundError:
-                    await sleep(poll)  # type: ignore[misc]
+                    await sleep(poll)
                     continue
             chunk = f.read()
             if chunk:
@@ -141,7 +142,7 @@ async def follow(directory: Path, channels: frozenset[bytes], head: int,
                 f.close()
                 f = None
                 continue
-            await sleep(poll)  # type: ignore[misc]
+            await sleep(poll)
     finally:
         if f is not None:
             f.close()

@@ -109,7 +109,7 @@ def load_call(body: bytes) -> tuple[str, tuple[Any, ...]]:
     parser.CharacterDataHandler = target.data
     parser.StartDoctypeDeclHandler = _forbid
     parser.EntityDeclHandler = _forbid
-    parser.ExternalEntityRefHandler = _forbid  # type: ignore[assignment]
+    parser.ExternalEntityRefHandler = _forbid  # type: ignore[assignment]  # raises, never returns
     target.xml(None, None)  # type: ignore[arg-type]  # as xmlrpc.client's own parser: str data
     try:
         parser.Parse(body, True)
