@@ -6,7 +6,6 @@ they name and no precision the log kept is thrown away (the CRI log format uses 
 
 from __future__ import annotations
 
-import calendar
 import time
 
 __all__ = ["parse_rfc3339", "rfc3339", "rfc3339_bytes"]
@@ -36,6 +35,8 @@ def parse_rfc3339(text: str) -> int | None:
     base, _, frac = stamp.partition(".")
     if frac and not frac.isdigit():
         return None
+    import calendar  # with locale and re under it: only a time given by hand needs it
+
     try:
         secs = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
     except ValueError:

@@ -1,15 +1,17 @@
 """``supervisorctl``: the command line of Tether, a blocking client of ``ROOT/supervisord.sock``.
 
 Fast on purpose: a one-shot command is one short-lived process, so its cost is mostly imports.
-Only argparse, os, sys and (when a command needs them) the sans-IO codec and the blocking
-client :mod:`events.rpc` are imported; never trio, never structlog (trio alone costs 90 ms).
-Only the named command's parser is built, and what few commands need lives in modules only
-they import.
+Only os, sys, the sans-IO codec and the blocking client :mod:`events.rpc` are imported; never
+trio, never structlog, and argparse only for ``--help`` and a command line with an error in it.
+Only the named command's arguments are read, and what few commands need lives in modules only
+they import (``tests/test_import_budget.py`` lists what each command may import).
 
 The modules of the CLI, each with one job:
 
 * this one: exit codes, errors, output, where the daemon is (:class:`Target`), :func:`main`;
 * :mod:`supervisor.ctl_grammar`: the commands, their flags and values, :func:`parse`;
+  :mod:`supervisor.ctl_args` reads a well-formed line from that table, argparse
+  (:mod:`supervisor.ctl_argparse`) the help and every line with an error in it;
 * :mod:`supervisor.ctl_commands`: the one-shot commands (``run``, ``ps``, ``stop``, ...);
 * :mod:`supervisor.ctl_follow`: ``wait``, ``logs``, ``events``, ``exec`` (they outlive a
   connection, and reconnect);

@@ -1,12 +1,18 @@
 """The grammar of supervisorctl: every command, its flags and their values, and :func:`parse`.
 
-One table (:data:`GRAMMAR`) names the commands with their help and their arguments; only the
-named command's parser is built (argparse checks every argument as it is added, and building
-all of them costs more than a whole ``ps`` round trip). The grammar is docker's: global
-options, the command, its options, then (``run``, ``create``, ``exec``) the command line to
-run, which starts at the first word that is not an option or an option's value (``--`` is
-accepted too), so ``supervisorctl run python3 --help`` runs ``python3 --help``. A usage error
-names the command (``supervisorctl run: ...``) and exits 2.
+One table (:data:`GRAMMAR`) names the commands with their help and their arguments. Each
+command's arguments are a function that makes argparse's calls (``add_argument``...), read two
+ways: recorded as a table that :mod:`supervisor.ctl_args` reads a well-formed command line
+from, without importing argparse (which, with what it imports, costs a one-shot command more
+than its round trip to the daemon), and built into argparse's parser
+(:mod:`supervisor.ctl_argparse`) for ``--help`` and for every line with an error in it, so the
+messages are argparse's. Only the named command's arguments are built.
+
+The grammar is docker's: global options, the command, its options, then (``run``,
+``create``, ``exec``) the command line to run, which starts at the first word that is not an
+option or an option's value (``--`` is accepted too), so ``supervisorctl run python3 --help``
+runs ``python3 --help``. A usage error names the command (``supervisorctl run: ...``) and
+exits 2.
 
 (Longer than our usual module: it is the one table of the CLI, and splitting it would put a
 command's flags in one place and their value types in another.)
@@ -14,21 +20,30 @@ command's flags in one place and their value types in another.)
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
 from supervisor import ctl_supervisor as _supervisor
 from supervisor.ctl import EXIT_USAGE, CtlError
-from supervisor.defaults import default_root
 
 TYPE_CHECKING = False  # not typing's: every one-shot command would pay ~3 ms to import typing
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
-    from typing import Any
+    import argparse
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any, Protocol
 
-__all__ = ["EPILOG", "GRAMMAR", "SHELL_ONLY", "TAKES_COMMAND", "ParserExit", "build_parser",
-           "command_parser", "parse", "split_command", "usage_error"]
+    class Arguments(Protocol):
+        """What a command's definition calls: argparse's own methods, read by argparse
+        (:mod:`supervisor.ctl_argparse`) or recorded (:mod:`supervisor.ctl_args`)."""
+
+        def add_argument(self, *names: str, **kwargs: Any) -> object: ...
+
+        def add_argument_group(self, title: str) -> Arguments: ...
+
+        def add_mutually_exclusive_group(self) -> Arguments: ...
+
+__all__ = ["EPILOG", "GRAMMAR", "HIDDEN", "SHELL_ONLY", "TAKES_COMMAND", "UNSUPPORTED",
+           "BadValue", "Namespace", "ParserExit", "build_parser", "command_parser", "parse",
+           "split_command", "takes_value", "usage_error"]
 
 EPILOG = """\
 Exit codes: 0 ok; 1 failed; 2 usage; wait and exec exit with the container's or the process's
@@ -37,6 +52,17 @@ on stderr; also wait, logs -f and events -f when supervisord went away and did n
 within --reconnect seconds); exec 126/127 when the command cannot run / is not found;
 130 interrupted; 141 the reader of our output left (| head).
 With no command: an interactive shell."""
+
+
+class BadValue(Exception):
+    """A value its flag refuses; argparse (:mod:`supervisor.ctl_argparse`) reports the message
+    as its own ``argument --memory: invalid size ...``."""
+
+
+#: A flag left out of ``--help`` (argparse's ``SUPPRESS``, read by :mod:`supervisor.ctl_argparse`).
+HIDDEN = "(hidden)"
+#: The action of a docker flag refused with its reason (``why``): ``-i``, ``-t``.
+UNSUPPORTED = "unsupported"
 
 
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -53,14 +79,14 @@ def parse_size(text: str) -> int:
     unit = s[-1:] if s[-1:].isalpha() else ""
     number = s[: len(s) - len(unit)]
     if unit not in _SIZE_UNITS or not number:
-        raise argparse.ArgumentTypeError(bad)
+        raise BadValue(bad)
     try:
         value = float(number)
     except ValueError:
-        raise argparse.ArgumentTypeError(bad) from None
+        raise BadValue(bad) from None
     result = int(value * _SIZE_UNITS[unit])
     if result <= 0:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}: must be more than 0 bytes")
+        raise BadValue(f"invalid size {text!r}: must be more than 0 bytes")
     return result
 
 
@@ -71,16 +97,16 @@ def parse_signal(text: str) -> int:
     try:
         return parse_signal(text)
     except InvalidSignal as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise BadValue(str(exc)) from None
 
 
 def parse_env(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not key:
-        raise argparse.ArgumentTypeError(f"invalid environment variable {text!r}: use KEY=VALUE")
+        raise BadValue(f"invalid environment variable {text!r}: use KEY=VALUE")
     if not sep:  # docker's `-e KEY`: take it from our environment
         if key not in os.environ:
-            raise argparse.ArgumentTypeError(
+            raise BadValue(
                 f"-e {key}: not set in this environment; use KEY=VALUE")
         value = os.environ[key]
     return key, value
@@ -89,7 +115,7 @@ def parse_env(text: str) -> tuple[str, str]:
 def parse_label(text: str) -> tuple[str, str]:
     key, _, value = text.partition("=")
     if not key:
-        raise argparse.ArgumentTypeError(f"invalid label {text!r}: use KEY=VALUE or KEY")
+        raise BadValue(f"invalid label {text!r}: use KEY=VALUE or KEY")
     return key, value
 
 
@@ -97,16 +123,16 @@ def non_negative_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        raise BadValue(f"expected a whole number, got {text!r}") from None
     if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+        raise BadValue(f"expected 0 or more, got {value}")
     return value
 
 
 def positive_int(text: str) -> int:
     value = non_negative_int(text)
     if value == 0:
-        raise argparse.ArgumentTypeError("expected 1 or more, got 0")
+        raise BadValue("expected 1 or more, got 0")
     return value
 
 
@@ -114,9 +140,9 @@ def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        raise BadValue(f"expected a number, got {text!r}") from None
     if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+        raise BadValue(f"expected a number above 0, got {text!r}")
     return value
 
 
@@ -124,9 +150,9 @@ def non_negative_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        raise BadValue(f"expected a number of seconds, got {text!r}") from None
     if not 0 <= value < float("inf"):  # also nan; inf would overflow a socket timeout
-        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {text!r}")
+        raise BadValue(f"expected 0 or more seconds, got {text!r}")
     return value
 
 
@@ -137,7 +163,7 @@ def parse_restart_policy(text: str) -> tuple[str, int | None]:
     try:
         return parse_restart(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise BadValue(str(exc)) from None
 
 
 def parse_seconds(text: str) -> float:
@@ -147,11 +173,11 @@ def parse_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        raise BadValue(f"expected a number of seconds, got {text!r}") from None
     try:
         return seconds(value, "the value")
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise BadValue(str(exc)) from None
 
 
 def tail_lines(text: str) -> int | None:
@@ -172,34 +198,12 @@ def parse_runtime(value: str) -> str:
         return value
     if "/" in value:
         return os.path.abspath(value)
-    raise argparse.ArgumentTypeError(
+    raise BadValue(
         f"unknown runtime {value!r}: use process, runc, crun or the path of a runc-compatible "
         "binary (e.g. ./my-runc)")
 
 
-# -- the parser --------------------------------------------------------------------------------
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of exiting, so the interactive shell survives a typo."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise CtlError(f"{self.prog}: {message}\nTry '{self.prog} --help'.", EXIT_USAGE)
-
-    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
-        if message:
-            sys.stderr.write(message)
-        raise ParserExit(status)
-
-
-class _ShellParser(_Parser):
-    """The parser of one shell line: its hints point at the shell's `help`."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        name = self.prog.strip()
-        if name:
-            raise CtlError(f"{name}: {message}\nTry 'help {name}'.", EXIT_USAGE)
-        raise CtlError(f"{message}\nTry 'help'.", EXIT_USAGE)
+# -- the commands ------------------------------------------------------------------------------
 
 
 class ParserExit(Exception):
@@ -210,23 +214,11 @@ class ParserExit(Exception):
         self.status = status
 
 
-class _Unsupported(argparse.Action):
-    """A docker flag that cannot mean anything here: refused with the reason, not "unknown"."""
-
-    def __init__(self, *args: Any, why: str = "", **kwargs: Any) -> None:
-        self.why = why
-        kwargs["nargs"] = 0
-        super().__init__(*args, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
-        parser.error(f"{'/'.join(self.option_strings)}: {self.why}")
-
-
 _RECONNECT_HELP = ("if supervisord goes away, wait this long for it to come back, then exit "
                    "125 (default 60; 0: at once)")
 
 
-def _spec_arguments(p: argparse.ArgumentParser) -> None:
+def _spec_arguments(p: Arguments) -> None:
     p.add_argument("--name", help="the container's id (generated when absent)")
     p.add_argument("--runtime", default="process", type=parse_runtime,
                    metavar="process|runc|crun|PATH",
@@ -262,15 +254,15 @@ def _spec_arguments(p: argparse.ArgumentParser) -> None:
     _supervision_arguments(p)
     p.add_argument("-d", "--detach", action="store_true",
                    help="accepted for docker's habit: containers always run detached")
-    p.add_argument("-i", "--interactive", action=_Unsupported, help=argparse.SUPPRESS,
+    p.add_argument("-i", "--interactive", action=UNSUPPORTED, help=HIDDEN,
                    why="containers run detached, without a terminal or stdin; follow the "
                        "output with `supervisorctl logs -f ID`, run more with `exec`")
-    p.add_argument("-t", "--tty", action=_Unsupported, help=argparse.SUPPRESS,
+    p.add_argument("-t", "--tty", action=UNSUPPORTED, help=HIDDEN,
                    why="containers run detached, without a terminal; follow the output with "
                        "`supervisorctl logs -f ID`")
 
 
-def _supervision_arguments(p: argparse.ArgumentParser) -> None:
+def _supervision_arguments(p: Arguments) -> None:
     """docker's restart policies and HEALTHCHECK (docs/design.md, section 8)."""
     g = p.add_argument_group("restart policy and health check (docker's meanings)")
     g.add_argument("--restart", type=parse_restart_policy, metavar="POLICY",
@@ -296,15 +288,15 @@ def _supervision_arguments(p: argparse.ArgumentParser) -> None:
                    help="restart an unhealthy container through its restart policy")
 
 
-def _g_run(p: argparse.ArgumentParser) -> None:
+def _g_run(p: Arguments) -> None:
     _spec_arguments(p)
 
 
-def _g_ids(p: argparse.ArgumentParser) -> None:
+def _g_ids(p: Arguments) -> None:
     p.add_argument("ids", nargs="+", metavar="ID")
 
 
-def _g_ps(p: argparse.ArgumentParser) -> None:
+def _g_ps(p: Arguments) -> None:
     p.add_argument("-a", "--all", action="store_true", help="include stopped containers")
     p.add_argument("-q", "--quiet", action="store_true", help="only the ids, one per line")
     p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
@@ -314,30 +306,30 @@ def _g_ps(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
-def _g_inspect(p: argparse.ArgumentParser) -> None:
+def _g_inspect(p: Arguments) -> None:
     p.add_argument("id", metavar="ID")
 
 
-def _g_kill(p: argparse.ArgumentParser) -> None:
+def _g_kill(p: Arguments) -> None:
     p.add_argument("-s", "--signal", type=parse_signal, default="KILL", metavar="SIGNAL",
                    help="a name (TERM, SIGTERM) or a number (default KILL)")
     _g_ids(p)
 
 
-def _g_rm(p: argparse.ArgumentParser) -> None:
+def _g_rm(p: Arguments) -> None:
     p.add_argument("-f", "--force", action="store_true", help="kill it first if it runs")
     p.add_argument("--all", action="store_true",
                    help="every stopped container (with -f: every container)")
     p.add_argument("ids", nargs="*", metavar="ID")
 
 
-def _g_wait(p: argparse.ArgumentParser) -> None:
+def _g_wait(p: Arguments) -> None:
     p.add_argument("--reconnect", type=non_negative_float, default=60.0, metavar="SECONDS",
                    help=_RECONNECT_HELP)
     p.add_argument("id", metavar="ID")
 
 
-def _g_logs(p: argparse.ArgumentParser) -> None:
+def _g_logs(p: Arguments) -> None:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     p.add_argument("-n", "--tail", type=tail_lines, metavar="N",
                    help="only the last N lines (all: every line)")
@@ -353,7 +345,7 @@ def _g_logs(p: argparse.ArgumentParser) -> None:
     p.add_argument("id", metavar="ID")
 
 
-def _g_exec(p: argparse.ArgumentParser) -> None:
+def _g_exec(p: Arguments) -> None:
     p.add_argument("-e", "--env", metavar="K=V", action="append", type=parse_env,
                    default=[], help="add to the container's environment (repeatable)")
     p.add_argument("-w", "--cwd", "--workdir", dest="cwd", metavar="DIR",
@@ -367,11 +359,11 @@ def since_arg(text: str) -> int | str:
     if text.strip().isdigit():
         return int(text)
     if text.strip().startswith("-"):
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {text}")
+        raise BadValue(f"expected 0 or more, got {text}")
     return text
 
 
-def _g_events(p: argparse.ArgumentParser) -> None:
+def _g_events(p: Arguments) -> None:
     p.add_argument("--since", type=since_arg, default=0, metavar="SEQ|TIME",
                    help="only events after this seq (default: from the start); with --nats "
                         "also a time: RFC 3339 or a duration ago (10m)")
@@ -391,15 +383,15 @@ def _g_events(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream", default="TETHER", help="with --nats: the stream's name")
 
 
-def _g_none(p: argparse.ArgumentParser) -> None:
+def _g_none(p: Arguments) -> None:
     pass
 
 
-def _g_help(p: argparse.ArgumentParser) -> None:
+def _g_help(p: Arguments) -> None:
     p.add_argument("topic", nargs="?", metavar="COMMAND")
 
 
-def _g_completion(p: argparse.ArgumentParser) -> None:
+def _g_completion(p: Arguments) -> None:
     p.add_argument("shell", choices=["bash"],
                    help="print the completion script (source <(supervisorctl completion bash))")
 
@@ -407,7 +399,7 @@ def _g_completion(p: argparse.ArgumentParser) -> None:
 _SPEC_USAGE = "%(prog)s [OPTIONS] CMD [ARGS...]"
 
 #: name -> (one-line help, its arguments, usage or None). Order: as ``--help`` lists them.
-GRAMMAR: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str | None]] = {
+GRAMMAR: dict[str, tuple[str, Callable[[Arguments], None], str | None]] = {
     "run": ("create and start a container, print its id", _g_run, _SPEC_USAGE),
     "create": ("create a container without starting it, print its id", _g_run, _SPEC_USAGE),
     "ps": ("list containers", _g_ps, None),
@@ -434,74 +426,36 @@ TAKES_COMMAND = {"run": 0, "create": 0, "exec": 1}
 SHELL_ONLY = {"quit": "leave the shell"}
 
 
-def _terminal_width() -> int:
-    """What argparse would compute, without importing shutil (3 ms of every one-shot run)."""
-    try:
-        return int(os.environ["COLUMNS"]) - 2
-    except (KeyError, ValueError):
-        pass
-    try:
-        return os.get_terminal_size(sys.stdout.fileno()).columns - 2
-    except (OSError, ValueError, AttributeError):
-        return 78
+def command_parser(name: str, shell: bool = False) -> argparse.ArgumentParser:
+    """argparse's parser of one command (its help, its errors): :mod:`supervisor.ctl_argparse`."""
+    from supervisor.ctl_argparse import command_parser
+
+    return command_parser(name, shell)
 
 
-def _formatter(prog: str) -> argparse.HelpFormatter:
-    return argparse.HelpFormatter(prog, width=_terminal_width())
+def build_parser(prog: str = "supervisorctl", shell: bool = False) -> argparse.ArgumentParser:
+    """argparse's parser of the whole CLI's help: :mod:`supervisor.ctl_argparse`."""
+    from supervisor.ctl_argparse import build_parser
+
+    return build_parser(prog, shell)
 
 
-def command_parser(name: str, shell: bool = False) -> _Parser:
-    """The parser of one command: its errors name it (``supervisorctl run: ...``)."""
-    text, define, usage = GRAMMAR[name]
-    prog = name if shell else f"supervisorctl {name}"
-    cls = _ShellParser if shell else _Parser
-    p = cls(prog=prog, usage=usage, description=text[0].upper() + text[1:] + ".",
-            prefix_chars=_supervisor.PREFIX_CHARS.get(name, "-"),
-            formatter_class=_formatter, epilog=EPILOG if name in TAKES_COMMAND or name in (
-                "wait", "logs", "events") else None)
-    define(p)
-    return p
+def takes_value(name: str) -> dict[str, bool]:
+    """Each option string of the command -> whether it takes a value (``-m`` yes, ``-d`` no)."""
+    from supervisor.ctl_args import record
+
+    return record(name).takes_value
 
 
-def build_parser(prog: str = "supervisorctl", shell: bool = False) -> _Parser:
-    """The whole CLI's help: global options and the list of commands (their own arguments are
-    built only when one is named: :func:`command_parser`)."""
-    cls = _ShellParser if shell else _Parser
-    parser = cls(prog=prog, description="Control Tether's supervisord: run, list, stop and "
-                 "watch containers.", epilog=EPILOG, formatter_class=_formatter)
-    if not shell:
-        parser.add_argument("--version", action="version", version=_version())
-        target = parser.add_mutually_exclusive_group()
-        target.add_argument("--root", metavar="DIR",
-                            help=f"supervisord's root (default: {default_root()})")
-        target.add_argument("--socket", metavar="PATH",
-                            help="the API socket (default: ROOT/supervisord.sock)")
-    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=cls)
-    for name, (text, _, _) in GRAMMAR.items():
-        if not (shell and name == "completion"):
-            sub.add_parser(name, help=text)
-    if shell:
-        for name, text in SHELL_ONLY.items():
-            sub.add_parser(name, help=text)
-    return parser
-
-
-def _version() -> str:
-    from supervisor.version import version_line
-
-    return version_line("supervisorctl")
-
-
-def split_command(p: argparse.ArgumentParser, words: Sequence[str],
+def split_command(takes: Mapping[str, bool], words: Sequence[str],
                   leading: int) -> tuple[list[str], list[str]]:
     """``[options and leading positionals]``, ``[the command line]``.
 
     The command starts at the first word that is neither an option, nor an option's value,
     nor one of the ``leading`` positionals (``exec``'s ID); ``--`` ends the options too. So
     ``run --name a python3 --help`` gives python3 its ``--help``, as ``docker run`` and
-    ``sudo`` do.
+    ``sudo`` do. ``takes``: :func:`takes_value` of the command.
     """
-    takes_value = {opt: action.nargs != 0 for opt, action in p._option_string_actions.items()}
     head: list[str] = []
     i = 0
     while i < len(words):
@@ -517,11 +471,11 @@ def split_command(p: argparse.ArgumentParser, words: Sequence[str],
             head.append(word)
             i += 1
             if word.startswith("--"):
-                needs_value = "=" not in word and takes_value.get(word, False)
+                needs_value = "=" not in word and takes.get(word, False)
             else:  # a cluster (-dm 64m): the first letter that takes a value ends it
                 needs_value = False
                 for j, letter in enumerate(word[1:], start=2):
-                    if takes_value.get("-" + letter):
+                    if takes.get("-" + letter):
                         needs_value = j == len(word)  # else the value is attached: -eK=V
                         break
             if needs_value and i < len(words):
@@ -537,11 +491,33 @@ def split_command(p: argparse.ArgumentParser, words: Sequence[str],
     return head, list(words[i:])
 
 
+class Namespace:
+    """The parsed command line: argparse's ``Namespace`` (attributes, ``in``, ``==``), which the
+    fast path gives without importing argparse."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.__dict__.update(kwargs)
+
+    def __eq__(self, other: object) -> bool:
+        return hasattr(other, "__dict__") and vars(self) == vars(other)
+
+    __hash__ = None  # type: ignore[assignment]  # as argparse's: mutable, compared by value
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.__dict__
+
+    def __repr__(self) -> str:
+        return "Namespace(" + ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items()) + ")"
+
+
 def parse(argv: Sequence[str], shell: bool = False) -> argparse.Namespace:
     """A command line (or a shell line) -> the namespace of its command.
 
     Global options come first (``--root``, ``--socket``, ``--version``, ``--help``); the first
-    other word is the command, parsed by its own parser.
+    other word is the command. Its words are read straight from :data:`GRAMMAR`
+    (:mod:`supervisor.ctl_args`, no argparse); a line that reader is not sure of (help, an
+    error, an abbreviation) goes to argparse (:mod:`supervisor.ctl_argparse`), which reads it
+    the same way or says what is wrong.
     """
     root = sock = None
     i = 0
@@ -568,26 +544,37 @@ def parse(argv: Sequence[str], shell: bool = False) -> argparse.Namespace:
             break
     words = list(argv[i:])
     if not words:
-        return argparse.Namespace(cmd=None, root=root, socket=sock)
+        return _namespace(cmd=None, root=root, socket=sock)
     name = words[0]
     if shell and name in SHELL_ONLY:
-        return argparse.Namespace(cmd=name, root=None, socket=None)
+        return _namespace(cmd=name, root=None, socket=None)
     if name not in GRAMMAR or (shell and name == "completion"):
         build_parser(prog="" if shell else "supervisorctl", shell=shell).parse_args(words)
         raise AssertionError("unreachable: argparse rejected the command")
-    p = command_parser(name, shell)
+    from supervisor.ctl_args import read, record
+
+    table = record(name)
     rest = words[1:]
     command: list[str] = []
     if name in TAKES_COMMAND:
-        rest, command = split_command(p, rest, TAKES_COMMAND[name])
-    args = p.parse_args(rest)
-    if name in TAKES_COMMAND:
-        if not command:
+        rest, command = split_command(table.takes_value, rest, TAKES_COMMAND[name])
+    values = read(table, rest) if command or name not in TAKES_COMMAND else None
+    if values is not None:
+        args = _namespace(**values)
+    else:
+        p = command_parser(name, shell)
+        args = p.parse_args(rest)
+        if name in TAKES_COMMAND and not command:
             p.error("the command to run is missing: give it after the options, e.g. "
                     f"{p.prog} {'ID ' if name == 'exec' else ''}sleep 60")
+    if name in TAKES_COMMAND:
         args.command = command
     args.cmd, args.root, args.socket, args.shell = name, root, sock, shell
     return args
+
+
+def _namespace(**values: Any) -> argparse.Namespace:
+    return Namespace(**values)  # type: ignore[return-value]  # argparse.Namespace's face
 
 
 def usage_error(args: argparse.Namespace, message: str) -> CtlError:

@@ -13,22 +13,23 @@ HTTP: one implementation of the semantics (:mod:`supervisor.sv_rpc`) behind both
 Over 500 lines on purpose: one module per client interface (each verb a short port of
 Supervisor's supervisorctl), so the whole of Supervisor's CLI reads in one place.
 
-Imported by :mod:`supervisor.ctl` on every call: only ``argparse``, ``os`` and ``sys`` at import.
+Imported by :mod:`supervisor.ctl` on every call: only ``os`` and ``sys`` at import.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 TYPE_CHECKING = False  # not typing's: every one-shot command imports this module
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Callable
     from typing import Any
 
     from events.rpc import BlockingConnection
     from supervisor.ctl import Target
+    from supervisor.ctl_grammar import Arguments
 
 __all__ = ["COMMANDS", "GRAMMAR", "PREFIX_CHARS", "VERBS"]
 
@@ -518,16 +519,16 @@ VERBS = frozenset(COMMANDS)
 _NAMES = "NAME|GROUP:*|all"
 
 
-def _g_status(p: argparse.ArgumentParser) -> None:
+def _g_status(p: Arguments) -> None:
     p.add_argument("names", nargs="*", metavar=_NAMES)
     p.add_argument("--json", action="store_true", help="one process info object per line")
 
 
-def _g_names(p: argparse.ArgumentParser) -> None:
+def _g_names(p: Arguments) -> None:
     p.add_argument("names", nargs="+", metavar=_NAMES)
 
 
-def _g_stop(p: argparse.ArgumentParser) -> None:
+def _g_stop(p: Arguments) -> None:
     from supervisor.ctl_grammar import non_negative_float
 
     p.add_argument("-t", "--time", type=non_negative_float, metavar="SECONDS",
@@ -537,41 +538,41 @@ def _g_stop(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", metavar=_NAMES)
 
 
-def _g_signal(p: argparse.ArgumentParser) -> None:
+def _g_signal(p: Arguments) -> None:
     p.add_argument("signal", metavar="SIGNAL", help="a name (HUP, TERM) or a number")
     _g_names(p)
 
 
-def _g_tail(p: argparse.ArgumentParser) -> None:
+def _g_tail(p: Arguments) -> None:
     p.add_argument("words", nargs="+", metavar="ARG")
 
 
-def _g_pid(p: argparse.ArgumentParser) -> None:
+def _g_pid(p: Arguments) -> None:
     p.add_argument("names", nargs="*", metavar="NAME|all")
 
 
-def _g_none(p: argparse.ArgumentParser) -> None:
+def _g_none(p: Arguments) -> None:
     pass
 
 
-def _g_clear(p: argparse.ArgumentParser) -> None:
+def _g_clear(p: Arguments) -> None:
     p.add_argument("names", nargs="+", metavar="NAME|all")
 
 
-def _g_apply(p: argparse.ArgumentParser) -> None:
+def _g_apply(p: Arguments) -> None:
     p.add_argument("-f", "--file", required=True, metavar="FILE")
     p.add_argument("--prune", action="store_true",
                    help="remove programs that are not in the file (never `run` containers)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
 
 
-def _g_info(p: argparse.ArgumentParser) -> None:
+def _g_info(p: Arguments) -> None:
     p.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
 
 
 #: Supervisor's verbs in :data:`supervisor.ctl_grammar.GRAMMAR`'s shape: name -> (one-line
 #: help, its arguments, usage or None). Where a name is also a docker-style verb, this wins.
-GRAMMAR: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str | None]] = {
+GRAMMAR: dict[str, tuple[str, Callable[[Arguments], None], str | None]] = {
     "status": ("Supervisor's process table (exit 3 if one listed is not running)", _g_status,
                None),
     "start": ("start processes: names, groups (GROUP:*) or all", _g_names, None),

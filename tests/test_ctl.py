@@ -422,8 +422,8 @@ def test_event_line_shows_only_what_the_spec_asked() -> None:
 ])
 def test_the_command_starts_at_the_first_word_that_is_not_an_option(argv, options,
                                                                      command) -> None:
-    p = ctl_grammar.command_parser(argv[0])
-    assert ctl_grammar.split_command(p, argv[1:], ctl_grammar.TAKES_COMMAND[argv[0]]) == (
+    takes = ctl_grammar.takes_value(argv[0])
+    assert ctl_grammar.split_command(takes, argv[1:], ctl_grammar.TAKES_COMMAND[argv[0]]) == (
         options, command)
     assert ctl_grammar.parse(argv).command == command
 

@@ -46,35 +46,39 @@ CTL_SCRIPT = Path(sys.executable).parent / "supervisorctl"
 NEVER_IN_CLI = frozenset({
     "trio", "structlog", "typing", "asyncio", "nats", "dataclasses", "pathlib", "logging",
     "contextlib", "shutil", "subprocess", "threading", "inspect", "tempfile", "uuid",
-    "tomllib", "xmlrpc", "http", "email", "urllib",
+    "tomllib", "xmlrpc", "http", "email", "urllib", "argparse", "locale", "gettext",
 })
 #: Never in a shim: the shim is stdlib + msgpack + ``events`` + ``shim`` (DESIGN.md).
 NEVER_IN_SHIM = frozenset({"trio", "structlog", "supervisor", "asyncio", "nats", "logging",
                            "argparse", "sniffio", "outcome", "attr"})
 
-#: What every ``supervisorctl`` command imports today: argparse (with re, enum, gettext and
-#: locale under it), the blocking client (socket, selectors) and the codec (msgpack, which
-#: imports datetime).
+#: What every ``supervisorctl`` command imports today: the grammar's table and its reader
+#: (:mod:`supervisor.ctl_args`: argparse, with re, enum, gettext and locale under it, only for
+#: ``--help`` and a line with an error in it), the blocking client (socket, selectors) and the
+#: codec (msgpack, which imports datetime).
 CLI_COMMON = frozenset({
-    "__future__", "_collections", "_datetime", "_functools", "_locale", "_operator", "_socket",
-    "_sre", "_struct", "argparse", "array", "collections", "collections.abc", "copyreg",
-    "datetime", "enum", "errno", "events", "events.domain", "events.rpc", "events.wire",
-    "functools", "gettext", "itertools", "keyword", "locale", "math", "msgpack",
-    "msgpack._cmsgpack", "msgpack.exceptions", "msgpack.ext", "operator", "re", "re._casefix",
-    "re._compiler", "re._constants", "re._parser", "reprlib", "select", "selectors", "socket",
-    "struct", "supervisor", "supervisor.ctl", "supervisor.ctl_commands", "supervisor.ctl_grammar",
-    "supervisor.ctl_supervisor", "supervisor.defaults", "types", "warnings",
+    "__future__", "_collections", "_datetime", "_functools", "_operator", "_socket", "_struct",
+    "array", "collections", "collections.abc", "datetime", "enum", "errno", "events",
+    "events.domain", "events.rpc", "events.wire", "functools", "itertools", "keyword", "math",
+    "msgpack", "msgpack._cmsgpack", "msgpack.exceptions", "msgpack.ext", "operator", "reprlib",
+    "select", "selectors", "socket", "struct", "supervisor", "supervisor.ctl",
+    "supervisor.ctl_args", "supervisor.ctl_commands", "supervisor.ctl_grammar",
+    "supervisor.ctl_supervisor", "supervisor.defaults", "types",
 })
 #: events.render: the one event rendering (shared with `python -m events dump`), ~0.1 ms
 _RENDER = frozenset({"calendar", "events.render", "events.timefmt", "supervisor.ctl_render",
                      "supervisor.protocol"})
-_JSON = frozenset({"json", "json.decoder", "json.encoder", "json.scanner", "_json"})
+#: json (its decoder imports re: the one-shot commands that print JSON pay for it)
+_JSON = frozenset({"json", "json.decoder", "json.encoder", "json.scanner", "_json", "re",
+                   "re._casefix", "re._compiler", "re._constants", "re._parser", "_sre",
+                   "copyreg"})
 #: Per command, on top of :data:`CLI_COMMON`.
 CLI_EXTRA: dict[str, frozenset[str]] = {
     "run": frozenset(),
     "ps": _RENDER,
     "ps --json": _RENDER | _JSON,
     "status": frozenset(),  # Supervisor's table, rendered by ctl_supervisor
+    "stop --all": frozenset(),
     "info": _RENDER | _JSON,
 }
 
