@@ -27,7 +27,7 @@ from supervisor.defaults import default_root
 TYPE_CHECKING = False  # not typing's (~3 ms): a usage error is a one-shot command too
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from typing import Any
+    from typing import Any, NoReturn
 
 __all__ = ["build_parser", "command_parser"]
 
@@ -35,10 +35,10 @@ __all__ = ["build_parser", "command_parser"]
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so the interactive shell survives a typo."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise CtlError(f"{self.prog}: {message}\nTry '{self.prog} --help'.", EXIT_USAGE)
 
-    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         if message:
             sys.stderr.write(message)
         raise grammar.ParserExit(status)
@@ -47,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 class _ShellParser(_Parser):
     """The parser of one shell line: its hints point at the shell's `help`."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         name = self.prog.strip()
         if name:
             raise CtlError(f"{name}: {message}\nTry 'help {name}'.", EXIT_USAGE)
