@@ -3,11 +3,16 @@
 Blocking on purpose: a one-shot ``supervisorctl ps`` must not pay for importing trio. It is a
 thin I/O wrapper around :class:`events.wire.Conversation`, the sans-IO client that the trio side
 of the system drives too.
+
+It uses the interpreter's own ``_socket`` object, not the ``socket`` module: that module's
+enums (``AddressFamily``...) and its ``selectors`` import cost a one-shot command more than its
+connect, and a blocking connect/send/recv needs none of them. Its errors are the same
+(``OSError`` and its subclasses, ``TimeoutError``).
 """
 
 from __future__ import annotations
 
-import socket
+import _socket
 
 from events import wire
 
@@ -33,7 +38,7 @@ class BlockingConnection:
     def __init__(self, path: str, role: str = "client", timeout: float | None = 30.0,
                  max_frame: int = wire.MAX_FRAME) -> None:
         self.path = path
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
         self._conv = wire.Conversation(role, max_frame)
         try:

@@ -46,7 +46,8 @@ CTL_SCRIPT = Path(sys.executable).parent / "supervisorctl"
 NEVER_IN_CLI = frozenset({
     "trio", "structlog", "typing", "asyncio", "nats", "dataclasses", "pathlib", "logging",
     "contextlib", "shutil", "subprocess", "threading", "inspect", "tempfile", "uuid",
-    "tomllib", "xmlrpc", "http", "email", "urllib", "argparse", "locale", "gettext",
+    "tomllib", "xmlrpc", "http", "email", "urllib", "argparse", "locale", "gettext", "socket",
+    "selectors",
 })
 #: Never in a shim: the shim is stdlib + msgpack + ``events`` + ``shim`` (DESIGN.md).
 NEVER_IN_SHIM = frozenset({"trio", "structlog", "supervisor", "asyncio", "nats", "logging",
@@ -54,15 +55,15 @@ NEVER_IN_SHIM = frozenset({"trio", "structlog", "supervisor", "asyncio", "nats",
 
 #: What every ``supervisorctl`` command imports today: the grammar's table and its reader
 #: (:mod:`supervisor.ctl_args`: argparse, with re, enum, gettext and locale under it, only for
-#: ``--help`` and a line with an error in it), the blocking client (socket, selectors) and the
-#: codec (msgpack, which imports datetime).
+#: ``--help`` and a line with an error in it), the blocking client (on ``_socket``: the
+#: ``socket`` module's enums and selectors are not needed to connect) and the codec (msgpack,
+#: which imports datetime; events.domain's enums).
 CLI_COMMON = frozenset({
     "__future__", "_collections", "_datetime", "_functools", "_operator", "_socket", "_struct",
-    "array", "collections", "collections.abc", "datetime", "enum", "errno", "events",
-    "events.domain", "events.rpc", "events.wire", "functools", "itertools", "keyword", "math",
-    "msgpack", "msgpack._cmsgpack", "msgpack.exceptions", "msgpack.ext", "operator", "reprlib",
-    "select", "selectors", "socket", "struct", "supervisor", "supervisor.ctl",
-    "supervisor.ctl_args", "supervisor.ctl_commands", "supervisor.ctl_grammar",
+    "collections", "datetime", "enum", "events", "events.domain", "events.rpc", "events.wire",
+    "functools", "itertools", "keyword", "math", "msgpack", "msgpack._cmsgpack",
+    "msgpack.exceptions", "msgpack.ext", "operator", "reprlib", "struct", "supervisor",
+    "supervisor.ctl", "supervisor.ctl_args", "supervisor.ctl_commands", "supervisor.ctl_grammar",
     "supervisor.ctl_supervisor", "supervisor.defaults", "types",
 })
 #: events.render: the one event rendering (shared with `python -m events dump`), ~0.1 ms
