@@ -7,7 +7,9 @@ Services, all in one trio nursery (nothing runs unowned):
 * the shim registry (:class:`~supervisor.registry.ShimRegistry`): one link task per shim (its
   events, appended exactly once, then acknowledged) and the shim launcher
   (:class:`~supervisor.launcher.ShimLauncher`), a preloaded fork server that starts shims much
-  faster than a fresh interpreter; restarted if it dies, ``shim start`` meanwhile;
+  faster than a fresh interpreter; restarted if it dies, ``shim start`` meanwhile. Started once
+  reconciliation has ended (or by the first spawn), so its fork and preload never compete with
+  what a client waiting after a restart waits for: the API socket, then reconciliation;
 * supervision (:class:`~supervisor.supervision.Supervision`): the restarts the daemon decides
   and carries out where no shim exists (after a reboot, after a lost shim's task ended);
 * recovery's reconciliation, and the snapshotter;
@@ -148,7 +150,7 @@ async def _serve(core: Core, supervision: Supervision, server: Server, sock: soc
                 await services.start(server.serve, sock)
                 await services.start(compat.serve)  # ROOT/supervisor.sock, --config
                 await services.start(autoremove.run, core, server.commands.rm)  # run --rm
-                services.start_soon(recovery.reconcile_all, core, supervision, previous_boot)
+                services.start_soon(_reconcile, core, supervision, previous_boot)
                 services.start_soon(recovery.snapshotter, core)
                 await _until_stop(core)
                 services.cancel_scope.cancel()
@@ -161,6 +163,14 @@ async def _serve(core: Core, supervision: Supervision, server: Server, sock: soc
                 except Exception as exc:
                     log.error("could not record the stop", error=str(exc))
             outer.cancel_scope.cancel()
+
+
+async def _reconcile(core: Core, supervision: Supervision, previous_boot: str | None) -> None:
+    """Reconciliation, then the shim launcher: until every recovered container is reconciled,
+    ``ps`` shows it ``unknown``, so nothing that can wait (the launcher's fork and preload) may
+    take the CPU from it (a spawn meanwhile starts the launcher itself)."""
+    await recovery.reconcile_all(core, supervision, previous_boot)
+    core.shims.want_launcher()
 
 
 async def _until_stop(core: Core) -> None:

@@ -36,6 +36,7 @@ class ShimRegistry:
         self._links: dict[str, ShimLink] = {}
         self.launcher = ShimLauncher(root) if use_launcher else None
         self._nursery: trio.Nursery | None = None
+        self._launch = trio.Event()  # :meth:`want_launcher`
 
     def __len__(self) -> int:
         return len(self._links)
@@ -47,14 +48,26 @@ class ShimRegistry:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self.launcher is not None:
-                nursery.start_soon(self.launcher.run)
+                nursery.start_soon(self._run_launcher, self.launcher)
             task_status.started()
             await trio.sleep_forever()
+
+    def want_launcher(self) -> None:
+        """Start the launcher now: the daemon calls this once it has reconciled, and the first
+        spawn does (so a start never waits for the end of reconciliation). Not before: forking
+        it and its interpreter's preload would share this machine's CPU with the daemon's
+        start-up, which is what a client waiting for ``ps`` waits for."""
+        self._launch.set()
+
+    async def _run_launcher(self, launcher: ShimLauncher) -> None:
+        await self._launch.wait()
+        await launcher.run()
 
     # -- starting -------------------------------------------------------------------------------
 
     async def spawn(self, cid: str, instance: str, spec: Spec, attempt: int = 0) -> Ready:
         """Start a shim for ``cid`` (its ready map); see :func:`supervisor.shims.spawn_shim`."""
+        self.want_launcher()  # this start goes through a fresh interpreter if it is not ready
         return await spawn_shim(self.root, cid, instance, spec, self.launcher, attempt)
 
     def link(self, cid: str, instance: str) -> ShimLink:
