@@ -145,6 +145,15 @@ def build_parser(prog: str = "supervisorctl", shell: bool = False) -> _Parser:
                             help=f"supervisord's root (default: {default_root()})")
         target.add_argument("--socket", metavar="PATH",
                             help="the API socket (default: ROOT/supervisord.sock)")
+        sv = parser.add_argument_group("Supervisor's options (for scripts written for it)")
+        sv.add_argument("-c", "--configuration", metavar="FILE",
+                        help="the root from FILE's [supervisorctl] serverurl = "
+                        "unix://ROOT/supervisor.sock (or [unix_http_server] file)")
+        sv.add_argument("-s", "--serverurl", metavar="URL",
+                        help="the root from unix://ROOT/supervisor.sock")
+        sv.add_argument("-u", "--username", metavar="USER", help="accepted, unused: on the "
+                        "unix socket the caller's credentials decide")
+        sv.add_argument("-p", "--password", metavar="PASSWORD", help="accepted, unused")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=cls)
     for name, (text, _, _) in grammar.GRAMMAR.items():
         if not (shell and name == "completion"):

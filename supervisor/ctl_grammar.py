@@ -433,6 +433,25 @@ def command_parser(name: str, shell: bool = False) -> argparse.ArgumentParser:
     return command_parser(name, shell)
 
 
+def _supervisor_option(word: str) -> tuple[str, str | None] | None:
+    """Supervisor's global option in ``word`` (``-c FILE``, ``-cFILE``, ``--serverurl=URL``):
+    its name and its value when the word holds it; None for any other word."""
+    name, eq, value = word.partition("=")
+    if word[:2] in ("-c", "-s", "-u", "-p") and not word.startswith("--"):
+        name, value, eq = word[:2], word[2:], "=" if len(word) > 2 else ""
+    from_word = _SUPERVISOR_OPTIONS.get(name)
+    if from_word is None:
+        return None
+    return from_word, (value if eq else None)
+
+
+#: Supervisor's supervisorctl options that name the daemon (:mod:`supervisor.ctl_svconf`).
+_SUPERVISOR_OPTIONS = {"-c": "configuration", "--configuration": "configuration",
+                       "-s": "serverurl", "--serverurl": "serverurl",
+                       "-u": "username", "--username": "username",
+                       "-p": "password", "--password": "password"}
+
+
 def build_parser(prog: str = "supervisorctl", shell: bool = False) -> argparse.ArgumentParser:
     """argparse's parser of the whole CLI's help: :mod:`supervisor.ctl_argparse`."""
     from supervisor.ctl_argparse import build_parser
@@ -520,11 +539,22 @@ def parse(argv: Sequence[str], shell: bool = False) -> argparse.Namespace:
     the same way or says what is wrong.
     """
     root = sock = None
+    supervisors: dict[str, str] = {}  # Supervisor's -c/-s/-u/-p (supervisor.ctl_svconf)
     i = 0
     while not shell and i < len(argv):
         word = argv[i]
         name, eq, value = word.partition("=")
-        if name in ("--root", "--socket"):
+        option = _supervisor_option(word)
+        if option is not None:
+            key, given = option
+            if given is None:
+                if i + 1 >= len(argv):
+                    build_parser().error(f"argument {word}: expected one argument")
+                given = argv[i + 1]
+                i += 1
+            supervisors[key] = given
+            i += 1
+        elif name in ("--root", "--socket"):
             if not eq:
                 if i + 1 >= len(argv):
                     build_parser().error(f"argument {name}: expected one argument")
@@ -542,7 +572,20 @@ def parse(argv: Sequence[str], shell: bool = False) -> argparse.Namespace:
             raise AssertionError("unreachable: argparse printed or raised")
         else:
             break
+    if supervisors and root is None and sock is None:
+        from supervisor import ctl_svconf
+
+        if "serverurl" in supervisors:
+            root = ctl_svconf.root_from_url(supervisors["serverurl"])
+        elif "configuration" in supervisors:
+            root = ctl_svconf.root_from_config(supervisors["configuration"])
     words = list(argv[i:])
+    if words and not shell and any(c.isspace() for c in words[0]):
+        # Supervisor's supervisorctl joins its arguments into one line and splits it on white
+        # space: ``supervisorctl 'signal HUP' web`` (as ansible's module calls it) is a command
+        joined = " ".join(words).split()
+        if joined and joined[0] in _supervisor.VERBS:
+            words = joined
     if not words:
         return _namespace(cmd=None, root=root, socket=sock)
     name = words[0]

@@ -351,6 +351,52 @@ def cmd_clear(t: Target, args: argparse.Namespace) -> int:
     return status.code
 
 
+# -- add, remove ---------------------------------------------------------------------------
+
+
+#: Supervisor's fault codes that ``add``/``remove`` tell apart.
+SHUTDOWN_STATE, ALREADY_ADDED, STILL_RUNNING = 6, 90, 91
+
+
+def cmd_add(t: Target, args: argparse.Namespace) -> int:
+    """Supervisor's ``add GROUP...``: create and start a group of the program file that is not
+    in use (``addProcessGroup``), with Supervisor's words (ansible's module reads them)."""
+    code = 0
+    with t.connect() as c:
+        for name in args.names:
+            try:
+                rpc(c, "supervisor.addProcessGroup", name)
+            except SvFault as exc:
+                if exc.code == ALREADY_ADDED:
+                    _out("ERROR: process group already active")
+                    continue
+                code = GENERIC
+                _out("ERROR: shutting down" if exc.code == SHUTDOWN_STATE else
+                     f"ERROR: no such process/group: {name}" if exc.code == BAD_NAME else
+                     f"ERROR: {name}: {exc.text}")
+            else:
+                _out(f"{name}: added process group")
+    return code
+
+
+def cmd_remove(t: Target, args: argparse.Namespace) -> int:
+    """Supervisor's ``remove GROUP...``: remove a stopped group's containers
+    (``removeProcessGroup``); the program file keeps it, so ``add`` brings it back."""
+    code = 0
+    with t.connect() as c:
+        for name in args.names:
+            try:
+                rpc(c, "supervisor.removeProcessGroup", name)
+            except SvFault as exc:
+                code = GENERIC
+                _out(f"ERROR: process/group still running: {name}" if exc.code == STILL_RUNNING
+                     else f"ERROR: no such process/group: {name}" if exc.code == BAD_NAME
+                     else f"ERROR: {name}: {exc.text}")
+            else:
+                _out(f"{name}: removed process group")
+    return code
+
+
 # -- tail ----------------------------------------------------------------------------------
 
 
@@ -510,7 +556,7 @@ COMMANDS: dict[str, Callable[[Target, argparse.Namespace], int]] = {
     "status": cmd_status, "start": cmd_start, "stop": cmd_stop, "restart": cmd_restart,
     "signal": cmd_signal, "tail": cmd_tail, "pid": cmd_pid, "avail": cmd_avail,
     "reread": cmd_reread, "update": cmd_update, "clear": cmd_clear, "apply": cmd_apply,
-    "info": cmd_info,
+    "info": cmd_info, "add": cmd_add, "remove": cmd_remove,
 }
 #: The verbs this module defines (the older definitions of the same names give way).
 VERBS = frozenset(COMMANDS)
@@ -559,6 +605,10 @@ def _g_clear(p: Arguments) -> None:
     p.add_argument("names", nargs="+", metavar="NAME|all")
 
 
+def _g_groups(p: Arguments) -> None:
+    p.add_argument("names", nargs="+", metavar="GROUP")
+
+
 def _g_apply(p: Arguments) -> None:
     p.add_argument("-f", "--file", required=True, metavar="FILE")
     p.add_argument("--prune", action="store_true",
@@ -587,6 +637,10 @@ GRAMMAR: dict[str, tuple[str, Callable[[Arguments], None], str | None]] = {
                None),
     "update": ("apply the --config file (or the applied file) again, with prune", _g_none, None),
     "clear": ("clear processes' logs", _g_clear, None),
+    "add": ("create and start groups of the program file that are not in use", _g_groups,
+            None),
+    "remove": ("remove stopped groups (the program file keeps them: `add` brings them back)",
+               _g_groups, None),
     "apply": ("apply a program file (Tether TOML or supervisord.conf)", _g_apply, None),
     "info": ("daemon health, version, paths, counts", _g_info, None),
 }

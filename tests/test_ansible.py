@@ -5,7 +5,8 @@ Playbooks that manage Supervisor's programs are a habit worth keeping: the modul
 action by the text it prints (``NAME: started``, ``NAME: removed process group``...). Here the
 real module (the PyPI ``ansible`` package, in its own venv made by ``.ci/setup``) runs one
 playbook against a real daemon twice: through Debian's ``supervisorctl`` on
-``ROOT/supervisor.sock`` (Supervisor's XML-RPC), and through Tether's own ``supervisorctl``.
+``ROOT/supervisor.sock`` (Supervisor's XML-RPC), and through Tether's own ``supervisorctl``
+(which reads ``-c FILE`` and the joined words of ``'signal HUP' NAME`` as Supervisor's does).
 Each task's ``changed`` is what the module saw: a second ``stopped`` that changes nothing proves
 the first one stopped.
 """
@@ -59,10 +60,9 @@ TASKS: list[tuple[dict[str, str], str]] = [
 ]
 
 
-def _need_ansible() -> None:
-    if ANSIBLE.exists():
+def _need(path: Path | str, why: str) -> None:
+    if os.path.exists(path):
         return
-    why = f"{ANSIBLE} is missing: bash .ci/setup installs ansible there"
     if os.environ.get("CI"):
         pytest.fail(why)  # CI must run this, never skip it
     pytest.skip(why)
@@ -109,20 +109,19 @@ def programs(daemon_factory: Any, root: Path, tmp_path: Path) -> Daemon:
     return daemon
 
 
-@pytest.mark.parametrize("which", ["debian"])
+@pytest.mark.parametrize("which", ["debian", "tether"])
 def test_ansible_manages_programs(programs: Daemon, tmp_path: Path, which: str) -> None:
-    _need_ansible()
+    _need(ANSIBLE, f"{ANSIBLE} is missing: bash .ci/setup installs ansible there")
     d = programs
+    # the user's one file: programs for supervisord, the socket for either supervisorctl
+    ctl_args = {"config": str(tmp_path / "supervisord.conf")}
     if which == "debian":
-        if not os.path.exists(DEBIAN_CTL):
-            pytest.skip(f"{DEBIAN_CTL} is missing (Debian's supervisor package)")
-        # the user's one file: programs for supervisord, the socket for supervisorctl
-        ctl_args = {"supervisorctl_path": DEBIAN_CTL, "config": str(tmp_path / "supervisord.conf")}
-    else:  # ours, as a user's PATH would have it (the root is the only thing to say)
-        wrapper = tmp_path / "supervisorctl"
-        wrapper.write_text(f"#!/bin/sh\nexec {' '.join(CTL)} --root {d.root} \"$@\"\n")
-        wrapper.chmod(0o755)
-        ctl_args = {"supervisorctl_path": str(wrapper)}
+        _need(DEBIAN_CTL, f"{DEBIAN_CTL} is missing: bash .ci/setup installs Debian's "
+              "supervisor package as root")
+        ctl_args["supervisorctl_path"] = DEBIAN_CTL
+    else:
+        assert len(CTL) == 1, "the venv's supervisorctl script, as a user runs it"
+        ctl_args["supervisorctl_path"] = CTL[0]
     d.wait_for_line("lonely", "ready")
     before = {cid: row["pid"] for cid, row in d.ps().items()}
     lonely = d.call("inspect", id="lonely")["created"]

@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from daemon_helpers import Daemon, ctl, daemon_factory, ok  # noqa: F401
+from daemon_helpers import CTL, Daemon, ctl, daemon_factory, ok  # noqa: F401
 
 DEBIAN_CTL = "/usr/bin/supervisorctl"
 
@@ -87,3 +87,62 @@ def test_status_parses_like_supervisors(d: Daemon, tmp_path: Path) -> None:
         assert [line[:43] for line in ours.stdout.splitlines()] == [
             line[:43] for line in theirs.stdout.splitlines()]
         assert ours.returncode == theirs.returncode == 3
+
+
+def _theirs(d: Daemon, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([DEBIAN_CTL, "-s", f"unix://{d.root}/supervisor.sock", *argv],
+                          capture_output=True, text=True, timeout=30, env=env, cwd="/")
+
+
+def test_add_and_remove_say_what_supervisors_say(d: Daemon) -> None:
+    """``remove`` a running group refuses, a stopped one goes (the file keeps it), ``add``
+    brings it back, started; unknown names and a second ``add`` as Supervisor words them,
+    with its exit statuses, beside Debian's supervisorctl on the same daemon."""
+    steps = [
+        (("remove", "lonely"), "ERROR: process/group still running: lonely\n", 1),
+        (("stop", "lonely"), "lonely: stopped\n", 0),
+        (("remove", "lonely"), "lonely: removed process group\n", 0),
+        (("remove", "lonely"), "ERROR: no such process/group: lonely\n", 1),
+        (("add", "lonely"), "lonely: added process group\n", 0),
+        (("add", "lonely"), "ERROR: process group already active\n", 0),
+        (("add", "nosuch"), "ERROR: no such process/group: nosuch\n", 1),
+    ]
+    for argv, text, code in steps:
+        proc = ctl(d, *argv)
+        assert (proc.stdout, proc.returncode) == (text, code), argv
+    assert "lonely" in d.ps() and d.ps()["lonely"]["state"] == "running"
+    if os.path.exists(DEBIAN_CTL):
+        for argv, text, code in [steps[0], steps[5], steps[6]]:
+            theirs = _theirs(d, *argv)
+            assert (theirs.stdout, theirs.returncode) == (text, code), argv
+
+
+def test_supervisors_way_of_naming_the_daemon(d: Daemon, tmp_path: Path) -> None:
+    """``-c FILE`` (its [supervisorctl] serverurl or [unix_http_server] file) and ``-s URL``
+    name the root; Supervisor's joined words (``'signal HUP' NAME``, as ansible calls it) are
+    one command; what cannot name a Tether root is a usage error that says why."""
+    url = f"unix://{d.root}/supervisor.sock"
+    by_url = tmp_path / "by-url.conf"
+    by_url.write_text(f"[supervisorctl]\nserverurl = {url}  ; the daemon's\n")
+    by_file = tmp_path / "by-file.conf"
+    by_file.write_text(f"[unix_http_server]\nfile = {d.root}/supervisor.sock\n")
+    pid = d.ps()["lonely"]["pid"]
+    for argv in (["-c", str(by_url)], [f"--configuration={by_file}"], ["-s", url],
+                 [f"-s{url}", "-u", "user", "-p", "secret"]):
+        proc = subprocess.run([*CTL, *argv, "pid", "lonely"], capture_output=True, text=True,
+                              timeout=30, cwd=tmp_path)
+        assert (proc.returncode, proc.stdout) == (0, f"{pid}\n"), (argv, proc.stderr)
+    joined = subprocess.run([*CTL, "-s", url, "signal TERM", "lonely"], capture_output=True,
+                            text=True, timeout=30)
+    assert (joined.returncode, joined.stdout) == (0, "lonely: signalled\n"), joined.stderr
+    bad = tmp_path / "none.conf"
+    bad.write_text("[supervisord]\nlogfile = x\n")
+    for argv, words in ((["-s", "http://127.0.0.1:9001", "status"],
+                         "unix://ROOT/supervisor.sock"),
+                        (["-c", str(bad), "status"], "names no socket"),
+                        (["-c", str(tmp_path / "missing.conf"), "status"], "No such file"),
+                        (["-s"], "expected one argument")):
+        proc = subprocess.run([*CTL, *argv], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2 and words in proc.stderr, (argv, proc.stderr)
+        assert "Traceback" not in proc.stderr
