@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from daemon_helpers import CTL, Daemon, ctl, daemon, daemon_factory, ok  # noqa: F401 (fixtures)
 
+from events.procfs import is_running
 from events.rpc import BlockingConnection
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,6 +37,24 @@ def events_of(d: Daemon, *flags: str) -> list[dict[str, Any]]:
 def follower(d: Daemon, *argv: str, **kwargs: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen([*CTL, "--root", str(d.root), *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=REPO, **kwargs)
+
+
+def connected(d: Daemon, proc: subprocess.Popen[bytes]) -> None:
+    """Until *proc* (a supervisorctl) holds a socket and waits in it: its request is sent (the
+    hello and the request go in one write). A fixed sleep stood here and lost under load."""
+
+    def waiting() -> bool:
+        try:
+            fds = os.listdir(f"/proc/{proc.pid}/fd")
+            links = [os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in fds]
+            with open(f"/proc/{proc.pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state == b"S" and any(link.startswith("socket:") for link in links)
+
+    d.wait_for(waiting)
+    time.sleep(0.1)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -228,13 +247,17 @@ def test_run_rm_with_a_kill9_at_any_moment_removes_exactly_once(daemon: Daemon,
 # -- exit codes a script can trust across a daemon restart ---------------------------------------
 
 
-def test_wait_survives_a_daemon_restart(daemon: Daemon) -> None:
-    ok(daemon, "run", "--name", "w", "sh", "-c", "sleep 1.5; exit 7")
+def test_wait_survives_a_daemon_restart(daemon: Daemon, tmp_path: Path) -> None:
+    trigger = tmp_path / "exit-now"
+    ok(daemon, "run", "--name", "w", "sh", "-c",
+       f"while [ ! -e {trigger} ]; do sleep 0.02; done; exit 7")
+    pid = daemon.ps()["w"]["pid"]
     waiter = follower(daemon, "wait", "w")
     try:
-        time.sleep(0.5)
-        daemon.kill9()  # the container exits while no daemon is up
-        time.sleep(1.5)
+        connected(daemon, waiter)
+        daemon.kill9()
+        trigger.touch()  # the container exits while no daemon is up
+        daemon.wait_for(lambda: not is_running(pid))
         daemon.start()
         out, err = waiter.communicate(timeout=30)
     finally:
@@ -247,7 +270,7 @@ def test_wait_exits_125_when_the_daemon_does_not_come_back(daemon: Daemon) -> No
     ok(daemon, "run", "--name", "w", "sleep", "60")
     waiter = follower(daemon, "wait", "--reconnect", "1", "w")
     try:
-        time.sleep(0.5)
+        connected(daemon, waiter)
         daemon.kill9()
         out, err = waiter.communicate(timeout=30)
     finally:
