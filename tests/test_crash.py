@@ -33,6 +33,17 @@ from typing import Any
 
 from conftest import _proc_table
 from daemon_helpers import Daemon
+from history_checks import (
+    DaemonGone,
+    Follower,
+    by_container,
+    check_exits_once,
+    check_seqs,
+    check_tasks,
+    quiet_view,
+    restart_lost,
+    wait_reconciled,
+)
 
 from events import wire
 from events.procfs import is_running
@@ -43,9 +54,6 @@ ROUNDS = int(os.environ.get("TETHER_CRASH_ROUNDS", "50"))
 #: has its own containers with their own markers, which must not be counted as ours.
 RUN = f"{os.getpid():x}{random.getrandbits(24):06x}"
 SEED = int(os.environ.get("TETHER_CRASH_SEED", "20261128"))
-
-DaemonGone = (OSError, ConnectionError, wire.ProtocolError, TimeoutError)
-
 
 #: The restart policies of the crash-looping containers: short back-offs, so that they loop.
 POLICIES = ("always", "on-failure", "on-failure:3")
@@ -161,35 +169,6 @@ def workload(d: Daemon, model: Model, ops: int) -> None:
                 return
 
 
-class Follower:
-    """A live subscriber that resumes with ``since`` after every crash."""
-
-    def __init__(self, d: Daemon) -> None:
-        self.d = d
-        self.seqs: list[int] = []
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        since = self.seqs[-1] if self.seqs else 0
-        try:
-            with BlockingConnection(self.d.socket, timeout=None) as conn:
-                for item in conn.stream("events", since=since, follow=True):
-                    self.seqs.append(item["seq"])
-        except DaemonGone:
-            return
-        except wire.RemoteError:
-            return
-
-    def join(self) -> None:
-        assert self.thread is not None
-        self.thread.join(10)
-        assert not self.thread.is_alive()
-
-
 def marker_counts() -> Counter[str]:
     counts: Counter[str] = Counter()
     for _, cmd in _proc_table().values():
@@ -199,25 +178,10 @@ def marker_counts() -> Counter[str]:
     return counts
 
 
-def wait_reconciled(d: Daemon) -> dict[str, dict[str, Any]]:
-    def done() -> dict[str, dict[str, Any]] | None:
-        if d.call("status")["reconciling"]:
-            return None
-        rows = d.ps()
-        if any(r["state"] == "unknown" for r in rows.values()):
-            return None
-        return rows or {"": {}}
-
-    rows = d.wait_for(done, timeout=15)
-    rows.pop("", None)
-    return rows
-
-
 def check(d: Daemon, model: Model) -> None:
     rows = wait_reconciled(d)
     events = d.stream("events")
-    seqs = [e["seq"] for e in events]
-    assert seqs == list(range(1, len(seqs) + 1)), "seqs must be gap-free"
+    check_seqs(events)
     for cid, t in model.items.items():
         if t.acked and not t.rm:
             assert cid in rows, f"container {cid} was lost"
@@ -226,23 +190,18 @@ def check(d: Daemon, model: Model) -> None:
     for cid in rows:
         assert cid in model.items, f"container {cid} appeared from nowhere"
     # exits exactly once per task, with the right status
-    exits: Counter[tuple[str, str, int]] = Counter()
     for e in events:
         if e["type"] == "task.exit":
-            exits[(e["id"], e["data"].get("instance"), e["data"].get("pid"))] += 1
             t = model.items[e["id"]]
             status = e["data"]["exit_status"]
             if t.kind in ("short", "loop") and not t.interfered:
                 assert status in (t.code, 137), (e, t)  # 137: rm -f before it ended
             elif not (t.kind == "loop" and status is None):  # None: its shim was killed
                 assert status is not None, e
-    dup = {k: n for k, n in exits.items() if n > 1}
-    assert not dup, f"exits recorded more than once: {dup}"
+    check_exits_once(events)
     # tasks alternate, restarts are recorded once each and counted in ps
     now, history = quiet_view(d)
-    by_id: dict[str, list[dict[str, Any]]] = {}
-    for e in history:
-        by_id.setdefault(e["id"], []).append(e)
+    by_id = by_container(history)
     for cid, row in now.items():
         check_tasks(cid, by_id.get(cid, []), row)
     for cid, row in rows.items():
@@ -276,73 +235,6 @@ def check(d: Daemon, model: Model) -> None:
                            if e["id"] == cid]
                 raise AssertionError(f"{cid} is {row} but still has processes {procs}; "
                                      f"model {model.items[cid]}; history {history}") from None
-
-
-def quiet_view(d: Daemon) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """``ps`` and the whole history as of the same seq (crash loops keep appending: retry
-    until nothing was appended in between)."""
-    for _ in range(100):
-        before = d.call("status")["last_seq"]
-        rows = d.ps()
-        events = d.stream("events")
-        if events and events[-1]["seq"] == before == d.call("status")["last_seq"]:
-            return rows, events
-    raise AssertionError("the daemon never stood still long enough to compare ps and the log")
-
-
-def check_tasks(cid: str, events: list[dict[str, Any]], row: dict[str, Any]) -> None:
-    """One container's history: each task created, started at most once and ended once, in
-    that order; a task after the first only after a recorded restart (or a start by command
-    of a stopped container, after its ``task.delete``); each restart recorded once (followed
-    by its task, unless a stop cancelled it)."""
-    running: tuple[Any, Any] | None = None  # (instance, pid) of the task not ended yet
-    started = False
-    tasks = 0
-    pending = False  # a restart recorded, its task not created yet
-    deleted = False  # the last task was deleted: a start by command may follow
-    history = [(e["seq"], e["type"]) for e in events]
-    for e in events:
-        kind, data = e["type"], e["data"]
-        if kind == "task.create":
-            assert running is None, f"{cid}: a task created before the last ended: {history}"
-            assert tasks == 0 or pending or deleted, \
-                f"{cid}: a new task without a restart: {history}"
-            running, started = (data.get("instance"), data.get("pid")), False
-            pending = deleted = False
-            tasks += 1
-        elif kind == "task.start":
-            assert running is not None and not started, f"{cid}: a start twice: {history}"
-            started = True
-        elif kind == "task.exit":
-            assert running is not None, f"{cid}: an exit without a task: {history}"
-            running = None
-        elif kind == "container.restart":
-            assert running is None, f"{cid}: a restart while a task runs: {history}"
-            assert not pending, f"{cid}: a restart recorded twice: {history}"
-            pending = True
-        elif kind == "task.delete":
-            deleted = True
-        elif kind in ("container.stop", "container.giveup"):
-            pending = False  # a stop (or the daemon giving up) cancels a pending restart
-    if pending:
-        assert row["state"] == "restarting", (cid, row, history)
-    restarts = sum(1 for e in events if e["type"] == "container.restart")
-    assert row["restarts"] == restarts, (cid, row, history)
-
-
-def restart_lost(d: Daemon, cid: str) -> bool:
-    """A stopped policy container that must run again, whose shim is gone, and for which no
-    one recorded a decision: a restart was lost."""
-    from events import shim_api
-    from supervisor.shims import shim_alive
-
-    info = d.call("inspect", id=cid)
-    restart = info["restart"]
-    if info["state"] != "stopped" or restart["stopped_by_user"] or restart["gave_up"]:
-        return False
-    if restart["policy"] == "on-failure" and info["exit_status"] == 0:
-        return False
-    return not shim_alive(shim_api.shim_dir(d.root, cid))
 
 
 def test_crash_suite(daemon_factory):

@@ -1,0 +1,77 @@
+"""The soak (``bench/soak.py``) for about 40 s with a fixed seed, and its checker's own rules.
+
+``.venv/bin/python bench/soak.py --minutes N --seed S`` runs it longer (and prints the seed and
+the command that reproduces any failure); ``TETHER_SOAK_SECONDS`` and ``TETHER_SOAK_SEED``
+tune this run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import soak
+
+SECONDS = float(os.environ.get("TETHER_SOAK_SECONDS", "40"))
+SEED = int(os.environ.get("TETHER_SOAK_SEED", "20261129"))
+
+#: Open bugs the soak finds within seconds (each with a seed and its history in the soak
+#: branch's report, issue 10 item 10). Remove this mark once they are fixed: the checker is
+#: not to be weakened to make the run pass.
+OPEN_BUGS = (
+    "open bugs the soak finds: a stopped container's child (sh's `sleep`) outlives stop, rm -f "
+    "and shutdown; a shim that dies before ready (killed, or on a full disk) is answered "
+    "`invalid`; rm -f of a policy container in its back-off while its shim is SIGSTOPped "
+    "leaves the shim running"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason=OPEN_BUGS, strict=False, raises=soak.SoakFailure)
+def test_soak(daemon_factory, root):
+    d = daemon_factory(start=False)
+    s = soak.soak(d, SECONDS, SEED)
+    assert s.faults["daemon"] and s.faults["shim"] and s.faults["stop"], s.faults
+    assert s.execs, "the clients never ran an exec"
+
+
+def event(seq: int, kind: str, cid: str = "c", **data: object) -> dict[str, object]:
+    return {"seq": seq, "type": kind, "id": cid, "data": data}
+
+
+def test_an_exit_status_no_command_chose_and_no_signal_explains_fails():
+    t = soak.Tracked("c", "short", code=7)
+    soak.check_status(t, event(3, "task.exit", exit_status=7))
+    with pytest.raises(AssertionError, match="its command chose 7"):
+        soak.check_status(t, event(3, "task.exit", exit_status=143))
+    t.signals.add(signal.SIGTERM)  # a stop: 143 is now explained
+    soak.check_status(t, event(3, "task.exit", exit_status=143))
+
+
+def test_an_unknown_exit_needs_a_lost_shim_or_an_rm():
+    t = soak.Tracked("c", "long", code=3)
+    lost = event(3, "task.exit", exit_status=None, reason="shim lost: ...")
+    with pytest.raises(AssertionError, match="no shim of it was killed"):
+        soak.check_status(t, lost)
+    t.shim_killed = True
+    soak.check_status(t, lost)
+
+
+def test_a_restart_recorded_twice_and_a_stopped_container_with_a_live_task_fail():
+    history = [event(1, "container.create"), event(2, "task.create", pid=5),
+               event(3, "task.start"), event(4, "task.exit", pid=5, exit_status=1),
+               event(5, "container.restart"), event(6, "container.restart")]
+    with pytest.raises(AssertionError, match="a restart recorded twice"):
+        soak.check_tasks("c", history, {"state": "restarting", "restarts": 2})
+    with pytest.raises(AssertionError, match="has not ended"):
+        soak.check_tasks("c", history[:3], {"state": "stopped", "restarts": 0})
+    with pytest.raises(AssertionError, match="gap-free"):
+        soak.check_seqs([event(1, "x"), event(3, "y")])
+    with pytest.raises(AssertionError, match="more than once"):
+        soak.check_exits_once([history[3], {**history[3], "seq": 7}])
