@@ -522,6 +522,8 @@ def soak(d: Daemon, seconds: float, seed: int, clients: int = 3,
         run_rounds(s, seconds, clients)
     except AssertionError as exc:
         s.problems.append(str(exc))
+    except Exception as exc:  # a wait that timed out, a daemon that did not start: findings too
+        s.problems.append(f"{type(exc).__name__}: {exc}")
     finally:  # nothing stays: not even what the checker found left over
         d.cleanup()
         kill_and_wait(list(soak_processes(s)))
