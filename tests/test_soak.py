@@ -1,4 +1,5 @@
-"""The soak (``bench/soak.py``) for about 40 s with a fixed seed, and its checker's own rules.
+"""The soak (``bench/soak.py``) for about 40 s with a fixed seed, and its checker's own rules
+(``bench/soak_check.py``).
 
 ``.venv/bin/python bench/soak.py --minutes N --seed S`` runs it longer (and prints the seed and
 the command that reproduces any failure); ``TETHER_SOAK_SECONDS`` and ``TETHER_SOAK_SEED``
@@ -17,6 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import soak
+import soak_check
 
 SECONDS = float(os.environ.get("TETHER_SOAK_SECONDS", "40"))
 SEED = int(os.environ.get("TETHER_SOAK_SEED", "20261129"))
@@ -33,7 +35,7 @@ OPEN_BUGS = (
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason=OPEN_BUGS, strict=False, raises=soak.SoakFailure)
+@pytest.mark.xfail(reason=OPEN_BUGS, strict=False, raises=soak_check.SoakFailure)
 def test_soak(daemon_factory, root):
     d = daemon_factory(start=False)
     s = soak.soak(d, SECONDS, SEED)
@@ -46,21 +48,21 @@ def event(seq: int, kind: str, cid: str = "c", **data: object) -> dict[str, obje
 
 
 def test_an_exit_status_no_command_chose_and_no_signal_explains_fails():
-    t = soak.Tracked("c", "short", code=7)
-    soak.check_status(t, event(3, "task.exit", exit_status=7))
+    t = soak_check.Tracked("c", "short", code=7)
+    soak_check.check_status(t, event(3, "task.exit", exit_status=7))
     with pytest.raises(AssertionError, match="its command chose 7"):
-        soak.check_status(t, event(3, "task.exit", exit_status=143))
+        soak_check.check_status(t, event(3, "task.exit", exit_status=143))
     t.signals.add(signal.SIGTERM)  # a stop: 143 is now explained
-    soak.check_status(t, event(3, "task.exit", exit_status=143))
+    soak_check.check_status(t, event(3, "task.exit", exit_status=143))
 
 
 def test_an_unknown_exit_needs_a_lost_shim_or_an_rm():
-    t = soak.Tracked("c", "long", code=3)
+    t = soak_check.Tracked("c", "long", code=3)
     lost = event(3, "task.exit", exit_status=None, reason="shim lost: ...")
     with pytest.raises(AssertionError, match="no shim of it was killed"):
-        soak.check_status(t, lost)
+        soak_check.check_status(t, lost)
     t.shim_killed = True
-    soak.check_status(t, lost)
+    soak_check.check_status(t, lost)
 
 
 def test_a_restart_recorded_twice_and_a_stopped_container_with_a_live_task_fail():
@@ -68,10 +70,10 @@ def test_a_restart_recorded_twice_and_a_stopped_container_with_a_live_task_fail(
                event(3, "task.start"), event(4, "task.exit", pid=5, exit_status=1),
                event(5, "container.restart"), event(6, "container.restart")]
     with pytest.raises(AssertionError, match="a restart recorded twice"):
-        soak.check_tasks("c", history, {"state": "restarting", "restarts": 2})
+        soak_check.check_tasks("c", history, {"state": "restarting", "restarts": 2})
     with pytest.raises(AssertionError, match="has not ended"):
-        soak.check_tasks("c", history[:3], {"state": "stopped", "restarts": 0})
+        soak_check.check_tasks("c", history[:3], {"state": "stopped", "restarts": 0})
     with pytest.raises(AssertionError, match="gap-free"):
-        soak.check_seqs([event(1, "x"), event(3, "y")])
+        soak_check.check_seqs([event(1, "x"), event(3, "y")])
     with pytest.raises(AssertionError, match="more than once"):
-        soak.check_exits_once([history[3], {**history[3], "seq": 7}])
+        soak_check.check_exits_once([history[3], {**history[3], "seq": 7}])
