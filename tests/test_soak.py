@@ -29,8 +29,8 @@ SEED = int(os.environ.get("TETHER_SOAK_SEED", "20261129"))
 OPEN_BUGS = (
     "open bugs the soak finds: a stopped container's child (sh's `sleep`) outlives stop, rm -f "
     "and shutdown; a shim that dies before ready (killed, or on a full disk) is answered "
-    "`invalid`; once, a policy container's shim still ran after rm -f in its back-off and "
-    "shutdown"
+    "`invalid`; rm -f of a policy container in its back-off can leave its shim running (and "
+    "restarting the removed container's command) after shutdown"
 )
 
 
