@@ -170,11 +170,17 @@ def workload(d: Daemon, model: Model, ops: int) -> None:
 
 
 def marker_counts() -> Counter[str]:
+    """Processes per container marker. A child whose parent has the same marker is ``sh``
+    between its fork and the exec of ``sleep`` (it still shows the parent's command line):
+    the same init, not a second one."""
+    table = _proc_table()
+
+    def marks(cmd: str) -> set[str]:
+        return {w.rsplit("-", 1)[1] for w in cmd.split() if w.startswith(f"mark-{RUN}-")}
+
     counts: Counter[str] = Counter()
-    for _, cmd in _proc_table().values():
-        for word in cmd.split():
-            if word.startswith(f"mark-{RUN}-"):
-                counts[word.rsplit("-", 1)[1]] += 1
+    for ppid, cmd in table.values():
+        counts.update(marks(cmd) - marks(table.get(ppid, (0, ""))[1]))
     return counts
 
 
