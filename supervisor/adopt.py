@@ -229,11 +229,12 @@ async def account_for(core: Core, cid: str) -> str:
 
 
 def never_ran(root: Path, cid: str) -> bool:
-    """Does ``cid``'s directory (no shim alive in it) hold nothing a task left: no exit file,
-    no task file, no output? Then it is what a start the daemon died in leaves (a spec, a
-    lock, an empty log), and removing it loses nothing."""
+    """Does ``cid``'s directory (no shim alive in it) hold nothing a shim left: no pid file
+    (a shim that ran and was killed cannot remove it), no exit file, no task file, no output?
+    Then it is what a start the daemon died in leaves (a spec, a lock, an empty log), and
+    removing it loses nothing."""
     directory = shim_dir(root, cid)
-    for name in (shim_api.EXIT_FILE, shim_api.TASK_FILE):
+    for name in (shim_api.PID_FILE, shim_api.EXIT_FILE, shim_api.TASK_FILE):
         if os.path.lexists(directory / name):
             return False
     try:
