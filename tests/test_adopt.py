@@ -235,6 +235,8 @@ def test_rm_unlinks_a_planted_symlink_and_never_its_target(daemon, tmp_path):
     (elsewhere / "precious").write_text("keep me")
     (elsewhere / shim_api.CONTAINER_LOG).write_text("not t's log\n")
     directory = daemon.root / "shims" / "t"
+    # its shim ends once the exit is acknowledged (it removes its pid file last)
+    daemon.wait_for(lambda: not (directory / shim_api.PID_FILE).exists())
     shutil.rmtree(directory)
     directory.symlink_to(elsewhere)
     with pytest.raises(wire.RemoteError) as err:  # logs never read through it
