@@ -51,12 +51,17 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from supervisor.core import Core
+    from supervisor.projection import Container, State
     from supervisor.spec import Spec
 
-__all__ = ["REMOVING", "Outcome", "account_for", "adopt", "api_spec", "mark_removing",
+__all__ = ["REMOVING", "Outcome", "account_for", "adopt", "adopt_if_history_lost", "api_spec",
+           "mark_removing",
            "never_ran", "ran_a_task", "shim_state", "should_adopt"]
 
 log = structlog.get_logger("supervisord.adopt")
+
+CREATED, RUNNING = ContainerState.CREATED, ContainerState.RUNNING
+RESTARTING, STOPPED = ContainerState.RESTARTING, ContainerState.STOPPED
 
 #: Left in a container's directory by ``rm`` before it appends ``container.delete``: a
 #: directory the log does not know that holds it is a removal the daemon recorded and did not
@@ -172,9 +177,13 @@ async def adopt(core: Core, cid: str, state: dict[str, Any], reason: str, *,
         "boot_id": core.boot_id, "reason": reason,
     }
     before = core.container(cid)
-    events = await core.guarded_append(
-        cid, [("container.adopt", cid, data)],
-        lambda s: s.containers.get(cid) is before)
+    if before is not None and before.seen.get(instance, 0) > seq:
+        return False  # the record already holds later events of this shim: it is stale
+
+    def unchanged(s: State) -> bool:
+        return s.containers.get(cid) is before
+
+    events = await core.guarded_append(cid, [("container.adopt", cid, data)], unchanged)
     if not events:
         return False
     log.warning("adopted a shim the log did not account for", id=cid, instance=instance,
@@ -243,6 +252,29 @@ def never_ran(root: Path, cid: str) -> bool:
         return True
     except OSError:
         return False
+
+
+async def adopt_if_history_lost(core: Core, c: Container) -> bool:
+    """Reconciliation, once the shim of ``c`` (the record's own instance) replayed its backlog:
+    if its task's status or pid still differ from the record, events of this shim that were
+    acknowledged are missing from the log (a cut kept its ``task.create`` and lost its
+    ``task.start``, or its own restarts): adopt it as it is. Asked afresh (``state``), and
+    recorded only if the record did not change meanwhile and holds nothing of this shim after
+    that answer, so an event delivered in between is never overwritten."""
+    state = await shim_state(core, c.id)
+    if state is None or state.get("instance") != c.instance:
+        return False
+    status, pid = state.get("status"), state.get("pid")
+    now = core.container(c.id)
+    if now is None or (now is not c and now.seen != c.seen):
+        return False  # the shim delivered something meanwhile: its answer may be stale
+    if status == now.state and (pid == now.pid or status not in (CREATED, RUNNING)):
+        return False
+    if status not in (CREATED, RUNNING, RESTARTING, STOPPED):
+        return False
+    return await adopt(core, c.id, state, f"its shim reports {status} (pid {pid}) where the "
+                       f"log says {now.state} (pid {now.pid}): the log lost events of this "
+                       "shim that were acknowledged", link=False)
 
 
 def mark_removing(root: Path, cid: str) -> None:

@@ -354,7 +354,8 @@ def _adopted(old: Container | None, event: Event) -> Container:
         "autostart": False,
         "health": HealthStatus(health["status"]) if health.get("status") else None,
         "failing_streak": int(health.get("failing_streak") or 0),
-        "seen": {**(old.seen if old is not None else {}), instance: shim_seq},
+        "seen": {**(old.seen if old is not None else {}),
+                 instance: max(shim_seq, old.seen.get(instance, 0) if old is not None else 0)},
     }
     if old is not None:
         return old.evolve(**fields)

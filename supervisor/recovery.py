@@ -153,9 +153,9 @@ def to_reconcile(state: projection.State) -> list[str]:
 
 async def reconcile_all(core: Core, supervision: Supervision,
                         previous_boot: str | None) -> None:
-    """Reconcile every container, then end the shims the log does not know; ``status`` says
-    ``reconciling`` until this returns. ``previous_boot``: the boot id the daemon that ran
-    before recorded (for tasks whose own ``task.create`` has none)."""
+    """Reconcile every container, then account for the shim directories the log does not
+    know; ``status`` says ``reconciling`` until this returns. ``previous_boot``: the boot id
+    the daemon that ran before recorded (for tasks whose own ``task.create`` has none)."""
     t0 = time.monotonic()
     ids = list(core.state.containers)
     limiter = trio.CapacityLimiter(core.config.reconcile_concurrency)
@@ -209,6 +209,10 @@ async def _link(core: Core, supervision: Supervision, c: Container) -> None:
     now = core.container(c.id)
     if now is None or link.gone.is_set():
         return  # the link found the shim gone: it recorded that, and supervision decides
+    if not scope.cancelled_caught and await adopt.adopt_if_history_lost(core, now):
+        now = core.container(c.id)
+        if now is None:
+            return
     if now.stopped_by_user:
         supervision.resend_stop(c.id)  # cheap when it is stopped: the shim answers at once
     elif now.state == CREATED and now.autostart:

@@ -256,3 +256,28 @@ def test_reconciliation_leaves_a_symlink_alone(daemon, tmp_path):
     assert (elsewhere / "precious").read_text() == "keep me"
     assert os.path.islink(daemon.root / "shims" / "planted")
     assert "symlink" in daemon.stderr()
+
+
+def test_repair_of_a_flipped_byte_turns_no_survivor_into_a_victim(daemon):
+    """The issue's third reproduction: one byte flipped mid-log, then ``--repair``."""
+    for i in range(6):
+        daemon.run("sleep", "1000", name=f"s{i}")
+    before = {cid: row["pid"] for cid, row in daemon.ps().items()}
+    daemon.stop()
+    seg = sorted((daemon.root / "events").glob("*.seg"))[-1]
+    data = bytearray(seg.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    seg.write_bytes(bytes(data))
+    daemon.start(expect_fail=True)
+    assert daemon.wait_exit() == 1  # corrupt: refused until --repair
+    daemon.args.append("--repair")
+    daemon.start().reconciled()
+    rows = daemon.ps()
+    assert {cid: row["pid"] for cid, row in rows.items()} == before
+    assert all(row["state"] == "running" and is_running(row["pid"])
+               for row in rows.values()), ([(r["id"], r["state"]) for r in rows.values()],
+                                           [(e["seq"], e["type"], e["id"])
+                                            for e in daemon.stream("events")])
+    adopted = [e["id"] for e in daemon.stream("events", types=["container.adopt"])]
+    assert adopted and len(adopted) == len(set(adopted))  # the cut ones, once each
+    assert "ended a shim" not in daemon.stderr()

@@ -358,3 +358,10 @@ def test_an_adopted_container_survives_a_snapshot():
     state = apply(State(), ev("container.adopt", "a", **adopt_data()))
     again = State.from_dict(msgpack.unpackb(msgpack.packb(state.to_dict())))
     assert again.containers == state.containers
+
+
+def test_adopt_never_lowers_what_was_seen_of_its_instance():
+    ev = Seq()
+    state = fold(lifecycle(ev)[:3])  # i1 seen up to 2
+    state = apply(state, ev("container.adopt", "c", **adopt_data(instance="i1", shim_seq=1)))
+    assert state.containers["c"].seen["i1"] == 2
