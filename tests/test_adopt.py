@@ -281,3 +281,25 @@ def test_repair_of_a_flipped_byte_turns_no_survivor_into_a_victim(daemon):
     adopted = [e["id"] for e in daemon.stream("events", types=["container.adopt"])]
     assert adopted and len(adopted) == len(set(adopted))  # the cut ones, once each
     assert "ended a shim" not in daemon.stderr()
+
+
+def test_a_removal_whose_delete_was_lost_comes_back_stopped(daemon):
+    """What --repair cannot give back (docs/design.md section 6): an ``rm -f`` whose events were
+    all lost. The container comes back as the log last saw it, its end recorded as a lost
+    shim's (status unknown); nothing runs, nothing is killed, and ``rm`` removes it again."""
+    daemon.run("sleep", "1000", name="old")
+    daemon.stop()
+    backup = daemon.root.parent / "events.bak"
+    shutil.copytree(daemon.root / "events", backup)
+    daemon.start()
+    task = daemon.ps()["old"]["pid"]
+    daemon.call("rm", id="old", force=True)
+    daemon.stop()
+    (daemon.root / "snapshot").unlink()
+    shutil.rmtree(daemon.root / "events")
+    shutil.copytree(backup, daemon.root / "events")
+    daemon.start().reconciled()
+    result = daemon.call("wait", id="old", io_timeout=10)
+    assert result["exit_status"] is None and not is_running(task)
+    daemon.call("rm", id="old")
+    assert "old" not in daemon.ps()
