@@ -254,27 +254,26 @@ def never_ran(root: Path, cid: str) -> bool:
         return False
 
 
-async def adopt_if_history_lost(core: Core, c: Container) -> bool:
+async def adopt_if_history_lost(core: Core, c: Container, state: dict[str, Any] | None
+                                ) -> bool:
     """Reconciliation, once the shim of ``c`` (the record's own instance) replayed its backlog:
-    if its task's status or pid still differ from the record, events of this shim that were
-    acknowledged are missing from the log (a cut kept its ``task.create`` and lost its
-    ``task.start``, or its own restarts): adopt it as it is. Asked afresh (``state``), and
-    recorded only if the record did not change meanwhile and holds nothing of this shim after
-    that answer, so an event delivered in between is never overwritten."""
-    state = await shim_state(core, c.id)
+    if the task its ``state`` (the link's first answer) describes still differs from the
+    record in status or pid, events of this shim that were acknowledged are missing from the
+    log (a cut kept its ``task.create`` and lost its ``task.start``, or its own restarts):
+    adopt it as it is. Not when the record holds an event of this shim after that answer
+    (the answer is stale then; :func:`adopt` checks again under the append lock)."""
     if state is None or state.get("instance") != c.instance:
         return False
-    status, pid = state.get("status"), state.get("pid")
-    now = core.container(c.id)
-    if now is None or (now is not c and now.seen != c.seen):
-        return False  # the shim delivered something meanwhile: its answer may be stale
-    if status == now.state and (pid == now.pid or status not in (CREATED, RUNNING)):
+    status, pid, seq = state.get("status"), state.get("pid"), state.get("seq")
+    if not isinstance(seq, int) or c.seen.get(c.instance or "", 0) > seq:
+        return False
+    if status == c.state and (pid == c.pid or status not in (CREATED, RUNNING)):
         return False
     if status not in (CREATED, RUNNING, RESTARTING, STOPPED):
         return False
     return await adopt(core, c.id, state, f"its shim reports {status} (pid {pid}) where the "
-                       f"log says {now.state} (pid {now.pid}): the log lost events of this "
-                       "shim that were acknowledged", link=False)
+                       f"log says {c.state} (pid {c.pid}): the log lost events of this shim "
+                       "that were acknowledged", link=False)
 
 
 def mark_removing(root: Path, cid: str) -> None:

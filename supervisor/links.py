@@ -91,6 +91,9 @@ class ShimLink:
         self.gone = trio.Event()
         #: the shim that answered is another instance than this link's (see _consume)
         self.stranger = False
+        #: the shim's ``state`` reply when this link connected (reconciliation compares it
+        #: with the record once the backlog is replayed: :func:`adopt.adopt_if_history_lost`)
+        self.first_state: dict[str, Any] | None = None
 
     def close(self) -> None:
         """Stop consuming: the daemon retires this shim (its end is expected)."""
@@ -153,6 +156,7 @@ class ShimLink:
                 rid = message.get("id")
                 if rid == 1:
                     result = message.get("result") or {}
+                    self.first_state = result if isinstance(result, dict) else None
                     if (result.get("instance", self.instance) != self.instance
                             and not await self._adopt_stranger(result)):
                         return
