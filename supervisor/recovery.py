@@ -33,14 +33,13 @@ from typing import TYPE_CHECKING
 import structlog
 import trio
 
-from events import shim_api
 from events.domain import ContainerState
 from events.durable import fsync_dir
 from events.log import EventLog
 from events.model import InvalidId, validate_id
 from events.snapshot import CorruptSnapshot, read_snapshot, write_snapshot
 from supervisor import adopt, projection
-from supervisor.shims import exit_data, shim_dir
+from supervisor.shims import exit_data, read_exit_record
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -179,7 +178,7 @@ async def _reconcile_one(core: Core, supervision: Supervision, previous_boot: st
                 return
             if c.state in (CREATED, RUNNING):
                 # a small local file: reading it inline is cheaper than a thread hop each
-                record = shim_api.read_exit_file(shim_dir(core.paths.root, cid))
+                record = read_exit_record(core.paths.root, cid)
                 if record and record.get("instance") == c.instance:
                     await core.record_shim_event(cid, "task.exit", exit_data(record))
                 c = core.container(cid)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Launcher", "Ready", "ShimSpec", "SymlinkedDir", "call_shim", "checked_shim_dir",
            "end_shim", "exit_data", "new_instance", "read_address", "read_exit_record",
-           "read_shim_file", "real_shim_dir", "remove_shim_dir", "shim_alive",
+           "read_shim_file", "read_task_record", "real_shim_dir", "remove_shim_dir", "shim_alive",
            "shim_call_timeout", "shim_spec",
            "spawn_shim", "start_failed"]
 
@@ -350,7 +350,17 @@ def read_address(root: Path, cid: str) -> str | None:
 def read_exit_record(root: Path, cid: str) -> dict[str, Any] | None:
     """The shim's exit file (:func:`events.shim_api.read_exit_file`), never through a
     symlink; None when there is none or it is not a JSON object."""
-    data = read_shim_file(root, cid, shim_api.EXIT_FILE)
+    return _read_record(root, cid, shim_api.EXIT_FILE)
+
+
+def read_task_record(root: Path, cid: str) -> dict[str, Any] | None:
+    """The shim's task file (:func:`events.shim_api.read_task_file`), never through a
+    symlink; None when there is none or it is not a JSON object."""
+    return _read_record(root, cid, shim_api.TASK_FILE)
+
+
+def _read_record(root: Path, cid: str, name: str) -> dict[str, Any] | None:
+    data = read_shim_file(root, cid, name)
     try:
         record = None if data is None else json.loads(data)
     except ValueError:

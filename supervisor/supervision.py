@@ -39,7 +39,7 @@ from supervisor.errors import ApiError
 from supervisor.lifecycle import Lifecycle
 from supervisor.links import watch_lost_task
 from supervisor.projection import Container
-from supervisor.shims import shim_dir
+from supervisor.shims import read_task_record, shim_dir
 
 __all__ = ["Supervision"]
 
@@ -197,7 +197,7 @@ class Supervision:
         """A task the lost shim started but never delivered (its task file names a task the
         log does not have, and that pid still runs it): record it as the shim's restart and
         watch it, instead of starting a second one. True when one was found."""
-        record = shim_api.read_task_file(shim_dir(self.core.root, c.id))
+        record = read_task_record(self.core.root, c.id)
         if record is None or c.instance is None or record.get("instance") != c.instance:
             return False
         seq, pid, started = record.get("shim_seq"), record.get("pid"), record.get("starttime")
