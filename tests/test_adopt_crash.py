@@ -27,10 +27,10 @@ import shutil
 import signal
 import time
 
-from conftest import _proc_table, kill_and_wait
+from conftest import kill_and_wait
 from daemon_helpers import Daemon
 
-from events.procfs import is_running
+from events.procfs import is_running, process_table
 
 ROUNDS = int(os.environ.get("TETHER_ADOPT_CRASH_ROUNDS", "6"))
 SEED = int(os.environ.get("TETHER_CRASH_SEED", "20261128"))
@@ -44,7 +44,7 @@ def spec(cid: str, policy: str) -> dict:
 
 def markers() -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
-    for pid, (_, cmd) in _proc_table().items():
+    for pid, (_, cmd) in process_table().items():
         for word in cmd.split():
             if word.startswith(f"adopt-{RUN}-"):
                 found.setdefault(word.rsplit("-", 1)[1], []).append(pid)
