@@ -236,7 +236,12 @@ def test_rm_unlinks_a_planted_symlink_and_never_its_target(daemon, tmp_path):
     (elsewhere / shim_api.CONTAINER_LOG).write_text("not t's log\n")
     directory = daemon.root / "shims" / "t"
     # its shim ends once the exit is acknowledged (it removes its pid file last)
-    daemon.wait_for(lambda: not (directory / shim_api.PID_FILE).exists())
+    try:
+        daemon.wait_for(lambda: not (directory / shim_api.PID_FILE).exists())
+    except TimeoutError:
+        raise AssertionError((sorted(os.listdir(directory)), daemon.ps(),
+                              (directory / "shim.log").read_text()[-3000:],
+                              daemon.stderr()[-3000:])) from None
     shutil.rmtree(directory)
     directory.symlink_to(elsewhere)
     with pytest.raises(wire.RemoteError) as err:  # logs never read through it
