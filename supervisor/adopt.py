@@ -264,6 +264,11 @@ async def adopt_if_history_lost(core: Core, c: Container, state: dict[str, Any] 
     (the answer is stale then; :func:`adopt` checks again under the append lock)."""
     if state is None or state.get("instance") != c.instance:
         return False
+    if c.stopped_by_user or c.gave_up:
+        # final decisions the log kept: the shim may not have heard of them yet (a stop the
+        # daemon died in, sent again by reconciliation) and reported events the projection
+        # refused for that reason (its restart's task after the stop): not a lost history
+        return False
     status, pid, seq = state.get("status"), state.get("pid"), state.get("seq")
     if not isinstance(seq, int) or c.seen.get(c.instance or "", 0) > seq:
         return False
