@@ -106,6 +106,8 @@ class EventType(StrEnum):
     CONTAINER_STOP = "container.stop"
     CONTAINER_GIVEUP = "container.giveup"
     CONTAINER_HEALTH = "container.health"
+    #: a live shim the log did not account for (its history was lost), recorded as it is
+    CONTAINER_ADOPT = "container.adopt"
     TASK_CREATE = "task.create"
     TASK_START = "task.start"
     TASK_EXIT = "task.exit"

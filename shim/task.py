@@ -512,6 +512,9 @@ class Task:
         return {
             "pid": self.pid, "status": self.state.value, "exit": self.exit,
             "exec_error": self.exec_error,
+            # the current task's times (unix ns, 0 while unknown): a daemon that adopts this
+            # shim (its log lost the task's record) shows them
+            "created_at": self.created_at, "started_at": self.started_at,
             "restart": {"policy": self.restart["policy"], "attempt": self.attempt,
                         "start_at": self.start_at, "gave_up": self.gave_up,
                         "final": self.final},

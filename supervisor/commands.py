@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import shutil
 import signal as signal_mod
 import time
 from collections.abc import Awaitable, Callable
@@ -29,14 +28,22 @@ import trio
 from events import wire
 from events.domain import DEFAULT_STOP_SIGNAL, ContainerState, ErrorCode
 from events.procfs import is_running, starttime
-from supervisor import autoremove, protocol
+from supervisor import adopt, autoremove, protocol
 from supervisor.channel import Closed, connect
 from supervisor.core import Core
 from supervisor.decide import restart_spec, stopped_for_good
 from supervisor.errors import ApiError
 from supervisor.lifecycle import RECORD_GRACE, Lifecycle, task_create_data
 from supervisor.projection import Container
-from supervisor.shims import exit_data, new_instance, read_address, remote_api_error, shim_spec
+from supervisor.shims import (
+    checked_shim_dir,
+    exit_data,
+    new_instance,
+    read_address,
+    remote_api_error,
+    remove_shim_dir,
+    shim_spec,
+)
 from supervisor.spec import check_id, seconds_param, signal_number, validate_spec
 from supervisor.streams import Streams
 from supervisor.version import VERSION
@@ -104,7 +111,8 @@ class Commands:
         for _ in range(100):
             cid = (f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-"
                    f"{secrets.token_hex(2)}")
-            if self._core.container(cid) is None and not (self._root / "shims" / cid).exists():
+            if (self._core.container(cid) is None
+                    and not os.path.lexists(self._root / "shims" / cid)):
                 return cid
         return secrets.token_hex(6)
 
@@ -127,9 +135,7 @@ class Commands:
             if self._core.container(cid) is not None:
                 raise ApiError(ErrorCode.CONFLICT, f"the id {cid!r} is in use; remove that "
                                "container first (`supervisorctl rm`) or choose another name")
-            if (self._root / "shims" / cid).exists():  # a crash between spawn and create
-                what = await self._core.shims.end(cid)
-                log.warning("ended a shim the log did not know", id=cid, action=what)
+            await self._clear_the_way(cid)
             instance = new_instance()
             ready = await self._core.shims.spawn(cid, instance, spec)
             stored = {**spec, "name": cid}
@@ -146,6 +152,21 @@ class Commands:
                 raise
             self._core.shims.link(cid, instance)
         return {"id": cid}
+
+    async def _clear_the_way(self, cid: str) -> None:
+        """A directory the log does not know where ``cid``'s would go: what start-up left
+        alone (:func:`supervisor.adopt.account_for`) is refused, never ended or removed; the
+        leftovers of a start nothing ran in are removed."""
+        directory = checked_shim_dir(self._root, cid)  # a symlink there: refused
+        if not os.path.lexists(directory):
+            return
+        if not self._core.shims.alive(cid) and adopt.never_ran(self._root, cid):
+            await trio.to_thread.run_sync(remove_shim_dir, self._root, cid)
+            return
+        raise ApiError(ErrorCode.CONFLICT, f"{directory} holds a container the log does not "
+                       "know (a live shim, or a lost container's logs and exit: the daemon "
+                       "log names it); it is never ended or removed by the daemon: look at it, "
+                       "remove it yourself, or choose another name")
 
     async def start(self, params: dict[str, Any]) -> dict[str, Any]:
         """Start a created container, or a stopped one (a new task, in a new shim)."""
@@ -247,9 +268,10 @@ class Commands:
                 self._core.shims.forget(link)
             else:
                 await self._core.shims.retire(cid)
+            # a removal the daemon dies in after the delete is finished by recovery
+            await trio.to_thread.run_sync(adopt.mark_removing, self._root, cid)
             await self._core.append([("container.delete", cid, {})])
-            await trio.to_thread.run_sync(
-                lambda: shutil.rmtree(self._root / "shims" / cid, ignore_errors=True))
+            await trio.to_thread.run_sync(remove_shim_dir, self._root, cid)
         self._core.forget_locks(cid)
 
     async def _end_lost_task(self, c: Container) -> None:

@@ -35,6 +35,7 @@ from supervisor import programs as P
 from supervisor.apply import Applier
 from supervisor.errors import ApiError
 from supervisor.http import HttpServer, reply, response
+from supervisor.shims import real_shim_dir
 from supervisor.sv_rpc import SupervisorRPC
 from supervisor.sv_xmlrpc import BadRequest, Fault, dump_fault, dump_result, load_call
 
@@ -261,8 +262,8 @@ class Compat:
             c = None
         if c is None:
             raise reply(404, f"no such process {name}\n")
-        directory = self.core.paths.shims / c["id"]
-        if not directory.is_dir():
+        directory = real_shim_dir(self.core.paths.root, c["id"])
+        if directory is None:
             raise reply(404, f"{name} has no log\n")
         await conn.send(response(200, [
             (b"content-type", b"text/plain;charset=utf-8"), (b"x-accel-buffering", b"no"),

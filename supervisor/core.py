@@ -22,7 +22,7 @@ import trio
 from events import procfs
 from events.domain import ContainerState, ErrorCode, EventType
 from events.model import Event
-from supervisor import projection
+from supervisor import adopt, projection
 from supervisor.errors import ApiError
 from supervisor.logwriter import LogWriter
 from supervisor.paths import Paths
@@ -263,6 +263,18 @@ class Core:
     def shim_gone(self, cid: str, instance: str) -> None:
         if self._on_shim_gone is not None:
             self._on_shim_gone(cid, instance)
+
+    @property
+    def history_may_be_lost(self) -> bool:
+        """Started with ``--repair``: the operator says acknowledged events may be gone, so a
+        live shim the log does not know is adopted even if its task never ran
+        (:mod:`supervisor.adopt`)."""
+        return self.config.repair
+
+    async def adopt_shim(self, cid: str, state: dict[str, Any], reason: str) -> bool:
+        """Adopt the shim whose ``state`` this is, for the link connected to it
+        (:func:`supervisor.adopt.adopt`, without a new link)."""
+        return await adopt.adopt(self, cid, state, reason, link=False)
 
     # -- recovery ------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import resource
 import signal
@@ -101,7 +102,8 @@ async def run(config: Config, compat: compat_mod.Compat | None = None) -> int:
             log.error("refusing to start", error=str(exc))
             return 1
         try:
-            state, snapshot_seq = await trio.to_thread.run_sync(recovery.load_state, eventlog)
+            state, snapshot_seq = await trio.to_thread.run_sync(
+                functools.partial(recovery.load_state, eventlog, repair=config.repair))
         except (recovery.StartupError, CorruptLog) as exc:
             log.error("refusing to start", error=str(exc),
                       hint="start with --repair" if isinstance(exc, CorruptLog) else None)

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 import trio
 
-from events import shim_api, wire
+from events import wire
 from events.domain import ContainerState
 from events.procfs import is_running, starttime
+from supervisor import adopt
 from supervisor.channel import Channel, Closed, connect
-from supervisor.shims import exit_data, read_address, shim_dir
+from supervisor.shims import exit_data, read_address, read_exit_record
 
 if TYPE_CHECKING:
     from supervisor.projection import Container
@@ -63,6 +64,13 @@ class LinkHost(Protocol):
         """The shim ``instance`` is gone and what is known of its task's end is recorded
         (the host acts in its own tasks: this link is about to end)."""
 
+    @property
+    def history_may_be_lost(self) -> bool:
+        """Whether a shim the log does not know may be one whose record was lost."""
+
+    async def adopt_shim(self, cid: str, state: dict[str, Any], reason: str) -> bool:
+        """Record the shim whose ``state`` this is as the container's (``container.adopt``)."""
+
 
 class ShimLink:
     """The daemon's connection to one shim (one task in the daemon's nursery).
@@ -83,6 +91,9 @@ class ShimLink:
         self.gone = trio.Event()
         #: the shim that answered is another instance than this link's (see _consume)
         self.stranger = False
+        #: the shim's ``state`` reply when this link connected (reconciliation compares it
+        #: with the record once the backlog is replayed: :func:`adopt.adopt_if_history_lost`)
+        self.first_state: dict[str, Any] | None = None
 
     def close(self) -> None:
         """Stop consuming: the daemon retires this shim (its end is expected)."""
@@ -145,13 +156,9 @@ class ShimLink:
                 rid = message.get("id")
                 if rid == 1:
                     result = message.get("result") or {}
-                    if result.get("instance", self.instance) != self.instance:
-                        # an unrecorded shim (a start the daemon died in) sits in the
-                        # directory: it is not ours, and ours is gone
-                        log.warning("another shim answers in the container's directory",
-                                    id=self.cid, instance=result.get("instance"),
-                                    expected=self.instance)
-                        self.stranger = True
+                    self.first_state = result if isinstance(result, dict) else None
+                    if (result.get("instance", self.instance) != self.instance
+                            and not await self._adopt_stranger(result)):
                         return
                     seq, acked = result.get("seq", 0), result.get("acked", 0)
                     target = seq if isinstance(seq, int) and seq > (acked or 0) else 0
@@ -180,6 +187,21 @@ class ShimLink:
         except (Closed, wire.ProtocolError):
             return
 
+    async def _adopt_stranger(self, state: dict[str, Any]) -> bool:
+        """Another shim than ours answers in the container's directory. One whose task never
+        ran is a start the daemon died in before recording it: not ours, and ours is gone
+        (False: the link ends and the stranger is ended). One whose task ran was recorded
+        once, so the log lost that: it is adopted, and this link goes on as its link."""
+        log.warning("another shim answers in the container's directory", id=self.cid,
+                    instance=state.get("instance"), expected=self.instance)
+        if adopt.should_adopt(state, self.host.history_may_be_lost) and \
+                await self.host.adopt_shim(self.cid, state, "another shim than the log's "
+                                           "runs the container: the log lost its record"):
+            self.instance = state["instance"]
+            return True
+        self.stranger = True
+        return False
+
     async def _shim_gone(self) -> None:
         """The connection ended (or never came) without a delete: record what is known of
         the task's end (exit file, or shim.lost and the pid's end), then tell the host."""
@@ -187,7 +209,7 @@ class ShimLink:
         cid = self.cid
         if self._current() is None:
             return
-        record = shim_api.read_exit_file(shim_dir(host.root, cid))
+        record = read_exit_record(host.root, cid)
         if record and record.get("instance") == self.instance:
             await host.record_shim_event(cid, "task.exit", exit_data(record))
         c = self._current()
@@ -250,7 +272,7 @@ async def watch_lost_task(host: LinkHost, cid: str, instance: str, pid: int | No
     # the exit file may have appeared meanwhile (the shim died after writing it): prefer it,
     # when it is this task's (a shim that ran several tasks keeps the latest exit: an earlier
     # task's would be a duplicate, and this one's end would go unrecorded)
-    record = shim_api.read_exit_file(shim_dir(host.root, cid))
+    record = read_exit_record(host.root, cid)
     if record and record.get("instance") == instance and record.get("pid") == pid:
         await host.record_shim_event(cid, "task.exit", exit_data(record))
         return

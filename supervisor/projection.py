@@ -128,6 +128,9 @@ class Container(Mapping[str, Any]):
     lost_starttime: int | None = None
     #: instance -> the highest ``shim_seq`` applied (the deduplication of shim events)
     seen: Mapping[str, int] = field(default_factory=dict)
+    #: the current task's start time (clock ticks since boot, as ``/proc``'s): with ``pid``,
+    #: its identity, recorded when the task was created (pids are reused)
+    starttime: int | None = None
     #: the kernel's boot id when the current task was created (a reboot ends every task)
     boot_id: str | None = None
     #: a ``stop`` or ``rm`` was recorded: no policy restart follows (until a start by command)
@@ -247,6 +250,7 @@ _HEALTH = EventType.CONTAINER_HEALTH.value
 _UPDATE = EventType.CONTAINER_UPDATE.value
 _OOM = EventType.TASK_OOM.value
 _LOST = EventType.SHIM_LOST.value
+_ADOPT = EventType.CONTAINER_ADOPT.value
 
 #: What a new task resets (``task.create``).
 _NEW_TASK = {"started": None, "finished": None, "exit_status": None, "signal": None,
@@ -273,6 +277,11 @@ def _next(old: Container | None, event: Event) -> tuple[Container | None, str | 
         refused = _refused_from_shim(old, etype, d)
         if refused is not None:
             return old, refused
+    if etype == _ADOPT:
+        try:
+            return _adopted(old, event), None
+        except (TypeError, ValueError, AttributeError, KeyError) as exc:
+            return old, f"{etype} with malformed data: {exc!r}"
     target: ContainerState | None
     if etype in LIFECYCLE_TYPES:
         if (current, etype) not in TRANSITIONS:
@@ -311,6 +320,50 @@ def _refused_from_shim(old: Container, etype: str, d: Mapping[str, Any]) -> str 
     return None
 
 
+def _adopted(old: Container | None, event: Event) -> Container:
+    """The record of a ``container.adopt``: the container as its live shim described it
+    (its ``state`` reply at ``shim_seq``), replacing whatever the log had of its task. What
+    the shim cannot know (``restarts`` before the adoption, when it was first created) is
+    kept from the old record, or starts here."""
+    d = event.data
+    status = ContainerState(d["status"])
+    if status == ContainerState.UNKNOWN:
+        raise ValueError("an adopted container's status cannot be unknown")
+    instance, shim_seq = d["instance"], d["shim_seq"]
+    if not isinstance(instance, str) or not isinstance(shim_seq, int):
+        raise TypeError("container.adopt needs instance (str) and shim_seq (int)")
+    spec = dict(d.get("spec") or (old.spec if old is not None else {}))
+    if not spec.get("command"):
+        raise ValueError("container.adopt without a spec")
+    restart = d.get("restart") or {}
+    health = d.get("health") or {}
+    ended = status in (STOPPED, RESTARTING)
+    exit_record = (d.get("exit") or {}) if ended else {}
+    started = d.get("started_at") if status != CREATED else None
+    fields: dict[str, Any] = {
+        "state": status, "spec": spec, "runtime": spec.get("runtime", "process"),
+        "instance": instance, "pid": d.get("pid"), "shim_pid": d.get("shim_pid"),
+        "address": d.get("address"), "starttime": d.get("starttime"),
+        "started": started if isinstance(started, int) else None,
+        "finished": exit_record.get("exited_at"), "exit_status": exit_record.get("exit_status"),
+        "signal": exit_record.get("signal"), "exit_reason": None, "oom_killed": False,
+        "lost": False, "lost_starttime": None, "boot_id": d.get("boot_id"),
+        "stopped_by_user": bool(restart.get("final")), "gave_up": bool(restart.get("gave_up")),
+        "attempt": int(restart.get("attempt") or 0),
+        "start_at": restart.get("start_at") if status == RESTARTING else None,
+        "autostart": False,
+        "health": HealthStatus(health["status"]) if health.get("status") else None,
+        "failing_streak": int(health.get("failing_streak") or 0),
+        "seen": {**(old.seen if old is not None else {}),
+                 instance: max(shim_seq, old.seen.get(instance, 0) if old is not None else 0)},
+    }
+    if old is not None:
+        return old.evolve(**fields)
+    created = d.get("created_at")
+    return Container.new(id=event.id, created=created if isinstance(created, int) else event.time,
+                         create_seq=event.seq, **fields)
+
+
 def _created(state: ContainerState, event: Event) -> Container:
     """The record of a ``container.create``."""
     spec = dict(event.data.get("spec", event.data))
@@ -326,7 +379,8 @@ def _changes(old: Container, etype: str, d: Mapping[str, Any], time: int) -> dic
         changes = {**_NEW_TASK, "pid": d.get("pid"), "shim_pid": d.get("shim_pid", old.shim_pid),
                    "address": d.get("address", old.address),
                    "instance": instance if isinstance(instance, str) else old.instance,
-                   "boot_id": d.get("boot_id"), "autostart": bool(d.get("start"))}
+                   "boot_id": d.get("boot_id"), "autostart": bool(d.get("start")),
+                   "starttime": d.get("starttime")}
         if old.instance is None and isinstance(d.get("created_at"), int):
             changes["created"] = d["created_at"]  # the first task: the shim's clock
         if old.state == STOPPED:  # a start by command: the stop by hand is over

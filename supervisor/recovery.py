@@ -17,28 +17,33 @@ row); ``created``, ``running`` and ``restarting`` ones show ``unknown`` in ``ps`
    its last events to be acknowledged before it exits); without one, the daemon carries out a
    recorded restart, or makes the decision no shim made.
 
-Shim directories the log does not know (a crash between starting a shim and recording
-``container.create``, or between recording ``container.delete`` and removing the directory)
-are ended: their create was never acknowledged, so no one expects them. The daemon log says so.
+Shim directories the log does not know are accounted for by :mod:`supervisor.adopt`: a live
+shim whose task ran is adopted (``container.adopt``: the log lost its record), one whose task
+never ran is ended (a start the daemon died in before recording it: no one was told of it),
+an unfinished removal the daemon recorded is finished, and anything else is left alone and
+reported. The daemon log says which.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING
 
 import structlog
 import trio
 
-from events import shim_api
 from events.domain import ContainerState
+from events.durable import fsync_dir
 from events.log import EventLog
 from events.model import InvalidId, validate_id
 from events.snapshot import CorruptSnapshot, read_snapshot, write_snapshot
-from supervisor import projection
-from supervisor.shims import exit_data, shim_dir
+from supervisor import adopt, projection
+from supervisor.shims import exit_data, read_exit_record
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from supervisor.core import Core
     from supervisor.projection import Container
     from supervisor.supervision import Supervision
@@ -47,8 +52,8 @@ CREATED = ContainerState.CREATED
 RUNNING = ContainerState.RUNNING
 RESTARTING = ContainerState.RESTARTING
 
-__all__ = ["StartupError", "load_state", "reconcile_all", "snapshotter", "to_reconcile",
-           "write_snapshot_now"]
+__all__ = ["StartupError", "keep_snapshot_aside", "load_state", "reconcile_all", "snapshotter",
+           "to_reconcile", "write_snapshot_now"]
 
 log = structlog.get_logger("supervisord.recovery")
 
@@ -59,8 +64,15 @@ class StartupError(Exception):
     """A reason to refuse to start, with what to do about it."""
 
 
-def load_state(eventlog: EventLog) -> tuple[projection.State, int]:
-    """``(state, snapshot_seq)`` from the snapshot (if usable) plus the log after it."""
+def load_state(eventlog: EventLog, *, repair: bool = False) -> tuple[projection.State, int]:
+    """``(state, snapshot_seq)`` from the snapshot (if usable) plus the log after it.
+
+    A snapshot whose seq is after the log's last one proves that acknowledged events are gone
+    (no crash produces it: docs/design.md section 4): :class:`StartupError`, and the snapshot
+    is left as it is, the evidence. With ``repair`` (the operator accepts the loss) it is kept
+    aside under another name (:func:`keep_snapshot_aside`) and the state is rebuilt from the
+    log alone; reconciliation then adopts the live shims the log lost (:mod:`supervisor.adopt`).
+    """
     t0 = time.monotonic()
     state = projection.State()
     snapshot_seq = 0
@@ -77,8 +89,13 @@ def load_state(eventlog: EventLog) -> tuple[projection.State, int]:
             log.warning("snapshot unreadable; replaying the whole log", error=str(exc))
         else:
             if seq > eventlog.last_seq:
-                log.warning("snapshot is ahead of the log; ignoring it", snapshot_seq=seq,
-                            last_seq=eventlog.last_seq)
+                if not repair:
+                    raise StartupError(_ahead_message(eventlog, seq))
+                kept = keep_snapshot_aside(eventlog.root, seq)
+                log.error("the snapshot is ahead of the log: events were lost; --repair "
+                          "rebuilds the state from the log alone and adopts the live shims "
+                          "the log lost", snapshot_seq=seq, last_seq=eventlog.last_seq,
+                          snapshot_kept_as=str(kept))
             else:
                 state, snapshot_seq = candidate, seq
     if state.last_seq + 1 < eventlog.first_seq:
@@ -102,6 +119,30 @@ def load_state(eventlog: EventLog) -> tuple[projection.State, int]:
     return state, snapshot_seq
 
 
+def _ahead_message(eventlog: EventLog, seq: int) -> str:
+    return (f"the event log ends at seq {eventlog.last_seq} but {eventlog.root}/snapshot "
+            f"covers up to seq {seq}: acknowledged events {eventlog.last_seq + 1}-{seq} are "
+            "missing from the log (an older copy of it put back, or a cut). Nothing was "
+            f"changed. Either put back the {eventlog.root}/events that goes with the snapshot, "
+            "or start once with --repair: the state is then rebuilt from the log alone, the "
+            "snapshot kept aside as snapshot.ahead-of-log.SEQ, and the containers the log "
+            "lost that still run are adopted from their shims (their stopped ones stay "
+            "unlisted, their files under shims/)")
+
+
+def keep_snapshot_aside(root: Path, seq: int) -> Path:
+    """Rename ``ROOT/snapshot`` to ``ROOT/snapshot.ahead-of-log.SEQ`` (never over an existing
+    file), durably: the next snapshot must not overwrite the evidence of what was lost."""
+    base = root / f"snapshot.ahead-of-log.{seq}"
+    target, n = base, 0
+    while target.exists():
+        n += 1
+        target = base.with_name(f"{base.name}.{n}")
+    os.rename(root / "snapshot", target)
+    fsync_dir(root)
+    return target
+
+
 def to_reconcile(state: projection.State) -> list[str]:
     """The containers ``ps`` shows ``unknown`` until they are reconciled: those whose task may
     still run, or whose restart may be under way."""
@@ -111,9 +152,9 @@ def to_reconcile(state: projection.State) -> list[str]:
 
 async def reconcile_all(core: Core, supervision: Supervision,
                         previous_boot: str | None) -> None:
-    """Reconcile every container, then end the shims the log does not know; ``status`` says
-    ``reconciling`` until this returns. ``previous_boot``: the boot id the daemon that ran
-    before recorded (for tasks whose own ``task.create`` has none)."""
+    """Reconcile every container, then account for the shim directories the log does not
+    know; ``status`` says ``reconciling`` until this returns. ``previous_boot``: the boot id
+    the daemon that ran before recorded (for tasks whose own ``task.create`` has none)."""
     t0 = time.monotonic()
     ids = list(core.state.containers)
     limiter = trio.CapacityLimiter(core.config.reconcile_concurrency)
@@ -122,7 +163,7 @@ async def reconcile_all(core: Core, supervision: Supervision,
             for cid in ids:
                 nursery.start_soon(_reconcile_one, core, supervision, previous_boot, cid,
                                    limiter)
-        await _end_unknown_shims(core)
+        await _account_for_unknown_shims(core)
     finally:
         core.end_reconciling()
     log.info("reconciled", containers=len(ids), seconds=round(time.monotonic() - t0, 3))
@@ -137,7 +178,7 @@ async def _reconcile_one(core: Core, supervision: Supervision, previous_boot: st
                 return
             if c.state in (CREATED, RUNNING):
                 # a small local file: reading it inline is cheaper than a thread hop each
-                record = shim_api.read_exit_file(shim_dir(core.paths.root, cid))
+                record = read_exit_record(core.paths.root, cid)
                 if record and record.get("instance") == c.instance:
                     await core.record_shim_event(cid, "task.exit", exit_data(record))
                 c = core.container(cid)
@@ -167,18 +208,26 @@ async def _link(core: Core, supervision: Supervision, c: Container) -> None:
     now = core.container(c.id)
     if now is None or link.gone.is_set():
         return  # the link found the shim gone: it recorded that, and supervision decides
+    if not scope.cancelled_caught and await adopt.adopt_if_history_lost(core, now,
+                                                                         link.first_state):
+        now = core.container(c.id)
+        if now is None:
+            return
     if now.stopped_by_user:
         supervision.resend_stop(c.id)  # cheap when it is stopped: the shim answers at once
     elif now.state == CREATED and now.autostart:
         supervision.finish_start(c.id)
 
 
-async def _end_unknown_shims(core: Core) -> None:
+async def _account_for_unknown_shims(core: Core) -> None:
+    """Every entry of ``ROOT/shims`` the log has no container for: adopted, ended, finished
+    or left alone by :func:`supervisor.adopt.account_for` (never killed blindly)."""
     shims = core.paths.shims
     try:
         names = [p.name for p in shims.iterdir()]
     except FileNotFoundError:
         return
+    outcomes: dict[str, list[str]] = {}
     for name in names:
         try:
             validate_id(name)
@@ -190,9 +239,16 @@ async def _end_unknown_shims(core: Core) -> None:
         async with core.lock(name):
             if core.container(name) is not None:
                 continue
-            what = await core.shims.end(name)
-            log.warning("ended a shim the log does not know (its create was never "
-                        "acknowledged, or its delete was)", id=name, action=what)
+            try:
+                outcome = await adopt.account_for(core, name)
+            except Exception as exc:  # one directory's trouble must not stop the others
+                log.exception("accounting for a shim directory failed; left alone", id=name,
+                              error=repr(exc))
+                outcome = adopt.Outcome.LEFT
+            outcomes.setdefault(outcome, []).append(name)
+    if outcomes:
+        log.warning("shim directories the log does not know", **{
+            k.replace(" ", "_"): sorted(v) for k, v in outcomes.items()})
 
 
 async def write_snapshot_now(core: Core) -> None:

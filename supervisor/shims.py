@@ -34,9 +34,11 @@ if TYPE_CHECKING:
     from events.domain import ExitRecord, HealthSpec, RestartSpec
     from supervisor.spec import Spec
 
-__all__ = ["Launcher", "Ready", "ShimSpec", "call_shim", "end_shim", "exit_data", "new_instance",
-           "read_address", "shim_alive", "shim_call_timeout", "shim_spec", "spawn_shim",
-           "start_failed"]
+__all__ = ["Launcher", "Ready", "ShimSpec", "SymlinkedDir", "call_shim", "checked_shim_dir",
+           "end_shim", "exit_data", "new_instance", "read_address", "read_exit_record",
+           "read_shim_file", "read_task_record", "real_shim_dir", "remove_shim_dir", "shim_alive",
+           "shim_call_timeout", "shim_spec",
+           "spawn_shim", "start_failed"]
 
 log = structlog.get_logger("supervisord.shims")
 
@@ -140,15 +142,14 @@ async def spawn_shim(root: Path, cid: str, instance: str, spec: Spec,
     On failure nothing is left: the shim's own start leaves nothing running, and a directory
     this call created is removed (a retry, or the next start, finds a clean slate).
     """
-    directory = shim_api.shim_dir(root, cid)
-    fresh = not directory.exists()
+    directory = checked_shim_dir(root, cid)
+    fresh = not os.path.lexists(directory)
     try:
         return await _spawn(root, cid, directory, instance, spec, launcher, attempt)
     except BaseException:
         if fresh:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(
-                    lambda: shutil.rmtree(directory, ignore_errors=True))
+                await trio.to_thread.run_sync(remove_shim_dir, root, cid)
         raise
 
 
@@ -163,6 +164,7 @@ async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: Spe
 
     def prepare() -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        checked_shim_dir(root, cid)  # made by someone else meanwhile: still never a symlink
         for stale in (shim_api.EXIT_FILE, shim_api.ADDRESS_FILE, shim_api.PID_FILE):
             with contextlib.suppress(FileNotFoundError):
                 (directory / stale).unlink()
@@ -244,11 +246,18 @@ async def _adopt_after_lost_launcher(root: Path, cid: str, directory: Path, inst
 
 def shim_alive(directory: Path) -> bool:
     """Does a shim live in ``directory``? It holds the directory's lock for as long as it runs
-    (the kernel drops the lock with the process, however it ends)."""
-    try:
-        fd = os.open(directory / SHIM_LOCK, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    (the kernel drops the lock with the process, however it ends). Never through a symlink
+    (the directory's or the lock's): a lock held elsewhere is no shim of ours."""
+    if os.path.islink(directory) or os.path.islink(directory.parent):
         return False
+    try:
+        fd = os.open(directory / SHIM_LOCK, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return False
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -271,12 +280,105 @@ def shim_dir(root: Path, cid: str) -> Path:
     return root / "shims" / cid
 
 
-def read_address(root: Path, cid: str) -> str | None:
+class SymlinkedDir(ApiError):
+    """``ROOT/shims`` or ``ROOT/shims/ID`` is a symlink: the daemon never goes through one
+    (its writes, reads, removals and calls would land outside ROOT, on someone else's files)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        super().__init__(ErrorCode.CONFLICT, f"{path} is a symlink (to {target}), where the "
+                         "daemon expects a directory of its own; it never follows one there. "
+                         "Remove the symlink (`rm` the link, not its target) and retry")
+        self.path = path
+
+
+def checked_shim_dir(root: Path, cid: str) -> Path:
+    """``ROOT/shims/ID``, or :class:`SymlinkedDir` when it or ``ROOT/shims`` is a symlink.
+    The directory need not exist (callers handle that as they did)."""
+    shims = root / "shims"
+    directory = shims / cid
+    for path in (shims, directory):
+        if os.path.islink(path):
+            raise SymlinkedDir(path)
+    return directory
+
+
+def real_shim_dir(root: Path, cid: str) -> Path | None:
+    """``ROOT/shims/ID`` when it is a directory of its own, else None (missing, or a symlink
+    there or at ``ROOT/shims``, which is logged): for the readers of its files (logs, tail,
+    clear), which then behave as for a container without logs."""
     try:
-        with open(os.path.join(root, "shims", cid, shim_api.ADDRESS_FILE), "rb") as f:
-            return f.read().decode().strip()
-    except (OSError, UnicodeDecodeError):
+        directory = checked_shim_dir(root, cid)
+    except SymlinkedDir as exc:
+        log.warning("not following a symlink in the shims directory", id=cid, error=exc.message)
         return None
+    return directory if directory.is_dir() else None
+
+
+def read_shim_file(root: Path, cid: str, name: str) -> bytes | None:
+    """A small file of ``ROOT/shims/ID``, or None: never through a symlink (the directory,
+    ``ROOT/shims`` or the file itself), so a planted link never makes the daemon read, or
+    connect to, what someone else chose."""
+    try:
+        dfd = os.open(shim_dir(root, cid), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                      | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if os.path.islink(os.path.join(root, "shims")):
+            return None
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        with open(fd, "rb") as f:
+            return f.read(1 << 20)
+    except OSError:
+        return None
+    finally:
+        os.close(dfd)
+
+
+def read_address(root: Path, cid: str) -> str | None:
+    data = read_shim_file(root, cid, shim_api.ADDRESS_FILE)
+    try:
+        return None if data is None else data.decode().strip()
+    except UnicodeDecodeError:
+        return None
+
+
+def read_exit_record(root: Path, cid: str) -> dict[str, Any] | None:
+    """The shim's exit file (:func:`events.shim_api.read_exit_file`), never through a
+    symlink; None when there is none or it is not a JSON object."""
+    return _read_record(root, cid, shim_api.EXIT_FILE)
+
+
+def read_task_record(root: Path, cid: str) -> dict[str, Any] | None:
+    """The shim's task file (:func:`events.shim_api.read_task_file`), never through a
+    symlink; None when there is none or it is not a JSON object."""
+    return _read_record(root, cid, shim_api.TASK_FILE)
+
+
+def _read_record(root: Path, cid: str, name: str) -> dict[str, Any] | None:
+    data = read_shim_file(root, cid, name)
+    try:
+        record = None if data is None else json.loads(data)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def remove_shim_dir(root: Path, cid: str) -> None:
+    """Remove ``ROOT/shims/ID`` (blocking: call it in a thread). A symlink there is unlinked
+    itself, never followed: its target is someone else's."""
+    directory = shim_dir(root, cid)
+    if os.path.islink(directory):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(directory)
+        return
+    if os.path.islink(root / "shims"):
+        return
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def shim_call_timeout(method: str) -> float | None:
@@ -323,22 +425,21 @@ async def end_shim(root: Path, cid: str, *, remove: bool = True) -> str:
     """End whatever runs in ``ROOT/shims/ID`` (delete with force; kill by pid if it does not
     answer) and, with ``remove``, remove the directory (else its logs stay). Returns what was
     done, for the log."""
-    directory = shim_api.shim_dir(root, cid)
     what = "removed an empty shim directory"
     try:
         await call_shim(root, cid, "delete", force=True)
         what = "deleted a live shim (its task killed)"
     except ApiError:
         try:
-            pid = int((directory / shim_api.PID_FILE).read_text())
-        except (OSError, ValueError):
+            pid = int(read_shim_file(root, cid, shim_api.PID_FILE) or b"")
+        except ValueError:
             pid = 0
-        if is_running(pid):
+        if is_running(pid) and shim_alive(shim_dir(root, cid)):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
             what = f"killed an unresponsive shim (pid {pid})"
     if remove:
-        await trio.to_thread.run_sync(lambda: shutil.rmtree(directory, ignore_errors=True))
+        await trio.to_thread.run_sync(remove_shim_dir, root, cid)
     return what
 
 

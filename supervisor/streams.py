@@ -29,6 +29,7 @@ from events.model import Event
 from events.timefmt import parse_rfc3339
 from supervisor.decide import stopped_for_good
 from supervisor.errors import ApiError
+from supervisor.shims import checked_shim_dir
 from supervisor.spec import check_id
 from supervisor.subscribers import TooSlow
 
@@ -171,7 +172,7 @@ class Streams:
             raise ApiError(ErrorCode.INVALID, f"since must be a time in unix ns, got {since!r}")
         after = _cursor(params.get("after"))
         follow = bool(params.get("follow"))
-        directory = shim_api.shim_dir(self.core.paths.root, cid)
+        directory = checked_shim_dir(self.core.paths.root, cid)  # never through a symlink
         current = directory / shim_api.CONTAINER_LOG
 
         def item(raw: bytes, ino: int, end: int) -> dict[str, Any] | None:

@@ -33,13 +33,13 @@ import trio
 from events import shim_api
 from events.domain import ContainerState, ErrorCode
 from events.procfs import is_running, starttime
-from supervisor import decide
+from supervisor import adopt, decide
 from supervisor.core import Core, Item
 from supervisor.errors import ApiError
 from supervisor.lifecycle import Lifecycle
 from supervisor.links import watch_lost_task
 from supervisor.projection import Container
-from supervisor.shims import shim_dir
+from supervisor.shims import read_task_record, shim_dir
 
 __all__ = ["Supervision"]
 
@@ -54,6 +54,8 @@ _NS = 1_000_000_000
 #: A restart the daemon could not carry out for a passing reason (the disk was full, a shim
 #: did not answer) is tried again after this long, then twice as long, up to the cap.
 RETRY_DELAY = 1.0
+#: How long a shim that closed its connection may take to drop its lock (it exits right after).
+EXITING_GRACE = 2.0
 RETRY_MAX = 60.0
 #: The errors that say the task cannot start however often it is tried (the spec's cwd or
 #: runtime is wrong): the daemon gives up rather than loop.
@@ -153,19 +155,40 @@ class Supervision:
             await self._decide(cid)
 
     async def _our_shim_lives(self, c: Container) -> bool:
-        """Is ``c``'s own shim alive in its directory? A stranger (a shim the daemon started
-        and died before it recorded) is ended on the way."""
+        """Is a shim alive in ``c``'s directory that decides for it? Its own shim does. A
+        stranger (another instance) whose task ran is adopted (the log lost its record) and
+        then decides; one whose task never ran (a start the daemon died in before recording
+        it) is ended. A shim that does not answer is given :data:`EXITING_GRACE` to finish
+        exiting (a shim that retires closes its connection before it drops its lock), then
+        left running, never killed: the daemon cannot tell what it is."""
         if not self.core.shims.alive(c.id):
             return False
         try:
             state = await self.core.shims.call(c.id, "state")
         except ApiError:
             state = None
-        if isinstance(state, dict) and state.get("instance") == c.instance:
+        if not isinstance(state, dict):
+            with trio.move_on_after(EXITING_GRACE):
+                while self.core.shims.alive(c.id):
+                    await trio.sleep(0.02)
+            if not self.core.shims.alive(c.id):
+                return False
+            log.error("a live shim in the container's directory does not answer: left "
+                      "running (not killed); nothing is decided for the container until it "
+                      "answers or ends", id=c.id)
+            return True
+        if state.get("instance") == c.instance:
+            return True
+        if adopt.should_adopt(state, self.core.history_may_be_lost):
+            if not await adopt.adopt(self.core, c.id, state, "another shim than the log's "
+                                     "runs the container: the log lost its record"):
+                log.error("a live shim the log does not know runs in the container's "
+                          "directory and cannot be adopted: left running", id=c.id,
+                          its_instance=state.get("instance"))
             return True
         what = await self.core.shims.end_task(c.id)
-        log.warning("ended a shim the log does not know in a container's directory",
-                    id=c.id, action=what, its_instance=(state or {}).get("instance"))
+        log.warning("ended a shim the log does not know in a container's directory (its task "
+                    "never ran)", id=c.id, action=what, its_instance=state.get("instance"))
         return False
 
     async def _decide(self, cid: str) -> None:
@@ -197,7 +220,7 @@ class Supervision:
         """A task the lost shim started but never delivered (its task file names a task the
         log does not have, and that pid still runs it): record it as the shim's restart and
         watch it, instead of starting a second one. True when one was found."""
-        record = shim_api.read_task_file(shim_dir(self.core.root, c.id))
+        record = read_task_record(self.core.root, c.id)
         if record is None or c.instance is None or record.get("instance") != c.instance:
             return False
         seq, pid, started = record.get("shim_seq"), record.get("pid"), record.get("starttime")

@@ -34,6 +34,7 @@ from supervisor import programs as P
 from supervisor import sv_logs
 from supervisor import sv_processes as S
 from supervisor.errors import ApiError
+from supervisor.shims import real_shim_dir
 from supervisor.sv_xmlrpc import (
     ALIASES,
     API_VERSION,
@@ -416,9 +417,9 @@ class SupervisorRPC:
             raise Fault("BAD_NAME", name)
         if not isinstance(offset, int) or not isinstance(length, int):
             raise Fault("INCORRECT_PARAMETERS")
-        directory = self.core.paths.shims / c["id"]
-        if not directory.is_dir():
-            raise Fault("NO_FILE", str(directory / sv_logs.CONTAINER_LOG))
+        directory = real_shim_dir(self.core.paths.root, c["id"])
+        if directory is None:
+            raise Fault("NO_FILE", str(self.core.paths.shims / c["id"] / sv_logs.CONTAINER_LOG))
         try:
             data = await trio.to_thread.run_sync(sv_logs.read, directory,
                                                  self._channels(c, channel), offset, length)
@@ -438,8 +439,8 @@ class SupervisorRPC:
             raise Fault("BAD_NAME", name)
         if not isinstance(offset, int) or not isinstance(length, int):
             raise Fault("INCORRECT_PARAMETERS")
-        directory = self.core.paths.shims / c["id"]
-        if not directory.is_dir():
+        directory = real_shim_dir(self.core.paths.root, c["id"])
+        if directory is None:
             return ["", 0, False]
         data, size, overflow = await trio.to_thread.run_sync(
             sv_logs.tail, directory, self._channels(c, channel), offset, length)
@@ -452,7 +453,9 @@ class SupervisorRPC:
         return await self._tail_log(name, offset, length, "stderr")
 
     async def _clear(self, c: dict[str, Any]) -> None:
-        directory = self.core.paths.shims / c["id"]
+        directory = real_shim_dir(self.core.paths.root, c["id"])
+        if directory is None:
+            return  # no logs of its own to clear
 
         def clear() -> None:
             for path in directory.glob(sv_logs.CONTAINER_LOG + ".*"):

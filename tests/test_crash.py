@@ -228,7 +228,13 @@ def check(d: Daemon, model: Model) -> None:
     rows = d.ps()
     for cid, n in counts.items():
         row = rows.get(cid)
-        assert n <= 1, f"{cid}: {n} processes"
+        if n > 1:  # name them: a fork of sh not yet exec'd also carries the marker
+            procs = {pid: (ppid, c) for pid, (ppid, c) in _proc_table().items()
+                     if f"mark-{RUN}-{cid} " in c + " "}
+            history = [(e["seq"], e["type"], e["data"]) for e in d.stream("events")
+                       if e["id"] == cid]
+            raise AssertionError(f"{cid}: {n} processes {procs}; row {row}; model "
+                                 f"{model.items[cid]}; history {history}")
         if row is None or row["state"] == "stopped":
             # it may be exiting right now: give the shim a moment to reap and record it
             try:

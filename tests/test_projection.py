@@ -290,3 +290,78 @@ def test_what_a_shim_may_not_do_whatever_the_table_allows_the_daemon():
     # the daemon's own task.create (no shim_seq: a start by command) still is one
     assert apply(state, ev("task.create", pid=30, instance="i2")).containers["c"].state == \
         "created"
+
+
+# -- container.adopt: a live shim the log lost the record of -----------------------------------
+
+def adopt_data(**over: object) -> dict:
+    data: dict = {"spec": {"command": ["sleep", "9"], "runtime": "process",
+                           "restart": {"policy": "always"}},
+                  "instance": "i9", "shim_seq": 4, "status": "running", "pid": 77,
+                  "shim_pid": 76, "address": "/s9", "started_at": 500, "created_at": 400,
+                  "starttime": 123, "exit": None, "boot_id": "b",
+                  "restart": {"policy": "always", "attempt": 2, "start_at": None,
+                              "gave_up": False, "final": False},
+                  "health": None, "reason": "test"}
+    data.update(over)
+    return data
+
+
+def test_adopt_makes_an_ordinary_container_of_an_unknown_one():
+    ev = Seq()
+    state = apply(State(), ev("container.adopt", "a", **adopt_data()))
+    c = state.containers["a"]
+    assert (c.state, c.pid, c.instance, c.started, c.created, c.attempt) == (
+        "running", 77, "i9", 500, 400, 2)
+    assert c.spec["restart"] == {"policy": "always"}
+    # the shim's events up to the adopted shim_seq are duplicates; later ones apply
+    assert is_duplicate(state, "a", {"instance": "i9", "shim_seq": 4})
+    assert not is_duplicate(state, "a", {"instance": "i9", "shim_seq": 5})
+    state = apply(state, ev("task.exit", "a", pid=77, exit_status=0, signal=None,
+                            exited_at=900, shim_seq=5, instance="i9"))
+    assert state.containers["a"].state == "stopped"
+    state = apply(state, ev("container.delete", "a"))
+    assert "a" not in state.containers
+
+
+def test_adopt_replaces_what_the_log_had_and_keeps_its_dedup():
+    """The log knows an older life (instance i1); the live shim is another one (i9)."""
+    ev = Seq()
+    state = fold(lifecycle(ev)[:3])  # i1 running, seen up to 2
+    state = apply(state, ev("container.adopt", "c", **adopt_data()))
+    c = state.containers["c"]
+    assert (c.state, c.instance, c.pid) == ("running", "i9", 77)
+    assert c.seen == {"i1": 2, "i9": 4}
+    assert is_duplicate(state, "c", {"instance": "i1", "shim_seq": 2})
+
+
+def test_adopt_of_a_stopped_task_carries_its_exit_and_the_stop_by_hand():
+    ev = Seq()
+    data = adopt_data(status="stopped",
+                      exit={"exit_status": 143, "signal": 15, "exited_at": 800, "pid": 77},
+                      restart={"policy": "always", "attempt": 0, "final": True})
+    c = apply(State(), ev("container.adopt", "a", **data)).containers["a"]
+    assert (c.state, c.exit_status, c.signal, c.finished, c.stopped_by_user) == (
+        "stopped", 143, 15, 800, True)
+
+
+def test_a_malformed_adopt_is_skipped_with_a_reason():
+    ev = Seq()
+    for bad in (adopt_data(status="unknown"), adopt_data(status="bogus"),
+                adopt_data(instance=None), adopt_data(spec={}), adopt_data(shim_seq="4")):
+        state, reason = step(State(), ev("container.adopt", "a", **bad))
+        assert reason is not None and "a" not in state.containers
+
+
+def test_an_adopted_container_survives_a_snapshot():
+    ev = Seq()
+    state = apply(State(), ev("container.adopt", "a", **adopt_data()))
+    again = State.from_dict(msgpack.unpackb(msgpack.packb(state.to_dict())))
+    assert again.containers == state.containers
+
+
+def test_adopt_never_lowers_what_was_seen_of_its_instance():
+    ev = Seq()
+    state = fold(lifecycle(ev)[:3])  # i1 seen up to 2
+    state = apply(state, ev("container.adopt", "c", **adopt_data(instance="i1", shim_seq=1)))
+    assert state.containers["c"].seen["i1"] == 2

@@ -1,0 +1,293 @@
+"""Shims the log does not account for: adopted, ended, or left alone, never killed blindly.
+
+The log is the daemon's memory of which shims it started. A live shim it does not know is one
+of two things:
+
+* the daemon started it and died before it recorded it (between the shim's start and the
+  append of its ``container.create`` or ``task.create``): no one was told of it, and its task
+  never ran (the start comes after the record). Ending it kills nothing anyone ran;
+* the log lost the events that recorded it (an older copy of ``ROOT/events`` put back, a cut by
+  ``--repair``): a container someone created, probably running. It must be *adopted*: its spec
+  is in its directory (``spec.json``), its task's state in the shim (``state``), so the daemon
+  records ``container.adopt`` with both and carries on as if it had never lost track of it
+  (the shim's later events are deduplicated from the ``shim_seq`` the adoption names).
+
+Which one it is: a shim whose task ever ran was recorded once (a start is always after its
+record), so it is adopted whatever else is known. A shim whose task never ran is ended, unless
+the daemon was started with ``--repair`` (the operator says history may be lost): then it is
+adopted too, and the user sees a ``created`` container in ``ps``. A live shim that does not
+answer (stopped, wedged) is left running and reported; so is a directory with no live shim
+(its files are a lost container's logs and exit, or the leftovers of an unacknowledged
+create): the daemon never deletes what it cannot account for, except the directory of a
+removal it recorded itself (``rm`` leaves :data:`REMOVING` in it before ``container.delete``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from events import shim_api
+from events.domain import ContainerState
+from events.procfs import starttime
+from supervisor.errors import ApiError
+from supervisor.shims import (
+    DEFAULT_PATH,
+    call_shim,
+    read_address,
+    read_shim_file,
+    remove_shim_dir,
+    shim_alive,
+    shim_dir,
+)
+from supervisor.spec import validate_spec
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from supervisor.core import Core
+    from supervisor.projection import Container, State
+    from supervisor.spec import Spec
+
+__all__ = ["REMOVING", "Outcome", "account_for", "adopt", "adopt_if_history_lost", "api_spec",
+           "mark_removing",
+           "never_ran", "ran_a_task", "shim_state", "should_adopt"]
+
+log = structlog.get_logger("supervisord.adopt")
+
+CREATED, RUNNING = ContainerState.CREATED, ContainerState.RUNNING
+RESTARTING, STOPPED = ContainerState.RESTARTING, ContainerState.STOPPED
+
+#: Left in a container's directory by ``rm`` before it appends ``container.delete``: a
+#: directory the log does not know that holds it is a removal the daemon recorded and did not
+#: finish (it died before removing the directory), so recovery finishes it.
+REMOVING = "removing"
+#: How long a shim the daemon examines has to answer ``state``.
+STATE_TIMEOUT = 5.0
+
+
+class Outcome:
+    """What :func:`account_for` did with a directory (for the log and the caller)."""
+
+    ADOPTED = "adopted"
+    ENDED = "ended"
+    REMOVED = "removed"
+    LEFT = "left alone"
+
+
+def ran_a_task(state: dict[str, Any]) -> bool:
+    """Did the shim's task ever run? (Its ``state``: status beyond ``created``, or an exit.)
+    A shim whose task never ran was started by a daemon that died before recording it."""
+    return state.get("status") != ContainerState.CREATED or state.get("exit") is not None
+
+
+def should_adopt(state: dict[str, Any], history_may_be_lost: bool) -> bool:
+    """Adopt (rather than end) a live shim the log does not record: see the module."""
+    return history_may_be_lost or ran_a_task(state)
+
+
+def api_spec(shim_spec: dict[str, Any]) -> Spec:
+    """The API spec of a shim's ``spec.json`` (:func:`supervisor.shims.shim_spec` backwards),
+    validated like a ``create``'s; ValueError when it is not usable."""
+    env = dict(shim_spec.get("env") or {})
+    if env.get("PATH") == DEFAULT_PATH:
+        env.pop("PATH")  # the default the daemon adds; it adds it again
+    limits = shim_spec.get("limits") or {}
+    log_conf = shim_spec.get("log") or {}
+    default_log = shim_api.SPEC_FIELDS["log"]
+    raw: dict[str, Any] = {
+        "name": shim_spec.get("id"), "command": shim_spec.get("command"), "env": env,
+        "cwd": shim_spec.get("cwd"), "runtime": shim_spec.get("runtime") or "process",
+        "rootfs": shim_spec.get("rootfs"), "bundle": shim_spec.get("bundle"),
+        "init": bool(shim_spec.get("init")), "user": shim_spec.get("user"),
+        "memory": limits.get("memory"), "cpus": limits.get("cpus"),
+        "pids_limit": limits.get("pids"), "stop_signal": shim_spec.get("stop_signal"),
+        "stop_timeout": shim_spec.get("stop_timeout"), "labels": shim_spec.get("labels") or {},
+        "restart": shim_spec.get("restart"), "health": shim_spec.get("health"),
+        "auto_remove": bool(shim_spec.get("auto_remove")),
+    }
+    if log_conf.get("max_size") != default_log["max_size"]:
+        raw["log_max_size"] = log_conf.get("max_size")
+    if log_conf.get("keep") != default_log["keep"]:
+        raw["log_keep"] = log_conf.get("keep")
+    for key in ("namespaces", "rlimits"):
+        if shim_spec.get(key):
+            raw[key] = shim_spec[key]
+    try:
+        return validate_spec(raw)
+    except ApiError as exc:
+        raise ValueError(exc.message) from None
+
+
+def _read_spec(root: Path, cid: str) -> dict[str, Any]:
+    data = read_shim_file(root, cid, shim_api.SPEC_FILE)
+    if data is None:
+        raise ValueError(f"{shim_dir(root, cid)}/{shim_api.SPEC_FILE} cannot be read")
+    spec = json.loads(data)
+    if not isinstance(spec, dict):
+        raise ValueError(f"{shim_dir(root, cid)}/{shim_api.SPEC_FILE} is not a JSON object")
+    return {**shim_api.SPEC_FIELDS, **spec}
+
+
+async def shim_state(core: Core, cid: str) -> dict[str, Any] | None:
+    """The ``state`` of the shim in ``cid``'s directory, or None when it does not answer."""
+    with trio.move_on_after(STATE_TIMEOUT):
+        try:
+            state = await call_shim(core.root, cid, "state")
+        except ApiError:
+            return None
+        return state if isinstance(state, dict) else None
+    return None
+
+
+async def adopt(core: Core, cid: str, state: dict[str, Any], reason: str, *,
+                link: bool = True) -> bool:
+    """Record ``container.adopt`` for the shim whose ``state`` reply this is, and (with
+    ``link``) link it; False (and nothing recorded) when its directory's ``spec.json`` is not
+    usable or the record changed meanwhile. The caller decided that it is to be adopted
+    (:func:`should_adopt`); a link that adopts the shim it is connected to links nothing."""
+    instance, seq = state.get("instance"), state.get("seq")
+    if not isinstance(instance, str) or not isinstance(seq, int):
+        log.warning("cannot adopt a shim: its state names no instance or seq", id=cid)
+        return False
+    try:
+        spec = api_spec(await trio.to_thread.run_sync(_read_spec, core.root, cid))
+    except (OSError, ValueError) as exc:
+        log.error("cannot adopt a live shim: its spec.json is not usable; it is left running",
+                  id=cid, instance=instance, error=str(exc))
+        return False
+    pid = state.get("pid")
+    status = state.get("status")
+    health = state.get("health") if isinstance(state.get("health"), dict) else None
+    data: dict[str, Any] = {
+        "spec": dict(spec), "instance": instance, "shim_seq": seq, "status": status,
+        "pid": pid, "shim_pid": state.get("shim_pid"), "address": read_address(core.root, cid),
+        "created_at": state.get("created_at"), "started_at": state.get("started_at"),
+        "starttime": state.get("starttime") or (
+            starttime(pid) if isinstance(pid, int) and status in ("created", "running")
+            else None),
+        "exit": state.get("exit"), "restart": state.get("restart"),
+        "health": None if health is None else {"status": health.get("status"),
+                                               "failing_streak": health.get("failing_streak")},
+        "boot_id": core.boot_id, "reason": reason,
+    }
+    before = core.container(cid)
+    if before is not None and before.seen.get(instance, 0) > seq:
+        return False  # the record already holds later events of this shim: it is stale
+
+    def unchanged(s: State) -> bool:
+        return s.containers.get(cid) is before
+
+    events = await core.guarded_append(cid, [("container.adopt", cid, data)], unchanged)
+    if not events:
+        return False
+    log.warning("adopted a shim the log did not account for", id=cid, instance=instance,
+                status=status, pid=pid, reason=reason)
+    if link:
+        core.shims.link(cid, instance)
+    return True
+
+
+async def account_for(core: Core, cid: str) -> str:
+    """A directory under ``ROOT/shims`` whose container the log does not have (the caller
+    holds the container's lock): adopt its live shim, end one whose task never ran, finish
+    a removal the daemon recorded, or leave it alone. Returns the :class:`Outcome`."""
+    root = core.root
+    directory = shim_dir(root, cid)
+    if os.path.islink(directory):
+        log.warning("a symlink in the shims directory is not followed; left alone",
+                    path=str(directory), target=os.readlink(directory))
+        return Outcome.LEFT
+    if not shim_alive(directory):
+        if read_shim_file(root, cid, REMOVING) is not None:
+            await trio.to_thread.run_sync(remove_shim_dir, root, cid)
+            log.info("finished a removal the log recorded", id=cid)
+            return Outcome.REMOVED
+        if never_ran(root, cid):
+            await trio.to_thread.run_sync(remove_shim_dir, root, cid)
+            log.warning("removed the leftovers of a shim start the daemon died in (no shim, "
+                        "no exit, no output: nothing ran there)", id=cid)
+            return Outcome.REMOVED
+        log.warning("a shim directory the log does not know, with no shim running in it: left "
+                    "alone (its files are a lost container's; remove it once they are of no "
+                    "use)", path=str(directory),
+                    has_exit_file=read_shim_file(root, cid, shim_api.EXIT_FILE) is not None,
+                    has_logs=os.path.exists(directory / shim_api.CONTAINER_LOG))
+        return Outcome.LEFT
+    state = await shim_state(core, cid)
+    if state is None:
+        log.error("a live shim the log does not know does not answer: left running (it is "
+                  "not killed); see its shim.log, or end it by hand", path=str(directory))
+        return Outcome.LEFT
+    if should_adopt(state, core.config.repair):
+        why = ("its task runs or ran, so it was recorded once: the log lost that record"
+               if ran_a_task(state) else
+               "started with --repair: the log may have lost its create")
+        if await adopt(core, cid, state, why):
+            return Outcome.ADOPTED
+        return Outcome.LEFT
+    what = await core.shims.end(cid)
+    log.warning("ended a shim the log does not know whose task never ran (a start the daemon "
+                "died in before recording it: no one was told of it)", id=cid, action=what)
+    return Outcome.ENDED
+
+
+def never_ran(root: Path, cid: str) -> bool:
+    """Does ``cid``'s directory (no shim alive in it) hold nothing a shim left: no pid file
+    (a shim that ran and was killed cannot remove it), no exit file, no task file, no output?
+    Then it is what a start the daemon died in leaves (a spec, a lock, an empty log), and
+    removing it loses nothing."""
+    directory = shim_dir(root, cid)
+    for name in (shim_api.PID_FILE, shim_api.EXIT_FILE, shim_api.TASK_FILE):
+        if os.path.lexists(directory / name):
+            return False
+    try:
+        return os.lstat(directory / shim_api.CONTAINER_LOG).st_size == 0
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+async def adopt_if_history_lost(core: Core, c: Container, state: dict[str, Any] | None
+                                ) -> bool:
+    """Reconciliation, once the shim of ``c`` (the record's own instance) replayed its backlog:
+    if the task its ``state`` (the link's first answer) describes still differs from the
+    record in status or pid, events of this shim that were acknowledged are missing from the
+    log (a cut kept its ``task.create`` and lost its ``task.start``, or its own restarts):
+    adopt it as it is. Not when the record holds an event of this shim after that answer
+    (the answer is stale then; :func:`adopt` checks again under the append lock)."""
+    if state is None or state.get("instance") != c.instance:
+        return False
+    if c.stopped_by_user or c.gave_up:
+        # final decisions the log kept: the shim may not have heard of them yet (a stop the
+        # daemon died in, sent again by reconciliation) and reported events the projection
+        # refused for that reason (its restart's task after the stop): not a lost history
+        return False
+    status, pid, seq = state.get("status"), state.get("pid"), state.get("seq")
+    if not isinstance(seq, int) or c.seen.get(c.instance or "", 0) > seq:
+        return False
+    if status == c.state and (pid == c.pid or status not in (CREATED, RUNNING)):
+        return False
+    if status not in (CREATED, RUNNING, RESTARTING, STOPPED):
+        return False
+    return await adopt(core, c.id, state, f"its shim reports {status} (pid {pid}) where the "
+                       f"log says {c.state} (pid {c.pid}): the log lost events of this shim "
+                       "that were acknowledged", link=False)
+
+
+def mark_removing(root: Path, cid: str) -> None:
+    """Leave :data:`REMOVING` in ``cid``'s directory (blocking: in a thread). Not fsynced:
+    after a power loss recovery meets a plain unknown directory, which it leaves alone."""
+    directory = shim_dir(root, cid)
+    if os.path.islink(directory) or not directory.is_dir():
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(directory / REMOVING, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        os.close(fd)
