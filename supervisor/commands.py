@@ -267,7 +267,9 @@ class Commands:
                     await self._end_lost_task(c)
                 self._core.shims.forget(link)
             else:
-                await self._core.shims.retire(cid)
+                # with force: a shim whose back-off ended between the stop's append and this
+                # call runs a task the log refused; the removal ends it too
+                await self._core.shims.retire(cid, force=True)
             # a removal the daemon dies in after the delete is finished by recovery
             await trio.to_thread.run_sync(adopt.mark_removing, self._root, cid)
             await self._core.append([("container.delete", cid, {})])

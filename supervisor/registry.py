@@ -108,12 +108,13 @@ class ShimRegistry:
         if link is not None:
             link.cancel_scope.cancel()
 
-    async def retire(self, cid: str) -> Any:
+    async def retire(self, cid: str, *, force: bool = False) -> Any:
         """Ask ``cid``'s shim to go (``delete``, its task having ended) and stop its link;
-        the shim's last exit record, or None when it could not be reached."""
+        the shim's last exit record, or None when it could not be reached. ``force``: even
+        if it runs a task (one it started after a stop it had not yet heard of: ``rm``)."""
         link = self.expect_end(cid)
         try:
-            return await call_shim(self.root, cid, "delete", force=False)
+            return await call_shim(self.root, cid, "delete", force=force)
         except ApiError as exc:
             log.debug("shim delete", id=cid, error=exc.message)
             return None
