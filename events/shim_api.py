@@ -151,6 +151,11 @@ TASK_FILE = "task"
 CONTAINER_LOG = "container.log"
 SHIM_LOG = "shim.log"
 
+#: What a start says of a shim that neither reported ready nor an error (killed, or wedged
+#: past the ready timeout): nothing was started, so the daemon answers ``unavailable`` (try
+#: again), not a refusal of the request.
+NO_READY = "the shim did not report ready"
+
 METHODS = frozenset({"state", "start", "kill", "stop", "wait", "events", "ack", "delete",
                      "shutdown", "exec"})
 

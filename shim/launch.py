@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 
-from events import procfs
+from events import procfs, shim_api
 from shim import osutil
 
 #: How long the starter waits for ready: creating a process takes milliseconds; this only
@@ -92,7 +92,7 @@ def outcome(container_id: str, lines: list[tuple[str, str]], ready_timeout: floa
         # gone, not merely once it closed the pipe (a caller may look right away)
         _wait_gone(shim_pid, ERROR_EXIT_TIMEOUT)
     if reason is None:  # silent: wedged or killed. Never leave a half-started shim behind
-        reason = f"the shim did not report ready within {ready_timeout:g} s or died"
+        reason = f"{shim_api.NO_READY} within {ready_timeout:g} s or died"
         now = _cmdline(shim_pid) if shim_pid else None
         if now is not None and own_cmdline is not None and \
                 now.rstrip(b"\0") == own_cmdline.rstrip(b"\0"):

@@ -216,8 +216,16 @@ async def _spawn_fresh(root: Path, cid: str) -> Ready:
 
 
 def start_failed(reason: str) -> ApiError:
-    """The error of a shim that could not start its container (the same on both paths)."""
-    code = ErrorCode.NO_SPACE if "No space left" in reason else ErrorCode.INVALID
+    """The error of a shim that could not start its container (the same on both paths): a
+    full disk is ``no_space`` and a shim killed or wedged before it reported is
+    ``unavailable`` (both pass: nothing was started or recorded, try again); what the shim
+    reported of the spec (a bad cwd, rootfs or user) is ``invalid``."""
+    if "No space left" in reason:
+        code = ErrorCode.NO_SPACE
+    elif shim_api.NO_READY in reason:
+        code = ErrorCode.UNAVAILABLE
+    else:
+        code = ErrorCode.INVALID
     return ApiError(code, f"the shim could not start the container: {reason}")
 
 
