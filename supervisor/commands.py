@@ -250,7 +250,9 @@ class Commands:
                                "first or use rm -f")
             if not (c.state == STOPPED and (c.stopped_by_user or stopped_for_good(c))):
                 # durable first: no policy restart may follow the removal's kill
-                await self._core.append([("container.stop", cid, {"reason": "rm"})])
+                # timeout 0: sent again after a crash, it is still rm -f's SIGKILL
+                await self._core.append([("container.stop", cid, {"reason": "rm",
+                                                                   "timeout": 0})])
                 c = self._lifecycle.container(cid)
             if c.state != STOPPED:
                 link = self._core.shims.expect_end(cid)

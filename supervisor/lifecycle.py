@@ -103,7 +103,10 @@ class Lifecycle:
         if c.state == STOPPED and (c.stopped_by_user or stopped_for_good(c)):
             return c  # nothing runs, nothing will: no event to record
         if not c.stopped_by_user:
-            await self.core.append([("container.stop", cid, {"reason": reason})])
+            data: dict[str, Any] = {"reason": reason}
+            if timeout is not None:  # sent again after a crash, it is the same stop
+                data["timeout"] = timeout
+            await self.core.append([("container.stop", cid, data)])
             c = self.container(cid)
         instance = c.instance
         if timeout is None:

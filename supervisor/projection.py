@@ -135,6 +135,9 @@ class Container(Mapping[str, Any]):
     boot_id: str | None = None
     #: a ``stop`` or ``rm`` was recorded: no policy restart follows (until a start by command)
     stopped_by_user: bool = False
+    #: the timeout that recorded stop asked for (``rm -f``: 0, SIGKILL at once; None: the
+    #: spec's): a stop sent again after a crash is the one the user asked for
+    stop_timeout: float | None = None
     #: the policy gave up (``on-failure:MAX``): no policy restart follows (until a new task)
     gave_up: bool = False
     #: restarts in a row, as the latest ``container.restart`` counted them (0: by command)
@@ -407,7 +410,10 @@ def _changes(old: Container, etype: str, d: Mapping[str, Any], time: int) -> dic
             changes.update(stopped_by_user=False, gave_up=False)
         return changes
     if etype == _STOP:
-        return {"stopped_by_user": True, "start_at": None}
+        timeout = d.get("timeout")
+        return {"stopped_by_user": True, "start_at": None,
+                "stop_timeout": float(timeout) if isinstance(timeout, int | float)
+                and not isinstance(timeout, bool) else None}
     if etype == _GIVEUP:
         return {"gave_up": True, "start_at": None, "restart_by": d.get("by"),
                 "restart_reason": d.get("reason")}

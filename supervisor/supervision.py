@@ -365,7 +365,7 @@ class Supervision:
                 return
             log.info("sending a recorded stop again", id=cid, state=c.state)
             try:
-                await self.lifecycle.stop(cid, None, "stop")
+                await self.lifecycle.stop(cid, c.stop_timeout, "stop")
             except ApiError as exc:
                 log.warning("the recorded stop could not be sent again", id=cid,
                             error=exc.message)

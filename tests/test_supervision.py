@@ -239,6 +239,32 @@ def test_a_recorded_stop_the_daemon_died_in_is_sent_again(daemon):
     assert daemon.ps()["s"]["restarts"] == 0
 
 
+@pytest.mark.parametrize(("data", "status"), [
+    ({"reason": "rm", "timeout": 0}, 137),   # rm -f: SIGKILL at once, not the stop signal
+    ({"reason": "stop", "timeout": 0.2}, 137),  # stop -t 0.2: its grace time, not the spec's
+    ({"reason": "stop"}, None),  # the spec's 30 s: still waiting for a TERM it ignores
+])
+def test_a_recorded_stop_is_sent_again_as_it_was_asked(daemon, data, status):
+    """``rm -f`` (or ``stop -t N``) appended its container.stop and the daemon died before
+    the shim heard of it: the next daemon sends that very stop (its timeout is in the event),
+    not a stop with the spec's signal and grace time."""
+    daemon.run("sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.05; done", name="s",
+               restart="always", stop_timeout=30)
+    daemon.wait_for_line("s", "ready")
+    daemon.stop()
+    log = EventLog.open(daemon.root)
+    log.append([("container.stop", "s", data)])
+    log.close()
+    daemon.start()
+    if status is None:
+        time.sleep(1.0)
+        assert daemon.ps()["s"]["state"] == "running"  # TERM ignored, 29 s of grace left
+        return
+    result = daemon.call("wait", id="s", io_timeout=20)
+    assert (result["exit_status"], result["signal"]) == (status, 9)
+    assert daemon.ps()["s"]["restarts"] == 0
+
+
 # -- a lost shim: the daemon decides ---------------------------------------------------------
 
 
