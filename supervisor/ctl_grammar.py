@@ -147,12 +147,17 @@ def positive_float(text: str) -> float:
 
 
 def non_negative_float(text: str) -> float:
+    """Seconds (``stop -t``, ``--stop-timeout``, ``--reconnect``): finite, from 0 to a week
+    (events.policy.MAX_SECONDS): ``inf``, ``nan`` and ``1e308`` are usage errors here, as the
+    daemon would refuse them."""
+    from events.policy import MAX_SECONDS
+
     try:
         value = float(text)
     except ValueError:
         raise BadValue(f"expected a number of seconds, got {text!r}") from None
-    if not 0 <= value < float("inf"):  # also nan; inf would overflow a socket timeout
-        raise BadValue(f"expected 0 or more seconds, got {text!r}")
+    if not 0 <= value <= MAX_SECONDS:  # also nan; inf would overflow a socket timeout
+        raise BadValue(f"expected a number of seconds from 0 to {MAX_SECONDS:g}, got {text!r}")
     return value
 
 
@@ -188,7 +193,10 @@ def tail_lines(text: str) -> int | None:
 def since_time(text: str) -> int:
     from supervisor.ctl_values import parse_since  # only `logs --since` pays for it
 
-    return parse_since(text)
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise BadValue(str(exc)) from None
 
 
 def parse_runtime(value: str) -> str:

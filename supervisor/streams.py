@@ -113,7 +113,11 @@ class Streams:
         follow = bool(params.get("follow"))
         limit = core.config.subscriber_buffer
         buffer = params.get("buffer")
-        if isinstance(buffer, int) and not isinstance(buffer, bool) and buffer > 0:
+        if buffer is not None and (isinstance(buffer, bool) or not isinstance(buffer, int)
+                                   or buffer < 1):
+            raise ApiError(ErrorCode.INVALID, f"buffer must be a number of events >= 1, got "
+                           f"{buffer!r}")
+        if buffer is not None:
             limit = min(limit, buffer)
             if sock is not None and buffer < 100:
                 # "behind" must mean behind: do not let the kernel hide a stalled reader
