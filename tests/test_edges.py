@@ -124,6 +124,10 @@ def test_bad_numbers_of_the_other_methods_are_invalid_and_change_nothing(daemon)
     (["logs", "--since", "99999999999h", "s"], "--since"),
     (["logs", "--tail", "-1", "s"], "--tail"),
     (["events", "--reconnect", "1e308"], "--reconnect"),
+    (["events", "--since", "9" * 30], "--since"),
+    (["run", "-m", "1e400m", "--", "true"], "--memory"),
+    (["run", "--pids-limit", "9" * 30, "--", "true"], "--pids-limit"),
+    (["logs", "--tail", "9" * 30, "s"], "--tail"),
 ])
 def test_bad_numbers_on_the_command_line_are_usage_errors(daemon, argv, flag):
     daemon.run("sleep", "1000", name="s")
