@@ -70,8 +70,11 @@ def _fill(path: Path) -> None:
             f.write(b"\0" * 4096)
 
 
+@pytest.mark.parametrize("kill_daemon", [False, True], ids=["daemon-lives", "daemon-kill9"])
 def test_start_on_a_full_disk_says_the_task_started_and_records_it_once_later(
-        daemon_factory, small_root: Path, tmp_path: Path) -> None:
+        daemon_factory, small_root: Path, tmp_path: Path, kill_daemon: bool) -> None:
+    """With ``daemon-kill9`` the daemon is SIGKILLed while the disk is full and started again
+    once it is not: the shim's outbox still delivers the start and the exit, once each."""
     d = daemon_factory(root_dir=small_root / "root")
     mark = tmp_path / "ran"
     d.call("create", spec={"command": ["sh", "-c", f"touch {mark}; sleep 1; exit 3"],
@@ -90,8 +93,12 @@ def test_start_on_a_full_disk_says_the_task_started_and_records_it_once_later(
         d.wait_for(mark.exists)  # it did run: the error said so
         assert d.call("status")["last_seq"] == seq  # and nothing could be recorded
         assert d.running() and d.ps()["c"]["state"] == "created"
+        if kill_daemon:
+            d.kill9()
     finally:
         fill.unlink()
+    if kill_daemon:
+        d.start().reconciled()
     # space is back: the shim's outbox delivers the start and the exit, once each
     row = d.wait_for(lambda: (r := d.ps().get("c")) and r["state"] == "stopped" and r,
                      timeout=30)
