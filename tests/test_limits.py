@@ -28,6 +28,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the crowd
 
 NOBODY = 65534
 CAP = 12
+#: Descriptors the daemon may open meanwhile for itself (its shim launcher starts once
+#: reconciliation has ended): far fewer than the crowd's 3 x CAP would take without the cap.
+OWN = 6
 
 #: The crowd: /usr/bin/python3 (the venv's may live where uid 65534 cannot read), stdlib only.
 CROWD = r"""
@@ -108,7 +111,7 @@ def test_half_frames_cannot_take_every_descriptor_and_root_keeps_a_slot(daemon_f
         # the crowd holds every slot it may: root still gets its own
         rows = d.call("ps", all=True)
         assert rows == []
-        assert _fds(d.pid) <= before + CAP + 2, (before, _fds(d.pid))
+        assert _fds(d.pid) <= before + CAP + OWN, (before, _fds(d.pid))
         crowd.stdin.write("check\n")
         crowd.stdin.flush()
         second = json.loads(crowd.stdout.readline())
@@ -116,7 +119,7 @@ def test_half_frames_cannot_take_every_descriptor_and_root_keeps_a_slot(daemon_f
     finally:
         crowd.kill()
         crowd.wait()
-    d.wait_for(lambda: _fds(d.pid) <= before + 1)
+    d.wait_for(lambda: _fds(d.pid) <= before + OWN)
     assert d.call("status")["ok"]
 
 
@@ -140,7 +143,7 @@ def test_http_half_requests_are_capped_and_cut(daemon_factory):
         extra.close()
         assert answer.startswith(b"HTTP/1.1 503"), answer
         assert f"too many connections ({CAP})".encode() in answer, answer
-        assert _fds(d.pid) <= before + CAP + 1
+        assert _fds(d.pid) <= before + CAP + OWN
         for s in held:  # each half request: 408 within the timeout, then closed
             data = b""
             while chunk := s.recv(65536):
@@ -149,7 +152,7 @@ def test_http_half_requests_are_capped_and_cut(daemon_factory):
     finally:
         for s in held:
             s.close()
-    d.wait_for(lambda: _fds(d.pid) <= before + 1)
+    d.wait_for(lambda: _fds(d.pid) <= before + OWN)
 
 
 def test_subscribers_are_capped_and_one_that_never_reads_is_cut(daemon_factory):
