@@ -81,7 +81,10 @@ def seconds(value: object, name: str, *, minimum: float = 0.0,
     naming *name* (the flag or the spec field, as the caller's user knows it)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} must be a number of seconds, got {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float (10**400: a TOML file, Python callers)
+        number = math.inf
     if not math.isfinite(number) or not minimum <= number <= maximum:
         raise ValueError(f"{name} must be a number of seconds from {minimum:g} to {maximum:g}, "
                          f"got {value!r}")

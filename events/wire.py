@@ -299,6 +299,11 @@ class Conversation:
         """Bytes from the peer (never empty: the caller turns EOF into its own error)."""
         self._pending.extend(self._decoder.feed(data))
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet a whole message (0 between frames)."""
+        return self._decoder.buffered
+
     def next_message(self) -> dict[str, Any] | None:
         """The next whole frame as it came (None: more bytes needed)."""
         return self._pending.pop(0) if self._pending else None

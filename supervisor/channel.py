@@ -49,6 +49,10 @@ class Channel:
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise Closed(str(exc)) from None
 
+    async def receive(self) -> None:
+        """Read what the peer sent into the conversation (:class:`Closed` on EOF)."""
+        await self._receive()
+
     async def _receive(self) -> None:
         try:
             data = await self.stream.receive_some(_RECV)

@@ -401,12 +401,12 @@ class Commands:
                            "strings (argv)")
         env = params.get("env")
         if env is not None and (not isinstance(env, dict) or not all(
-                isinstance(k, str) and k and "=" not in k and isinstance(v, str)
-                for k, v in env.items())):
-            raise ApiError(ErrorCode.INVALID, "exec env must map names (without '=') to "
-                           "strings")
+                isinstance(k, str) and k and "=" not in k and "\0" not in k
+                and isinstance(v, str) and "\0" not in v for k, v in env.items())):
+            raise ApiError(ErrorCode.INVALID, "exec env must map names (without '=' or NUL) "
+                           "to strings (without NUL)")
         cwd = params.get("cwd")
-        if cwd is not None and not isinstance(cwd, str):
+        if cwd is not None and (not isinstance(cwd, str) or "\0" in cwd):
             raise ApiError(ErrorCode.INVALID, "exec cwd must be a path string")
         c = self._lifecycle.container(cid)
         if self._core.shown_state(c) != RUNNING:

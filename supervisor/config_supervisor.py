@@ -34,7 +34,7 @@ from typing import Any
 
 from events.ids import InvalidId, validate_id
 from events.signals import InvalidSignal, parse_signal
-from supervisor.programs import ConfigError, Desired, Process
+from supervisor.programs import MAX_NUMPROCS, ConfigError, Desired, Process
 
 __all__ = ["IGNORED_SECTIONS", "NOTED_KEYS", "PROGRAM_KEYS", "load", "restart_map"]
 
@@ -176,6 +176,26 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise ValueError(f"{value} is negative")
     return value
+
+
+def _seconds(text: str) -> float:
+    """``startsecs``, ``stopwaitsecs``: whole seconds as Supervisor reads them, bounded as every
+    duration is (events.policy.seconds: 0 to a week), so ``10**400`` is an error, not an
+    OverflowError."""
+    from events.policy import seconds
+
+    return seconds(_non_negative(text), "the value")
+
+
+def _count(text: str, maximum: int = 1_000_000_000) -> int:
+    value = _non_negative(text)
+    if value > maximum:
+        raise ValueError(f"{value} is more than {maximum}")
+    return value
+
+
+def _numprocs(text: str) -> int:
+    return _count(text, MAX_NUMPROCS)
 
 
 def _exitcodes(text: str) -> list[int]:
@@ -341,8 +361,8 @@ def _program(section: _Section, program: str, group: str, group_priority: int,
     r = _Reader(section, common)
     if r.raw("command") is None:
         raise ConfigError(section.path, section.line, f"[{name}] has no command")
-    numprocs = r.get("numprocs", _non_negative, 1)
-    numprocs_start = r.get("numprocs_start", _non_negative, 0)
+    numprocs = r.get("numprocs", _numprocs, 1)
+    numprocs_start = r.get("numprocs_start", _count, 0)
     priority = r.get("priority", int, 999)
     autostart = r.get("autostart", _boolean, True)
 
@@ -353,11 +373,11 @@ def _program(section: _Section, program: str, group: str, group_priority: int,
         return "true" if _boolean(value) else "false"
 
     autorestart = r.get("autorestart", autorestart_value, "unexpected")
-    startsecs = r.get("startsecs", _non_negative, 1)
-    startretries = r.get("startretries", _non_negative, 3)
+    startsecs = r.get("startsecs", _seconds, 1)
+    startretries = r.get("startretries", _count, 3)
     exitcodes = r.get("exitcodes", _exitcodes, [0])
     stopsignal = r.get("stopsignal", parse_signal, 15)
-    stopwaitsecs = r.get("stopwaitsecs", _non_negative, 10)
+    stopwaitsecs = r.get("stopwaitsecs", _seconds, 10)
     stopasgroup = r.get("stopasgroup", _boolean, False)
     killasgroup = r.get("killasgroup", _boolean, stopasgroup)
     if stopasgroup and not killasgroup:
@@ -366,7 +386,7 @@ def _program(section: _Section, program: str, group: str, group_priority: int,
     redirect_stderr = r.get("redirect_stderr", _boolean, False)
     user = r.get("user", _user, None)
     maxbytes = [r.get(f"{s}_logfile_maxbytes", _byte_size, None) for s in ("stdout", "stderr")]
-    backups = [r.get(f"{s}_logfile_backups", _non_negative, None) for s in ("stdout", "stderr")]
+    backups = [r.get(f"{s}_logfile_backups", _count, None) for s in ("stdout", "stderr")]
     process_name = r.raw("process_name", "%(program_name)s") or ""
     if numprocs > 1 and "%(process_num)" not in process_name:
         raise ConfigError(section.path, r.line("process_name"),

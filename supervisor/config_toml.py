@@ -25,7 +25,14 @@ from collections.abc import Callable
 from typing import Any
 
 from events.ids import InvalidId, validate_id
-from supervisor.programs import DEFAULT_PRIORITY, DEFAULT_STARTSECS, ConfigError, Desired, Process
+from supervisor.programs import (
+    DEFAULT_PRIORITY,
+    DEFAULT_STARTSECS,
+    MAX_NUMPROCS,
+    ConfigError,
+    Desired,
+    Process,
+)
 
 __all__ = ["SPEC_KEYS", "load"]
 
@@ -186,10 +193,23 @@ def _processes(name: str, table: dict[str, Any], fail: Callable[..., ConfigError
         return value
 
     numprocs = integer("numprocs", 1, 1)
+    if numprocs > MAX_NUMPROCS:
+        raise fail("numprocs", f"must be at most {MAX_NUMPROCS}, got {numprocs}")
     priority = integer("priority", DEFAULT_PRIORITY)
-    startsecs = table.get("startsecs", DEFAULT_STARTSECS)
-    if isinstance(startsecs, bool) or not isinstance(startsecs, int | float) or startsecs < 0:
-        raise fail("startsecs", f"must be a number of seconds >= 0, got {startsecs!r}")
+
+    def duration(key: str, default: float) -> float:
+        """TOML has inf and nan: every duration is bounded here (events.policy.seconds), with
+        its line."""
+        from events.policy import seconds
+
+        try:
+            return seconds(table.get(key, default), "the value")
+        except ValueError as exc:
+            raise fail(key, str(exc)) from None
+
+    startsecs = duration("startsecs", DEFAULT_STARTSECS)
+    if "stop_timeout" in spec:
+        spec["stop_timeout"] = duration("stop_timeout", 0.0)
     group = table.get("group", name)
     if not isinstance(group, str) or not group or ":" in group:
         raise fail("group", f"must be a name without ':', got {group!r}")

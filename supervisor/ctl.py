@@ -188,7 +188,7 @@ _HINTS = {
     "not_found": "`supervisorctl ps -a` lists the containers",
     "conflict": "`supervisorctl ps -a` shows each container's state",
     "unknown_method": "supervisord is older than this supervisorctl; upgrade it",
-    "no_space": "free disk space under the root, then try again: nothing was changed",
+    "no_space": "free disk space under the root, then try again",
     "unavailable": "the container's shim cannot be reached; `supervisorctl inspect ID` shows why",
 }
 

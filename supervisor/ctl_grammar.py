@@ -65,6 +65,8 @@ HIDDEN = "(hidden)"
 UNSUPPORTED = "unsupported"
 
 
+#: The largest whole number a value may take: the wire's (msgpack's) signed 64-bit integers.
+_MAX_WHOLE = 2**63 - 1
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -81,10 +83,12 @@ def parse_size(text: str) -> int:
     if unit not in _SIZE_UNITS or not number:
         raise BadValue(bad)
     try:
-        value = float(number)
+        value = float(number) * _SIZE_UNITS[unit]
     except ValueError:
         raise BadValue(bad) from None
-    result = int(value * _SIZE_UNITS[unit])
+    if not value < _MAX_WHOLE:  # also nan and inf (1e400m)
+        raise BadValue(f"invalid size {text!r}: too large")
+    result = int(value)
     if result <= 0:
         raise BadValue(f"invalid size {text!r}: must be more than 0 bytes")
     return result
@@ -126,6 +130,8 @@ def non_negative_int(text: str) -> int:
         raise BadValue(f"expected a whole number, got {text!r}") from None
     if value < 0:
         raise BadValue(f"expected 0 or more, got {value}")
+    if value > _MAX_WHOLE:  # the wire's integers are 64-bit
+        raise BadValue(f"expected at most {_MAX_WHOLE}, got {text}")
     return value
 
 
@@ -147,12 +153,17 @@ def positive_float(text: str) -> float:
 
 
 def non_negative_float(text: str) -> float:
+    """Seconds (``stop -t``, ``--stop-timeout``, ``--reconnect``): finite, from 0 to a week
+    (events.policy.MAX_SECONDS): ``inf``, ``nan`` and ``1e308`` are usage errors here, as the
+    daemon would refuse them."""
+    from events.policy import MAX_SECONDS
+
     try:
         value = float(text)
     except ValueError:
         raise BadValue(f"expected a number of seconds, got {text!r}") from None
-    if not 0 <= value < float("inf"):  # also nan; inf would overflow a socket timeout
-        raise BadValue(f"expected 0 or more seconds, got {text!r}")
+    if not 0 <= value <= MAX_SECONDS:  # also nan; inf would overflow a socket timeout
+        raise BadValue(f"expected a number of seconds from 0 to {MAX_SECONDS:g}, got {text!r}")
     return value
 
 
@@ -188,7 +199,10 @@ def tail_lines(text: str) -> int | None:
 def since_time(text: str) -> int:
     from supervisor.ctl_values import parse_since  # only `logs --since` pays for it
 
-    return parse_since(text)
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise BadValue(str(exc)) from None
 
 
 def parse_runtime(value: str) -> str:
@@ -357,7 +371,7 @@ def since_arg(text: str) -> int | str:
     """``events --since``: a seq (checked here), or a time that only ``--nats`` reads (checked
     there)."""
     if text.strip().isdigit():
-        return int(text)
+        return non_negative_int(text)
     if text.strip().startswith("-"):
         raise BadValue(f"expected 0 or more, got {text}")
     return text

@@ -41,6 +41,8 @@ SUCCESS, BAD_NAME, BAD_SIGNAL, NO_FILE, NOT_EXECUTABLE, FAILED = 80, 10, 11, 20,
 ABNORMAL_TERMINATION, SPAWN_ERROR, ALREADY_STARTED, NOT_RUNNING = 40, 50, 60, 70
 DEAD_PROGRAM_FAULTS = (SPAWN_ERROR, ABNORMAL_TERMINATION, NOT_RUNNING)
 STOPPED_STATES = (0, 100, 200, 1000)
+#: The largest XML-RPC <int> (32 bits, signed): `tail -N` bytes beyond it cannot be sent.
+_MAX_XMLRPC_INT = 2**31 - 1
 
 
 class SvFault(Exception):
@@ -418,6 +420,9 @@ def cmd_tail(t: Target, args: argparse.Namespace) -> int:
             size = int(modifier[1:])
         except ValueError:
             raise CtlError(f"Error: bad argument {modifier}", EXIT_USAGE) from None
+        if not 0 <= size <= _MAX_XMLRPC_INT:  # an XML-RPC <int> is 32 bits
+            raise CtlError(f"Error: bad argument {modifier}: a number of bytes from 0 to "
+                           f"{_MAX_XMLRPC_INT}", EXIT_USAGE)
     method = ("supervisor.readProcessStdoutLog" if channel == "stdout"
               else "supervisor.readProcessStderrLog")
     with t.connect(call_timeout=None if modifier == "-f" else 30.0) as c:

@@ -8,6 +8,7 @@ meanings throughout, since that is the habit users bring.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -94,6 +95,8 @@ def resolve_user(text: str, runtime: str, rootfs: str | None,
     return {"uid": uid, "gid": gid}
 
 
+#: The unix seconds a signed 64-bit count of nanoseconds holds (years 1677 to 2262).
+_MAX_UNIX_S = 9.2e9
 _UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
 
 
@@ -120,6 +123,13 @@ def _duration(text: str) -> float | None:
     return None if number else total
 
 
+def _float_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def parse_since(text: str, now_ns: int | None = None) -> int:
     """``logs --since``: RFC 3339 (``2026-11-28T02:10:00Z``), unix seconds (``1795000000.5``),
     or a duration ago (``10m``, ``1h30m``) -> unix nanoseconds."""
@@ -128,12 +138,13 @@ def parse_since(text: str, now_ns: int | None = None) -> int:
     now_ns = time.time_ns() if now_ns is None else now_ns
     text = text.strip()
     ago = _duration(text)
-    if ago is not None:
-        return now_ns - int(ago * _NS)
-    try:
-        return int(float(text) * _NS)
-    except ValueError:
-        pass
+    seconds = now_ns / _NS - ago if ago is not None else _float_or_none(text)
+    if seconds is not None:
+        # finite and within the wire's 64-bit nanoseconds: inf, nan or 1e400 are a usage error
+        if not math.isfinite(seconds) or not -_MAX_UNIX_S <= seconds <= _MAX_UNIX_S:
+            raise ValueError(f"--since {text!r}: out of range (a time after 1677 and before "
+                             "2262, or a duration ago within that)")
+        return now_ns - int(ago * _NS) if ago is not None else int(seconds * _NS)
     stamp = parse_rfc3339(text if "T" in text else text + "T00:00:00Z")
     if stamp is None:
         raise ValueError(f"--since {text!r}: use RFC 3339 (2026-11-28T02:10:00Z), unix "

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 import trio
 
-from supervisor.peercred import allowed, peer_creds
+from supervisor.admission import Admission
+from supervisor.peercred import Creds, allowed
 
 if TYPE_CHECKING:
     from supervisor.compat import Compat
@@ -45,6 +46,8 @@ IDLE_TIMEOUT = 300.0
 READ_SIZE = 65536
 
 Headers = list[tuple[bytes, bytes]]
+#: Who may send a request: the peer's credentials (None on TCP) and the request's head.
+Gate = Callable[[Creds | None, Any], Awaitable[bool]]
 
 
 class _LazyH11:
@@ -74,8 +77,9 @@ class _Reply(Exception):
 class _Conn:
     """One connection: the h11 state and the stream, with the helpers every route needs."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, creds: Creds | None = None) -> None:
         self.stream = stream
+        self.creds = creds  # the peer's, read at accept (unix socket); None on TCP
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
 
     async def send(self, event: Any) -> None:
@@ -83,11 +87,16 @@ class _Conn:
         if data:
             await self.stream.send_all(data)
 
-    async def next_event(self) -> Any:
+    async def next_event(self, begun: trio.CancelScope | None = None) -> Any:
+        """h11's next event; with *begun*, that scope's deadline becomes at most
+        :data:`REQUEST_TIMEOUT` away once bytes of it arrived (idling between requests is
+        allowed; a request begun and not finished is not)."""
         while True:
             event = self.h11.next_event()
             if event is h11.NEED_DATA:
                 data = await self.stream.receive_some(READ_SIZE)
+                if begun is not None and data:
+                    begun.deadline = min(begun.deadline, trio.current_time() + REQUEST_TIMEOUT)
                 self.h11.receive_data(data)
                 continue
             return event
@@ -102,6 +111,14 @@ class _Conn:
         await self.send(h11.EndOfMessage())
 
 
+async def _refuse(stream: trio.SocketStream, message: str) -> None:
+    """HTTP's "too many connections", written before any request is read (no h11 needed)."""
+    body = f"unavailable: {message}\n".encode()
+    await stream.send_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; "
+                          b"charset=utf-8\r\ncontent-length: " + str(len(body)).encode()
+                          + b"\r\nconnection: close\r\n\r\n" + body)
+
+
 class HttpServer:
     """Serves one kind of listener; :meth:`serve_unix` and :meth:`serve_tcp` differ only in
     who is let in."""
@@ -110,31 +127,29 @@ class HttpServer:
         self.compat = compat
         self.routes = routes
         self.my_uid = os.geteuid()
-        self.connections = 0
+        self.admissions: list[Admission] = []
 
-    async def serve(self, sock: socket.socket, gate: Callable[[trio.SocketStream, Any],
-                                                              Awaitable[bool]],
-                    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-        async with listener, trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:  # EMFILE: back off, keep serving the others
-                    log.warning("accept failed", error=str(exc))
-                    await trio.sleep(0.1)
-                    continue
-                nursery.start_soon(self._connection, stream, gate)
+    @property
+    def connections(self) -> int:
+        return sum(a.open for a in self.admissions)
+
+    async def serve(self, sock: socket.socket, gate: Gate, *,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve one listener, with its own cap (:mod:`supervisor.admission`)."""
+        unix = sock.family == socket.AF_UNIX
+        admission = Admission("http-unix" if unix else "http-tcp")
+        self.admissions.append(admission)
+
+        async def handle(stream: trio.SocketStream, creds: Creds | None) -> None:
+            await self._connection(stream, creds, gate)
+
+        await admission.serve(sock, handle, _refuse, credentials=unix, task_status=task_status)
 
     # -- gates -------------------------------------------------------------------------------
 
-    def unix_gate(self, group_gid: int | None) -> Callable[[trio.SocketStream, Any],
-                                                           Awaitable[bool]]:
-        async def gate(stream: trio.SocketStream, request: Any) -> bool:
-            try:
-                creds = peer_creds(stream.socket)  # type: ignore[arg-type]
-            except OSError:
+    def unix_gate(self, group_gid: int | None) -> Gate:
+        async def gate(creds: Creds | None, request: Any) -> bool:
+            if creds is None:
                 return False
             if allowed(creds, self.my_uid, group_gid):
                 return True
@@ -143,11 +158,10 @@ class HttpServer:
 
         return gate
 
-    def basic_auth_gate(self, user: str | None, password: str | None
-                        ) -> Callable[[trio.SocketStream, Any], Awaitable[bool]]:
+    def basic_auth_gate(self, user: str | None, password: str | None) -> Gate:
         expected = None if user is None else f"{user}:{password}".encode()
 
-        async def gate(stream: trio.SocketStream, request: Any) -> bool:
+        async def gate(creds: Creds | None, request: Any) -> bool:
             if expected is None:
                 return True
             given = b""
@@ -164,10 +178,9 @@ class HttpServer:
 
     # -- one connection ----------------------------------------------------------------------
 
-    async def _connection(self, stream: trio.SocketStream,
-                          gate: Callable[[trio.SocketStream, Any], Awaitable[bool]]) -> None:
-        self.connections += 1
-        conn = _Conn(stream)
+    async def _connection(self, stream: trio.SocketStream, creds: Creds | None,
+                          gate: Gate) -> None:
+        conn = _Conn(stream, creds)
         try:
             async with stream:
                 await self._converse(conn, gate)
@@ -175,11 +188,8 @@ class HttpServer:
             pass
         except Exception as exc:  # a bug costs this connection, never the daemon
             log.exception("http connection failed", error=repr(exc))
-        finally:
-            self.connections -= 1
 
-    async def _converse(self, conn: _Conn,
-                        gate: Callable[[trio.SocketStream, Any], Awaitable[bool]]) -> None:
+    async def _converse(self, conn: _Conn, gate: Gate) -> None:
         first = True
         while True:
             try:
@@ -191,7 +201,7 @@ class HttpServer:
                 return
             first = False
             try:
-                await gate(conn.stream, request)  # type: ignore[arg-type]
+                await gate(conn.creds, request)
                 await self._route(conn, request, body)
             except _Reply as reply:
                 await self._error(conn, reply)
@@ -208,11 +218,11 @@ class HttpServer:
         idle = trio.move_on_after(REQUEST_TIMEOUT if first else IDLE_TIMEOUT)
         with idle:
             try:
-                event = await conn.next_event()
+                event = await conn.next_event(begun=idle)
             except h11.RemoteProtocolError as exc:
                 raise _Reply(exc.error_status_hint, f"bad request: {exc}\n") from None
         if idle.cancelled_caught:
-            if first:
+            if first or conn.h11.their_state is not h11.IDLE or conn.h11.trailing_data[0]:
                 raise _Reply(408, "no request within the time allowed\n")
             return None, b""
         if isinstance(event, h11.ConnectionClosed) or not isinstance(event, h11.Request):

@@ -193,7 +193,16 @@ class Lifecycle:
         data: dict[str, Any] = {"pid": pid, "instance": instance}
         if isinstance(result.get("started_at"), int):  # the shim's clock, when it started it
             data["started_at"] = result["started_at"]
-        await self.core.guarded_append(cid, [("task.start", cid, data)], still_created)
+        try:
+            await self.core.guarded_append(cid, [("task.start", cid, data)], still_created)
+        except ApiError as exc:
+            if exc.code != ErrorCode.NO_SPACE:
+                raise
+            # The task runs: undoing it would need an exit record, which cannot be written
+            # either. Tell the truth: its shim keeps the start (and any exit) in its outbox
+            # and delivers them once the log can be written again.
+            raise ApiError(ErrorCode.NO_SPACE, _started_unrecorded(cid, pid, exc.message)
+                           ) from None
         return {"id": cid, "pid": pid}
 
     async def _unstartable(self, cid: str, instance: str | None, why: str) -> None:
@@ -205,3 +214,11 @@ class Lifecycle:
             "attempts": c.attempt, "exit_status": c.exit_status, "by": "daemon",
             "reason": f"the command could not be executed ({why}): no restart, the caller "
                       "has the error"})])
+
+
+def _started_unrecorded(cid: str, pid: object, why: str) -> str:
+    """``start``'s ``no_space`` when the task did start: what happened, and what comes next."""
+    reason = why.split(";", 1)[0]  # the log's own "nothing was changed" is not true here
+    return (f"container {cid} started (pid {pid}) but {reason}: its start is not recorded "
+            "yet (`supervisorctl ps` shows it created); its shim keeps the start and any exit "
+            "and they are recorded once disk space is freed under the root")

@@ -53,6 +53,9 @@ DIGEST = LABEL_PREFIX + "digest"          # of everything above except the sourc
 #: Supervisor's defaults where a file says nothing.
 DEFAULT_PRIORITY = 999
 DEFAULT_STARTSECS = 1.0
+#: The most processes one program may ask for (numprocs): far above real use, low enough that a
+#: typo (numprocs=1000000000) is an error, not a daemon that builds a billion specs.
+MAX_NUMPROCS = 10_000
 
 
 class ConfigError(ValueError):

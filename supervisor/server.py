@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import math
 import os
 import socket
 import stat
@@ -25,11 +26,12 @@ import trio
 from events import wire
 from events.domain import ErrorCode
 from supervisor import protocol
+from supervisor.admission import Admission
 from supervisor.channel import Channel, Closed
 from supervisor.commands import Commands
 from supervisor.core import Core
 from supervisor.errors import ApiError
-from supervisor.peercred import allowed, peer_creds
+from supervisor.peercred import Creds, allowed
 from supervisor.version import VERSION
 
 __all__ = ["Server", "bind_api_socket", "claim_socket_path", "unlink_if_ours"]
@@ -37,6 +39,9 @@ __all__ = ["Server", "bind_api_socket", "claim_socket_path", "unlink_if_ours"]
 log = structlog.get_logger("supervisord.server")
 
 HELLO_TIMEOUT = 10.0
+#: Seconds from a frame's first byte to its last (``TETHER_FRAME_TIMEOUT`` for tests): far
+#: more than a 16 MiB frame takes over a unix socket, even from a loaded client.
+FRAME_TIMEOUT = float(os.environ.get("TETHER_FRAME_TIMEOUT") or 30.0)
 MAX_INFLIGHT = 64  # requests running at once on one connection
 
 
@@ -131,47 +136,54 @@ def bind_api_socket(path: os.PathLike[str] | str, group: str | None) -> tuple[so
     return sock, gid
 
 
+async def _refuse(stream: trio.SocketStream, message: str) -> None:
+    """The API's "too many connections": an error frame in place of the hello (as a refused
+    uid gets), which every client reports as it would any error."""
+    await stream.send_all(wire.encode(wire.error(None, ErrorCode.UNAVAILABLE.value, message)))
+
+
+async def _next_message(chan: Channel) -> dict[str, Any]:
+    """The next message, however long the client idles between requests, but within
+    :data:`FRAME_TIMEOUT` of a frame's first byte (``trio.TooSlowError``): a half frame must
+    not hold a connection, and its buffer, forever."""
+    with trio.CancelScope() as scope:
+        while (message := chan.conv.next_message()) is None:
+            if chan.conv.buffered and scope.deadline == math.inf:
+                scope.deadline = trio.current_time() + FRAME_TIMEOUT
+            await chan.receive()
+        return message
+    raise trio.TooSlowError
+
+
 class Server:
     def __init__(self, core: Core, commands: Commands, group_gid: int | None) -> None:
         self.core = core
         self.commands = commands
         self.group_gid = group_gid
         self.my_uid = os.geteuid()
-        self.connections = 0
+        self.admission = Admission("api")
+
+    @property
+    def connections(self) -> int:
+        return self.admission.open
 
     async def serve(self, sock: socket.socket, *,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
-        async with listener, trio.open_nursery() as nursery:
-            task_status.started()
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:  # EMFILE: back off, keep serving the others
-                    log.warning("accept failed", error=str(exc))
-                    await trio.sleep(0.1)
-                    continue
-                nursery.start_soon(self._connection, stream)
+        await self.admission.serve(sock, self._connection, _refuse, task_status=task_status)
 
-    async def _connection(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
+    async def _connection(self, stream: trio.SocketStream, creds: Creds | None) -> None:
         chan = Channel(stream)
         try:
-            await self._converse(chan, stream)
+            await self._converse(chan, stream, creds or (0, -1, -1))
         except Closed:
             pass
         except Exception as exc:  # a bug costs this connection, never the daemon
             log.exception("connection failed", error=repr(exc))
         finally:
-            self.connections -= 1
             await chan.aclose()
 
-    async def _converse(self, chan: Channel, stream: trio.SocketStream) -> None:
+    async def _converse(self, chan: Channel, stream: trio.SocketStream, creds: Creds) -> None:
         raw = stream.socket
-        try:
-            creds = peer_creds(raw)  # type: ignore[arg-type]
-        except OSError:
-            creds = (0, -1, -1)
         if not allowed(creds, self.my_uid, self.group_gid):
             log.warning("connection refused", pid=creds[0], uid=creds[1], gid=creds[2])
             await chan.send(wire.error(None, "permission_denied",
@@ -197,7 +209,12 @@ class Server:
         async with trio.open_nursery() as nursery:
             while True:
                 try:
-                    message = await chan.recv()
+                    message = await _next_message(chan)
+                except trio.TooSlowError:
+                    with contextlib.suppress(Closed):
+                        await chan.send(wire.error(None, "protocol", "a frame begun was not "
+                                                   f"finished within {FRAME_TIMEOUT:g}s"))
+                    break
                 except wire.ProtocolError as exc:
                     with contextlib.suppress(Closed):
                         await chan.send(wire.error(exc.rid, exc.code, str(exc)))

@@ -118,16 +118,31 @@ def _whole(spec: dict[str, Any], key: str, lowest: int, highest: int) -> int | N
     return value
 
 
-def _is_argv(command: object) -> bool:
-    return (isinstance(command, list) and bool(command)
-            and all(isinstance(a, str) and "\0" not in a for a in command))
+def _argv(command: object) -> list[str]:
+    if not isinstance(command, list) or not command:
+        raise invalid(f"spec.command must be a non-empty list of strings (argv), got "
+                      f"{command!r}")
+    for i, arg in enumerate(command):
+        if not isinstance(arg, str) or "\0" in arg:
+            raise invalid(f"spec.command[{i}] must be a string without NUL, got {arg!r}")
+    return command
 
 
-def _is_str_map(value: object, keys_are_names: bool = False) -> bool:
-    return isinstance(value, dict) and all(
-        isinstance(k, str) and isinstance(v, str)
-        and (not keys_are_names or (k and "=" not in k and "\0" not in k)) and "\0" not in v
-        for k, v in value.items())
+def _str_map(value: object, field: str, keys_are_names: bool = False) -> dict[str, str]:
+    """A map of strings; with ``keys_are_names`` an environment: names without ``=`` (execve
+    would split there) and nothing with NUL (it would cut the string, or fail at start)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid(f"spec.{field} must map strings to strings, got {value!r}")
+    for key, item in value.items():
+        if not isinstance(key, str) or "\0" in key or (keys_are_names and (not key
+                                                                           or "=" in key)):
+            what = "names without '=' or NUL" if keys_are_names else "strings without NUL"
+            raise invalid(f"spec.{field}: keys must be {what}, got {key!r}")
+        if not isinstance(item, str) or "\0" in item:
+            raise invalid(f"spec.{field}[{key!r}] must be a string without NUL, got {item!r}")
+    return value
 
 
 def _user(value: object) -> dict[str, int] | None:
@@ -188,19 +203,21 @@ def validate_spec(spec: object) -> Spec:
     if unknown:
         raise invalid(f"unknown spec fields {sorted(unknown)}; known: "
                       f"{sorted(protocol.SPEC_PARAMS)}")
-    if not _is_argv(spec.get("command")):
-        raise invalid("spec.command must be a non-empty list of strings (argv)")
-    if not _is_str_map(spec.get("env") or {}, keys_are_names=True):
-        raise invalid("spec.env must map names (without '=') to strings")
-    if not _is_str_map(spec.get("labels") or {}):
-        raise invalid("spec.labels must map strings to strings")
+    if spec.get("name") is not None:
+        try:
+            validate_id(spec["name"])
+        except InvalidId as exc:
+            raise invalid(f"spec.name: {exc}") from None
+    _argv(spec.get("command"))
+    _str_map(spec.get("env"), "env", keys_are_names=True)
+    _str_map(spec.get("labels"), "labels")
     for key in ("cwd", "rootfs", "bundle"):
         value = spec.get(key)
         if value is not None and (not isinstance(value, str) or "\0" in value):
-            raise invalid(f"spec.{key} must be a path string")
+            raise invalid(f"spec.{key} must be a path (a string without NUL), got {value!r}")
     runtime = spec.get("runtime") or "process"
     if not isinstance(runtime, str) or "\0" in runtime:
-        raise invalid("spec.runtime must be a string")
+        raise invalid(f"spec.runtime must be process, runc, crun or a path, got {runtime!r}")
     if spec.get("init") is not None and not isinstance(spec.get("init"), bool):
         raise invalid(f"spec.init must be true or false, got {spec.get('init')!r}")
     if runtime == "process" and (spec.get("rootfs") or spec.get("bundle")):

@@ -15,11 +15,13 @@ before the new one is opened, so no line is lost or repeated across a rotation.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import structlog
 import trio
 
 from events import shim_api
@@ -38,10 +40,17 @@ if TYPE_CHECKING:
 
 __all__ = ["Streams", "parse_cri_line"]
 
+log = structlog.get_logger("supervisord.streams")
+
 SendItem = Callable[[Any], Awaitable[None]]
 
 HISTORY_BATCH = 1024
 LOG_POLL = 0.05
+#: Seconds a subscriber may leave one event unread (its socket full) before it is cut
+#: (``TETHER_SUBSCRIBER_STALL`` for tests). Its live buffer is bounded in events already; this
+#: frees what it still holds (its connection, a batch of history) from a client that stopped
+#: reading altogether.
+SUBSCRIBER_STALL = float(os.environ.get("TETHER_SUBSCRIBER_STALL") or 60.0)
 
 
 def _str_list(value: object, name: str) -> list[str]:
@@ -113,16 +122,39 @@ class Streams:
         follow = bool(params.get("follow"))
         limit = core.config.subscriber_buffer
         buffer = params.get("buffer")
-        if isinstance(buffer, int) and not isinstance(buffer, bool) and buffer > 0:
+        if buffer is not None and (isinstance(buffer, bool) or not isinstance(buffer, int)
+                                   or buffer < 1):
+            raise ApiError(ErrorCode.INVALID, f"buffer must be a number of events >= 1, got "
+                           f"{buffer!r}")
+        if buffer is not None:
             limit = min(limit, buffer)
             if sock is not None and buffer < 100:
                 # "behind" must mean behind: do not let the kernel hide a stalled reader
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         matches = make_filter(types, ids)
+        if follow and len(core.hub) >= core.hub.max_subscribers:
+            raise ApiError(ErrorCode.UNAVAILABLE, f"too many subscribers "
+                           f"({core.hub.max_subscribers}): end one that follows events (or "
+                           "raise TETHER_MAX_SUBSCRIBERS)")
         # -- the handoff: no await between reading L and subscribing --
         last = core.state.last_seq
         sub = core.hub.subscribe(last, matches, limit) if follow else None
         last_sent = since
+
+        async def send_or_cut(record: dict[str, Any]) -> None:
+            """Send one event; a client that reads nothing for SUBSCRIBER_STALL is cut (its
+            socket shut down: an error frame could not reach it either)."""
+            with trio.move_on_after(SUBSCRIBER_STALL) as stalled:
+                await send(record)
+            if stalled.cancelled_caught:
+                log.warning("subscriber cut: it read nothing", seconds=SUBSCRIBER_STALL,
+                            last_sent=last_sent)
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                raise ApiError(ErrorCode.TOO_SLOW, f"subscriber read nothing for "
+                               f"{SUBSCRIBER_STALL:g}s and was cut off; the last seq it was "
+                               f"sent is {last_sent}: resume with since={last_sent}")
         try:
             if since < last:
                 first = core.eventlog.first_seq
@@ -134,7 +166,7 @@ class Streams:
                     batch = await trio.to_thread.run_sync(_take, it, HISTORY_BATCH, last)
                     for event in batch:
                         if matches(event):
-                            await send(event.to_record())
+                            await send_or_cut(event.to_record())
                             last_sent = event.seq
                     if not batch or batch[-1].seq >= last:
                         break
@@ -151,7 +183,7 @@ class Streams:
                         f"{last_sent}") from None
                 for event in batch:
                     if event.seq > since:
-                        await send(event.to_record())
+                        await send_or_cut(event.to_record())
                         last_sent = event.seq
         finally:
             if sub is not None:

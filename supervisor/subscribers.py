@@ -11,6 +11,7 @@ full it is marked too slow and cut off with the last seq it was sent, so it can 
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -66,11 +67,23 @@ class TooSlow(Exception):
     """The subscriber's buffer overflowed; the caller names the last seq it sent."""
 
 
+#: Client subscribers at once, by default: far above a host's dashboards and exporters.
+DEFAULT_MAX_SUBSCRIBERS = 256
+
+
+def _max_subscribers() -> int:
+    given = os.environ.get("TETHER_MAX_SUBSCRIBERS", "")
+    return int(given) if given.isdigit() and int(given) > 0 else DEFAULT_MAX_SUBSCRIBERS
+
+
 class Hub:
     """Fans committed events out to every live subscriber (called by the log writer)."""
 
-    def __init__(self, buffer_limit: int = 10_000) -> None:
+    def __init__(self, buffer_limit: int = 10_000, max_subscribers: int | None = None) -> None:
         self.buffer_limit = buffer_limit
+        #: client subscribers at once (``events --follow``): each holds a connection and up
+        #: to ``buffer_limit`` events; ``TETHER_MAX_SUBSCRIBERS`` sets it
+        self.max_subscribers = max_subscribers or _max_subscribers()
         self._subs: set[Subscriber] = set()
 
     def __len__(self) -> int:
