@@ -155,6 +155,9 @@ SHIM_LOG = "shim.log"
 #: past the ready timeout): nothing was started, so the daemon answers ``unavailable`` (try
 #: again), not a refusal of the request.
 NO_READY = "the shim did not report ready"
+#: The same for the container's first process killed before it reported (a signal, not an
+#: error of the spec: an error is reported with its stage and errno).
+CHILD_LOST = "the child died during setup"
 
 METHODS = frozenset({"state", "start", "kill", "stop", "wait", "events", "ack", "delete",
                      "shutdown", "exec"})

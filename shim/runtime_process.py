@@ -31,6 +31,7 @@ import os
 import signal
 from typing import TYPE_CHECKING, Any
 
+from events import shim_api
 from shim.osutil import close_fds, descendants, libc, unshare
 from shim.runtime import CreateFailed, ExecFailed
 
@@ -181,7 +182,7 @@ class ProcessRuntime:
             stage, number, message = _parse_error(first + _read_all(status_r))
             os.waitpid(pid, 0)
             self.delete()
-            raise CreateFailed(f"{stage}: {message or 'the child died during setup'}"
+            raise CreateFailed(f"{stage}: {message or shim_api.CHILD_LOST}"
                                f" (errno {number})")
         return pid
 

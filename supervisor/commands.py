@@ -285,6 +285,10 @@ class Commands:
         if pid and is_running(pid) and c.lost_starttime in (None, starttime(pid)):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal_mod.SIGKILL)
+            # its children too: the process runtime makes the task its group's leader, and
+            # with its shim gone nobody else will end them (what left the group stays)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal_mod.SIGKILL)
             with trio.move_on_after(RECORD_GRACE):
                 while is_running(pid):
                     await trio.sleep(0.01)

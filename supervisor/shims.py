@@ -222,7 +222,7 @@ def start_failed(reason: str) -> ApiError:
     reported of the spec (a bad cwd, rootfs or user) is ``invalid``."""
     if "No space left" in reason:
         code = ErrorCode.NO_SPACE
-    elif shim_api.NO_READY in reason:
+    elif shim_api.NO_READY in reason or shim_api.CHILD_LOST in reason:
         code = ErrorCode.UNAVAILABLE
     else:
         code = ErrorCode.INVALID

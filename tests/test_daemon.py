@@ -53,7 +53,7 @@ def test_run_ps_stop_wait_rm_round_trip(daemon):
     assert types == ["container.create", "task.create", "task.start", "container.stop",
                      "task.exit", "container.delete"]
     assert [e["data"] for e in events_of(daemon, types=["container.stop"])] == [
-        {"reason": "stop"}]
+        {"reason": "stop", "timeout": 5.0}]  # the stop's own timeout: resent as it was
     # rm freed the id
     assert daemon.run("true", name="web") == "web"
     assert daemon.call("wait", id="web")["exit_status"] == 0
