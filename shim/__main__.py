@@ -1,5 +1,6 @@
-"""``python -I -m shim start --root ROOT --id ID`` (see :mod:`events.shim_api`), and
-``python -I -m shim launcher --root ROOT --fd FD [--title-space PAD]`` (see :mod:`shim.launcher`).
+"""``python -I -m shim start --root ROOT --id ID`` (see :mod:`events.shim_api`), ``python -I
+-m shim run --root ROOT --id ID`` (the same, its first task started too), and ``python -I -m
+shim launcher --root ROOT --fd FD [--title-space PAD]`` (see :mod:`shim.launcher`).
 
 No argparse: it costs import time and memory in every shim.
 """
@@ -9,9 +10,10 @@ from __future__ import annotations
 import os
 import sys
 
-USAGE = ("usage: python -I -m shim start --root ROOT --id ID\n"
+USAGE = ("usage: python -I -m shim start|run --root ROOT --id ID\n"
          "       python -I -m shim launcher --root ROOT --fd FD [--title-space PAD]\n")
 FLAGS = {"start": ({"--root", "--id"}, set()),
+         "run": ({"--root", "--id"}, set()),
          "launcher": ({"--root", "--fd"}, {"--title-space"})}
 
 
@@ -42,7 +44,7 @@ def main(argv: list[str]) -> int:
         return launcher.main(opts["--root"], int(opts["--fd"]))
     from shim.launch import start
 
-    return start(opts["--root"], opts["--id"])
+    return start(opts["--root"], opts["--id"], start_task=command == "run")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ It is supervisord's child and serves only supervisord, on a socketpair end passe
 
 * launcher -> daemon, first: ``{"hello": {"proto": 1, "role": "launcher", "pid": N}}``, once
   everything is preloaded (the daemon uses the launcher only after it);
-* daemon -> launcher: ``{"id": n, "method": "start", "params": {"id": CID}}``;
-* reply: ``{"pid", "address", "task_pid"}`` (what ``shim start`` prints), or the error
+* daemon -> launcher: ``{"id": n, "method": "start", "params": {"id": CID, "start": B}}``
+  (``start`` true: the first task is started too, as ``shim run`` does);
+* reply: ``{"pid", "address", "task_pid", "created_at"}`` (what ``shim start`` prints; with
+  ``start``, ``started_at`` or ``exec_error`` too), or the error
   ``start_failed`` whose message is the line ``shim start`` would print on stderr (the
   container cannot start: do not retry), or ``internal`` (the launcher could not fork: the
   daemon falls back to ``shim start``).
@@ -157,12 +159,14 @@ class Launcher:
             self.send(wire.error(exc.rid, exc.code, str(exc)))
             return
         cid = request.params.get("id")
-        if request.method != "start" or not isinstance(cid, str):
-            self.send(wire.error(request.rid, "invalid", "expected start {id}"))
+        start_task = request.params.get("start", False)
+        if request.method != "start" or not isinstance(cid, str) \
+                or not isinstance(start_task, bool):
+            self.send(wire.error(request.rid, "invalid", "expected start {id, start}"))
             return
         title = [sys.executable, "-I", "-m", "shim", "start", "--root", self.root, "--id", cid]
         try:
-            fd, _ = launch.detach(self.root, cid, title, reap=False)
+            fd, _ = launch.detach(self.root, cid, title, reap=False, start_task=start_task)
         except OSError as exc:  # fork or pipe failed: the daemon may try ``shim start``
             self.send(wire.error(request.rid, "internal", f"launcher: {exc}"))
             return

@@ -63,20 +63,25 @@ class OciRuntime:
         except oci.OCIError as exc:
             raise CreateFailed(str(exc)) from None
         self._created = False
+        self._started = False  # created by ``runc run``: already running
         self._bundle: str | None = None
         self._process: dict[str, Any] | None = None
 
-    def create(self, spec: dict[str, Any], stdout: int, stderr: int) -> int:
-        """``runc create``; a restart's next task is created from the same bundle (prepared
-        once: the user's own, or the config.json generated for the first task)."""
+    def create(self, spec: dict[str, Any], stdout: int, stderr: int, start: bool = False
+               ) -> int:
+        """``runc create`` (with *start*: ``runc run --detach``, one runtime process instead
+        of two); a restart's next task is created from the same bundle (prepared once: the
+        user's own, or the config.json generated for the first task)."""
         try:
             if self._bundle is None:
                 self._bundle = oci.prepare_bundle(spec, os.path.join(self.dir, "bundle"))
-            self.pid = self.rt.create(self.id, self._bundle, os.path.join(self.dir, "init.pid"),
-                                      stdout=stdout, stderr=stderr)
+            make = self.rt.run if start else self.rt.create
+            self.pid = make(self.id, self._bundle, os.path.join(self.dir, "init.pid"),
+                            stdout=stdout, stderr=stderr)
         except oci.OCIError as exc:
             raise CreateFailed(str(exc)) from None
         self._created = True
+        self._started = start
         return self.pid
 
     def container_process(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -103,6 +108,9 @@ class OciRuntime:
         return Cgroup.from_pid(self.pid).oom_watch()
 
     def start(self) -> None:
+        if self._started:  # ``runc run`` started it already
+            self._started = False
+            return
         try:
             self.rt.start(self.id)
         except oci.RuntimeFailed as exc:

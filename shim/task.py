@@ -176,11 +176,12 @@ class Task:
 
     # -- one run: create, start, exit ---------------------------------------------------------
 
-    def create(self) -> int:
-        """Create the next run's init (stopped before exec) and publish ``task.create``."""
+    def create(self, start: bool = False) -> int:
+        """Create the next run's init (stopped before exec) and publish ``task.create``.
+        *start*: :meth:`start` follows at once (the runtime may do both in one step)."""
         out_w, err_w = self.output.open()
         try:
-            self.pid = self.runtime.create(self.spec, out_w, err_w)
+            self.pid = self.runtime.create(self.spec, out_w, err_w, start)
         finally:
             os.close(out_w)
             os.close(err_w)
@@ -194,6 +195,17 @@ class Task:
             "instance": self.instance, "created_at": self.created_at})
         self.diag.log("info", "task_created", pid=self.pid, command=self.spec.get("command"))
         return self.pid
+
+    def run(self) -> dict[str, Any]:
+        """The first task, created and started in one request (``shim run``, or the
+        launcher's ``start`` with ``start``): ``{"pid", "started_at"}``, or ``{"pid",
+        "exec_error"}`` when the command could not be executed (as the ``start`` method's
+        error: its exit, 127, is recorded and published; no policy restart follows)."""
+        pid = self.create(start=True)
+        try:
+            return self.start(by_request=True)
+        except ShimError as exc:
+            return {"pid": pid, "exec_error": str(exc)}
 
     def start(self, by_request: bool = False) -> dict[str, Any]:
         """Let the created init run the user's program. *by_request*: the ``start`` method (the
@@ -490,8 +502,9 @@ class Task:
             self._oom = None
 
     def abort(self) -> None:
-        """Undo a half-made start (failure before ready): nothing may be left running."""
-        if self.state is TaskState.CREATED:
+        """Undo a half-made start (failure before ready, e.g. its starter went away): nothing
+        may be left running, a task started with the create (``shim run``) included."""
+        if self.state in (TaskState.CREATED, TaskState.RUNNING):
             self.runtime.kill(signal.SIGKILL, True)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
