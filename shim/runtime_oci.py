@@ -7,8 +7,9 @@ the shim's directory: ``bundle/`` (a generated config.json), ``init.pid``, ``exe
 process.json and pid file, removed once read), ``runtime.log``; the runtime's state in
 ``ROOT/runc`` (or ``ROOT/crun``).
 
-Runtime commands run synchronously inside the shim's loop (subprocess waits for its own child
-by pid); the shim reaps with ``waitpid(-1)`` only between calls, so it never steals their status.
+Runtime commands run synchronously inside the shim's loop (:mod:`shim.command` waits for its
+child by pid); the shim reaps with ``waitpid(-1)`` only between calls, so it never steals
+their status.
 
 Why each choice:
 

@@ -115,6 +115,13 @@ def check(request: str, state: TaskState) -> None:
     raise ShimError(code, text.format(request=request, state=state.value))
 
 
+def _jitter() -> float:
+    """A back-off's jitter, uniform in [0.9, 1.1). From ``os.urandom``, not :mod:`random`:
+    that module reseeds itself in every forked child (a fork handler), which costs every
+    launcher-forked shim ~0.1 MB of pages it would otherwise share (bench/shim_pages.py)."""
+    return 0.9 + 0.2 * int.from_bytes(os.urandom(4), "big") / 2**32
+
+
 class Task:
     def __init__(self, directory: str, spec: dict[str, Any], address: str, runtime: Runtime,
                  loop: Loop, outbox: Outbox, output: InitOutput, execs: Execs, diag: Diag
@@ -314,14 +321,12 @@ class Task:
     # -- the policy ---------------------------------------------------------------------------
 
     def _decide(self) -> None:
-        import random  # here, not at start-up: ~2 ms of imports every shim would pay
-
         record = self.exit or {}
         ran_for = (record.get("exited_at", 0) - (self.started_at or self.created_at)) / 1e9
         decision = policy.decide(self.restart, exit_status=record.get("exit_status"),
                                  streak=self.attempt, ran_for=max(0.0, ran_for),
                                  stopped_by_user=self.final, unhealthy=self.unhealthy,
-                                 jitter=random.uniform(0.9, 1.1))
+                                 jitter=_jitter())
         self.diag.log("info", "policy", decision=repr(decision))
         if self._unstartable:
             self.diag.log("info", "policy", decision="no restart: the start request's command "
