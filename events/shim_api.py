@@ -139,6 +139,7 @@ __all__ = [
     "read_spec",
     "read_task_file",
     "shim_dir",
+    "shim_path",
     "write_atomic",
     "write_exit_file",
     "write_spec",
@@ -194,7 +195,13 @@ def shim_dir(root: str | os.PathLike[str], container_id: str) -> Path:
     """``ROOT/shims/ID``, after validating the id so it can never escape ``ROOT/shims``."""
     from pathlib import Path  # lazily: the shim's start-up pays for every import (ready time)
 
-    return Path(root) / "shims" / validate_id(container_id)
+    return Path(shim_path(root, container_id))
+
+
+def shim_path(root: str | os.PathLike[str], container_id: str) -> str:
+    """:func:`shim_dir` as a string, for the shim itself: without :mod:`pathlib`, whose code
+    and objects every launcher-forked shim would otherwise touch (pages it then owns)."""
+    return os.path.join(os.fspath(root), "shims", validate_id(container_id))
 
 
 def write_spec(directory: str | os.PathLike[str], spec: dict[str, Any]) -> None:

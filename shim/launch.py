@@ -165,7 +165,7 @@ def serve(root: str, container_id: str, ready_w: int, start_task: bool = False) 
     shim: Shim | None = None
     files: list[str] = []
     try:
-        directory = str(shim_api.shim_dir(root, container_id))
+        directory = shim_api.shim_path(root, container_id)
         osutil.refuse_symlinks(os.path.join(root, "shims"), directory)
         null = os.open("/dev/null", os.O_RDWR)
         log_fd = osutil.open_nofollow(os.path.join(directory, shim_api.SHIM_LOG),

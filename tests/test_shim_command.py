@@ -95,7 +95,8 @@ def _zombie_children() -> list[int]:
 
 def test_the_shim_never_imports_threading() -> None:
     """Everything the launcher preloads, and so every shim has: no ``threading`` (its fork
-    handler dirties pages in every forked shim), no ``random`` (same), no ``subprocess``."""
+    handler dirties pages in every forked shim), no ``random`` (same), no ``subprocess``; no
+    ``pathlib`` either (the pages of its code and objects a shim would touch)."""
     import subprocess
 
     code = ("import sys\nfrom shim import launcher\nlauncher.preload()\n"
@@ -103,4 +104,4 @@ def test_the_shim_never_imports_threading() -> None:
     out = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
                          timeout=30, check=True).stdout.split()
     assert "shim.runtime_oci" in out and "shim.server" in out
-    assert not {"threading", "random", "subprocess"} & set(out)
+    assert not {"threading", "random", "subprocess", "pathlib"} & set(out)
