@@ -33,6 +33,7 @@ from shim_helpers import (
 )
 
 from events import shim_api, wire
+from events.procfs import process_table
 from events.rpc import BlockingConnection
 
 # -- start and detachment ---------------------------------------------------------------------
@@ -192,8 +193,6 @@ def test_run_creates_and_starts_the_task_before_it_reports_ready(shims: Shims) -
 def test_a_run_whose_starter_went_away_before_ready_leaves_nothing(shims: Shims) -> None:
     """The ready pipe is closed (the launcher, or the daemon, died meanwhile): the shim
     aborts, and the task it had already started goes with it (no one was told of it)."""
-    from conftest import _proc_table
-
     marker = f"mark-{os.getpid()}-{time.monotonic_ns()}"
     cid = shims.write_spec(command=["sh", "-c", f"sleep 30; true {marker}"])
     script = ("import os, sys\nfrom shim import launch\nr, w = os.pipe()\nos.close(r)\n"
@@ -203,7 +202,7 @@ def test_a_run_whose_starter_went_away_before_ready_leaves_nothing(shims: Shims)
     assert proc.returncode == 0, proc.stderr
     log = (shim_api.shim_dir(shims.root, cid) / shim_api.SHIM_LOG).read_text()
     assert "started_at" in log and "start_failed" in log, log  # it ran, then aborted
-    assert not [p for p, (_, cmd) in _proc_table().items() if marker in cmd]
+    assert not [p for p, (_, cmd) in process_table().items() if marker in cmd]
 
 
 def test_run_of_a_command_that_cannot_be_executed_reports_why_and_settles(shims: Shims

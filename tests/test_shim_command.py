@@ -9,8 +9,8 @@ import signal
 import sys
 
 import pytest
-from conftest import _proc_table
 
+from events.procfs import process_table
 from shim.command import DEVNULL, PIPE, PreexecFailed, TimedOut, run_command
 
 CAPTURE = [DEVNULL, PIPE, PIPE]
@@ -75,7 +75,7 @@ def test_the_timeout_kills_and_reaps() -> None:
     seconds = f"30.{os.getpid()}"  # its command line is its marker
     with pytest.raises(TimedOut, match=r"killed after 0\.2 s"):
         run_command(["sleep", seconds], CAPTURE, 0.2)
-    assert not [p for p, (_, cmd) in _proc_table().items() if seconds in cmd]
+    assert not [p for p, (_, cmd) in process_table().items() if seconds in cmd]
     assert not _zombie_children()
 
 
