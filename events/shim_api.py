@@ -25,16 +25,17 @@ Starting: ``sys.executable -I -m shim start --root ROOT --id ID``. The command r
 shim is ready (socket bound, pid and address written, container process created and waiting for
 ``start``) and prints one JSON line ``{"pid": SHIM_PID, "address": PATH, "task_pid": PID,
 "created_at": NS}``; on failure it exits 1 with the reason on stderr and leaves nothing running.
-``... -m shim run ...`` is the same with the first task started too before ready (one request:
-the daemon's ``run``, ``restart``): the map adds ``"started_at": NS``, or ``"exec_error": TEXT``
-when the command could not be executed (its exit, 127, recorded and in the outbox).
+``... -m shim start ... --run`` is the same with the first task started too before ready (one
+request: the daemon's ``run``, ``restart``): the map adds ``"started_at": NS``, or
+``"exec_error": TEXT`` when the command could not be executed (its exit, 127, recorded and in
+the outbox).
 
 The fast path, used by supervisord whenever it is up: ``sys.executable -I -m shim launcher
 --root ROOT --fd N`` is a fork server that supervisord owns (it exits with the daemon; the shims
 it started do not). It has imported everything a shim needs and called ``gc.freeze()``, so a
 shim forked from it is ready in ~7 ms instead of ~50 and shares most of its memory. Over the
 socketpair fd N (:mod:`events.wire` framing) it answers ``start {id, start}`` (``start`` true:
-as ``shim run``) with the same ready map, or error ``start_failed`` with the text ``shim start``
+as ``--run``) with the same ready map, or error ``start_failed`` with the text ``shim start``
 would print. A launched shim goes through the same double fork and ``setsid`` (never a child of
 the launcher or the daemon) and rewrites its command line to ``... -m shim start --root ROOT
 --id ID``, so ``ps`` shows it like any other.

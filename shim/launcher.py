@@ -11,7 +11,7 @@ It is supervisord's child and serves only supervisord, on a socketpair end passe
 * launcher -> daemon, first: ``{"hello": {"proto": 1, "role": "launcher", "pid": N}}``, once
   everything is preloaded (the daemon uses the launcher only after it);
 * daemon -> launcher: ``{"id": n, "method": "start", "params": {"id": CID, "start": B}}``
-  (``start`` true: the first task is started too, as ``shim run`` does);
+  (``start`` true: the first task is started too, as ``shim start --run`` does);
 * reply: ``{"pid", "address", "task_pid", "created_at"}`` (what ``shim start`` prints; with
   ``start``, ``started_at`` or ``exec_error`` too), or the error
   ``start_failed`` whose message is the line ``shim start`` would print on stderr (the

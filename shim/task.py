@@ -204,7 +204,7 @@ class Task:
         return self.pid
 
     def run(self) -> dict[str, Any]:
-        """The first task, created and started in one request (``shim run``, or the
+        """The first task, created and started in one request (``shim start --run``, or the
         launcher's ``start`` with ``start``): ``{"pid", "started_at"}``, or ``{"pid",
         "exec_error"}`` when the command could not be executed (as the ``start`` method's
         error: its exit, 127, is recorded and published; no policy restart follows)."""
@@ -508,7 +508,7 @@ class Task:
 
     def abort(self) -> None:
         """Undo a half-made start (failure before ready, e.g. its starter went away): nothing
-        may be left running, a task started with the create (``shim run``) included."""
+        may be left running, a task started with the create (``shim start --run``) included."""
         if self.state in (TaskState.CREATED, TaskState.RUNNING):
             self.runtime.kill(signal.SIGKILL, True)
             with contextlib.suppress(ChildProcessError):

@@ -203,11 +203,11 @@ async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: Spe
 
 
 async def _spawn_fresh(root: Path, cid: str, start: bool = False) -> Ready:
-    """``python -I -m shim start`` (``run`` with ``start``): a whole new interpreter (the
+    """``python -I -m shim start`` (``--run`` with ``start``): a whole new interpreter (the
     fallback of the launcher)."""
     # Absolute interpreter, isolated mode: never a PATH lookup, never the caller's env.
-    argv = [sys.executable, "-I", "-m", "shim", "run" if start else "start", "--root",
-            str(root), "--id", cid]
+    argv = [sys.executable, "-I", "-m", "shim", "start", "--root", str(root), "--id", cid,
+            *(["--run"] if start else [])]
     result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True,
                                     check=False, stdin=b"")
     if result.returncode != 0:

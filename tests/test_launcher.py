@@ -131,7 +131,7 @@ def test_the_ready_reply_has_the_fields_of_shim_start(root: Path, shims: Shims,
 def test_a_start_with_start_runs_the_task_as_shim_run_does(root: Path, shims: Shims,
                                                             launcher: Launcher) -> None:
     cid = shims.write_spec(command=["sleep", "30"])
-    fresh = shims.run_start(cid, "run")
+    fresh = shims.run_start(cid, run=True)
     assert fresh.returncode == 0, fresh.stderr
     shims.adopt(json.loads(fresh.stdout), cid)
     cid = shims.write_spec(command=["sleep", "30"])

@@ -172,10 +172,10 @@ def test_exec_failure_is_an_error_with_errno_and_command(shims: Shims) -> None:
 
 
 def test_run_creates_and_starts_the_task_before_it_reports_ready(shims: Shims) -> None:
-    """``shim run``: one request, and the task runs the user's program when the ready map
+    """``shim start --run``: one request, and the task runs the user's program when the ready map
     comes back; its events are the ones a create then a start would have queued."""
     before = time.time_ns()
-    shim = shims.start("echo hello; exec sleep 30", verb="run")
+    shim = shims.start("echo hello; exec sleep 30", run=True)
     ready = shim.ready
     assert before <= ready["created_at"] <= ready["started_at"] <= time.time_ns()
     assert "exec_error" not in ready
@@ -209,7 +209,7 @@ def test_run_of_a_command_that_cannot_be_executed_reports_why_and_settles(shims:
                                                                           ) -> None:
     """The ready map says ``exec_error`` (the shim runs on, as after a ``start`` that
     failed): its exit (127) is recorded, and published once the daemon asks."""
-    shim = shims.start(["/nonexistent/program"], verb="run", restart="always")
+    shim = shims.start(["/nonexistent/program"], run=True, restart="always")
     assert "/nonexistent/program" in shim.ready["exec_error"]
     assert "errno 2" in shim.ready["exec_error"] and "started_at" not in shim.ready
     assert shim.exit_record()["exit_status"] == 127

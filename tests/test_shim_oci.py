@@ -148,9 +148,9 @@ def test_run_exit_status_times_and_delete_leave_nothing(
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_shim_run_starts_the_container_in_one_runtime_command(
         shims: Shims, busybox_rootfs: Path, root: Path, runtime: str) -> None:
-    """``shim run``: ``runc run --detach``, the init reparented to the shim and running when
+    """``shim start --run``: ``runc run --detach``, the init reparented to the shim and running when
     the ready map comes back; the events are a create's and a start's, in order."""
-    shim = oci(shims, busybox_rootfs, "echo up; exec sleep 30", runtime, verb="run")
+    shim = oci(shims, busybox_rootfs, "echo up; exec sleep 30", runtime, run=True)
     assert shim.ready["created_at"] <= shim.ready["started_at"]
     assert int(proc_stat(shim.task_pid)[1]) == shim.pid
     poll(lambda: _exe_name(shim.task_pid) == "busybox", what="the program exec'd")
