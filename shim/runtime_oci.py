@@ -103,10 +103,13 @@ class OciRuntime:
         return dict(self._process)
 
     def oom_watch(self) -> OOMWatch | None:
-        """A watch on the cgroup the runtime put the init in (read from /proc/PID/cgroup)."""
+        """A watch on the cgroup the runtime put the init in (read from /proc/PID/cgroup).
+        After ``runc run`` the program already runs, and may have been OOM-killed before the
+        watch exists: the cgroup is this shim's first task's own (a new instance's path), so
+        every kill it counted is reported."""
         from shim.cgroups import Cgroup
 
-        return Cgroup.from_pid(self.pid).oom_watch()
+        return Cgroup.from_pid(self.pid).oom_watch(fresh=self._started)
 
     def start(self) -> None:
         if self._started:  # ``runc run`` started it already
