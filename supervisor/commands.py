@@ -33,10 +33,9 @@ from supervisor.channel import Closed, connect
 from supervisor.core import Core
 from supervisor.decide import restart_spec, stopped_for_good
 from supervisor.errors import ApiError
-from supervisor.lifecycle import RECORD_GRACE, Lifecycle, task_create_data, task_start_data
+from supervisor.lifecycle import RECORD_GRACE, Lifecycle, task_create_data
 from supervisor.projection import Container
 from supervisor.shims import (
-    Ready,
     checked_shim_dir,
     exit_data,
     new_instance,
@@ -129,14 +128,6 @@ class Commands:
     # -- create / start / run -------------------------------------------------------------------
 
     async def create(self, params: dict[str, Any]) -> dict[str, Any]:
-        cid, _, _ = await self._create(params, start=False)
-        return {"id": cid}
-
-    async def _create(self, params: dict[str, Any], *, start: bool
-                      ) -> tuple[str, str, Ready]:
-        """A new container and its shim, its task created (with ``start``, started too: one
-        request to the shim, and ``task.start`` in the create's append): ``(id, instance,
-        the shim's ready map)`` once recorded."""
         spec = validate_spec(params.get("spec"))
         name = spec.get("name")
         cid = check_id(name) if name is not None else self._new_id()
@@ -146,16 +137,21 @@ class Commands:
                                "container first (`supervisorctl rm`) or choose another name")
             await self._clear_the_way(cid)
             instance = new_instance()
-            ready = await self._core.shims.spawn(cid, instance, spec, start=start)
-            items = [("container.create", cid, {"spec": {**spec, "name": cid}}),
-                     ("task.create", cid, task_create_data(ready, instance, self._core.boot_id))]
-            started = task_start_data(ready, instance) if start else None
-            if started is not None:
-                items.append(("task.start", cid, started))
-            # not durable: the container does not exist, so neither may its shim
-            await self._lifecycle.record_new_shim(cid, items, remove=True)
+            ready = await self._core.shims.spawn(cid, instance, spec)
+            stored = {**spec, "name": cid}
+            try:
+                await self._core.append([
+                    ("container.create", cid, {"spec": stored}),
+                    ("task.create", cid, task_create_data(ready, instance, self._core.boot_id)),
+                ])
+            except BaseException:
+                # not durable: the container does not exist, so neither may its shim
+                with trio.CancelScope(shield=True):
+                    what = await self._core.shims.end(cid)
+                    log.warning("create not recorded; shim ended", id=cid, action=what)
+                raise
             self._core.shims.link(cid, instance)
-        return cid, instance, ready
+        return {"id": cid}
 
     async def _clear_the_way(self, cid: str) -> None:
         """A directory the log does not know where ``cid``'s would go: what start-up left
@@ -184,18 +180,20 @@ class Commands:
                                "out its back-off); `supervisorctl restart` starts it now")
             if c.state == STOPPED:
                 await self._lifecycle.retire(cid)
-                return await self._lifecycle.new_started_task(cid)
+                await self._lifecycle.new_task(cid)
             return await self._lifecycle.start(cid)
 
     async def run(self, params: dict[str, Any]) -> dict[str, Any]:
-        """``create`` and ``start`` in one request to the shim and one append."""
-        cid, instance, ready = await self._create(params, start=True)
-        if "exec_error" not in ready:
-            return {"id": cid, "pid": ready.get("task_pid")}
-        async with self._core.lock(cid):
-            await self._lifecycle.start_failed(cid, instance, ready["exec_error"])
-        raise ApiError(ErrorCode.EXEC_FAILED, await self._after_failed_run(
-            cid, ready["exec_error"]))
+        created = await self.create(params)
+        cid = created["id"]
+        try:
+            async with self._core.lock(cid):
+                return await self._lifecycle.start(cid)
+        except ApiError as exc:
+            if exc.code != ErrorCode.EXEC_FAILED:
+                raise
+            raise ApiError(ErrorCode.EXEC_FAILED, await self._after_failed_run(
+                cid, exc.message)) from None
 
     async def _after_failed_run(self, cid: str, message: str) -> str:
         """The error of a ``run`` whose command could not start: which container, and whether
@@ -237,9 +235,10 @@ class Commands:
         async with self._core.lock(cid):
             await self._lifecycle.stop(cid, timeout, "restart")
             await self._lifecycle.retire(cid)
-            return await self._lifecycle.new_started_task(cid, [("container.restart", cid, {
+            await self._lifecycle.new_task(cid, [("container.restart", cid, {
                 "attempt": 0, "delay": 0.0, "reason": "restart command", "by": "user",
-                "start_at": time.time_ns()})])
+                "start_at": time.time_ns()})], autostart=True)
+            return await self._lifecycle.start(cid)
 
     async def rm(self, params: dict[str, Any]) -> None:
         cid = check_id(params.get("id"))

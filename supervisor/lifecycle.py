@@ -9,12 +9,7 @@ before it acts where a crash could otherwise double or lose something:
 * :meth:`Lifecycle.new_task` starts a shim, then records ``task.create`` (with whatever
   decision led to it, in the same append); a shim the daemon started but did not record is
   ended at the next start-up, since no one was told of it;
-* :meth:`Lifecycle.start` replies once ``task.start`` is durable;
-* :meth:`Lifecycle.new_started_task` is both in one request to the shim (it creates and
-  starts the task before it reports ready) and one append (``task.create`` and
-  ``task.start``): one runtime process, one round trip and one fdatasync fewer. A crash
-  before the append is the same as :meth:`new_task`'s: a shim no one was told of, ended
-  (its task with it) at the next start-up.
+* :meth:`Lifecycle.start` replies once ``task.start`` is durable.
 """
 
 from __future__ import annotations
@@ -32,7 +27,7 @@ from supervisor.errors import ApiError
 from supervisor.projection import Container, State
 from supervisor.shims import Ready, exit_data, new_instance
 
-__all__ = ["RECORD_GRACE", "Lifecycle", "task_create_data", "task_start_data"]
+__all__ = ["RECORD_GRACE", "Lifecycle", "task_create_data"]
 
 log = structlog.get_logger("supervisord.lifecycle")
 
@@ -53,17 +48,6 @@ def task_create_data(ready: Ready, instance: str, boot_id: str) -> dict[str, Any
                             "boot_id": boot_id}
     if isinstance(ready.get("created_at"), int):
         data["created_at"] = ready["created_at"]
-    return data
-
-
-def task_start_data(ready: Ready, instance: str) -> dict[str, Any] | None:
-    """``task.start`` from the ready line of a shim asked to start its task too; None when
-    the program could not be executed (``exec_error``: its exit comes through the link)."""
-    if "exec_error" in ready:
-        return None
-    data: dict[str, Any] = {"pid": ready.get("task_pid"), "instance": instance}
-    if isinstance(ready.get("started_at"), int):  # the shim's clock
-        data["started_at"] = ready["started_at"]
     return data
 
 
@@ -161,50 +145,22 @@ class Lifecycle:
         to be started (a restart), which recovery finishes if the daemon dies before
         :meth:`start` did. ``attempt``: the restarts in a row so far (a policy restart
         carries a crash loop's count on to the new shim; a start by command begins anew)."""
-        instance, _ = await self._new_task(cid, before, autostart=autostart, attempt=attempt)
-        return instance
-
-    async def new_started_task(self, cid: str, before: Sequence[Item] = ()) -> dict[str, Any]:
-        """:meth:`new_task` and :meth:`start` (by a user) in one request to the shim and one
-        append: ``{"id", "pid"}`` once ``task.create`` and ``task.start`` are durable; an
-        ``exec_failed`` error as :meth:`start`'s."""
-        instance, ready = await self._new_task(cid, before, start=True)
-        if "exec_error" in ready:
-            await self.start_failed(cid, instance, ready["exec_error"])
-            raise ApiError(ErrorCode.EXEC_FAILED, ready["exec_error"])
-        return {"id": cid, "pid": ready.get("task_pid")}
-
-    async def _new_task(self, cid: str, before: Sequence[Item], *, autostart: bool = False,
-                        attempt: int = 0, start: bool = False) -> tuple[str, Ready]:
         c = self.container(cid)
         instance = new_instance()
-        ready = await self.core.shims.spawn(cid, instance, c.spec, attempt, start=start)
+        ready = await self.core.shims.spawn(cid, instance, c.spec, attempt)
         data = task_create_data(ready, instance, self.core.boot_id)
         if autostart:
             data["start"] = True
-        items = [*before, ("task.create", cid, data)]
-        started = task_start_data(ready, instance) if start else None
-        if started is not None:
-            items.append(("task.start", cid, started))
-        await self.record_new_shim(cid, items, remove=False)
-        self.core.shims.link(cid, instance)
-        return instance, ready
-
-    async def record_new_shim(self, cid: str, items: Sequence[Item], *, remove: bool) -> None:
-        """Append what makes a shim the daemon just started known (its ``task.create``, and
-        what comes with it); if that fails, the shim is ended, its task with it: no one may
-        be told of a task that is not durable. ``remove``: its directory goes too (a new
-        container's: the container does not exist); else its logs stay."""
         try:
-            await self.core.append(items)
+            await self.core.append([*before, ("task.create", cid, data)])
         except BaseException:
+            # not durable: no one may be told of this task, so its shim must go
             with trio.CancelScope(shield=True):
-                if remove:
-                    what = await self.core.shims.end(cid)
-                else:
-                    what = await self.core.shims.end_task(cid)
+                what = await self.core.shims.end_task(cid)
                 log.warning("task not recorded; shim ended", id=cid, action=what)
             raise
+        self.core.shims.link(cid, instance)
+        return instance
 
     async def start(self, cid: str, *, by_user: bool = True) -> dict[str, Any]:
         """Start a created task; ``{"id", "pid"}`` once ``task.start`` is durable.
@@ -222,7 +178,11 @@ class Lifecycle:
             result = await self.core.shims.call(cid, "start")
         except ApiError as exc:
             if exc.code == ErrorCode.EXEC_FAILED:
-                await self.start_failed(cid, instance, exc.message, by_user=by_user)
+                # the shim recorded exit 127: reply once that exit is durable
+                with trio.move_on_after(5):
+                    await self.wait_stopped(cid, instance)
+                if by_user:
+                    await self._unstartable(cid, instance, exc.message)
             raise
         pid = result.get("pid")
 
@@ -244,16 +204,6 @@ class Lifecycle:
             raise ApiError(ErrorCode.NO_SPACE, _started_unrecorded(cid, pid, exc.message)
                            ) from None
         return {"id": cid, "pid": pid}
-
-    async def start_failed(self, cid: str, instance: str | None, why: str, *,
-                           by_user: bool = True) -> None:
-        """The task's command could not be executed (the shim recorded its exit, 127):
-        return once that exit is durable (the link delivers it). Asked by a user, the
-        container is settled as docker does (see :meth:`start`)."""
-        with trio.move_on_after(5):
-            await self.wait_stopped(cid, instance)
-        if by_user:
-            await self._unstartable(cid, instance, why)
 
     async def _unstartable(self, cid: str, instance: str | None, why: str) -> None:
         c = self.core.container(cid)

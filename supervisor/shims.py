@@ -58,9 +58,6 @@ class Ready(TypedDict, total=False):
     address: str
     task_pid: int
     created_at: int  # the shim's clock, unix ns
-    # asked to start the task too (the single create-and-start request): one of
-    started_at: int  # it runs the user's program (the shim's clock)
-    exec_error: str  # the program could not be executed: its exit (127) is in the outbox
 
 
 class ShimSpec(TypedDict, total=False):
@@ -94,7 +91,7 @@ class Launcher(Protocol):
     @property
     def ready(self) -> bool: ...
 
-    async def start(self, cid: str, start: bool = False) -> Ready | None: ...
+    async def start(self, cid: str) -> Ready | None: ...
 
 
 class LauncherLost(Exception):
@@ -138,12 +135,9 @@ def shim_spec(cid: str, instance: str, spec: Spec, attempt: int = 0) -> ShimSpec
 
 
 async def spawn_shim(root: Path, cid: str, instance: str, spec: Spec,
-                     launcher: Launcher | None = None, attempt: int = 0, start: bool = False
-                     ) -> Ready:
+                     launcher: Launcher | None = None, attempt: int = 0) -> Ready:
     """Write the shim spec and start the shim (through ``launcher`` when it is ready); its
-    ready map. The shim directory must not hold a live shim. With ``start``, the shim starts
-    the task too before it reports ready (``runc run``: one runtime process, and no ``start``
-    call): the map then has ``started_at``, or ``exec_error``.
+    ready map. The shim directory must not hold a live shim.
 
     On failure nothing is left: the shim's own start leaves nothing running, and a directory
     this call created is removed (a retry, or the next start, finds a clean slate).
@@ -151,7 +145,7 @@ async def spawn_shim(root: Path, cid: str, instance: str, spec: Spec,
     directory = checked_shim_dir(root, cid)
     fresh = not os.path.lexists(directory)
     try:
-        return await _spawn(root, cid, directory, instance, spec, launcher, attempt, start)
+        return await _spawn(root, cid, directory, instance, spec, launcher, attempt)
     except BaseException:
         if fresh:
             with trio.CancelScope(shield=True):
@@ -160,7 +154,7 @@ async def spawn_shim(root: Path, cid: str, instance: str, spec: Spec,
 
 
 async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: Spec,
-                 launcher: Launcher | None, attempt: int, start: bool) -> Ready:
+                 launcher: Launcher | None, attempt: int) -> Ready:
     # A shim that was just deleted (restart) replies, removes its socket and exits: until it
     # has, it holds the directory's lock and a new shim would be refused. Wait for it (bounded:
     # past that, the new shim's start says clearly that another shim runs).
@@ -185,10 +179,10 @@ async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: Spe
     if launcher is not None and launcher.ready:
         ready: Ready | None
         try:
-            ready = await launcher.start(cid, start)
+            ready = await launcher.start(cid)
         except LauncherLost as exc:  # it may have started the shim: find out before retrying
             log.warning("the shim launcher went away during a start", id=cid, error=str(exc))
-            ready = await _adopt_after_lost_launcher(root, cid, directory, instance, start)
+            ready = await _adopt_after_lost_launcher(root, cid, directory, instance)
             why = "launcher lost"
         else:
             why = "launcher error"
@@ -196,18 +190,16 @@ async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: Spe
             log.info("shim started", id=cid, via="launcher", pid=ready.get("pid"),
                      ms=round((time.perf_counter() - began) * 1e3, 1))
             return ready
-    ready = await _spawn_fresh(root, cid, start)
+    ready = await _spawn_fresh(root, cid)
     log.info("shim started", id=cid, via="fresh interpreter", reason=why, pid=ready.get("pid"),
              ms=round((time.perf_counter() - began) * 1e3, 1))
     return ready
 
 
-async def _spawn_fresh(root: Path, cid: str, start: bool = False) -> Ready:
-    """``python -I -m shim start`` (``--run`` with ``start``): a whole new interpreter (the
-    fallback of the launcher)."""
+async def _spawn_fresh(root: Path, cid: str) -> Ready:
+    """``python -I -m shim start``: a whole new interpreter (the fallback of the launcher)."""
     # Absolute interpreter, isolated mode: never a PATH lookup, never the caller's env.
-    argv = [sys.executable, "-I", "-m", "shim", "start", "--root", str(root), "--id", cid,
-            *(["--run"] if start else [])]
+    argv = [sys.executable, "-I", "-m", "shim", "start", "--root", str(root), "--id", cid]
     result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True,
                                     check=False, stdin=b"")
     if result.returncode != 0:
@@ -237,12 +229,11 @@ def start_failed(reason: str) -> ApiError:
     return ApiError(code, f"the shim could not start the container: {reason}")
 
 
-async def _adopt_after_lost_launcher(root: Path, cid: str, directory: Path, instance: str,
-                                     start: bool = False) -> Ready | None:
+async def _adopt_after_lost_launcher(root: Path, cid: str, directory: Path, instance: str
+                                     ) -> Ready | None:
     """After the launcher died with our start in flight: the shim it forked either reported
     ready before (it runs: adopt it, its ready map from ``state``) or finds its ready pipe
-    closed and aborts (its lock is freed: return None, start afresh). With ``start``, a shim
-    that reported ready had started its task (or recorded why it could not)."""
+    closed and aborts (its lock is freed: return None, start afresh)."""
     deadline = trio.current_time() + 10
     while trio.current_time() < deadline:
         try:
@@ -253,13 +244,7 @@ async def _adopt_after_lost_launcher(root: Path, cid: str, directory: Path, inst
             address = read_address(root, cid)
             if address and state.get("shim_pid") and state.get("pid"):
                 log.info("adopted a shim the lost launcher had started", id=cid)
-                ready: Ready = {"pid": state["shim_pid"], "address": address,
-                                "task_pid": state["pid"]}
-                if start and state.get("exec_error"):
-                    ready["exec_error"] = str(state["exec_error"].get("message"))
-                elif start:  # (its own clock's start time is not in ``state``: ours)
-                    ready["started_at"] = time.time_ns()
-                return ready
+                return {"pid": state["shim_pid"], "address": address, "task_pid": state["pid"]}
         if not shim_alive(directory):
             return None
         await trio.sleep(0.02)

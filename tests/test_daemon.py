@@ -97,40 +97,6 @@ def test_create_then_start_and_conflicts(daemon):
     assert daemon.ps() == {}
 
 
-def _batches(daemon, cid):
-    """The container's events as ``[(type, ...), ...]`` per append (one ``time`` each: the
-    log writer stamps a batch once)."""
-    out: list[list[str]] = []
-    last = None
-    for e in daemon.stream("events", ids=[cid]):
-        if e["time"] != last:
-            out.append([])
-            last = e["time"]
-        out[-1].append(e["type"])
-    return out
-
-
-def test_run_start_and_restart_are_one_shim_request_and_one_append(daemon):
-    """The shim creates and starts the task in one request (no ``start`` call follows), and
-    the daemon records it in one append: one fdatasync, one round trip less than create
-    then start. ``create`` alone still leaves a created task, as docker's."""
-    cid = daemon.run("sleep", "100", name="one")
-    row = daemon.ps()["one"]
-    assert row["state"] == "running" and row["pid"]
-    assert _batches(daemon, cid) == [["container.create", "task.create", "task.start"]]
-    daemon.call("stop", id=cid, timeout=0)
-    started = daemon.call("start", id=cid)
-    assert started["pid"] == daemon.ps()["one"]["pid"] != row["pid"]
-    restarted = daemon.call("restart", id=cid, timeout=0)
-    assert restarted["pid"] == daemon.ps()["one"]["pid"] != started["pid"]
-    batches = _batches(daemon, cid)
-    assert ["task.create", "task.start"] in batches, batches
-    assert ["container.restart", "task.create", "task.start"] in batches, batches
-    daemon.call("create", spec={"command": ["sleep", "100"], "name": "two"})
-    assert daemon.ps()["two"]["state"] == "created"
-    assert _batches(daemon, "two") == [["container.create", "task.create"]]
-
-
 def test_exec_failure_is_recorded_as_127(daemon):
     with pytest.raises(wire.RemoteError) as err:
         daemon.run("/nonexistent/binary", name="nx")
