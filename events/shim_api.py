@@ -26,7 +26,7 @@ shim is ready (socket bound, pid and address written, container process created 
 ``start``) and prints one JSON line ``{"pid": SHIM_PID, "address": PATH, "task_pid": PID,
 "created_at": NS}``; on failure it exits 1 with the reason on stderr and leaves nothing running.
 ``... -m shim start ... --run`` is the same with the first task started too before ready (one
-request: the daemon's ``run``, ``restart``): the map adds ``"started_at": NS``, or
+request, not used by the daemon yet): the map adds ``"started_at": NS``, or
 ``"exec_error": TEXT`` when the command could not be executed (its exit, 127, recorded and in
 the outbox).
 
