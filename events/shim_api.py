@@ -25,15 +25,20 @@ Starting: ``sys.executable -I -m shim start --root ROOT --id ID``. The command r
 shim is ready (socket bound, pid and address written, container process created and waiting for
 ``start``) and prints one JSON line ``{"pid": SHIM_PID, "address": PATH, "task_pid": PID,
 "created_at": NS}``; on failure it exits 1 with the reason on stderr and leaves nothing running.
+``... -m shim start ... --run`` is the same with the first task started too before ready (one
+request, not used by the daemon yet): the map adds ``"started_at": NS``, or
+``"exec_error": TEXT`` when the command could not be executed (its exit, 127, recorded and in
+the outbox).
 
 The fast path, used by supervisord whenever it is up: ``sys.executable -I -m shim launcher
 --root ROOT --fd N`` is a fork server that supervisord owns (it exits with the daemon; the shims
 it started do not). It has imported everything a shim needs and called ``gc.freeze()``, so a
 shim forked from it is ready in ~7 ms instead of ~50 and shares most of its memory. Over the
-socketpair fd N (:mod:`events.wire` framing) it answers ``start {id}`` with the same ready map,
-or error ``start_failed`` with the text ``shim start`` would print. A launched shim goes through
-the same double fork and ``setsid`` (never a child of the launcher or the daemon) and rewrites its
-command line to ``... -m shim start --root ROOT --id ID``, so ``ps`` shows it like any other.
+socketpair fd N (:mod:`events.wire` framing) it answers ``start {id, start}`` (``start`` true:
+as ``--run``) with the same ready map, or error ``start_failed`` with the text ``shim start``
+would print. A launched shim goes through the same double fork and ``setsid`` (never a child of
+the launcher or the daemon) and rewrites its command line to ``... -m shim start --root ROOT
+--id ID``, so ``ps`` shows it like any other.
 
 Socket: the wire protocol of :mod:`events.wire`. The caller's hello has role ``"supervisor"``
 (or ``"client"``); the shim answers with role ``"shim"`` and ``id``, ``instance``, ``pid``.
@@ -135,6 +140,7 @@ __all__ = [
     "read_spec",
     "read_task_file",
     "shim_dir",
+    "shim_path",
     "write_atomic",
     "write_exit_file",
     "write_spec",
@@ -193,7 +199,13 @@ def shim_dir(root: str | os.PathLike[str], container_id: str) -> Path:
     """``ROOT/shims/ID``, after validating the id so it can never escape ``ROOT/shims``."""
     from pathlib import Path  # lazily: the shim's start-up pays for every import (ready time)
 
-    return Path(root) / "shims" / validate_id(container_id)
+    return Path(shim_path(root, container_id))
+
+
+def shim_path(root: str | os.PathLike[str], container_id: str) -> str:
+    """:func:`shim_dir` as a string, for the shim itself: without :mod:`pathlib`, whose code
+    and objects every launcher-forked shim would otherwise touch (pages it then owns)."""
+    return os.path.join(os.fspath(root), "shims", validate_id(container_id))
 
 
 def write_spec(directory: str | os.PathLike[str], spec: dict[str, Any]) -> None:

@@ -1,5 +1,8 @@
-"""``python -I -m shim start --root ROOT --id ID`` (see :mod:`events.shim_api`), and
-``python -I -m shim launcher --root ROOT --fd FD [--title-space PAD]`` (see :mod:`shim.launcher`).
+"""``python -I -m shim start --root ROOT --id ID [--run]`` (see :mod:`events.shim_api`;
+``--run``: its first task started too), and ``python -I -m shim launcher --root ROOT --fd FD
+[--title-space PAD]`` (see :mod:`shim.launcher`). ``--run`` is a trailing switch, not a verb
+of its own, so that every shim's command line begins ``... -m shim start --root ROOT --id ID``
+(``ps``, and whoever looks for shims by their command line, see one kind).
 
 No argparse: it costs import time and memory in every shim.
 """
@@ -9,10 +12,11 @@ from __future__ import annotations
 import os
 import sys
 
-USAGE = ("usage: python -I -m shim start --root ROOT --id ID\n"
+USAGE = ("usage: python -I -m shim start --root ROOT --id ID [--run]\n"
          "       python -I -m shim launcher --root ROOT --fd FD [--title-space PAD]\n")
-FLAGS = {"start": ({"--root", "--id"}, set()),
-         "launcher": ({"--root", "--fd"}, {"--title-space"})}
+#: per command: required options, optional ones (each with a value), switches (none)
+FLAGS = {"start": ({"--root", "--id"}, set(), {"--run"}),
+         "launcher": ({"--root", "--fd"}, {"--title-space"}, set())}
 
 
 def main(argv: list[str]) -> int:
@@ -20,11 +24,14 @@ def main(argv: list[str]) -> int:
         sys.stderr.write(USAGE)
         return 2
     command = argv[0]
-    required, optional = FLAGS[command]
+    required, optional, switches = FLAGS[command]
     opts: dict[str, str] = {}
     args = argv[1:]
     while args:
         flag = args.pop(0)
+        if flag in switches:
+            opts[flag] = ""
+            continue
         name, eq, value = flag.partition("=")
         if name not in required | optional or (not eq and not args):
             sys.stderr.write(f"shim: unexpected argument {flag!r}\n{USAGE}")
@@ -42,7 +49,7 @@ def main(argv: list[str]) -> int:
         return launcher.main(opts["--root"], int(opts["--fd"]))
     from shim.launch import start
 
-    return start(opts["--root"], opts["--id"])
+    return start(opts["--root"], opts["--id"], start_task="--run" in opts)
 
 
 if __name__ == "__main__":

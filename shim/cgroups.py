@@ -363,8 +363,10 @@ class Cgroup:
         except (OSError, ValueError):
             return 0
 
-    def oom_watch(self) -> OOMWatch:
-        """An fd-backed watch for OOM kills (see :class:`OOMWatch`)."""
+    def oom_watch(self, fresh: bool = False) -> OOMWatch:
+        """An fd-backed watch for OOM kills (see :class:`OOMWatch`). *fresh*: the cgroup was
+        made for the process being watched, so every kill its counter holds is news (one can
+        come before the watch exists: ``runc run`` starts the program at once)."""
         mem = self.paths.get("memory")
         if mem is None:
             raise CgroupError(f"no memory controller for {self!r}: cannot watch for OOM")
@@ -372,7 +374,7 @@ class Cgroup:
             fd = _inotify_watch(os.path.join(mem, "memory.events"))
         else:
             fd = _v1_oom_eventfd(mem)
-        return OOMWatch(self, fd)
+        return OOMWatch(self, fd, 0 if fresh else None)
 
     # -- removal ----------------------------------------------------------------------------
 
@@ -517,10 +519,10 @@ class OOMWatch:
     is gone.
     """
 
-    def __init__(self, cgroup: Cgroup, fd: int) -> None:
+    def __init__(self, cgroup: Cgroup, fd: int, seen: int | None = None) -> None:
         self.cgroup = cgroup
         self.fd = fd
-        self._seen = cgroup.oom_kills()
+        self._seen = cgroup.oom_kills() if seen is None else seen
 
     def fileno(self) -> int:
         return self.fd

@@ -30,9 +30,10 @@ READY_TIMEOUT = 30.0
 ERROR_EXIT_TIMEOUT = 2.0
 
 
-def start(root: str, container_id: str, ready_timeout: float = READY_TIMEOUT) -> int:
-    """The ``start`` command; returns the exit code."""
-    ready_r, _middle = detach(root, container_id)
+def start(root: str, container_id: str, ready_timeout: float = READY_TIMEOUT,
+          start_task: bool = False) -> int:
+    """The ``start`` command (with *start_task*, ``run``); returns the exit code."""
+    ready_r, _middle = detach(root, container_id, start_task=start_task)
     ok, text = outcome(container_id, read_lines(ready_r, time.monotonic() + ready_timeout),
                        ready_timeout, _cmdline(os.getpid()))
     os.close(ready_r)
@@ -41,15 +42,16 @@ def start(root: str, container_id: str, ready_timeout: float = READY_TIMEOUT) ->
     return 0 if ok else 1
 
 
-def detach(root: str, container_id: str, title: list[str] | None = None, reap: bool = True
-           ) -> tuple[int, int]:
+def detach(root: str, container_id: str, title: list[str] | None = None, reap: bool = True,
+           start_task: bool = False) -> tuple[int, int]:
     """Fork the intermediate that ``setsid``s and forks the shim; returns ``(ready_r, middle)``.
 
     With *reap*, the intermediate has exited and been reaped when this returns: the shim is
     nobody's child here. Without, the caller reaps it (the launcher does, without waiting on
     each). Both ``shim start`` and the launcher (:mod:`shim.launcher`) come through here.
     With *title*, the shim's command line is rewritten to it (a launcher's child would
-    otherwise carry the launcher's command line).
+    otherwise carry the launcher's command line). With *start_task*, the first task is
+    started too before the shim reports ready (the single create-and-start request).
     """
     ready_r, ready_w = os.pipe()
     middle = os.fork()
@@ -62,7 +64,7 @@ def detach(root: str, container_id: str, title: list[str] | None = None, reap: b
                 try:
                     if title is not None:
                         osutil.set_title(title, f"shim {container_id}")
-                    serve(root, container_id, ready_w)
+                    serve(root, container_id, ready_w, start_task)
                 finally:
                     os._exit(0)
             os.write(ready_w, b"pid %d\n" % shim)
@@ -154,15 +156,16 @@ def parse_lines(data: bytes) -> list[tuple[str, str]]:
     return lines
 
 
-def serve(root: str, container_id: str, ready_w: int) -> None:
-    """The shim process: detach from everything inherited, create the container, report, loop."""
+def serve(root: str, container_id: str, ready_w: int, start_task: bool = False) -> None:
+    """The shim process: detach from everything inherited, create the container (and, with
+    *start_task*, start it), report, loop."""
     from events import shim_api
     from shim.server import Shim, make_runtime
 
     shim: Shim | None = None
     files: list[str] = []
     try:
-        directory = str(shim_api.shim_dir(root, container_id))
+        directory = shim_api.shim_path(root, container_id)
         osutil.refuse_symlinks(os.path.join(root, "shims"), directory)
         null = os.open("/dev/null", os.O_RDWR)
         log_fd = osutil.open_nofollow(os.path.join(directory, shim_api.SHIM_LOG),
@@ -201,10 +204,9 @@ def serve(root: str, container_id: str, ready_w: int) -> None:
         for name in (shim_api.EXIT_FILE, shim_api.CONTAINER_LOG):  # written into, or renamed over
             osutil.refuse_symlinks(os.path.join(directory, name), missing_ok=True)
         shim = Shim(directory, spec, listener, address, make_runtime(spec, directory), diag)
-        task_pid = shim.create()
-        diag.log("info", "ready", address=address, task_pid=task_pid, instance=spec["instance"])
-        ready = {"pid": os.getpid(), "address": address, "task_pid": task_pid,
-                 "created_at": shim.created_at}
+        task = shim.create(start_task)
+        diag.log("info", "ready", address=address, instance=spec["instance"], **task)
+        ready = {"pid": os.getpid(), "address": address, **task}
         os.write(ready_w, b"ready " + json.dumps(ready).encode() + b"\n")
     except BaseException as exc:
         if shim is not None:

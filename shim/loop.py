@@ -1,4 +1,4 @@
-"""The shim's event loop: one ``selectors`` loop, its timers, signals and client connections.
+"""The shim's event loop: one epoll loop, its timers, signals and client connections.
 
 Everything the shim does runs on this one thread, so there are no locks and no races between an
 exit, a timer and a reply. The loop knows nothing of tasks or methods: it reads frames from
@@ -9,14 +9,18 @@ into calls through ``signal.set_wakeup_fd`` (SIGCHLD is subscribed to before any
 so no exit can be missed).
 
 Timers use the monotonic clock and have no thread: :meth:`Loop.call_later` returns a
-:class:`Timer` that can be cancelled; the loop's ``select`` sleeps until the earliest one.
+:class:`Timer` that can be cancelled; the loop's ``poll`` sleeps until the earliest one.
+
+``select.epoll`` itself, not :mod:`selectors`: its Python layer (keys, mappings, a dozen
+functions run on every event) is pages of the launcher's heap each launcher-forked shim would
+touch, and own (bench/shim_pages.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import selectors
+import select
 import signal
 import socket
 import time
@@ -34,6 +38,11 @@ MAX_PENDING = 256  # parked replies (wait/stop/delete/streams/execs) per connect
 READ_CHUNK = 65536
 
 FdCallback = Callable[[int], None]
+#: what the loop calls when a registered fd is ready: ``(fd, mask)``, *mask* of
+#: :data:`READ` and :data:`WRITE` (a hang-up or an error is both, as :mod:`selectors` has it)
+Handler = Callable[[int, int], None]
+READ = 1
+WRITE = 2
 
 
 class ShimError(Exception):
@@ -108,25 +117,43 @@ class Loop:
         self.on_signal = on_signal
         self.conns: dict[int, Conn] = {}
         self.timers: list[Timer] = []
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(listener, selectors.EVENT_READ, self._accept)
+        self.poller = select.epoll()
+        self.handlers: dict[int, tuple[int, Handler]] = {}  # fd -> (mask, handler)
+        self._register(listener.fileno(), READ, self._accept)
         # Subscribe to SIGCHLD before any child exists, so no exit can be missed.
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        self.sel.register(self._wake_r, selectors.EVENT_READ, self._signalled)
+        self._register(self._wake_r, READ, self._signalled)
 
     # -- file descriptors and timers ---------------------------------------------------------
 
+    def _register(self, fd: int, mask: int, handler: Handler) -> None:
+        if fd in self.handlers:
+            raise KeyError(f"fd {fd} is already registered")
+        self.poller.register(fd, _epoll_events(mask))
+        self.handlers[fd] = (mask, handler)
+
+    def _modify(self, fd: int, mask: int) -> None:
+        current, handler = self.handlers[fd]
+        if current != mask:
+            self.poller.modify(fd, _epoll_events(mask))
+            self.handlers[fd] = (mask, handler)
+
+    def _unregister(self, fd: int) -> None:
+        del self.handlers[fd]
+        with contextlib.suppress(OSError):  # already closed: the kernel dropped it
+            self.poller.unregister(fd)
+
     def watch(self, fd: int, callback: FdCallback) -> None:
         """Call ``callback(fd)`` whenever *fd* is readable."""
-        self.sel.register(fd, selectors.EVENT_READ, lambda key, mask: callback(key.fd))
+        self._register(fd, READ, lambda fd, mask: callback(fd))
 
     def unwatch(self, fd: int) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self.sel.unregister(fd)
+        with contextlib.suppress(KeyError):
+            self._unregister(fd)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         """A list, not a heap: a shim has a handful of timers at most (a stop's deadline, a
@@ -162,16 +189,21 @@ class Loop:
     def run(self, done: Callable[[], bool]) -> None:
         """Serve until ``done()`` is true (checked after every batch of events and timers)."""
         while not done():
-            for key, mask in self.sel.select(self._next_timeout()):
-                if self.sel.get_map().get(key.fd) is not key:
+            timeout = self._next_timeout()
+            ready = [(fd, events, self.handlers.get(fd)) for fd, events in
+                     self.poller.poll(-1 if timeout is None else timeout)]
+            for fd, events, registered in ready:
+                if registered is None or self.handlers.get(fd) is not registered:
                     continue  # closed (its fd maybe reused) by an earlier handler of this batch
+                mask = ((WRITE if events & ~select.EPOLLIN else 0)
+                        | (READ if events & ~select.EPOLLOUT else 0)) & registered[0]
                 try:
-                    key.data(key, mask)
+                    registered[1](fd, mask)
                 except Exception as exc:  # a bug must cost one event, never the shim
                     self._bug(exc)
             self._run_timers()
 
-    def _signalled(self, key: selectors.SelectorKey, mask: int) -> None:
+    def _signalled(self, fd: int, mask: int) -> None:
         with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_r, 512):
                 pass
@@ -179,7 +211,7 @@ class Loop:
 
     # -- connections -------------------------------------------------------------------------
 
-    def _accept(self, key: selectors.SelectorKey, mask: int) -> None:
+    def _accept(self, fd: int, mask: int) -> None:
         try:
             sock, _ = self.listener.accept()
         except (BlockingIOError, InterruptedError):
@@ -193,23 +225,23 @@ class Loop:
         sock.setblocking(False)
         conn = Conn(sock)
         self.conns[sock.fileno()] = conn
-        self.sel.register(sock, selectors.EVENT_READ, self._on_conn)
+        self._register(sock.fileno(), READ, self._on_conn)
 
     def close(self, conn: Conn) -> None:
         fd = conn.sock.fileno()
         if self.conns.pop(fd, None) is None:
             return
-        self.sel.unregister(conn.sock)
+        self._unregister(fd)
         conn.sock.close()
         self.on_close(conn)
 
-    def _on_conn(self, key: selectors.SelectorKey, mask: int) -> None:
-        conn = self.conns.get(key.fd)
+    def _on_conn(self, fd: int, mask: int) -> None:
+        conn = self.conns.get(fd)
         if conn is None:
             return
-        if mask & selectors.EVENT_WRITE:
+        if mask & WRITE:
             self._flush(conn)
-        if not mask & selectors.EVENT_READ or not conn.open or conn.closing:
+        if not mask & READ or not conn.open or conn.closing:
             return
         try:
             data = conn.sock.recv(READ_CHUNK)
@@ -257,9 +289,7 @@ class Loop:
             return
         if not conn.open:
             return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out else 0)
-        if self.sel.get_key(conn.sock).events != events:
-            self.sel.modify(conn.sock, events, self._on_conn)
+        self._modify(conn.sock.fileno(), READ | (WRITE if conn.out else 0))
 
     def close_after_flush(self, conn: Conn) -> None:
         conn.closing = True
@@ -277,3 +307,7 @@ class Loop:
             conn.sock.close()
         self.conns.clear()
         self.listener.close()
+
+
+def _epoll_events(mask: int) -> int:
+    return (select.EPOLLIN if mask & READ else 0) | (select.EPOLLOUT if mask & WRITE else 0)

@@ -43,12 +43,12 @@ import copy
 import json
 import os
 import signal as _signal
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from events.shim_api import write_atomic
 from shim.cgroups import Layout, detect_layout
+from shim.command import DEVNULL, PIPE, Completed, PreexecFailed, TimedOut, run_command
 
 __all__ = [
     "DEFAULT_PATH",
@@ -476,6 +476,25 @@ class OciCli:
         """``start ID``: the init execs the user's program."""
         self._run(["start", container_id], container_id)
 
+    def run(self, container_id: str, bundle: str, pid_file: str, *, stdin: StdioFd = None,
+            stdout: StdioFd = None, stderr: StdioFd = None) -> int:
+        """``run --detach --bundle B --pid-file P ID``: :meth:`create` and :meth:`start` in one
+        runtime process (one fork, exec and Go start-up less). Returns the init's pid, already
+        running the user's program and reparented to the calling subreaper. On failure, as
+        :meth:`create`: deleted with ``--force``, the pid file removed; an executable the
+        runtime cannot find fails here too (runc looks it up before it starts anything)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pid_file)
+        args = ["run", "--detach", "--bundle", os.path.abspath(bundle), "--pid-file", pid_file,
+                container_id]
+        try:
+            self._run(args, container_id, stdio=(stdin, stdout, stderr))
+            pid = _read_pid(pid_file)
+        except BaseException:
+            self._cleanup(container_id, pid_file)
+            raise
+        return pid
+
     def kill(self, container_id: str, sig: int = _signal.SIGTERM, all: bool = False) -> None:
         """``kill [--all] ID SIG``: *all* signals every process of the container (its cgroup)."""
         args = ["kill", *(["--all"] if all else []), container_id, str(int(sig))]
@@ -532,22 +551,22 @@ class OciCli:
         return [*base, "--log", log, "--log-format", "json", *args]
 
     def _spawn(self, args: Sequence[str], stdio: tuple[StdioFd, StdioFd, StdioFd] | None
-               ) -> subprocess.CompletedProcess[bytes]:
+               ) -> Completed:
         """Run the runtime. *stdio* None: a control command, its stdout and stderr captured.
         Otherwise the fds the container's process gets (None: /dev/null) and nothing is
         captured: a pipe of ours handed to the container would never see EOF while the
         container runs, and waiting for it would hang."""
         cmd = self.command(args)
         if stdio is None:
-            fds = [subprocess.DEVNULL, subprocess.PIPE, subprocess.PIPE]
+            fds = [DEVNULL, PIPE, PIPE]
         else:
-            fds = [subprocess.DEVNULL if fd is None else fd for fd in stdio]
+            fds = [DEVNULL if fd is None else fd for fd in stdio]
         try:
-            return _run_process(cmd, fds, self.timeout, self._preexec)
-        except subprocess.TimeoutExpired:
+            return run_command(cmd, fds, self.timeout, self._preexec)
+        except TimedOut:
             raise RuntimeFailed(f"{' '.join(cmd)}: no answer after {self.timeout} s (killed)",
                                 command=cmd, returncode=None, words="timed out") from None
-        except subprocess.SubprocessError as exc:  # only the preexec_fn can raise this
+        except PreexecFailed as exc:  # only hide_unified_cgroup runs there
             raise RuntimeFailed(
                 f"{' '.join(cmd)}: could not enter a private mount namespace without the "
                 f"cgroup2 mount (unshare + umount): {exc}",
@@ -578,52 +597,6 @@ class OciCli:
             self.delete(container_id, force=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pid_file)
-
-
-def _run_process(cmd: list[str], fds: list[Any], timeout: float,
-                 preexec: Callable[[], None] | None) -> subprocess.CompletedProcess[bytes]:
-    """``subprocess.run`` without its polling wait: ``Popen.wait(timeout)`` sleeps in doubling
-    steps (0.5 ms ... 50 ms), which made a 30 ms ``runc create`` take 64 ms (bench/oci.py). A
-    pidfd is readable the moment the process exits; captured pipes are read meanwhile, so a
-    long output never blocks the runtime. The status is then reaped by exact pid."""
-    import selectors
-    import time
-
-    proc = subprocess.Popen(cmd, stdin=fds[0], stdout=fds[1], stderr=fds[2], close_fds=True,
-                            preexec_fn=preexec)
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except OSError:  # a kernel without pidfds: the polling wait
-        done: tuple[bytes | None, bytes | None] = proc.communicate(timeout=timeout)
-        return subprocess.CompletedProcess(cmd, proc.returncode, *done)
-    pipes = [p for p in (proc.stdout, proc.stderr) if p is not None]
-    chunks: dict[int, list[bytes]] = {p.fileno(): [] for p in pipes}
-    deadline = time.monotonic() + timeout
-    try:
-        with selectors.DefaultSelector() as sel:
-            for fd in (pidfd, *chunks):
-                sel.register(fd, selectors.EVENT_READ)
-            while sel.get_map():  # until the process exited and every pipe is at EOF
-                left = deadline - time.monotonic()
-                ready = sel.select(left) if left > 0 else []
-                if not ready:
-                    proc.kill()
-                    proc.wait()
-                    raise subprocess.TimeoutExpired(cmd, timeout)
-                for key, _ in ready:
-                    data = b"" if key.fd == pidfd else os.read(key.fd, 65536)
-                    if data:
-                        chunks[key.fd].append(data)
-                    else:
-                        sel.unregister(key.fd)
-        out, err = (b"".join(chunks[p.fileno()]) if p is not None else None
-                    for p in (proc.stdout, proc.stderr))  # type: bytes | None, bytes | None
-    finally:
-        os.close(pidfd)
-        for pipe in pipes:
-            pipe.close()
-    proc.wait()
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _read_pid(pid_file: str) -> int:

@@ -34,9 +34,12 @@ class ExecFailed(Exception):
 class Runtime(Protocol):
     pid: int
 
-    def create(self, spec: dict[str, Any], stdout: int, stderr: int) -> int:
+    def create(self, spec: dict[str, Any], stdout: int, stderr: int, start: bool = False
+               ) -> int:
         """Create the init with *stdout*/*stderr* as its output, stopped before the user's
-        program runs; return its pid. Raises :class:`CreateFailed`."""
+        program runs; return its pid. Raises :class:`CreateFailed`. With *start*, the task is
+        started right after (the single create-and-start request): a runtime may do both in
+        one step (``runc run --detach``); :meth:`start` then only completes it."""
         ...
 
     def start(self) -> None:

@@ -7,8 +7,9 @@ the shim's directory: ``bundle/`` (a generated config.json), ``init.pid``, ``exe
 process.json and pid file, removed once read), ``runtime.log``; the runtime's state in
 ``ROOT/runc`` (or ``ROOT/crun``).
 
-Runtime commands run synchronously inside the shim's loop (subprocess waits for its own child
-by pid); the shim reaps with ``waitpid(-1)`` only between calls, so it never steals their status.
+Runtime commands run synchronously inside the shim's loop (:mod:`shim.command` waits for its
+child by pid); the shim reaps with ``waitpid(-1)`` only between calls, so it never steals
+their status.
 
 Why each choice:
 
@@ -63,20 +64,25 @@ class OciRuntime:
         except oci.OCIError as exc:
             raise CreateFailed(str(exc)) from None
         self._created = False
+        self._started = False  # created by ``runc run``: already running
         self._bundle: str | None = None
         self._process: dict[str, Any] | None = None
 
-    def create(self, spec: dict[str, Any], stdout: int, stderr: int) -> int:
-        """``runc create``; a restart's next task is created from the same bundle (prepared
-        once: the user's own, or the config.json generated for the first task)."""
+    def create(self, spec: dict[str, Any], stdout: int, stderr: int, start: bool = False
+               ) -> int:
+        """``runc create`` (with *start*: ``runc run --detach``, one runtime process instead
+        of two); a restart's next task is created from the same bundle (prepared once: the
+        user's own, or the config.json generated for the first task)."""
         try:
             if self._bundle is None:
                 self._bundle = oci.prepare_bundle(spec, os.path.join(self.dir, "bundle"))
-            self.pid = self.rt.create(self.id, self._bundle, os.path.join(self.dir, "init.pid"),
-                                      stdout=stdout, stderr=stderr)
+            make = self.rt.run if start else self.rt.create
+            self.pid = make(self.id, self._bundle, os.path.join(self.dir, "init.pid"),
+                            stdout=stdout, stderr=stderr)
         except oci.OCIError as exc:
             raise CreateFailed(str(exc)) from None
         self._created = True
+        self._started = start
         return self.pid
 
     def container_process(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -97,12 +103,18 @@ class OciRuntime:
         return dict(self._process)
 
     def oom_watch(self) -> OOMWatch | None:
-        """A watch on the cgroup the runtime put the init in (read from /proc/PID/cgroup)."""
+        """A watch on the cgroup the runtime put the init in (read from /proc/PID/cgroup).
+        After ``runc run`` the program already runs, and may have been OOM-killed before the
+        watch exists: the cgroup is this shim's first task's own (a new instance's path), so
+        every kill it counted is reported."""
         from shim.cgroups import Cgroup
 
-        return Cgroup.from_pid(self.pid).oom_watch()
+        return Cgroup.from_pid(self.pid).oom_watch(fresh=self._started)
 
     def start(self) -> None:
+        if self._started:  # ``runc run`` started it already
+            self._started = False
+            return
         try:
             self.rt.start(self.id)
         except oci.RuntimeFailed as exc:

@@ -135,7 +135,10 @@ class ProcessRuntime:
         self._namespaces: list[str] = []
         self.cgroup: Cgroup | None = None
 
-    def create(self, spec: dict[str, Any], stdout: int, stderr: int) -> int:
+    def create(self, spec: dict[str, Any], stdout: int, stderr: int, start: bool = False
+               ) -> int:
+        """Fork the init, set up and waiting for :meth:`start` (*start* changes nothing here:
+        the start is one byte on a pipe, and it keeps an exec failure the caller's error)."""
         command = spec.get("command") or []
         if not command or not all(isinstance(a, str) for a in command):
             raise CreateFailed(f"spec command must be a non-empty list of strings: {command!r}")

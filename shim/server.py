@@ -89,13 +89,16 @@ class Shim:
         self.task.on_settled = self.maybe_retire
         self.handlers = Handlers(self)
 
-    @property
-    def created_at(self) -> int:
-        return self.task.created_at
-
-    def create(self) -> int:
-        """Create the container's first task (stopped before exec); ``task.create`` is queued."""
-        return self.task.create()
+    def create(self, start: bool = False) -> dict[str, Any]:
+        """Create the container's first task (stopped before exec; with *start*, started
+        too): what the ready map says of it, ``{"task_pid", "created_at"}`` and, started,
+        ``started_at`` or ``exec_error``. Its events are queued."""
+        if not start:
+            return {"task_pid": self.task.create(), "created_at": self.task.created_at}
+        started = self.task.run()
+        ready = {"task_pid": started.pop("pid"), "created_at": self.task.created_at}
+        ready.update(started)
+        return ready
 
     def abort(self) -> None:
         self.task.abort()

@@ -115,6 +115,13 @@ def check(request: str, state: TaskState) -> None:
     raise ShimError(code, text.format(request=request, state=state.value))
 
 
+def _jitter() -> float:
+    """A back-off's jitter, uniform in [0.9, 1.1). From ``os.urandom``, not :mod:`random`:
+    that module reseeds itself in every forked child (a fork handler), which costs every
+    launcher-forked shim ~0.1 MB of pages it would otherwise share (bench/shim_pages.py)."""
+    return 0.9 + 0.2 * int.from_bytes(os.urandom(4), "big") / 2**32
+
+
 class Task:
     def __init__(self, directory: str, spec: dict[str, Any], address: str, runtime: Runtime,
                  loop: Loop, outbox: Outbox, output: InitOutput, execs: Execs, diag: Diag
@@ -176,11 +183,12 @@ class Task:
 
     # -- one run: create, start, exit ---------------------------------------------------------
 
-    def create(self) -> int:
-        """Create the next run's init (stopped before exec) and publish ``task.create``."""
+    def create(self, start: bool = False) -> int:
+        """Create the next run's init (stopped before exec) and publish ``task.create``.
+        *start*: :meth:`start` follows at once (the runtime may do both in one step)."""
         out_w, err_w = self.output.open()
         try:
-            self.pid = self.runtime.create(self.spec, out_w, err_w)
+            self.pid = self.runtime.create(self.spec, out_w, err_w, start)
         finally:
             os.close(out_w)
             os.close(err_w)
@@ -194,6 +202,17 @@ class Task:
             "instance": self.instance, "created_at": self.created_at})
         self.diag.log("info", "task_created", pid=self.pid, command=self.spec.get("command"))
         return self.pid
+
+    def run(self) -> dict[str, Any]:
+        """The first task, created and started in one request (``shim start --run``, or the
+        launcher's ``start`` with ``start``): ``{"pid", "started_at"}``, or ``{"pid",
+        "exec_error"}`` when the command could not be executed (as the ``start`` method's
+        error: its exit, 127, is recorded and published; no policy restart follows)."""
+        pid = self.create(start=True)
+        try:
+            return self.start(by_request=True)
+        except ShimError as exc:
+            return {"pid": pid, "exec_error": str(exc)}
 
     def start(self, by_request: bool = False) -> dict[str, Any]:
         """Let the created init run the user's program. *by_request*: the ``start`` method (the
@@ -302,14 +321,12 @@ class Task:
     # -- the policy ---------------------------------------------------------------------------
 
     def _decide(self) -> None:
-        import random  # here, not at start-up: ~2 ms of imports every shim would pay
-
         record = self.exit or {}
         ran_for = (record.get("exited_at", 0) - (self.started_at or self.created_at)) / 1e9
         decision = policy.decide(self.restart, exit_status=record.get("exit_status"),
                                  streak=self.attempt, ran_for=max(0.0, ran_for),
                                  stopped_by_user=self.final, unhealthy=self.unhealthy,
-                                 jitter=random.uniform(0.9, 1.1))
+                                 jitter=_jitter())
         self.diag.log("info", "policy", decision=repr(decision))
         if self._unstartable:
             self.diag.log("info", "policy", decision="no restart: the start request's command "
@@ -490,8 +507,9 @@ class Task:
             self._oom = None
 
     def abort(self) -> None:
-        """Undo a half-made start (failure before ready): nothing may be left running."""
-        if self.state is TaskState.CREATED:
+        """Undo a half-made start (failure before ready, e.g. its starter went away): nothing
+        may be left running, a task started with the create (``shim start --run``) included."""
+        if self.state in (TaskState.CREATED, TaskState.RUNNING):
             self.runtime.kill(signal.SIGKILL, True)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)

@@ -24,8 +24,10 @@ from events.rpc import BlockingConnection
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 
 
-def start_command(root: Path, cid: str) -> list[str]:
-    return [sys.executable, "-I", "-m", "shim", "start", "--root", str(root), "--id", cid]
+def start_command(root: Path, cid: str, run: bool = False) -> list[str]:
+    """``shim start`` (``run``: with ``--run``, the first task started too)."""
+    return [sys.executable, "-I", "-m", "shim", "start", "--root", str(root), "--id", cid,
+            *(["--run"] if run else [])]
 
 
 def children_of(pid: int) -> list[int]:
@@ -82,6 +84,7 @@ class ShimHandle:
         self.root = root
         self.id = cid
         self.dir = shim_api.shim_dir(root, cid)
+        self.ready = ready
         self.pid: int = ready["pid"]
         self.address: str = ready["address"]
         self.task_pid: int = ready["task_pid"]
@@ -144,19 +147,20 @@ class Shims:
         self.cgroups.append(f"tether/{cid}-{spec['instance']}")
         return cid
 
-    def run_start(self, cid: str) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(start_command(self.root, cid), capture_output=True, text=True,
-                              timeout=30)
+    def run_start(self, cid: str, run: bool = False) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(start_command(self.root, cid, run), capture_output=True,
+                              text=True, timeout=30)
         if proc.returncode == 0:
             self._track(json.loads(proc.stdout)["pid"])
         return proc
 
-    def start(self, command: list[str] | str, cid: str | None = None,
+    def start(self, command: list[str] | str, cid: str | None = None, run: bool = False,
               **spec: Any) -> ShimHandle:
+        """A shim (``run``: its task started too; its ready map in ``handle.ready``)."""
         if isinstance(command, str):
             command = ["sh", "-c", command]
         cid = self.write_spec(cid, command=command, **spec)
-        proc = self.run_start(cid)
+        proc = self.run_start(cid, run)
         assert proc.returncode == 0, f"shim start failed: {proc.stderr}"
         handle = ShimHandle(self.root, cid, json.loads(proc.stdout))
         self.started.append(handle)

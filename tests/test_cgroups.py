@@ -234,6 +234,20 @@ def test_oom_kill_is_detected_once(name: str) -> None:
 
 
 @needs_root
+def test_a_fresh_watch_reports_a_kill_from_before_it_existed(name: str) -> None:
+    """A program started at once (``runc run``) may be OOM-killed before the shim watches:
+    a watch on the task's own new cgroup counts from zero, an ordinary one from now."""
+    cg = Cgroup.create(name, {"memory": 32 << 20})
+    pid = spawn_in(cg, [busybox(), "sh", "-c", "x=a; while true; do x=$x$x; done"])
+    ws = reap(pid, timeout=20)
+    assert ws is not None and exit_status(ws) == 137
+    with cg.oom_watch(fresh=True) as fresh, cg.oom_watch() as ordinary:
+        assert fresh.read() == 1 and fresh.read() == 0
+        assert ordinary.read() == 0
+    cg.remove()
+
+
+@needs_root
 def test_no_false_oom(name: str) -> None:
     cg = Cgroup.create(name, {"memory": 32 << 20})
     watch = cg.oom_watch()

@@ -87,24 +87,25 @@ CLI_EXTRA: dict[str, frozenset[str]] = {
 #: ``shim start`` imports over a container's life, today.
 SHIM_ALLOWED = frozenset({
     "__future__", "_collections", "_ctypes", "_datetime", "_functools", "_json", "_locale",
-    "_operator", "_posixsubprocess", "_socket", "_sre", "_struct", "_typing", "_weakrefset",
+    "_operator", "_socket", "_sre", "_struct", "_typing", "_weakrefset",
     "_winapi", "array", "calendar", "collections", "collections.abc", "contextlib", "copy",
     "copyreg", "ctypes", "ctypes._endian", "datetime", "enum", "errno", "events",
     "events.domain", "events.durable", "events.ids", "events.procfs", "events.shim_api",
     "events.signals",
-    "events.timefmt", "events.wire", "fcntl", "fnmatch", "functools", "gc", "ipaddress",
+    "events.timefmt", "events.wire", "fcntl", "functools", "gc",
     "itertools", "json", "json.decoder", "json.encoder", "json.scanner", "keyword", "locale",
     "math", "msgpack", "msgpack._cmsgpack", "msgpack.exceptions", "msgpack.ext", "msvcrt", "nt",
-    "ntpath", "operator", "org", "org.python", "org.python.core", "pathlib", "re",
+    "ntpath", "operator", "org", "org.python", "org.python.core", "re",
     "re._casefix", "re._compiler", "re._constants", "re._parser", "reprlib", "select",
     "selectors", "shim", "shim.cgroups", "shim.launch", "shim.launcher", "shim.logs",
     "shim.oci", "shim.osutil", "shim.runtime", "shim.runtime_oci", "shim.runtime_process",
-    "shim.server", "signal", "socket", "struct", "subprocess", "threading", "types", "typing",
-    "urllib", "urllib.parse", "warnings", "weakref",
-    # the shim's split (loop, outbox, task, execs, handlers, health) and the restart policy;
-    # random (with bisect and _sha512) for the back-off's jitter
+    "shim.server", "signal", "socket", "struct", "types", "typing", "warnings", "weakref",
+    # the shim's split (loop, outbox, task, execs, handlers, health) and the restart policy
     "shim.loop", "shim.outbox", "shim.task", "shim.execs", "shim.handlers", "shim.health",
-    "events.policy", "random", "_random", "_sha512", "bisect", "_bisect",
+    "events.policy",
+    # the runtime's commands, instead of subprocess (whose threading costs every shim ~0.4 MB
+    # of pages: see docs/design.md, the shim's memory); no pathlib, random, urllib either
+    "shim.command",
     # ``python -m``: only a fresh ``shim start`` pays these (the launcher is already running)
     "runpy", "importlib", "importlib._abc", "importlib.machinery", "importlib.util",
 })

@@ -51,13 +51,13 @@ class Launcher:
             self.pending += self.decoder.feed(data)
         return self.pending.pop(0)
 
-    def send_start(self, cid: str) -> int:
+    def send_start(self, cid: str, **params: Any) -> int:
         self.rid += 1
-        self.sock.sendall(wire.encode(wire.request(self.rid, "start", {"id": cid})))
+        self.sock.sendall(wire.encode(wire.request(self.rid, "start", {"id": cid, **params})))
         return self.rid
 
-    def start(self, cid: str) -> dict[str, Any]:
-        rid = self.send_start(cid)
+    def start(self, cid: str, **params: Any) -> dict[str, Any]:
+        rid = self.send_start(cid, **params)
         reply = self.recv()
         assert reply["id"] == rid
         return reply
@@ -126,6 +126,19 @@ def test_the_ready_reply_has_the_fields_of_shim_start(root: Path, shims: Shims,
     other = launcher.start(shims.write_spec(command=["true"]))["result"]
     shims.adopt(other, f"c{shims._n}")
     assert set(other) == set(json.loads(fresh.stdout))
+
+
+def test_a_start_with_start_runs_the_task_as_shim_run_does(root: Path, shims: Shims,
+                                                            launcher: Launcher) -> None:
+    cid = shims.write_spec(command=["sleep", "30"])
+    fresh = shims.run_start(cid, run=True)
+    assert fresh.returncode == 0, fresh.stderr
+    shims.adopt(json.loads(fresh.stdout), cid)
+    cid = shims.write_spec(command=["sleep", "30"])
+    shim = shims.adopt(launcher.start(cid, start=True)["result"], cid)
+    assert set(shim.ready) == set(json.loads(fresh.stdout)) >= {"started_at", "task_pid"}
+    assert shim.call("state")["status"] == "running"
+    assert launcher.start(cid, start="yes")["error"]["code"] == "invalid"
 
 
 @pytest.mark.parametrize(("script", "status", "sig"), [

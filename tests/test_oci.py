@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from oci_helpers import (
+    Container,
     Harness,
     busybox_rootfs,  # noqa: F401  (fixture)
     cgroup_dirs,
@@ -250,6 +251,29 @@ def test_created_then_started(h: Harness) -> None:
     assert c.wait() == 0
     assert c.read_output() == b"ran\n"
     h.runtime.delete(c.id)
+
+
+def test_run_detached_creates_and_starts_in_one_command(h: Harness) -> None:
+    """``run --detach``: the init runs the program when it returns, reparented to us (the
+    harness is the subreaper); a bad command fails it as it fails create, leaving nothing."""
+    spec = h.spec(["sh", "-c", "echo ran; exit 4"])
+    c = Container(str(spec["id"]))
+    h.containers.append(c)
+    c.bundle = h.bundle(spec)
+    r, w = os.pipe()
+    c.output, c.fds = r, [r]
+    try:
+        c.pid = h.runtime.run(c.id, c.bundle, str(h.base / f"{c.id}.pid"), stdout=w, stderr=w)
+    finally:
+        os.close(w)
+    assert c.wait() == 4
+    assert c.read_output() == b"ran\n"
+    h.runtime.delete(c.id)
+    bad = h.spec(["no-such-command"])
+    with pytest.raises(RuntimeFailed) as info:
+        h.runtime.run(str(bad["id"]), h.bundle(bad), str(h.base / "bad.pid"))
+    assert "no-such-command" in info.value.words
+    assert h.listed() == [] and not (h.base / "bad.pid").exists()
 
 
 def test_sigkill_gives_137_and_delete_needs_stopped(h: Harness) -> None:

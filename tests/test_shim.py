@@ -14,6 +14,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from shim_helpers import (
 )
 
 from events import shim_api, wire
+from events.procfs import process_table
 from events.rpc import BlockingConnection
 
 # -- start and detachment ---------------------------------------------------------------------
@@ -166,6 +168,54 @@ def test_exec_failure_is_an_error_with_errno_and_command(shims: Shims) -> None:
         state = conn.call("state")
         assert state["status"] == "stopped" and state["exec_error"]["errno"] == 2
         assert conn.call("wait")["exit_status"] == 127
+        assert [e["type"] for e in _replayed(conn)] == ["task.create", "task.exit"]
+
+
+def test_run_creates_and_starts_the_task_before_it_reports_ready(shims: Shims) -> None:
+    """``shim start --run``: one request, and the task runs the user's program when the ready map
+    comes back; its events are the ones a create then a start would have queued."""
+    before = time.time_ns()
+    shim = shims.start("echo hello; exec sleep 30", run=True)
+    ready = shim.ready
+    assert before <= ready["created_at"] <= ready["started_at"] <= time.time_ns()
+    assert "exec_error" not in ready
+    with shim.connect() as conn:
+        state = conn.call("state")
+        assert state["status"] == "running" and state["pid"] == shim.task_pid
+        assert [e["type"] for e in _replayed(conn)] == ["task.create", "task.start"]
+        with pytest.raises(wire.RemoteError) as info:
+            conn.call("start")  # already started: the table's refusal
+        assert info.value.code == "conflict"
+    assert proc_stat(shim.task_pid)[0] != "Z"
+    assert poll(lambda: any(line.endswith(" stdout F hello") for line in shim.log_lines()))
+
+
+def test_a_run_whose_starter_went_away_before_ready_leaves_nothing(shims: Shims) -> None:
+    """The ready pipe is closed (the launcher, or the daemon, died meanwhile): the shim
+    aborts, and the task it had already started goes with it (no one was told of it)."""
+    marker = f"mark-{os.getpid()}-{time.monotonic_ns()}"
+    cid = shims.write_spec(command=["sh", "-c", f"sleep 30; true {marker}"])
+    script = ("import os, sys\nfrom shim import launch\nr, w = os.pipe()\nos.close(r)\n"
+              "launch.serve(sys.argv[1], sys.argv[2], w, True)\n")
+    proc = subprocess.run([sys.executable, "-I", "-c", script, str(shims.root), cid],
+                          capture_output=True, text=True, timeout=30, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    log = (shim_api.shim_dir(shims.root, cid) / shim_api.SHIM_LOG).read_text()
+    assert "started_at" in log and "start_failed" in log, log  # it ran, then aborted
+    assert not [p for p, (_, cmd) in process_table().items() if marker in cmd]
+
+
+def test_run_of_a_command_that_cannot_be_executed_reports_why_and_settles(shims: Shims
+                                                                          ) -> None:
+    """The ready map says ``exec_error`` (the shim runs on, as after a ``start`` that
+    failed): its exit (127) is recorded, and published once the daemon asks."""
+    shim = shims.start(["/nonexistent/program"], run=True, restart="always")
+    assert "/nonexistent/program" in shim.ready["exec_error"]
+    assert "errno 2" in shim.ready["exec_error"] and "started_at" not in shim.ready
+    assert shim.exit_record()["exit_status"] == 127
+    with shim.connect() as conn:
+        state = conn.call("state")
+        assert state["status"] == "stopped" and state["restart"]["attempt"] == 0
         assert [e["type"] for e in _replayed(conn)] == ["task.create", "task.exit"]
 
 

@@ -145,6 +145,27 @@ def test_run_exit_status_times_and_delete_leave_nothing(
     assert listed(root, runtime) == []
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_shim_run_starts_the_container_in_one_runtime_command(
+        shims: Shims, busybox_rootfs: Path, root: Path, runtime: str) -> None:
+    """``shim start --run``: ``runc run --detach``, the init reparented to the shim and running when
+    the ready map comes back; the events are a create's and a start's, in order."""
+    shim = oci(shims, busybox_rootfs, "echo up; exec sleep 30", runtime, run=True)
+    assert shim.ready["created_at"] <= shim.ready["started_at"]
+    assert int(proc_stat(shim.task_pid)[1]) == shim.pid
+    poll(lambda: _exe_name(shim.task_pid) == "busybox", what="the program exec'd")
+    with shim.connect() as conn, shim.connect() as events:
+        assert conn.call("state")["status"] == "running"
+        conn.call("kill", signal=9)
+        seen = events_until_exit(events)
+        assert [e["type"] for e in seen] == ["task.create", "task.start", "task.exit"]
+        assert seen[-1]["data"]["exit_status"] == 137
+        conn.call("delete")
+    shim.wait_gone()
+    assert any(x.endswith("stdout F up") for x in shim.log_lines())
+    assert listed(root, runtime) == []
+
+
 @needs_runc
 def test_sigkill_gives_137_and_a_bad_command_fails_start_word_for_word(
         shims: Shims, busybox_rootfs: Path, root: Path) -> None:

@@ -1,0 +1,197 @@
+"""Run a command to completion from the shim: fork, exec, wait on a pidfd, capture its output.
+
+Not :mod:`subprocess`, for memory: it imports :mod:`threading`, whose fork handler runs in
+every child the launcher forks and writes to pages every shim would otherwise share with the
+launcher (a forked child that does nothing else owns ~0.4 MB more with :mod:`threading`
+imported; bench/shim_pages.py). What the shim needs of it is small: the runtime's commands
+(``runc create``, ``start``, ``kill``, ``delete``...) run synchronously, with their stdio set,
+an optional function run in the child before the exec, and a timeout.
+
+The child does what :mod:`subprocess` did for these commands: stdio on 0-2, every other fd
+closed, SIGPIPE and SIGXFSZ back to their defaults (the shim ignores SIGPIPE; an ignored
+disposition would survive the exec), then the *preexec* function, then ``execvp``. A failure
+before the exec comes back to the caller through a close-on-exec pipe as :class:`OSError`
+(the exec's own, e.g. ``ENOENT``) or :class:`PreexecFailed`; the child ends in
+``os._exit(127)`` inside ``finally``, so it never runs the shim's code twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import selectors
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from shim import osutil
+
+__all__ = ["DEVNULL", "PIPE", "Completed", "PreexecFailed", "TimedOut", "run_command"]
+
+#: a stdio slot of :func:`run_command`: captured into :attr:`Completed.stdout` / ``stderr``
+PIPE = -1
+#: a stdio slot of :func:`run_command`: ``/dev/null``
+DEVNULL = -3
+
+
+class Completed(NamedTuple):
+    args: list[str]
+    returncode: int  # negative: killed by that signal
+    stdout: bytes | None
+    stderr: bytes | None
+
+
+class PreexecFailed(Exception):
+    """The *preexec* function raised in the child (its message)."""
+
+
+class TimedOut(Exception):
+    """The command ran longer than its timeout; it was killed and reaped."""
+
+
+def run_command(cmd: Sequence[str], stdio: Sequence[int], timeout: float,
+        preexec: Callable[[], None] | None = None) -> Completed:
+    """Run *cmd* to its end. *stdio*: three fds for its stdin, stdout and stderr, each an fd
+    of ours, :data:`PIPE` (captured; never for stdin) or :data:`DEVNULL`. The captured pipes
+    are read while it runs, so a long output never blocks it; its end is seen on a pidfd the
+    moment it exits (no polling), then it is reaped by its exact pid."""
+    argv = list(cmd)
+    opened: list[int] = []  # ours, closed before returning
+    child_fds: list[int] = []
+    readers: list[int | None] = []
+    try:
+        for slot in stdio:
+            if slot == PIPE:
+                r, w = os.pipe()
+                opened += [r, w]
+                child_fds.append(w)
+                readers.append(r)
+            elif slot == DEVNULL:
+                null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+                opened.append(null)
+                child_fds.append(null)
+                readers.append(None)
+            else:
+                child_fds.append(slot)
+                readers.append(None)
+        pid = _spawn(argv, child_fds, preexec)
+        for fd in child_fds:  # the child's ends: EOF comes once it (and its heirs) close them
+            if fd in opened:
+                opened.remove(fd)
+                os.close(fd)
+        out = _wait(pid, argv, [r for r in readers[1:]], timeout)
+        return Completed(argv, out[0], out[1], out[2])
+    finally:
+        for fd in opened:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _spawn(argv: list[str], child_fds: list[int], preexec: Callable[[], None] | None) -> int:
+    err_r, err_w = os.pipe()  # close-on-exec: EOF at the exec, data if anything before failed
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _child(argv, child_fds, preexec, err_w)
+            finally:
+                os._exit(127)
+    finally:
+        os.close(err_w)
+    try:
+        data = b""
+        while chunk := _read(err_r):
+            data += chunk
+    finally:
+        os.close(err_r)
+    if not data:
+        return pid
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    number, _, message = data.decode(errors="replace").partition(":")
+    if number == "preexec":
+        raise PreexecFailed(message)
+    errno = int(number) if number.isdigit() else 0
+    raise OSError(errno, os.strerror(errno) if errno else message, argv[0])
+
+
+def _child(argv: list[str], child_fds: list[int], preexec: Callable[[], None] | None,
+           err_w: int) -> None:
+    """In the forked child; returns only to ``os._exit(127)``."""
+    stage = "exec"
+    try:
+        # moved above 2 first, so that an fd of ours that is 0-2 is not overwritten early
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in child_fds]
+        for target, fd in enumerate(high):
+            os.dup2(fd, target)  # inheritable
+        osutil.close_fds({err_w})
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            signal.signal(sig, signal.SIG_DFL)
+        if preexec is not None:
+            stage = "preexec"
+            preexec()
+            stage = "exec"
+        os.execvp(argv[0], argv)
+    except BaseException as exc:
+        if stage == "preexec":
+            report = f"preexec:{exc}"
+        else:
+            report = f"{getattr(exc, 'errno', 0) or 0}:{exc}"
+        with contextlib.suppress(OSError):
+            os.write(err_w, report.encode(errors="replace"))
+
+
+def _read(fd: int) -> bytes:
+    while True:
+        try:
+            return os.read(fd, 65536)
+        except InterruptedError:
+            continue
+
+
+def _wait(pid: int, argv: list[str], readers: list[int | None], timeout: float
+          ) -> tuple[int, bytes | None, bytes | None]:
+    """Until *pid* has exited (reaped) and every captured pipe is at EOF."""
+    chunks: dict[int, list[bytes]] = {fd: [] for fd in readers if fd is not None}
+    deadline = time.monotonic() + timeout
+    status: int | None = None
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except OSError:  # a kernel without pidfds: its end is polled
+        pidfd = None
+    try:
+        with selectors.DefaultSelector() as sel:
+            for fd in (*chunks, *([] if pidfd is None else [pidfd])):
+                sel.register(fd, selectors.EVENT_READ)
+            while True:
+                if status is None and pidfd is None:
+                    reaped, raw = os.waitpid(pid, os.WNOHANG)
+                    status = raw if reaped else None
+                if status is not None and not sel.get_map():
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if status is None:  # never a signal to a pid already reaped
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                        os.waitpid(pid, 0)
+                    raise TimedOut(f"{' '.join(argv)}: killed after {timeout} s")
+                if not sel.get_map():
+                    time.sleep(min(left, 0.002))
+                    continue
+                for key, _ in sel.select(left if pidfd is not None else min(left, 0.002)):
+                    data = b"" if key.fd == pidfd else _read(key.fd)
+                    if data:
+                        chunks[key.fd].append(data)
+                        continue
+                    sel.unregister(key.fd)
+                    if key.fd == pidfd:
+                        status = os.waitpid(pid, 0)[1]
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    assert status is not None  # the loop ends only once it is reaped
+    out = [b"".join(chunks[fd]) if fd is not None else None for fd in readers]
+    return os.waitstatus_to_exitcode(status), out[0], out[1]
