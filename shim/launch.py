@@ -159,7 +159,6 @@ def parse_lines(data: bytes) -> list[tuple[str, str]]:
 def serve(root: str, container_id: str, ready_w: int, start_task: bool = False) -> None:
     """The shim process: detach from everything inherited, create the container (and, with
     *start_task*, start it), report, loop."""
-    from events import shim_api
     from shim.server import Shim, make_runtime
 
     shim: Shim | None = None

@@ -135,3 +135,46 @@ def no_leaks(tmp_path: Path, request: pytest.FixtureRequest):
         if not request.node.get_closest_marker("allow_leaks"):
             pytest.fail(f"test leaked processes (killed now): {described}", pytrace=False)
     reap_adopted_orphans()
+
+
+# -- fixtures of the helper modules (defined here so no test imports a fixture) ---------------
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One busybox rootfs per session, shared read-only by every container."""
+    from oci_helpers import build_busybox_rootfs, static_busybox
+
+    if static_busybox() is None:
+        pytest.skip("no static busybox (apt-get install busybox-static)")
+    return build_busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[Any]:
+    """One JetStream server (no cluster), killed by pid after the test."""
+    from nats_helpers import NATS_SERVER, NatsServer, ensure_gone
+
+    if not NATS_SERVER:
+        pytest.skip("needs Debian's nats-server (bash .ci/setup installs it as root)")
+    server = NatsServer("solo", tmp_path / "nats")
+    try:
+        server.start()
+        yield server
+    finally:
+        ensure_gone([server])
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[Any]:
+    """Three routed JetStream servers, the meta leader elected; all killed after the test."""
+    from nats_helpers import NATS_SERVER, NatsCluster, ensure_gone
+
+    if not NATS_SERVER:
+        pytest.skip("needs Debian's nats-server (bash .ci/setup installs it as root)")
+    cluster = NatsCluster(tmp_path / "nats")
+    try:
+        cluster.start_all()
+        yield cluster
+    finally:
+        ensure_gone(list(cluster.servers.values()))

@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import daemon, daemon_factory, kill_and_wait, processes_naming, reap_adopted_orphans
+from conftest import kill_and_wait, processes_naming, reap_adopted_orphans
 
 from events import wire
 from events.rpc import BlockingConnection
 
-# ``daemon``/``daemon_factory`` are re-exported for modules that still import them from here
-__all__ = ["CTL", "Daemon", "ctl", "daemon", "daemon_factory", "ok"]
+# the fixtures (``daemon``, ``daemon_factory``) are conftest's: tests take them as arguments
+__all__ = ["CTL", "Daemon", "ctl", "ok"]
 
 REPO = Path(__file__).resolve().parent.parent
 

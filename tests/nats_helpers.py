@@ -8,9 +8,7 @@ test's tmp path: the config file does).
 
 Usage::
 
-    from nats_helpers import NatsCluster, nats_cluster, nats_server  # noqa: F401
-
-    def test_x(nats_cluster):            # 3 servers, JetStream, cluster formed, meta leader up
+    def test_x(nats_cluster):            # conftest's: 3 servers, JetStream, meta leader up
         nats_cluster.urls                # "nats://127.0.0.1:P1,nats://127.0.0.1:P2,..."
         nats_cluster.kill9("n2"); nats_cluster.start("n2")
 """
@@ -26,16 +24,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_helpers import CTL, REPO, Daemon
 
-__all__ = ["EXPORT", "NATS_SERVER", "ExportProc", "NatsCluster", "NatsServer", "fleet_events",
-           "free_port", "local_events", "nats_cluster", "nats_server", "need_nats_server",
-           "wait_exported"]
+__all__ = ["EXPORT", "NATS_SERVER", "ExportProc", "NatsCluster", "NatsServer", "ensure_gone",
+           "fleet_events", "free_port", "local_events", "need_nats_server", "wait_exported"]
 
 NATS_SERVER = shutil.which("nats-server", path="/usr/sbin:/usr/bin:/sbin:/bin") or ""
 
@@ -228,7 +224,7 @@ class NatsCluster:
         return [s.proc.pid for s in self.servers.values() if s.proc is not None]
 
 
-def _ensure_gone(servers: list[NatsServer]) -> None:
+def ensure_gone(servers: list[NatsServer]) -> None:
     for s in servers:
         s.kill9()
     for s in servers:
@@ -236,32 +232,6 @@ def _ensure_gone(servers: list[NatsServer]) -> None:
             with contextlib.suppress(ChildProcessError):
                 s.proc.wait(5)
             assert s.proc.poll() is not None, f"nats-server {s.name} (pid {s.proc.pid}) lives"
-
-
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """One JetStream server (no cluster), killed by pid after the test."""
-    if not NATS_SERVER:
-        pytest.skip("needs Debian's nats-server (bash .ci/setup installs it as root)")
-    server = NatsServer("solo", tmp_path / "nats")
-    try:
-        server.start()
-        yield server
-    finally:
-        _ensure_gone([server])
-
-
-@pytest.fixture
-def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    """Three routed JetStream servers, the meta leader elected; all killed after the test."""
-    if not NATS_SERVER:
-        pytest.skip("needs Debian's nats-server (bash .ci/setup installs it as root)")
-    cluster = NatsCluster(tmp_path / "nats")
-    try:
-        cluster.start_all()
-        yield cluster
-    finally:
-        _ensure_gone(list(cluster.servers.values()))
 
 
 

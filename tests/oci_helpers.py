@@ -85,14 +85,6 @@ needs_crun = pytest.mark.skipif(runtime_missing("crun") is not None,
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="cgroup tests need root")
 
 
-@pytest.fixture(scope="session")
-def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One busybox rootfs per session, shared read-only by every container."""
-    if static_busybox() is None:
-        pytest.skip("no static busybox (apt-get install busybox-static)")
-    return build_busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
-
-
 def unique_id(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 

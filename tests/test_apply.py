@@ -3,7 +3,6 @@ against a real daemon: idempotence (a second apply appends no event), only a cha
 replaced, ``--prune`` never touching ``run`` containers, a bad file refused whole, and a real
 supervisord.conf with numprocs, groups, includes and environment expansion."""
 
-# ruff: noqa: F811  (pytest fixtures imported from daemon_helpers are used as arguments)
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import os
 import textwrap
 from pathlib import Path
 
-from daemon_helpers import Daemon, ctl, daemon, daemon_factory, ok  # noqa: F401
+from daemon_helpers import Daemon, ctl, ok
 
 
 def write(path: Path, text: str) -> Path:

@@ -3,7 +3,6 @@ new file, and of a changed one), restarted, and the file applied again. Applying
 every program exists once, runs once (no doubled process, none missing), the stale ones are
 replaced, and one more apply appends nothing."""
 
-# ruff: noqa: F811  (pytest fixtures imported from daemon_helpers are used as arguments)
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 from conftest import _proc_table
-from daemon_helpers import CTL, REPO, Daemon, daemon_factory, ok  # noqa: F401
+from daemon_helpers import CTL, REPO, Daemon, ok
 
 RUN = f"{os.getpid():x}{random.getrandbits(24):06x}"
 SEED = int(os.environ.get("TETHER_CRASH_SEED", "20261129"))

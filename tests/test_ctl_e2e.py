@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from daemon_helpers are used as arguments)
 """supervisorctl, the real command, against a real supervisord with real containers.
 
 Every check runs the installed console script in a subprocess, as a user would: exit codes,
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import CTL, Daemon, ctl, daemon, daemon_factory, ok  # noqa: F401 (fixtures)
+from daemon_helpers import CTL, Daemon, ctl, ok
 
 from supervisor.ctl_render import PS_JSON_FIELDS
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from daemon_helpers are used as arguments)
 """supervisorctl when things go wrong, against a real supervisord: bytes that are not text,
 readers that leave, a second daemon on a live socket, commands that cannot run, a daemon that
 dies under a waiting script. Every check runs the real command in a subprocess.
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import CTL, Daemon, ctl, daemon, daemon_factory, ok  # noqa: F401 (fixtures)
+from daemon_helpers import CTL, Daemon, ctl, ok
 
 from events.procfs import is_running
 from events.rpc import BlockingConnection

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from daemon_helpers are used as arguments)
 """A new user's first hour, against a real supervisord: which supervisorctl this is, the
 grammar people type (docker's), the flags they bring from docker, shell completion, and a
 daemon that stops cleanly. Every check runs the real commands in subprocesses.
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import kill_and_wait, processes_naming
-from daemon_helpers import CTL, Daemon, ctl, daemon, daemon_factory, ok  # noqa: F401 (fixtures)
+from daemon_helpers import CTL, Daemon, ctl, ok
 
 from supervisor import autoremove, ctl_values, neighbours
 

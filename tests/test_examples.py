@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from daemon_helpers are used as arguments)
 """The examples do what the README says, against a real daemon.
 
 examples/subscriber.py: every exit printed once, in order, across a kill -9 and restart of the
@@ -17,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from daemon_helpers import Daemon, daemon, daemon_factory  # noqa: F401 (fixtures)
+from daemon_helpers import Daemon
 
 REPO = Path(__file__).resolve().parent.parent
 SUBSCRIBER = REPO / "examples" / "subscriber.py"

@@ -6,7 +6,6 @@ compacted log (said loudly, recorded as ``export.gap``), and what a crashed expo
 the stream; bad input is a clear error and a non-zero exit with nothing published.
 """
 
-# ruff: noqa: F811
 from __future__ import annotations
 
 import asyncio
@@ -19,8 +18,8 @@ from typing import Any
 
 import nats
 import pytest
-from daemon_helpers import Daemon, daemon_factory  # noqa: F401
-from nats_helpers import (  # noqa: F401
+from daemon_helpers import Daemon
+from nats_helpers import (
     EXPORT,
     ExportProc,
     NatsCluster,
@@ -28,8 +27,6 @@ from nats_helpers import (  # noqa: F401
     fleet_events,
     free_port,
     local_events,
-    nats_cluster,
-    nats_server,
     need_nats_server,
     wait_exported,
 )

@@ -11,7 +11,6 @@ Durations (CI runs the short ones; the knobs run the issue's full figures on dem
   issue's figure is 30 s: ``TETHER_FLEET_OUTAGE_SECONDS=30`` runs it (about 50 s in all).
 """
 
-# ruff: noqa: F811
 from __future__ import annotations
 
 import os
@@ -24,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import Daemon, daemon_factory  # noqa: F401
-from nats_helpers import (  # noqa: F401
+from daemon_helpers import Daemon
+from nats_helpers import (
     ExportProc,
     NatsCluster,
     fleet_events,
     local_events,
-    nats_cluster,
     wait_exported,
 )
 from test_export import stream_info

@@ -1,12 +1,9 @@
 """The log identity (ROOT/log_id) the fleet exporter's Msg-Id is built on: created once,
 durable before the first event, never rewritten, a new one for a re-created root."""
 
-# ruff: noqa: F811
 from __future__ import annotations
 
 import shutil
-
-from daemon_helpers import Daemon, daemon, daemon_factory  # noqa: F401
 
 from supervisor.logid import LOG_ID_FILE, InvalidLogId, ensure_log_id
 

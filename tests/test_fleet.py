@@ -2,7 +2,6 @@
 ``examples/fleet_subscriber.py`` (a durable consumer acting on every exit once), against real
 nats-servers fed by real exporters; and the pure parts of the message contract."""
 
-# ruff: noqa: F811
 from __future__ import annotations
 
 import json
@@ -15,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import CTL, REPO, Daemon, daemon_factory  # noqa: F401
-from nats_helpers import (  # noqa: F401
+from daemon_helpers import CTL, REPO
+from nats_helpers import (
     ExportProc,
     NatsServer,
     fleet_events,
     free_port,
     local_events,
-    nats_server,
     wait_exported,
 )
 

@@ -32,9 +32,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-# ruff: noqa: F811  (fixtures are used as arguments)
-from daemon_helpers import Daemon, daemon, daemon_factory  # noqa: F401
+from daemon_helpers import Daemon
 
 from events import shim_api
 from events.rpc import BlockingConnection

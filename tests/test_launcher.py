@@ -3,7 +3,6 @@
 back to ``shim start`` without it, restarts it, and takes it down when it dies itself.
 """
 
-# ruff: noqa: F811  (pytest fixtures imported from daemon_helpers are used as arguments)
 from __future__ import annotations
 
 import contextlib
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 from conftest import _proc_table, is_zombie_or_gone
-from daemon_helpers import Daemon, daemon, daemon_factory  # noqa: F401
+from daemon_helpers import Daemon
 from shim_helpers import Shims, children_of, poll, proc_stat, start_command
 
 from events import wire

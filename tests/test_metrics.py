@@ -1,7 +1,6 @@
 """``GET /metrics``: parsed by prometheus_client's own text parser, numbers checked against the
 daemon's ``ps`` and against the processes that really run (/proc)."""
 
-# ruff: noqa: F811  (pytest fixtures imported from daemon_helpers are used as arguments)
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ import socket
 from typing import Any
 
 from conftest import _proc_table
-from daemon_helpers import Daemon, daemon, daemon_factory  # noqa: F401
+from daemon_helpers import Daemon
 from prometheus_client.parser import text_string_to_metric_families
 
 

@@ -19,7 +19,6 @@ import pytest
 from oci_helpers import (
     Container,
     Harness,
-    busybox_rootfs,  # noqa: F401  (fixture)
     cgroup_dirs,
     exit_status,
     harness,
@@ -215,14 +214,14 @@ RUNTIMES = [pytest.param("runc", marks=needs_runc), pytest.param("crun", marks=n
 
 
 @pytest.fixture(params=RUNTIMES)
-def h(request: pytest.FixtureRequest, tmp_path: Path, busybox_rootfs: Path):  # noqa: F811
+def h(request: pytest.FixtureRequest, tmp_path: Path, busybox_rootfs: Path):
     with harness(request.param, tmp_path, busybox_rootfs) as hh:
         yield hh
         assert hh.listed() == [], "a container was left in the runtime's state"
 
 
 @pytest.fixture
-def runc(tmp_path: Path, busybox_rootfs: Path):  # noqa: F811
+def runc(tmp_path: Path, busybox_rootfs: Path):
     if reason := __import__("oci_helpers").runtime_missing("runc"):
         pytest.skip(reason)
     with harness("runc", tmp_path, busybox_rootfs) as hh:
@@ -466,7 +465,7 @@ def _under_hidden_unified() -> list[str]:
 
 @needs_crun
 def test_crun_leaves_nothing_beneath_the_hidden_cgroup2(tmp_path: Path,
-                                                        busybox_rootfs: Path) -> None:  # noqa: F811
+                                                        busybox_rootfs: Path) -> None:
     from shim.cgroups import detect_layout
 
     if not detect_layout().hybrid or shutil.which("unshare") is None:

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from helpers are used as arguments)
 """runc containers through the real supervisorctl and supervisord: survive a daemon kill -9,
 exec, OOM/limits, times, and ``rm`` leaves no runtime state and no cgroup.
 
@@ -19,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import Daemon, ctl, daemon_factory, ok  # noqa: F401 (fixture)
-from oci_helpers import busybox_rootfs, needs_root, needs_runc, runtime_list  # noqa: F401
+from daemon_helpers import Daemon, ctl, ok
+from oci_helpers import needs_root, needs_runc, runtime_list
 from shim_helpers import Shims, leftover_cgroups
 
 from events import shim_api

@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (the busybox_rootfs fixture is imported from oci_helpers, used as an argument)
 """The shim driving runc and crun (and the process runtime's limits, init and exec): create
 with the shim's pipes, the reparented init, exit, OOM, exec, delete; nothing left behind.
 
@@ -16,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from oci_helpers import (  # noqa: F401  (busybox_rootfs: a fixture)
-    busybox_rootfs,
+from oci_helpers import (
     needs_crun,
     needs_root,
     needs_runc,

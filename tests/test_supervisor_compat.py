@@ -3,7 +3,6 @@ package) driving Tether through ``ROOT/supervisor.sock``: status, start/stop/res
 a group and all, signal, pid, tail, tail -f, avail, reread, update, an unknown name, and
 ``reload`` (``supervisor.restart``), after which every program runs with the same pid."""
 
-# ruff: noqa: F811  (pytest fixtures imported from daemon_helpers are used as arguments)
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_helpers import Daemon, daemon_factory  # noqa: F401
+from daemon_helpers import Daemon
 
 DEBIAN_CTL = "/usr/bin/supervisorctl"
 

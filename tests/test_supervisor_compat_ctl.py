@@ -3,7 +3,6 @@ parse (ansible's ``community.general.supervisorctl`` splits each line on spaces,
 name and the state, and picks a name, ``GROUP:`` members or ``all``) gives the same answers
 from ours as from Debian's ``supervisorctl`` on the same daemon."""
 
-# ruff: noqa: F811  (pytest fixtures imported from daemon_helpers are used as arguments)
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from daemon_helpers import CTL, Daemon, ctl, daemon_factory, ok  # noqa: F401
+from daemon_helpers import CTL, Daemon, ctl, ok
 
 DEBIAN_CTL = "/usr/bin/supervisorctl"
 

@@ -4,7 +4,6 @@ from Debian's package, so run by Debian's python), ``system.multicall`` included
 server's limits: a body over 1 MiB, a slow client, a malformed request, an entity bomb, basic
 auth on TCP and the peer-credential rule, each costing only the client that caused it."""
 
-# ruff: noqa: F811  (pytest fixtures imported from daemon_helpers are used as arguments)
 
 from __future__ import annotations
 
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import Daemon, daemon_factory  # noqa: F401
+from daemon_helpers import Daemon
 
 DEBIAN_PYTHON = "/usr/bin/python3"
 DEBIAN_SUPERVISOR = "/usr/lib/python3/dist-packages/supervisor/xmlrpc.py"
