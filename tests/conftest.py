@@ -137,6 +137,25 @@ def no_leaks(tmp_path: Path, request: pytest.FixtureRequest):
     reap_adopted_orphans()
 
 
+def small_tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``tmp_path/mnt`` for the test (a disk a test can fill),
+    unmounted after it; skips without root or where mounting is refused."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip(f"mounting a {size} tmpfs (a disk to fill) needs root")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 # -- fixtures of the helper modules (defined here so no test imports a fixture) ---------------
 
 

@@ -10,29 +10,18 @@ start is recorded once space returns: the shim keeps ``task.start`` and the exit
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import small_tmpfs
 
 from events import wire
 
 
 @pytest.fixture
-def small_root(tmp_path: Path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs as ROOT (to fill it) needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={ROOT_SIZE}", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def small_root(tmp_path: Path) -> Iterator[Path]:
+    yield from small_tmpfs(tmp_path, ROOT_SIZE)
 
 
 #: ROOT's size: smaller than the log's preallocation (512 KiB written ahead), which then

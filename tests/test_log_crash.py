@@ -12,9 +12,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import small_tmpfs
 
 from events.log import EventLog, verify
 
@@ -98,19 +100,8 @@ def _read_lines_until_open(proc: subprocess.Popen) -> str | None:
 
 
 @pytest.fixture
-def small_fs(tmp_path: Path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a 1 MiB tmpfs to fill it needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    yield from small_tmpfs(tmp_path, "1m")
 
 
 def test_full_disk_fails_the_batch_cleanly_and_recovers(small_fs: Path, caplog) -> None:
