@@ -460,17 +460,8 @@ class OciCli:
         On failure (the runtime's words in :class:`RuntimeFailed`) the container is deleted
         with ``--force`` and the pid file removed.
         """
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(pid_file)
-        args = ["create", "--bundle", os.path.abspath(bundle), "--pid-file", pid_file,
-                container_id]
-        try:
-            self._run(args, container_id, stdio=(stdin, stdout, stderr))
-            pid = _read_pid(pid_file)
-        except BaseException:
-            self._cleanup(container_id, pid_file)
-            raise
-        return pid
+        return self._launch(["create"], container_id, bundle, pid_file,
+                            (stdin, stdout, stderr))
 
     def start(self, container_id: str) -> None:
         """``start ID``: the init execs the user's program."""
@@ -483,12 +474,19 @@ class OciCli:
         running the user's program and reparented to the calling subreaper. On failure, as
         :meth:`create`: deleted with ``--force``, the pid file removed; an executable the
         runtime cannot find fails here too (runc looks it up before it starts anything)."""
+        return self._launch(["run", "--detach"], container_id, bundle, pid_file,
+                            (stdin, stdout, stderr))
+
+    def _launch(self, verb: list[str], container_id: str, bundle: str, pid_file: str,
+                stdio: tuple[StdioFd, StdioFd, StdioFd]) -> int:
+        """``create`` or ``run --detach`` with the bundle and pid file: the init's pid; on
+        failure the container deleted with ``--force`` and the pid file removed."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pid_file)
-        args = ["run", "--detach", "--bundle", os.path.abspath(bundle), "--pid-file", pid_file,
+        args = [*verb, "--bundle", os.path.abspath(bundle), "--pid-file", pid_file,
                 container_id]
         try:
-            self._run(args, container_id, stdio=(stdin, stdout, stderr))
+            self._run(args, container_id, stdio=stdio)
             pid = _read_pid(pid_file)
         except BaseException:
             self._cleanup(container_id, pid_file)
