@@ -171,7 +171,10 @@ def pids_of(s: Soak, what: str) -> list[int]:
     if what == "launcher":
         return [p for p, (_, c) in table.items() if "-m shim launcher" in c and root in c]
     if what == "shim":
-        return [p for p, (_, c) in table.items() if "-m shim start" in c and root in c]
+        shims = {p for p, (_, c) in table.items() if "-m shim start" in c and root in c}
+        # a shim's child that has not exec'd yet (a task, an exec, a health check) still shows
+        # the shim's command line: killing it is killing a task, not a shim
+        return [p for p in shims if table[p][0] not in shims]
     return [p for p, (_, c) in table.items() if f"mark-s{s.run}-" in c]
 
 
