@@ -108,8 +108,10 @@ def test_kill9_of_exporters_daemons_and_the_stream_leader_loses_and_doubles_noth
     assert sa.runs > 10 and sb.runs > 10, (sa.runs, sb.runs)
     assert kills["exporter"] and kills["daemon"] and kills["leader"], kills
     nats_cluster.wait_ready()
-    fa = wait_exported(nats_cluster.urls, daemons["a"], "a", timeout=120)
-    fb = wait_exported(nats_cluster.urls, daemons["b"], "b", timeout=120)
+    fa = wait_exported(nats_cluster.urls, daemons["a"], "a", timeout=120,
+                       exporter=exporters["a"])
+    fb = wait_exported(nats_cluster.urls, daemons["b"], "b", timeout=120,
+                       exporter=exporters["b"])
     assert stream_info(nats_cluster.urls).state.messages == len(fa) + len(fb)
     for e in exporters.values():
         assert e.stop() == 0
@@ -132,7 +134,7 @@ def test_a_cluster_down_for_a_while_loses_nothing_and_the_backlog_drains(
     assert backlog > 20
     assert e.running(), "the exporter must wait for the broker, not exit"
     nats_cluster.start_all()
-    events = wait_exported(nats_cluster.urls, d, "a", timeout=120)
+    events = wait_exported(nats_cluster.urls, d, "a", timeout=120, exporter=e)
     assert stream_info(nats_cluster.urls).state.messages == len(events)
     assert e.stop() == 0
     assert any("broker unavailable" in r.get("event", "") for r in e.log_lines())
@@ -160,7 +162,7 @@ def test_publishes_that_time_out_while_stored_are_not_doubled(
                 os.kill(pid, signal.SIGCONT)
         time.sleep(1.0)
     assert storm.runs > 10
-    events = wait_exported(nats_cluster.urls, d, "a", timeout=120)
+    events = wait_exported(nats_cluster.urls, d, "a", timeout=120, exporter=e)
     assert stream_info(nats_cluster.urls).state.messages == len(events)
     assert e.stop() == 0
     assert any("no acknowledgement in time" in r.get("error", "") for r in e.log_lines())
