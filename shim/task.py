@@ -20,6 +20,9 @@ reason, by: "shim", start_at}, then ``task.create`` and ``task.start`` of the ne
 policy gives up, ``task.exit`` then ``container.giveup`` {attempts, reason, exit_status}.
 Once the container is stopped for good (policy ``no``, a success under ``on-failure``, given up,
 stopped by hand) the task is *settled*: the shim ends once its outbox is acknowledged.
+
+(Longer than our usual module: the state table, the policy and the requests that move it are
+one machine, read together; split, each part would reach into the others' state.)
 """
 
 from __future__ import annotations

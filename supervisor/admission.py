@@ -106,7 +106,7 @@ class Admission:
                 creds: Creds | None = None
                 if credentials:
                     try:
-                        creds = peer_creds(stream.socket)  # type: ignore[arg-type]
+                        creds = peer_creds(stream.socket)  # type: ignore[arg-type]  # trio's socket
                     except OSError:
                         creds = (0, -1, -1)  # nobody: the server's own rule refuses it
                 if not self.admits(creds):
