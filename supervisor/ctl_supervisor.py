@@ -360,43 +360,39 @@ def cmd_clear(t: Target, args: argparse.Namespace) -> int:
 SHUTDOWN_STATE, ALREADY_ADDED, STILL_RUNNING = 6, 90, 91
 
 
+def _group_verb(t: Target, names: list[str], method: str, done: str,
+                refusals: dict[int, tuple[str, int]]) -> int:
+    """``add``/``remove``: ``method`` for each group, ``NAME: done`` or Supervisor's words for
+    a fault (``refusals``: code -> (message with ``{name}``, exit status))."""
+    code = 0
+    with t.connect() as c:
+        for name in names:
+            try:
+                rpc(c, method, name)
+            except SvFault as exc:
+                text, status = refusals.get(exc.code, ("ERROR: {name}: ", GENERIC))
+                _out(text.format(name=name) + ("" if exc.code in refusals else exc.text))
+                code = code or status
+            else:
+                _out(f"{name}: {done}")
+    return code
+
+
 def cmd_add(t: Target, args: argparse.Namespace) -> int:
     """Supervisor's ``add GROUP...``: create and start a group of the program file that is not
     in use (``addProcessGroup``), with Supervisor's words (ansible's module reads them)."""
-    code = 0
-    with t.connect() as c:
-        for name in args.names:
-            try:
-                rpc(c, "supervisor.addProcessGroup", name)
-            except SvFault as exc:
-                if exc.code == ALREADY_ADDED:
-                    _out("ERROR: process group already active")
-                    continue
-                code = GENERIC
-                _out("ERROR: shutting down" if exc.code == SHUTDOWN_STATE else
-                     f"ERROR: no such process/group: {name}" if exc.code == BAD_NAME else
-                     f"ERROR: {name}: {exc.text}")
-            else:
-                _out(f"{name}: added process group")
-    return code
+    return _group_verb(t, args.names, "supervisor.addProcessGroup", "added process group", {
+        ALREADY_ADDED: ("ERROR: process group already active", 0),
+        SHUTDOWN_STATE: ("ERROR: shutting down", GENERIC),
+        BAD_NAME: ("ERROR: no such process/group: {name}", GENERIC)})
 
 
 def cmd_remove(t: Target, args: argparse.Namespace) -> int:
     """Supervisor's ``remove GROUP...``: remove a stopped group's containers
     (``removeProcessGroup``); the program file keeps it, so ``add`` brings it back."""
-    code = 0
-    with t.connect() as c:
-        for name in args.names:
-            try:
-                rpc(c, "supervisor.removeProcessGroup", name)
-            except SvFault as exc:
-                code = GENERIC
-                _out(f"ERROR: process/group still running: {name}" if exc.code == STILL_RUNNING
-                     else f"ERROR: no such process/group: {name}" if exc.code == BAD_NAME
-                     else f"ERROR: {name}: {exc.text}")
-            else:
-                _out(f"{name}: removed process group")
-    return code
+    return _group_verb(t, args.names, "supervisor.removeProcessGroup", "removed process group", {
+        STILL_RUNNING: ("ERROR: process/group still running: {name}", GENERIC),
+        BAD_NAME: ("ERROR: no such process/group: {name}", GENERIC)})
 
 
 # -- tail ----------------------------------------------------------------------------------
