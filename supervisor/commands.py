@@ -139,18 +139,11 @@ class Commands:
             instance = new_instance()
             ready = await self._core.shims.spawn(cid, instance, spec)
             stored = {**spec, "name": cid}
-            try:
-                await self._core.append([
-                    ("container.create", cid, {"spec": stored}),
-                    ("task.create", cid, task_create_data(ready, instance, self._core.boot_id)),
-                ])
-            except BaseException:
-                # not durable: the container does not exist, so neither may its shim
-                with trio.CancelScope(shield=True):
-                    what = await self._core.shims.end(cid)
-                    log.warning("create not recorded; shim ended", id=cid, action=what)
-                raise
-            self._core.shims.link(cid, instance)
+            # not durable: the container does not exist, so neither may its shim
+            await self._lifecycle.record_new_shim(cid, instance, [
+                ("container.create", cid, {"spec": stored}),
+                ("task.create", cid, task_create_data(ready, instance, self._core.boot_id)),
+            ], remove=True)
         return {"id": cid}
 
     async def _clear_the_way(self, cid: str) -> None:

@@ -151,16 +151,24 @@ class Lifecycle:
         data = task_create_data(ready, instance, self.core.boot_id)
         if autostart:
             data["start"] = True
+        await self.record_new_shim(cid, instance, [*before, ("task.create", cid, data)],
+                                   remove=False)
+        return instance
+
+    async def record_new_shim(self, cid: str, instance: str, items: Sequence[Item], *,
+                              remove: bool) -> None:
+        """Append ``items`` (ending with the new shim's ``task.create``), then link the shim.
+        Not durable: no one may be told of its task, so the shim is ended (``remove``: with
+        its directory, for a container whose ``container.create`` was in ``items`` too)."""
         try:
-            await self.core.append([*before, ("task.create", cid, data)])
+            await self.core.append(list(items))
         except BaseException:
-            # not durable: no one may be told of this task, so its shim must go
             with trio.CancelScope(shield=True):
-                what = await self.core.shims.end_task(cid)
+                shims = self.core.shims
+                what = await (shims.end(cid) if remove else shims.end_task(cid))
                 log.warning("task not recorded; shim ended", id=cid, action=what)
             raise
         self.core.shims.link(cid, instance)
-        return instance
 
     async def start(self, cid: str, *, by_user: bool = True) -> dict[str, Any]:
         """Start a created task; ``{"id", "pid"}`` once ``task.start`` is durable.
