@@ -26,7 +26,7 @@ import trio
 
 from events import policy, shim_api, wire
 from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT, ErrorCode, known
-from events.procfs import is_running
+from events.procfs import is_running, process_table
 from supervisor.channel import Closed, connect
 from supervisor.errors import ApiError
 
@@ -49,6 +49,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SHIM_LOCK = "shim.lock"
 #: How long a start waits for the previous shim of the directory to finish exiting.
 PREVIOUS_SHIM_GRACE = 5.0
+#: How long a start whose launcher (or ``shim start``) died waits for the shim it forked to
+#: answer or go away (longer than a shim stopped by an operator usually stays stopped).
+LOST_STARTER_GRACE = 10.0
 
 
 class Ready(TypedDict, total=False):
@@ -190,7 +193,14 @@ async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: Spe
             log.info("shim started", id=cid, via="launcher", pid=ready.get("pid"),
                      ms=round((time.perf_counter() - began) * 1e3, 1))
             return ready
-    ready = await _spawn_fresh(root, cid)
+    try:
+        ready = await _spawn_fresh(root, cid)
+    except StarterKilled as exc:  # its shim may run (ready told to no one): as a lost launcher
+        log.warning("shim start was killed during a start", id=cid, error=str(exc))
+        found = await _adopt_after_lost_launcher(root, cid, directory, instance)
+        if found is None:
+            raise start_failed(f"{shim_api.NO_READY}: {exc}") from None
+        ready = found
     log.info("shim started", id=cid, via="fresh interpreter", reason=why, pid=ready.get("pid"),
              ms=round((time.perf_counter() - began) * 1e3, 1))
     return ready
@@ -202,6 +212,8 @@ async def _spawn_fresh(root: Path, cid: str) -> Ready:
     argv = [sys.executable, "-I", "-m", "shim", "start", "--root", str(root), "--id", cid]
     result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True,
                                     check=False, stdin=b"")
+    if result.returncode < 0:
+        raise StarterKilled(f"shim start was killed by signal {-result.returncode}")
     if result.returncode != 0:
         reason = result.stderr.decode(errors="replace").strip() or f"exit {result.returncode}"
         raise start_failed(reason)
@@ -213,6 +225,10 @@ async def _spawn_fresh(root: Path, cid: str) -> Ready:
     if not isinstance(ready, dict):
         raise ApiError(ErrorCode.INTERNAL, f"shim start printed {ready!r}, not a ready map")
     return cast(Ready, ready)  # the shim's ready map, checked where it is used
+
+
+class StarterKilled(Exception):
+    """``shim start`` died of a signal: the shim it forked may run, ready told to no one."""
 
 
 def start_failed(reason: str) -> ApiError:
@@ -231,10 +247,16 @@ def start_failed(reason: str) -> ApiError:
 
 async def _adopt_after_lost_launcher(root: Path, cid: str, directory: Path, instance: str
                                      ) -> Ready | None:
-    """After the launcher died with our start in flight: the shim it forked either reported
-    ready before (it runs: adopt it, its ready map from ``state``) or finds its ready pipe
-    closed and aborts (its lock is freed: return None, start afresh)."""
-    deadline = trio.current_time() + 10
+    """After the launcher (or ``shim start``) died with our start in flight: the shim it forked
+    either reported ready before (it runs: adopt it, its ready map from ``state``) or finds its
+    ready pipe closed and aborts (its lock is freed: return None, start afresh).
+
+    A shim that has not yet taken its directory's lock (stopped just after its fork) is found
+    by its command line: until it is gone, a fresh shim would race it for the lock. One that
+    neither answers nor goes away in time is SIGKILLed: its start was never recorded, so its
+    task never ran (``outcome`` of ``shim start`` does the same to a silent shim).
+    """
+    deadline = trio.current_time() + LOST_STARTER_GRACE
     while trio.current_time() < deadline:
         try:
             state = await call_shim(root, cid, "state")
@@ -245,11 +267,27 @@ async def _adopt_after_lost_launcher(root: Path, cid: str, directory: Path, inst
             if address and state.get("shim_pid") and state.get("pid"):
                 log.info("adopted a shim the lost launcher had started", id=cid)
                 return {"pid": state["shim_pid"], "address": address, "task_pid": state["pid"]}
-        if not shim_alive(directory):
+        if not shim_alive(directory) and not await trio.to_thread.run_sync(
+                starting_shims, root, cid):
             return None
         await trio.sleep(0.02)
-    raise ApiError(ErrorCode.INTERNAL, f"the shim launcher died while starting {cid} and its "
-                   "shim neither answered nor went away; retry the start")
+    strays = await trio.to_thread.run_sync(starting_shims, root, cid)
+    for pid in strays:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    log.warning("ended a shim the lost launcher had started: it neither answered nor went "
+                "away", id=cid, pids=strays)
+    raise ApiError(ErrorCode.UNAVAILABLE, f"the shim launcher died while starting {cid} and "
+                   "its shim neither answered nor went away (ended); retry the start")
+
+
+def starting_shims(root: Path, cid: str) -> list[int]:
+    """Pids of the shims of ``cid`` under ``root`` found by their command line (the launcher
+    titles its shims as ``shim start`` does), not their children that have not exec'd yet."""
+    title = f" -m shim start --root {root} --id {cid}"
+    table = process_table()
+    shims = {pid for pid, (_, cmd) in table.items() if cmd.rstrip().endswith(title)}
+    return [pid for pid in shims if table[pid][0] not in shims]
 
 
 def shim_alive(directory: Path) -> bool:

@@ -313,3 +313,83 @@ def test_after_a_lost_launcher_a_running_shim_is_adopted_else_the_start_goes_fre
     cid = shims.write_spec(command=["sleep", "30"])
     assert trio.run(_adopt_after_lost_launcher, root, cid, shim_api.shim_dir(root, cid),
                     "other") is None
+
+
+def test_a_shim_stopped_before_its_lock_is_waited_for_then_ended(
+        root: Path, shims: Shims, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a lost launcher, a shim that has not yet taken its lock (stopped just after its
+    fork) is found by its title: the start neither races it with a fresh shim (which would be
+    refused by its lock later) nor leaves it behind; it is ended and the start is retryable."""
+    import trio
+
+    from events import shim_api
+    from supervisor import shims as shims_mod
+
+    cid = shims.write_spec(command=["sleep", "30"])
+    # a process titled as that shim, holding no lock, stopped: what the soak found
+    stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "shim",
+                              "start", "--root", str(root), "--id", cid])
+    try:
+        poll(lambda: cmdline(stray.pid)[-1:] == [cid], what="the stand-in's title")
+        os.kill(stray.pid, signal.SIGSTOP)
+        assert shims_mod.starting_shims(root, cid) == [stray.pid]
+        monkeypatch.setattr(shims_mod, "LOST_STARTER_GRACE", 0.5)
+        with pytest.raises(shims_mod.ApiError) as err:
+            trio.run(shims_mod._adopt_after_lost_launcher, root, cid,
+                     shim_api.shim_dir(root, cid), "instance")
+        assert err.value.code == "unavailable"
+        assert stray.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait()
+
+
+def test_a_killed_shim_start_is_unavailable_or_adopted_never_left_behind(
+        daemon_factory: Any) -> None:
+    """``shim start`` (no launcher) SIGKILLed at moments across its life: each create either
+    succeeds with one live shim, or fails ``unavailable`` (retryable) with no shim left."""
+    import random
+    import threading
+
+    d = daemon_factory("--no-shim-launcher")
+    rng = random.Random(20261129)
+    outcomes: dict[str, int] = {}
+    for i in range(8):
+        t = threading.Thread(target=_kill_shim_start_of, args=(d, rng.uniform(0.0, 0.08)))
+        t.start()
+        cid = f"killed-start-{i}"
+        try:
+            d.call("create", spec={"name": cid, "command": ["sleep", "30"]})
+        except wire.RemoteError as exc:
+            assert exc.code == "unavailable", exc
+            outcome = "unavailable"
+        else:
+            outcome = "created"
+        t.join()
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        title = f" -m shim start --root {d.root} --id {cid}"
+        live = [p for p, (_, cmd) in _proc_table().items()
+                if cmd.rstrip().endswith(title) and not is_zombie_or_gone(p)]
+        if outcome == "created":
+            assert d.ps()[cid]["state"] == "created"
+            assert len(live) >= 1  # the shim (and its created init, same title until exec)
+            d.call("rm", id=cid, force=True)
+        else:
+            for pid in live:
+                poll(lambda pid=pid: is_zombie_or_gone(pid), what=f"no shim of {cid} left")
+            assert cid not in d.ps()
+    assert sum(outcomes.values()) == 8
+
+
+def _kill_shim_start_of(d: Daemon, delay: float) -> None:
+    """SIGKILL the daemon's next ``shim start`` child *delay* s after it appears."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for pid, (ppid, cmd) in _proc_table().items():
+            if ppid == d.pid and "-m shim start" in cmd:
+                time.sleep(delay)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                return
+        time.sleep(0.001)
