@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["ProcStat", "boot_id", "is_running", "process_table", "processes_naming", "read_stat",
-           "starttime"]
+__all__ = ["ProcStat", "boot_id", "group_members", "is_running", "process_table",
+           "processes_naming", "read_stat", "starttime"]
 
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
@@ -78,6 +78,26 @@ def process_table() -> dict[int, tuple[int, str]]:
         except (OSError, ValueError, IndexError):
             continue
     return table
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live processes of process group ``pgid`` (field 5 of ``/proc/PID/stat``).
+
+    While any member lives the kernel hands ``pgid`` to no new process, so the members found
+    are of the group that leader began, even after the leader itself is gone."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                data = f.read()
+            fields = data[data.rindex(b")") + 2 :].split()
+            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                found.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
 
 
 def processes_naming(text: str) -> list[int]:

@@ -448,6 +448,11 @@ class Task:
             self._cancel_backoff()
         if self.state in (TaskState.STOPPED, TaskState.NEW):
             self.deleting = True
+            if self.state is TaskState.STOPPED:
+                # what the run left (orphans) dies before the reply, not only as the shim
+                # ends: a shim killed in between would leave them to nobody, the daemon
+                # having recorded the delete
+                self.runtime.kill(signal.SIGKILL, True)
             return dict(self.exit or {})
         self._park(conn, rid, "delete")
         self.runtime.kill(signal.SIGKILL, True)

@@ -34,6 +34,7 @@ from supervisor.core import Core
 from supervisor.decide import restart_spec, stopped_for_good
 from supervisor.errors import ApiError
 from supervisor.lifecycle import RECORD_GRACE, Lifecycle, task_create_data
+from supervisor.links import end_leftovers
 from supervisor.projection import Container
 from supervisor.shims import (
     checked_shim_dir,
@@ -285,6 +286,8 @@ class Commands:
             with trio.move_on_after(RECORD_GRACE):
                 while is_running(pid):
                     await trio.sleep(0.01)
+        elif pid:  # the task ended before the shim was found lost: what it left lives on
+            await trio.to_thread.run_sync(end_leftovers, pid)
         await self._core.append_shim_event(c.id, "task.exit", {
             "pid": pid, "exit_status": None, "signal": None, "exited_at": time.time_ns(),
             "instance": c.instance, "reason": "removed (rm -f) after its shim was lost"})

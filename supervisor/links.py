@@ -19,7 +19,9 @@ a shim's event, and the news that the link ended or its shim is gone.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -29,7 +31,7 @@ import trio
 
 from events import wire
 from events.domain import ContainerState
-from events.procfs import is_running, starttime
+from events.procfs import group_members, is_running, starttime
 from supervisor import adopt
 from supervisor.channel import Channel, Closed, connect
 from supervisor.shims import exit_data, read_address, read_exit_record
@@ -37,7 +39,7 @@ from supervisor.shims import exit_data, read_address, read_exit_record
 if TYPE_CHECKING:
     from supervisor.projection import Container
 
-__all__ = ["LinkHost", "ShimLink", "watch_lost_task"]
+__all__ = ["LinkHost", "ShimLink", "end_leftovers", "watch_lost_task"]
 
 log = structlog.get_logger("supervisord.links")
 
@@ -269,6 +271,8 @@ async def watch_lost_task(host: LinkHost, cid: str, instance: str, pid: int | No
     finally:
         if fd is not None:
             os.close(fd)
+    if pid:  # what a shim does at its task's end: nothing the run left behind lives on
+        await trio.to_thread.run_sync(end_leftovers, pid)
     # the exit file may have appeared meanwhile (the shim died after writing it): prefer it,
     # when it is this task's (a shim that ran several tasks keeps the latest exit: an earlier
     # task's would be a duplicate, and this one's end would go unrecorded)
@@ -279,3 +283,18 @@ async def watch_lost_task(host: LinkHost, cid: str, instance: str, pid: int | No
     await host.record_shim_event(cid, "task.exit", {
         "pid": pid, "exit_status": None, "signal": None, "exited_at": time.time_ns(),
         "instance": instance, "reason": "shim lost: the task ended, its status is unknown"})
+
+
+def end_leftovers(pid: int) -> list[int]:
+    """SIGKILL what an ended task left in its process group (the process runtime makes the
+    task its group's leader); returns the members found. Only once the leader is no live
+    process: while a member lives, the kernel gives the group's id to no new process, so the
+    members are the task's own, orphaned with their shim gone."""
+    if is_running(pid):
+        return []
+    members = group_members(pid)
+    if members:
+        log.info("ending what a lost shim's task left behind", pgid=pid, pids=members)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    return members

@@ -284,6 +284,27 @@ def test_a_torn_tail_is_cut_and_the_daemon_starts(daemon):
     assert events[-1]["type"] == "supervisor.start"
 
 
+def test_rm_force_ends_what_a_lost_shims_ended_task_left_in_its_group(daemon, tmp_path):
+    """The shim is killed, then its task exits leaving a child behind (in the task's process
+    group, with no shim to end it): the daemon ends that child as the shim would have, and
+    records one exit; ``rm -f`` then finds nothing left."""
+    child_file, go = tmp_path / "child", tmp_path / "go"
+    daemon.run("sh", "-c", f"sleep 1000 & echo $! > {child_file}; "
+               f"while [ ! -e {go} ]; do sleep 0.02; done", name="leaver")
+    task_pid = daemon.ps()["leaver"]["pid"]
+    daemon.wait_for(lambda: child_file.exists() and child_file.read_text().strip())
+    child = int(child_file.read_text())
+    os.kill(int((daemon.root / "shims/leaver" / shim_api.PID_FILE).read_text()), signal.SIGKILL)
+    daemon.wait_for(lambda: "shim.lost" in types_of(daemon, "leaver"))
+    assert is_running(child)
+    go.touch()
+    daemon.wait_for(lambda: not is_running(task_pid))
+    daemon.wait_for(lambda: not is_running(child))
+    daemon.call("rm", id="leaver", force=True)
+    ends = exits_of(daemon, "leaver")
+    assert len(ends) == 1 and ends[0]["data"]["exit_status"] is None, ends
+
+
 def test_rm_force_ends_the_task_of_a_lost_shim(daemon):
     daemon.run("sleep", "1000", name="orphan")
     task_pid = daemon.ps()["orphan"]["pid"]
