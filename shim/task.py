@@ -28,6 +28,7 @@ one machine, read together; split, each part would reach into the others' state.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import time
@@ -226,6 +227,10 @@ class Task:
         try:
             self.runtime.start()
         except ExecFailed as exc:
+            if exc.errno == errno.EPIPE:  # the created init is gone (a kill): nothing ran
+                self._reap_failed_start()
+                raise ShimError("conflict", "cannot start: the task ended before it started "
+                                "(it was killed while created)") from None
             self.exec_error = {"errno": exc.errno, "message": str(exc), "reason": exc.reason}
             self.diag.log("error", "exec_failed", **self.exec_error)
             self._unstartable = by_request

@@ -158,6 +158,26 @@ def test_exit_status(shims: Shims, script: str, status: int, sig: int) -> None:
     assert record["exited_at"] <= time.time_ns()
 
 
+@pytest.mark.parametrize("pause", [0.0, 0.0005, 0.001, 0.002, 0.005])
+def test_a_created_task_killed_before_its_start_is_never_an_exec_failure(
+        shims: Shims, pause: float) -> None:
+    """``kill`` of a created task (allowed) raced by ``start``: the start either ran before
+    the init died, or is a ``conflict`` (the task is gone); never an exec failure of the
+    user's command. The exit is the kill's, once."""
+    shim = shims.start(["sleep", "30"])
+    with shim.connect() as conn:
+        conn.send_request("kill", {"signal": 9})
+        time.sleep(pause)
+        conn.send_request("start", {})
+        replies = [conn.recv(), conn.recv()]
+        assert "error" not in replies[0], replies
+        error = replies[1].get("error")
+        assert error is None or error["code"] == "conflict", replies
+        record = conn.call("wait")
+        assert (record["exit_status"], record["signal"]) == (137, 9)
+        assert conn.call("state")["status"] == "stopped"
+
+
 def test_exec_failure_is_an_error_with_errno_and_command(shims: Shims) -> None:
     shim = shims.start(["/nonexistent/program", "arg"])
     with shim.connect() as conn:
