@@ -14,6 +14,7 @@ so that tests can simulate a reboot.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 __all__ = ["ProcStat", "boot_id", "group_members", "is_running", "process_table",
            "processes_naming", "read_stat", "starttime"]
@@ -62,19 +63,28 @@ def starttime(pid: int | None) -> int | None:
     return None if stat is None else stat.starttime
 
 
-def process_table() -> dict[int, tuple[int, str]]:
-    """pid -> (ppid, command line with spaces for NULs) of every live process: what the tests'
-    leak guard and the benches' clean-up look through for what they started."""
-    table: dict[int, tuple[int, str]] = {}
+def _stat_fields() -> Iterator[tuple[int, list[bytes]]]:
+    """``(pid, the fields of /proc/PID/stat after the command name)`` of every process."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                data = f.read()
+            yield int(entry), data[data.rindex(b")") + 2 :].split()
+        except (OSError, ValueError):
+            continue
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, command line with spaces for NULs) of every live process: what the tests'
+    leak guard and the benches' clean-up look through for what they started."""
+    table: dict[int, tuple[int, str]] = {}
+    for pid, fields in _stat_fields():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            table[int(entry)] = (int(stat[stat.rindex(b")") + 2 :].split()[1]), cmd)
+            table[pid] = (int(fields[1]), cmd)
         except (OSError, ValueError, IndexError):
             continue
     return table
@@ -85,19 +95,8 @@ def group_members(pgid: int) -> list[int]:
 
     While any member lives the kernel hands ``pgid`` to no new process, so the members found
     are of the group that leader began, even after the leader itself is gone."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read()
-            fields = data[data.rindex(b")") + 2 :].split()
-            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-                found.append(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
+    return [pid for pid, fields in _stat_fields()
+            if len(fields) > 2 and fields[2] == b"%d" % pgid and fields[0] not in (b"Z", b"X")]
 
 
 def processes_naming(text: str) -> list[int]:
