@@ -6,9 +6,10 @@ Measures, in one run so the ratios are fair on a noisy shared machine:
 
 * durable appends/s with 1, 8 and 64 concurrent appenders, each waiting for its event to be
   durable before sending the next, through the daemon's own group commit
-  (``supervisor.logwriter.LogWriter``: trio tasks queue items; its writer task drains
-  everything queued into one ``EventLog.append`` in a worker thread, i.e. one fdatasync per
-  batch, then wakes the batch's waiters);
+  (``supervisor.logwriter.LogWriter``: trio tasks queue items under a lock shared with one
+  writer thread, which makes everything queued when it is free one ``EventLog.append``, i.e.
+  one fdatasync per batch, and hands the result back to the trio thread, which wakes the
+  batch's callers);
 * with ``--compare REF``: the same group-commit runs with ``supervisor/logwriter.py`` as it was
   at git ref REF, interleaved round by round with the current one (before/after in one run);
 * replay of the whole log from seq 1 with ``EventLog.read`` (events/s);
@@ -264,7 +265,7 @@ def main() -> int:
         for tag, cls in writers:
             rate = bench_writer_alone(64, args.seconds, cls)
             rows.append((f"64 appenders, writer with a no-op log{tag}", f"{rate:,.0f} events/s",
-                         "ceiling of trio tasks + to_thread alone"))
+                         "ceiling of trio tasks + the thread handoff alone"))
         rate = bench_batches(base, 64, 1000)
         rows.append(("append() of 64-event batches back to back", f"{rate:,.0f} events/s",
                      "the log alone, without the trio writer"))

@@ -13,8 +13,9 @@ processes and health checks, and every orphan reparented to the shim (a subreape
 
 Ordering guarantees (the reasons this process exists):
 
-* the exit file is written (fsynced, renamed) *before* the ``task.exit`` event is queued or any
-  waiter answered, so whoever hears of an exit can also find it on disk;
+* the exit file is written (fsynced, renamed) right *after* the ``task.exit`` event is queued
+  (the daemon records the event while the file is fsynced) and *before* any waiter is
+  answered; a shim killed between the two has told the daemon, if one was listening;
 * every event stays in the outbox until ``ack``; each new ``events`` stream gets all of them
   first, then live ones;
 * a ``stop`` is carried out by the shim's own timer: it completes if the caller goes away.

@@ -6,8 +6,9 @@ changes (:meth:`Task._move`), and :data:`REQUESTS` says in which states each req
 so every refusal is the same explicit ``conflict`` ("cannot start a task that is running"), as
 containerd's ``init_state.go`` has one type per state. Beside the state, the task owns:
 
-* the exit record of the latest run (written to the exit file, fsynced and renamed, *before*
-  ``task.exit`` is queued or any waiter answered, so whoever hears of an exit can find it);
+* the exit record of the latest run (written to the exit file, fsynced and renamed, right
+  *after* ``task.exit`` is queued, so the daemon's fdatasync of the event overlaps the file's
+  fsyncs, and *before* any waiter is answered: an exit is always in the file or told);
 * the parked ``wait``/``stop``/``delete`` replies, answered at the exit;
 * a stop's SIGKILL deadline (a loop timer: the stop completes if the caller goes away);
 * the restart decision (:func:`events.policy.decide`, shared with the daemon), the back-off
@@ -289,19 +290,24 @@ class Task:
                               "instance": self.instance}
         if self.exec_error is not None:  # this run's command could not start: say why
             record["reason"] = f"exec_failed: {self.exec_error['reason']}"
+        data: dict[str, Any] = {"pid": pid, "exit_status": exit_status, "signal": sig,
+                "exited_at": record["exited_at"]}
+        if "reason" in record:
+            data["reason"] = record["reason"]
+        # The event goes out first, so that the daemon's fdatasync of it overlaps the exit
+        # file's fsyncs below instead of following them. Nothing is lost by the order: the
+        # event stays in the outbox until acknowledged, and a shim killed before the file is
+        # durable either delivered the event (the daemon has it) or did not (as before, the
+        # task's end is then unknown). Waiters are answered only once the file is written.
+        self.outbox.publish("task.exit", data, seq)
         try:
             shim_api.write_exit_file(self.dir, dict(record))
-        except OSError as exc:  # still tell: the status is in memory and in the event
+        except OSError as exc:  # told anyway: the status is in memory and in the event
             self.diag.log("error", "exit_file_failed", dir=self.dir, error=str(exc))
         self.exit = record
         self._move(Move.EXIT)
         self._cancel_stop()
         self.diag.log("info", "task_exit", **record)
-        data: dict[str, Any] = {"pid": pid, "exit_status": exit_status, "signal": sig,
-                "exited_at": record["exited_at"]}
-        if "reason" in record:
-            data["reason"] = record["reason"]
-        self.outbox.publish("task.exit", data, seq)
         waiters, self._waiters = self._waiters, []
         self._close_oom()
         deleting = any(kind == "delete" for _, _, kind in waiters)

@@ -11,16 +11,22 @@ it joined and one park/reschedule of its task, nothing else. Its wait cannot be 
 without its cost): a caller cancelled mid-write must not leave without knowing whether its
 events became durable, so a cancellation is delivered at its next checkpoint instead.
 
-One long-lived thread writes the batches (``EventLog.append``: encode, write, fdatasync) and
-hands each result back through the trio token; the completion, in the trio thread, runs
-``on_commit`` and wakes the batch's callers directly with their slice of the events, then
-hands the thread the next batch if one filled meanwhile. The writer task only starts the
-thread when work arrives while it is idle, and on shutdown waits until everything queued is
-written. Order is kept: one thread, one batch at a time, completions run in order.
+The batches are handed over without a trio task in between. ``append`` adds to the newest
+queued batch under a lock shared with one long-lived thread, and wakes that thread if it
+sleeps; the thread takes the oldest batch whenever it is free (``EventLog.append``: encode,
+write, fdatasync) and hands each result back through the trio token. The thread holds no lock
+while it writes, so everything appended meanwhile gathers into the next batch, which it takes
+as soon as the write returns, before the trio thread has even seen the result. The
+completion, in the trio thread and in write order, runs ``on_commit`` and wakes the batch's
+callers directly with their slice of the events: one wakeup per caller, none per batch.
+(Under the GIL the woken thread mostly runs once the trio thread goes idle, so callers woken
+together, and appending in the same scheduler round, land in one batch.)
 
 If the write fails (a full disk), ``EventLog.append`` has cut the log back to its last good
 record; every caller of that batch gets the ``OSError`` and nothing of the batch is applied or
 published. The writer itself keeps running, so the next command succeeds once space returns.
+Any other failure (a bug, ``on_commit`` raising) is raised by :meth:`LogWriter.run`; callers
+whose batches were not written by then get a ``RuntimeError`` instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -71,11 +77,17 @@ class LogWriter:
         self.log = log
         self.on_commit = on_commit
         self.max_batch = max_batch
-        self._batches: deque[_Batch] = deque()  # filled by append, written in order
-        self._busy = False  # a batch is with the thread
-        self._jobs: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
+        # shared with the thread, under _lock: the queued batches (oldest first), whether
+        # the thread sleeps (then the next append wakes it), whether it must end
+        self._lock = threading.Lock()
+        self._batches: deque[_Batch] = deque()
+        self._idle = True
+        self._stop = False
+        self._kick: queue.SimpleQueue[None] = queue.SimpleQueue()
+        # trio thread only
+        self._waiting = 0  # callers not answered yet
         self._token: trio.lowlevel.TrioToken | None = None
-        self._wakeup = trio.Event()  # work arrived while the thread was idle, or a failure
+        self._wakeup = trio.Event()  # a failure that run() must raise
         self._settled = trio.Event()  # a batch completed
         self._fatal: BaseException | None = None
         self._closed = False
@@ -92,22 +104,27 @@ class LogWriter:
         """
         if self._closed:
             raise RuntimeError("the log writer is closed")
-        batches = self._batches
         n = len(items)
-        if not batches or (batches[-1].items and len(batches[-1].items) + n > self.max_batch):
-            batches.append(_Batch())
-        batch = batches[-1]
-        start = len(batch.items)
-        batch.items.extend(items)
-        batch.waiters.append((_current_task(), start, start + n))
-        if not self._busy:
-            self._wakeup.set()  # the writer hands it over at the end of this round
+        task = _current_task()
+        with self._lock:
+            batches = self._batches
+            if not batches or (batches[-1].items and len(batches[-1].items) + n > self.max_batch):
+                batches.append(_Batch())
+            batch = batches[-1]
+            start = len(batch.items)
+            batch.items.extend(items)
+            batch.waiters.append((task, start, start + n))
+            kick, self._idle = self._idle, False
+        if kick:
+            self._kick.put(None)
+        self._waiting += 1
         events: list[Event] = await _wait(_refuse_abort)
         return events
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """Write batches until cancelled; everything queued by then is still written.
+        """Let the thread write batches until cancelled; everything queued by then is still
+        written.
 
         A failure that is not an ``OSError`` (a bug, or ``on_commit`` raising) is raised here
         once the batch's callers have been told.
@@ -117,55 +134,62 @@ class LogWriter:
         thread.start()
         task_status.started()
         try:
-            while True:
-                await self._wakeup.wait()
-                self._wakeup = trio.Event()
-                if self._fatal is not None:
-                    raise self._fatal
-                if not self._busy and self._batches:
-                    self._submit()
+            await self._wakeup.wait()
+            assert self._fatal is not None
+            raise self._fatal
         finally:
             self._closed = True
             with trio.CancelScope(shield=True):
-                while (self._busy or self._batches) and self._fatal is None:
-                    if not self._busy:
-                        self._submit()
+                while self._waiting and self._fatal is None:
                     self._settled = trio.Event()
                     await self._settled.wait()
-                self._jobs.put(None)
+                with self._lock:
+                    self._stop = True
+                    left, self._batches = self._batches, deque()
+                self._kick.put(None)
                 await trio.to_thread.run_sync(thread.join)
+                if left:  # after a failure: these were never written
+                    self._answer_unwritten(left)
 
     async def flush(self) -> None:
         """Wait until everything queued so far is written."""
-        while self._batches or self._busy:
+        while self._waiting:
             await trio.sleep(0.001)
 
-    def _submit(self) -> None:
-        self._busy = True
-        self._jobs.put(self._batches.popleft())
-
     def _work(self) -> None:
-        """The writer thread: one batch at a time, each result back to the trio thread."""
+        """The writer thread: the oldest batch whenever it is free, each result back to the
+        trio thread (whose callbacks run in the order they were handed over)."""
         append = self.log.append
         clock = time.perf_counter
+        lock = self._lock
         assert self._token is not None
         run_soon = self._token.run_sync_soon
         while True:
-            batch = self._jobs.get()
-            if batch is None:
-                return
-            result: outcome.Outcome[list[Event]]
-            began = clock()
-            try:
-                result = outcome.Value(append(batch.items))
-            except BaseException as exc:  # handed to the trio thread, which decides
-                result = outcome.Error(exc)
-            run_soon(self._complete, batch, result, clock() - began)
+            self._kick.get()
+            while True:
+                with lock:
+                    if self._stop:
+                        return
+                    if not self._batches:
+                        self._idle = True
+                        break
+                    batch = self._batches.popleft()
+                result: outcome.Outcome[list[Event]]
+                began = clock()
+                try:
+                    result = outcome.Value(append(batch.items))
+                except BaseException as exc:  # handed to the trio thread, which decides
+                    result = outcome.Error(exc)
+                run_soon(self._complete, batch, result, clock() - began)
+                if isinstance(result, outcome.Error) and not isinstance(result.error, OSError):
+                    with lock:  # a bug: write nothing more; run() answers the rest
+                        self._stop = True
+                    return
 
     def _complete(self, batch: _Batch, result: outcome.Outcome[list[Event]], took: float
                   ) -> None:
-        """In the trio thread, in order: apply, wake the batch's callers, start the next."""
-        self._busy = False
+        """In the trio thread, in write order: apply, then wake the batch's callers."""
+        self._waiting -= len(batch.waiters)
         self._settled.set()
         if isinstance(result, outcome.Error):
             exc = result.error
@@ -173,33 +197,38 @@ class LogWriter:
                 _reschedule(task, outcome.Error(exc))
             if not isinstance(exc, OSError):  # a bug: fail loudly, keep the daemon honest
                 self._fail_later(exc)
-                return
-        else:
-            events = result.unwrap()
-            self.batches += 1
-            self.appended += len(events)
-            # both run, even if one fails: the batch is durable whatever a hook does
-            if self.on_write is not None:
-                try:
-                    self.on_write(events, took)
-                except BaseException as exc:  # raised by run(), after the callers are woken
-                    self._fail_later(exc)
+            return
+        events = result.unwrap()
+        self.batches += 1
+        self.appended += len(events)
+        # both run, even if one fails: the batch is durable whatever a hook does
+        if self.on_write is not None:
             try:
-                self.on_commit(events)
-            except BaseException as exc:  # likewise
+                self.on_write(events, took)
+            except BaseException as exc:  # raised by run(), after the callers are woken
                 self._fail_later(exc)
-            value = outcome.Value
-            for task, start, end in batch.waiters:
-                _reschedule(task, value(events[start:end]))
-            if self._fatal is not None:
-                return
-        if self._batches and not self._closed:
-            self._submit()  # it filled while this one was written
-        elif self._batches:
-            self._wakeup.set()
+        try:
+            self.on_commit(events)
+        except BaseException as exc:  # likewise
+            self._fail_later(exc)
+        value = outcome.Value
+        for task, start, end in batch.waiters:
+            _reschedule(task, value(events[start:end]))
+
+    def _answer_unwritten(self, left: deque[_Batch]) -> None:
+        error = RuntimeError(f"the log writer stopped ({self._fatal!r}); nothing of this "
+                             "append was written")
+        for batch in left:
+            self._waiting -= len(batch.waiters)
+            for task, _, _ in batch.waiters:
+                _reschedule(task, outcome.Error(error))
 
     def _fail_later(self, exc: BaseException) -> None:
-        """Have run() raise ``exc`` (the first such failure wins)."""
+        """Have run() raise ``exc`` (the first such failure wins); the thread takes no more
+        batches."""
         if self._fatal is None:
             self._fatal = exc
+        with self._lock:
+            self._stop = True
+        self._kick.put(None)
         self._wakeup.set()

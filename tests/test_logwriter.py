@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import errno
 import random
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from conftest import small_tmpfs
 
 from events.log import EventLog, read_events
 from events.model import Event
@@ -36,6 +38,24 @@ class FailingOnce:
         exc, self.exc = self.exc, None
         if exc is not None:
             raise exc
+        return self.log.append(items)
+
+
+class Gated:
+    """The real log, except that each append first waits until the test opens the gate (so
+    the test knows what arrived while a batch was being written); ``batches`` records the
+    items of each append in the order the log got them."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self.entered = threading.Semaphore(0)
+        self.gate = threading.Semaphore(0)
+        self.batches: list[list[str]] = []
+
+    def append(self, items: Items) -> list[Event]:
+        self.entered.release()
+        self.gate.acquire()
+        self.batches.append([eid for _, eid, _ in items])
         return self.log.append(items)
 
 
@@ -186,3 +206,117 @@ async def test_on_write_sees_each_durable_batch_with_its_time_before_on_commit(r
     assert [c[0] for c in calls] == ["write", "commit"] * writer.batches
     assert sum(n for kind, n, _ in calls if kind == "write") == 8
     assert all(took > 0 for kind, _, took in calls if kind == "write")
+
+
+async def test_what_arrives_during_a_write_is_the_next_batch_in_order(root: Path) -> None:
+    """One fdatasync for everyone who came while the previous one ran, in arrival order, and
+    each caller gets exactly its own events (seqs and data)."""
+    with EventLog.open(root) as log:
+        gated = Gated(log)
+        writer = LogWriter(gated, lambda events: None)  # type: ignore[arg-type]  # log-shaped
+        got: dict[str, list[Event]] = {}
+
+        async def caller(name: str, n: int) -> None:
+            got[name] = await writer.append([("task.start", name, {"j": j}) for j in range(n)])
+
+        async with trio.open_nursery() as outer:
+            await outer.start(writer.run)
+            outer.start_soon(caller, "first", 1)
+            await trio.to_thread.run_sync(gated.entered.acquire)  # the thread is writing it
+            async with trio.open_nursery() as nursery:
+                for k in range(10):
+                    nursery.start_soon(caller, f"c{k}", k % 3 + 1)
+                    await trio.sleep(0)  # a known arrival order
+                await trio.sleep(0.05)
+                assert gated.batches == [] and got == {}  # nobody told before the write
+                gated.gate.release()  # the first batch
+                await trio.to_thread.run_sync(gated.entered.acquire)
+                gated.gate.release()  # the second: all ten callers
+            outer.cancel_scope.cancel()
+        assert gated.batches == [["first"], [f"c{k}" for k in range(10) for _ in range(k % 3 + 1)]]
+        assert writer.batches == 2
+        seq = 1
+        for name in ["first"] + [f"c{k}" for k in range(10)]:
+            evs = got[name]
+            assert [(e.seq, e.id, e.data) for e in evs] == [
+                (seq + j, name, {"j": j}) for j in range(len(evs))]
+            seq += len(evs)
+    assert [e.seq for e in read_events(root)] == list(range(1, seq))
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    yield from small_tmpfs(tmp_path, "1m")
+
+
+async def test_a_full_disk_answers_every_caller_and_changes_nothing(small_fs: Path) -> None:
+    """On a real full disk: every caller of a failed batch gets ENOSPC, none of its events is
+    applied or on disk, the callers of batches that fit get theirs, and once space is back
+    the next append goes on from the last durable seq."""
+    root = small_fs / "root"
+    filler = small_fs / "filler"
+    filler.write_bytes(b"\0" * (256 * 1024))
+    applied: list[Event] = []
+    with EventLog.open(root, segment_size=64 * 1024) as log:
+        writer = LogWriter(log, applied.extend)
+        answers: list[list[Event] | OSError] = []
+
+        async def caller(k: int) -> None:
+            try:
+                answers.append(await writer.append([("container.create", f"c{k}",
+                                                      {"pad": "p" * 2000})] * 3))
+            except OSError as exc:
+                answers.append(exc)
+
+        async with trio.open_nursery() as outer:
+            await outer.start(writer.run)
+            for _ in range(40):  # until the disk is full (1 MiB: a few rounds)
+                async with trio.open_nursery() as nursery:
+                    for k in range(16):
+                        nursery.start_soon(caller, k)
+                if any(isinstance(a, OSError) for a in answers):
+                    break
+            failed = [a for a in answers if isinstance(a, OSError)]
+            assert failed and all(a.errno == errno.ENOSPC for a in failed)
+            assert len(answers) % 16 == 0  # every caller was answered
+            written = [e for a in answers if not isinstance(a, OSError) for e in a]
+            assert sorted(e.seq for e in written) == [e.seq for e in applied]
+            assert [e.seq for e in applied] == list(range(1, log.last_seq + 1))
+            assert [e.seq for e in log.read()] == [e.seq for e in applied]  # nothing extra
+            filler.unlink()
+            more = await writer.append([("task.start", "c", {})])
+            assert more[0].seq == log.last_seq == len(applied)
+            outer.cancel_scope.cancel()
+
+
+async def test_after_a_bug_unwritten_callers_get_an_error_not_a_hang(root: Path) -> None:
+    with EventLog.open(root) as log:
+        gated = Gated(log)
+        writer = LogWriter(gated, lambda events: None)  # type: ignore[arg-type]  # log-shaped
+        seen: list[BaseException] = []
+
+        def broken(items: Items) -> list[Event]:
+            gated.entered.release()
+            gated.gate.acquire()
+            raise KeyError("a bug")
+
+        gated.append = broken  # type: ignore[method-assign]  # the first write is a bug
+
+        async def caller() -> None:
+            try:
+                await writer.append([("task.start", "c", {})])
+            except (KeyError, RuntimeError) as exc:
+                seen.append(exc)
+
+        with pytest.RaisesGroup(KeyError, flatten_subgroups=True):
+            async with trio.open_nursery() as outer:
+                await outer.start(writer.run)
+                outer.start_soon(caller)
+                await trio.to_thread.run_sync(gated.entered.acquire)
+                for _ in range(3):  # queued behind the broken write
+                    outer.start_soon(caller)
+                await trio.sleep(0.01)
+                gated.gate.release()
+        assert [type(e) for e in seen] == [KeyError, RuntimeError, RuntimeError, RuntimeError]
+        assert "nothing of this append was written" in str(seen[-1])
+        assert log.last_seq == 0

@@ -360,8 +360,10 @@ def test_a_start_that_cannot_exec_is_an_error_not_a_crash_loop(shims: Shims) -> 
 
 def test_a_shim_killed_at_random_moments_of_a_crash_loop_leaves_the_latest_exit(
         shims: Shims) -> None:
-    """Whatever the moment of the SIGKILL, the exit file is whole and holds the latest exit:
-    the one the daemon saw last, or a later one it has not seen (its seq says which)."""
+    """Whatever the moment of the SIGKILL, the exit file is whole and no exit is lost: it holds
+    the one the daemon saw last, or a later one it has not seen (its seq says which), or,
+    killed between telling the latest exit and writing it, the one before (the daemon has
+    the latest from the event)."""
     import random
 
     for _ in range(8):
@@ -376,7 +378,7 @@ def test_a_shim_killed_at_random_moments_of_a_crash_loop_leaves_the_latest_exit(
         exits = [e for e in reader.items if e["type"] == "task.exit"]
         record = shim_api.read_exit_file(shim.dir)
         assert record is not None and record["exit_status"] == 1
-        assert record["shim_seq"] >= exits[-1]["seq"]
+        assert record["shim_seq"] >= exits[-1]["seq"] or record["shim_seq"] == exits[-2]["seq"]
         if record["shim_seq"] == exits[-1]["seq"]:
             assert {k: record[k] for k in exits[-1]["data"]} == exits[-1]["data"]
         seqs = [e["seq"] for e in reader.items]
