@@ -228,7 +228,7 @@ def test_a_full_disk_fails_commands_with_no_space_and_loses_nothing(root):
         assert "nothing was changed" in err.value.message
         assert "big" not in d.ps()
         assert not (root / "shims/big").exists()
-        assert not _pids_with(f"{root} --id big")
+        d.wait_for(lambda: not _pids_with(f"{root} --id big"))  # ended (it exits just after)
         assert d.running() and d.call("status")["ok"]
         fill.unlink()
         assert d.run("sleep", "100", name="big", env=pad) == "big"
