@@ -192,6 +192,7 @@ SPEC_FIELDS: dict[str, Any] = {
     "restart": None,          # events.policy.restart_spec: None is policy "no"
     "health": None,           # events.policy.health_spec: None is no health check
     "restart_attempt": 0,     # restarts in a row so far (a shim carrying on a lost shim's loop)
+    "shim_group": None,       # a member of this shared shim (shim/group.py); None: its own
 }
 
 
