@@ -1,0 +1,211 @@
+"""The shared shim (docs/design.md, section 7): the programs of one ``shim_group`` in one shim
+process, with every promise of a shim of their own kept per program.
+
+Real daemons, real shims, real processes: each program's exit recorded exactly once with its
+own status, its own logs, its own restart policy; a daemon killed while they exit changes
+nothing; the group shim's own death costs each member its shim (``shim.lost``, once), which is
+the price stated where users opt in; bad input is ``invalid`` and creates nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from daemon_helpers import Daemon, ctl, ok
+from shim_helpers import Shims, children_of, proc_stat
+
+from events import shim_api, wire
+from events.procfs import is_running
+
+
+def events_of(d: Daemon, cid: str, *types: str) -> list[dict[str, Any]]:
+    return [e for e in d.stream("events") if e["id"] == cid and (not types or e["type"] in types)]
+
+
+def shim_pid(d: Daemon, cid: str) -> int:
+    return int(d.call("inspect", id=cid)["shim_pid"])
+
+
+def logs(d: Daemon, cid: str) -> list[bytes]:
+    return [i["line"] for i in d.stream("logs", id=cid)]
+
+
+def exits(d: Daemon) -> Counter[tuple[str, int, int | None]]:
+    """(id, pid, status) of every task.exit in the log: a doubled one counts 2."""
+    return Counter((e["id"], e["data"]["pid"], e["data"]["exit_status"])
+                   for e in d.stream("events") if e["type"] == "task.exit")
+
+
+def test_programs_of_one_group_share_one_shim_each_with_its_own_exit_and_logs(daemon):
+    ids = [daemon.run("sh", "-c", f"echo I am {i}; sleep 0.{i + 2}; exit {i + 3}",
+                      name=f"p{i}", shim_group="web") for i in range(4)]
+    alone = daemon.run("sleep", "1000", name="alone")
+    pids = {shim_pid(daemon, cid) for cid in ids}
+    assert len(pids) == 1, pids
+    group = pids.pop()
+    assert shim_pid(daemon, alone) != group
+    for i, cid in enumerate(ids):
+        assert daemon.call("wait", id=cid)["exit_status"] == i + 3
+        assert logs(daemon, cid) == [f"I am {i}".encode()]
+    counted = exits(daemon)
+    for i, cid in enumerate(ids):
+        assert [n for (who, _, status), n in counted.items() if who == cid] == [1]
+        assert [status for (who, _, status) in counted if who == cid] == [i + 3]
+    # settled and acknowledged, every member leaves, and the process with the last one
+    daemon.wait_for(lambda: not is_running(group))
+    assert not any(events_of(daemon, cid, "shim.lost") for cid in ids)
+    for cid in ids:  # no file of a member names the pid of a process that is gone
+        assert not (daemon.root / "shims" / cid / shim_api.PID_FILE).exists()
+    daemon.call("rm", id=alone, force=True)
+
+
+def test_each_member_keeps_its_own_restart_policy(daemon):
+    flaky = daemon.run("sh", "-c", "echo try; exit 1", name="flaky", shim_group="g",
+                       restart={"policy": "on-failure", "max_retries": 2, "delay": 0.05})
+    steady = daemon.run("sleep", "1000", name="steady", shim_group="g")
+    group, steady_pid = shim_pid(daemon, steady), daemon.ps()["steady"]["pid"]
+    assert shim_pid(daemon, flaky) == group
+    daemon.wait_for(lambda: daemon.ps()["flaky"].get("gave_up")
+                    or events_of(daemon, flaky, "container.giveup"))
+    starts = events_of(daemon, flaky, "task.start")
+    assert len(starts) == 3 and len({e["data"]["pid"] for e in starts}) == 3
+    assert len(events_of(daemon, flaky, "task.exit")) == 3
+    assert logs(daemon, flaky) == [b"try"] * 3
+    row = daemon.ps()["steady"]
+    assert (row["state"], row["pid"], row["restarts"]) == ("running", steady_pid, 0)
+    assert is_running(group) and not events_of(daemon, steady, "task.exit")
+    daemon.call("rm", id=steady, force=True)
+
+
+def test_rm_of_one_member_leaves_the_others_and_the_last_rm_ends_the_group(daemon):
+    # each member has a child in the background: a member's kill of "everything" must take
+    # its own session's processes only, never its neighbours'
+    for name in ("a", "b", "c"):
+        daemon.run("sh", "-c", "sleep 1000 & exec sleep 1000", name=name, shim_group="g")
+    group = shim_pid(daemon, "a")
+    before = {cid: row["pid"] for cid, row in daemon.ps().items()}
+
+    def family(pid: int) -> set[int]:
+        return {p for p in children_of(group) if int(proc_stat(p)[3]) == pid} | \
+            set(children_of(pid))
+
+    kids = {cid: family(pid) for cid, pid in before.items()}
+    assert all(kids.values())
+    daemon.call("rm", id="a", force=True)
+    assert not any(is_running(p) for p in kids["a"] | {before["a"]})
+    assert not (daemon.root / "shims" / "a").exists()
+    for cid in ("b", "c"):
+        row = daemon.ps()[cid]
+        assert (row["state"], row["pid"]) == ("running", before[cid])
+        assert all(is_running(p) for p in kids[cid])
+        assert shim_pid(daemon, cid) == group
+    daemon.call("stop", id="b", timeout=0)
+    assert is_running(group) and is_running(before["c"])
+    daemon.call("rm", id="b")
+    daemon.call("rm", id="c", force=True)
+    daemon.wait_for(lambda: not is_running(group))
+    assert not any(is_running(p) for p in kids["b"] | kids["c"])
+    # a new member after the group ended starts a new group process
+    daemon.run("sleep", "1000", name="d", shim_group="g")
+    assert shim_pid(daemon, "d") not in (group, 0)
+    daemon.call("rm", id="d", force=True)
+
+
+def test_a_daemon_killed_while_members_exit_records_every_exit_once(daemon):
+    ids = [daemon.run("sh", "-c", f"sleep 0.{i + 3}; exit {i + 10}", name=f"x{i}",
+                      shim_group="g") for i in range(5)]
+    again = daemon.run("sleep", "1000", name="again", shim_group="g", restart="always")
+    group, first = shim_pid(daemon, again), daemon.ps()["again"]["pid"]
+    daemon.kill9()
+    os.kill(first, signal.SIGKILL)  # its shim restarts it: no daemon to tell
+    time.sleep(1.0)  # every other member exits meanwhile
+    daemon.start().reconciled()
+    for cid in ids:
+        daemon.wait_for(lambda cid=cid: daemon.ps()[cid]["state"] == "stopped")
+    counted = exits(daemon)
+    for i, cid in enumerate(ids):
+        mine = {k: n for k, n in counted.items() if k[0] == cid}
+        assert list(mine.values()) == [1] and {k[2] for k in mine} == {i + 10}, mine
+        assert not events_of(daemon, cid, "shim.lost")
+    assert [(e["type"], e["data"].get("pid")) for e in events_of(
+        daemon, again, "task.start", "task.exit", "container.restart")] == [
+        ("task.start", first), ("task.exit", first), ("container.restart", None),
+        ("task.start", daemon.ps()["again"]["pid"])]
+    assert is_running(group) and shim_pid(daemon, again) == group
+    daemon.call("rm", id=again, force=True)
+    daemon.wait_for(lambda: not is_running(group))
+
+
+def test_kill_9_of_the_group_shim_costs_each_member_its_shim_once(daemon):
+    ids = [daemon.run("sleep", "1000", name=f"k{i}", shim_group="g") for i in range(3)]
+    done = daemon.run("sh", "-c", "exit 7", name="done", shim_group="g")
+    assert daemon.call("wait", id=done)["exit_status"] == 7
+    group = shim_pid(daemon, ids[0])
+    tasks = [daemon.ps()[cid]["pid"] for cid in ids]
+    os.kill(group, signal.SIGKILL)
+    try:
+        for cid in ids:
+            daemon.wait_for(lambda cid=cid: events_of(daemon, cid, "shim.lost"))
+        daemon.restart(kill=True).reconciled()  # and recovery does not count it again
+        for cid in ids:
+            assert len(events_of(daemon, cid, "shim.lost")) == 1
+            assert not events_of(daemon, cid, "task.exit")
+        assert len(events_of(daemon, done, "task.exit")) == 1
+        assert not events_of(daemon, done, "shim.lost")
+        for cid in ids:
+            daemon.call("rm", id=cid, force=True)  # ends the task its lost shim left
+        assert not any(is_running(p) for p in tasks)
+    finally:
+        for pid in tasks:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(("spec", "words"), [
+    ({"shim_group": "no/slash"}, "spec.shim_group must be a name"),
+    ({"shim_group": ""}, "spec.shim_group must be a name"),
+    ({"shim_group": 7}, "spec.shim_group must be a name"),
+    ({"shim_group": "g", "runtime": "runc", "rootfs": "/"}, "needs the process runtime"),
+    ({"shim_group": "g", "namespaces": ["pid"]}, "pid namespace"),
+])
+def test_bad_input_is_invalid_and_creates_nothing(daemon, spec, words):
+    with pytest.raises(wire.RemoteError) as err:
+        daemon.call("run", spec={"command": ["sleep", "1"], "name": "bad", **spec})
+    assert err.value.code == "invalid" and words in err.value.message
+    assert daemon.ps() == {}
+    assert not (daemon.root / "shims" / "bad").exists()
+    assert not (daemon.root / "groups").exists()
+
+
+def test_the_cli_opts_in_with_shim_group(daemon):
+    ok(daemon, "run", "--name", "one", "--shim-group", "cli", "sleep", "1000")
+    ok(daemon, "run", "--name", "two", "--shim-group", "cli", "sleep", "1000")
+    assert shim_pid(daemon, "one") == shim_pid(daemon, "two")
+    assert daemon.call("inspect", id="one")["spec"]["shim_group"] == "cli"
+    bad = ctl(daemon, "run", "--name", "three", "--shim-group", "../x", "sleep", "1")
+    assert bad.returncode != 0 and "shim_group" in bad.stderr
+    ok(daemon, "rm", "-f", "one", "two")
+
+
+def test_shim_start_without_the_launcher_joins_the_live_group(root: Path, shims: Shims):
+    """``shim start`` in a fresh interpreter (the daemon's fallback) finds the group too."""
+    a = shims.start("sleep 1000 & exec sleep 1000", cid="a", run=True, shim_group="s")
+    b = shims.start("exec sleep 1000", cid="b", run=True, shim_group="s")
+    assert a.pid == b.pid and a.address != b.address
+    assert a.call("state")["id"] == "a" and b.call("state")["id"] == "b"
+    a.call("delete", force=True)
+    assert b.call("state")["status"] == "running" and is_running(b.task_pid)
+    deadline = time.monotonic() + 5
+    while (a.dir / "shim.sock").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(OSError):
+        a.call("state")
+    b.call("delete", force=True)
+    b.wait_gone()
