@@ -137,6 +137,7 @@ __all__ = [
     "exit_status_of",
     "fsync_dir",
     "read_exit_file",
+    "read_group",
     "read_spec",
     "read_task_file",
     "shim_dir",
@@ -232,6 +233,16 @@ def read_spec(directory: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise ValueError(f"{directory}/{SPEC_FILE} does not hold a JSON object")
     return {**SPEC_FIELDS, **spec}
+
+
+def read_group(directory: str | os.PathLike[str]) -> str | None:
+    """The ``shim_group`` of the spec in *directory*: the shared shim its container joins, or
+    None (a shim of its own; also when the spec cannot be read: the start then says why)."""
+    try:
+        group = read_spec(directory).get("shim_group")
+    except (OSError, ValueError):
+        return None
+    return group if isinstance(group, str) and group else None
 
 
 def exit_status_of(wait_status: int) -> tuple[int, int]:

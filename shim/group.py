@@ -68,14 +68,8 @@ def group_path(root: str, name: str) -> str:
 
 
 def group_of(root: str, container_id: str) -> str | None:
-    """The ``shim_group`` of the spec the daemon wrote for *container_id*, or None (a shim of
-    its own; also when the spec cannot be read: the shim's own start then says why)."""
-    try:
-        spec = shim_api.read_spec(shim_api.shim_path(root, container_id))
-    except (OSError, ValueError):
-        return None
-    group = spec.get("shim_group")
-    return group if isinstance(group, str) and group else None
+    """The ``shim_group`` of the spec the daemon wrote for *container_id*, or None."""
+    return shim_api.read_group(shim_api.shim_path(root, container_id))
 
 
 class Group:

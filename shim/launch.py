@@ -34,10 +34,12 @@ def start(root: str, container_id: str, ready_timeout: float = READY_TIMEOUT,
           start_task: bool = False) -> int:
     """The ``start`` command (with *start_task*, ``run``); returns the exit code. A member of
     a shared shim (``shim_group`` in its spec) joins its live group, or starts it."""
-    from shim import group as groups
+    group = shim_api.read_group(shim_api.shim_path(root, container_id))
+    answer = None
+    if group is not None:
+        from shim import group as groups
 
-    group = groups.group_of(root, container_id)
-    answer = None if group is None else groups.ask(root, group, container_id, start_task)
+        answer = groups.ask(root, group, container_id, start_task)
     if answer is not None:
         ok, text = answer
         (sys.stdout if ok else sys.stderr).write(text + "\n")

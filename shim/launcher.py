@@ -46,8 +46,7 @@ import socket
 import sys
 import time
 
-from events import wire
-from shim import group as groups
+from events import shim_api, wire
 from shim import launch, osutil
 
 PROTO = 1
@@ -63,7 +62,6 @@ def preload() -> None:
 
     import msgpack  # type: ignore[import-untyped]  # noqa: F401
 
-    import shim.group
     import shim.health
     import shim.logs
     import shim.runtime
@@ -200,7 +198,7 @@ class Launcher:
                 or not isinstance(start_task, bool):
             self.send(wire.error(request.rid, "invalid", "expected start {id, start}"))
             return
-        group = groups.group_of(self.root, cid)
+        group = shim_api.read_group(shim_api.shim_path(self.root, cid))
         if group is not None:
             self.start_member(request.rid, cid, start_task, group)
             return
@@ -219,6 +217,8 @@ class Launcher:
         """A member of a shared shim: added to its live group (a blocking request of a few
         milliseconds, bounded by :data:`shim.group.ADD_TIMEOUT`), or the group's process is
         started with it as its first member; members asked for meanwhile wait for it."""
+        from shim import group as groups  # only for groups: not in every shim's heap
+
         if group in self.forming:
             self.forming[group].append((rid, cid, start_task))
             return
