@@ -209,3 +209,51 @@ def test_shim_start_without_the_launcher_joins_the_live_group(root: Path, shims:
         a.call("state")
     b.call("delete", force=True)
     b.wait_gone()
+
+
+SUPERVISORD_CONF = """\
+[program:a]
+command=sleep 1000
+[program:b]
+command=sleep 1000
+[program:c]
+command=sleep 1000
+[group:pool]
+programs=a,b
+{key}=true
+[group:solo]
+programs=c
+"""
+
+
+def test_apply_opts_a_supervisor_group_in_with_tethers_own_key(daemon, tmp_path: Path):
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(SUPERVISORD_CONF.format(key="tether_shared_shim"))
+    ok(daemon, "apply", "-f", str(conf))
+    rows = daemon.ps()
+    assert {r["state"] for r in rows.values()} == {"running"}
+    assert shim_pid(daemon, "a") == shim_pid(daemon, "b") != shim_pid(daemon, "c")
+    assert daemon.call("inspect", id="a")["spec"]["shim_group"] == "pool"
+    assert "shim_group" not in daemon.call("inspect", id="c")["spec"]
+    assert "nothing to do" in ok(daemon, "apply", "-f", str(conf))
+    # a misspelt key is an error naming the file, the line and the key; nothing changes
+    seq = daemon.call("status")["last_seq"]
+    conf.write_text(SUPERVISORD_CONF.format(key="tether_shared_shm"))
+    bad = ctl(daemon, "apply", "-f", str(conf))
+    assert bad.returncode != 0
+    assert f"{conf}:9:" in bad.stderr and "tether_shared_shm" in bad.stderr, bad.stderr
+    assert daemon.call("status")["last_seq"] == seq
+    ok(daemon, "rm", "-f", "a", "b", "c")
+
+
+def test_apply_toml_shim_group(daemon, tmp_path: Path):
+    path = tmp_path / "programs.toml"
+    path.write_text('[programs.x]\ncommand = ["sleep", "1000"]\nshim_group = "t"\nnumprocs = 3\n')
+    ok(daemon, "apply", "-f", str(path))
+    assert len({shim_pid(daemon, f"x_0{i}") for i in range(3)}) == 1
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[programs.y]\ncommand = ["sleep", "1"]\nshim_group = "a/b"\n')
+    out = ctl(daemon, "apply", "-f", str(bad))
+    assert out.returncode != 0 and f"{bad}:1" in out.stderr and "shim_group" in out.stderr
+    assert "y" not in daemon.ps()
+    ok(daemon, "rm", "-f", "x_00", "x_01", "x_02")
