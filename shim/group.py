@@ -85,6 +85,7 @@ class Group:
         self.locks: dict[str, tuple[int, int]] = {}  # member id -> (lock fd, shim.log fd)
         self.orphans_reaped = 0
         self.ended = False
+        self.lock_fd = -1  # group.lock, held while an add may reach us
         self.loop = Loop(listener, diag.log, self._on_message, self._on_close,
                          self._on_drained, self._reap)
 
@@ -179,8 +180,8 @@ class Group:
         last has (the process ends)."""
         for cid, member in list(self.members.items()):
             if member.done or member.task.deleting:
+                self._leave(cid, member)  # (still a member while it ends: its exits route)
                 del self.members[cid]
-                self._leave(cid, member)
         if not self.members and not self.ended:
             self._end()
         return self.ended
@@ -193,7 +194,7 @@ class Group:
         lock_fd, log_fd = self.locks.pop(cid)
         os.close(lock_fd)  # the daemon sees its shim gone (shim_alive) only now
         os.close(log_fd)
-        self.diag.log("info", "member_left", id=cid, members=len(self.members))
+        self.diag.log("info", "member_left", id=cid, members=len(self.members) - 1)
 
     def _end(self) -> None:
         """The last member left: no ``add`` may reach us any more (a starter that finds no
@@ -203,6 +204,9 @@ class Group:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.dir, name))
         self.loop.close_all()
+        if self.lock_fd >= 0:  # a new process of the group may start at once
+            os.close(self.lock_fd)
+            self.lock_fd = -1
         self.diag.log("info", "group_exit", orphans_reaped=self.orphans_reaped)
 
     def run(self) -> None:
@@ -344,6 +348,28 @@ def ask(root: str, name: str, container_id: str, start_task: bool,
         sock.close()
 
 
+#: How long a new process of a group waits for the previous one's lock: that one closed its
+#: control socket (so the starter found no group) and is exiting.
+LOCK_GRACE = 2.0
+
+
+def _take_group_lock(path: str, name: str) -> int:
+    import fcntl
+
+    fd = osutil.open_nofollow(path, os.O_RDWR | os.O_CREAT)
+    deadline = time.monotonic() + LOCK_GRACE
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise OSError(f"{path}: another process of group {name} holds it but does "
+                              "not answer on its socket") from None
+            time.sleep(0.005)
+
+
 def serve(root: str, name: str, container_id: str, ready_w: int, start_task: bool) -> None:
     """A new group's process (forked by :func:`shim.launch.detach`): detach from everything
     inherited, take the group's lock, bind its control socket, add its first member, report on
@@ -372,19 +398,12 @@ def serve(root: str, name: str, container_id: str, ready_w: int, start_task: boo
             signal.signal(sig, ignored)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         osutil.set_subreaper()
-        lock = os.path.join(directory, GROUP_LOCK)
-        fd = osutil.open_nofollow(lock, os.O_RDWR | os.O_CREAT)
-        import fcntl
-
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OSError(f"{lock}: another process of group {name} runs but does not "
-                          "answer") from None
+        lock_fd = _take_group_lock(os.path.join(directory, GROUP_LOCK), name)
         address = osutil.socket_path(directory)
         listener = osutil.bind_unix(address)
         files.append(address)
         group = Group(root, name, listener, diag)
+        group.lock_fd = lock_fd
         ready = group.add(container_id, start_task)
         for fname, value in ((shim_api.PID_FILE, str(os.getpid())),
                              (shim_api.ADDRESS_FILE, address)):

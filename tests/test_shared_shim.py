@@ -66,6 +66,29 @@ def test_programs_of_one_group_share_one_shim_each_with_its_own_exit_and_logs(da
     daemon.call("rm", id=alone, force=True)
 
 
+def test_members_started_at_once_join_one_process(daemon):
+    """Ten runs at the same moment, the group not yet running: the first starts its process,
+    the others wait for it and join (the launcher queues them), never a process each."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            daemon.run("sleep", "1000", name=f"c{i}", shim_group="burst")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert len({shim_pid(daemon, f"c{i}") for i in range(10)}) == 1
+    ok(daemon, "rm", "-f", *[f"c{i}" for i in range(10)])
+
+
 def test_each_member_keeps_its_own_restart_policy(daemon):
     flaky = daemon.run("sh", "-c", "echo try; exit 1", name="flaky", shim_group="g",
                        restart={"policy": "on-failure", "max_retries": 2, "delay": 0.05})
