@@ -105,6 +105,12 @@ and every event is acknowledged, it kills what is left of the container, removes
 A shim refuses to start (``shim start`` fails, nothing written) when ``ROOT/shims`` or
 ``ROOT/shims/ID``, or a file it would write into there, is a symlink.
 
+A shared shim (spec ``shim_group``, :mod:`shim.group`): the containers of one group share one
+process, each with its own directory, lock, socket, ``address`` and instance; ``shim.pid``
+names the group's process. The starter (``shim start`` or the launcher's ``start``, unchanged)
+reads ``shim_group`` from ``spec.json`` (:func:`read_group`) and joins the live group or starts
+it. A member that ends removes its ``shim.pid`` and ``address`` first (the pid is the group's).
+
 Signals: a shim ignores SIGTERM, SIGINT and SIGHUP (logged in ``shim.log``): only ``delete``,
 ``shutdown``, its own end (above) or SIGKILL end it, so a signal sent to "everything" never
 orphans a container.
