@@ -107,6 +107,33 @@ def test_each_member_keeps_its_own_restart_policy(daemon):
     daemon.call("rm", id=steady, force=True)
 
 
+def test_exec_health_stop_and_restart_of_one_member(daemon):
+    """What a member does through its own shim: exec, health checks, a stop that must
+    escalate to SIGKILL, a restart by command (a new member of the same process)."""
+    daemon.run("sh", "-c", "trap '' TERM; sleep 1000 & wait", name="stubborn", shim_group="h",
+               stop_timeout=0.3)
+    daemon.run("sleep", "1000", name="checked", shim_group="h",
+               health={"cmd": "test -d /", "interval": 0.1})
+    daemon.run("sleep", "1000", name="anchor", shim_group="h")  # the group outlives the others
+    group, checked = shim_pid(daemon, "stubborn"), daemon.ps()["checked"]["pid"]
+    assert shim_pid(daemon, "checked") == group
+    out = ctl(daemon, "exec", "checked", "sh", "-c", "echo from $$; exit 4")
+    assert out.returncode == 4 and out.stdout.startswith("from ")
+    daemon.wait_for(lambda: daemon.ps()["checked"].get("health") == "healthy")
+    assert daemon.call("stop", id="stubborn")["exit_status"] == 137  # SIGKILL after 0.3 s
+    row = daemon.ps()["checked"]
+    assert (row["state"], row["pid"], row["health"]) == ("running", checked, "healthy")
+    old = daemon.call("inspect", id="checked")["instance"]
+    daemon.call("restart", id="checked", timeout=1)
+    row = daemon.ps()["checked"]
+    assert row["state"] == "running" and row["pid"] != checked
+    assert daemon.call("inspect", id="checked")["instance"] != old
+    assert shim_pid(daemon, "checked") == group  # a new member of the same process
+    daemon.call("rm", id="stubborn")
+    ok(daemon, "rm", "-f", "checked", "anchor")
+    daemon.wait_for(lambda: not is_running(group))
+
+
 def test_rm_of_one_member_leaves_the_others_and_the_last_rm_ends_the_group(daemon):
     # each member has a child in the background: a member's kill of "everything" must take
     # its own session's processes only, never its neighbours'
