@@ -25,8 +25,10 @@ any shim) a member and answers the ready map a shim's start prints (``pid`` is t
 or an error whose message is what ``shim start`` would print. A starter (the launcher, or
 ``shim start`` in a fresh interpreter) asks the live group (:func:`ask`); when there is none,
 it starts one with the container as its first member (:func:`serve`, through
-:func:`shim.launch.detach`). A group that ends first closes its control socket and releases its
-lock, so an ``add`` either reaches a group that takes the member or finds none and starts one.
+:func:`shim.launch.detach`); of two started at once, the one that takes ``group.lock`` is the
+group and the other adds its member to it and leaves. A group that ends first closes its
+control socket and releases its lock, so an ``add`` either reaches a group that takes the
+member or finds none and starts one.
 
 The cost, stated where users opt in: one process's death (SIGKILL, OOM) loses the exit status
 of every member whose task ends before the daemon notices (each gets ``shim.lost``), and the
@@ -348,26 +350,42 @@ def ask(root: str, name: str, container_id: str, start_task: bool,
         sock.close()
 
 
-#: How long a new process of a group waits for the previous one's lock: that one closed its
-#: control socket (so the starter found no group) and is exiting.
-LOCK_GRACE = 2.0
-
-
-def _take_group_lock(path: str, name: str) -> int:
+def _try_group_lock(path: str) -> int | None:
+    """``group.lock`` taken (its fd), or None: another process of the group holds it."""
     import fcntl
 
     fd = osutil.open_nofollow(path, os.O_RDWR | os.O_CREAT)
-    deadline = time.monotonic() + LOCK_GRACE
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                raise OSError(f"{path}: another process of group {name} holds it but does "
-                              "not answer on its socket") from None
-            time.sleep(0.005)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _join_instead(root: str, name: str, container_id: str, ready_w: int, start_task: bool
+                  ) -> int | None:
+    """Two starters that found no group at once (the launcher's queue cannot see a ``shim
+    start`` in a fresh interpreter) both start a process: the one that takes the lock is the
+    group; the other asks it to add the member, passes its answer on as its own ready report,
+    and leaves. Returns the lock's fd when this process is to be the group, else None (the
+    answer was reported). Bounded by :data:`ADD_TIMEOUT`: a holder that never answers fails
+    the start."""
+    lock = os.path.join(group_path(root, name), GROUP_LOCK)
+    deadline = time.monotonic() + ADD_TIMEOUT
+    while (fd := _try_group_lock(lock)) is None:
+        answer = ask(root, name, container_id, start_task)
+        if answer is not None:
+            ok, text = answer
+            prefix = f"shim start {container_id}: "
+            text = text[len(prefix):] if not ok and text.startswith(prefix) else text
+            os.write(ready_w, (b"ready " if ok else b"error ") + text.encode() + b"\n")
+            return None
+        if time.monotonic() > deadline:
+            raise OSError(f"{lock}: another process of group {name} holds it but does not "
+                          f"answer on its socket within {ADD_TIMEOUT:g} s")
+        time.sleep(0.005)
+    return fd
 
 
 def serve(root: str, name: str, container_id: str, ready_w: int, start_task: bool) -> None:
@@ -398,7 +416,9 @@ def serve(root: str, name: str, container_id: str, ready_w: int, start_task: boo
             signal.signal(sig, ignored)
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         osutil.set_subreaper()
-        lock_fd = _take_group_lock(os.path.join(directory, GROUP_LOCK), name)
+        lock_fd = _join_instead(root, name, container_id, ready_w, start_task)
+        if lock_fd is None:
+            return
         address = osutil.socket_path(directory)
         listener = osutil.bind_unix(address)
         files.append(address)
