@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from daemon_helpers import Daemon, ctl, ok
-from shim_helpers import Shims, children_of, proc_stat
+from shim_helpers import Shims, children_of, proc_stat, tree
 
 from events import shim_api, wire
 from events.procfs import is_running
@@ -250,8 +250,12 @@ def test_shim_start_without_the_launcher_joins_the_live_group(root: Path, shims:
     b = shims.start("exec sleep 1000", cid="b", run=True, shim_group="s")
     assert a.pid == b.pid and a.address != b.address
     assert a.call("state")["id"] == "a" and b.call("state")["id"] == "b"
+    mine = [p for p in tree(a.pid) if int(proc_stat(p)[3]) == a.task_pid]
+    assert len(mine) == 2  # the init and its background sleep
     a.call("delete", force=True)
+    assert not any(is_running(p) for p in mine)
     assert b.call("state")["status"] == "running" and is_running(b.task_pid)
+    assert not (a.dir / shim_api.PID_FILE).exists() and (b.dir / shim_api.PID_FILE).exists()
     deadline = time.monotonic() + 5
     while (a.dir / "shim.sock").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -259,6 +263,7 @@ def test_shim_start_without_the_launcher_joins_the_live_group(root: Path, shims:
         a.call("state")
     b.call("delete", force=True)
     b.wait_gone()
+    assert not (root / "groups" / "s" / shim_api.ADDRESS_FILE).exists()
 
 
 SUPERVISORD_CONF = """\
