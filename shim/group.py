@@ -141,6 +141,7 @@ class Group:
                 self.loop.close_owner(member)
                 with contextlib.suppress(Exception):
                     member.abort()
+                member.close_dir()
             for path in files:
                 with contextlib.suppress(OSError):
                     os.unlink(path)

@@ -70,6 +70,10 @@ class Shim:
     def __init__(self, directory: str, spec: dict[str, Any], listener: socket.socket,
                  address: str, runtime: Runtime, diag: Diag, loop: Loop | None = None) -> None:
         self.dir = directory
+        # Our files are removed through this fd, never by path: once `rm` has removed the
+        # directory, a new shim of the same id may have made its own there while we end
+        # (a slow end on a loaded machine), and by path we would remove its files.
+        self.dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.spec = spec
         self.id: str = spec["id"]
         self.address = address
@@ -116,6 +120,7 @@ class Shim:
         """Serve until delete, shutdown or retirement; then flush, clean up and leave."""
         self.loop.run(lambda: self.done or self.task.deleting)
         self._finish()
+        self.close_dir()
 
     def maybe_retire(self) -> None:
         """End by ourselves once nothing can run again without a new shim and the daemon has
@@ -180,8 +185,11 @@ class Shim:
             self.loop.close_owner(self)
         else:
             self.loop.close_all()
-        with contextlib.suppress(OSError):
-            os.unlink(self.address)
+        if os.path.dirname(self.address) == os.path.abspath(self.dir):
+            self._unlink_own(os.path.basename(self.address))
+        else:  # the short fallback path outside ROOT (a hash of the directory's path)
+            with contextlib.suppress(OSError):
+                os.unlink(self.address)
         self.task.close()
         # shutdown(force) of a running task: it runs on without its shim
         leave_running = not (self.task.deleting or self.retiring) and \
@@ -203,10 +211,21 @@ class Shim:
 
     def _remove_pid_files(self) -> None:
         for name in (shim_api.ADDRESS_FILE, shim_api.PID_FILE):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(self.dir, name))
+            self._unlink_own(name)
+
+    def _unlink_own(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=self.dir_fd)
+
+    def close_dir(self) -> None:
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
 
     def leave(self) -> None:
         """A member of a shared shim ends (delete, shutdown, settled): as a shim's end, for
         this container only; the group serves the others on."""
-        self._finish()
+        try:
+            self._finish()
+        finally:
+            self.close_dir()
