@@ -75,6 +75,11 @@ def detach(root: str, container_id: str, title: list[str] | None = None, reap: b
             shim = os.fork()
             if shim == 0:
                 try:
+                    if group is not None and title is None:
+                        # not the first member's: a group outlives it, and the daemon looks
+                        # for a starting shim of an id by its title (shims.starting_shims)
+                        title = [sys.executable, "-I", "-m", "shim", "start", "--root", root,
+                                 "--group", group]
                     if title is not None:
                         osutil.set_title(title, f"shim {group or container_id}")
                     if group is not None:

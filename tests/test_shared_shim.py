@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from daemon_helpers import Daemon, ctl, ok
-from shim_helpers import Shims, children_of, proc_stat, tree
+from shim_helpers import Shims, children_of, cmdline, proc_stat, tree
 
 from events import shim_api, wire
 from events.procfs import is_running
@@ -249,6 +249,9 @@ def test_shim_start_without_the_launcher_joins_the_live_group(root: Path, shims:
     a = shims.start("sleep 1000 & exec sleep 1000", cid="a", run=True, shim_group="s")
     b = shims.start("exec sleep 1000", cid="b", run=True, shim_group="s")
     assert a.pid == b.pid and a.address != b.address
+    # titled as its group, not as its first member (it outlives it; the daemon finds a
+    # starting shim of an id by its title)
+    assert [w for w in cmdline(a.pid).split(b"\0") if w][-2:] == [b"--group", b"s"]
     assert a.call("state")["id"] == "a" and b.call("state")["id"] == "b"
     mine = [p for p in tree(a.pid) if int(proc_stat(p)[3]) == a.task_pid]
     assert len(mine) == 2  # the init and its background sleep
