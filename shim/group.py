@@ -88,6 +88,10 @@ class Group:
         self.orphans_reaped = 0
         self.ended = False
         self.lock_fd = -1  # group.lock, held while an add may reach us
+        #: the open-files limit the process started with, when it raised its own (each member
+        #: holds ~8 fds: the 1024 of a usual soft limit would end a group at ~120 members);
+        #: the members' programs get the one they would have had in a shim of their own
+        self.nofile: tuple[int, int] | None = None
         self.loop = Loop(listener, diag.log, self._on_message, self._on_close,
                          self._on_drained, self._reap)
 
@@ -131,6 +135,9 @@ class Group:
                 files.append(os.path.join(directory, name))
             for name in (shim_api.EXIT_FILE, shim_api.CONTAINER_LOG):
                 osutil.refuse_symlinks(os.path.join(directory, name), missing_ok=True)
+            rlimits = spec.get("rlimits") or {}
+            if self.nofile is not None and "nofile" not in rlimits:
+                spec = {**spec, "rlimits": {**rlimits, "nofile": list(self.nofile)}}
             runtime: Any = make_runtime(spec, directory)
             member = Shim(directory, spec, listener, address, runtime, diag, loop=self.loop)
             member.task.reap_all = self._reaper_of(member)
@@ -389,6 +396,20 @@ def _join_instead(root: str, name: str, container_id: str, ready_w: int, start_t
     return fd
 
 
+def _raise_nofile() -> tuple[int, int] | None:
+    """Raise our soft open-files limit to the hard one; the limit before, if it changed."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= hard:
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        return None
+    return soft, hard
+
+
 def serve(root: str, name: str, container_id: str, ready_w: int, start_task: bool) -> None:
     """A new group's process (forked by :func:`shim.launch.detach`): detach from everything
     inherited, take the group's lock, bind its control socket, add its first member, report on
@@ -425,6 +446,7 @@ def serve(root: str, name: str, container_id: str, ready_w: int, start_task: boo
         files.append(address)
         group = Group(root, name, listener, diag)
         group.lock_fd = lock_fd
+        group.nofile = _raise_nofile()
         ready = group.add(container_id, start_task)
         for fname, value in ((shim_api.PID_FILE, str(os.getpid())),
                              (shim_api.ADDRESS_FILE, address)):

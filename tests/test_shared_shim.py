@@ -315,3 +315,43 @@ def test_apply_toml_shim_group(daemon, tmp_path: Path):
     assert out.returncode != 0 and f"{bad}:1" in out.stderr and "shim_group" in out.stderr
     assert "y" not in daemon.ps()
     ok(daemon, "rm", "-f", "x_00", "x_01", "x_02")
+
+
+def test_a_group_outgrows_a_low_open_files_limit_its_programs_keep_it(root: Path,
+                                                                       shims: Shims):
+    """Each member holds ~8 fds in the group's process: started with a soft limit of 64, the
+    group raises its own (to the hard one) and still gives each program the 64 it would have
+    had in a shim of its own."""
+    import json
+    import resource
+    import subprocess
+
+    from shim_helpers import start_command
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard < 256:
+        pytest.skip(f"the hard open-files limit is {hard}: nothing to raise to")
+
+    def low() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+
+    handles = []
+    for i in range(12):
+        cid = shims.write_spec(f"n{i}", command=["sleep", "1000"], shim_group="fds")
+        proc = subprocess.run(start_command(root, cid, run=True), capture_output=True,
+                              text=True, timeout=30, preexec_fn=low)
+        assert proc.returncode == 0, proc.stderr
+        handles.append(shims.adopt(json.loads(proc.stdout), cid))
+    assert len({h.pid for h in handles}) == 1
+    group = handles[0].pid
+    assert len(os.listdir(f"/proc/{group}/fd")) > 64
+
+    def soft_limit(pid: int) -> int:
+        with open(f"/proc/{pid}/limits") as f:
+            return int(next(line for line in f if line.startswith("Max open files")).split()[3])
+
+    assert soft_limit(group) == hard
+    assert {soft_limit(h.task_pid) for h in handles} == {64}
+    for h in handles:
+        h.call("delete", force=True)
+    handles[-1].wait_gone()
