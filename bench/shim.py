@@ -1,6 +1,7 @@
 """Benchmark of the shim (a printed table, not a test): start latency, memory, exit latency.
 
     .venv/bin/python bench/shim.py [--shims 50] [--runs 30]
+    .venv/bin/python bench/shim.py --shared N [--shims 50]   # the shared shim only
 
 Measures, beside the anchors of shared/ANCHORS.md:
 
@@ -18,6 +19,11 @@ Measures, beside the anchors of shared/ANCHORS.md:
   latency exit -> running again (SIGKILL of ``sleep`` -> the next ``task.start`` read by the
   client; and the shim's own ``exited_at`` -> ``started_at``), process runtime and runc,
   beside what docker, Supervisor and systemd do (ANCHORS.md).
+
+``--shared N``: the opt-in shared shim (docs/design.md, section 7) alone: ``--shims`` programs
+started through the launcher, one shim each, then in groups of N, then all in one group; PSS
+per program (every shim process's PSS and the launcher's, summed, divided by the programs),
+beside Supervisor's (no process per program; its daemon's PSS per program, ANCHORS.md).
 
 Every process it starts is ended by pid: the bench is a child subreaper, so the detached shims
 are reparented to it and reaped here.
@@ -354,13 +360,65 @@ def launcher_experiment(bench: Bench, count: int, runs: int) -> dict[str, float]
         launcher.close()
 
 
+def shared_experiment(bench: Bench, count: int, size: int) -> dict[str, float]:
+    """*count* ``sleep`` programs through the launcher, in groups of *size* (1: a shim each):
+    shim processes, and PSS (and its anonymous part) per program, the launcher's included."""
+    launcher = LauncherChannel(bench.root)
+    bench.track(launcher.proc.pid)
+    try:
+        started = []
+        for i in range(count):
+            extra = {"shim_group": f"g{i // size}"} if size > 1 else {}
+            ready = launcher.start(bench.spec(["sleep", "1000"], **extra))
+            bench.track(ready["pid"], ready["task_pid"])
+            with BlockingConnection(ready["address"], timeout=10) as conn:
+                conn.call("start")
+            started.append(ready)
+        time.sleep(0.5)
+        pids = {r["pid"] for r in started}
+        mems = [memory(pid) for pid in pids] + [memory(launcher.proc.pid)]
+        for ready in started:
+            bench.delete(ready)
+        return {"processes": len(pids), "pss": sum(m[1] for m in mems) / count,
+                "anon": sum(m[2] for m in mems) / count}
+    finally:
+        launcher.close()
+
+
+def shared_main(count: int, size: int) -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    root = tempfile.mkdtemp(prefix="tether-bench-")
+    bench = Bench(root)
+    sizes = sorted({1, size, count})
+    try:
+        results = {n: shared_experiment(bench, count, n) for n in sizes}
+    finally:
+        bench.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+    print(f"{count} sleep programs through the launcher; PSS per program = (every shim's PSS "
+          "+ the launcher's) / programs")
+    print(f"{'shims':<28}  {'processes':>9}  {'PSS per program (anon)':>24}  note")
+    for n in sizes:
+        r = results[n]
+        what = "one shim each" if n == 1 else f"groups of {n} (--shim-group)"
+        print(f"{what:<28}  {r['processes']:>9.0f}  {r['pss']:>15.2f} ({r['anon']:.2f}) MB  "
+              f"{'<= 0.5 MB goal' if n > 1 else ''}")
+    print(f"{'Supervisor (ANCHORS.md)':<28}  {0:>9}  {25.8 / 50:>15.2f} MB"
+          "          its daemon's PSS at 50 / 50: no process per program")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shims", type=int, default=50)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--restarts", type=int, default=200,
                         help="restarts of the crash-loop measurement (0: skip supervision)")
+    parser.add_argument("--shared", type=int, metavar="N", default=0,
+                        help="measure only the shared shim: --shims programs in groups of N")
     args = parser.parse_args()
+    if args.shared:
+        shared_main(args.shims, args.shared)
+        return
     ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     root = tempfile.mkdtemp(prefix="tether-bench-")
     bench = Bench(root)

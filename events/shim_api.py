@@ -105,6 +105,12 @@ and every event is acknowledged, it kills what is left of the container, removes
 A shim refuses to start (``shim start`` fails, nothing written) when ``ROOT/shims`` or
 ``ROOT/shims/ID``, or a file it would write into there, is a symlink.
 
+A shared shim (spec ``shim_group``, :mod:`shim.group`): the containers of one group share one
+process, each with its own directory, lock, socket, ``address`` and instance; ``shim.pid``
+names the group's process. The starter (``shim start`` or the launcher's ``start``, unchanged)
+reads ``shim_group`` from ``spec.json`` (:func:`read_group`) and joins the live group or starts
+it. A member that ends removes its ``shim.pid`` and ``address`` first (the pid is the group's).
+
 Signals: a shim ignores SIGTERM, SIGINT and SIGHUP (logged in ``shim.log``): only ``delete``,
 ``shutdown``, its own end (above) or SIGKILL end it, so a signal sent to "everything" never
 orphans a container.
@@ -137,6 +143,7 @@ __all__ = [
     "exit_status_of",
     "fsync_dir",
     "read_exit_file",
+    "read_group",
     "read_spec",
     "read_task_file",
     "shim_dir",
@@ -192,6 +199,7 @@ SPEC_FIELDS: dict[str, Any] = {
     "restart": None,          # events.policy.restart_spec: None is policy "no"
     "health": None,           # events.policy.health_spec: None is no health check
     "restart_attempt": 0,     # restarts in a row so far (a shim carrying on a lost shim's loop)
+    "shim_group": None,       # a member of this shared shim (shim/group.py); None: its own
 }
 
 
@@ -231,6 +239,16 @@ def read_spec(directory: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise ValueError(f"{directory}/{SPEC_FILE} does not hold a JSON object")
     return {**SPEC_FIELDS, **spec}
+
+
+def read_group(directory: str | os.PathLike[str]) -> str | None:
+    """The ``shim_group`` of the spec in *directory*: the shared shim its container joins, or
+    None (a shim of its own; also when the spec cannot be read: the start then says why)."""
+    try:
+        group = read_spec(directory).get("shim_group")
+    except (OSError, ValueError):
+        return None
+    return group if isinstance(group, str) and group else None
 
 
 def exit_status_of(wait_status: int) -> tuple[int, int]:

@@ -32,8 +32,19 @@ ERROR_EXIT_TIMEOUT = 2.0
 
 def start(root: str, container_id: str, ready_timeout: float = READY_TIMEOUT,
           start_task: bool = False) -> int:
-    """The ``start`` command (with *start_task*, ``run``); returns the exit code."""
-    ready_r, _middle = detach(root, container_id, start_task=start_task)
+    """The ``start`` command (with *start_task*, ``run``); returns the exit code. A member of
+    a shared shim (``shim_group`` in its spec) joins its live group, or starts it."""
+    group = shim_api.read_group(shim_api.shim_path(root, container_id))
+    answer = None
+    if group is not None:
+        from shim import group as groups
+
+        answer = groups.ask(root, group, container_id, start_task)
+    if answer is not None:
+        ok, text = answer
+        (sys.stdout if ok else sys.stderr).write(text + "\n")
+        return 0 if ok else 1
+    ready_r, _middle = detach(root, container_id, start_task=start_task, group=group)
     ok, text = outcome(container_id, read_lines(ready_r, time.monotonic() + ready_timeout),
                        ready_timeout, _cmdline(os.getpid()))
     os.close(ready_r)
@@ -43,7 +54,7 @@ def start(root: str, container_id: str, ready_timeout: float = READY_TIMEOUT,
 
 
 def detach(root: str, container_id: str, title: list[str] | None = None, reap: bool = True,
-           start_task: bool = False) -> tuple[int, int]:
+           start_task: bool = False, group: str | None = None) -> tuple[int, int]:
     """Fork the intermediate that ``setsid``s and forks the shim; returns ``(ready_r, middle)``.
 
     With *reap*, the intermediate has exited and been reaped when this returns: the shim is
@@ -52,6 +63,8 @@ def detach(root: str, container_id: str, title: list[str] | None = None, reap: b
     With *title*, the shim's command line is rewritten to it (a launcher's child would
     otherwise carry the launcher's command line). With *start_task*, the first task is
     started too before the shim reports ready (the single create-and-start request).
+    With *group*, the process is a new shared shim (:func:`shim.group.serve`) whose first
+    member is *container_id*.
     """
     ready_r, ready_w = os.pipe()
     middle = os.fork()
@@ -62,9 +75,19 @@ def detach(root: str, container_id: str, title: list[str] | None = None, reap: b
             shim = os.fork()
             if shim == 0:
                 try:
+                    if group is not None and title is None:
+                        # not the first member's: a group outlives it, and the daemon looks
+                        # for a starting shim of an id by its title (shims.starting_shims)
+                        title = [sys.executable, "-I", "-m", "shim", "start", "--root", root,
+                                 "--group", group]
                     if title is not None:
-                        osutil.set_title(title, f"shim {container_id}")
-                    serve(root, container_id, ready_w, start_task)
+                        osutil.set_title(title, f"shim {group or container_id}")
+                    if group is not None:
+                        from shim import group as groups
+
+                        groups.serve(root, group, container_id, ready_w, start_task)
+                    else:
+                        serve(root, container_id, ready_w, start_task)
                 finally:
                     os._exit(0)
             os.write(ready_w, b"pid %d\n" % shim)

@@ -46,7 +46,7 @@ import socket
 import sys
 import time
 
-from events import wire
+from events import shim_api, wire
 from shim import launch, osutil
 
 PROTO = 1
@@ -111,13 +111,15 @@ def _warm(rounds: int = 12) -> None:
 
 
 class _Start:
-    __slots__ = ("cid", "data", "deadline", "fd", "rid", "title")
+    __slots__ = ("cid", "data", "deadline", "fd", "group", "rid", "title")
 
-    def __init__(self, rid: int, cid: str, fd: int, title: list[str]) -> None:
+    def __init__(self, rid: int, cid: str, fd: int, title: list[str],
+                 group: str | None = None) -> None:
         self.rid = rid
         self.cid = cid
         self.fd = fd
         self.title = title
+        self.group = group  # a new shared shim's first member
         self.data = b""
         self.deadline = time.monotonic() + launch.READY_TIMEOUT
 
@@ -130,6 +132,9 @@ class Launcher:
         self.decoder = wire.FrameDecoder()
         self.starts: dict[int, _Start] = {}
         self.middles = 0  # intermediates not yet reaped
+        #: groups whose process is being started -> the members that wait for it to be ready
+        #: (one process per group: they are added to it, not given one each)
+        self.forming: dict[str, list[tuple[int, str, bool]]] = {}
 
     def send(self, message: dict[str, object]) -> None:
         self.sock.sendall(wire.encode(message))
@@ -193,6 +198,10 @@ class Launcher:
                 or not isinstance(start_task, bool):
             self.send(wire.error(request.rid, "invalid", "expected start {id, start}"))
             return
+        group = shim_api.read_group(shim_api.shim_path(self.root, cid))
+        if group is not None:
+            self.start_member(request.rid, cid, start_task, group)
+            return
         title = [sys.executable, "-I", "-m", "shim", "start", "--root", self.root, "--id", cid]
         try:
             fd, _ = launch.detach(self.root, cid, title, reap=False, start_task=start_task)
@@ -201,6 +210,35 @@ class Launcher:
             return
         self.middles += 1
         start = _Start(request.rid, cid, fd, title)
+        self.starts[fd] = start
+        self.sel.register(fd, selectors.EVENT_READ, start)
+
+    def start_member(self, rid: int, cid: str, start_task: bool, group: str) -> None:
+        """A member of a shared shim: added to its live group (a blocking request of a few
+        milliseconds, bounded by :data:`shim.group.ADD_TIMEOUT`), or the group's process is
+        started with it as its first member; members asked for meanwhile wait for it."""
+        from shim import group as groups  # only for groups: not in every shim's heap
+
+        if group in self.forming:
+            self.forming[group].append((rid, cid, start_task))
+            return
+        answer = groups.ask(self.root, group, cid, start_task)
+        if answer is not None:
+            ok, text = answer
+            self.send(wire.reply(rid, json.loads(text)) if ok
+                      else wire.error(rid, "start_failed", text))
+            return
+        title = [sys.executable, "-I", "-m", "shim", "start", "--root", self.root,
+                 "--group", group]
+        try:
+            fd, _ = launch.detach(self.root, cid, title, reap=False, start_task=start_task,
+                                  group=group)
+        except OSError as exc:
+            self.send(wire.error(rid, "internal", f"launcher: {exc}"))
+            return
+        self.middles += 1
+        self.forming[group] = []
+        start = _Start(rid, cid, fd, title, group)
         self.starts[fd] = start
         self.sel.register(fd, selectors.EVENT_READ, start)
 
@@ -224,6 +262,9 @@ class Launcher:
             self.send(wire.reply(start.rid, json.loads(text)))
         else:
             self.send(wire.error(start.rid, "start_failed", text))
+        if start.group is not None:
+            for rid, cid, start_task in self.forming.pop(start.group, []):
+                self.start_member(rid, cid, start_task, start.group)
 
 
 def main(root: str, fd: int) -> int:

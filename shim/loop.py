@@ -54,12 +54,15 @@ class ShimError(Exception):
 
 
 class Conn:
-    """One client: its decoder (bounded frames), unsent replies (bounded), parked requests."""
+    """One client: its decoder (bounded frames), unsent replies (bounded), parked requests,
+    and the *owner* of the socket it came in on (None for a shim of its own; in a shared shim,
+    the member whose socket it is: :mod:`shim.group`)."""
 
-    __slots__ = ("closing", "decoder", "greeted", "out", "pending", "sock")
+    __slots__ = ("closing", "decoder", "greeted", "out", "owner", "pending", "sock")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, owner: Any = None) -> None:
         self.sock = sock
+        self.owner = owner
         self.decoder = wire.FrameDecoder(MAX_REQUEST)
         self.out = bytearray()
         self.greeted = False
@@ -109,7 +112,6 @@ class Loop:
                  on_message: Callable[[Conn, dict[str, Any]], None],
                  on_close: Callable[[Conn], None], on_drained: Callable[[Conn], None],
                  on_signal: Callable[[], None]) -> None:
-        self.listener = listener
         self.log = log
         self.on_message = on_message
         self.on_close = on_close
@@ -119,7 +121,8 @@ class Loop:
         self.timers: list[Timer] = []
         self.poller = select.epoll()
         self.handlers: dict[int, tuple[int, Handler]] = {}  # fd -> (mask, handler)
-        self._register(listener.fileno(), READ, self._accept)
+        self.listeners: dict[int, tuple[socket.socket, Any]] = {}  # fd -> (socket, owner)
+        self.listen(listener, None)
         # Subscribe to SIGCHLD before any child exists, so no exit can be missed.
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -146,6 +149,11 @@ class Loop:
         del self.handlers[fd]
         with contextlib.suppress(OSError):  # already closed: the kernel dropped it
             self.poller.unregister(fd)
+
+    def listen(self, listener: socket.socket, owner: Any) -> None:
+        """Accept connections on *listener* too; each one's :attr:`Conn.owner` is *owner*."""
+        self.listeners[listener.fileno()] = (listener, owner)
+        self._register(listener.fileno(), READ, self._accept)
 
     def watch(self, fd: int, callback: FdCallback) -> None:
         """Call ``callback(fd)`` whenever *fd* is readable."""
@@ -212,8 +220,9 @@ class Loop:
     # -- connections -------------------------------------------------------------------------
 
     def _accept(self, fd: int, mask: int) -> None:
+        listener, owner = self.listeners[fd]
         try:
-            sock, _ = self.listener.accept()
+            sock, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:  # EMFILE and the like: log, keep serving the others
@@ -223,7 +232,7 @@ class Loop:
             sock.close()
             return
         sock.setblocking(False)
-        conn = Conn(sock)
+        conn = Conn(sock, owner)
         self.conns[sock.fileno()] = conn
         self._register(sock.fileno(), READ, self._on_conn)
 
@@ -297,16 +306,37 @@ class Loop:
 
     def close_all(self, grace: float = 1.0) -> None:
         """Flush what every client is owed (at most *grace* seconds in all), close them and the
-        listener: the shim is ending."""
+        listeners: the shim is ending."""
+        self._close_conns(list(self.conns.values()), grace)
+        self.conns.clear()
+        for listener, _ in self.listeners.values():
+            listener.close()
+        self.listeners.clear()
+
+    def close_owner(self, owner: Any, grace: float = 1.0) -> None:
+        """The same for one member of a shared shim: its listener and its clients, flushed
+        (at most *grace* seconds); the loop serves the others on."""
+        for fd, (listener, who) in list(self.listeners.items()):
+            if who is owner:
+                self._unregister(fd)
+                del self.listeners[fd]
+                listener.close()
+        conns = [c for c in self.conns.values() if c.owner is owner]
+        for conn in conns:
+            fd = conn.sock.fileno()
+            del self.conns[fd]
+            self._unregister(fd)
+        self._close_conns(conns, grace)
+
+    @staticmethod
+    def _close_conns(conns: list[Conn], grace: float) -> None:
         deadline = time.monotonic() + grace
-        for conn in list(self.conns.values()):
+        for conn in conns:
             with contextlib.suppress(OSError):
                 conn.sock.setblocking(True)
                 conn.sock.settimeout(max(0.01, deadline - time.monotonic()))
                 conn.sock.sendall(conn.out)
             conn.sock.close()
-        self.conns.clear()
-        self.listener.close()
 
 
 def _epoll_events(mask: int) -> int:

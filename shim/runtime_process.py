@@ -29,10 +29,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from events import shim_api
-from shim.osutil import close_fds, descendants, libc, unshare
+from shim.osutil import close_fds, descendants, libc, session_of, unshare
 from shim.runtime import CreateFailed, ExecFailed
 
 if TYPE_CHECKING:
@@ -134,6 +135,10 @@ class ProcessRuntime:
         self._command: list[str] = []
         self._namespaces: list[str] = []
         self.cgroup: Cgroup | None = None
+        self.session = 0  # the current run's session (its init's pid, kept once reaped)
+        #: In a shared shim (:mod:`shim.group`): the sessions of the other members' runs.
+        #: Then the shim's tree is not all ours: a kill of everything takes only our session.
+        self.others: Callable[[], set[int]] | None = None
 
     def create(self, spec: dict[str, Any], stdout: int, stderr: int, start: bool = False
                ) -> int:
@@ -180,6 +185,7 @@ class ProcessRuntime:
         os.close(sync_r)
         os.close(status_w)
         self.pid, self._sync_w, self._status_r = pid, sync_w, status_r
+        self.session = pid  # the child calls setsid
         first = os.read(status_r, 1)
         if first != b"R":
             stage, number, message = _parse_error(first + _read_all(status_r))
@@ -270,7 +276,7 @@ class ProcessRuntime:
         # SIGKILL, lands on the shim (a subreaper). Walk again until a walk finds nobody new.
         signalled: set[int] = set()
         for _ in range(KILL_ALL_ROUNDS):
-            found = [pid for pid in descendants(os.getpid()) if pid not in signalled]
+            found = [pid for pid in self._tree() if pid not in signalled]
             if not found:
                 break
             for pid in found:
@@ -279,6 +285,18 @@ class ProcessRuntime:
             signalled.update(found)
         if self.cgroup is not None:  # also what left the shim's tree (a daemonized child)
             self.cgroup.kill_all(signal)
+
+    def _tree(self) -> list[int]:
+        """The processes of the shim's tree that are this container's: all of them in a shim
+        of its own; in a shared one, those of this container's session (a process that made a
+        session of its own escapes: a cgroup, with limits, catches it). Once another member's
+        run has our session's id (ours is gone, its pid reused), nothing of ours is left."""
+        pids = descendants(os.getpid())
+        if self.others is None:
+            return pids
+        if not self.session or self.session in self.others():
+            return []
+        return [pid for pid in pids if session_of(pid) == self.session]
 
     def oom_watch(self) -> OOMWatch | None:
         if self.cgroup is None or "memory" not in self.cgroup.paths:

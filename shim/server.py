@@ -64,9 +64,16 @@ def make_runtime(spec: dict[str, Any], directory: str) -> Runtime:
 
 
 class Shim:
+    """One container's shim. With *loop*, a member of a shared shim (:mod:`shim.group`): the
+    group's loop serves its socket beside the others', and it ends alone (:meth:`leave`)."""
+
     def __init__(self, directory: str, spec: dict[str, Any], listener: socket.socket,
-                 address: str, runtime: Runtime, diag: Diag) -> None:
+                 address: str, runtime: Runtime, diag: Diag, loop: Loop | None = None) -> None:
         self.dir = directory
+        # Our files are removed through this fd, never by path: once `rm` has removed the
+        # directory, a new shim of the same id may have made its own there while we end
+        # (a slow end on a loaded machine), and by path we would remove its files.
+        self.dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.spec = spec
         self.id: str = spec["id"]
         self.address = address
@@ -79,8 +86,13 @@ class Shim:
         self.log = CriLog(os.path.join(directory, shim_api.CONTAINER_LOG),
                           log_conf.get("max_size", 16 << 20), log_conf.get("keep", 3),
                           warn=lambda event, **kw: diag.log("warning", event, **kw))
-        self.loop = Loop(listener, diag.log, self._on_message, self._on_close, self._on_drained,
-                         self._reap)
+        self.shared = loop is not None
+        if loop is None:
+            loop = Loop(listener, diag.log, self._on_message, self._on_close, self._on_drained,
+                        self._reap)
+        else:
+            loop.listen(listener, self)
+        self.loop = loop
         self.outbox = Outbox(self.loop.send)
         self.output = InitOutput(self.loop, self.log)
         self.execs = Execs(self.loop, runtime, self.outbox, diag.log)
@@ -108,6 +120,7 @@ class Shim:
         """Serve until delete, shutdown or retirement; then flush, clean up and leave."""
         self.loop.run(lambda: self.done or self.task.deleting)
         self._finish()
+        self.close_dir()
 
     def maybe_retire(self) -> None:
         """End by ourselves once nothing can run again without a new shim and the daemon has
@@ -164,11 +177,19 @@ class Shim:
     # -- the end ------------------------------------------------------------------------------
 
     def _finish(self) -> None:
+        if self.shared:  # the pid there is the group's: nobody may kill it for this member
+            self._remove_pid_files()
         self.outbox.end_streams()
         self.execs.end()
-        self.loop.close_all()
-        with contextlib.suppress(OSError):
-            os.unlink(self.address)
+        if self.shared:
+            self.loop.close_owner(self)
+        else:
+            self.loop.close_all()
+        if os.path.dirname(self.address) == os.path.abspath(self.dir):
+            self._unlink_own(os.path.basename(self.address))
+        else:  # the short fallback path outside ROOT (a hash of the directory's path)
+            with contextlib.suppress(OSError):
+                os.unlink(self.address)
         self.task.close()
         # shutdown(force) of a running task: it runs on without its shim
         leave_running = not (self.task.deleting or self.retiring) and \
@@ -176,11 +197,9 @@ class Shim:
         if self.task.deleting or self.retiring:
             # nothing of a deleted, or stopped-for-good, container may stay: kill what is ours
             self.runtime.kill(signal.SIGKILL, True)
-            self._reap_all(timeout=2.0)
+            self.task.reap_all(2.0)
         if self.retiring:  # nobody may reach (or, by a reused pid, kill) a shim that is gone
-            for name in (shim_api.ADDRESS_FILE, shim_api.PID_FILE):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(self.dir, name))
+            self._remove_pid_files()
         self.output.close()
         if not leave_running:
             try:
@@ -189,3 +208,24 @@ class Shim:
                 self.diag.log("warning", "runtime_delete_failed", error=str(exc))
         self.diag.log("info", "shim_exit", orphans_reaped=self.orphans_reaped,
                       log_dropped=self.log.dropped_lines, retired=self.retiring)
+
+    def _remove_pid_files(self) -> None:
+        for name in (shim_api.ADDRESS_FILE, shim_api.PID_FILE):
+            self._unlink_own(name)
+
+    def _unlink_own(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=self.dir_fd)
+
+    def close_dir(self) -> None:
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+    def leave(self) -> None:
+        """A member of a shared shim ends (delete, shutdown, settled): as a shim's end, for
+        this container only; the group serves the others on."""
+        try:
+            self._finish()
+        finally:
+            self.close_dir()

@@ -115,7 +115,7 @@ def api_spec(shim_spec: dict[str, Any]) -> Spec:
         raw["log_max_size"] = log_conf.get("max_size")
     if log_conf.get("keep") != default_log["keep"]:
         raw["log_keep"] = log_conf.get("keep")
-    for key in ("namespaces", "rlimits"):
+    for key in ("namespaces", "rlimits", "shim_group"):
         if shim_spec.get(key):
             raw[key] = shim_spec[key]
     try:

@@ -9,7 +9,8 @@ after whitespace), case-insensitive keys, ``%(name)s`` expansions (``here``, ``E
 
 Sections: ``[program:x]`` (the keys of :data:`PROGRAM_KEYS`; the keys of :data:`NOTED_KEYS` are
 accepted with a note saying what Tether does instead), ``[group:x]`` (``programs``,
-``priority``), ``[include]`` (``files``, globs relative to the including file). The sections
+``priority``, and Tether's ``tether_shared_shim = true``: the group's programs share one shim
+process), ``[include]`` (``files``, globs relative to the including file). The sections
 of :data:`IGNORED_SECTIONS` configure Supervisor's own daemon and are accepted with one note
 each. Anything else (an ``[eventlistener:x]``, an unknown section, an unknown key) is an error.
 
@@ -73,7 +74,10 @@ IGNORED_SECTIONS = {
     "rpcinterface": "Tether always serves Supervisor's XML-RPC interface",
 }
 
-_GROUP_KEYS = frozenset({"programs", "priority"})
+_GROUP_KEYS = frozenset({"programs", "priority", "tether_shared_shim"})
+#: Tether's own key of ``[group:x]`` (a name Supervisor's parser never uses): its programs
+#: share one shim process (``shim_group`` x; docs/design.md, section 7). Off by default.
+SHARED_SHIM_KEY = "tether_shared_shim"
 
 
 @dataclass
@@ -292,6 +296,7 @@ def load(path: str, environ: Mapping[str, str] | None = None) -> Desired:
     desired = Desired(source=path)
     notes = desired.notes
     groups: dict[str, tuple[str, int]] = {}  # program -> (group, group priority)
+    shared: set[str] = set()  # groups whose programs share a shim (tether_shared_shim)
     for name in order:
         section = sections[name]
         kind, _, rest = name.partition(":")
@@ -307,7 +312,15 @@ def load(path: str, environ: Mapping[str, str] | None = None) -> Desired:
                 if key not in _GROUP_KEYS:
                     raise ConfigError(section.path, section.keys[key].line,
                                       f"[{name}]: unknown key {key!r} (a group takes "
-                                      "programs, priority)")
+                                      f"programs, priority, {SHARED_SHIM_KEY})")
+            if reader.get(SHARED_SHIM_KEY, _boolean, False):
+                try:
+                    validate_id(rest)
+                except InvalidId as exc:
+                    raise ConfigError(section.path, reader.line(SHARED_SHIM_KEY),
+                                      f"[{name}] {SHARED_SHIM_KEY}: the group's name cannot "
+                                      f"name a shared shim: {exc}") from None
+                shared.add(rest)
             members = reader.get("programs", lambda t: [p.strip() for p in t.split(",")
                                                         if p.strip()], None)
             if not members:
@@ -335,7 +348,9 @@ def load(path: str, environ: Mapping[str, str] | None = None) -> Desired:
             continue
         section = sections[name]
         group, group_priority = groups.get(program, (program, -1))
-        for process in _program(section, program, group, group_priority, base, notes):
+        shim_group = group if program in groups and group in shared else None
+        for process in _program(section, program, group, group_priority, base, notes,
+                                shim_group):
             if process.name in seen:
                 raise ConfigError(section.path, section.line,
                                   f"[{name}]: process name {process.name!r} is also made by "
@@ -346,7 +361,8 @@ def load(path: str, environ: Mapping[str, str] | None = None) -> Desired:
 
 
 def _program(section: _Section, program: str, group: str, group_priority: int,
-             base: Mapping[str, Any], notes: list[str]) -> list[Process]:
+             base: Mapping[str, Any], notes: list[str], shim_group: str | None = None
+             ) -> list[Process]:
     name = section.name
     for key in section.keys:
         if key in NOTED_KEYS:
@@ -430,6 +446,8 @@ def _program(section: _Section, program: str, group: str, group_priority: int,
             "stop_signal": stopsignal,
             "stop_timeout": float(stopwaitsecs),
         }
+        if shim_group is not None:
+            spec["shim_group"] = shim_group
         directory = per.get("directory", str, None)
         if directory:
             spec["cwd"] = directory

@@ -39,7 +39,7 @@ __all__ = ["SPEC_KEYS", "load"]
 #: Keys that go into the container spec as they are (``command`` is normalised to argv).
 SPEC_KEYS = frozenset({"command", "env", "cwd", "runtime", "rootfs", "bundle", "init",
                        "memory", "cpus", "pids_limit", "user", "stop_signal", "stop_timeout",
-                       "restart", "labels", "log_max_size", "log_keep"})
+                       "restart", "labels", "log_max_size", "log_keep", "shim_group"})
 #: Keys about the program rather than its containers.
 PROGRAM_KEYS = frozenset({"numprocs", "priority", "autostart", "startsecs", "group",
                           "redirect_stderr", "stop_as_group"})

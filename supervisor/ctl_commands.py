@@ -58,7 +58,7 @@ def _spec(args: argparse.Namespace) -> dict[str, Any]:
     env.update(args.env)
     spec: dict[str, Any] = {"command": list(args.command), "runtime": args.runtime, "env": env}
     for key in ("name", "cwd", "rootfs", "bundle", "memory", "cpus", "pids_limit",
-                "stop_signal", "stop_timeout"):
+                "stop_signal", "stop_timeout", "shim_group"):
         value = getattr(args, key)
         if value is not None:
             spec[key] = value

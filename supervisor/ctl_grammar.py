@@ -265,6 +265,10 @@ def _spec_arguments(p: Arguments) -> None:
                    help="grace time before stop sends SIGKILL (default 10)")
     p.add_argument("--rm", action="store_true",
                    help="remove the container once it has exited (the daemon does it)")
+    p.add_argument("--shim-group", metavar="NAME",
+                   help="share one shim process with the other programs of group NAME "
+                        "(process runtime; saves memory; one shim's death loses the exit "
+                        "statuses of the whole group)")
     _supervision_arguments(p)
     p.add_argument("-d", "--detach", action="store_true",
                    help="accepted for docker's habit: containers always run detached")

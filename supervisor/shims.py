@@ -86,6 +86,7 @@ class ShimSpec(TypedDict, total=False):
     log: dict[str, int]
     namespaces: list[str]
     rlimits: dict[str, list[int]]
+    shim_group: str
 
 
 class Launcher(Protocol):
@@ -134,6 +135,8 @@ def shim_spec(cid: str, instance: str, spec: Spec, attempt: int = 0) -> ShimSpec
         out["namespaces"] = spec["namespaces"]
     if spec.get("rlimits"):
         out["rlimits"] = spec["rlimits"]
+    if spec.get("shim_group"):  # the shim's starter reads it: a member of a shared shim
+        out["shim_group"] = spec["shim_group"]
     return out
 
 

@@ -34,13 +34,15 @@ MAX_LOG_SIZE = 2**40
 MAX_LOG_KEEP = 1000
 #: The namespaces the process runtime can unshare (shim/runtime_process.py's NAMESPACES).
 NAMESPACES = frozenset({"mount", "uts", "ipc", "net", "pid"})
+#: Spec fields stored only when given (a spec without them reads as it always did).
+OPTIONAL_FIELDS = frozenset({"namespaces", "rlimits", "shim_group"})
 #: A uid or gid: 32 bits, without (uid_t)-1, which means "no change" to the kernel.
 MAX_ID = 2**32 - 2
 
 
 class Spec(TypedDict, total=False):
     """A container's spec: :data:`supervisor.protocol.SPEC_PARAMS`, validated and complete
-    (``namespaces`` and ``rlimits`` only when given)."""
+    (``namespaces``, ``rlimits`` and ``shim_group`` only when given)."""
 
     name: str | None
     command: list[str]
@@ -64,6 +66,7 @@ class Spec(TypedDict, total=False):
     auto_remove: bool
     namespaces: list[str]
     rlimits: dict[str, list[int]]
+    shim_group: str
 
 
 def invalid(message: str) -> ApiError:
@@ -182,6 +185,28 @@ def _namespaces(value: object) -> list[str]:
     return list(value)
 
 
+def _shim_group(value: object, runtime: str, namespaces: list[str]) -> str:
+    """The opt-in shared shim (docs/design.md, section 7): a name like an id. The process
+    runtime only: an OCI runtime's synchronous commands (``runc create``, ``runc delete``)
+    would stall every other member of the group for their duration; and no ``pid``
+    namespace, which the process runtime makes by unsharing in the shim itself (every later
+    child of a shared shim would land in it)."""
+    try:
+        name = validate_id(value)
+    except InvalidId:
+        raise invalid("spec.shim_group must be a name of 1-64 characters from [A-Za-z0-9_.-], "
+                      f"starting with a letter or digit; got {value!r}") from None
+    if runtime != "process":
+        raise invalid(f"spec.shim_group needs the process runtime, not {runtime!r}: an OCI "
+                      "runtime's synchronous commands would stall every other program of the "
+                      "group; drop --shim-group, or run it with --runtime process")
+    if "pid" in namespaces:
+        raise invalid("spec.shim_group cannot be combined with a pid namespace (the shim "
+                      "itself unshares it, so every other program of the group would land in "
+                      "it); drop one of them")
+    return name
+
+
 def _supervision(spec: dict[str, Any]) -> tuple[RestartSpec, HealthSpec | None]:
     try:
         restart = policy.restart_spec(spec.get("restart"), "spec.restart")
@@ -199,7 +224,7 @@ def validate_spec(spec: object) -> Spec:
     first bad field."""
     if not isinstance(spec, dict):
         raise invalid("params.spec must be a map (see supervisor.protocol.SPEC_PARAMS)")
-    unknown = set(spec) - set(protocol.SPEC_PARAMS) - {"namespaces", "rlimits"}
+    unknown = set(spec) - set(protocol.SPEC_PARAMS) - OPTIONAL_FIELDS
     if unknown:
         raise invalid(f"unknown spec fields {sorted(unknown)}; known: "
                       f"{sorted(protocol.SPEC_PARAMS)}")
@@ -251,6 +276,11 @@ def validate_spec(spec: object) -> Spec:
         out["rlimits"] = _rlimits(spec["rlimits"])
     if "namespaces" in spec:
         out["namespaces"] = _namespaces(spec["namespaces"])
+    if spec.get("shim_group") is not None:
+        out["shim_group"] = _shim_group(spec["shim_group"], runtime,
+                                        out.get("namespaces") or [])
+    else:
+        out.pop("shim_group", None)
     restart, out["health"] = _supervision(spec)
     # normalised, and the default (policy no) stored as null: a spec shows what was asked
     out["restart"] = None if restart == policy.DEFAULT_RESTART else restart

@@ -2,7 +2,9 @@
 
 The workload runs, stops, kills, restarts and removes containers, some of them crash-looping
 under a restart policy (``always``, ``on-failure``, ``on-failure:3``, with short back-offs),
-and SIGKILLs the shims of some of those (then the daemon decides their restart).
+and SIGKILLs the shims of some of those (then the daemon decides their restart). About a third
+of the containers are members of a shared shim (``shim_group``, two groups): killing a member's
+shim kills its group's process, and every member of it loses its shim (the stated cost).
 
 After every restart (once reconciliation is done):
 * no container whose create was acknowledged is lost, and none appears from nowhere;
@@ -57,6 +59,9 @@ SEED = int(os.environ.get("TETHER_CRASH_SEED", "20261128"))
 
 #: The restart policies of the crash-looping containers: short back-offs, so that they loop.
 POLICIES = ("always", "on-failure", "on-failure:3")
+#: The shared shims some containers are members of (a generator of its own, so the seed's
+#: workload is the one it was before groups were added).
+GROUPS = ("cg1", "cg2")
 
 
 @dataclass
@@ -69,12 +74,16 @@ class Tracked:
     rm: str = ""              # "" | "acked" | "uncertain"
     interfered: bool = False  # stop/kill/restart attempted: the status may be a signal's
     started: bool = True
+    group: str | None = None  # its shared shim's group
+    lost: bool = False        # its shim was killed: an exit may be unknown (status None)
 
 
 @dataclass
 class Model:
     rng: random.Random
     items: dict[str, Tracked] = field(default_factory=dict)
+    groups: random.Random = field(default_factory=lambda: random.Random(SEED + 1))
+    group_kills: int = 0
     n: int = 0
 
     def new_id(self) -> str:
@@ -93,6 +102,8 @@ def command(t: Tracked) -> list[str]:
 
 def spec_of(t: Tracked) -> dict[str, Any]:
     spec: dict[str, Any] = {"command": command(t), "name": t.cid, "stop_timeout": 0.5}
+    if t.group is not None:
+        spec["shim_group"] = t.group
     if t.policy != "no":
         policy, _, retries = t.policy.partition(":")
         spec["restart"] = {"policy": policy, "delay": 0.05, "max_delay": 0.2,
@@ -100,15 +111,20 @@ def spec_of(t: Tracked) -> dict[str, Any]:
     return spec
 
 
-def kill_shim(d: Daemon, t: Tracked) -> None:
+def kill_shim(d: Daemon, model: Model, t: Tracked) -> None:
     """SIGKILL the container's shim (by its pid file): a lost shim, whose task's end the
-    daemon then records and decides on."""
+    daemon then records and decides on. A member's shim is its group's process: every member
+    of the group loses it."""
     try:
         pid = int((d.root / "shims" / t.cid / "shim.pid").read_text())
     except (OSError, ValueError):
         return
-    if any(p == pid and f"--id {t.cid}" in cmd + " " for p, (_, cmd) in _proc_table().items()):
-        t.interfered = True
+    mark = f"--id {t.cid} " if t.group is None else f"--group {t.group} "
+    if any(p == pid and mark in cmd + " " for p, (_, cmd) in _proc_table().items()):
+        for member in model.items.values():
+            if member is t or (t.group is not None and member.group == t.group):
+                member.interfered = member.lost = True
+        model.group_kills += t.group is not None
         os.kill(pid, 9)
 
 
@@ -130,6 +146,8 @@ def workload(d: Daemon, model: Model, ops: int) -> None:
                     t = Tracked(model.new_id(), kind, code=rng.randint(1, 60),
                                 started=op != "create",
                                 policy=rng.choice(POLICIES) if op == "loop" else "no")
+                    if model.groups.random() < 1 / 3:
+                        t.group = model.groups.choice(GROUPS)
                     model.items[t.cid] = t
                     conn.call("create" if op == "create" else "run", spec=spec_of(t))
                     t.acked = True
@@ -158,7 +176,7 @@ def workload(d: Daemon, model: Model, ops: int) -> None:
                 # undelivered events with it (test_supervision_e2e's unseen restart)
                 elif (op == "shimkill" and t.kind == "loop"
                       and not conn.call("status")["reconciling"]):
-                    kill_shim(d, t)
+                    kill_shim(d, model, t)
             except wire.RemoteError as exc:
                 if exc.code in ("conflict", "not_found", "exec_failed"):
                     if op == "rm":
@@ -202,7 +220,7 @@ def check(d: Daemon, model: Model) -> None:
             status = e["data"]["exit_status"]
             if t.kind in ("short", "loop") and not t.interfered:
                 assert status in (t.code, 137), (e, t)  # 137: rm -f before it ended
-            elif not (t.kind == "loop" and status is None):  # None: its shim was killed
+            elif not ((t.kind == "loop" or t.lost) and status is None):  # its shim was killed
                 assert status is not None, e
     check_exits_once(events)
     # tasks alternate, restarts are recorded once each and counted in ps
@@ -282,14 +300,16 @@ def test_crash_suite(daemon_factory):
     history = d.stream("events")
     types = Counter(e["type"] for e in history)
     by = Counter(e["data"].get("by") for e in history if e["type"] == "container.restart")
-    print(f"crash suite: {ROUNDS} rounds, {len(model.items)} containers, {dict(types)}, "
-          f"restarts by {dict(by)}")
+    members = sum(t.group is not None for t in model.items.values())
+    print(f"crash suite: {ROUNDS} rounds, {len(model.items)} containers ({members} in shared "
+          f"shims, {model.group_kills} of those killed), {dict(types)}, restarts by {dict(by)}")
     needed_types = ["task.start", "task.exit", "container.delete"]
     if ROUNDS >= 50:
         needed_types += ["container.restart", "container.stop"]
         carried = sum(1 for e in history if e["type"] == "task.create" and e["data"].get("start"))
         assert by["daemon"] + carried > 0, \
             f"the daemon never decided or carried out a restart: {dict(by)}"
+        assert members > 0, "no container was a member of a shared shim"
     for needed in needed_types:
         assert types[needed] > 0, f"the workload never produced {needed}: {dict(types)}"
     d.stop()
