@@ -212,7 +212,11 @@ class ShimLink:
         if self._current() is None:
             return
         record = read_exit_record(host.root, cid)
-        if record and record.get("instance") == self.instance:
+        c = self._current()
+        # only the exit of the task the log knows: the file holds the shim's latest task's,
+        # and a later task (restarted with its events undelivered) is found by supervision
+        if record and record.get("instance") == self.instance and c is not None and \
+                record.get("pid") in (None, c.pid):
             await host.record_shim_event(cid, "task.exit", exit_data(record))
         c = self._current()
         if c is None:

@@ -176,10 +176,15 @@ async def _reconcile_one(core: Core, supervision: Supervision, previous_boot: st
             c = core.container(cid)
             if c is None or c.instance is None:
                 return
-            if c.state in (CREATED, RUNNING):
-                # a small local file: reading it inline is cheaper than a thread hop each
+            if c.state in (CREATED, RUNNING) and not core.shims.alive(cid):
+                # The shim is gone: its exit file is all there is. Only when it is the exit of
+                # the task the log knows: a live shim replays its backlog instead, and the file
+                # holds only its latest task's exit (recorded ahead of the backlog, it would
+                # make the link drop the earlier exit and restart as already seen). A small
+                # local file: reading it inline is cheaper than a thread hop each.
                 record = read_exit_record(core.paths.root, cid)
-                if record and record.get("instance") == c.instance:
+                if record and record.get("instance") == c.instance and \
+                        record.get("pid") in (None, c.pid):
                     await core.record_shim_event(cid, "task.exit", exit_data(record))
                 c = core.container(cid)
             if c is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon_helpers import Daemon, ok
+from shim_helpers import poll
 
 from events import shim_api
 from events.procfs import is_running
@@ -239,3 +240,27 @@ def test_a_restart_no_one_recorded_is_not_doubled(daemon, tmp_path):
     assert not seen_two, f"two tasks of one container ran at once: {seen_two[:3]}"
     starts = [e["data"].get("pid") for e in events_of(daemon, "u", "task.start")]
     assert unseen in starts, (unseen, starts)  # the log accounts for the unseen task
+
+
+def test_two_exits_and_a_restart_while_the_daemon_is_down_are_each_recorded_once(daemon):
+    """The shim ends a task, restarts it and ends the next while no daemon runs: its exit file
+    holds only the latest exit. Recovery must not record that one from the file ahead of the
+    shim's backlog (the link would then drop the first exit and the restart as already seen)."""
+    daemon.run("sh", "-c", "sleep 0.3; exit 10", name="twice",
+               restart={"policy": "on-failure", "max_retries": 1, "delay": 0.3})
+    first = daemon.ps()["twice"]["pid"]
+    daemon.kill9()
+
+    def second_ended() -> bool:
+        s = shim_state(daemon, "twice")
+        return s["status"] == "stopped" and s["pid"] not in (None, first)
+
+    poll(second_ended, what="the restarted task's exit, with no daemon")
+    daemon.start().reconciled()
+    daemon.wait_for(lambda: len(events_of(daemon, "twice", "task.exit")) >= 2)
+    daemon.wait_for(lambda: daemon.ps()["twice"]["state"] == "stopped")
+    kinds = [e["type"] for e in events_of(daemon, "twice") if e["type"].startswith(
+        ("task.", "container.restart"))]
+    assert kinds == ["task.create", "task.start", "task.exit", "container.restart",
+                     "task.create", "task.start", "task.exit"], kinds
+    assert [e["data"]["exit_status"] for e in events_of(daemon, "twice", "task.exit")] == [10, 10]
