@@ -131,15 +131,26 @@ class Target:
             return "supervisord --root DIR (the socket is DIR/supervisord.sock)"
         return f"supervisord --root {self.root or default_root()}"
 
-    def connect(self, call_timeout: float | None = CALL_TIMEOUT) -> BlockingConnection:
+    def connect(self, call_timeout: float | None = CALL_TIMEOUT, *,
+                stream: bool = False) -> BlockingConnection:
         """Connect and exchange hellos (within :data:`CALL_TIMEOUT`, whatever the command), then
         bound each later socket operation by ``call_timeout`` (None: a command that may
-        legitimately wait for a long time, like ``wait`` or ``stop`` with a long grace)."""
-        conn = self._connect(CALL_TIMEOUT)
+        legitimately wait for a long time, like ``wait`` or ``stop`` with a long grace).
+
+        ``stream``: the connection carries many frames (``logs``, ``events``, ``exec``), which
+        msgpack's C extension decodes (``wire.NATIVE``); the few small frames of every other
+        command are read by ``wire.LIGHT``, which spares the command msgpack's import."""
+        conn = self._connect(CALL_TIMEOUT, stream=stream)
         conn.settimeout(call_timeout)
         return conn
 
-    def _connect(self, timeout: float) -> BlockingConnection:
+    def call(self, method: str, **params: Any) -> Any:
+        """One request on a connection of its own, written with the hello: one round trip."""
+        with self._connect(CALL_TIMEOUT, first=(method, params)) as conn:
+            return conn.result()
+
+    def _connect(self, timeout: float, *, stream: bool = False,
+                 first: tuple[str, dict[str, Any]] | None = None) -> BlockingConnection:
         from events import wire
         from events.rpc import BlockingConnection
 
@@ -148,7 +159,8 @@ class Target:
                 f"socket path {self.path} is {len(os.fsencode(self.path))} bytes, over the "
                 f"kernel's {MAX_SOCKET_PATH}-byte limit; use a shorter --root or --socket")
         try:
-            return BlockingConnection(self.path, timeout=timeout)
+            return BlockingConnection(self.path, timeout=timeout, first=first,
+                                      codec=wire.NATIVE if stream else wire.LIGHT)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonGone(
                 f"cannot connect to {self.path}: {exc.strerror} — is supervisord running? "

@@ -130,9 +130,7 @@ def _supervision_spec(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(t: Target, args: argparse.Namespace) -> int:
-    spec = _spec(args)
-    with t.connect() as c:
-        result = c.call(args.cmd, spec=spec)
+    result = t.call(args.cmd, spec=_spec(args))
     out(f"{result['id']}\n")
     return EXIT_OK
 
@@ -196,8 +194,7 @@ def cmd_ps(t: Target, args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise usage_error(args, str(exc)) from None
         show_all = show_all or states
-    with t.connect() as c:
-        rows = c.call("ps", all=show_all)
+    rows = t.call("ps", all=show_all)
     rows = [r for r in rows or [] if keep is None or keep(r)]
     if args.quiet:
         out("".join(f"{r['id']}\n" for r in rows))

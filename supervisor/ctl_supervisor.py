@@ -58,7 +58,10 @@ def _out(text: str) -> None:
 
 def rpc(c: BlockingConnection, method: str, *params: Any) -> Any:
     """One call of Supervisor's interface; a fault raises :class:`SvFault`."""
-    reply = c.call("xmlrpc", name=method, args=list(params))
+    return _xmlrpc_result(c.call("xmlrpc", name=method, args=list(params)))
+
+
+def _xmlrpc_result(reply: dict[str, Any]) -> Any:
     if "fault" in reply:
         raise SvFault(int(reply["fault"]["code"]), str(reply["fault"]["string"]))
     return reply.get("result")
@@ -99,9 +102,9 @@ def status_lines(infos: list[dict[str, Any]]) -> list[str]:
 
 
 def cmd_status(t: Target, args: argparse.Namespace) -> int:
-    with t.connect() as c:
-        infos = rpc(c, "supervisor.getAllProcessInfo")
+    infos = _xmlrpc_result(t.call("xmlrpc", name="supervisor.getAllProcessInfo", args=[]))
     code = 0
+    lines = []
     names = args.names
     if not names or "all" in names:
         matching = infos
@@ -112,18 +115,17 @@ def cmd_status(t: Target, args: argparse.Namespace) -> int:
             found = [i for i in infos if i["group"] == group
                      and (process is None or i["name"] == process)]
             if not found:
-                _out(f"{group}: ERROR (no such group)" if process is None
-                     else f"{name}: ERROR (no such process)")
+                lines.append(f"{group}: ERROR (no such group)" if process is None
+                             else f"{name}: ERROR (no such process)")
                 code = STATUS_UNKNOWN
             matching += found
     if args.json:
         from supervisor import ctl_render
 
-        for info in matching:
-            _out(ctl_render.dumps(info))
+        lines += [ctl_render.dumps(info) for info in matching]
     else:
-        for line in status_lines(matching):
-            _out(line)
+        lines += status_lines(matching)
+    sys.stdout.write("".join(f"{line}\n" for line in lines))  # one write, even to a terminal
     if any(i["state"] in STOPPED_STATES for i in matching):
         code = STATUS_NOT_RUNNING
     return code

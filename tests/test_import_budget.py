@@ -45,7 +45,7 @@ NEVER_IN_CLI = frozenset({
     "trio", "structlog", "typing", "asyncio", "nats", "dataclasses", "pathlib", "logging",
     "contextlib", "shutil", "subprocess", "threading", "inspect", "tempfile", "uuid",
     "tomllib", "xmlrpc", "http", "email", "urllib", "argparse", "locale", "gettext", "socket",
-    "selectors",
+    "selectors", "msgpack", "datetime", "struct",
 })
 #: Never in a shim: the shim is stdlib + msgpack + ``events`` + ``shim`` (DESIGN.md).
 NEVER_IN_SHIM = frozenset({"trio", "structlog", "supervisor", "asyncio", "nats", "logging",
@@ -54,23 +54,25 @@ NEVER_IN_SHIM = frozenset({"trio", "structlog", "supervisor", "asyncio", "nats",
 #: What every ``supervisorctl`` command imports today: the grammar's table and its reader
 #: (:mod:`supervisor.ctl_args`: argparse, with re, enum, gettext and locale under it, only for
 #: ``--help`` and a line with an error in it), the blocking client (on ``_socket``: the
-#: ``socket`` module's enums and selectors are not needed to connect) and the codec (msgpack,
-#: which imports datetime; events.domain's enums).
+#: ``socket`` module's enums and selectors are not needed to connect) and the framing with the
+#: light payload codec (:mod:`events.minipack`: msgpack's own import, with the ``datetime``,
+#: ``collections`` and ``struct`` under it, cost more than the whole rest of a command).
 CLI_COMMON = frozenset({
-    "__future__", "_collections", "_datetime", "_functools", "_operator", "_socket", "_struct",
-    "collections", "datetime", "enum", "events", "events.domain", "events.rpc", "events.wire",
-    "functools", "itertools", "keyword", "math", "msgpack", "msgpack._cmsgpack",
-    "msgpack.exceptions", "msgpack.ext", "operator", "reprlib", "struct", "supervisor",
-    "supervisor.ctl", "supervisor.ctl_args", "supervisor.ctl_commands", "supervisor.ctl_grammar",
-    "supervisor.ctl_supervisor", "supervisor.defaults", "types",
+    "__future__", "_socket", "events", "events.minipack", "events.rpc", "events.wire",
+    "supervisor", "supervisor.ctl", "supervisor.ctl_args", "supervisor.ctl_commands",
+    "supervisor.ctl_grammar", "supervisor.ctl_supervisor", "supervisor.defaults",
 })
 #: events.render: the one event rendering (shared with `python -m events dump`), ~0.1 ms
-_RENDER = frozenset({"calendar", "events.render", "events.timefmt", "supervisor.ctl_render",
+_RENDER = frozenset({"events.render", "events.timefmt", "supervisor.ctl_render",
                      "supervisor.protocol"})
-#: json (its decoder imports re: the one-shot commands that print JSON pay for it)
+#: json (its decoder imports re, and re enum, functools and collections: the one-shot commands
+#: that print JSON pay for them)
 _JSON = frozenset({"json", "json.decoder", "json.encoder", "json.scanner", "_json", "re",
                    "re._casefix", "re._compiler", "re._constants", "re._parser", "_sre",
-                   "copyreg"})
+                   "copyreg", "enum", "functools", "_functools", "collections", "_collections",
+                   "itertools", "keyword", "operator", "_operator", "reprlib", "types"})
+#: a float in a reply (``info``'s uptime): the C ``_struct`` decodes it, without ``struct``
+_FLOAT = frozenset({"_struct"})
 #: Per command, on top of :data:`CLI_COMMON`.
 CLI_EXTRA: dict[str, frozenset[str]] = {
     "run": frozenset(),
@@ -78,7 +80,7 @@ CLI_EXTRA: dict[str, frozenset[str]] = {
     "ps --json": _RENDER | _JSON,
     "status": frozenset(),  # Supervisor's table, rendered by ctl_supervisor
     "stop --all": frozenset(),
-    "info": _RENDER | _JSON,
+    "info": _RENDER | _JSON | _FLOAT,
 }
 
 #: What the shim launcher preloads (so every shim forked from it has it) and what a fresh
