@@ -7,7 +7,6 @@ outlive a connection, are imported only when they run).
 
 from __future__ import annotations
 
-from supervisor import ctl_supervisor as _supervisor
 from supervisor.ctl import (
     CALL_TIMEOUT,
     EXIT_FAILED,
@@ -27,6 +26,7 @@ from supervisor.ctl_grammar import (
     command_parser,
     usage_error,
 )
+from supervisor.ctl_svgrammar import VERBS
 
 TYPE_CHECKING = False  # not typing's: every one-shot command would pay ~3 ms to import typing
 if TYPE_CHECKING:
@@ -305,9 +305,21 @@ COMMANDS: dict[str, Callable[[Target, argparse.Namespace], int]] = {
     "completion": cmd_completion,
 }
 
+
+def _supervisor_verb(name: str) -> Callable[[Target, argparse.Namespace], int]:
+    """A verb of :mod:`supervisor.ctl_supervisor`, imported only when one runs."""
+
+    def run(t: Target, args: argparse.Namespace) -> int:
+        from supervisor import ctl_supervisor
+
+        return ctl_supervisor.COMMANDS[name](t, args)
+
+    return run
+
+
 # Supervisor's verbs (status, start, stop, restart, ...): where a verb exists in both,
 # Supervisor's meaning wins (DESIGN.md).
-COMMANDS.update(_supervisor.COMMANDS)
+COMMANDS.update({verb: _supervisor_verb(verb) for verb in VERBS})
 
 #: Commands that need no daemon.
 OFFLINE = {"help", "completion"}

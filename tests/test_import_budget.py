@@ -65,8 +65,10 @@ CLI_COMMON = frozenset({
     "os", "posixpath", "genericpath", "stat", "_stat", "_collections_abc",
     "__future__", "_socket", "events", "events.minipack", "events.rpc", "events.wire",
     "supervisor", "supervisor.ctl", "supervisor.ctl_args", "supervisor.ctl_commands",
-    "supervisor.ctl_grammar", "supervisor.ctl_supervisor", "supervisor.defaults",
+    "supervisor.ctl_grammar", "supervisor.ctl_svgrammar", "supervisor.defaults",
 })
+#: Supervisor's verbs: its client (a port of Supervisor's supervisorctl), for its verbs only
+_SUPERVISOR = frozenset({"supervisor.ctl_supervisor"})
 #: events.render: the one event rendering (shared with `python -m events dump`), ~0.1 ms
 _RENDER = frozenset({"events.render", "events.timefmt", "supervisor.ctl_render",
                      "supervisor.protocol"})
@@ -83,9 +85,9 @@ CLI_EXTRA: dict[str, frozenset[str]] = {
     "run": frozenset(),
     "ps": _RENDER,
     "ps --json": _RENDER | _JSON,
-    "status": frozenset(),  # Supervisor's table, rendered by ctl_supervisor
-    "stop --all": frozenset(),
-    "info": _RENDER | _JSON | _FLOAT,
+    "status": _SUPERVISOR,  # Supervisor's table, rendered by ctl_supervisor
+    "stop --all": _SUPERVISOR,
+    "info": _SUPERVISOR | _RENDER | _JSON | _FLOAT,
 }
 
 #: What the shim launcher preloads (so every shim forked from it has it) and what a fresh
