@@ -1,8 +1,11 @@
 """``supervisorctl``: the command line of Tether, a blocking client of ``ROOT/supervisord.sock``.
 
-Fast on purpose: a one-shot command is one short-lived process, so its cost is mostly imports.
-Only os, sys, the sans-IO codec and the blocking client :mod:`events.rpc` are imported; never
-trio, never structlog, and argparse only for ``--help`` and a command line with an error in it.
+Fast on purpose: a one-shot command is one short-lived process, so its cost is mostly the
+interpreter's start and imports. ``bin/supervisorctl`` starts it without ``site`` and
+:func:`entry` ends it without the interpreter's finalization; only os, sys, the sans-IO framing
+with its light codec (:mod:`events.minipack`, not msgpack) and the blocking client
+:mod:`events.rpc` are imported; never trio, never structlog, and argparse only for ``--help``
+and a command line with an error in it.
 Only the named command's arguments are read, and what few commands need lives in modules only
 they import (``tests/test_import_budget.py`` lists what each command may import).
 
@@ -12,7 +15,9 @@ The modules of the CLI, each with one job:
 * :mod:`supervisor.ctl_grammar`: the commands, their flags and values, :func:`parse`;
   :mod:`supervisor.ctl_args` reads a well-formed line from that table, argparse
   (:mod:`supervisor.ctl_argparse`) the help and every line with an error in it;
-* :mod:`supervisor.ctl_commands`: the one-shot commands (``run``, ``ps``, ``stop``, ...);
+* :mod:`supervisor.ctl_commands`: the one-shot commands (``run``, ``ps``, ``rm``, ...);
+  :mod:`supervisor.ctl_supervisor`: Supervisor's verbs (``status``, ``stop``, ...), their
+  grammar in :mod:`supervisor.ctl_svgrammar`;
 * :mod:`supervisor.ctl_follow`: ``wait``, ``logs``, ``events``, ``exec`` (they outlive a
   connection, and reconnect);
 * :mod:`supervisor.ctl_values`: ``--user``, ``--env-file``, ``--since``, ``--filter``;

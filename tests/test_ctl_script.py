@@ -47,6 +47,18 @@ def test_it_runs_the_venvs_python_without_site() -> None:
     assert proc.stdout.startswith("supervisorctl (Tether) "), proc.stderr
 
 
+def test_found_on_path_it_is_the_same_command(tmp_path: Path) -> None:
+    """`source .venv/bin/activate; supervisorctl`: the shell finds it on PATH (this PATH is
+    the test's own, never the machine's)."""
+    env = {"PATH": f"{VENV_BIN}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.run(["sh", "-c", "supervisorctl --version"], capture_output=True,
+                          text=True, timeout=30, cwd=tmp_path, env=env)
+    assert proc.stdout.startswith("supervisorctl (Tether) "), proc.stderr
+    module = subprocess.run([sys.executable, "-m", "supervisor.ctl", "--version"],
+                            capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert module.stdout == proc.stdout
+
+
 def test_it_runs_from_a_relative_path_and_through_a_symlink(tmp_path: Path) -> None:
     """As `cd .venv && bin/supervisorctl`, and as a symlink on PATH to the venv's (pipx)."""
     assert version("bin/supervisorctl", cwd=VENV_BIN.parent).stdout.startswith("supervisorctl")
