@@ -36,17 +36,23 @@ class BlockingConnection:
     """
 
     def __init__(self, path: str, role: str = "client", timeout: float | None = 30.0,
-                 max_frame: int = wire.MAX_FRAME) -> None:
+                 max_frame: int = wire.MAX_FRAME, codec: wire.Codec = wire.NATIVE,
+                 first: tuple[str, dict[str, Any]] | None = None) -> None:
+        """``first``: a call (method, params) sent in the same write as the hello, so that a
+        one-shot command waits for one round trip, not two; :meth:`result` reads its answer."""
         self.path = path
         self._sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
-        self._conv = wire.Conversation(role, max_frame)
+        self._conv = wire.Conversation(role, max_frame, codec)
         try:
             self._sock.connect(path)
+            data = self._conv.hello()
+            if first is not None:
+                data += self._conv.request(*first)
             # A peer that refuses us (bad credentials, too many connections) may close before
             # reading our hello: its error frame, sent first, says why, so read it.
             try:  # noqa: SIM105 (contextlib is an import every supervisorctl call would pay)
-                self._sock.sendall(self._conv.hello())
+                self._sock.sendall(data)
             except BrokenPipeError:
                 pass
             self.peer: dict[str, Any] = self._next()[1]
@@ -94,6 +100,11 @@ class BlockingConnection:
     def call(self, method: str, **params: Any) -> Any:
         """Send a request and return its result; an error reply raises ``wire.RemoteError``."""
         self._sock.sendall(self._conv.request(method, params))
+        return self._next()[1]
+
+    def result(self) -> Any:
+        """The result of the call sent last (``first``); an error reply raises
+        ``wire.RemoteError``."""
         return self._next()[1]
 
     def stream(self, method: str, **params: Any) -> Iterator[Any]:

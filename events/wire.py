@@ -17,25 +17,28 @@ Conversation::
 The maximum frame size is checked against the length header *before* anything is buffered, so a
 peer that announces 4 GiB cannot make us allocate it. Every malformed input raises
 :class:`ProtocolError` with a message that says what was wrong; nothing else escapes the decoder.
+
+The payload codec is msgpack's C extension (:data:`NATIVE`), imported on first use, or for the
+one-shot ``supervisorctl`` the pure-Python :data:`LIGHT` (:mod:`events.minipack`): the same
+bytes, without the import that would cost such a command more than all its work. A
+:class:`Conversation` or a :class:`FrameDecoder` is given one; this module imports neither
+until a frame needs it.
 """
 
 from __future__ import annotations
 
-import struct
-
-import msgpack  # type: ignore[import-untyped]  # it ships no type information
-
-from events.domain import ErrorCode
-
 TYPE_CHECKING = False  # not typing's: every supervisorctl call imports this module
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any
 
 
 __all__ = [
+    "LIGHT",
     "MAX_FRAME",
+    "NATIVE",
     "PROTO",
+    "Codec",
     "Conversation",
     "FrameDecoder",
     "FrameTooLarge",
@@ -61,11 +64,8 @@ PROTO = 1
 #: enough that a hostile or confused peer cannot exhaust memory.
 MAX_FRAME = 16 * 1024 * 1024
 
-_HEADER = struct.Struct(">I")
-HEADER_SIZE = _HEADER.size
-
-#: Error codes used in error frames: :class:`events.domain.ErrorCode` is their one definition.
-ERROR_CODES = frozenset(code.value for code in ErrorCode)
+#: The length header: a u32, big-endian.
+HEADER_SIZE = 4
 
 
 class ProtocolError(Exception):
@@ -93,12 +93,68 @@ class RemoteError(Exception):
         self.message = message
 
 
-def encode(message: Mapping[str, Any], max_frame: int = MAX_FRAME) -> bytes:
+class Codec:
+    """How a payload becomes a message and back: ``packb(message) -> bytes`` and ``unpackb(bytes)
+    -> message``, msgpack's meanings (``use_bin_type=True``; ``raw=False, strict_map_key=True``).
+    Malformed bytes raise any exception: the decoder turns it into a :class:`ProtocolError`."""
+
+    __slots__ = ("name", "packb", "unpackb")
+
+    def __init__(self, name: str, packb: Callable[[Any], bytes],
+                 unpackb: Callable[[bytes], Any]) -> None:
+        self.name = name
+        self.packb = packb
+        self.unpackb = unpackb
+
+    def __repr__(self) -> str:
+        return f"<wire.Codec {self.name}>"
+
+
+_msgpack: Any = None  # msgpack, once a NATIVE frame needed it
+
+
+def _import_msgpack() -> Any:
+    global _msgpack
+    import msgpack  # type: ignore[import-untyped]  # it ships no type information
+
+    _msgpack = msgpack
+    return msgpack
+
+
+def _native_packb(message: Any) -> bytes:
+    payload: bytes = (_msgpack or _import_msgpack()).packb(message, use_bin_type=True)
+    return payload
+
+
+def _native_unpackb(payload: bytes) -> Any:
+    return (_msgpack or _import_msgpack()).unpackb(payload, raw=False, strict_map_key=True)
+
+
+def _light_packb(message: Any) -> bytes:
+    from events import minipack
+
+    return minipack.packb(message)
+
+
+def _light_unpackb(payload: bytes) -> Any:
+    from events import minipack
+
+    return minipack.unpackb(payload)
+
+
+#: msgpack's C extension: the daemon, the shims, the client library, the tests.
+NATIVE = Codec("native", _native_packb, _native_unpackb)
+#: :mod:`events.minipack`: a one-shot ``supervisorctl`` command (large frames still go to C).
+LIGHT = Codec("light", _light_packb, _light_unpackb)
+
+
+def encode(message: Mapping[str, Any], max_frame: int = MAX_FRAME,
+           codec: Codec = NATIVE) -> bytes:
     """Frame one message. Raises :class:`FrameTooLarge` rather than send what the peer refuses."""
-    payload: bytes = msgpack.packb(message, use_bin_type=True)
+    payload = codec.packb(message)
     if len(payload) > max_frame:
         raise FrameTooLarge(f"message of {len(payload)} bytes exceeds the {max_frame}-byte limit")
-    return _HEADER.pack(len(payload)) + payload
+    return len(payload).to_bytes(HEADER_SIZE, "big") + payload
 
 
 class FrameDecoder:
@@ -108,10 +164,11 @@ class FrameDecoder:
     After a :class:`ProtocolError` the stream is out of sync and the connection must be closed.
     """
 
-    __slots__ = ("_buf", "_need", "max_frame")
+    __slots__ = ("_buf", "_need", "codec", "max_frame")
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME, codec: Codec = NATIVE) -> None:
         self.max_frame = max_frame
+        self.codec = codec
         self._buf = bytearray()
         self._need: int | None = None  # payload length of the frame being read, once known
 
@@ -130,7 +187,7 @@ class FrameDecoder:
             if self._need is None:
                 if len(buf) - pos < HEADER_SIZE:
                     break
-                (length,) = _HEADER.unpack_from(buf, pos)
+                length = int.from_bytes(buf[pos : pos + HEADER_SIZE], "big")
                 if length > self.max_frame:
                     raise FrameTooLarge(
                         f"frame header announces {length} bytes, over the {self.max_frame}-byte "
@@ -145,15 +202,15 @@ class FrameDecoder:
             payload = bytes(buf[pos : pos + self._need])
             pos += self._need
             self._need = None
-            out.append(_unpack(payload))
+            out.append(_unpack(payload, self.codec))
         if pos:
             del buf[:pos]
         return out
 
 
-def _unpack(payload: bytes) -> dict[str, Any]:
+def _unpack(payload: bytes, codec: Codec) -> dict[str, Any]:
     try:
-        message = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        message = codec.unpackb(payload)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise ProtocolError(f"frame is not valid msgpack: {exc}") from None
     if not isinstance(message, dict):
@@ -270,12 +327,14 @@ class Conversation:
     read whole frames with :meth:`next_message` and match ids themselves.
     """
 
-    __slots__ = ("_decoder", "_pending", "_stream", "max_frame", "peer", "rid", "role")
+    __slots__ = ("_decoder", "_pending", "_stream", "codec", "max_frame", "peer", "rid", "role")
 
-    def __init__(self, role: str = "client", max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, role: str = "client", max_frame: int = MAX_FRAME,
+                 codec: Codec = NATIVE) -> None:
         self.role = role
         self.max_frame = max_frame
-        self._decoder = FrameDecoder(max_frame)
+        self.codec = codec
+        self._decoder = FrameDecoder(max_frame, codec)
         self._pending: list[dict[str, Any]] = []
         #: the peer's hello map, once it arrived (see :func:`parse_hello`)
         self.peer: dict[str, Any] | None = None
@@ -285,7 +344,7 @@ class Conversation:
 
     def hello(self, **extra: Any) -> bytes:
         """The first frame to send."""
-        return encode(hello(self.role, **extra), self.max_frame)
+        return encode(hello(self.role, **extra), self.max_frame, self.codec)
 
     def request(self, method: str, params: Mapping[str, Any] | None = None, *,
                 stream: bool = False) -> bytes:
@@ -293,7 +352,7 @@ class Conversation:
         items and an end (``logs``, ``events``, ``exec``), not with one result."""
         self.rid += 1
         self._stream = stream
-        return encode(request(self.rid, method, params), self.max_frame)
+        return encode(request(self.rid, method, params), self.max_frame, self.codec)
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Bytes from the peer (never empty: the caller turns EOF into its own error)."""

@@ -1,8 +1,11 @@
 """``supervisorctl``: the command line of Tether, a blocking client of ``ROOT/supervisord.sock``.
 
-Fast on purpose: a one-shot command is one short-lived process, so its cost is mostly imports.
-Only os, sys, the sans-IO codec and the blocking client :mod:`events.rpc` are imported; never
-trio, never structlog, and argparse only for ``--help`` and a command line with an error in it.
+Fast on purpose: a one-shot command is one short-lived process, so its cost is mostly the
+interpreter's start and imports. ``bin/supervisorctl`` starts it without ``site`` and
+:func:`entry` ends it without the interpreter's finalization; only os, sys, the sans-IO framing
+with its light codec (:mod:`events.minipack`, not msgpack) and the blocking client
+:mod:`events.rpc` are imported; never trio, never structlog, and argparse only for ``--help``
+and a command line with an error in it.
 Only the named command's arguments are read, and what few commands need lives in modules only
 they import (``tests/test_import_budget.py`` lists what each command may import).
 
@@ -12,7 +15,9 @@ The modules of the CLI, each with one job:
 * :mod:`supervisor.ctl_grammar`: the commands, their flags and values, :func:`parse`;
   :mod:`supervisor.ctl_args` reads a well-formed line from that table, argparse
   (:mod:`supervisor.ctl_argparse`) the help and every line with an error in it;
-* :mod:`supervisor.ctl_commands`: the one-shot commands (``run``, ``ps``, ``stop``, ...);
+* :mod:`supervisor.ctl_commands`: the one-shot commands (``run``, ``ps``, ``rm``, ...);
+  :mod:`supervisor.ctl_supervisor`: Supervisor's verbs (``status``, ``stop``, ...), their
+  grammar in :mod:`supervisor.ctl_svgrammar`;
 * :mod:`supervisor.ctl_follow`: ``wait``, ``logs``, ``events``, ``exec`` (they outlive a
   connection, and reconnect);
 * :mod:`supervisor.ctl_values`: ``--user``, ``--env-file``, ``--since``, ``--filter``;
@@ -131,15 +136,26 @@ class Target:
             return "supervisord --root DIR (the socket is DIR/supervisord.sock)"
         return f"supervisord --root {self.root or default_root()}"
 
-    def connect(self, call_timeout: float | None = CALL_TIMEOUT) -> BlockingConnection:
+    def connect(self, call_timeout: float | None = CALL_TIMEOUT, *,
+                stream: bool = False) -> BlockingConnection:
         """Connect and exchange hellos (within :data:`CALL_TIMEOUT`, whatever the command), then
         bound each later socket operation by ``call_timeout`` (None: a command that may
-        legitimately wait for a long time, like ``wait`` or ``stop`` with a long grace)."""
-        conn = self._connect(CALL_TIMEOUT)
+        legitimately wait for a long time, like ``wait`` or ``stop`` with a long grace).
+
+        ``stream``: the connection carries many frames (``logs``, ``events``, ``exec``), which
+        msgpack's C extension decodes (``wire.NATIVE``); the few small frames of every other
+        command are read by ``wire.LIGHT``, which spares the command msgpack's import."""
+        conn = self._connect(CALL_TIMEOUT, stream=stream)
         conn.settimeout(call_timeout)
         return conn
 
-    def _connect(self, timeout: float) -> BlockingConnection:
+    def call(self, method: str, **params: Any) -> Any:
+        """One request on a connection of its own, written with the hello: one round trip."""
+        with self._connect(CALL_TIMEOUT, first=(method, params)) as conn:
+            return conn.result()
+
+    def _connect(self, timeout: float, *, stream: bool = False,
+                 first: tuple[str, dict[str, Any]] | None = None) -> BlockingConnection:
         from events import wire
         from events.rpc import BlockingConnection
 
@@ -148,7 +164,8 @@ class Target:
                 f"socket path {self.path} is {len(os.fsencode(self.path))} bytes, over the "
                 f"kernel's {MAX_SOCKET_PATH}-byte limit; use a shorter --root or --socket")
         try:
-            return BlockingConnection(self.path, timeout=timeout)
+            return BlockingConnection(self.path, timeout=timeout, first=first,
+                                      codec=wire.NATIVE if stream else wire.LIGHT)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise DaemonGone(
                 f"cannot connect to {self.path}: {exc.strerror} — is supervisord running? "
@@ -279,7 +296,19 @@ def _starts_with_command(message: str) -> bool:
 
 
 def entry() -> None:
-    sys.exit(main())
+    """The ``supervisorctl`` process: :func:`main`, then its exit status, at once.
+
+    ``os._exit``, not ``sys.exit``: the interpreter's finalization (tearing every module down,
+    a last collection) costs a one-shot command about as much as its round trip, and nothing
+    of ours needs it: no atexit hook, and the connection and any file close with the process.
+    What was written is flushed first (a reader gone by then is ``| head``: exit 141)."""
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        code = _quiet_broken_pipe()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import os
 import sys
 
 from supervisor import ctl_grammar as grammar
-from supervisor import ctl_supervisor as _supervisor
+from supervisor import ctl_svgrammar as _supervisor
 from supervisor.ctl import EXIT_USAGE, CtlError
 from supervisor.defaults import default_root
 

@@ -20,7 +20,7 @@ values.
 from __future__ import annotations
 
 from supervisor.ctl_grammar import GRAMMAR, UNSUPPORTED
-from supervisor.ctl_supervisor import PREFIX_CHARS
+from supervisor.ctl_svgrammar import PREFIX_CHARS
 
 TYPE_CHECKING = False  # not typing's: every one-shot command imports this module
 if TYPE_CHECKING:

@@ -7,7 +7,6 @@ outlive a connection, are imported only when they run).
 
 from __future__ import annotations
 
-from supervisor import ctl_supervisor as _supervisor
 from supervisor.ctl import (
     CALL_TIMEOUT,
     EXIT_FAILED,
@@ -27,6 +26,7 @@ from supervisor.ctl_grammar import (
     command_parser,
     usage_error,
 )
+from supervisor.ctl_svgrammar import VERBS
 
 TYPE_CHECKING = False  # not typing's: every one-shot command would pay ~3 ms to import typing
 if TYPE_CHECKING:
@@ -130,9 +130,7 @@ def _supervision_spec(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(t: Target, args: argparse.Namespace) -> int:
-    spec = _spec(args)
-    with t.connect() as c:
-        result = c.call(args.cmd, spec=spec)
+    result = t.call(args.cmd, spec=_spec(args))
     out(f"{result['id']}\n")
     return EXIT_OK
 
@@ -196,8 +194,7 @@ def cmd_ps(t: Target, args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise usage_error(args, str(exc)) from None
         show_all = show_all or states
-    with t.connect() as c:
-        rows = c.call("ps", all=show_all)
+    rows = t.call("ps", all=show_all)
     rows = [r for r in rows or [] if keep is None or keep(r)]
     if args.quiet:
         out("".join(f"{r['id']}\n" for r in rows))
@@ -308,9 +305,21 @@ COMMANDS: dict[str, Callable[[Target, argparse.Namespace], int]] = {
     "completion": cmd_completion,
 }
 
+
+def _supervisor_verb(name: str) -> Callable[[Target, argparse.Namespace], int]:
+    """A verb of :mod:`supervisor.ctl_supervisor`, imported only when one runs."""
+
+    def run(t: Target, args: argparse.Namespace) -> int:
+        from supervisor import ctl_supervisor
+
+        return ctl_supervisor.COMMANDS[name](t, args)
+
+    return run
+
+
 # Supervisor's verbs (status, start, stop, restart, ...): where a verb exists in both,
 # Supervisor's meaning wins (DESIGN.md).
-COMMANDS.update(_supervisor.COMMANDS)
+COMMANDS.update({verb: _supervisor_verb(verb) for verb in VERBS})
 
 #: Commands that need no daemon.
 OFFLINE = {"help", "completion"}

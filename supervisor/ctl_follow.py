@@ -92,7 +92,7 @@ def resilient(t: Target, what: str, reconnect: float,
     """Run ``attempt`` on a connection; when the daemon goes away, reconnect (back-off, up to
     ``reconnect`` seconds) and run it again. The first connection's failure is an ordinary
     error: only a daemon that was there and left is waited for."""
-    conn = t.connect(call_timeout=None)
+    conn = t.connect(call_timeout=None, stream=True)
     while True:
         try:
             with conn:
@@ -113,7 +113,7 @@ def _reconnect(t: Target, what: str, window: float) -> BlockingConnection:
     last: CtlError | None = None
     while time.monotonic() < deadline:
         try:
-            return t.connect(call_timeout=None)
+            return t.connect(call_timeout=None, stream=True)
         except DaemonGone as exc:
             last = exc
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
@@ -193,7 +193,7 @@ def cmd_logs(t: Target, args: argparse.Namespace) -> int:
         return ctl.EXIT_OK
 
     if not args.follow:
-        with t.connect() as conn:
+        with t.connect(stream=True) as conn:
             return attempt(conn)
     return resilient(t, "logs", args.reconnect, attempt)
 
@@ -256,7 +256,7 @@ def cmd_events(t: Target, args: argparse.Namespace) -> int:
         return ctl.EXIT_OK
 
     if not args.follow:
-        with t.connect(call_timeout=None) as conn:  # the history can be long
+        with t.connect(call_timeout=None, stream=True) as conn:  # the history can be long
             return attempt(conn)
     return resilient(t, "events", args.reconnect, attempt)
 
@@ -274,7 +274,7 @@ def cmd_exec(t: Target, args: argparse.Namespace) -> int:
         params["env"] = dict(args.env)
     if args.cwd:
         params["cwd"] = args.cwd
-    with t.connect(call_timeout=None) as c:
+    with t.connect(call_timeout=None, stream=True) as c:
         try:
             for item in items(c, "exec", params):
                 if "exit_status" in item:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 
-from supervisor import ctl_supervisor as _supervisor
+from supervisor import ctl_svgrammar as _supervisor
 from supervisor.ctl import EXIT_USAGE, CtlError
 
 TYPE_CHECKING = False  # not typing's: every one-shot command would pay ~3 ms to import typing

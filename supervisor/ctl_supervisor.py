@@ -13,7 +13,9 @@ HTTP: one implementation of the semantics (:mod:`supervisor.sv_rpc`) behind both
 Over 500 lines on purpose: one module per client interface (each verb a short port of
 Supervisor's supervisorctl), so the whole of Supervisor's CLI reads in one place.
 
-Imported by :mod:`supervisor.ctl` on every call: only ``os`` and ``sys`` at import.
+Imported only by a command of its own (:data:`supervisor.ctl_commands.COMMANDS` names them);
+their grammar is :mod:`supervisor.ctl_svgrammar`, which every command reads. Only ``os`` and
+``sys`` at import.
 """
 
 from __future__ import annotations
@@ -29,9 +31,8 @@ if TYPE_CHECKING:
 
     from events.rpc import BlockingConnection
     from supervisor.ctl import Target
-    from supervisor.ctl_grammar import Arguments
 
-__all__ = ["COMMANDS", "GRAMMAR", "PREFIX_CHARS", "VERBS"]
+__all__ = ["COMMANDS"]
 
 #: Supervisor's LSB exit statuses (its supervisorctl's).
 GENERIC, INVALID_ARGS, NOT_RUNNING_INIT = 1, 2, 7
@@ -58,7 +59,10 @@ def _out(text: str) -> None:
 
 def rpc(c: BlockingConnection, method: str, *params: Any) -> Any:
     """One call of Supervisor's interface; a fault raises :class:`SvFault`."""
-    reply = c.call("xmlrpc", name=method, args=list(params))
+    return _xmlrpc_result(c.call("xmlrpc", name=method, args=list(params)))
+
+
+def _xmlrpc_result(reply: dict[str, Any]) -> Any:
     if "fault" in reply:
         raise SvFault(int(reply["fault"]["code"]), str(reply["fault"]["string"]))
     return reply.get("result")
@@ -99,9 +103,9 @@ def status_lines(infos: list[dict[str, Any]]) -> list[str]:
 
 
 def cmd_status(t: Target, args: argparse.Namespace) -> int:
-    with t.connect() as c:
-        infos = rpc(c, "supervisor.getAllProcessInfo")
+    infos = _xmlrpc_result(t.call("xmlrpc", name="supervisor.getAllProcessInfo", args=[]))
     code = 0
+    lines = []
     names = args.names
     if not names or "all" in names:
         matching = infos
@@ -112,18 +116,17 @@ def cmd_status(t: Target, args: argparse.Namespace) -> int:
             found = [i for i in infos if i["group"] == group
                      and (process is None or i["name"] == process)]
             if not found:
-                _out(f"{group}: ERROR (no such group)" if process is None
-                     else f"{name}: ERROR (no such process)")
+                lines.append(f"{group}: ERROR (no such group)" if process is None
+                             else f"{name}: ERROR (no such process)")
                 code = STATUS_UNKNOWN
             matching += found
     if args.json:
         from supervisor import ctl_render
 
-        for info in matching:
-            _out(ctl_render.dumps(info))
+        lines += [ctl_render.dumps(info) for info in matching]
     else:
-        for line in status_lines(matching):
-            _out(line)
+        lines += status_lines(matching)
+    sys.stdout.write("".join(f"{line}\n" for line in lines))  # one write, even to a terminal
     if any(i["state"] in STOPPED_STATES for i in matching):
         code = STATUS_NOT_RUNNING
     return code
@@ -241,13 +244,14 @@ def cmd_start(t: Target, args: argparse.Namespace) -> int:
 def _names_or_all(args: argparse.Namespace) -> None:
     """``stop``/``restart``: names, or docker's ``--all`` (the name ``all``), not both."""
     from supervisor.ctl_grammar import usage_error
+    from supervisor.ctl_svgrammar import NAMES
 
     if args.all and args.names:
         raise usage_error(args, "give names or --all, not both")
     if args.all:
         args.names = ["all"]
     if not args.names:
-        raise usage_error(args, f"the following arguments are required: {_NAMES} (or --all)")
+        raise usage_error(args, f"the following arguments are required: {NAMES} (or --all)")
 
 
 def _stop(t: Target, args: argparse.Namespace, status: _Status) -> None:
@@ -559,91 +563,3 @@ COMMANDS: dict[str, Callable[[Target, argparse.Namespace], int]] = {
     "reread": cmd_reread, "update": cmd_update, "clear": cmd_clear, "apply": cmd_apply,
     "info": cmd_info, "add": cmd_add, "remove": cmd_remove,
 }
-#: The verbs this module defines (the older definitions of the same names give way).
-VERBS = frozenset(COMMANDS)
-
-
-_NAMES = "NAME|GROUP:*|all"
-
-
-def _g_status(p: Arguments) -> None:
-    p.add_argument("names", nargs="*", metavar=_NAMES)
-    p.add_argument("--json", action="store_true", help="one process info object per line")
-
-
-def _g_names(p: Arguments) -> None:
-    p.add_argument("names", nargs="+", metavar=_NAMES)
-
-
-def _g_stop(p: Arguments) -> None:
-    from supervisor.ctl_grammar import non_negative_float
-
-    p.add_argument("-t", "--time", type=non_negative_float, metavar="SECONDS",
-                   help="grace time before SIGKILL (default: the program's)")
-    p.add_argument("--all", action="store_true",
-                   help="every process (docker's --all; the same as the name all)")
-    p.add_argument("names", nargs="*", metavar=_NAMES)
-
-
-def _g_signal(p: Arguments) -> None:
-    p.add_argument("signal", metavar="SIGNAL", help="a name (HUP, TERM) or a number")
-    _g_names(p)
-
-
-def _g_tail(p: Arguments) -> None:
-    p.add_argument("words", nargs="+", metavar="ARG")
-
-
-def _g_pid(p: Arguments) -> None:
-    p.add_argument("names", nargs="*", metavar="NAME|all")
-
-
-def _g_none(p: Arguments) -> None:
-    pass
-
-
-def _g_clear(p: Arguments) -> None:
-    p.add_argument("names", nargs="+", metavar="NAME|all")
-
-
-def _g_groups(p: Arguments) -> None:
-    p.add_argument("names", nargs="+", metavar="GROUP")
-
-
-def _g_apply(p: Arguments) -> None:
-    p.add_argument("-f", "--file", required=True, metavar="FILE")
-    p.add_argument("--prune", action="store_true",
-                   help="remove programs that are not in the file (never `run` containers)")
-    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-
-
-def _g_info(p: Arguments) -> None:
-    p.add_argument("--json", action="store_true", help="the daemon's answer as JSON")
-
-
-#: Supervisor's verbs in :data:`supervisor.ctl_grammar.GRAMMAR`'s shape: name -> (one-line
-#: help, its arguments, usage or None). Where a name is also a docker-style verb, this wins.
-GRAMMAR: dict[str, tuple[str, Callable[[Arguments], None], str | None]] = {
-    "status": ("Supervisor's process table (exit 3 if one listed is not running)", _g_status,
-               None),
-    "start": ("start processes: names, groups (GROUP:*) or all", _g_names, None),
-    "stop": ("stop processes (stop signal, then KILL after stopwaitsecs)", _g_stop, None),
-    "restart": ("stop, then start processes", _g_stop, None),
-    "signal": ("send a signal to processes", _g_signal, None),
-    "tail": ("a process's output: tail [-f|-N] NAME [stdout|stderr]", _g_tail,
-             "%(prog)s [-f | -N] NAME [stdout|stderr]"),
-    "pid": ("the pid of supervisord, of processes, or of all", _g_pid, None),
-    "avail": ("every configured process (in use or not)", _g_none, None),
-    "reread": ("what `update` would change (the --config file, or the applied file)", _g_none,
-               None),
-    "update": ("apply the --config file (or the applied file) again, with prune", _g_none, None),
-    "clear": ("clear processes' logs", _g_clear, None),
-    "add": ("create and start groups of the program file that are not in use", _g_groups,
-            None),
-    "remove": ("remove stopped groups (the program file keeps them: `add` brings them back)",
-               _g_groups, None),
-    "apply": ("apply a program file (Tether TOML or supervisord.conf)", _g_apply, None),
-    "info": ("daemon health, version, paths, counts", _g_info, None),
-}
-#: ``tail -f`` and ``tail -100`` are Supervisor's words, not options: its parser takes none.
-PREFIX_CHARS = {"tail": "+"}

@@ -351,6 +351,7 @@ def test_logs_read_and_follow_across_rotation(daemon):
 
 _AS_NOBODY = """
 import os, sys
+import msgpack  # the wire imports it on first use: by then, as nobody, the stdlib may be closed
 from events.rpc import BlockingConnection
 from events import wire
 os.setgroups([]); os.setgid(65534); os.setuid(65534)  # peer credentials are taken at connect

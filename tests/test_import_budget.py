@@ -6,10 +6,11 @@ of every module it imported for the whole life of its container. So the modules 
 a budget, listed here explicitly and enforced by listing what the real processes import, never
 by timing them (the machine is shared and noisy; benchmarks live under ``bench/``).
 
-How it is measured: the real console script (``.venv/bin/supervisorctl``) or the real ``python
--I -m shim start`` runs under ``python -X importtime`` against a real daemon or a real shim
-lifecycle, and every module named in that trace, minus what the bare interpreter imports by
-itself (``python -c pass``: ``site``, ``encodings``, ``.pth`` hooks), must be in the list.
+How it is measured: the real console script (``.venv/bin/supervisorctl``, under the flags its
+first lines start Python with: ``-IS``) or the real ``python -I -m shim start`` runs under
+``python -X importtime`` against a real daemon or a real shim lifecycle, and every module named
+in that trace, minus what the bare interpreter imports by itself with the same flags (``python
+-IS -c pass``: ``encodings``, ``io``...), must be in the list.
 ``-X importtime`` also names imports that were attempted and failed (``msvcrt``, ``nt``,
 ``org.python.core`` from the standard library's portability probes): they cost a path search,
 so they are listed too.
@@ -39,46 +40,54 @@ from events.rpc import BlockingConnection
 
 PYTHON = sys.executable
 CTL_SCRIPT = Path(sys.executable).parent / "supervisorctl"
+#: How the console script starts Python (its shell line: see bin/supervisorctl).
+CTL_FLAGS = "-IS"
 
 #: Never in a one-shot command (each is several ms, or a whole framework, of every call).
 NEVER_IN_CLI = frozenset({
     "trio", "structlog", "typing", "asyncio", "nats", "dataclasses", "pathlib", "logging",
     "contextlib", "shutil", "subprocess", "threading", "inspect", "tempfile", "uuid",
     "tomllib", "xmlrpc", "http", "email", "urllib", "argparse", "locale", "gettext", "socket",
-    "selectors",
+    "selectors", "msgpack", "datetime", "struct",
 })
 #: Never in a shim: the shim is stdlib + msgpack + ``events`` + ``shim`` (DESIGN.md).
 NEVER_IN_SHIM = frozenset({"trio", "structlog", "supervisor", "asyncio", "nats", "logging",
                            "argparse", "sniffio", "outcome", "attr"})
 
-#: What every ``supervisorctl`` command imports today: the grammar's table and its reader
+#: What every ``supervisorctl`` command imports today: ``os`` (which ``site`` imports in other
+#: programs, with ``_collections_abc`` for ``os.environ``), the grammar's table and its reader
 #: (:mod:`supervisor.ctl_args`: argparse, with re, enum, gettext and locale under it, only for
 #: ``--help`` and a line with an error in it), the blocking client (on ``_socket``: the
-#: ``socket`` module's enums and selectors are not needed to connect) and the codec (msgpack,
-#: which imports datetime; events.domain's enums).
+#: ``socket`` module's enums and selectors are not needed to connect) and the framing with the
+#: light payload codec (:mod:`events.minipack`: msgpack's own import, with the ``datetime``,
+#: ``collections`` and ``struct`` under it, cost more than the whole rest of a command).
 CLI_COMMON = frozenset({
-    "__future__", "_collections", "_datetime", "_functools", "_operator", "_socket", "_struct",
-    "collections", "datetime", "enum", "events", "events.domain", "events.rpc", "events.wire",
-    "functools", "itertools", "keyword", "math", "msgpack", "msgpack._cmsgpack",
-    "msgpack.exceptions", "msgpack.ext", "operator", "reprlib", "struct", "supervisor",
-    "supervisor.ctl", "supervisor.ctl_args", "supervisor.ctl_commands", "supervisor.ctl_grammar",
-    "supervisor.ctl_supervisor", "supervisor.defaults", "types",
+    "os", "posixpath", "genericpath", "stat", "_stat", "_collections_abc",
+    "__future__", "_socket", "events", "events.minipack", "events.rpc", "events.wire",
+    "supervisor", "supervisor.ctl", "supervisor.ctl_args", "supervisor.ctl_commands",
+    "supervisor.ctl_grammar", "supervisor.ctl_svgrammar", "supervisor.defaults",
 })
+#: Supervisor's verbs: its client (a port of Supervisor's supervisorctl), for its verbs only
+_SUPERVISOR = frozenset({"supervisor.ctl_supervisor"})
 #: events.render: the one event rendering (shared with `python -m events dump`), ~0.1 ms
-_RENDER = frozenset({"calendar", "events.render", "events.timefmt", "supervisor.ctl_render",
+_RENDER = frozenset({"events.render", "events.timefmt", "supervisor.ctl_render",
                      "supervisor.protocol"})
-#: json (its decoder imports re: the one-shot commands that print JSON pay for it)
+#: json (its decoder imports re, and re enum, functools and collections: the one-shot commands
+#: that print JSON pay for them)
 _JSON = frozenset({"json", "json.decoder", "json.encoder", "json.scanner", "_json", "re",
                    "re._casefix", "re._compiler", "re._constants", "re._parser", "_sre",
-                   "copyreg"})
+                   "copyreg", "enum", "functools", "_functools", "collections", "_collections",
+                   "itertools", "keyword", "operator", "_operator", "reprlib", "types"})
+#: a float in a reply (``info``'s uptime): the C ``_struct`` decodes it, without ``struct``
+_FLOAT = frozenset({"_struct"})
 #: Per command, on top of :data:`CLI_COMMON`.
 CLI_EXTRA: dict[str, frozenset[str]] = {
     "run": frozenset(),
     "ps": _RENDER,
     "ps --json": _RENDER | _JSON,
-    "status": frozenset(),  # Supervisor's table, rendered by ctl_supervisor
-    "stop --all": frozenset(),
-    "info": _RENDER | _JSON,
+    "status": _SUPERVISOR,  # Supervisor's table, rendered by ctl_supervisor
+    "stop --all": _SUPERVISOR,
+    "info": _SUPERVISOR | _RENDER | _JSON | _FLOAT,
 }
 
 #: What the shim launcher preloads (so every shim forked from it has it) and what a fresh
@@ -136,10 +145,10 @@ def ctl_imports(d: Daemon, *argv: str, ok: tuple[int, ...] = (0,)) -> set[str]:
     """What ``supervisorctl --root ROOT ARGV`` imports beyond the bare interpreter; it must
     succeed (a failing command takes other paths). ``status`` exits 3 when a program is not
     running, as Supervisor's does."""
-    proc = subprocess.run([PYTHON, "-X", "importtime", str(CTL_SCRIPT), "--root", str(d.root),
-                           *argv], capture_output=True, text=True, timeout=60, cwd="/")
+    proc = subprocess.run([PYTHON, CTL_FLAGS, "-X", "importtime", str(CTL_SCRIPT), "--root",
+                           str(d.root), *argv], capture_output=True, text=True, timeout=60, cwd="/")
     assert proc.returncode in ok, (argv, proc.stdout, proc.stderr[-2000:])
-    return traced_modules(proc.stderr) - interpreter_modules()
+    return traced_modules(proc.stderr) - interpreter_modules(CTL_FLAGS)
 
 
 def over_budget(imported: set[str], allowed: frozenset[str]) -> list[str]:
@@ -153,6 +162,12 @@ def with_containers(daemon: Daemon) -> Daemon:
     cid = daemon.run("true")
     daemon.wait_for(lambda: daemon.ps()[cid]["state"] == "stopped")
     return daemon
+
+
+def test_the_console_script_starts_python_with_the_traced_flags() -> None:
+    """The trace above is of the start users get: the script's shell line execs ``-IS``."""
+    line = CTL_SCRIPT.read_text().splitlines()[1]
+    assert f'exec "$d/python" {CTL_FLAGS} "$0" "$@"' in line
 
 
 @pytest.mark.skipif(not CTL_SCRIPT.exists(), reason="no console script: pip install -e .")
@@ -177,12 +192,12 @@ def test_supervisorctl_imports_only_its_budget(with_containers: Daemon, command:
 def test_the_budget_check_sees_an_added_import(with_containers: Daemon) -> None:
     """The check can fail: the same command with one more import is over budget."""
     proc = subprocess.run(
-        [PYTHON, "-X", "importtime", "-c",
+        [PYTHON, "-I", "-X", "importtime", "-c",
          "import sys, typing; from supervisor.ctl import main; sys.exit(main(sys.argv[1:]))",
          "--root", str(with_containers.root), "ps"],
         capture_output=True, text=True, timeout=60, cwd="/")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    imported = traced_modules(proc.stderr) - interpreter_modules()
+    imported = traced_modules(proc.stderr) - interpreter_modules("-I")
     assert "typing" in over_budget(imported, CLI_COMMON | CLI_EXTRA["ps"])
 
 
