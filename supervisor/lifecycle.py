@@ -193,9 +193,12 @@ class Lifecycle:
         if started is not None:
             items.append(("task.start", cid, started))
         # not durable: the container does not exist, so neither may its shim
-        await self.record_new_shim(cid, instance, items, remove=True)
+        await self.record_new_shim(cid, instance, items, remove=True, link=not start)
         if start:
-            await self._acknowledge_run(cid)
+            try:  # before its link starts: one conversation at a time with the new shim
+                await self._acknowledge_run(cid)
+            finally:
+                self.core.shims.link(cid, instance)
         return instance, ready
 
     async def _acknowledge_run(self, cid: str) -> None:
@@ -210,10 +213,10 @@ class Lifecycle:
             log.warning("could not acknowledge a new shim's record", id=cid, error=exc.message)
 
     async def record_new_shim(self, cid: str, instance: str, items: Sequence[Item], *,
-                              remove: bool) -> None:
-        """Append ``items`` (ending with the new shim's ``task.create``), then link the shim.
-        Not durable: no one may be told of its task, so the shim is ended (``remove``: with
-        its directory, for a container whose ``container.create`` was in ``items`` too)."""
+                              remove: bool, link: bool = True) -> None:
+        """Append ``items`` (holding the new shim's ``task.create``), then (``link``) link the
+        shim. Not durable: no one may be told of its task, so the shim is ended (``remove``:
+        with its directory, for a container whose ``container.create`` was in ``items``)."""
         try:
             await self.core.append(list(items))
         except BaseException:
@@ -222,7 +225,8 @@ class Lifecycle:
                 what = await (shims.end(cid) if remove else shims.end_task(cid))
                 log.warning("task not recorded; shim ended", id=cid, action=what)
             raise
-        self.core.shims.link(cid, instance)
+        if link:
+            self.core.shims.link(cid, instance)
 
     async def start(self, cid: str, *, by_user: bool = True) -> dict[str, Any]:
         """Start a created task; ``{"id", "pid"}`` once ``task.start`` is durable.
