@@ -494,11 +494,18 @@ async def call_shim(root: Path, cid: str, method: str, **params: Any) -> Any:
 async def end_shim(root: Path, cid: str, *, remove: bool = True) -> str:
     """End whatever runs in ``ROOT/shims/ID`` (delete with force; kill by pid if it does not
     answer) and, with ``remove``, remove the directory (else its logs stay). Returns what was
-    done, for the log."""
+    done, for the log. A deleted shim replies before it exits: it is waited for (bounded by
+    :data:`PREVIOUS_SHIM_GRACE`), so that a caller told "nothing was changed" (a start whose
+    record could not be appended) finds nothing of it running, and the directory is not
+    removed under a shim still cleaning up in it."""
     what = "removed an empty shim directory"
     try:
         await call_shim(root, cid, "delete", force=True)
         what = "deleted a live shim (its task killed)"
+        directory = shim_dir(root, cid)
+        with trio.move_on_after(PREVIOUS_SHIM_GRACE):
+            while shim_alive(directory):
+                await trio.sleep(0.002)
     except ApiError:
         try:
             pid = int(read_shim_file(root, cid, shim_api.PID_FILE) or b"")
