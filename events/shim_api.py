@@ -26,9 +26,12 @@ shim is ready (socket bound, pid and address written, container process created 
 ``start``) and prints one JSON line ``{"pid": SHIM_PID, "address": PATH, "task_pid": PID,
 "created_at": NS}``; on failure it exits 1 with the reason on stderr and leaves nothing running.
 ``... -m shim start ... --run`` is the same with the first task started too before ready (one
-request, not used by the daemon yet): the map adds ``"started_at": NS``, or
-``"exec_error": TEXT`` when the command could not be executed (its exit, 127, recorded and in
-the outbox).
+request: supervisord's ``run``): the map adds ``"started_at": NS``, or ``"exec_error": TEXT``
+when the command could not be executed (its exit, 127, recorded and in the outbox). Such a
+shim's ``state`` says ``started_by_run``: its task ran before any record of it was durable, so
+until its first ``ack`` (supervisord acknowledges a shim's events only once a record of the
+shim is durable; ``run`` acknowledges :data:`FIRST_SEQ` before it replies) it is an
+unacknowledged run, which supervisord's start-up ends rather than adopts.
 
 The fast path, used by supervisord whenever it is up: ``sys.executable -I -m shim launcher
 --root ROOT --fd N`` is a fork server that supervisord owns (it exits with the daemon; the shims
@@ -45,7 +48,9 @@ Socket: the wire protocol of :mod:`events.wire`. The caller's hello has role ``"
 Methods (see :data:`METHODS`):
 
 ``state``               -> ``{id, instance, pid, status, exit, exec_error, restart, health,
-                           orphans_reaped, shim_pid, seq, acked, runtime, execs, log}``;
+                           orphans_reaped, shim_pid, seq, acked, started_by_run, runtime,
+                           execs, log}``; ``started_by_run``: the first task was started by
+                           the shim's own start (``--run``), not by a ``start`` request;
                            ``status``: ``created``, ``running``, ``stopped`` or ``restarting``
                            (waiting out a back-off); ``exit``: the latest task's exit record;
                            ``restart``: ``{policy, attempt, start_at, gave_up, final}``;
@@ -171,6 +176,11 @@ NO_READY = "the shim did not report ready"
 #: The same for the container's first process killed before it reported (a signal, not an
 #: error of the spec: an error is reported with its stage and errno).
 CHILD_LOST = "the child died during setup"
+
+#: The seq of a new shim's first event: its first task's ``task.create``. supervisord's
+#: ``run`` acknowledges it (the record holds it) before it replies: a shim started with
+#: ``--run`` whose ``acked`` is still 0 is a run no one was told of.
+FIRST_SEQ = 1
 
 METHODS = frozenset({"state", "start", "kill", "stop", "wait", "events", "ack", "delete",
                      "shutdown", "exec"})

@@ -84,6 +84,7 @@ class Handlers:
         return {"id": shim.id, "instance": self.task.instance, **self.task.report(),
                 "orphans_reaped": shim.orphans_reaped, "shim_pid": os.getpid(),
                 "seq": outbox.seq, "acked": outbox.acked, "runtime": shim.spec.get("runtime"),
+                "started_by_run": shim.started_by_run,
                 "execs": shim.execs.callers(),
                 "log": {"lines": shim.log.written_lines, "dropped": shim.log.dropped_lines}}
 

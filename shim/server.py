@@ -82,6 +82,9 @@ class Shim:
         self.done = False
         self.retiring = False  # ending by itself: stopped for good, everything acknowledged
         self.orphans_reaped = 0
+        #: the first task was started by the shim's first request (``--run``), not by a
+        #: ``start`` the daemon sent once its record was durable (``state`` reports it)
+        self.started_by_run = False
         log_conf = spec.get("log") or {}
         self.log = CriLog(os.path.join(directory, shim_api.CONTAINER_LOG),
                           log_conf.get("max_size", 16 << 20), log_conf.get("keep", 3),
@@ -108,6 +111,7 @@ class Shim:
         ``started_at`` or ``exec_error``. Its events are queued."""
         if not start:
             return {"task_pid": self.task.create(), "created_at": self.task.created_at}
+        self.started_by_run = True
         started = self.task.run()
         ready = {"task_pid": started.pop("pid"), "created_at": self.task.created_at}
         ready.update(started)

@@ -4,16 +4,23 @@ The log is the daemon's memory of which shims it started. A live shim it does no
 of two things:
 
 * the daemon started it and died before it recorded it (between the shim's start and the
-  append of its ``container.create`` or ``task.create``): no one was told of it, and its task
-  never ran (the start comes after the record). Ending it kills nothing anyone ran;
+  append of its ``container.create`` or ``task.create``): no one was told of it. Its task
+  never ran (a ``start`` comes after the record), unless the shim started it itself, with
+  its first request (``run``): then its task ran before any record, and the shim says so
+  (``started_by_run``) until the daemon first acknowledges its events. Ending it kills
+  nothing anyone was told of;
 * the log lost the events that recorded it (an older copy of ``ROOT/events`` put back, a cut by
   ``--repair``): a container someone created, probably running. It must be *adopted*: its spec
   is in its directory (``spec.json``), its task's state in the shim (``state``), so the daemon
   records ``container.adopt`` with both and carries on as if it had never lost track of it
   (the shim's later events are deduplicated from the ``shim_seq`` the adoption names).
 
-Which one it is: a shim whose task ever ran was recorded once (a start is always after its
-record), so it is adopted whatever else is known. A shim whose task never ran is ended, unless
+Which one it is (:func:`recorded_once`): a shim whose task was started by a ``start``
+request was recorded once (that request is always sent after the record is durable); so was
+a shim whose events the daemon acknowledged (a link acknowledges only the events of a shim
+the log records, and it connects only once that record is durable). Such a shim is adopted
+whatever else is known. A shim whose task never ran, or ran only by its own first request
+and no event of it was ever acknowledged (a ``run`` the daemon died in), is ended, unless
 the daemon was started with ``--repair`` (the operator says history may be lost): then it is
 adopted too, and the user sees a ``created`` container in ``ps``. A live shim that does not
 answer (stopped, wedged) is left running and reported; so is a directory with no live shim
@@ -56,7 +63,7 @@ if TYPE_CHECKING:
 
 __all__ = ["REMOVING", "Outcome", "account_for", "adopt", "adopt_if_history_lost", "api_spec",
            "mark_removing",
-           "never_ran", "ran_a_task", "shim_state", "should_adopt"]
+           "never_ran", "ran_a_task", "recorded_once", "shim_state", "should_adopt"]
 
 log = structlog.get_logger("supervisord.adopt")
 
@@ -86,9 +93,21 @@ def ran_a_task(state: dict[str, Any]) -> bool:
     return state.get("status") != ContainerState.CREATED or state.get("exit") is not None
 
 
+def recorded_once(state: dict[str, Any]) -> bool:
+    """Was the shim whose ``state`` this is ever recorded in the log? Yes if a ``start``
+    request started its task (status beyond ``created``, or an exit: the daemon sends
+    ``start`` only once the task's record is durable), or, for a shim that started its task
+    itself (``started_by_run``: ``run``'s one request), once the daemon acknowledged any of
+    its events (``acked``: its link acknowledges only after the record is durable)."""
+    if state.get("started_by_run"):
+        acked = state.get("acked")
+        return isinstance(acked, int) and acked > 0
+    return ran_a_task(state)
+
+
 def should_adopt(state: dict[str, Any], history_may_be_lost: bool) -> bool:
     """Adopt (rather than end) a live shim the log does not record: see the module."""
-    return history_may_be_lost or ran_a_task(state)
+    return history_may_be_lost or recorded_once(state)
 
 
 def api_spec(shim_spec: dict[str, Any]) -> Spec:
@@ -225,15 +244,17 @@ async def account_for(core: Core, cid: str) -> str:
                   "not killed); see its shim.log, or end it by hand", path=str(directory))
         return Outcome.LEFT
     if should_adopt(state, core.config.repair):
-        why = ("its task runs or ran, so it was recorded once: the log lost that record"
-               if ran_a_task(state) else
+        why = ("it was recorded once (its task was started by request, or its events were "
+               "acknowledged): the log lost that record" if recorded_once(state) else
                "started with --repair: the log may have lost its create")
         if await adopt(core, cid, state, why):
             return Outcome.ADOPTED
         return Outcome.LEFT
     what = await core.shims.end(cid)
-    log.warning("ended a shim the log does not know whose task never ran (a start the daemon "
-                "died in before recording it: no one was told of it)", id=cid, action=what)
+    log.warning("ended a shim the log does not know whose task never ran, or ran only by its "
+                "own start with no event acknowledged (a create or run the daemon died in "
+                "before recording it: no one was told of it)", id=cid, action=what,
+                started_by_run=bool(state.get("started_by_run")), status=state.get("status"))
     return Outcome.ENDED
 
 

@@ -33,13 +33,13 @@ from supervisor.channel import Closed, connect
 from supervisor.core import Core
 from supervisor.decide import restart_spec, stopped_for_good
 from supervisor.errors import ApiError
-from supervisor.lifecycle import RECORD_GRACE, Lifecycle, task_create_data
+from supervisor.lifecycle import RECORD_GRACE, Lifecycle
 from supervisor.links import end_leftovers
 from supervisor.projection import Container
 from supervisor.shims import (
+    Ready,
     checked_shim_dir,
     exit_data,
-    new_instance,
     read_address,
     remote_api_error,
     remove_shim_dir,
@@ -129,6 +129,13 @@ class Commands:
     # -- create / start / run -------------------------------------------------------------------
 
     async def create(self, params: dict[str, Any]) -> dict[str, Any]:
+        cid, _, _ = await self._new_container(params, start=False)
+        return {"id": cid}
+
+    async def _new_container(self, params: dict[str, Any], *, start: bool
+                             ) -> tuple[str, str, Ready]:
+        """A new container and its shim, its task created (with ``start``, started too: one
+        request to the shim, one append): ``(id, instance, the shim's ready map)``."""
         spec = validate_spec(params.get("spec"))
         name = spec.get("name")
         cid = check_id(name) if name is not None else self._new_id()
@@ -137,15 +144,8 @@ class Commands:
                 raise ApiError(ErrorCode.CONFLICT, f"the id {cid!r} is in use; remove that "
                                "container first (`supervisorctl rm`) or choose another name")
             await self._clear_the_way(cid)
-            instance = new_instance()
-            ready = await self._core.shims.spawn(cid, instance, spec)
-            stored = {**spec, "name": cid}
-            # not durable: the container does not exist, so neither may its shim
-            await self._lifecycle.record_new_shim(cid, instance, [
-                ("container.create", cid, {"spec": stored}),
-                ("task.create", cid, task_create_data(ready, instance, self._core.boot_id)),
-            ], remove=True)
-        return {"id": cid}
+            instance, ready = await self._lifecycle.new_container(cid, spec, start=start)
+        return cid, instance, ready
 
     async def _clear_the_way(self, cid: str) -> None:
         """A directory the log does not know where ``cid``'s would go: what start-up left
@@ -178,16 +178,14 @@ class Commands:
             return await self._lifecycle.start(cid)
 
     async def run(self, params: dict[str, Any]) -> dict[str, Any]:
-        created = await self.create(params)
-        cid = created["id"]
-        try:
-            async with self._core.lock(cid):
-                return await self._lifecycle.start(cid)
-        except ApiError as exc:
-            if exc.code != ErrorCode.EXEC_FAILED:
-                raise
-            raise ApiError(ErrorCode.EXEC_FAILED, await self._after_failed_run(
-                cid, exc.message)) from None
+        """``create`` and ``start`` in one request to the shim and one append."""
+        cid, instance, ready = await self._new_container(params, start=True)
+        exec_error = ready.get("exec_error")
+        if exec_error is None:
+            return {"id": cid, "pid": ready.get("task_pid")}
+        async with self._core.lock(cid):
+            await self._lifecycle.start_failed(cid, instance, exec_error)
+        raise ApiError(ErrorCode.EXEC_FAILED, await self._after_failed_run(cid, exec_error))
 
     async def _after_failed_run(self, cid: str, message: str) -> str:
         """The error of a ``run`` whose command could not start: which container, and whether

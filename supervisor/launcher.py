@@ -139,8 +139,9 @@ class ShimLauncher:
                 waiter[1].append(message)
                 waiter[0].set()
 
-    async def start(self, cid: str) -> Ready | None:
-        """Start the shim of *cid*: its ready map; None if the launcher cannot (fall back);
+    async def start(self, cid: str, start: bool = False) -> Ready | None:
+        """Start the shim of *cid* (with *start*, its task too: the map has ``started_at``
+        or ``exec_error``): its ready map; None if the launcher cannot (fall back);
         :class:`~supervisor.errors.ApiError` if the shim could not start the container (as
         ``shim start``); :class:`~supervisor.shims.LauncherLost` if the launcher went away
         meanwhile.
@@ -158,7 +159,7 @@ class ShimLauncher:
         try:
             with trio.CancelScope(shield=True):
                 try:
-                    await chan.send(wire.request(rid, "start", {"id": cid}))
+                    await chan.send(wire.request(rid, "start", {"id": cid, "start": start}))
                 except Closed as exc:
                     raise LauncherLost(str(exc)) from None
                 with trio.move_on_after(READY_TIMEOUT + 5):

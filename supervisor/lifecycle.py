@@ -9,17 +9,27 @@ before it acts where a crash could otherwise double or lose something:
 * :meth:`Lifecycle.new_task` starts a shim, then records ``task.create`` (with whatever
   decision led to it, in the same append); a shim the daemon started but did not record is
   ended at the next start-up, since no one was told of it;
-* :meth:`Lifecycle.start` replies once ``task.start`` is durable.
+* :meth:`Lifecycle.start` replies once ``task.start`` is durable;
+* :meth:`Lifecycle.new_container` (``create``, ``run``) starts a new container's shim and
+  records ``container.create`` and ``task.create`` in one append; for ``run`` the shim starts
+  the task too before it reports ready (one request: no ``start`` call, and runc's ``run``
+  instead of ``create`` + ``start``) and ``task.start`` goes in the same append. Such a task
+  runs before its record is durable, so the shim says so (``started_by_run`` in ``state``)
+  until the daemon first acknowledges its events, which ``run`` does once that record is
+  durable and before it replies: a daemon that dies in between finds at start-up a live shim
+  the log does not know whose run no one was told of, and ends it
+  (:func:`supervisor.adopt.recorded_once`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
 
+from events import shim_api
 from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT, ContainerState, ErrorCode
 from supervisor.core import Core, Item
 from supervisor.decide import decision, stopped_for_good
@@ -27,7 +37,10 @@ from supervisor.errors import ApiError
 from supervisor.projection import Container, State
 from supervisor.shims import Ready, exit_data, new_instance
 
-__all__ = ["RECORD_GRACE", "Lifecycle", "task_create_data"]
+if TYPE_CHECKING:
+    from supervisor.spec import Spec
+
+__all__ = ["RECORD_GRACE", "Lifecycle", "task_create_data", "task_start_data"]
 
 log = structlog.get_logger("supervisord.lifecycle")
 
@@ -48,6 +61,17 @@ def task_create_data(ready: Ready, instance: str, boot_id: str) -> dict[str, Any
                             "boot_id": boot_id}
     if isinstance(ready.get("created_at"), int):
         data["created_at"] = ready["created_at"]
+    return data
+
+
+def task_start_data(ready: Ready, instance: str) -> dict[str, Any] | None:
+    """``task.start`` from the ready map of a shim asked to start its task too; None when
+    the program could not be executed (``exec_error``: its exit comes through the link)."""
+    if "exec_error" in ready:
+        return None
+    data: dict[str, Any] = {"pid": ready.get("task_pid"), "instance": instance}
+    if isinstance(ready.get("started_at"), int):  # the shim's clock
+        data["started_at"] = ready["started_at"]
     return data
 
 
@@ -155,11 +179,44 @@ class Lifecycle:
                                    remove=False)
         return instance
 
+    async def new_container(self, cid: str, spec: Spec, *, start: bool) -> tuple[str, Ready]:
+        """A new container ``cid`` (the caller checked that the id is free and cleared the
+        way) and its shim, its task created, and with ``start`` started too: ``(instance,
+        the shim's ready map)`` once ``container.create``, ``task.create`` (and
+        ``task.start``, unless the program could not be executed) are durable."""
+        instance = new_instance()
+        ready = await self.core.shims.spawn(cid, instance, spec, start=start)
+        items: list[Item] = [
+            ("container.create", cid, {"spec": {**spec, "name": cid}}),
+            ("task.create", cid, task_create_data(ready, instance, self.core.boot_id))]
+        started = task_start_data(ready, instance) if start else None
+        if started is not None:
+            items.append(("task.start", cid, started))
+        # not durable: the container does not exist, so neither may its shim
+        await self.record_new_shim(cid, instance, items, remove=True, link=not start)
+        if start:
+            try:  # before its link starts: one conversation at a time with the new shim
+                await self._acknowledge_run(cid)
+            finally:
+                self.core.shims.link(cid, instance)
+        return instance, ready
+
+    async def _acknowledge_run(self, cid: str) -> None:
+        """Tell a shim that started its task itself that its record is durable (``ack`` of
+        its first event, the ``task.create`` the record holds) before anyone is told of the
+        run: from then on a start-up whose log lost the record adopts the shim rather than
+        ending it (:func:`supervisor.adopt.recorded_once`). A shim that cannot be reached
+        is its link's to account for (the record is durable either way)."""
+        try:
+            await self.core.shims.call(cid, "ack", seq=shim_api.FIRST_SEQ)
+        except ApiError as exc:
+            log.warning("could not acknowledge a new shim's record", id=cid, error=exc.message)
+
     async def record_new_shim(self, cid: str, instance: str, items: Sequence[Item], *,
-                              remove: bool) -> None:
-        """Append ``items`` (ending with the new shim's ``task.create``), then link the shim.
-        Not durable: no one may be told of its task, so the shim is ended (``remove``: with
-        its directory, for a container whose ``container.create`` was in ``items`` too)."""
+                              remove: bool, link: bool = True) -> None:
+        """Append ``items`` (holding the new shim's ``task.create``), then (``link``) link the
+        shim. Not durable: no one may be told of its task, so the shim is ended (``remove``:
+        with its directory, for a container whose ``container.create`` was in ``items``)."""
         try:
             await self.core.append(list(items))
         except BaseException:
@@ -168,7 +225,8 @@ class Lifecycle:
                 what = await (shims.end(cid) if remove else shims.end_task(cid))
                 log.warning("task not recorded; shim ended", id=cid, action=what)
             raise
-        self.core.shims.link(cid, instance)
+        if link:
+            self.core.shims.link(cid, instance)
 
     async def start(self, cid: str, *, by_user: bool = True) -> dict[str, Any]:
         """Start a created task; ``{"id", "pid"}`` once ``task.start`` is durable.
@@ -186,11 +244,7 @@ class Lifecycle:
             result = await self.core.shims.call(cid, "start")
         except ApiError as exc:
             if exc.code == ErrorCode.EXEC_FAILED:
-                # the shim recorded exit 127: reply once that exit is durable
-                with trio.move_on_after(5):
-                    await self.wait_stopped(cid, instance)
-                if by_user:
-                    await self._unstartable(cid, instance, exc.message)
+                await self.start_failed(cid, instance, exc.message, by_user=by_user)
             raise
         pid = result.get("pid")
 
@@ -212,6 +266,16 @@ class Lifecycle:
             raise ApiError(ErrorCode.NO_SPACE, _started_unrecorded(cid, pid, exc.message)
                            ) from None
         return {"id": cid, "pid": pid}
+
+    async def start_failed(self, cid: str, instance: str | None, why: str, *,
+                           by_user: bool = True) -> None:
+        """The task's command could not be executed (its shim recorded the exit, 127, and
+        the link delivers it): return once that exit is durable. Asked by a user, the
+        container is settled as docker does (see :meth:`start`)."""
+        with trio.move_on_after(5):
+            await self.wait_stopped(cid, instance)
+        if by_user:
+            await self._unstartable(cid, instance, why)
 
     async def _unstartable(self, cid: str, instance: str | None, why: str) -> None:
         c = self.core.container(cid)

@@ -190,10 +190,11 @@ class ShimLink:
             return
 
     async def _adopt_stranger(self, state: dict[str, Any]) -> bool:
-        """Another shim than ours answers in the container's directory. One whose task never
-        ran is a start the daemon died in before recording it: not ours, and ours is gone
-        (False: the link ends and the stranger is ended). One whose task ran was recorded
-        once, so the log lost that: it is adopted, and this link goes on as its link."""
+        """Another shim than ours answers in the container's directory. One no record ever
+        named is a start the daemon died in before recording it: not ours, and ours is gone
+        (False: the link ends and the stranger is ended). One that was recorded once
+        (:func:`supervisor.adopt.recorded_once`), so the log lost that: it is adopted, and
+        this link goes on as its link."""
         log.warning("another shim answers in the container's directory", id=self.cid,
                     instance=state.get("instance"), expected=self.instance)
         if adopt.should_adopt(state, self.host.history_may_be_lost) and \

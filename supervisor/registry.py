@@ -65,10 +65,12 @@ class ShimRegistry:
 
     # -- starting -------------------------------------------------------------------------------
 
-    async def spawn(self, cid: str, instance: str, spec: Spec, attempt: int = 0) -> Ready:
-        """Start a shim for ``cid`` (its ready map); see :func:`supervisor.shims.spawn_shim`."""
+    async def spawn(self, cid: str, instance: str, spec: Spec, attempt: int = 0,
+                    start: bool = False) -> Ready:
+        """Start a shim for ``cid`` (its ready map; with ``start``, its task started too); see
+        :func:`supervisor.shims.spawn_shim`."""
         self.want_launcher()  # this start goes through a fresh interpreter if it is not ready
-        return await spawn_shim(self.root, cid, instance, spec, self.launcher, attempt)
+        return await spawn_shim(self.root, cid, instance, spec, self.launcher, attempt, start)
 
     def link(self, cid: str, instance: str) -> ShimLink:
         """Start the link to ``cid``'s shim ``instance``; it replaces any previous link."""

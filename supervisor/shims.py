@@ -61,6 +61,9 @@ class Ready(TypedDict, total=False):
     address: str
     task_pid: int
     created_at: int  # the shim's clock, unix ns
+    # asked to start the task too (the single create-and-start request): one of
+    started_at: int  # it runs the user's program (the shim's clock)
+    exec_error: str  # the program could not be executed: its exit (127) is in the outbox
 
 
 class ShimSpec(TypedDict, total=False):
@@ -95,7 +98,7 @@ class Launcher(Protocol):
     @property
     def ready(self) -> bool: ...
 
-    async def start(self, cid: str) -> Ready | None: ...
+    async def start(self, cid: str, start: bool = False) -> Ready | None: ...
 
 
 class LauncherLost(Exception):
@@ -141,9 +144,12 @@ def shim_spec(cid: str, instance: str, spec: Spec, attempt: int = 0) -> ShimSpec
 
 
 async def spawn_shim(root: Path, cid: str, instance: str, spec: Spec,
-                     launcher: Launcher | None = None, attempt: int = 0) -> Ready:
+                     launcher: Launcher | None = None, attempt: int = 0, start: bool = False
+                     ) -> Ready:
     """Write the shim spec and start the shim (through ``launcher`` when it is ready); its
-    ready map. The shim directory must not hold a live shim.
+    ready map. The shim directory must not hold a live shim. With ``start``, the shim starts
+    the task too before it reports ready (``runc run``: one runtime process, and no ``start``
+    call): the map then has ``started_at``, or ``exec_error``.
 
     On failure nothing is left: the shim's own start leaves nothing running, and a directory
     this call created is removed (a retry, or the next start, finds a clean slate).
@@ -151,7 +157,7 @@ async def spawn_shim(root: Path, cid: str, instance: str, spec: Spec,
     directory = checked_shim_dir(root, cid)
     fresh = not os.path.lexists(directory)
     try:
-        return await _spawn(root, cid, directory, instance, spec, launcher, attempt)
+        return await _spawn(root, cid, directory, instance, spec, launcher, attempt, start)
     except BaseException:
         if fresh:
             with trio.CancelScope(shield=True):
@@ -160,7 +166,7 @@ async def spawn_shim(root: Path, cid: str, instance: str, spec: Spec,
 
 
 async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: Spec,
-                 launcher: Launcher | None, attempt: int) -> Ready:
+                 launcher: Launcher | None, attempt: int, start: bool) -> Ready:
     # A shim that was just deleted (restart) replies, removes its socket and exits: until it
     # has, it holds the directory's lock and a new shim would be refused. Wait for it (bounded:
     # past that, the new shim's start says clearly that another shim runs).
@@ -185,10 +191,10 @@ async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: Spe
     if launcher is not None and launcher.ready:
         ready: Ready | None
         try:
-            ready = await launcher.start(cid)
+            ready = await launcher.start(cid, start)
         except LauncherLost as exc:  # it may have started the shim: find out before retrying
             log.warning("the shim launcher went away during a start", id=cid, error=str(exc))
-            ready = await _adopt_after_lost_launcher(root, cid, directory, instance)
+            ready = await _adopt_after_lost_launcher(root, cid, directory, instance, start)
             why = "launcher lost"
         else:
             why = "launcher error"
@@ -197,10 +203,10 @@ async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: Spe
                      ms=round((time.perf_counter() - began) * 1e3, 1))
             return ready
     try:
-        ready = await _spawn_fresh(root, cid)
+        ready = await _spawn_fresh(root, cid, start)
     except StarterKilled as exc:  # its shim may run (ready told to no one): as a lost launcher
         log.warning("shim start was killed during a start", id=cid, error=str(exc))
-        found = await _adopt_after_lost_launcher(root, cid, directory, instance)
+        found = await _adopt_after_lost_launcher(root, cid, directory, instance, start)
         if found is None:
             raise start_failed(f"{shim_api.NO_READY}: {exc}") from None
         ready = found
@@ -209,10 +215,12 @@ async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: Spe
     return ready
 
 
-async def _spawn_fresh(root: Path, cid: str) -> Ready:
-    """``python -I -m shim start``: a whole new interpreter (the fallback of the launcher)."""
+async def _spawn_fresh(root: Path, cid: str, start: bool = False) -> Ready:
+    """``python -I -m shim start`` (``--run`` with ``start``): a whole new interpreter (the
+    fallback of the launcher)."""
     # Absolute interpreter, isolated mode: never a PATH lookup, never the caller's env.
-    argv = [sys.executable, "-I", "-m", "shim", "start", "--root", str(root), "--id", cid]
+    argv = [sys.executable, "-I", "-m", "shim", "start", "--root", str(root), "--id", cid,
+            *(["--run"] if start else [])]
     result = await trio.run_process(argv, capture_stdout=True, capture_stderr=True,
                                     check=False, stdin=b"")
     if result.returncode < 0:
@@ -248,16 +256,17 @@ def start_failed(reason: str) -> ApiError:
     return ApiError(code, f"the shim could not start the container: {reason}")
 
 
-async def _adopt_after_lost_launcher(root: Path, cid: str, directory: Path, instance: str
-                                     ) -> Ready | None:
+async def _adopt_after_lost_launcher(root: Path, cid: str, directory: Path, instance: str,
+                                     start: bool = False) -> Ready | None:
     """After the launcher (or ``shim start``) died with our start in flight: the shim it forked
     either reported ready before (it runs: adopt it, its ready map from ``state``) or finds its
-    ready pipe closed and aborts (its lock is freed: return None, start afresh).
+    ready pipe closed and aborts (its lock is freed: return None, start afresh). With
+    ``start``, a shim that reported ready had started its task, or knows why it could not.
 
     A shim that has not yet taken its directory's lock (stopped just after its fork) is found
     by its command line: until it is gone, a fresh shim would race it for the lock. One that
-    neither answers nor goes away in time is SIGKILLed: its start was never recorded, so its
-    task never ran (``outcome`` of ``shim start`` does the same to a silent shim).
+    neither answers nor goes away in time is SIGKILLed: its start was never recorded, so no
+    one was told of its task (``outcome`` of ``shim start`` does the same to a silent shim).
     """
     deadline = trio.current_time() + LOST_STARTER_GRACE
     while trio.current_time() < deadline:
@@ -269,7 +278,18 @@ async def _adopt_after_lost_launcher(root: Path, cid: str, directory: Path, inst
             address = read_address(root, cid)
             if address and state.get("shim_pid") and state.get("pid"):
                 log.info("adopted a shim the lost launcher had started", id=cid)
-                return {"pid": state["shim_pid"], "address": address, "task_pid": state["pid"]}
+                ready: Ready = {"pid": state["shim_pid"], "address": address,
+                                "task_pid": state["pid"]}
+                if isinstance(state.get("created_at"), int):
+                    ready["created_at"] = state["created_at"]
+                if start:
+                    exec_error = state.get("exec_error")
+                    if isinstance(exec_error, dict):
+                        ready["exec_error"] = (f"{exec_error.get('message')} (errno "
+                                               f"{exec_error.get('errno')})")
+                    elif isinstance(state.get("started_at"), int):
+                        ready["started_at"] = state["started_at"]
+                return ready
         if not shim_alive(directory) and not await trio.to_thread.run_sync(
                 starting_shims, root, cid):
             return None
@@ -289,7 +309,8 @@ def starting_shims(root: Path, cid: str) -> list[int]:
     titles its shims as ``shim start`` does), not their children that have not exec'd yet."""
     title = f" -m shim start --root {root} --id {cid}"
     table = process_table()
-    shims = {pid for pid, (_, cmd) in table.items() if cmd.rstrip().endswith(title)}
+    shims = {pid for pid, (_, cmd) in table.items()
+             if cmd.rstrip().removesuffix(" --run").endswith(title)}
     return [pid for pid in shims if table[pid][0] not in shims]
 
 
@@ -473,11 +494,18 @@ async def call_shim(root: Path, cid: str, method: str, **params: Any) -> Any:
 async def end_shim(root: Path, cid: str, *, remove: bool = True) -> str:
     """End whatever runs in ``ROOT/shims/ID`` (delete with force; kill by pid if it does not
     answer) and, with ``remove``, remove the directory (else its logs stay). Returns what was
-    done, for the log."""
+    done, for the log. A deleted shim replies before it exits: it is waited for (bounded by
+    :data:`PREVIOUS_SHIM_GRACE`), so that a caller told "nothing was changed" (a start whose
+    record could not be appended) finds nothing of it running, and the directory is not
+    removed under a shim still cleaning up in it."""
     what = "removed an empty shim directory"
     try:
         await call_shim(root, cid, "delete", force=True)
         what = "deleted a live shim (its task killed)"
+        directory = shim_dir(root, cid)
+        with trio.move_on_after(PREVIOUS_SHIM_GRACE):
+            while shim_alive(directory):
+                await trio.sleep(0.002)
     except ApiError:
         try:
             pid = int(read_shim_file(root, cid, shim_api.PID_FILE) or b"")

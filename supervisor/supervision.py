@@ -156,11 +156,12 @@ class Supervision:
 
     async def _our_shim_lives(self, c: Container) -> bool:
         """Is a shim alive in ``c``'s directory that decides for it? Its own shim does. A
-        stranger (another instance) whose task ran is adopted (the log lost its record) and
-        then decides; one whose task never ran (a start the daemon died in before recording
-        it) is ended. A shim that does not answer is given :data:`EXITING_GRACE` to finish
-        exiting (a shim that retires closes its connection before it drops its lock), then
-        left running, never killed: the daemon cannot tell what it is."""
+        stranger (another instance) that was recorded once (:func:`adopt.recorded_once`) is
+        adopted (the log lost its record) and then decides; one no record named (a start the
+        daemon died in before recording it) is ended. A shim that does not answer is given
+        :data:`EXITING_GRACE` to finish exiting (a shim that retires closes its connection
+        before it drops its lock), then left running, never killed: the daemon cannot tell
+        what it is."""
         if not self.core.shims.alive(c.id):
             return False
         try:
@@ -187,8 +188,8 @@ class Supervision:
                           its_instance=state.get("instance"))
             return True
         what = await self.core.shims.end_task(c.id)
-        log.warning("ended a shim the log does not know in a container's directory (its task "
-                    "never ran)", id=c.id, action=what, its_instance=state.get("instance"))
+        log.warning("ended a shim the log does not know in a container's directory (no record "
+                    "named it)", id=c.id, action=what, its_instance=state.get("instance"))
         return False
 
     async def _decide(self, cid: str) -> None:

@@ -309,7 +309,8 @@ def test_after_a_lost_launcher_a_running_shim_is_adopted_else_the_start_goes_fre
     shim = shims.start(["sleep", "30"])
     instance = shim.call("state")["instance"]
     ready = trio.run(_adopt_after_lost_launcher, root, shim.id, shim.dir, instance)
-    assert ready == {"pid": shim.pid, "address": shim.address, "task_pid": shim.task_pid}
+    assert ready == {"pid": shim.pid, "address": shim.address, "task_pid": shim.task_pid,
+                     "created_at": shim.call("state")["created_at"]}
     cid = shims.write_spec(command=["sleep", "30"])
     assert trio.run(_adopt_after_lost_launcher, root, cid, shim_api.shim_dir(root, cid),
                     "other") is None

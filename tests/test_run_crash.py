@@ -1,0 +1,159 @@
+"""``run`` in one request to the shim: its crash window, and its exactly-once records.
+
+``run`` asks the launcher for a shim that creates *and starts* the task before it reports
+ready, then appends ``container.create`` + ``task.create`` + ``task.start`` at once. So, unlike
+``create``, a task runs before its record is durable: a daemon killed between the shim's ready
+and the append leaves a live shim the log does not know, whose task runs. Start-up must end it
+(no one was told of it: an unacknowledged run, like an unacknowledged create), never adopt it
+as a container that appears from nowhere; a run that was acknowledged and whose record the log
+later lost is adopted (tests/test_adopt.py).
+
+The window is hit for real: the launcher (which carries the shim's ready map to the daemon) is
+SIGSTOPped as soon as the shim exists, so the daemon never hears the ready; once the shim says
+its task runs, the daemon is SIGKILLed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import threading
+import time
+from typing import Any
+
+from conftest import _proc_table
+from daemon_helpers import Daemon
+
+from events import shim_api, wire
+from events.procfs import is_running
+from events.rpc import BlockingConnection
+
+RUN = f"{os.getpid():x}{random.getrandbits(24):06x}"
+
+
+def marked(cid: str) -> list[int]:
+    """The container's processes (its command carries a marker)."""
+    return [pid for pid, (_, cmd) in _proc_table().items()
+            if f"mark-{RUN}-{cid} " in cmd + " "]
+
+
+def launcher_pid(d: Daemon) -> int:
+    needle = f"-m shim launcher --root {d.root} "
+    pids = [pid for pid, (ppid, cmd) in _proc_table().items()
+            if needle in cmd and ppid == d.pid]
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+def shim_state(d: Daemon, cid: str) -> dict[str, Any] | None:
+    try:
+        address = (d.root / "shims" / cid / shim_api.ADDRESS_FILE).read_text()
+        with BlockingConnection(address, role="client", timeout=5) as conn:
+            return conn.call("state")
+    except (OSError, wire.ProtocolError, wire.RemoteError, EOFError):
+        return None
+
+
+def run_in_background(d: Daemon, cid: str) -> threading.Thread:
+    def call() -> None:
+        # the daemon is killed under it
+        with contextlib.suppress(Exception), BlockingConnection(d.socket, timeout=20) as conn:
+            conn.call("run", spec={"name": cid, "command": [
+                "sh", "-c", "sleep 1000; true", f"mark-{RUN}-{cid}"]})
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread
+
+
+def stop_launcher_when_the_shim_exists(d: Daemon, cid: str, lpid: int) -> bool:
+    """SIGSTOP the launcher as soon as ``cid``'s shim has written its address (it reports
+    ready only after it started the task). True if the daemon had not recorded it by then."""
+    address = d.root / "shims" / cid / shim_api.ADDRESS_FILE
+    deadline = time.monotonic() + 10
+    while not address.exists():
+        assert time.monotonic() < deadline, "the shim never started"
+    os.kill(lpid, signal.SIGSTOP)
+    return cid not in d.ps()
+
+
+def test_a_run_the_daemon_died_in_before_its_append_is_ended(daemon: Daemon) -> None:
+    daemon.wait_for(lambda: '"shim launcher ready"' in daemon.stderr(), timeout=15)
+    kept = daemon.run("sleep", "1000", name="kept")
+    hits = 0
+    for attempt in range(6):
+        cid = f"r{attempt}"
+        lpid = launcher_pid(daemon)
+        worker = run_in_background(daemon, cid)
+        if not stop_launcher_when_the_shim_exists(daemon, cid, lpid):
+            os.kill(lpid, signal.SIGCONT)  # too late: the run was recorded; try again
+            worker.join(20)
+            assert daemon.ps()[cid]["state"] == "running"
+            continue
+        # the shim reported ready into the stopped launcher: its task runs, unrecorded
+        state = daemon.wait_for(lambda cid=cid: (s := shim_state(daemon, cid)) is not None
+                                and s["status"] == "running" and s, timeout=10)
+        assert state["started_by_run"] is True and state["acked"] == 0, state
+        shim_pid, task_pid = state["shim_pid"], state["pid"]
+        assert marked(cid)
+        daemon.kill9()  # the launcher dies with it (PDEATHSIG), stopped or not
+        worker.join(20)
+        hits += 1
+        daemon.start().reconciled()
+        rows = daemon.ps()
+        assert cid not in rows, f"{cid} appeared from nowhere: {rows[cid]}"
+        assert [e for e in daemon.stream("events") if e["id"] == cid] == []
+        daemon.wait_for(lambda p=shim_pid, t=task_pid: not is_running(p) and not is_running(t),
+                        timeout=10)
+        assert marked(cid) == [], "a task no one recorded still runs"
+        assert not (daemon.root / "shims" / cid).exists()
+        assert rows[kept]["state"] == "running"
+        daemon.wait_for(lambda: daemon.stderr().count('"shim launcher ready"') >= daemon.starts,
+                        timeout=15)
+        if hits >= 2:
+            break
+    print(f"window hit {hits} times in {attempt + 1} attempts")
+    assert hits >= 1, "the window between the shim's ready and the append was never hit"
+    assert "ended a shim the log does not know" in daemon.stderr()
+    # the id is free again: an ordinary run of it works
+    daemon.call("run", spec={"name": "r0", "command": ["sleep", "1000"]})
+    assert daemon.ps()["r0"]["state"] == "running"
+
+
+def test_an_acknowledged_run_says_so_before_the_reply(daemon: Daemon) -> None:
+    """The fact start-up relies on: by the time ``run`` replied, the shim has had its first
+    event acknowledged (its record is durable), so a log that later loses the record adopts
+    it (tests/test_adopt.py) rather than ending it."""
+    cid = daemon.run("sleep", "1000", name="acked")
+    state = shim_state(daemon, cid)
+    assert state is not None and state["started_by_run"] is True
+    assert state["acked"] >= shim_api.FIRST_SEQ
+    created = daemon.call("create", spec={"name": "made", "command": ["sleep", "1000"]})
+    state = shim_state(daemon, created["id"])
+    assert state is not None and state["started_by_run"] is False
+
+
+def test_a_run_that_cannot_exec_records_its_127_once(daemon: Daemon) -> None:
+    for policy in ("no", "always"):
+        cid = f"typo-{policy}"
+        try:
+            daemon.call("run", spec={"name": cid, "command": ["/nonexistent/binary"],
+                                     "restart": {"policy": policy}})
+        except wire.RemoteError as exc:
+            assert exc.code == "exec_failed" and cid in exc.message, exc
+        else:
+            raise AssertionError("run of a command that cannot be executed succeeded")
+        row = daemon.ps()[cid]
+        assert row["state"] == "stopped" and row["exit_status"] == 127, row
+        types = [e["type"] for e in daemon.stream("events") if e["id"] == cid]
+        expected = ["container.create", "task.create", "task.exit"]
+        if policy == "always":
+            expected.append("container.giveup")  # a typo is not a crash loop
+        assert types == expected, types
+        # the shim delivered its outbox and left; a restart of the daemon adds nothing
+    daemon.restart(kill=True).reconciled()
+    for cid in ("typo-no", "typo-always"):
+        exits = [e for e in daemon.stream("events", types=["task.exit"]) if e["id"] == cid]
+        assert len(exits) == 1 and exits[0]["data"]["exit_status"] == 127, exits
