@@ -6,13 +6,14 @@ A start answers ``ps`` before it has loaded what only later work needs. In order
    given, are checked now: a bad one refuses the start before anything is touched);
 2. the event log opened (its lock: a second daemon on this root is refused here), its id, the
    API socket bound (a live one refused, a stale one replaced), the state rebuilt from the
-   snapshot and the log's tail (:mod:`supervisor.restore`): none of it imports trio or
-   structlog, and log lines meanwhile are kept (:mod:`supervisor.logsetup`);
+   snapshot and the log's tail (:mod:`supervisor.restore`), ``supervisor.start`` appended:
+   none of it imports trio or structlog, and log lines meanwhile are kept
+   (:mod:`supervisor.logsetup`);
 3. the early server (:mod:`supervisor.early`) in a thread: ``ps`` and ``status`` answered from
    that state, every other request kept for the full server;
 4. meanwhile, in this thread: trio, structlog and the services (:mod:`supervisor.services`);
-   they append ``supervisor.start``, take the early server's socket and connections over, and
-   then reconcile, start the shim launcher, and serve until a signal or ``shutdown``.
+   they take the early server's socket and connections over, then reconcile, start the shim
+   launcher, and serve until a signal or ``shutdown``.
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ from typing import TYPE_CHECKING
 
 from events import procfs
 from events.log import CorruptLog, EventLog, LogBusy, LogVersionError
-from supervisor import compat_args, logsetup, neighbours, restore
+from supervisor import compat_args, logsetup, neighbours, projection, restore
 from supervisor.apisocket import bind_api_socket, socket_identity, unlink_if_ours
 from supervisor.early import EarlyServer
 from supervisor.logid import InvalidLogId, ensure_log_id
 from supervisor.paths import Paths, default_root
 from supervisor.projection import State
-from supervisor.version import version_line
+from supervisor.version import VERSION, version_line
 
 if TYPE_CHECKING:
     from supervisor.compat import Options
@@ -102,7 +103,14 @@ class Recovered:
     early: EarlyServer
     group_gid: int | None
     signals: EarlySignals
+    #: this boot's id, and that of the daemon that ran before (:mod:`supervisor.supervision`)
+    this_boot: str
+    previous_boot: str | None
 
+
+#: The interpreter's thread switch interval while the early server answers (the default,
+#: 5 ms, is restored at the handover).
+EARLY_SWITCH_INTERVAL = 0.0005
 
 #: Tests: while the file this names exists, the daemon waits before it loads the rest (the
 #: early window made as long as a test needs to act in it; a signal ends the wait), having
@@ -159,6 +167,23 @@ def _recover(eventlog: EventLog, args: argparse.Namespace
     return log_id, state, snapshot_seq
 
 
+def _record_start(eventlog: EventLog, state: State, paths: Paths, this_boot: str) -> State:
+    """Append ``supervisor.start`` (durable) and fold it: before anyone is answered, so what
+    the early server says (``status``'s ``last_seq``) is what the full server will say. The
+    log writer does not exist yet: this is the log's only writer at this moment."""
+    try:
+        events = eventlog.append([("supervisor.start", "", {
+            "pid": os.getpid(), "version": VERSION, "root": str(paths.root),
+            "boot_id": this_boot})])
+    except OSError as exc:
+        log.error("refusing to start: supervisor.start cannot be recorded", error=str(exc))
+        raise Refused from None
+    folder = projection.Folder(state)
+    for event in events:
+        folder.apply(event)
+    return folder.state()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logsetup.configure(args.log_format, lazy=True)
@@ -190,11 +215,20 @@ def _start(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
         bound = socket_identity(paths.socket)
         try:
             log_id, state, snapshot_seq = _recover(eventlog, args)
+            this_boot = procfs.boot_id()
+            # the boot of the daemon that ran before (before our supervisor.start replaces it)
+            previous = state.daemon.get("start", {}).get("boot_id")
+            previous_boot = previous if isinstance(previous, str) else None
+            state = _record_start(eventlog, state, paths, this_boot)
             early = EarlyServer(sock, state, restore.to_reconcile(state), gid, paths.root,
-                                procfs.boot_id())
+                                this_boot, previous_boot)
+            # the early server's thread answers between imports of this one: a shorter switch
+            # interval makes each answer wait for the interpreter a fraction as long
+            sys.setswitchinterval(EARLY_SWITCH_INTERVAL)
             early.start()
             try:
-                rec = Recovered(eventlog, log_id, state, snapshot_seq, early, gid, signals)
+                rec = Recovered(eventlog, log_id, state, snapshot_seq, early, gid, signals,
+                                this_boot, previous_boot)
                 return _run_services(args, paths, compat_options, rec)
             finally:
                 for conn in early.handover():  # nothing left after a normal run

@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import selectors
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -54,6 +55,9 @@ EARLY_METHODS = frozenset({"ps", "status"})
 #: Connections held before the handover; more wait in the socket's backlog (never refused).
 MAX_EARLY_CONNECTIONS = 256
 _RECV = 65536
+#: The interpreter's default thread switch interval, restored at the handover (the daemon
+#: shortens it while this server answers between its imports).
+DEFAULT_SWITCH_INTERVAL = 0.005
 
 UNKNOWN = "unknown"
 
@@ -88,17 +92,16 @@ class EarlyServer:
     """The early server of one start (see the module's docstring)."""
 
     def __init__(self, sock: socket.socket, state: projection.State, unreconciled: Iterable[str],
-                 group_gid: int | None, root: Path, this_boot: str) -> None:
+                 group_gid: int | None, root: Path, this_boot: str,
+                 previous_boot: str | None) -> None:
         self._listener = sock
         self._state = state
         self._unreconciled = set(unreconciled)
         self._group_gid = group_gid
         self._my_uid = os.geteuid()
         self._started = time.monotonic()
-        previous = state.daemon.get("start", {}).get("boot_id")
         candidates = [state.containers[cid] for cid in sorted(self._unreconciled)
-                      if probe.provable(state.containers[cid], this_boot,
-                                        previous if isinstance(previous, str) else None)]
+                      if probe.provable(state.containers[cid], this_boot, previous_boot)]
         self._probe = probe.Probe(root, candidates)
         self._sel = selectors.DefaultSelector()
         self._conns: dict[int, _Conn] = {}
@@ -129,6 +132,7 @@ class EarlyServer:
         if self._thread.is_alive():
             os.write(self._wake_w, b"x")
             self._thread.join()
+            sys.setswitchinterval(DEFAULT_SWITCH_INTERVAL)
         if self._wake_r >= 0:
             os.close(self._wake_r)
             os.close(self._wake_w)

@@ -63,10 +63,7 @@ async def run(config: Config, compat: compat_mod.Compat, rec: Recovered) -> int:
     if commands.missing():  # the method table and the handlers are one: a bug otherwise
         raise RuntimeError(f"methods without a handler: {commands.missing()}")
     server = Server(core, commands, rec.group_gid)
-    # the boot of the daemon that ran before (before our own supervisor.start replaces it)
-    previous = state.daemon.get("start", {}).get("boot_id")
-    await _serve(core, supervision, server, rec, compat,
-                 previous if isinstance(previous, str) else None)
+    await _serve(core, supervision, server, rec, compat, rec.previous_boot)
     log.info("supervisord stopped; containers keep running", last_seq=core.state.last_seq)
     return 0
 
@@ -76,11 +73,7 @@ async def _serve(core: Core, supervision: Supervision, server: Server, rec: Reco
     early = rec.early
     async with trio.open_nursery() as outer:
         await outer.start(core.writer.run)
-        try:
-            await core.append([("supervisor.start", "", {"pid": os.getpid(),
-                                                         "version": VERSION,
-                                                         "root": str(core.paths.root),
-                                                         "boot_id": core.boot_id})])
+        try:  # supervisor.start is recorded already (supervisor.daemon)
             async with trio.open_nursery() as services:
                 await services.start(core.shims.run)
                 await services.start(supervision.run)
