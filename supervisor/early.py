@@ -11,8 +11,8 @@ in the main thread meanwhile. This server:
   server would (:mod:`supervisor.server`);
 * answers :data:`EARLY_METHODS` -- read-only, and answered from the recovered state exactly as
   the full server will (:func:`supervisor.rows.ps_rows`), containers that may still run shown
-  ``unknown`` unless a probe proved them running (:mod:`supervisor.probe`, run here too;
-  a ``ps`` waits for the probes, at most :data:`supervisor.probe.PROBE_TIMEOUT` per shim);
+  ``unknown`` unless proven running (:mod:`supervisor.probe`: the kernel's word, checked
+  before the first answer);
 * leaves everything else alone: at the first frame it does not answer (another method, a bad
   frame, a refused peer, a stream) the connection is *parked*: nothing more is read from it,
   and it goes to the full server at the handover with every byte it sent that was not answered.
@@ -82,8 +82,6 @@ class _Conn:
     creds: Creds
     greeted: bool = False
     parked: bool = False
-    #: a ``ps`` waits for the probes (its frame stays unread until answered)
-    waiting: bool = False
     unread: bytearray = field(default_factory=bytearray)
     unsent: bytearray = field(default_factory=bytearray)
 
@@ -100,16 +98,16 @@ class EarlyServer:
         self._group_gid = group_gid
         self._my_uid = os.geteuid()
         self._started = time.monotonic()
-        candidates = [state.containers[cid] for cid in sorted(self._unreconciled)
-                      if probe.provable(state.containers[cid], this_boot, previous_boot)]
-        self._probe = probe.Probe(root, candidates)
+        self._candidates = [state.containers[cid] for cid in sorted(self._unreconciled)]
+        self._root = root
+        self._this_boot = this_boot
+        self._previous_boot = previous_boot
+        self._proven: set[str] = set()
         self._sel = selectors.DefaultSelector()
         self._conns: dict[int, _Conn] = {}
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread = threading.Thread(target=self._run, name="early-server", daemon=True)
         self._handed: list[Handed] = []
-        #: every probe ended (and what they proved is shown): ``ps`` is answered from then on
-        self._probed = False
         #: answered requests, by method (tests and the start-up log line)
         self.answered: dict[str, int] = {}
         self.error: BaseException | None = None
@@ -121,8 +119,8 @@ class EarlyServer:
 
     @property
     def proven(self) -> set[str]:
-        """The recovered containers a probe proved running (final after the handover)."""
-        return set(self._probe.proven)
+        """The recovered containers proven running (:mod:`supervisor.probe`), shown so."""
+        return set(self._proven)
 
     def start(self) -> None:
         self._thread.start()
@@ -145,47 +143,34 @@ class EarlyServer:
     def _run(self) -> None:
         sel = self._sel
         try:
+            # before the first answer (connections wait in the backlog meanwhile): /proc and
+            # a lock per container, no shim woken
+            self._proven = probe.proven_running(self._root, self._candidates, self._this_boot,
+                                                self._previous_boot)
+            self._unreconciled -= self._proven
             self._listener.setblocking(False)
             sel.register(self._listener, selectors.EVENT_READ, "accept")
             sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-            self._probe.fill(sel)
             while True:
-                if not self._probed and self._probe.done:
-                    self._probes_ended()
-                deadline = self._probe.next_deadline()
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-                for key, mask in sel.select(timeout):
+                for key, mask in sel.select():
                     if key.data == "wake":
                         return
                     if key.data == "accept":
                         self._accept()
-                    elif key.data is self._probe:
-                        self._probe.ready(sel, key.fileobj, mask)  # type: ignore[arg-type]
                     else:
                         self._io(key.data, mask)
-                if not self._probe.done:
-                    self._probe.expire(sel, time.monotonic())
         except BaseException as exc:  # a bug here must not lose a connection: hand them over
             self.error = exc
         finally:
             self._stop()
 
     def _stop(self) -> None:
-        self._probe.close(self._sel)
         for conn in self._conns.values():
             self._handed.append(Handed(conn.sock, conn.creds, conn.greeted, bytes(conn.unread),
                                        bytes(conn.unsent)))
         self._conns.clear()
         self._sel.close()
         self._listener.setblocking(True)
-
-    def _probes_ended(self) -> None:
-        self._probed = True
-        self._unreconciled -= self._probe.proven
-        for conn in list(self._conns.values()):
-            if conn.waiting:
-                conn.waiting = False
-                self._serve(conn)
 
     def _accept(self) -> None:
         while len(self._conns) < MAX_EARLY_CONNECTIONS:
@@ -229,7 +214,7 @@ class EarlyServer:
 
     def _serve(self, conn: _Conn) -> None:
         """Answer the frames at the head of ``conn.unread`` while they are ours to answer."""
-        while not conn.parked and not conn.waiting and (head := _frame(conn.unread)):
+        while not conn.parked and (head := _frame(conn.unread)):
             message, size = head
             if message is None:
                 conn.parked = True
@@ -241,7 +226,7 @@ class EarlyServer:
                     conn.unsent += wire.encode(answer)
                 except wire.FrameTooLarge:
                     conn.parked = True  # the full server answers it (with its error)
-            if conn.parked or conn.waiting:
+            if conn.parked:
                 break
             del conn.unread[:size]
         self._flush(conn)
@@ -255,8 +240,7 @@ class EarlyServer:
         return True
 
     def _answer(self, conn: _Conn, message: dict[str, Any]) -> dict[str, Any] | None:
-        """The reply to a request of :data:`EARLY_METHODS`, or None (parked, or waiting for
-        the probes)."""
+        """The reply to a request of :data:`EARLY_METHODS`, or None (parked)."""
         try:
             req = wire.parse_request(message)
         except wire.ProtocolError:
@@ -265,9 +249,6 @@ class EarlyServer:
             conn.parked = True
             return None
         if req.method == "ps":
-            if not self._probed:
-                conn.waiting = True
-                return None
             result: Any = rows.ps_rows(self._state.containers.values(), self._shown,
                                        req.params)
         else:
@@ -290,7 +271,7 @@ class EarlyServer:
                 self._drop(conn)
                 return
             del conn.unsent[:sent]
-        events = 0 if conn.parked else selectors.EVENT_READ
+        events = 0 if conn.parked else selectors.EVENT_READ  # parked: nothing more is read
         if conn.unsent:
             events |= selectors.EVENT_WRITE
         registered = self._sel.get_map().get(conn.sock.fileno()) is not None

@@ -108,14 +108,20 @@ def test_modules_of_the_daemons_early_path_exclude_trio_and_structlog() -> None:
 
 def test_ps_answered_before_trio_is_the_ps_after_the_handover(daemon: Daemon,
                                                               tmp_path: Path) -> None:
-    for name in ("a", "b", "frozen"):
+    for name in ("a", "b", "orphan"):
         daemon.run("sleep", "1000", name=name)
     daemon.run("sh", "-c", "exit 3", name="done")
+    # in its back-off for a minute: its shim lives, no task runs
+    daemon.run("sh", "-c", "exit 1", name="looping", restart={"policy": "always", "delay": 60})
     daemon.call("stop", id="b", timeout=5)
-    daemon.wait_for(lambda: daemon.ps()["done"]["state"] == "stopped")
+    daemon.wait_for(lambda: daemon.ps()["done"]["state"] == "stopped"
+                    and daemon.ps()["looping"]["state"] == "restarting")
     daemon.kill9()
-    frozen = int((daemon.root / "shims/frozen" / shim_api.PID_FILE).read_text())
-    os.kill(frozen, signal.SIGSTOP)  # its shim cannot answer: its container stays unknown
+    shim_of = {cid: int((daemon.root / "shims" / cid / shim_api.PID_FILE).read_text())
+               for cid in ("orphan", "looping")}
+    os.kill(shim_of["orphan"], signal.SIGKILL)  # its task runs on, but nothing proves it ours
+    # the back-off's shim cannot answer: reconciliation waits for it, past the handover
+    os.kill(shim_of["looping"], signal.SIGSTOP)
     hold = tmp_path / "hold"
     try:
         held_start(daemon, hold)
@@ -125,19 +131,25 @@ def test_ps_answered_before_trio_is_the_ps_after_the_handover(daemon: Daemon,
         assert not imported & set(HEAVY), "the early window loaded " \
             f"{sorted(imported & set(HEAVY))}"
         states = {r["id"]: r["state"] for r in early}
-        # proven running by their live shims; a stopped one as the log says; the frozen
-        # shim's container unknown until reconciled
+        # proven running (their tasks run under their live shims); stopped ones as the log
+        # says; the others unknown until reconciled
         assert states == {"a": "running", "b": "stopped", "done": "stopped",
-                          "frozen": "unknown"}
-        assert [r["id"] for r in daemon.call("ps")] == ["a", "frozen"]  # without --all
+                          "orphan": "unknown", "looping": "unknown"}
+        assert [r["id"] for r in daemon.call("ps")] == ["a", "orphan", "looping"]
         release(daemon, hold)
-        assert daemon.call("ps", all=True) == early  # the full server's, frozen still stopped
+        after = {r["id"]: r for r in daemon.call("ps", all=True)}
+        assert after["looping"] == next(r for r in early if r["id"] == "looping")
+        # the full server's ps is the early one, but for what reconciliation did meanwhile
+        # (the orphan's lost shim, recorded at once)
+        assert [r for r in daemon.call("ps", all=True) if r["id"] != "orphan"] == \
+            [r for r in early if r["id"] != "orphan"]
     finally:
-        os.kill(frozen, signal.SIGCONT)
-    daemon.wait_for(lambda: daemon.ps()["frozen"]["state"] == "running", timeout=15)
-    after = {r["id"]: r for r in daemon.call("ps", all=True)}
-    assert {cid: (r["state"], r["pid"]) for cid, r in after.items() if cid != "frozen"} == \
-        {r["id"]: (r["state"], r["pid"]) for r in early if r["id"] != "frozen"}
+        os.kill(shim_of["looping"], signal.SIGCONT)
+    daemon.reconciled(timeout=20)
+    rows = daemon.ps()
+    assert rows["a"]["state"] == "running" and rows["looping"]["state"] == "restarting"
+    assert rows["a"]["pid"] == next(r for r in early if r["id"] == "a")["pid"]
+    daemon.call("rm", id="orphan", force=True)  # its task still runs: rm -f ends it
 
 
 def test_requests_in_the_early_window_are_served_by_the_full_server(daemon: Daemon,
