@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from events import procfs
 from events.log import CorruptLog, EventLog, LogBusy, LogVersionError
-from supervisor import compat_args, logsetup, neighbours, projection, restore
+from supervisor import compat_args, logsetup, projection, restore
 from supervisor.apisocket import bind_api_socket, socket_identity, unlink_if_ours
 from supervisor.early import EarlyServer
 from supervisor.logid import InvalidLogId, ensure_log_id
@@ -205,8 +205,6 @@ def _start(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
         from supervisor import compat as compat_mod
 
         compat_options = compat_mod.options(args)
-    for note in neighbours.warnings():  # Supervisor's commands have the same names as ours
-        log.warning(note)
     _raise_nofile()
     signals = EarlySignals()
     eventlog = _open_log(paths, args)
@@ -226,6 +224,10 @@ def _start(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
             # interval makes each answer wait for the interpreter a fraction as long
             sys.setswitchinterval(EARLY_SWITCH_INTERVAL)
             early.start()
+            from supervisor import neighbours  # shutil and more: not before the early server
+
+            for note in neighbours.warnings():  # Supervisor's commands have our names too
+                log.warning(note)
             try:
                 rec = Recovered(eventlog, log_id, state, snapshot_seq, early, gid, signals,
                                 this_boot, previous_boot)

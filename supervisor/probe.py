@@ -49,11 +49,14 @@ def provable(c: Container, this_boot: str, previous_boot: str | None) -> bool:
             and not (boot and boot != this_boot))
 
 
-def _shim_holds_lock(directory: Path) -> bool:
-    if os.path.islink(directory) or os.path.islink(directory.parent):
-        return False
+def _shim_holds_lock(shims: str, cid: str) -> bool:
+    """Whether a process holds ``SHIMS/ID/shim.lock``; never through a symlink (the
+    directory's or the lock's: a lock held elsewhere is no shim of ours)."""
+    directory = f"{shims}/{cid}"
     try:
-        fd = os.open(directory / SHIM_LOCK, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        if os.path.islink(directory):
+            return False
+        fd = os.open(f"{directory}/{SHIM_LOCK}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return False
     try:
@@ -65,15 +68,23 @@ def _shim_holds_lock(directory: Path) -> bool:
     return False
 
 
-def task_runs(root: Path, c: Container) -> bool:
-    """Whether ``c``'s recorded task runs, a child of its recorded shim, which lives."""
+def _runs(shims: str, c: Container) -> bool:
     stat = read_stat(c.pid or 0)
     return (stat is not None and stat.alive and stat.ppid == c.shim_pid
-            and _shim_holds_lock(root / "shims" / c.id))
+            and _shim_holds_lock(shims, c.id))
+
+
+def task_runs(root: Path, c: Container) -> bool:
+    """Whether ``c``'s recorded task runs, a child of its recorded shim, which lives."""
+    shims = os.fspath(root / "shims")
+    return not os.path.islink(shims) and _runs(shims, c)
 
 
 def proven_running(root: Path, containers: Iterable[Container], this_boot: str,
                    previous_boot: str | None) -> set[str]:
     """The ids of ``containers`` proven running (see the docstring)."""
+    shims = os.fspath(root / "shims")
+    if os.path.islink(shims):
+        return set()
     return {c.id for c in containers
-            if provable(c, this_boot, previous_boot) and task_runs(root, c)}
+            if provable(c, this_boot, previous_boot) and _runs(shims, c)}
