@@ -43,6 +43,7 @@ from typing import Any
 
 from events import wire
 from supervisor import logsetup, probe, projection, rows
+from supervisor.conncap import default_max_connections
 from supervisor.peercred import Creds, allowed, peer_creds
 from supervisor.version import VERSION
 
@@ -80,6 +81,8 @@ class Handed:
 class _Conn:
     sock: socket.socket
     creds: Creds
+    #: within the connection cap, with credentials the full server allows: served here
+    admitted: bool = False
     greeted: bool = False
     parked: bool = False
     unread: bytearray = field(default_factory=bytearray)
@@ -108,6 +111,10 @@ class EarlyServer:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread = threading.Thread(target=self._run, name="early-server", daemon=True)
         self._handed: list[Handed] = []
+        #: the API server's connection cap (:mod:`supervisor.conncap`), and the connections
+        #: admitted under it so far (the full server counts them as its own)
+        self._cap = default_max_connections()
+        self._admitted = 0
         #: answered requests, by method (tests and the start-up log line)
         self.answered: dict[str, int] = {}
         self.error: BaseException | None = None
@@ -130,7 +137,7 @@ class EarlyServer:
         if self._thread.is_alive():
             os.write(self._wake_w, b"x")
             self._thread.join()
-            sys.setswitchinterval(DEFAULT_SWITCH_INTERVAL)
+        sys.setswitchinterval(DEFAULT_SWITCH_INTERVAL)
         if self._wake_r >= 0:
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -188,11 +195,16 @@ class EarlyServer:
                 creds = (0, -1, -1)  # nobody: the full server's rule refuses it
             sock.setblocking(False)
             conn = _Conn(sock, creds)
-            self._conns[sock.fileno()] = conn
-            if allowed(creds, self._my_uid, self._group_gid):
+            # the full server's rules, applied by the full server: a peer it refuses (its
+            # credentials, or over the connection cap, the last slot root's) is parked unread
+            fits = self._admitted < self._cap - (creds[1] != 0)
+            if fits and allowed(creds, self._my_uid, self._group_gid):
+                conn.admitted = True
+                self._admitted += 1
                 self._sel.register(sock, selectors.EVENT_READ, conn)
             else:
-                conn.parked = True  # the full server tells it why, as always
+                conn.parked = True
+            self._conns[sock.fileno()] = conn
         self._sel.unregister(self._listener)  # full: the backlog holds the rest
 
     def _io(self, conn: _Conn, mask: int) -> None:
@@ -208,8 +220,9 @@ class EarlyServer:
                 return
             if data:
                 conn.unread += data
-                self._serve(conn)
-        if mask & selectors.EVENT_WRITE or conn.unsent:
+                self._serve(conn)  # flushes what it answered
+                return
+        if mask & selectors.EVENT_WRITE:
             self._flush(conn)
 
     def _serve(self, conn: _Conn) -> None:
@@ -283,7 +296,8 @@ class EarlyServer:
             self._sel.unregister(conn.sock)
 
     def _drop(self, conn: _Conn) -> None:
-        self._conns.pop(conn.sock.fileno(), None)
+        if self._conns.pop(conn.sock.fileno(), None) is not None and conn.admitted:
+            self._admitted -= 1
         if self._sel.get_map().get(conn.sock.fileno()) is not None:
             self._sel.unregister(conn.sock)
         conn.sock.close()

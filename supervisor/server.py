@@ -86,11 +86,17 @@ class Server:
         await self.admission.serve(sock, self._connection, _refuse, task_status=task_status)
 
     async def serve_handed(self, handed: Sequence[Handed]) -> None:
-        """Go on with the connections the early server accepted (:mod:`supervisor.early`):
-        each as if this server had accepted it, reading first what it sent that was not
-        answered, after writing what it was not sent yet. They count against the cap."""
+        """Go on with the connections the early server accepted (:mod:`supervisor.early`),
+        in the order it accepted them, each as if this server had accepted it just now: the
+        cap admits it or refuses it (the early server admitted under the same cap, and parked
+        the others unread); an admitted one is served from where it stood, reading first what
+        it sent that was not answered, after writing what it was not sent yet."""
         async with trio.open_nursery() as nursery:
             for conn in handed:
+                if not self.admission.admits(conn.creds):
+                    stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn.sock))
+                    nursery.start_soon(self.admission.refuse, stream, _refuse, conn.creds)
+                    continue
                 self.admission.open += 1
                 nursery.start_soon(self._handed, conn)
 

@@ -68,7 +68,10 @@ class Raw:
             ready, _, _ = select.select([self.sock], [], [], left)
             if not ready:
                 return
-            data = self.sock.recv(65536)
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:  # closed with our bytes unread: after its reply
+                return
             if not data:
                 return
             for message in self.decoder.feed(data):
@@ -269,3 +272,29 @@ def test_kill9_in_the_early_window_and_the_handover_loses_nothing(daemon: Daemon
     rows = daemon.ps()
     for cid, row in rows.items():
         check_tasks(cid, per.get(cid, []), row)
+
+
+def test_the_connection_cap_holds_across_the_handover(daemon: Daemon, tmp_path: Path) -> None:
+    """Connections over the cap in the early window are not served there, and the full
+    server refuses them as it would have at their accept; the admitted ones stay admitted."""
+    daemon.kill9()
+    hold = tmp_path / "hold"
+    hold.touch()
+    daemon.env = {**os.environ, "TETHER_EARLY_HOLD": str(hold), "TETHER_MAX_CONNECTIONS": "4"}
+    daemon.start()  # its status connection has come and gone: no slot taken
+    clients = [Raw(daemon.socket) for _ in range(5)]  # root: every slot is ours, 4 of them
+    try:
+        for client in clients:
+            client.hello()
+        for client in clients[:4]:
+            assert "hello" in client.reply("hello")  # type: ignore[arg-type]
+        clients[4].pump(0.3)
+        assert not clients[4].got
+        release(daemon, hold)
+        refused = clients[4].reply(None)  # type: ignore[arg-type]
+        assert "too many connections (4)" in refused["error"]["message"]
+        clients[0].send(clients[0].request(1, "ps"))
+        assert clients[0].reply(1)["result"] == []
+    finally:
+        for client in clients:
+            client.close()
