@@ -208,22 +208,24 @@ class Tether:
         self.sock = str(self.root / "supervisord.sock")
         self.proc: subprocess.Popen[bytes] | None = None
         self.ctl_path = str(VENV_BIN / "supervisorctl")
+        self.log_from = 0
 
     def start(self) -> None:
         """Exec the daemon (default log format, as users run it), until its socket listens."""
         with open(self.dir / "daemon.log", "ab") as err:
+            self.log_from = err.tell()  # this daemon's lines begin here
             self.proc = subprocess.Popen([str(VENV_BIN / "supervisord"), "--root", str(self.root)],
                                          stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         wait_connectable(self.sock, self.proc, "supervisord")
 
     def wait_launcher(self, timeout: float = 15.0) -> None:
         """Until this daemon's shim launcher said it is ready: before that, shims start in
-        fresh interpreters (tens of ms more), which is not what a run measures."""
+        fresh interpreters (tens of ms more), which is not what a run measures. (Its own
+        lines only: the daemon answers ``ps`` before it logs that it started.)"""
         log = self.dir / "daemon.log"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = log.read_bytes()
-            if text.count(b"shim launcher ready") >= text.count(b"supervisord started") > 0:
+            if b"shim launcher ready" in log.read_bytes()[self.log_from:]:
                 return
             time.sleep(0.01)
         raise RuntimeError(f"the shim launcher did not start; see {log}")

@@ -276,6 +276,11 @@ def main(root: str, fd: int) -> int:
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: None)
     sock = socket.socket(fileno=fd)
+    try:  # a daemon that died before the prctl sent no signal: its end is closed already
+        if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+            return 0
+    except BlockingIOError:
+        pass
     sock.setblocking(True)
     preload()
     try:

@@ -23,24 +23,19 @@ that is small, and ``TETHER_MAX_CONNECTIONS`` sets it (per server).
 from __future__ import annotations
 
 import contextlib
-import os
-import resource
 import socket
 from collections.abc import Awaitable, Callable
 
 import structlog
 import trio
 
+from supervisor.conncap import DEFAULT_MAX_CONNECTIONS, default_max_connections
 from supervisor.peercred import Creds, peer_creds
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "Admission", "default_max_connections"]
 
 log = structlog.get_logger("supervisord.admission")
 
-#: Open connections per server. Far above what a host's users and tools hold at once (each
-#: ``supervisorctl`` holds one for a command; a subscriber one for as long as it follows),
-#: low enough that the descriptors they can take leave room for a link per shim.
-DEFAULT_MAX_CONNECTIONS = 1024
 #: How long a refusal may take to write: a fresh socket's buffer is empty, so this only
 #: matters for a peer that is already gone.
 REFUSE_TIMEOUT = 1.0
@@ -50,25 +45,6 @@ ACCEPT_BACKOFF = 0.1
 
 Handler = Callable[[trio.SocketStream, Creds | None], Awaitable[None]]
 Refuse = Callable[[trio.SocketStream, str], Awaitable[None]]
-
-
-def default_max_connections() -> int:
-    """``TETHER_MAX_CONNECTIONS``, else :data:`DEFAULT_MAX_CONNECTIONS` within an eighth of
-    the descriptor limit (at least 4: one for root, three for everyone else)."""
-    given = os.environ.get("TETHER_MAX_CONNECTIONS")
-    if given:
-        try:
-            value = int(given)
-        except ValueError:
-            value = 0
-        if value >= 2:
-            return value
-        log.warning("TETHER_MAX_CONNECTIONS must be a whole number >= 2; using the default",
-                    given=given)
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return DEFAULT_MAX_CONNECTIONS
-    return max(4, min(DEFAULT_MAX_CONNECTIONS, soft // 8))
 
 
 class Admission:
@@ -121,6 +97,12 @@ class Admission:
             await handle(stream, creds)
         finally:
             self.open -= 1
+
+    async def refuse(self, stream: trio.SocketStream, refuse: Refuse,
+                     creds: Creds | None) -> None:
+        """Tell one connection it does not fit, and close it (the accept loop's refusal, and
+        the API server's for a connection the early server held: :mod:`supervisor.early`)."""
+        await self._refuse(stream, refuse, creds)
 
     async def _refuse(self, stream: trio.SocketStream, refuse: Refuse,
                       creds: Creds | None) -> None:

@@ -29,10 +29,13 @@ class Channel:
     """One connection; ``recv`` returns whole messages, ``send`` frames one."""
 
     def __init__(self, stream: trio.SocketStream, max_frame: int = wire.MAX_FRAME,
-                 role: str = "supervisor") -> None:
+                 role: str = "supervisor", unread: bytes = b"") -> None:
         self.stream = stream
         self.conv = wire.Conversation(role, max_frame)
         self._send_lock = trio.Lock()
+        #: bytes of this stream someone else received (the early server, handing the
+        #: connection over): read before the stream, by the first :meth:`receive`
+        self._unread = unread
 
     @property
     def peer(self) -> dict[str, Any]:
@@ -54,6 +57,10 @@ class Channel:
         await self._receive()
 
     async def _receive(self) -> None:
+        if self._unread:
+            data, self._unread = self._unread, b""
+            self.conv.receive_data(data)
+            return
         try:
             data = await self.stream.receive_some(_RECV)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:

@@ -28,7 +28,7 @@ import trio
 from events import wire
 from events.domain import DEFAULT_STOP_SIGNAL, ContainerState, ErrorCode
 from events.procfs import is_running, starttime
-from supervisor import adopt, autoremove, protocol
+from supervisor import adopt, autoremove, protocol, rows
 from supervisor.channel import Closed, connect
 from supervisor.core import Core
 from supervisor.decide import restart_spec, stopped_for_good
@@ -118,13 +118,7 @@ class Commands:
         return secrets.token_hex(6)
 
     def _row(self, c: Container) -> dict[str, Any]:
-        """A ``ps`` row: :data:`supervisor.protocol.PS_FIELDS`, then ``command``, ``labels``,
-        ``oom`` (this task was OOM-killed), ``exit_reason`` and ``health``."""
-        return {"id": c.id, "state": self._core.shown_state(c), "pid": c.pid,
-                "exit_status": c.exit_status, "restarts": c.restarts, "runtime": c.runtime,
-                "created": c.created, "started": c.started, "finished": c.finished,
-                "command": c.spec.get("command"), "labels": c.spec.get("labels") or {},
-                "oom": c.oom_killed, "exit_reason": c.exit_reason, "health": c.health}
+        return rows.ps_row(c, self._core.shown_state(c))
 
     # -- create / start / run -------------------------------------------------------------------
 
@@ -304,11 +298,8 @@ class Commands:
     # -- read-only -----------------------------------------------------------------------------
 
     async def ps(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        show_all = bool(params.get("all"))
-        rows = [self._row(c) for c in self._core.state.containers.values()
-                if show_all or c.state != STOPPED]
-        rows.sort(key=lambda r: (r["created"] or 0, r["id"]))
-        return rows
+        return rows.ps_rows(self._core.state.containers.values(), self._core.shown_state,
+                            params)
 
     async def inspect(self, params: dict[str, Any]) -> dict[str, Any]:
         cid = check_id(params.get("id"))

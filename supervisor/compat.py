@@ -33,6 +33,7 @@ import trio
 from supervisor import metrics, program_files, sv_logs
 from supervisor import programs as P
 from supervisor.apply import Applier
+from supervisor.compat_args import add_arguments  # its home before (re-exported)
 from supervisor.errors import ApiError
 from supervisor.http import HttpServer, reply, response
 from supervisor.shims import real_shim_dir
@@ -50,18 +51,6 @@ log = structlog.get_logger("supervisord.compat")
 SOCKET_NAME = "supervisor.sock"
 #: Events ``readLog`` (the "main log") shows, newest last.
 MAIN_LOG_EVENTS = 2000
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE",
-                   help="a supervisord.conf or Tether TOML program file, applied at every start "
-                   "(after recovery); `supervisorctl reread`/`update` read it again")
-    p.add_argument("--http-listen", metavar="HOST:PORT",
-                   help="also serve Supervisor's XML-RPC and /metrics on TCP (needs "
-                   "--http-user/--http-password unless HOST is loopback)")
-    p.add_argument("--http-user", metavar="NAME", help="basic auth user of --http-listen")
-    p.add_argument("--http-password", metavar="SECRET",
-                   help="basic auth password of --http-listen")
 
 
 @dataclass

@@ -1,55 +1,54 @@
 """``supervisord``: the event-sourced daemon, in the foreground.
 
-Services, all in one trio nursery (nothing runs unowned):
+A start answers ``ps`` before it has loaded what only later work needs. In order:
 
-* the log writer (the only writer of the event log; group commit in a worker thread);
-* the API server on ``ROOT/supervisord.sock``;
-* the shim registry (:class:`~supervisor.registry.ShimRegistry`): one link task per shim (its
-  events, appended exactly once, then acknowledged) and the shim launcher
-  (:class:`~supervisor.launcher.ShimLauncher`), a preloaded fork server that starts shims much
-  faster than a fresh interpreter; restarted if it dies, ``shim start`` meanwhile. Started once
-  reconciliation has ended (or by the first spawn), so its fork and preload never compete with
-  what a client waiting after a restart waits for: the API socket, then reconciliation;
-* supervision (:class:`~supervisor.supervision.Supervision`): the restarts the daemon decides
-  and carries out where no shim exists (after a reboot, after a lost shim's task ended);
-* recovery's reconciliation, and the snapshotter;
-* signal handling: SIGTERM/SIGINT (or the ``shutdown`` method) stop serving, append
-  ``supervisor.stop``, write a snapshot and exit. Containers keep running: the shims are
-  detached, and the daemon never kills them on its way out.
+1. the command line (nothing heavier than ``argparse``; Supervisor-compatibility flags, when
+   given, are checked now: a bad one refuses the start before anything is touched);
+2. the event log opened (its lock: a second daemon on this root is refused here), its id, the
+   API socket bound (a live one refused, a stale one replaced), the state rebuilt from the
+   snapshot and the log's tail (:mod:`supervisor.restore`), ``supervisor.start`` appended:
+   none of it imports trio or structlog, and log lines meanwhile are kept
+   (:mod:`supervisor.logsetup`);
+3. the early server (:mod:`supervisor.early`) in a thread: ``ps`` and ``status`` answered from
+   that state, every other request kept for the full server;
+4. meanwhile, in this thread: trio, structlog and the services (:mod:`supervisor.services`);
+   they take the early server's socket and connections over, then reconcile, start the shim
+   launcher, and serve until a signal or ``shutdown``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import os
 import resource
 import signal
-import socket
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import structlog
-import trio
-
+from events import procfs
 from events.log import CorruptLog, EventLog, LogBusy, LogVersionError
-from supervisor import autoremove, logsetup, neighbours, recovery
-from supervisor import compat as compat_mod
-from supervisor.commands import Commands
-from supervisor.core import Config, Core
-from supervisor.lifecycle import Lifecycle
+from supervisor import compat_args, logsetup, projection, restore
+from supervisor.apisocket import bind_api_socket, socket_identity, unlink_if_ours
+from supervisor.early import EarlyServer
 from supervisor.logid import InvalidLogId, ensure_log_id
-from supervisor.paths import default_root
-from supervisor.server import Server, bind_api_socket, socket_identity, unlink_if_ours
-from supervisor.supervision import Supervision
+from supervisor.paths import Paths, default_root
+from supervisor.projection import State
 from supervisor.version import VERSION, version_line
 
-__all__ = ["main", "run"]
+if TYPE_CHECKING:
+    from supervisor.compat import Options
 
-log = structlog.get_logger("supervisord")
+__all__ = ["main"]
 
-#: Grace for the reply of ``shutdown`` to leave before the server is cancelled.
-SHUTDOWN_REPLY_GRACE = 0.05
+log = logsetup.get_logger("supervisord")
+
+
+class Refused(Exception):
+    """A start refused, with the line that says why (already logged)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,124 +73,59 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "the preloaded launcher (slower, and more memory per shim)")
     p.add_argument("--segment-size", type=int, default=64 * 2**20, help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=version_line("supervisord"))
-    compat_mod.add_arguments(p)  # Supervisor compatibility: --config, --http-*
+    compat_args.add_arguments(p)  # Supervisor compatibility: --config, --http-*
     return p.parse_args(argv)
 
 
-async def run(config: Config, compat: compat_mod.Compat | None = None) -> int:
-    """Run until a signal or ``shutdown``; returns the exit code."""
-    compat = compat or compat_mod.Compat()
-    paths = config.paths
-    paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    paths.shims.mkdir(exist_ok=True, mode=0o700)
-    try:
-        eventlog = EventLog.open(paths.root, segment_size=config.segment_size,
-                                 repair=config.repair)
-    except CorruptLog as exc:
-        log.error("refusing to start: the event log is corrupt", path=exc.path,
-                  offset=exc.offset, hint="start with --repair to keep every record before "
-                  "the damage (the rest is kept aside in a .broken file)", error=str(exc))
-        return 1
-    except (LogBusy, LogVersionError) as exc:
-        log.error("refusing to start", error=str(exc))
-        return 1
-    try:
-        try:  # the log's identity, durable before supervisor.start is appended (logid.py)
-            log_id = ensure_log_id(paths.root)
-        except (InvalidLogId, OSError) as exc:
-            log.error("refusing to start", error=str(exc))
-            return 1
-        try:
-            state, snapshot_seq = await trio.to_thread.run_sync(
-                functools.partial(recovery.load_state, eventlog, repair=config.repair))
-        except (recovery.StartupError, CorruptLog) as exc:
-            log.error("refusing to start", error=str(exc),
-                      hint="start with --repair" if isinstance(exc, CorruptLog) else None)
-            return 1
-        core = Core(config, eventlog, state, snapshot_seq, log_id)
-        # from the first request on: reconcile_all ends it
-        core.begin_reconciling(recovery.to_reconcile(state))
-        lifecycle = Lifecycle(core)
-        supervision = Supervision(core, lifecycle)
-        commands = Commands(core, lifecycle)
-        compat.install(core, commands)
-        if commands.missing():  # the method table and the handlers are one: a bug otherwise
-            raise RuntimeError(f"methods without a handler: {commands.missing()}")
-        sock, gid = bind_api_socket(paths.socket, config.group)
-        bound = socket_identity(paths.socket)
-        server = Server(core, commands, gid)
-        # the boot of the daemon that ran before (before our own supervisor.start replaces it)
-        previous = state.daemon.get("start", {}).get("boot_id")
-        try:
-            await _serve(core, supervision, server, sock, compat,
-                         previous if isinstance(previous, str) else None)
-        finally:
-            sock.close()
-            unlink_if_ours(paths.socket, bound)
-    finally:
-        eventlog.close()
-    log.info("supervisord stopped; containers keep running", last_seq=core.state.last_seq)
-    return 0
+class EarlySignals:
+    """SIGTERM/SIGINT before trio watches them: kept, so that the services stop as soon as
+    they run (``supervisor.stop`` recorded, a snapshot written), as they would had the signal
+    come a moment later; never the default action (an exit without a word)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.received = self.received or signum
 
 
-async def _serve(core: Core, supervision: Supervision, server: Server, sock: socket.socket,
-                 compat: compat_mod.Compat, previous_boot: str | None) -> None:
-    async with trio.open_nursery() as outer:
-        await outer.start(core.writer.run)
-        try:
-            await core.append([("supervisor.start", "", {"pid": os.getpid(),
-                                                         "version": VERSION,
-                                                         "root": str(core.paths.root),
-                                                         "boot_id": core.boot_id})])
-            log.info("supervisord started", pid=os.getpid(), root=str(core.paths.root),
-                     socket=str(core.paths.socket), last_seq=core.state.last_seq,
-                     containers=len(core.state.containers))
-            async with trio.open_nursery() as services:
-                await services.start(core.shims.run)
-                await services.start(supervision.run)
-                await services.start(server.serve, sock)
-                await services.start(compat.serve)  # ROOT/supervisor.sock, --config
-                await services.start(autoremove.run, core, server.commands.rm)  # run --rm
-                services.start_soon(_reconcile, core, supervision, previous_boot)
-                services.start_soon(recovery.snapshotter, core)
-                await _until_stop(core)
-                services.cancel_scope.cancel()
-        finally:
-            with trio.CancelScope(shield=True):
-                try:
-                    await core.append([("supervisor.stop", "", {"pid": os.getpid(),
-                                                                "version": VERSION})])
-                    await recovery.write_snapshot_now(core)
-                except Exception as exc:
-                    log.error("could not record the stop", error=str(exc))
-            outer.cancel_scope.cancel()
+@dataclass
+class Recovered:
+    """What the daemon has before it loads trio: the open log (its lock held), its id, the
+    state rebuilt from it, and the early server on the bound API socket."""
+
+    eventlog: EventLog
+    log_id: str
+    state: State
+    snapshot_seq: int
+    early: EarlyServer
+    group_gid: int | None
+    signals: EarlySignals
+    #: this boot's id, and that of the daemon that ran before (:mod:`supervisor.supervision`)
+    this_boot: str
+    previous_boot: str | None
 
 
-async def _reconcile(core: Core, supervision: Supervision, previous_boot: str | None) -> None:
-    """Reconciliation, then the shim launcher: until every recovered container is reconciled,
-    ``ps`` shows it ``unknown``, so nothing that can wait (the launcher's fork and preload) may
-    take the CPU from it (a spawn meanwhile starts the launcher itself)."""
-    await recovery.reconcile_all(core, supervision, previous_boot)
-    core.shims.want_launcher()
+#: The interpreter's thread switch interval while the early server answers (the default,
+#: 5 ms, is restored at the handover).
+EARLY_SWITCH_INTERVAL = 0.0005
+
+#: Tests: while the file this names exists, the daemon waits before it loads the rest (the
+#: early window made as long as a test needs to act in it; a signal ends the wait), having
+#: written the modules it imported so far to ``FILE.modules``.
+HOLD_ENV = "TETHER_EARLY_HOLD"
 
 
-async def _until_stop(core: Core) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            async def on_signal() -> None:
-                async for signum in signals:
-                    log.info("signal received; stopping", signal=signal.Signals(signum).name)
-                    break
-                nursery.cancel_scope.cancel()
-
-            async def on_shutdown() -> None:
-                await core.shutdown_requested()
-                log.info("shutdown requested; stopping")
-                await trio.sleep(SHUTDOWN_REPLY_GRACE)
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(on_signal)
-            nursery.start_soon(on_shutdown)
+def _hold(signals: EarlySignals) -> None:
+    path = os.environ.get(HOLD_ENV)
+    if not path or not os.path.exists(path):
+        return
+    with open(f"{path}.modules", "w") as f:
+        f.write("\n".join(sorted(sys.modules)))
+    while os.path.exists(path) and signals.received is None:
+        time.sleep(0.005)
 
 
 def _raise_nofile() -> None:
@@ -202,24 +136,132 @@ def _raise_nofile() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _open_log(paths: Paths, args: argparse.Namespace) -> EventLog:
+    paths.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    paths.shims.mkdir(exist_ok=True, mode=0o700)
+    try:
+        return EventLog.open(paths.root, segment_size=args.segment_size, repair=args.repair)
+    except CorruptLog as exc:
+        log.error("refusing to start: the event log is corrupt", path=exc.path,
+                  offset=exc.offset, hint="start with --repair to keep every record before "
+                  "the damage (the rest is kept aside in a .broken file)", error=str(exc))
+        raise Refused from None
+    except (LogBusy, LogVersionError) as exc:
+        log.error("refusing to start", error=str(exc))
+        raise Refused from None
+
+
+def _recover(eventlog: EventLog, args: argparse.Namespace
+             ) -> tuple[str, State, int]:
+    try:  # the log's identity, durable before supervisor.start is appended (logid.py)
+        log_id = ensure_log_id(eventlog.root)
+    except (InvalidLogId, OSError) as exc:
+        log.error("refusing to start", error=str(exc))
+        raise Refused from None
+    try:
+        state, snapshot_seq = restore.load_state(eventlog, repair=args.repair)
+    except (restore.StartupError, CorruptLog) as exc:
+        log.error("refusing to start", error=str(exc),
+                  hint="start with --repair" if isinstance(exc, CorruptLog) else None)
+        raise Refused from None
+    return log_id, state, snapshot_seq
+
+
+def _record_start(eventlog: EventLog, state: State, paths: Paths, this_boot: str) -> State:
+    """Append ``supervisor.start`` (durable) and fold it: before anyone is answered, so what
+    the early server says (``status``'s ``last_seq``) is what the full server will say. The
+    log writer does not exist yet: this is the log's only writer at this moment."""
+    try:
+        events = eventlog.append([("supervisor.start", "", {
+            "pid": os.getpid(), "version": VERSION, "root": str(paths.root),
+            "boot_id": this_boot})])
+    except OSError as exc:
+        log.error("refusing to start: supervisor.start cannot be recorded", error=str(exc))
+        raise Refused from None
+    folder = projection.Folder(state)
+    for event in events:
+        folder.apply(event)
+    return folder.state()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logsetup.configure(args.log_format)
-    root = args.root or default_root()
-    config = Config(root, socket=args.socket, repair=args.repair, group=args.group,
+    logsetup.configure(args.log_format, lazy=True)
+    try:
+        code, then = _start(args)
+    except Refused:
+        return 1
+    finally:
+        logsetup.flush()
+    then()  # supervisor.restart: exec the same supervisord (the log and socket are closed)
+    return code
+
+
+def _start(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
+    paths = Paths.under(args.root or default_root(), args.socket)
+    paths.check_socket()
+    compat_options: Options | None = None
+    if compat_args.given(args):  # checked before anything is touched (bad flag: SystemExit)
+        from supervisor import compat as compat_mod
+
+        compat_options = compat_mod.options(args)
+    _raise_nofile()
+    signals = EarlySignals()
+    eventlog = _open_log(paths, args)
+    try:
+        sock, gid = bind_api_socket(paths.socket, args.group)
+        bound = socket_identity(paths.socket)
+        try:
+            log_id, state, snapshot_seq = _recover(eventlog, args)
+            this_boot = procfs.boot_id()
+            # the boot of the daemon that ran before (before our supervisor.start replaces it)
+            previous = state.daemon.get("start", {}).get("boot_id")
+            previous_boot = previous if isinstance(previous, str) else None
+            state = _record_start(eventlog, state, paths, this_boot)
+            early = EarlyServer(sock, state, restore.to_reconcile(state), gid, paths.root,
+                                this_boot, previous_boot)
+            # the early server's thread answers between imports of this one: a shorter switch
+            # interval makes each answer wait for the interpreter a fraction as long
+            sys.setswitchinterval(EARLY_SWITCH_INTERVAL)
+            early.start()
+            from supervisor import neighbours  # shutil and more: not before the early server
+
+            for note in neighbours.warnings():  # Supervisor's commands have our names too
+                log.warning(note)
+            try:
+                rec = Recovered(eventlog, log_id, state, snapshot_seq, early, gid, signals,
+                                this_boot, previous_boot)
+                return _run_services(args, paths, compat_options, rec)
+            finally:
+                for conn in early.handover():  # nothing left after a normal run
+                    conn.sock.close()
+        finally:
+            sock.close()
+            unlink_if_ours(paths.socket, bound)
+    finally:
+        eventlog.close()
+
+
+def _run_services(args: argparse.Namespace, paths: Paths, compat_options: Options | None,
+                  rec: Recovered) -> tuple[int, Callable[[], None]]:
+    """Load the rest of the daemon (while the early server answers) and run it; returns the
+    exit code and what to do once everything is closed."""
+    _hold(rec.signals)
+    import trio
+
+    from supervisor import compat as compat_mod
+    from supervisor import services
+    from supervisor.core import Config
+
+    logsetup.activate()
+    config = Config(paths.root, socket=args.socket, repair=args.repair, group=args.group,
                     snapshot_every=max(1, args.snapshot_every),
                     retain_events=max(0, args.retain_events),
                     subscriber_buffer=max(1, args.subscriber_buffer),
                     reconcile_concurrency=max(1, args.reconcile_concurrency),
                     segment_size=args.segment_size, shim_launcher=args.shim_launcher)
-    config.paths.check_socket()
-    compat = compat_mod.Compat(compat_mod.options(args))
-    for note in neighbours.warnings():  # Supervisor's commands have the same names as ours
-        log.warning(note)
-    _raise_nofile()
-    code = trio.run(run, config, compat)
-    compat.exec_if_requested()  # supervisor.restart: the same supervisord, programs untouched
-    return code
+    compat = compat_mod.Compat(compat_options)
+    return trio.run(services.run, config, compat, rec), compat.exec_if_requested
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from pathlib import Path
 
 from events.durable import write_atomic
@@ -46,6 +45,8 @@ def ensure_log_id(root: str | os.PathLike[str]) -> str:
 
 
 def _create(path: Path) -> str:
+    import secrets  # once per root: not on every start's path (hashlib, hmac, random)
+
     log_id = secrets.token_hex(16)
     write_atomic(path, (log_id + "\n").encode(), mode=0o644)  # fsynced, and its directory
     return log_id

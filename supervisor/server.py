@@ -12,12 +12,10 @@ is cancelled.
 from __future__ import annotations
 
 import contextlib
-import grp
 import math
 import os
 import socket
-import stat
-import sys
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -27,14 +25,21 @@ from events import wire
 from events.domain import ErrorCode
 from supervisor import protocol
 from supervisor.admission import Admission
+from supervisor.apisocket import (  # re-exported: their home before the early server
+    bind_api_socket,
+    claim_socket_path,
+    socket_identity,
+    unlink_if_ours,
+)
 from supervisor.channel import Channel, Closed
 from supervisor.commands import Commands
 from supervisor.core import Core
+from supervisor.early import Handed
 from supervisor.errors import ApiError
 from supervisor.peercred import Creds, allowed
 from supervisor.version import VERSION
 
-__all__ = ["Server", "bind_api_socket", "claim_socket_path", "unlink_if_ours"]
+__all__ = ["Server", "bind_api_socket", "claim_socket_path", "socket_identity", "unlink_if_ours"]
 
 log = structlog.get_logger("supervisord.server")
 
@@ -43,97 +48,6 @@ HELLO_TIMEOUT = 10.0
 #: more than a 16 MiB frame takes over a unix socket, even from a loaded client.
 FRAME_TIMEOUT = float(os.environ.get("TETHER_FRAME_TIMEOUT") or 30.0)
 MAX_INFLIGHT = 64  # requests running at once on one connection
-
-
-def claim_socket_path(path: str) -> None:
-    """Make *path* free to bind, refusing (``SystemExit``) when a process answers on it.
-
-    The event log's flock proves that no other daemon owns this *root*, not this socket: a
-    second daemon given ``--socket`` of a live one would otherwise unlink it and take its
-    clients, and the first would be left running, unreachable. Only a socket nobody accepts on
-    (a SIGKILLed daemon's leftover: ``ECONNREFUSED``) is removed; anything else is left alone.
-    """
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise SystemExit(f"supervisord: {path} exists and is not a socket; remove it or choose "
-                         "another --socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(2.0)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)  # nobody listens: a stale leftover
-        return
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise SystemExit(f"supervisord: cannot tell whether {path} is in use ({exc.strerror}); "
-                         "remove it if no daemon owns it, or choose another --socket") from None
-    else:
-        creds = probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-        pid = int.from_bytes(creds[:4], sys.byteorder)
-        raise SystemExit(f"supervisord: {path} is in use: a process answers on it (pid {pid}: "
-                         f"{_cmdline(pid)}); stop it first (supervisorctl --socket {path} "
-                         "shutdown) or choose another --socket")
-    finally:
-        probe.close()
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip() or "?"
-    except OSError:
-        return "?"
-
-
-def socket_identity(path: os.PathLike[str] | str) -> tuple[int, int] | None:
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def unlink_if_ours(path: os.PathLike[str] | str, identity: tuple[int, int] | None) -> None:
-    """Remove the socket at *path* only if it is still the file we bound (*identity*): never
-    a socket another process put there since."""
-    if identity is not None and socket_identity(path) == identity:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-
-
-def bind_api_socket(path: os.PathLike[str] | str, group: str | None) -> tuple[socket.socket,
-                                                                              int | None]:
-    """Bind the API socket with its final mode from the start (umask), after
-    :func:`claim_socket_path` (a stale socket is replaced; a live one is refused)."""
-    path = os.fspath(path)
-    gid = None
-    if group is not None:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise SystemExit(f"supervisord: no such group {group!r} (--group)") from None
-    claim_socket_path(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o117 if gid is not None else 0o177)
-    try:
-        sock.bind(path)
-        if gid is not None:
-            os.chown(path, -1, gid)
-            os.chmod(path, 0o660)
-        else:
-            os.chmod(path, 0o600)
-        sock.listen(1024)
-    except OSError:
-        sock.close()
-        raise
-    finally:
-        os.umask(old)
-    return sock, gid
 
 
 async def _refuse(stream: trio.SocketStream, message: str) -> None:
@@ -171,6 +85,38 @@ class Server:
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.admission.serve(sock, self._connection, _refuse, task_status=task_status)
 
+    async def serve_handed(self, handed: Sequence[Handed]) -> None:
+        """Go on with the connections the early server accepted (:mod:`supervisor.early`),
+        in the order it accepted them, each as if this server had accepted it just now: the
+        cap admits it or refuses it (the early server admitted under the same cap, and parked
+        the others unread); an admitted one is served from where it stood, reading first what
+        it sent that was not answered, after writing what it was not sent yet."""
+        async with trio.open_nursery() as nursery:
+            for conn in handed:
+                if not self.admission.admits(conn.creds):
+                    stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn.sock))
+                    nursery.start_soon(self.admission.refuse, stream, _refuse, conn.creds)
+                    continue
+                self.admission.open += 1
+                nursery.start_soon(self._handed, conn)
+
+    async def _handed(self, conn: Handed) -> None:
+        try:
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn.sock))
+            chan = Channel(stream, unread=conn.unread)
+            try:
+                if conn.unsent:
+                    await chan.send_bytes(conn.unsent)
+                await self._converse(chan, stream, conn.creds, greeted=conn.greeted)
+            except Closed:
+                pass
+            except Exception as exc:  # a bug costs this connection, never the daemon
+                log.exception("connection failed", error=repr(exc))
+            finally:
+                await chan.aclose()
+        finally:
+            self.admission.open -= 1
+
     async def _connection(self, stream: trio.SocketStream, creds: Creds | None) -> None:
         chan = Channel(stream)
         try:
@@ -182,14 +128,21 @@ class Server:
         finally:
             await chan.aclose()
 
-    async def _converse(self, chan: Channel, stream: trio.SocketStream, creds: Creds) -> None:
+    async def _converse(self, chan: Channel, stream: trio.SocketStream, creds: Creds, *,
+                        greeted: bool = False) -> None:
         raw = stream.socket
+        if not greeted:
+            await self._greet(chan, creds)
+        await self._requests(chan, raw)
+
+    async def _greet(self, chan: Channel, creds: Creds) -> None:
+        """The peer's credentials, then the hellos; :class:`Closed` when it may not go on."""
         if not allowed(creds, self.my_uid, self.group_gid):
             log.warning("connection refused", pid=creds[0], uid=creds[1], gid=creds[2])
             await chan.send(wire.error(None, "permission_denied",
                                        f"uid {creds[1]} may not use this supervisord: it "
                                        "allows root, its own uid and members of its --group"))
-            return
+            raise Closed("permission denied")
         try:
             with trio.fail_after(HELLO_TIMEOUT):
                 first = await chan.recv()
@@ -197,13 +150,15 @@ class Server:
         except trio.TooSlowError:
             await chan.send(wire.error(None, "protocol", "no hello within "
                                        f"{HELLO_TIMEOUT:g}s"))
-            return
+            raise Closed("no hello") from None
         except (wire.ProtocolError, wire.RemoteError) as exc:
             code = getattr(exc, "code", "protocol")
             await chan.send(wire.error(None, code if code != "invalid" else "protocol",
                                        str(exc)))
-            return
+            raise Closed("bad hello") from None
         await chan.send(wire.hello("daemon", version=VERSION, pid=os.getpid()))
+
+    async def _requests(self, chan: Channel, raw: Any) -> None:
         streams: set[trio.CancelScope] = set()
         limiter = trio.Semaphore(MAX_INFLIGHT)
         async with trio.open_nursery() as nursery:

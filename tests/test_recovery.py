@@ -142,17 +142,26 @@ def test_a_shim_the_log_does_not_know_is_ended(daemon):
 
 
 def test_ps_shows_unknown_until_a_container_is_reconciled(daemon):
-    daemon.run("sleep", "100", name="frozen")
-    shim_pid = int((daemon.root / "shims/frozen" / shim_api.PID_FILE).read_text())
+    # in its back-off, its shim frozen: nothing but reconciliation can tell what it does
+    daemon.run("sh", "-c", "exit 1", name="frozen", restart={"policy": "always", "delay": 60})
+    # running, its shim frozen too: the kernel proves its task runs under that shim
+    daemon.run("sleep", "100", name="sleeper")
+    daemon.wait_for(lambda: daemon.ps()["frozen"]["state"] == "restarting")
+    shims = [int((daemon.root / "shims" / cid / shim_api.PID_FILE).read_text())
+             for cid in ("frozen", "sleeper")]
     daemon.kill9()
-    os.kill(shim_pid, signal.SIGSTOP)
+    for pid in shims:
+        os.kill(pid, signal.SIGSTOP)
     try:
         daemon.start()
-        assert daemon.ps()["frozen"]["state"] == "unknown"
+        rows = daemon.ps()
+        assert rows["frozen"]["state"] == "unknown"
+        assert rows["sleeper"]["state"] == "running"  # docs/design.md 6: proven running
         assert daemon.call("status")["reconciling"] is True
     finally:
-        os.kill(shim_pid, signal.SIGCONT)
-    daemon.wait_for(lambda: daemon.ps()["frozen"]["state"] == "running", timeout=10)
+        for pid in shims:
+            os.kill(pid, signal.SIGCONT)
+    daemon.wait_for(lambda: daemon.ps()["frozen"]["state"] == "restarting", timeout=10)
 
 
 def _corrupt_middle_record(root) -> None:

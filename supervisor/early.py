@@ -1,0 +1,324 @@
+"""The early server: ``ps`` and ``status`` answered from the recovered state while the rest of
+the daemon (trio, structlog, the services) is still being loaded.
+
+Loading the full daemon costs several times what rebuilding its state does, and a client
+waiting after a restart (``supervisorctl ps``, a health check) needs only the state. So
+``supervisord`` first opens the log (its lock), binds the API socket and rebuilds the state
+(:mod:`supervisor.restore`: no trio), then starts this server in a thread and loads the rest
+in the main thread meanwhile. This server:
+
+* accepts on the API socket, checks the peer's credentials and answers the hello as the full
+  server would (:mod:`supervisor.server`);
+* answers :data:`EARLY_METHODS` -- read-only, and answered from the recovered state exactly as
+  the full server will (:func:`supervisor.rows.ps_rows`), containers that may still run shown
+  ``unknown`` unless proven running (:mod:`supervisor.probe`: the kernel's word, checked
+  before the first answer);
+* leaves everything else alone: at the first frame it does not answer (another method, a bad
+  frame, a refused peer, a stream) the connection is *parked*: nothing more is read from it,
+  and it goes to the full server at the handover with every byte it sent that was not answered.
+  A mutating call made in the early window therefore waits for the full server and is served
+  by it: never refused, never answered from here.
+
+:meth:`EarlyServer.handover` stops the thread and returns the listening socket's connections
+(:class:`Handed`: the socket, what it sent that was not served, what was not yet written to
+it); the full server goes on with each as if it had accepted it (``Server.serve_handed``), and
+accepts on the same listening socket from then on: a client connecting meanwhile waits in the
+socket's backlog. Nothing here appends or acknowledges anything: the log has one writer (the
+full daemon's), and a kill -9 at any moment of the early window or the handover loses nothing
+a client was told.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from events import wire
+from supervisor import logsetup, probe, projection, rows
+from supervisor.conncap import default_max_connections
+from supervisor.peercred import Creds, allowed, peer_creds
+from supervisor.version import VERSION
+
+__all__ = ["EARLY_METHODS", "EarlyServer", "Handed"]
+
+log = logsetup.get_logger("supervisord.early")
+
+#: The methods answered before the handover: read-only, and answerable from the state alone.
+EARLY_METHODS = frozenset({"ps", "status"})
+#: Connections held before the handover; more wait in the socket's backlog (never refused).
+MAX_EARLY_CONNECTIONS = 256
+_RECV = 65536
+#: The interpreter's default thread switch interval, restored at the handover (the daemon
+#: shortens it while this server answers between its imports).
+DEFAULT_SWITCH_INTERVAL = 0.005
+
+UNKNOWN = "unknown"
+
+
+@dataclass
+class Handed:
+    """A connection the early server accepted, for the full server to go on with."""
+
+    sock: socket.socket
+    creds: Creds
+    #: the hello was answered (the peer's credentials were allowed)
+    greeted: bool
+    #: bytes the peer sent that were not served: the full server reads these first
+    unread: bytes
+    #: replies not yet written to the peer: the full server writes these first
+    unsent: bytes
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    creds: Creds
+    #: within the connection cap, with credentials the full server allows: served here
+    admitted: bool = False
+    greeted: bool = False
+    parked: bool = False
+    unread: bytearray = field(default_factory=bytearray)
+    unsent: bytearray = field(default_factory=bytearray)
+
+
+class EarlyServer:
+    """The early server of one start (see the module's docstring)."""
+
+    def __init__(self, sock: socket.socket, state: projection.State, unreconciled: Iterable[str],
+                 group_gid: int | None, root: Path, this_boot: str,
+                 previous_boot: str | None) -> None:
+        self._listener = sock
+        self._state = state
+        self._unreconciled = set(unreconciled)
+        self._group_gid = group_gid
+        self._my_uid = os.geteuid()
+        self._started = time.monotonic()
+        self._candidates = [state.containers[cid] for cid in sorted(self._unreconciled)]
+        self._root = root
+        self._this_boot = this_boot
+        self._previous_boot = previous_boot
+        self._proven: set[str] = set()
+        self._sel = selectors.DefaultSelector()
+        self._conns: dict[int, _Conn] = {}
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread = threading.Thread(target=self._run, name="early-server", daemon=True)
+        self._handed: list[Handed] = []
+        #: the API server's connection cap (:mod:`supervisor.conncap`), and the connections
+        #: admitted under it so far (the full server counts them as its own)
+        self._cap = default_max_connections()
+        self._admitted = 0
+        #: answered requests, by method (tests and the start-up log line)
+        self.answered: dict[str, int] = {}
+        self.error: BaseException | None = None
+
+    @property
+    def listener(self) -> socket.socket:
+        """The API socket (listening): the full server accepts on it after the handover."""
+        return self._listener
+
+    @property
+    def proven(self) -> set[str]:
+        """The recovered containers proven running (:mod:`supervisor.probe`), shown so."""
+        return set(self._proven)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def handover(self) -> list[Handed]:
+        """Stop serving; every connection held, for the full server. Idempotent."""
+        if self._thread.is_alive():
+            os.write(self._wake_w, b"x")
+            self._thread.join()
+        sys.setswitchinterval(DEFAULT_SWITCH_INTERVAL)
+        if self._wake_r >= 0:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
+        handed, self._handed = self._handed, []
+        return handed
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        sel = self._sel
+        try:
+            # before the first answer (connections wait in the backlog meanwhile): /proc and
+            # a lock per container, no shim woken
+            self._proven = probe.proven_running(self._root, self._candidates, self._this_boot,
+                                                self._previous_boot)
+            self._unreconciled -= self._proven
+            self._listener.setblocking(False)
+            sel.register(self._listener, selectors.EVENT_READ, "accept")
+            sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+            while True:
+                for key, mask in sel.select():
+                    if key.data == "wake":
+                        return
+                    if key.data == "accept":
+                        self._accept()
+                    else:
+                        self._io(key.data, mask)
+        except BaseException as exc:  # a bug here must not lose a connection: hand them over
+            self.error = exc
+        finally:
+            self._stop()
+
+    def _stop(self) -> None:
+        for conn in self._conns.values():
+            self._handed.append(Handed(conn.sock, conn.creds, conn.greeted, bytes(conn.unread),
+                                       bytes(conn.unsent)))
+        self._conns.clear()
+        self._sel.close()
+        self._listener.setblocking(True)
+
+    def _accept(self) -> None:
+        while len(self._conns) < MAX_EARLY_CONNECTIONS:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE: the rest wait in the backlog for the full server
+                log.warning("accept failed", server="api (early)", error=str(exc))
+                self._sel.unregister(self._listener)
+                return
+            try:
+                creds = peer_creds(sock)
+            except OSError:
+                creds = (0, -1, -1)  # nobody: the full server's rule refuses it
+            sock.setblocking(False)
+            conn = _Conn(sock, creds)
+            # the full server's rules, applied by the full server: a peer it refuses (its
+            # credentials, or over the connection cap, the last slot root's) is parked unread
+            fits = self._admitted < self._cap - (creds[1] != 0)
+            if fits and allowed(creds, self._my_uid, self._group_gid):
+                conn.admitted = True
+                self._admitted += 1
+                self._sel.register(sock, selectors.EVENT_READ, conn)
+            else:
+                conn.parked = True
+            self._conns[sock.fileno()] = conn
+        self._sel.unregister(self._listener)  # full: the backlog holds the rest
+
+    def _io(self, conn: _Conn, mask: int) -> None:
+        if mask & selectors.EVENT_READ and not conn.parked:
+            try:
+                data = conn.sock.recv(_RECV)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                data = b""
+            if data == b"":  # the peer left: nothing to hand over
+                self._drop(conn)
+                return
+            if data:
+                conn.unread += data
+                self._serve(conn)  # flushes what it answered
+                return
+        if mask & selectors.EVENT_WRITE:
+            self._flush(conn)
+
+    def _serve(self, conn: _Conn) -> None:
+        """Answer the frames at the head of ``conn.unread`` while they are ours to answer."""
+        while not conn.parked and (head := _frame(conn.unread)):
+            message, size = head
+            if message is None:
+                conn.parked = True
+            elif not conn.greeted:
+                conn.greeted = self._hello(conn, message)
+                conn.parked = not conn.greeted
+            elif (answer := self._answer(conn, message)) is not None:
+                try:
+                    conn.unsent += wire.encode(answer)
+                except wire.FrameTooLarge:
+                    conn.parked = True  # the full server answers it (with its error)
+            if conn.parked:
+                break
+            del conn.unread[:size]
+        self._flush(conn)
+
+    def _hello(self, conn: _Conn, message: dict[str, Any]) -> bool:
+        try:
+            wire.parse_hello(message, roles={"client"})
+        except (wire.ProtocolError, wire.RemoteError):
+            return False
+        conn.unsent += wire.encode(wire.hello("daemon", version=VERSION, pid=os.getpid()))
+        return True
+
+    def _answer(self, conn: _Conn, message: dict[str, Any]) -> dict[str, Any] | None:
+        """The reply to a request of :data:`EARLY_METHODS`, or None (parked)."""
+        try:
+            req = wire.parse_request(message)
+        except wire.ProtocolError:
+            req = None
+        if req is None or req.method not in EARLY_METHODS:
+            conn.parked = True
+            return None
+        if req.method == "ps":
+            result: Any = rows.ps_rows(self._state.containers.values(), self._shown,
+                                       req.params)
+        else:
+            result = {"ok": True, "pid": os.getpid(),
+                      "uptime": time.monotonic() - self._started,
+                      "last_seq": self._state.last_seq, "reconciling": True}
+        self.answered[req.method] = self.answered.get(req.method, 0) + 1
+        return wire.reply(req.rid, result)
+
+    def _shown(self, c: projection.Container) -> str:
+        return UNKNOWN if c.id in self._unreconciled else c.state
+
+    def _flush(self, conn: _Conn) -> None:
+        if conn.unsent:
+            try:
+                sent = conn.sock.send(conn.unsent)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._drop(conn)
+                return
+            del conn.unsent[:sent]
+        events = 0 if conn.parked else selectors.EVENT_READ  # parked: nothing more is read
+        if conn.unsent:
+            events |= selectors.EVENT_WRITE
+        registered = self._sel.get_map().get(conn.sock.fileno()) is not None
+        if events and registered:
+            self._sel.modify(conn.sock, events, conn)
+        elif events:
+            self._sel.register(conn.sock, events, conn)
+        elif registered:
+            self._sel.unregister(conn.sock)
+
+    def _drop(self, conn: _Conn) -> None:
+        if self._conns.pop(conn.sock.fileno(), None) is not None and conn.admitted:
+            self._admitted -= 1
+        if self._sel.get_map().get(conn.sock.fileno()) is not None:
+            self._sel.unregister(conn.sock)
+        conn.sock.close()
+        if self._listener.fileno() not in self._sel.get_map():
+            self._sel.register(self._listener, selectors.EVENT_READ, "accept")
+
+
+def _frame(buf: bytearray) -> tuple[dict[str, Any] | None, int] | None:
+    """The first whole frame of ``buf`` and its size; ``(None, 0)`` when it is not one this
+    server may read (too large, empty, not a map: the full server says so); None when more
+    bytes are needed."""
+    if len(buf) < wire.HEADER_SIZE:
+        return None
+    length = int.from_bytes(buf[:wire.HEADER_SIZE], "big")
+    if length == 0 or length > wire.MAX_FRAME:
+        return None, 0
+    size = wire.HEADER_SIZE + length
+    if len(buf) < size:
+        return None
+    try:
+        (message,) = wire.FrameDecoder().feed(bytes(buf[:size]))
+    except wire.ProtocolError:
+        return None, 0
+    return message, size
