@@ -193,7 +193,16 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        kill_and_wait(processes_naming(str(self.root)))
+        # A child the daemon forked just before its kill may be inside execve (its command
+        # line reads empty for that moment): scan again until a scan finds nobody. (Such a
+        # launcher would leave by itself, on its parent's death, a moment later.)
+        for attempt in range(5):
+            found = processes_naming(str(self.root))
+            if found:
+                kill_and_wait(found)
+            elif attempt:
+                break
+            time.sleep(0.03)
         reap_adopted_orphans()
 
 
