@@ -152,7 +152,7 @@ class Group:
             for path in files:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-            diag.log("error", "start_failed", group=self.name, error=_reason(exc))
+            diag.log("error", "start_failed", group=self.name, error=osutil.failure_reason(exc))
             for fd in (lock_fd, log_fd):
                 if fd >= 0:
                     os.close(fd)
@@ -239,14 +239,7 @@ class Group:
             conn.owner._on_drained(conn)
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            self._reaped(pid, status)
+        osutil.reap_each(self._reaped)
 
     def _reaped(self, pid: int, status: int) -> None:
         for member in list(self.members.values()):
@@ -304,13 +297,9 @@ class Group:
             return
         except Exception as exc:  # the container cannot start: what `shim start` says
             loop.send(conn, wire.error(req.rid, "start_failed",
-                                       f"shim start {cid}: {_reason(exc)}"))
+                                       f"shim start {cid}: {osutil.failure_reason(exc)}"))
             return
         loop.send(conn, wire.reply(req.rid, result))
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
 
 
 # -- the starter's side -----------------------------------------------------------------------
@@ -462,14 +451,7 @@ def serve(root: str, name: str, container_id: str, ready_w: int, start_task: boo
                     member._remove_pid_files()
                     with contextlib.suppress(OSError):
                         os.unlink(member.address)
-        for path in files:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        reason = _reason(exc)
-        with contextlib.suppress(OSError):
-            os.write(2, json.dumps({"level": "error", "event": "start_failed",
-                                    "error": reason}).encode() + b"\n")
-            os.write(ready_w, b"error " + reason.replace("\n", " ").encode() + b"\n")
+        osutil.report_start_failure(ready_w, exc, files)
         return
     finally:
         os.close(ready_w)

@@ -233,14 +233,7 @@ def serve(root: str, container_id: str, ready_w: int, start_task: bool = False) 
     except BaseException as exc:
         if shim is not None:
             shim.abort()
-        for path in files:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        reason = str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
-        with contextlib.suppress(OSError):
-            os.write(2, json.dumps({"level": "error", "event": "start_failed",
-                                    "error": reason}).encode() + b"\n")
-            os.write(ready_w, b"error " + reason.replace("\n", " ").encode() + b"\n")
+        osutil.report_start_failure(ready_w, exc, files)
         return
     finally:
         os.close(ready_w)

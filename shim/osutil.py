@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from events import procfs
@@ -281,3 +282,33 @@ class Diag:
         os.dup2(fd, self.fd)  # fd 2 too: a traceback still lands in the current file
         os.close(fd)
         self.size = 0
+
+
+def failure_reason(exc: BaseException) -> str:
+    """How a failed start is told: an OSError's own words, else its type and message."""
+    return str(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+
+
+def report_start_failure(ready_w: int, exc: BaseException, files: list[str]) -> None:
+    """A start that failed: remove the files it wrote, then say why, in ``shim.log`` (fd 2)
+    and on the ready pipe (one ``error <reason>`` line)."""
+    for path in files:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    reason = failure_reason(exc)
+    with contextlib.suppress(OSError):
+        os.write(2, json.dumps({"level": "error", "event": "start_failed",
+                                "error": reason}).encode() + b"\n")
+        os.write(ready_w, b"error " + reason.replace("\n", " ").encode() + b"\n")
+
+
+def reap_each(on_reaped: Callable[[int, int], None]) -> None:
+    """Reap every child that has exited (``waitpid(-1, WNOHANG)``), each told to *on_reaped*."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        on_reaped(pid, status)

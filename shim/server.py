@@ -36,6 +36,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from events import shim_api
+from shim import osutil
 from shim.execs import Execs, InitOutput
 from shim.handlers import Handlers
 from shim.logs import CriLog
@@ -148,14 +149,7 @@ class Shim:
             self.execs.drained(conn)
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            self._reaped(pid, status)
+        osutil.reap_each(self._reaped)
 
     def _reaped(self, pid: int, status: int) -> None:
         if self.execs.exited(pid, status):
