@@ -103,24 +103,21 @@ class Server:
     async def _handed(self, conn: Handed) -> None:
         try:
             stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn.sock))
-            chan = Channel(stream, unread=conn.unread)
-            try:
-                if conn.unsent:
-                    await chan.send_bytes(conn.unsent)
-                await self._converse(chan, stream, conn.creds, greeted=conn.greeted)
-            except Closed:
-                pass
-            except Exception as exc:  # a bug costs this connection, never the daemon
-                log.exception("connection failed", error=repr(exc))
-            finally:
-                await chan.aclose()
+            await self._connection(stream, conn.creds, unread=conn.unread, unsent=conn.unsent,
+                                   greeted=conn.greeted)
         finally:
             self.admission.open -= 1
 
-    async def _connection(self, stream: trio.SocketStream, creds: Creds | None) -> None:
-        chan = Channel(stream)
+    async def _connection(self, stream: trio.SocketStream, creds: Creds | None, *,
+                          unread: bytes = b"", unsent: bytes = b"", greeted: bool = False
+                          ) -> None:
+        """One client's conversation; a connection the early server handed over continues
+        where it stood: *unsent* written first, *unread* read first, *greeted* or not."""
+        chan = Channel(stream, unread=unread)
         try:
-            await self._converse(chan, stream, creds or (0, -1, -1))
+            if unsent:
+                await chan.send_bytes(unsent)
+            await self._converse(chan, stream, creds or (0, -1, -1), greeted=greeted)
         except Closed:
             pass
         except Exception as exc:  # a bug costs this connection, never the daemon
