@@ -14,6 +14,7 @@ so that tests can simulate a reboot.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 __all__ = ["ProcStat", "boot_id", "group_members", "is_running", "process_table",
@@ -90,13 +91,20 @@ def process_table() -> dict[int, tuple[int, str]]:
     return table
 
 
-def group_members(pgid: int) -> list[int]:
-    """Pids of the live processes of process group ``pgid`` (field 5 of ``/proc/PID/stat``).
+def group_members(pgid: int) -> list[tuple[int, int]]:
+    """``(pid, starttime)`` of the live processes of process group ``pgid`` (field 5 of
+    ``/proc/PID/stat``). While any member lives the kernel hands ``pgid`` to no new process."""
+    return [(pid, int(fields[19])) for pid, fields in _stat_fields()
+            if len(fields) > 19 and fields[2] == b"%d" % pgid and fields[0] not in (b"Z", b"X")]
 
-    While any member lives the kernel hands ``pgid`` to no new process, so the members found
-    are of the group that leader began, even after the leader itself is gone."""
-    return [pid for pid, fields in _stat_fields()
-            if len(fields) > 2 and fields[2] == b"%d" % pgid and fields[0] not in (b"Z", b"X")]
+
+def ticks_at(wall_ns: int) -> int:
+    """A wall-clock time (``time.time_ns()``) in the clock of :func:`starttime`: clock ticks
+    since boot (through ``/proc/uptime`` now; a wall-clock jump in between shifts it)."""
+    with open("/proc/uptime", "rb") as f:
+        uptime = float(f.read().split()[0])
+    age = time.time() - wall_ns / 1e9
+    return int((uptime - age) * os.sysconf("SC_CLK_TCK"))
 
 
 def processes_naming(text: str) -> list[int]:

@@ -257,7 +257,8 @@ class Commands:
             else:
                 # with force: a shim whose back-off ended between the stop's append and this
                 # call runs a task the log refused; the removal ends it too
-                await self._core.shims.retire(cid, force=True)
+                await self._core.shims.retire(cid, force=True, task_pid=c.pid,
+                                              ended_at=c.finished)
             # a removal the daemon dies in after the delete is finished by recovery
             await trio.to_thread.run_sync(adopt.mark_removing, self._root, cid)
             await self._core.append([("container.delete", cid, {})])
@@ -279,7 +280,7 @@ class Commands:
                 while is_running(pid):
                     await trio.sleep(0.01)
         elif pid:  # the task ended before the shim was found lost: what it left lives on
-            await trio.to_thread.run_sync(end_leftovers, pid)
+            await trio.to_thread.run_sync(end_leftovers, pid, c.finished)
         await self._core.append_shim_event(c.id, "task.exit", {
             "pid": pid, "exit_status": None, "signal": None, "exited_at": time.time_ns(),
             "instance": c.instance, "reason": "removed (rm -f) after its shim was lost"})

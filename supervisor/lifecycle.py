@@ -157,7 +157,8 @@ class Lifecycle:
     async def retire(self, cid: str) -> None:
         """Before a new task: ask the stopped task's shim to go (if it has not already), and
         record ``task.delete``."""
-        await self.core.shims.retire(cid)
+        c = self.container(cid)
+        await self.core.shims.retire(cid, task_pid=c.pid, ended_at=c.finished)
         c = self.container(cid)
         await self.core.append([("task.delete", cid, {"exit_status": c.exit_status,
                                                       "instance": c.instance})])

@@ -31,7 +31,7 @@ import trio
 
 from events import wire
 from events.domain import ContainerState
-from events.procfs import group_members, is_running, starttime
+from events.procfs import group_members, is_running, starttime, ticks_at
 from supervisor import adopt
 from supervisor.channel import Channel, Closed, connect
 from supervisor.shims import exit_data, read_address, read_exit_record
@@ -224,6 +224,8 @@ class ShimLink:
             return
         if c.state == ContainerState.STOPPED:  # nothing runs (and the shim may have exited
             self.caught_up.set()               # by itself: stopped for good, all acked)
+            if c.pid:  # or died before it ended what the task left in its group
+                await trio.to_thread.run_sync(end_leftovers, c.pid, c.finished)
             host.shim_gone(cid, self.instance)
             return
         if c.state == ContainerState.RESTARTING:  # lost during its back-off: no task runs
@@ -269,15 +271,17 @@ async def watch_lost_task(host: LinkHost, cid: str, instance: str, pid: int | No
             log.info("the pid of a lost task was reused: the task is gone", id=cid, pid=pid)
             os.close(fd)
             fd = None
+    ended: int | None = None  # when it ended, if seen: what of its group started before is its
     try:
         if fd is not None:
             log.info("watching the task of a lost shim", id=cid, pid=pid)
             await trio.lowlevel.wait_readable(fd)
+            ended = time.time_ns()
     finally:
         if fd is not None:
             os.close(fd)
     if pid:  # what a shim does at its task's end: nothing the run left behind lives on
-        await trio.to_thread.run_sync(end_leftovers, pid)
+        await trio.to_thread.run_sync(end_leftovers, pid, ended)
     # the exit file may have appeared meanwhile (the shim died after writing it): prefer it,
     # when it is this task's (a shim that ran several tasks keeps the latest exit: an earlier
     # task's would be a duplicate, and this one's end would go unrecorded)
@@ -290,16 +294,21 @@ async def watch_lost_task(host: LinkHost, cid: str, instance: str, pid: int | No
         "instance": instance, "reason": "shim lost: the task ended, its status is unknown"})
 
 
-def end_leftovers(pid: int) -> list[int]:
+def end_leftovers(pid: int, ended_at: int | None) -> list[int]:
     """SIGKILL what an ended task left in its process group (the process runtime makes the
-    task its group's leader); returns the members found. Only once the leader is no live
-    process: while a member lives, the kernel gives the group's id to no new process, so the
-    members are the task's own, orphaned with their shim gone."""
-    if is_running(pid):
+    task its group's leader); returns the members killed. Only when it is provably the task's
+    group: the leader is no live process, and a member started before the task ended
+    (``ended_at``, wall-clock ns). While that member lives the kernel gives the group's id to no
+    new process, so every member is the task's own; a group whose members all started later
+    may belong to a process that was given the task's pid since (pids are reused)."""
+    if not ended_at or is_running(pid):
         return []
     members = group_members(pid)
-    if members:
-        log.info("ending what a lost shim's task left behind", pgid=pid, pids=members)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-    return members
+    before = ticks_at(ended_at) - 1  # a tick's margin: /proc/uptime has that precision
+    if not any(started < before for _, started in members):
+        return []
+    log.info("ending what a task left behind its shim", pgid=pid,
+             pids=[member for member, _ in members])
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    return [member for member, _ in members]

@@ -16,7 +16,7 @@ import trio
 
 from supervisor.errors import ApiError
 from supervisor.launcher import ShimLauncher
-from supervisor.links import LinkHost, ShimLink
+from supervisor.links import LinkHost, ShimLink, end_leftovers
 from supervisor.shims import Ready, call_shim, end_shim, shim_alive, shim_dir, spawn_shim
 
 if TYPE_CHECKING:
@@ -110,15 +110,21 @@ class ShimRegistry:
         if link is not None:
             link.cancel_scope.cancel()
 
-    async def retire(self, cid: str, *, force: bool = False) -> Any:
+    async def retire(self, cid: str, *, force: bool = False, task_pid: int | None = None,
+                     ended_at: int | None = None) -> Any:
         """Ask ``cid``'s shim to go (``delete``, its task having ended) and stop its link;
         the shim's last exit record, or None when it could not be reached. ``force``: even
-        if it runs a task (one it started after a stop it had not yet heard of: ``rm``)."""
+        if it runs a task (one it started after a stop it had not yet heard of: ``rm``).
+        A shim that cannot be reached died before it could end what its last task
+        (``task_pid``, ended at ``ended_at``) left in its group (a live one does, before it
+        replies): ended here (:func:`supervisor.links.end_leftovers`)."""
         link = self.expect_end(cid)
         try:
             return await call_shim(self.root, cid, "delete", force=force)
         except ApiError as exc:
             log.debug("shim delete", id=cid, error=exc.message)
+            if task_pid:
+                await trio.to_thread.run_sync(end_leftovers, task_pid, ended_at)
             return None
         finally:
             self.forget(link)

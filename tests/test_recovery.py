@@ -324,3 +324,32 @@ def test_rm_force_ends_the_task_of_a_lost_shim(daemon):
     daemon.wait_for(lambda: not is_running(task_pid))
     ends = exits_of(daemon, "orphan")
     assert len(ends) == 1 and ends[0]["data"]["exit_status"] is None, ends
+
+
+def test_what_an_ended_task_left_is_ended_only_when_provably_its_own(tmp_path):
+    """``links.end_leftovers``: the group of a task that ended is killed when one of its
+    members started before the task ended (while it lives, the kernel gives the group's id to no
+    new process); a group whose members all started after that moment may be another
+    process's, which was given the task's pid since: left alone."""
+    from supervisor.links import end_leftovers
+
+    child_file = tmp_path / "child"
+    before = time.time_ns() - 10**9  # a second before the task began: proves nothing
+    task = subprocess.Popen(["sh", "-c", f"sleep 1000 & echo $! > {child_file}; sleep 0.1"],
+                            start_new_session=True)
+    task.wait()
+    ended = time.time_ns()
+    child = int(child_file.read_text())
+    try:
+        assert is_running(child)
+        assert end_leftovers(task.pid, before) == []
+        assert end_leftovers(task.pid, None) == []
+        assert is_running(child)
+        assert end_leftovers(task.pid, ended) == [child]
+        deadline = time.monotonic() + 5
+        while is_running(child) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not is_running(child)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
