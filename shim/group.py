@@ -265,20 +265,9 @@ class Group:
 
     def _control(self, conn: Conn, message: dict[str, Any]) -> None:
         loop = self.loop
-        if not conn.greeted:
-            try:
-                wire.parse_hello(message, roles={"launcher", "supervisor", "client"})
-            except (wire.ProtocolError, wire.RemoteError) as exc:
-                loop.send(conn, wire.error(None, "protocol", str(exc)))
-                loop.close_after_flush(conn)
-                return
-            conn.greeted = True
-            loop.send(conn, wire.hello("shim", group=self.name, pid=os.getpid()))
-            return
-        try:
-            req = wire.parse_request(message)
-        except wire.ProtocolError as exc:
-            loop.send(conn, wire.error(exc.rid, exc.code, str(exc)))
+        req = loop.request_of(conn, message, {"launcher", "supervisor", "client"},
+                              group=self.name, pid=os.getpid())
+        if req is None:
             return
         if req.method == "state":
             loop.send(conn, wire.reply(req.rid, {

@@ -45,21 +45,9 @@ class Handlers:
 
     def on_message(self, conn: Conn, message: dict[str, Any]) -> None:
         loop = self.shim.loop
-        if not conn.greeted:
-            try:
-                wire.parse_hello(message, roles={"supervisor", "client"})
-            except (wire.ProtocolError, wire.RemoteError) as exc:
-                loop.send(conn, wire.error(None, "protocol", str(exc)))
-                loop.close_after_flush(conn)
-                return
-            conn.greeted = True
-            loop.send(conn, wire.hello("shim", id=self.shim.id, instance=self.task.instance,
-                                       pid=os.getpid()))
-            return
-        try:
-            req = wire.parse_request(message)
-        except wire.ProtocolError as exc:
-            loop.send(conn, wire.error(exc.rid, exc.code, str(exc)))
+        req = loop.request_of(conn, message, {"supervisor", "client"}, id=self.shim.id,
+                              instance=self.task.instance, pid=os.getpid())
+        if req is None:
             return
         handler = self.methods.get(req.method)
         try:

@@ -300,6 +300,27 @@ class Loop:
             return
         self._modify(conn.sock.fileno(), READ | (WRITE if conn.out else 0))
 
+    def request_of(self, conn: Conn, message: dict[str, Any], roles: set[str],
+                   **hello: Any) -> wire.Request | None:
+        """The request *message* is, once *conn* has said hello; None when it was the hello
+        (answered with ``hello("shim", **hello)``), a bad hello (refused, the connection
+        closed) or not a request (answered with its error)."""
+        if not conn.greeted:
+            try:
+                wire.parse_hello(message, roles=roles)
+            except (wire.ProtocolError, wire.RemoteError) as exc:
+                self.send(conn, wire.error(None, "protocol", str(exc)))
+                self.close_after_flush(conn)
+                return None
+            conn.greeted = True
+            self.send(conn, wire.hello("shim", **hello))
+            return None
+        try:
+            return wire.parse_request(message)
+        except wire.ProtocolError as exc:
+            self.send(conn, wire.error(exc.rid, exc.code, str(exc)))
+            return None
+
     def close_after_flush(self, conn: Conn) -> None:
         conn.closing = True
         self._flush(conn)
