@@ -128,11 +128,7 @@ class Group:
             address = osutil.socket_path(directory)
             listener = osutil.bind_unix(address)
             files.append(address)
-            for name, value in ((shim_api.PID_FILE, str(os.getpid())),
-                                (shim_api.ADDRESS_FILE, address)):
-                shim_api.write_atomic(os.path.join(directory, name), value.encode(),
-                                      durable=False)
-                files.append(os.path.join(directory, name))
+            files += osutil.write_reach_files(directory, address)
             for name in (shim_api.EXIT_FILE, shim_api.CONTAINER_LOG):
                 osutil.refuse_symlinks(os.path.join(directory, name), missing_ok=True)
             rlimits = spec.get("rlimits") or {}
@@ -426,10 +422,7 @@ def serve(root: str, name: str, container_id: str, ready_w: int, start_task: boo
         group.lock_fd = lock_fd
         group.nofile = _raise_nofile()
         ready = group.add(container_id, start_task)
-        for fname, value in ((shim_api.PID_FILE, str(os.getpid())),
-                             (shim_api.ADDRESS_FILE, address)):
-            shim_api.write_atomic(os.path.join(directory, fname), value.encode(), durable=False)
-            files.append(os.path.join(directory, fname))
+        files += osutil.write_reach_files(directory, address)
         diag.log("info", "group_ready", address=address, first=container_id)
         os.write(ready_w, b"ready " + json.dumps(ready).encode() + b"\n")
     except BaseException as exc:

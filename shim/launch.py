@@ -216,13 +216,7 @@ def serve(root: str, container_id: str, ready_w: int, start_task: bool = False) 
         address = osutil.socket_path(directory)
         listener = osutil.bind_unix(address)
         files = [address]
-        # Not fsynced (~1.2 ms of every start): supervisord reads them to reach a *live* shim,
-        # and no shim survives a power loss, the only thing the fsyncs would guard against
-        # (the durable record of this shim is the daemon's ``task.create``).
-        for name, value in ((shim_api.PID_FILE, str(os.getpid())),
-                            (shim_api.ADDRESS_FILE, address)):
-            shim_api.write_atomic(os.path.join(directory, name), value.encode(), durable=False)
-            files.append(os.path.join(directory, name))
+        files += osutil.write_reach_files(directory, address)
         for name in (shim_api.EXIT_FILE, shim_api.CONTAINER_LOG):  # written into, or renamed over
             osutil.refuse_symlinks(os.path.join(directory, name), missing_ok=True)
         shim = Shim(directory, spec, listener, address, make_runtime(spec, directory), diag)

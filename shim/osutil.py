@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from events import procfs
+from events import procfs, shim_api
 
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NAME = 15
@@ -282,6 +282,19 @@ class Diag:
         os.dup2(fd, self.fd)  # fd 2 too: a traceback still lands in the current file
         os.close(fd)
         self.size = 0
+
+
+def write_reach_files(directory: str, address: str) -> list[str]:
+    """``shim.pid`` (this process) and ``address`` in *directory*: how supervisord reaches a
+    live shim. Not fsynced (no shim survives a power loss, the only thing a fsync would guard
+    against; the durable record of a shim is the daemon's ``task.create``). The paths written,
+    for a failed start to remove."""
+    written = []
+    for name, value in ((shim_api.PID_FILE, str(os.getpid())), (shim_api.ADDRESS_FILE, address)):
+        path = os.path.join(directory, name)
+        shim_api.write_atomic(path, value.encode(), durable=False)
+        written.append(path)
+    return written
 
 
 def failure_reason(exc: BaseException) -> str:
