@@ -69,11 +69,6 @@ def group_path(root: str, name: str) -> str:
     return os.path.join(root, GROUPS_DIR, validate_id(name))
 
 
-def group_of(root: str, container_id: str) -> str | None:
-    """The ``shim_group`` of the spec the daemon wrote for *container_id*, or None."""
-    return shim_api.read_group(shim_api.shim_path(root, container_id))
-
-
 class Group:
     """One group's process: its loop (the control socket and every member's), its members."""
 
@@ -262,7 +257,7 @@ class Group:
     def _control(self, conn: Conn, message: dict[str, Any]) -> None:
         loop = self.loop
         req = loop.request_of(conn, message, {"launcher", "supervisor", "client"},
-                              group=self.name, pid=os.getpid())
+                              lambda: {"group": self.name, "pid": os.getpid()})
         if req is None:
             return
         if req.method == "state":

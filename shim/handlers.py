@@ -45,8 +45,8 @@ class Handlers:
 
     def on_message(self, conn: Conn, message: dict[str, Any]) -> None:
         loop = self.shim.loop
-        req = loop.request_of(conn, message, {"supervisor", "client"}, id=self.shim.id,
-                              instance=self.task.instance, pid=os.getpid())
+        req = loop.request_of(conn, message, {"supervisor", "client"}, lambda: {
+            "id": self.shim.id, "instance": self.task.instance, "pid": os.getpid()})
         if req is None:
             return
         handler = self.methods.get(req.method)

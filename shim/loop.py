@@ -301,10 +301,10 @@ class Loop:
         self._modify(conn.sock.fileno(), READ | (WRITE if conn.out else 0))
 
     def request_of(self, conn: Conn, message: dict[str, Any], roles: set[str],
-                   **hello: Any) -> wire.Request | None:
+                   hello: Callable[[], dict[str, Any]]) -> wire.Request | None:
         """The request *message* is, once *conn* has said hello; None when it was the hello
-        (answered with ``hello("shim", **hello)``), a bad hello (refused, the connection
-        closed) or not a request (answered with its error)."""
+        (answered with ``hello("shim", **hello())``, made only then), a bad hello (refused, the
+        connection closed) or not a request (answered with its error)."""
         if not conn.greeted:
             try:
                 wire.parse_hello(message, roles=roles)
@@ -313,7 +313,7 @@ class Loop:
                 self.close_after_flush(conn)
                 return None
             conn.greeted = True
-            self.send(conn, wire.hello("shim", **hello))
+            self.send(conn, wire.hello("shim", **hello()))
             return None
         try:
             return wire.parse_request(message)
