@@ -67,6 +67,9 @@ UNSUPPORTED = "unsupported"
 
 #: The largest whole number a value may take: the wire's (msgpack's) signed 64-bit integers.
 _MAX_WHOLE = 2**63 - 1
+#: events.policy.MAX_SECONDS (a week), written here: importing events.policy would load
+#: events.domain's enums into every ``stop -t`` (tests/test_ctl_args.py checks they match)
+_MAX_SECONDS = 7 * 24 * 3600.0
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -156,14 +159,12 @@ def non_negative_float(text: str) -> float:
     """Seconds (``stop -t``, ``--stop-timeout``, ``--reconnect``): finite, from 0 to a week
     (events.policy.MAX_SECONDS): ``inf``, ``nan`` and ``1e308`` are usage errors here, as the
     daemon would refuse them."""
-    from events.policy import MAX_SECONDS
-
     try:
         value = float(text)
     except ValueError:
         raise BadValue(f"expected a number of seconds, got {text!r}") from None
-    if not 0 <= value <= MAX_SECONDS:  # also nan; inf would overflow a socket timeout
-        raise BadValue(f"expected a number of seconds from 0 to {MAX_SECONDS:g}, got {text!r}")
+    if not 0 <= value <= _MAX_SECONDS:  # also nan; inf would overflow a socket timeout
+        raise BadValue(f"expected a number of seconds from 0 to {_MAX_SECONDS:g}, got {text!r}")
     return value
 
 

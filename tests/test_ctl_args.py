@@ -216,3 +216,12 @@ def test_what_it_is_not_sure_of_goes_to_argparse(argv: list[str]) -> None:
         rest, _ = ctl_grammar.split_command(ctl_args.record(name).takes_value, rest,
                                             ctl_grammar.TAKES_COMMAND[name])
     assert ctl_args.read(ctl_args.record(name), rest) is None
+
+
+def test_the_cli_bound_on_seconds_is_the_daemons() -> None:
+    """``stop -t`` and friends check seconds against a copy of the daemon's bound (importing
+    it would load events.domain into every such command): the two must agree."""
+    from events import policy
+    from supervisor import ctl_grammar
+
+    assert ctl_grammar._MAX_SECONDS == policy.MAX_SECONDS

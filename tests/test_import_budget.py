@@ -87,6 +87,7 @@ CLI_EXTRA: dict[str, frozenset[str]] = {
     "ps --json": _RENDER | _JSON,
     "status": _SUPERVISOR,  # Supervisor's table, rendered by ctl_supervisor
     "stop --all": _SUPERVISOR,
+    "stop -t 5 --all": _SUPERVISOR | _FLOAT,  # seconds: checked without events.policy
     "info": _SUPERVISOR | _RENDER | _JSON | _FLOAT,
 }
 
