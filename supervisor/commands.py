@@ -132,7 +132,7 @@ class Commands:
         request to the shim, one append): ``(id, instance, the shim's ready map)``."""
         spec = validate_spec(params.get("spec"))
         name = spec.get("name")
-        cid = check_id(name) if name is not None else self._new_id()
+        cid = name if name is not None else self._new_id()  # validate_spec checked the name
         async with self._core.lock(cid):
             if self._core.container(cid) is not None:
                 raise ApiError(ErrorCode.CONFLICT, f"the id {cid!r} is in use; remove that "
