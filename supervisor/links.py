@@ -34,7 +34,7 @@ from events.domain import ContainerState
 from events.procfs import group_members, is_running, starttime, ticks_at
 from supervisor import adopt
 from supervisor.channel import Channel, Closed, connect
-from supervisor.shims import exit_data, read_address, read_exit_record
+from supervisor.shims import exit_data, exit_of_task, read_address, read_exit_record
 
 if TYPE_CHECKING:
     from supervisor.projection import Container
@@ -212,12 +212,11 @@ class ShimLink:
         cid = self.cid
         if self._current() is None:
             return
-        record = read_exit_record(host.root, cid)
         c = self._current()
-        # only the exit of the task the log knows: the file holds the shim's latest task's,
-        # and a later task (restarted with its events undelivered) is found by supervision
-        if record and record.get("instance") == self.instance and c is not None and \
-                record.get("pid") in (None, c.pid):
+        # only the exit of the task the log knows: a later task (restarted with its events
+        # undelivered) is found by supervision
+        record = exit_of_task(host.root, cid, self.instance, c.pid) if c is not None else None
+        if record:
             await host.record_shim_event(cid, "task.exit", exit_data(record))
         c = self._current()
         if c is None:

@@ -37,7 +37,7 @@ from events.model import InvalidId, validate_id
 from events.snapshot import write_snapshot
 from supervisor import adopt
 from supervisor.restore import StartupError, keep_snapshot_aside, load_state, to_reconcile
-from supervisor.shims import exit_data, read_exit_record
+from supervisor.shims import exit_data, exit_of_task
 
 if TYPE_CHECKING:
     from supervisor.core import Core
@@ -88,9 +88,8 @@ async def _reconcile_one(core: Core, supervision: Supervision, previous_boot: st
                 # holds only its latest task's exit (recorded ahead of the backlog, it would
                 # make the link drop the earlier exit and restart as already seen). A small
                 # local file: reading it inline is cheaper than a thread hop each.
-                record = read_exit_record(core.paths.root, cid)
-                if record and record.get("instance") == c.instance and \
-                        record.get("pid") in (None, c.pid):
+                record = exit_of_task(core.paths.root, cid, c.instance, c.pid)
+                if record:
                     await core.record_shim_event(cid, "task.exit", exit_data(record))
                 c = core.container(cid)
             if c is None:

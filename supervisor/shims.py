@@ -35,10 +35,10 @@ if TYPE_CHECKING:
     from supervisor.spec import Spec
 
 __all__ = ["Launcher", "Ready", "ShimSpec", "SymlinkedDir", "call_shim", "checked_shim_dir",
-           "end_shim", "exit_data", "new_instance", "read_address", "read_exit_record",
-           "read_shim_file", "read_task_record", "real_shim_dir", "remove_shim_dir", "shim_alive",
-           "shim_call_timeout", "shim_spec",
-           "spawn_shim", "start_failed"]
+           "end_shim", "exit_data", "exit_of_task", "new_instance", "read_address",
+           "read_exit_record", "read_shim_file", "read_task_record", "real_shim_dir",
+           "remove_shim_dir", "shim_alive", "shim_call_timeout", "shim_spec", "spawn_shim",
+           "start_failed"]
 
 log = structlog.get_logger("supervisord.shims")
 
@@ -421,6 +421,17 @@ def read_exit_record(root: Path, cid: str) -> dict[str, Any] | None:
     """The shim's exit file (:func:`events.shim_api.read_exit_file`), never through a
     symlink; None when there is none or it is not a JSON object."""
     return _read_record(root, cid, shim_api.EXIT_FILE)
+
+
+def exit_of_task(root: Path, cid: str, instance: str | None, pid: int | None
+                 ) -> dict[str, Any] | None:
+    """The exit file's record when it is the exit of the task the log knows (that instance,
+    that pid): the file holds only the shim's latest task's exit, and a later task's must not
+    be recorded as the end of an earlier one."""
+    record = read_exit_record(root, cid)
+    if record and record.get("instance") == instance and record.get("pid") in (None, pid):
+        return record
+    return None
 
 
 def read_task_record(root: Path, cid: str) -> dict[str, Any] | None:
