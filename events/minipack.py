@@ -55,17 +55,10 @@ def _pack(obj: Any, out: bytearray, depth: int) -> None:
         _pack_int(int(obj), out)
     elif isinstance(obj, str):
         data = obj.encode()
-        n = len(data)
-        if n < 32:
-            out.append(0xA0 | n)
-        elif n < 0x100:
-            out += b"\xd9" + n.to_bytes(1, "big")
-        elif n < 0x10000:
-            out += b"\xda" + n.to_bytes(2, "big")
-        elif n < 0x100000000:
-            out += b"\xdb" + n.to_bytes(4, "big")
+        if len(data) < 32:
+            out.append(0xA0 | len(data))
         else:
-            raise ValueError("str is too large")
+            _sized(len(data), out, 0xD9, "str")
         out += data
     elif isinstance(obj, dict):
         _header(len(obj), out, 0x80, 0xDE)
@@ -80,18 +73,21 @@ def _pack(obj: Any, out: bytearray, depth: int) -> None:
         out += _F64 + _float_bytes(obj)
     elif isinstance(obj, bytes | bytearray | memoryview):
         data = bytes(obj)
-        n = len(data)
-        if n < 0x100:
-            out += b"\xc4" + n.to_bytes(1, "big")
-        elif n < 0x10000:
-            out += b"\xc5" + n.to_bytes(2, "big")
-        elif n < 0x100000000:
-            out += b"\xc6" + n.to_bytes(4, "big")
-        else:
-            raise ValueError("bytes object is too large")
+        _sized(len(data), out, 0xC4, "bytes object")
         out += data
     else:
         raise TypeError(f"can not serialize {type(obj).__name__!r} object")
+
+
+def _sized(n: int, out: bytearray, code8: int, what: str) -> None:
+    """A str's or a bin's length: *code8* and 1 byte, the next code and 2, the one after and 4
+    (str8/16/32 are 0xd9-0xdb, bin8/16/32 0xc4-0xc6)."""
+    for code, width in ((code8, 1), (code8 + 1, 2), (code8 + 2, 4)):
+        if n < 1 << (8 * width):
+            out.append(code)
+            out += n.to_bytes(width, "big")
+            return
+    raise ValueError(f"{what} is too large")
 
 
 def _header(n: int, out: bytearray, fix: int, code16: int) -> None:
