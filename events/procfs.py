@@ -26,12 +26,13 @@ BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 class ProcStat:
     """The fields of ``/proc/PID/stat`` that Tether uses."""
 
-    __slots__ = ("ppid", "starttime", "state")
+    __slots__ = ("ppid", "session", "starttime", "state")
 
-    def __init__(self, state: str, ppid: int, starttime: int) -> None:
+    def __init__(self, state: str, ppid: int, starttime: int, session: int) -> None:
         self.state = state  # R, S, D, Z (zombie), X (dead), T, ...
         self.ppid = ppid
         self.starttime = starttime
+        self.session = session
 
     @property
     def alive(self) -> bool:
@@ -47,7 +48,7 @@ def read_stat(pid: int) -> ProcStat | None:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
         fields = data[data.rindex(b")") + 2 :].split()
-        return ProcStat(fields[0].decode(), int(fields[1]), int(fields[19]))
+        return ProcStat(fields[0].decode(), int(fields[1]), int(fields[19]), int(fields[3]))
     except (OSError, ValueError, IndexError):
         return None
 

@@ -223,12 +223,8 @@ def descendants(ancestor: int) -> list[int]:
 
 def session_of(pid: int) -> int:
     """The session id of *pid* (``/proc/PID/stat``'s sixth field), or 0 when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rindex(b")") + 2 :].split()[3])
-    except (OSError, ValueError, IndexError):
-        return 0
+    stat = procfs.read_stat(pid)
+    return stat.session if stat is not None else 0
 
 
 def _descendants_by_scan(ancestor: int) -> list[int]:

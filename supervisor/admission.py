@@ -86,7 +86,7 @@ class Admission:
                     except OSError:
                         creds = (0, -1, -1)  # nobody: the server's own rule refuses it
                 if not self.admits(creds):
-                    await self._refuse(stream, refuse, creds)
+                    await self.refuse(stream, refuse, creds)
                     continue
                 self.open += 1
                 nursery.start_soon(self._run, handle, stream, creds)
@@ -102,10 +102,6 @@ class Admission:
                      creds: Creds | None) -> None:
         """Tell one connection it does not fit, and close it (the accept loop's refusal, and
         the API server's for a connection the early server held: :mod:`supervisor.early`)."""
-        await self._refuse(stream, refuse, creds)
-
-    async def _refuse(self, stream: trio.SocketStream, refuse: Refuse,
-                      creds: Creds | None) -> None:
         self.refused += 1
         if self.refused == 1 or self.refused % 1000 == 0:  # not one line per refusal
             log.warning("connection refused: too many connections", server=self.name,
