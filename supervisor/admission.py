@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 import trio
 
-from supervisor.conncap import DEFAULT_MAX_CONNECTIONS, default_max_connections
+from supervisor.conncap import DEFAULT_MAX_CONNECTIONS, default_max_connections, fits
 from supervisor.peercred import Creds, peer_creds
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "Admission", "default_max_connections"]
@@ -60,9 +60,7 @@ class Admission:
     def admits(self, creds: Creds | None) -> bool:
         """Whether one more connection from *creds* fits: everyone shares all slots but the
         last, which only root may take."""
-        if creds is not None and creds[1] == 0:
-            return self.open < self.max_connections
-        return self.open < self.max_connections - 1
+        return fits(self.open, self.max_connections, None if creds is None else creds[1])
 
     async def serve(self, sock: socket.socket, handle: Handler, refuse: Refuse, *,
                     credentials: bool = True,

@@ -12,7 +12,7 @@ import resource
 
 from supervisor import logsetup
 
-__all__ = ["DEFAULT_MAX_CONNECTIONS", "default_max_connections"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "default_max_connections", "fits"]
 
 log = logsetup.get_logger("supervisord.admission")
 
@@ -39,3 +39,9 @@ def default_max_connections() -> int:
     if soft == resource.RLIM_INFINITY:
         return DEFAULT_MAX_CONNECTIONS
     return max(4, min(DEFAULT_MAX_CONNECTIONS, soft // 8))
+
+
+def fits(open_now: int, cap: int, uid: int | None) -> bool:
+    """Whether one more connection from *uid* (None: unknown) fits beside *open_now*: everyone
+    shares all slots but the last, which only root may take."""
+    return open_now < cap if uid == 0 else open_now < cap - 1

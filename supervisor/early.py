@@ -43,7 +43,7 @@ from typing import Any
 
 from events import wire
 from supervisor import logsetup, probe, projection, rows
-from supervisor.conncap import default_max_connections
+from supervisor.conncap import default_max_connections, fits
 from supervisor.peercred import Creds, allowed, peer_creds
 from supervisor.version import VERSION
 
@@ -197,8 +197,8 @@ class EarlyServer:
             conn = _Conn(sock, creds)
             # the full server's rules, applied by the full server: a peer it refuses (its
             # credentials, or over the connection cap, the last slot root's) is parked unread
-            fits = self._admitted < self._cap - (creds[1] != 0)
-            if fits and allowed(creds, self._my_uid, self._group_gid):
+            if fits(self._admitted, self._cap, creds[1]) and \
+                    allowed(creds, self._my_uid, self._group_gid):
                 conn.admitted = True
                 self._admitted += 1
                 self._sel.register(sock, selectors.EVENT_READ, conn)

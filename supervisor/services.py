@@ -63,13 +63,13 @@ async def run(config: Config, compat: compat_mod.Compat, rec: Recovered) -> int:
     if commands.missing():  # the method table and the handlers are one: a bug otherwise
         raise RuntimeError(f"methods without a handler: {commands.missing()}")
     server = Server(core, commands, rec.group_gid)
-    await _serve(core, supervision, server, rec, compat, rec.previous_boot)
+    await _serve(core, supervision, server, rec, compat)
     log.info("supervisord stopped; containers keep running", last_seq=core.state.last_seq)
     return 0
 
 
 async def _serve(core: Core, supervision: Supervision, server: Server, rec: Recovered,
-                 compat: compat_mod.Compat, previous_boot: str | None) -> None:
+                 compat: compat_mod.Compat) -> None:
     early = rec.early
     async with trio.open_nursery() as outer:
         await outer.start(core.writer.run)
@@ -82,7 +82,7 @@ async def _serve(core: Core, supervision: Supervision, server: Server, rec: Reco
                 await services.start(server.serve, early.listener)
                 await services.start(compat.serve)  # ROOT/supervisor.sock, --config
                 await services.start(autoremove.run, core, server.commands.rm)  # --rm
-                services.start_soon(_reconcile, core, supervision, previous_boot)
+                services.start_soon(_reconcile, core, supervision, rec.previous_boot)
                 services.start_soon(recovery.snapshotter, core)
                 await _until_stop(core, rec.signals)
                 services.cancel_scope.cancel()
