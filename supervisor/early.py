@@ -113,7 +113,7 @@ class EarlyServer:
         self._handed: list[Handed] = []
         #: the API server's connection cap (:mod:`supervisor.conncap`), and the connections
         #: admitted under it so far (the full server counts them as its own)
-        self._cap = default_max_connections()
+        self.cap = default_max_connections()
         self._admitted = 0
         #: answered requests, by method (tests and the start-up log line)
         self.answered: dict[str, int] = {}
@@ -197,7 +197,7 @@ class EarlyServer:
             conn = _Conn(sock, creds)
             # the full server's rules, applied by the full server: a peer it refuses (its
             # credentials, or over the connection cap, the last slot root's) is parked unread
-            if fits(self._admitted, self._cap, creds[1]) and \
+            if fits(self._admitted, self.cap, creds[1]) and \
                     allowed(creds, self._my_uid, self._group_gid):
                 conn.admitted = True
                 self._admitted += 1

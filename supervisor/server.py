@@ -70,12 +70,13 @@ async def _next_message(chan: Channel) -> dict[str, Any]:
 
 
 class Server:
-    def __init__(self, core: Core, commands: Commands, group_gid: int | None) -> None:
+    def __init__(self, core: Core, commands: Commands, group_gid: int | None,
+                 max_connections: int | None = None) -> None:
         self.core = core
         self.commands = commands
         self.group_gid = group_gid
         self.my_uid = os.geteuid()
-        self.admission = Admission("api")
+        self.admission = Admission("api", max_connections)
 
     @property
     def connections(self) -> int:
