@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable
@@ -391,22 +390,7 @@ def serve(root: str, name: str, container_id: str, ready_w: int, start_task: boo
         osutil.refuse_symlinks(groups, directory, missing_ok=True)
         os.makedirs(directory, mode=0o700, exist_ok=True)
         osutil.refuse_symlinks(groups, directory)
-        null = os.open("/dev/null", os.O_RDWR)
-        log_fd = osutil.open_nofollow(os.path.join(directory, shim_api.SHIM_LOG),
-                                      os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        os.dup2(null, 0)
-        os.dup2(null, 1)
-        os.dup2(log_fd, 2)  # a traceback we did not foresee lands in the group's shim.log
-        osutil.close_fds({ready_w})
-        diag = osutil.Diag(2, os.path.join(directory, shim_api.SHIM_LOG))
-
-        def ignored(signum: int, frame: object) -> None:  # as a shim: see shim.launch.serve
-            diag.log("warning", "signal_ignored", signal=signal.Signals(signum).name)
-
-        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, ignored)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        osutil.set_subreaper()
+        diag = osutil.become_shim(directory, ready_w)  # as a shim
         lock_fd = _join_instead(root, name, container_id, ready_w, start_task)
         if lock_fd is None:
             return

@@ -189,25 +189,7 @@ def serve(root: str, container_id: str, ready_w: int, start_task: bool = False) 
     try:
         directory = shim_api.shim_path(root, container_id)
         osutil.refuse_symlinks(os.path.join(root, "shims"), directory)
-        null = os.open("/dev/null", os.O_RDWR)
-        log_fd = osutil.open_nofollow(os.path.join(directory, shim_api.SHIM_LOG),
-                                      os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        os.dup2(null, 0)
-        os.dup2(null, 1)
-        os.dup2(log_fd, 2)  # a traceback we did not foresee lands in shim.log
-        osutil.close_fds({ready_w})
-        diag = osutil.Diag(2, os.path.join(directory, shim_api.SHIM_LOG))
-        # Only delete, shutdown or SIGKILL end a shim: a SIGTERM sent to "everything" (an
-        # operator, a careless unit) must not orphan the container and lose its exit status.
-        # Caught (logged), not SIG_IGN: an ignored disposition would be inherited through
-        # exec by runc and the container's processes; a caught one is reset to the default.
-        def ignored(signum: int, frame: object) -> None:
-            diag.log("warning", "signal_ignored", signal=signal.Signals(signum).name)
-
-        for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, ignored)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        osutil.set_subreaper()
+        diag = osutil.become_shim(directory, ready_w)
         osutil.take_lock(directory)  # held (fd open) until we exit
         spec = shim_api.read_spec(directory)
         if spec.get("id") != container_id or not spec.get("instance"):

@@ -11,6 +11,7 @@ import errno
 import fcntl
 import json
 import os
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -278,6 +279,34 @@ class Diag:
         os.dup2(fd, self.fd)  # fd 2 too: a traceback still lands in the current file
         os.close(fd)
         self.size = 0
+
+
+def become_shim(directory: str, ready_w: int) -> Diag:
+    """What a shim process (a single shim or a shared one) does first: stdin and stdout on
+    /dev/null, stderr into *directory*'s ``shim.log`` (a traceback nobody foresaw lands there),
+    every inherited fd but *ready_w* closed, the signals it ignores, a child subreaper. Its
+    diagnostics writer."""
+    null = os.open("/dev/null", os.O_RDWR)
+    log_path = os.path.join(directory, shim_api.SHIM_LOG)
+    log_fd = open_nofollow(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.dup2(log_fd, 2)
+    close_fds({ready_w})
+    diag = Diag(2, log_path)
+
+    # Only delete, shutdown or SIGKILL end a shim: a SIGTERM sent to "everything" (an
+    # operator, a careless unit) must not orphan the container and lose its exit status.
+    # Caught (logged), not SIG_IGN: an ignored disposition would be inherited through exec by
+    # runc and the container's processes; a caught one is reset to the default.
+    def ignored(signum: int, frame: object) -> None:
+        diag.log("warning", "signal_ignored", signal=signal.Signals(signum).name)
+
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, ignored)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    set_subreaper()
+    return diag
 
 
 def write_reach_files(directory: str, address: str) -> list[str]:
