@@ -107,11 +107,7 @@ class Group:
         member: Shim | None = None
         try:
             lock_fd = osutil.take_lock(directory)
-            spec = shim_api.read_spec(directory)
-            if spec.get("id") != container_id or not spec.get("instance"):
-                raise ValueError(f"{directory}/{shim_api.SPEC_FILE}: id {spec.get('id')!r} "
-                                 f"and instance {spec.get('instance')!r} must match "
-                                 f"{container_id!r}")
+            spec = osutil.read_own_spec(directory, container_id)
             if spec.get("shim_group") != self.name:
                 raise ValueError(f"{directory}/{shim_api.SPEC_FILE}: shim_group "
                                  f"{spec.get('shim_group')!r} is not {self.name!r}")

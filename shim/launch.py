@@ -78,8 +78,7 @@ def detach(root: str, container_id: str, title: list[str] | None = None, reap: b
                     if group is not None and title is None:
                         # not the first member's: a group outlives it, and the daemon looks
                         # for a starting shim of an id by its title (shims.starting_shims)
-                        title = [sys.executable, "-I", "-m", "shim", "start", "--root", root,
-                                 "--group", group]
+                        title = group_title(root, group)
                     if title is not None:
                         osutil.set_title(title, f"shim {group or container_id}")
                     if group is not None:
@@ -97,6 +96,12 @@ def detach(root: str, container_id: str, title: list[str] | None = None, reap: b
     if reap:
         os.waitpid(middle, 0)
     return ready_r, middle
+
+
+def group_title(root: str, group: str) -> list[str]:
+    """A shared shim's command line: ``shim start`` naming its group, not the id of the member
+    it began with (the daemon looks for a starting shim of an id by its title)."""
+    return [sys.executable, "-I", "-m", "shim", "start", "--root", root, "--group", group]
 
 
 def outcome(container_id: str, lines: list[tuple[str, str]], ready_timeout: float,
@@ -191,10 +196,7 @@ def serve(root: str, container_id: str, ready_w: int, start_task: bool = False) 
         osutil.refuse_symlinks(os.path.join(root, "shims"), directory)
         diag = osutil.become_shim(directory, ready_w)
         osutil.take_lock(directory)  # held (fd open) until we exit
-        spec = shim_api.read_spec(directory)
-        if spec.get("id") != container_id or not spec.get("instance"):
-            raise ValueError(f"{directory}/{shim_api.SPEC_FILE}: id {spec.get('id')!r} and "
-                             f"instance {spec.get('instance')!r} must match {container_id!r}")
+        spec = osutil.read_own_spec(directory, container_id)
         address = osutil.socket_path(directory)
         listener = osutil.bind_unix(address)
         files = [address]

@@ -228,8 +228,7 @@ class Launcher:
             self.send(wire.reply(rid, json.loads(text)) if ok
                       else wire.error(rid, "start_failed", text))
             return
-        title = [sys.executable, "-I", "-m", "shim", "start", "--root", self.root,
-                 "--group", group]
+        title = launch.group_title(self.root, group)
         try:
             fd, _ = launch.detach(self.root, cid, title, reap=False, start_task=start_task,
                                   group=group)

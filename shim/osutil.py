@@ -309,6 +309,16 @@ def become_shim(directory: str, ready_w: int) -> Diag:
     return diag
 
 
+def read_own_spec(directory: str, container_id: str) -> dict[str, Any]:
+    """The spec the daemon wrote for *container_id*, refused unless it names that id and an
+    instance (a directory holding another container's spec is no place to start in)."""
+    spec = shim_api.read_spec(directory)
+    if spec.get("id") != container_id or not spec.get("instance"):
+        raise ValueError(f"{directory}/{shim_api.SPEC_FILE}: id {spec.get('id')!r} and "
+                         f"instance {spec.get('instance')!r} must match {container_id!r}")
+    return spec
+
+
 def write_reach_files(directory: str, address: str) -> list[str]:
     """``shim.pid`` (this process) and ``address`` in *directory*: how supervisord reaches a
     live shim. Not fsynced (no shim survives a power loss, the only thing a fsync would guard
