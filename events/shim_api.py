@@ -168,6 +168,8 @@ EXIT_FILE = "exit"
 TASK_FILE = "task"
 CONTAINER_LOG = "container.log"
 SHIM_LOG = "shim.log"
+#: flock'ed by the shim for its whole life: one shim per container, and the sign it lives
+LOCK_FILE = "shim.lock"
 
 #: What a start says of a shim that neither reported ready nor an error (killed, or wedged
 #: past the ready timeout): nothing was started, so the daemon answers ``unavailable`` (try

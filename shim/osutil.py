@@ -26,7 +26,7 @@ PR_SET_MM_ARG_END = 9
 #: ``sun_path`` is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 SOCKET_NAME = "shim.sock"
-LOCK_NAME = "shim.lock"
+LOCK_NAME = shim_api.LOCK_FILE
 
 _libc: Any = None
 

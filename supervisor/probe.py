@@ -10,7 +10,7 @@ at once when, without waking its shim:
   stop again, or decides), and its task was created in this boot (else the task ended with
   the boot: reconciliation applies the policy);
 * the record's shim still lives: its directory's lock is held (:data:`SHIM_LOCK`, the rule of
-  :func:`supervisor.shims.shim_alive`, never through a symlink);
+  :func:`shim_alive`, never through a symlink);
 * the record's task pid is a live process (not a zombie) whose parent is the record's shim
   pid: the shim is the task's parent (a child subreaper), so it is that shim's task.
 
@@ -29,14 +29,15 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from events import shim_api
 from events.domain import ContainerState
 from events.procfs import read_stat
 from supervisor.projection import Container
 
-__all__ = ["SHIM_LOCK", "provable", "proven_running", "task_runs"]
+__all__ = ["SHIM_LOCK", "provable", "proven_running", "shim_alive", "task_runs"]
 
-#: The lock a shim holds on its directory for as long as it runs (``supervisor.shims``).
-SHIM_LOCK = "shim.lock"
+#: The lock a shim holds on its directory for as long as it runs.
+SHIM_LOCK = shim_api.LOCK_FILE
 
 RUNNING = ContainerState.RUNNING
 
@@ -49,23 +50,36 @@ def provable(c: Container, this_boot: str, previous_boot: str | None) -> bool:
             and not (boot and boot != this_boot))
 
 
-def _shim_holds_lock(shims: str, cid: str) -> bool:
-    """Whether a process holds ``SHIMS/ID/shim.lock``; never through a symlink (the
-    directory's or the lock's: a lock held elsewhere is no shim of ours)."""
-    directory = f"{shims}/{cid}"
-    try:
-        if os.path.islink(directory):
-            return False
-        fd = os.open(f"{directory}/{SHIM_LOCK}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
+def shim_alive(directory: Path) -> bool:
+    """Does a shim live in ``directory``? It holds the directory's lock for as long as it runs
+    (the kernel drops the lock with the process, however it ends). Never through a symlink
+    (the directory's or the lock's): a lock held elsewhere is no shim of ours. Here, not in
+    :mod:`supervisor.shims`: the early server asks before trio is loaded."""
+    if os.path.islink(directory) or os.path.islink(directory.parent):
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = os.open(directory / SHIM_LOCK, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
     except OSError as exc:
-        return exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+        if exc.errno == errno.ELOOP:
+            return False
+        raise
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
     finally:
         os.close(fd)  # releases the lock if we got it
     return False
+
+
+def _shim_holds_lock(shims: str, cid: str) -> bool:
+    """:func:`shim_alive` for ``SHIMS/ID``; a directory that cannot be read proves nothing."""
+    try:
+        return shim_alive(Path(shims) / cid)
+    except OSError:
+        return False
 
 
 def _runs(shims: str, c: Container) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import os
 import secrets
@@ -29,6 +28,7 @@ from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT, ErrorCode, 
 from events.procfs import is_running, process_table
 from supervisor.channel import Closed, connect
 from supervisor.errors import ApiError
+from supervisor.probe import shim_alive
 
 if TYPE_CHECKING:
     from events.domain import ExitRecord, HealthSpec, RestartSpec
@@ -45,8 +45,6 @@ log = structlog.get_logger("supervisord.shims")
 #: Default PATH for containers, as docker's.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-#: The lock a live shim holds on its directory (shim/osutil.py; the daemon imports no shim code).
-SHIM_LOCK = "shim.lock"
 #: How long a start waits for the previous shim of the directory to finish exiting.
 PREVIOUS_SHIM_GRACE = 5.0
 #: How long a start whose launcher (or ``shim start``) died waits for the shim it forked to
@@ -312,29 +310,6 @@ def starting_shims(root: Path, cid: str) -> list[int]:
     shims = {pid for pid, (_, cmd) in table.items()
              if cmd.rstrip().removesuffix(" --run").endswith(title)}
     return [pid for pid in shims if table[pid][0] not in shims]
-
-
-def shim_alive(directory: Path) -> bool:
-    """Does a shim live in ``directory``? It holds the directory's lock for as long as it runs
-    (the kernel drops the lock with the process, however it ends). Never through a symlink
-    (the directory's or the lock's): a lock held elsewhere is no shim of ours."""
-    if os.path.islink(directory) or os.path.islink(directory.parent):
-        return False
-    try:
-        fd = os.open(directory / SHIM_LOCK, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return False
-        raise
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # releases the lock if we got it
-    return False
 
 
 def _os_error(what: str, path: Path, exc: OSError) -> ApiError:
