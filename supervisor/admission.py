@@ -16,8 +16,8 @@ connections alike; only what they say to a client differs. This module owns what
 Each server still sets its own read timeouts (a frame, an HTTP request, begun and not
 finished): those belong to the protocol, not to the accept.
 
-The cap is :data:`DEFAULT_MAX_CONNECTIONS`, lowered to an eighth of the descriptor limit when
-that is small, and ``TETHER_MAX_CONNECTIONS`` sets it (per server).
+The cap is :data:`supervisor.conncap.DEFAULT_MAX_CONNECTIONS`, lowered to an eighth of the
+descriptor limit when that is small, and ``TETHER_MAX_CONNECTIONS`` sets it (per server).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from collections.abc import Awaitable, Callable
 import structlog
 import trio
 
-from supervisor.conncap import DEFAULT_MAX_CONNECTIONS, default_max_connections, fits
+from supervisor.conncap import default_max_connections, fits
 from supervisor.peercred import Creds, peer_creds
 
-__all__ = ["DEFAULT_MAX_CONNECTIONS", "Admission", "default_max_connections"]
+__all__ = ["Admission"]
 
 log = structlog.get_logger("supervisord.admission")
 

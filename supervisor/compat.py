@@ -135,7 +135,7 @@ class Compat:
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
-        from supervisor.server import bind_api_socket
+        from supervisor.apisocket import bind_api_socket
 
         core = self.core
         path = core.paths.root / SOCKET_NAME

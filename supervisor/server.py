@@ -25,12 +25,6 @@ from events import wire
 from events.domain import ErrorCode
 from supervisor import protocol
 from supervisor.admission import Admission
-from supervisor.apisocket import (  # re-exported: their home before the early server
-    bind_api_socket,
-    claim_socket_path,
-    socket_identity,
-    unlink_if_ours,
-)
 from supervisor.channel import Channel, Closed
 from supervisor.commands import Commands
 from supervisor.core import Core
@@ -39,7 +33,7 @@ from supervisor.errors import ApiError
 from supervisor.peercred import Creds, allowed
 from supervisor.version import VERSION
 
-__all__ = ["Server", "bind_api_socket", "claim_socket_path", "socket_identity", "unlink_if_ours"]
+__all__ = ["Server"]
 
 log = structlog.get_logger("supervisord.server")
 
