@@ -57,12 +57,10 @@ def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
-def rpc(c: BlockingConnection, method: str, *params: Any) -> Any:
-    """One call of Supervisor's interface; a fault raises :class:`SvFault`."""
-    return _xmlrpc_result(c.call("xmlrpc", name=method, args=list(params)))
-
-
-def _xmlrpc_result(reply: dict[str, Any]) -> Any:
+def rpc(c: BlockingConnection | Target, method: str, *params: Any) -> Any:
+    """One call of Supervisor's interface, on a connection (several calls) or a target (one,
+    written with the hello); a fault raises :class:`SvFault`."""
+    reply: dict[str, Any] = c.call("xmlrpc", name=method, args=list(params))
     if "fault" in reply:
         raise SvFault(int(reply["fault"]["code"]), str(reply["fault"]["string"]))
     return reply.get("result")
@@ -103,7 +101,7 @@ def status_lines(infos: list[dict[str, Any]]) -> list[str]:
 
 
 def cmd_status(t: Target, args: argparse.Namespace) -> int:
-    infos = _xmlrpc_result(t.call("xmlrpc", name="supervisor.getAllProcessInfo", args=[]))
+    infos = rpc(t, "supervisor.getAllProcessInfo")
     code = 0
     lines = []
     names = args.names
@@ -374,8 +372,8 @@ def _group_verb(t: Target, names: list[str], method: str, done: str,
             try:
                 rpc(c, method, name)
             except SvFault as exc:
-                text, status = refusals.get(exc.code, ("ERROR: {name}: ", GENERIC))
-                _out(text.format(name=name) + ("" if exc.code in refusals else exc.text))
+                text, status = refusals.get(exc.code, ("ERROR: {name}: {text}", GENERIC))
+                _out(text.format(name=name, text=exc.text))
                 code = code or status
             else:
                 _out(f"{name}: {done}")
