@@ -128,6 +128,7 @@ def outcome(container_id: str, lines: list[tuple[str, str]], ready_timeout: floa
                 now.rstrip(b"\0") == own_cmdline.rstrip(b"\0"):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(shim_pid, signal.SIGKILL)
+        end_task(lines)
     return False, f"shim start {container_id}: {reason}"
 
 
@@ -176,6 +177,29 @@ def is_complete(data: bytes) -> bool:
     return b"\nready " in b"\n" + data and data.endswith(b"\n")
 
 
+def tell_task(ready_w: int, pid: int) -> None:
+    """Say on the ready pipe which process the task's init is (``task PID STARTTIME``), before
+    it is let run: a starter whose shim dies before ``ready`` ends it (:func:`end_task`)."""
+    os.write(ready_w, b"task %d %d\n" % (pid, procfs.starttime(pid) or 0))
+
+
+def end_task(lines: list[tuple[str, str]]) -> None:
+    """SIGKILL the process group of the task a silent shim started, if the ready pipe named one
+    (``task PID STARTTIME``) and that process still runs: no one will be told of it, and with
+    its shim gone nothing else would ever end it. The start time proves the pid is still the
+    task's; the task leads its own process group (the process runtime's ``setsid``), which
+    holds what it started."""
+    for kind, value in lines:
+        if kind != "task":
+            continue
+        pid, _, started = value.partition(" ")
+        if not (pid.isdigit() and started.isdigit()) or int(pid) <= 1:
+            continue
+        if procfs.starttime(int(pid)) == int(started) != 0:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(pid), signal.SIGKILL)
+
+
 def parse_lines(data: bytes) -> list[tuple[str, str]]:
     lines = []
     for line in data.decode(errors="replace").splitlines():
@@ -204,7 +228,7 @@ def serve(root: str, container_id: str, ready_w: int, start_task: bool = False) 
         for name in (shim_api.EXIT_FILE, shim_api.CONTAINER_LOG):  # written into, or renamed over
             osutil.refuse_symlinks(os.path.join(directory, name), missing_ok=True)
         shim = Shim(directory, spec, listener, address, make_runtime(spec, directory), diag)
-        task = shim.create(start_task)
+        task = shim.create(start_task, created=lambda pid: tell_task(ready_w, pid))
         diag.log("info", "ready", address=address, instance=spec["instance"], **task)
         ready = {"pid": os.getpid(), "address": address, **task}
         os.write(ready_w, b"ready " + json.dumps(ready).encode() + b"\n")

@@ -33,6 +33,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from events import shim_api
@@ -106,14 +107,16 @@ class Shim:
         self.task.on_settled = self.maybe_retire
         self.handlers = Handlers(self)
 
-    def create(self, start: bool = False) -> dict[str, Any]:
+    def create(self, start: bool = False,
+               created: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Create the container's first task (stopped before exec; with *start*, started
         too): what the ready map says of it, ``{"task_pid", "created_at"}`` and, started,
-        ``started_at`` or ``exec_error``. Its events are queued."""
+        ``started_at`` or ``exec_error``. Its events are queued. *created*: see
+        :meth:`shim.task.Task.run`."""
         if not start:
             return {"task_pid": self.task.create(), "created_at": self.task.created_at}
         self.started_by_run = True
-        started = self.task.run()
+        started = self.task.run(created)
         ready = {"task_pid": started.pop("pid"), "created_at": self.task.created_at}
         ready.update(started)
         return ready

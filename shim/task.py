@@ -208,12 +208,16 @@ class Task:
         self.diag.log("info", "task_created", pid=self.pid, command=self.spec.get("command"))
         return self.pid
 
-    def run(self) -> dict[str, Any]:
+    def run(self, created: Callable[[int], None] | None = None) -> dict[str, Any]:
         """The first task, created and started in one request (``shim start --run``, or the
         launcher's ``start`` with ``start``): ``{"pid", "started_at"}``, or ``{"pid",
         "exec_error"}`` when the command could not be executed (as the ``start`` method's
-        error: its exit, 127, is recorded and published; no policy restart follows)."""
+        error: its exit, 127, is recorded and published; no policy restart follows).
+        *created* is told the init's pid before it is let run (the starter must be able to
+        end it if this shim dies before it reports ready)."""
         pid = self.create(start=True)
+        if created is not None:
+            created(pid)
         try:
             return self.start(by_request=True)
         except ShimError as exc:
