@@ -50,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -304,7 +305,8 @@ def soak(d: Daemon, seconds: float, seed: int, clients: int = 3,
     except AssertionError as exc:
         s.problems.append(str(exc))
     except Exception as exc:  # a wait that timed out, a daemon that did not start: findings too
-        s.problems.append(f"{type(exc).__name__}: {exc}")
+        where = "".join(traceback.format_tb(exc.__traceback__)[-4:]).rstrip()
+        s.problems.append(f"{type(exc).__name__}: {exc}\n{where}")
     finally:  # nothing stays: not even what the checker found left over
         d.cleanup()
         kill_and_wait(list(soak_processes(s)))
