@@ -62,6 +62,19 @@ class Admission:
         last, which only root may take."""
         return fits(self.open, self.max_connections, None if creds is None else creds[1])
 
+    async def admit(self, nursery: trio.Nursery, stream: trio.SocketStream,
+                    creds: Creds | None, handle: Handler, refuse: Refuse) -> bool:
+        """Let one connection in or tell it that it does not fit: the one accept step, for a
+        connection accepted now (:meth:`serve`) and for one the early server held
+        (:mod:`supervisor.early`: it admitted under the same cap, counted here from now on).
+        An admitted one runs ``handle(stream, creds)`` in *nursery*, counted until it ends."""
+        if not self.admits(creds):
+            await self.refuse(stream, refuse, creds)
+            return False
+        self.open += 1
+        nursery.start_soon(self._run, handle, stream, creds)
+        return True
+
     async def serve(self, sock: socket.socket, handle: Handler, refuse: Refuse, *,
                     credentials: bool = True,
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -83,11 +96,7 @@ class Admission:
                         creds = peer_creds(stream.socket)  # type: ignore[arg-type]  # trio's socket
                     except OSError:
                         creds = (0, -1, -1)  # nobody: the server's own rule refuses it
-                if not self.admits(creds):
-                    await self.refuse(stream, refuse, creds)
-                    continue
-                self.open += 1
-                nursery.start_soon(self._run, handle, stream, creds)
+                await self.admit(nursery, stream, creds, handle, refuse)
 
     async def _run(self, handle: Handler, stream: trio.SocketStream,
                    creds: Creds | None) -> None:

@@ -31,7 +31,7 @@ from events.procfs import is_running, starttime
 from supervisor import adopt, autoremove, protocol, rows
 from supervisor.channel import Closed, connect
 from supervisor.core import Core
-from supervisor.decide import restart_spec, stopped_for_good
+from supervisor.decide import stopped_for_good
 from supervisor.errors import ApiError
 from supervisor.lifecycle import RECORD_GRACE, Lifecycle
 from supervisor.links import end_leftovers
@@ -305,33 +305,13 @@ class Commands:
     async def inspect(self, params: dict[str, Any]) -> dict[str, Any]:
         cid = check_id(params.get("id"))
         c = self._lifecycle.container(cid)
-        since = max(0, c.create_seq - 1)
-        last = self._core.state.last_seq
-
-        def history() -> list[dict[str, Any]]:
-            out = []
-            for event in self._core.eventlog.read(since):
-                if event.seq > last:
-                    break
-                if event.id == cid:
-                    out.append(event.to_record())
-            return out
-
         try:
-            hist = await trio.to_thread.run_sync(history)
+            hist = await trio.to_thread.run_sync(rows.history, self._core.eventlog, c,
+                                                 self._core.state.last_seq)
         except Exception as exc:  # compacted or unreadable: still answer
             hist = []
             log.warning("inspect: history unavailable", id=cid, error=str(exc))
-        restart = restart_spec(c)
-        return {**self._row(c), "spec": c.spec, "instance": c.instance,
-                "shim_pid": c.shim_pid, "address": c.address, "signal": c.signal,
-                "exit_reason": c.exit_reason, "oom": c.oom, "lost": c.lost,
-                "restart": {"policy": restart["policy"], "max_retries": restart["max_retries"],
-                            "attempt": c.attempt, "start_at": c.start_at,
-                            "gave_up": c.gave_up, "stopped_by_user": c.stopped_by_user,
-                            "by": c.restart_by, "reason": c.restart_reason},
-                "health": await self._health(c),
-                "history": hist}
+        return rows.inspect_row(c, self._core.shown_state(c), hist, await self._health(c))
 
     async def _health(self, c: Container) -> dict[str, Any] | None:
         """``inspect``'s health: the record's status, and the last results from the shim

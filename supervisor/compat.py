@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import ipaddress
 import os
 import socket
@@ -33,7 +34,7 @@ import trio
 from supervisor import metrics, program_files, sv_logs
 from supervisor import programs as P
 from supervisor.apply import Applier
-from supervisor.compat_args import add_arguments  # its home before (re-exported)
+from supervisor.compat_args import SOCKET_NAME, add_arguments  # add_arguments: re-exported
 from supervisor.errors import ApiError
 from supervisor.http import HttpServer, reply, response
 from supervisor.shims import real_shim_dir
@@ -43,12 +44,12 @@ from supervisor.sv_xmlrpc import BadRequest, Fault, dump_fault, dump_result, loa
 if TYPE_CHECKING:
     from supervisor.commands import Commands
     from supervisor.core import Core
+    from supervisor.early import Handed
 
 __all__ = ["Compat", "Options", "add_arguments", "options"]
 
 log = structlog.get_logger("supervisord.compat")
 
-SOCKET_NAME = "supervisor.sock"
 #: Events ``readLog`` (the "main log") shows, newest last.
 MAIN_LOG_EVENTS = 2000
 
@@ -120,6 +121,11 @@ class Compat:
         self.core: Core = None  # type: ignore[assignment]  # set by install()
         self.commands: Commands = None  # type: ignore[assignment]  # set by install()
         self.nursery: trio.Nursery = None  # type: ignore[assignment]  # set by serve()
+        #: ``ROOT/supervisor.sock`` bound by the daemon before it loaded this (the early
+        #: server answered on it), its group, and the connections the early server held
+        self.listener: socket.socket | None = None
+        self.listener_gid: int | None = None
+        self.handed: list[Handed] = []
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -139,12 +145,18 @@ class Compat:
 
         core = self.core
         path = core.paths.root / SOCKET_NAME
-        sock, gid = bind_api_socket(path, core.config.group)
+        given = self.listener  # the daemon's, then: it closes and removes it
+        if given is not None:
+            sock, gid = given, self.listener_gid
+        else:
+            sock, gid = bind_api_socket(path, core.config.group)
+        handed, self.handed = self.handed, []
         tcp = self.options.tcp
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
-                await nursery.start(self.http.serve, sock, self.http.unix_gate(gid))
+                await nursery.start(functools.partial(
+                    self.http.serve, sock, self.http.unix_gate(gid), handed=handed))
                 if tcp is not None and self.options.listen is not None:
                     await nursery.start(self.http.serve, tcp, self.http.basic_auth_gate(
                         self.options.user, self.options.password))
@@ -154,9 +166,10 @@ class Compat:
                 if self.config_path is not None:
                     nursery.start_soon(self._apply_config_at_start)
         finally:
-            sock.close()
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            if given is None:
+                sock.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             if tcp is not None:
                 tcp.close()
 

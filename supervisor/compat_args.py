@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_arguments", "given"]
+__all__ = ["SOCKET_NAME", "add_arguments", "given"]
+
+#: Supervisor's XML-RPC socket, ``ROOT/supervisor.sock`` (bound by the daemon before the early
+#: server starts: :mod:`supervisor.early` answers its read-only methods).
+SOCKET_NAME = "supervisor.sock"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -23,6 +23,7 @@ import contextlib
 import os
 import resource
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from events import procfs
 from events.log import CorruptLog, EventLog, LogBusy, LogVersionError
 from supervisor import compat_args, logsetup, projection, restore
 from supervisor.apisocket import bind_api_socket, socket_identity, unlink_if_ours
-from supervisor.early import EarlyServer
+from supervisor.early import About, EarlyServer
 from supervisor.logid import InvalidLogId, ensure_log_id
 from supervisor.paths import Paths, default_root
 from supervisor.projection import State
@@ -208,18 +209,26 @@ def _start(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
     _raise_nofile()
     signals = EarlySignals()
     eventlog = _open_log(paths, args)
+    http_path = paths.root / compat_args.SOCKET_NAME
     try:
         sock, gid = bind_api_socket(paths.socket, args.group)
         bound = socket_identity(paths.socket)
+        http: socket.socket | None = None
+        http_bound = None
         try:
+            # Supervisor's XML-RPC socket too: its read-only methods are answered early
+            http, _ = bind_api_socket(http_path, args.group)
+            http_bound = socket_identity(http_path)
             log_id, state, snapshot_seq = _recover(eventlog, args)
             this_boot = procfs.boot_id()
             # the boot of the daemon that ran before (before our supervisor.start replaces it)
             previous = state.daemon.get("start", {}).get("boot_id")
             previous_boot = previous if isinstance(previous, str) else None
             state = _record_start(eventlog, state, paths, this_boot)
+            about = About(str(paths.root), str(paths.socket), snapshot_seq, log_id)
             early = EarlyServer(sock, state, restore.to_reconcile(state), gid, paths.root,
-                                this_boot, previous_boot)
+                                this_boot, previous_boot, http=http, eventlog=eventlog,
+                                about=about)
             # the early server's thread answers between imports of this one: a shorter switch
             # interval makes each answer wait for the interpreter a fraction as long
             sys.setswitchinterval(EARLY_SWITCH_INTERVAL)
@@ -238,6 +247,9 @@ def _start(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
         finally:
             sock.close()
             unlink_if_ours(paths.socket, bound)
+            if http is not None:
+                http.close()
+                unlink_if_ours(http_path, http_bound)
     finally:
         eventlog.close()
 

@@ -1,5 +1,5 @@
-"""The early server: ``ps`` and ``status`` answered from the recovered state while the rest of
-the daemon (trio, structlog, the services) is still being loaded.
+"""The early server: the read-only requests answered from the recovered state while the rest
+of the daemon (trio, structlog, the services) is still being loaded.
 
 Loading the full daemon costs several times what rebuilding its state does, and a client
 waiting after a restart (``supervisorctl ps``, a health check) needs only the state. So
@@ -10,11 +10,15 @@ in the main thread meanwhile. This server:
 * accepts on the API socket, checks the peer's credentials and answers the hello as the full
   server would (:mod:`supervisor.server`);
 * answers :data:`EARLY_METHODS` -- read-only, and answered from the recovered state exactly as
-  the full server will (:func:`supervisor.rows.ps_rows`), containers that may still run shown
+  the full server will (:mod:`supervisor.rows`), containers that may still run shown
   ``unknown`` unless proven running (:mod:`supervisor.probe`: the kernel's word, checked
   before the first answer);
+* answers Supervisor's read-only XML-RPC methods (:mod:`supervisor.sv_view`, Supervisor's
+  UNKNOWN for ``unknown``) on ``ROOT/supervisor.sock``, from the plainest HTTP requests
+  (:mod:`supervisor.httpreq`); a malformed XML-RPC body gets the full server's 400 and close;
 * leaves everything else alone: at the first frame it does not answer (another method, a bad
-  frame, a refused peer, a stream) the connection is *parked*: nothing more is read from it,
+  frame, a refused peer, a stream; on HTTP, another method or route, or a request that is not
+  of the plainest kind) the connection is *parked*: nothing more is read from it,
   and it goes to the full server at the handover with every byte it sent that was not answered.
   A mutating call made in the early window therefore waits for the full server and is served
   by it: never refused, never answered from here.
@@ -39,20 +43,27 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from events import wire
 from supervisor import logsetup, probe, projection, rows
 from supervisor.conncap import default_max_connections, fits
 from supervisor.peercred import Creds, allowed, peer_creds
+from supervisor.protocol import STATES
 from supervisor.version import VERSION
 
-__all__ = ["EARLY_METHODS", "EarlyServer", "Handed"]
+if TYPE_CHECKING:
+    from events.log import EventLog
+    from supervisor import httpreq, sv_view
+
+__all__ = ["EARLY_METHODS", "About", "EarlyServer", "Handed"]
 
 log = logsetup.get_logger("supervisord.early")
 
-#: The methods answered before the handover: read-only, and answerable from the state alone.
-EARLY_METHODS = frozenset({"ps", "status"})
+#: The methods answered before the handover: read-only, and answerable from the state alone
+#: (``inspect`` of a container with a health check asks its shim: not here; ``xmlrpc``: only
+#: Supervisor's read-only methods, :mod:`supervisor.sv_view`).
+EARLY_METHODS = frozenset({"ps", "status", "info", "inspect", "xmlrpc"})
 #: Connections held before the handover; more wait in the socket's backlog (never refused).
 MAX_EARLY_CONNECTIONS = 256
 _RECV = 65536
@@ -75,16 +86,32 @@ class Handed:
     unread: bytes
     #: replies not yet written to the peer: the full server writes these first
     unsent: bytes
+    #: accepted on ``ROOT/supervisor.sock`` (HTTP: Supervisor's XML-RPC), not the API socket
+    http: bool = False
+    #: answered with an error that ends the connection: written, then closed
+    closing: bool = False
+
+
+@dataclass(frozen=True)
+class About:
+    """What ``info`` says beside the state, known before the early server starts."""
+
+    root: str
+    socket: str
+    snapshot_seq: int
+    log_id: str
 
 
 @dataclass
 class _Conn:
     sock: socket.socket
     creds: Creds
+    http: bool = False
     #: within the connection cap, with credentials the full server allows: served here
     admitted: bool = False
     greeted: bool = False
     parked: bool = False
+    closing: bool = False
     unread: bytearray = field(default_factory=bytearray)
     unsent: bytearray = field(default_factory=bytearray)
 
@@ -94,8 +121,14 @@ class EarlyServer:
 
     def __init__(self, sock: socket.socket, state: projection.State, unreconciled: Iterable[str],
                  group_gid: int | None, root: Path, this_boot: str,
-                 previous_boot: str | None) -> None:
+                 previous_boot: str | None, *, http: socket.socket | None = None,
+                 eventlog: EventLog | None = None, about: About | None = None) -> None:
         self._listener = sock
+        #: ``ROOT/supervisor.sock`` (Supervisor's XML-RPC over HTTP), when bound
+        self._http = http
+        self._eventlog = eventlog
+        self._about = about
+        self._view: sv_view.View | None = None
         self._state = state
         self._unreconciled = set(unreconciled)
         self._group_gid = group_gid
@@ -114,7 +147,7 @@ class EarlyServer:
         #: the API server's connection cap (:mod:`supervisor.conncap`), and the connections
         #: admitted under it so far (the full server counts them as its own)
         self.cap = default_max_connections()
-        self._admitted = 0
+        self._admitted = {False: 0, True: 0}  # by ``http``
         #: answered requests, by method (tests and the start-up log line)
         self.answered: dict[str, int] = {}
         self.error: BaseException | None = None
@@ -123,6 +156,11 @@ class EarlyServer:
     def listener(self) -> socket.socket:
         """The API socket (listening): the full server accepts on it after the handover."""
         return self._listener
+
+    @property
+    def http_listener(self) -> socket.socket | None:
+        """``ROOT/supervisor.sock`` (listening), for the HTTP server after the handover."""
+        return self._http
 
     @property
     def proven(self) -> set[str]:
@@ -157,13 +195,18 @@ class EarlyServer:
             self._unreconciled -= self._proven
             self._listener.setblocking(False)
             sel.register(self._listener, selectors.EVENT_READ, "accept")
+            if self._http is not None:
+                self._http.setblocking(False)
+                sel.register(self._http, selectors.EVENT_READ, "accept-http")
             sel.register(self._wake_r, selectors.EVENT_READ, "wake")
             while True:
                 for key, mask in sel.select():
                     if key.data == "wake":
                         return
                     if key.data == "accept":
-                        self._accept()
+                        self._accept(self._listener, http=False)
+                    elif key.data == "accept-http":
+                        self._accept(key.fileobj, http=True)  # type: ignore[arg-type]
                     else:
                         self._io(key.data, mask)
         except BaseException as exc:  # a bug here must not lose a connection: hand them over
@@ -174,41 +217,47 @@ class EarlyServer:
     def _stop(self) -> None:
         for conn in self._conns.values():
             self._handed.append(Handed(conn.sock, conn.creds, conn.greeted, bytes(conn.unread),
-                                       bytes(conn.unsent)))
+                                       bytes(conn.unsent), conn.http, conn.closing))
         self._conns.clear()
         self._sel.close()
         self._listener.setblocking(True)
+        if self._http is not None:
+            self._http.setblocking(True)
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket, http: bool) -> None:
         while len(self._conns) < MAX_EARLY_CONNECTIONS:
             try:
-                sock, _ = self._listener.accept()
+                sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE: the rest wait in the backlog for the full server
-                log.warning("accept failed", server="api (early)", error=str(exc))
-                self._sel.unregister(self._listener)
+                log.warning("accept failed", server="http-unix (early)" if http else
+                            "api (early)", error=str(exc))
+                self._sel.unregister(listener)
                 return
             try:
                 creds = peer_creds(sock)
             except OSError:
                 creds = (0, -1, -1)  # nobody: the full server's rule refuses it
             sock.setblocking(False)
-            conn = _Conn(sock, creds)
+            conn = _Conn(sock, creds, http)
             # the full server's rules, applied by the full server: a peer it refuses (its
-            # credentials, or over the connection cap, the last slot root's) is parked unread
-            if fits(self._admitted, self.cap, creds[1]) and \
+            # credentials, or over its server's connection cap, the last slot root's) is
+            # parked unread
+            if fits(self._admitted[http], self.cap, creds[1]) and \
                     allowed(creds, self._my_uid, self._group_gid):
                 conn.admitted = True
-                self._admitted += 1
+                self._admitted[http] += 1
                 self._sel.register(sock, selectors.EVENT_READ, conn)
             else:
                 conn.parked = True
             self._conns[sock.fileno()] = conn
-        self._sel.unregister(self._listener)  # full: the backlog holds the rest
+        for full in (self._listener, self._http):  # full: the backlogs hold the rest
+            if full is not None and full.fileno() in self._sel.get_map():
+                self._sel.unregister(full)
 
     def _io(self, conn: _Conn, mask: int) -> None:
-        if mask & selectors.EVENT_READ and not conn.parked:
+        if mask & selectors.EVENT_READ and not conn.parked and not conn.closing:
             try:
                 data = conn.sock.recv(_RECV)
             except (BlockingIOError, InterruptedError):
@@ -227,6 +276,9 @@ class EarlyServer:
 
     def _serve(self, conn: _Conn) -> None:
         """Answer the frames at the head of ``conn.unread`` while they are ours to answer."""
+        if conn.http:
+            self._serve_http(conn)
+            return
         while not conn.parked and (head := _frame(conn.unread)):
             message, size = head
             if message is None:
@@ -261,15 +313,119 @@ class EarlyServer:
         if req is None or req.method not in EARLY_METHODS:
             conn.parked = True
             return None
-        if req.method == "ps":
-            result: Any = rows.ps_rows(self._state.containers.values(), self._shown,
-                                       req.params)
-        else:
-            result = {"ok": True, "pid": os.getpid(),
-                      "uptime": time.monotonic() - self._started,
-                      "last_seq": self._state.last_seq, "reconciling": True}
+        try:
+            result = self._result(req.method, req.params)
+        except _NotHere:
+            conn.parked = True
+            return None
         self.answered[req.method] = self.answered.get(req.method, 0) + 1
         return wire.reply(req.rid, result)
+
+    def _result(self, method: str, params: dict[str, Any]) -> Any:
+        """The full server's result of ``method`` (:mod:`supervisor.commands`), from the
+        recovered state; :class:`_NotHere` when only the full server can answer."""
+        state = self._state
+        if method == "ps":
+            return rows.ps_rows(state.containers.values(), self._shown, params)
+        if method == "status":
+            return {"ok": True, "pid": os.getpid(),
+                    "uptime": time.monotonic() - self._started,
+                    "last_seq": state.last_seq, "reconciling": True}
+        if method == "info" and self._about is not None:
+            counts = dict.fromkeys(STATES, 0)
+            for c in state.containers.values():
+                shown = self._shown(c)
+                counts[shown] = counts.get(shown, 0) + 1
+            about = self._about
+            # no shim linked and no subscriber yet: the full server's counts at this moment
+            return {"version": VERSION, "pid": os.getpid(), "root": about.root,
+                    "socket": about.socket, "last_seq": state.last_seq,
+                    "containers": counts, "shims": 0, "snapshot_seq": about.snapshot_seq,
+                    "subscribers": 0, "skipped_events": 0, "log_id": about.log_id}
+        if method == "inspect" and self._eventlog is not None:
+            cid = params.get("id")
+            found = state.containers.get(cid) if isinstance(cid, str) else None
+            if found is None or found.spec.get("health"):  # errors, the shim's health log
+                raise _NotHere
+            try:
+                hist = rows.history(self._eventlog, found, state.last_seq)
+            except Exception:  # the full server says why (and still answers)
+                raise _NotHere from None
+            return rows.inspect_row(found, self._shown(found), hist, None)
+        if method == "xmlrpc":
+            sv, fault = self._supervisor()
+            try:
+                value = sv.call(self._supervisor_view(), params.get("name"),
+                                params.get("args") or [])
+            except sv.NotReadOnly:
+                raise _NotHere from None
+            except fault as exc:
+                return {"fault": {"code": exc.code, "string": exc.text}}
+            return {"result": value}
+        raise _NotHere
+
+    # -- Supervisor's XML-RPC over HTTP (ROOT/supervisor.sock) ------------------------------
+
+    def _supervisor(self) -> tuple[Any, type[Any]]:
+        """:mod:`supervisor.sv_view` and its Fault: imported at the first use (a daemon nobody
+        asks that way does not pay for them)."""
+        from supervisor import sv_view
+        from supervisor.sv_xmlrpc import Fault
+
+        return sv_view, Fault
+
+    def _supervisor_view(self) -> sv_view.View:
+        if self._view is None:
+            sv, _ = self._supervisor()
+            self._view = sv.View(self._state.containers, self._shown, self._root / "shims")
+        return self._view
+
+    def _serve_http(self, conn: _Conn) -> None:
+        """Answer the plain ``POST /RPC2`` requests at the head of ``conn.unread`` while they
+        call read-only methods (:mod:`supervisor.httpreq`, :mod:`supervisor.sv_view`)."""
+        from supervisor import httpreq  # at the first HTTP bytes, as the rest of this path
+
+        while not conn.parked and not conn.closing:
+            try:
+                req = httpreq.parse(conn.unread)
+            except httpreq.NotPlain:
+                conn.parked = True  # the full server answers it, with h11
+                break
+            if req is None:
+                break
+            try:
+                reply = self._rpc2(req)
+            except Exception:  # a bug here: the full server answers (and logs) it
+                reply = None
+            if reply is None:
+                conn.parked = True
+                break
+            conn.unsent += reply[0]
+            del conn.unread[:req.size]
+            conn.closing = req.close or reply[1]
+        self._flush(conn)
+
+    def _rpc2(self, req: httpreq.Request) -> tuple[bytes, bool] | None:
+        """The full server's response to ``POST /RPC2`` (``Compat._rpc2``) and whether it
+        closes the connection after it (an error), or None (not ours)."""
+        from supervisor import httpreq
+        from supervisor.sv_xmlrpc import BadRequest, dump_fault, dump_result, load_call
+
+        sv, fault = self._supervisor()
+        try:
+            method, params = load_call(req.body)
+        except BadRequest as exc:  # the full server's 400, and its close after an error
+            body = f"{exc}\n".encode()
+            return httpreq.response(400, body, b"text/plain; charset=utf-8",
+                                    asked_close=req.close, error=True), True
+        try:
+            payload = dump_result(sv.call(self._supervisor_view(), method, list(params)))
+        except sv.NotReadOnly:
+            return None
+        except fault as exc:
+            payload = dump_fault(exc.code, exc.text)
+        self.answered["xmlrpc"] = self.answered.get("xmlrpc", 0) + 1
+        return httpreq.response(200, payload, b"text/xml", asked_close=req.close), False
 
     def _shown(self, c: projection.Container) -> str:
         return UNKNOWN if c.id in self._unreconciled else c.state
@@ -284,7 +440,11 @@ class EarlyServer:
                 self._drop(conn)
                 return
             del conn.unsent[:sent]
-        events = 0 if conn.parked else selectors.EVENT_READ  # parked: nothing more is read
+        if conn.closing and not conn.unsent:  # its error is written: closed, as after one
+            self._drop(conn)
+            return
+        # parked (or closing): nothing more is read
+        events = 0 if conn.parked or conn.closing else selectors.EVENT_READ
         if conn.unsent:
             events |= selectors.EVENT_WRITE
         registered = self._sel.get_map().get(conn.sock.fileno()) is not None
@@ -297,12 +457,17 @@ class EarlyServer:
 
     def _drop(self, conn: _Conn) -> None:
         if self._conns.pop(conn.sock.fileno(), None) is not None and conn.admitted:
-            self._admitted -= 1
+            self._admitted[conn.http] -= 1
         if self._sel.get_map().get(conn.sock.fileno()) is not None:
             self._sel.unregister(conn.sock)
         conn.sock.close()
-        if self._listener.fileno() not in self._sel.get_map():
-            self._sel.register(self._listener, selectors.EVENT_READ, "accept")
+        for listener, data in ((self._listener, "accept"), (self._http, "accept-http")):
+            if listener is not None and listener.fileno() not in self._sel.get_map():
+                self._sel.register(listener, selectors.EVENT_READ, data)
+
+
+class _NotHere(Exception):
+    """A request only the full server answers (parked for it)."""
 
 
 def _frame(buf: bytearray) -> tuple[dict[str, Any] | None, int] | None:

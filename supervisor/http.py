@@ -17,29 +17,32 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hmac
 import http
 import os
 import socket
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
 
+from supervisor import httpreq
 from supervisor.admission import Admission
 from supervisor.peercred import Creds, allowed
 
 if TYPE_CHECKING:
     from supervisor.compat import Compat
+    from supervisor.early import Handed
 
 __all__ = ["MAX_BODY", "HttpServer"]
 
 log = structlog.get_logger("supervisord.http")
 
-MAX_BODY = 1 << 20
-MAX_HEAD = 64 << 10
+MAX_BODY = httpreq.MAX_BODY
+MAX_HEAD = httpreq.MAX_HEAD
 #: Seconds a client has to send a whole request (``TETHER_HTTP_REQUEST_TIMEOUT`` for tests).
 REQUEST_TIMEOUT = float(os.environ.get("TETHER_HTTP_REQUEST_TIMEOUT") or 30.0)
 IDLE_TIMEOUT = 300.0
@@ -77,10 +80,13 @@ class _Reply(Exception):
 class _Conn:
     """One connection: the h11 state and the stream, with the helpers every route needs."""
 
-    def __init__(self, stream: trio.abc.Stream, creds: Creds | None = None) -> None:
+    def __init__(self, stream: trio.abc.Stream, creds: Creds | None = None,
+                 unread: bytes = b"") -> None:
         self.stream = stream
         self.creds = creds  # the peer's, read at accept (unix socket); None on TCP
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        if unread:  # what the peer sent the early server that it did not answer
+            self.h11.receive_data(unread)
 
     async def send(self, event: Any) -> None:
         data = self.h11.send(event)
@@ -133,9 +139,11 @@ class HttpServer:
     def connections(self) -> int:
         return sum(a.open for a in self.admissions)
 
-    async def serve(self, sock: socket.socket, gate: Gate, *,
+    async def serve(self, sock: socket.socket, gate: Gate, *, handed: Sequence[Handed] = (),
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve one listener, with its own cap (:mod:`supervisor.admission`)."""
+        """Serve one listener, with its own cap (:mod:`supervisor.admission`), after the
+        connections the early server held on it (``handed``: admitted by the same step, each
+        going on where it stood)."""
         unix = sock.family == socket.AF_UNIX
         admission = Admission("http-unix" if unix else "http-tcp")
         self.admissions.append(admission)
@@ -143,7 +151,14 @@ class HttpServer:
         async def handle(stream: trio.SocketStream, creds: Creds | None) -> None:
             await self._connection(stream, creds, gate)
 
-        await admission.serve(sock, handle, _refuse, credentials=unix, task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            for conn in handed:
+                stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn.sock))
+                await admission.admit(nursery, stream, conn.creds, functools.partial(
+                    self._connection, gate=gate, unread=conn.unread, unsent=conn.unsent,
+                    closing=conn.closing), _refuse)
+            await admission.serve(sock, handle, _refuse, credentials=unix,
+                                  task_status=task_status)
 
     # -- gates -------------------------------------------------------------------------------
 
@@ -179,11 +194,17 @@ class HttpServer:
     # -- one connection ----------------------------------------------------------------------
 
     async def _connection(self, stream: trio.SocketStream, creds: Creds | None,
-                          gate: Gate) -> None:
-        conn = _Conn(stream, creds)
+                          gate: Gate, *, unread: bytes = b"", unsent: bytes = b"",
+                          closing: bool = False) -> None:
+        """One client; a connection the early server held goes on where it stood: *unsent*
+        written first, *unread* read first, closed at once after an error it answered."""
+        conn = _Conn(stream, creds, unread)
         try:
             async with stream:
-                await self._converse(conn, gate)
+                if unsent:
+                    await stream.send_all(unsent)
+                if not closing:
+                    await self._converse(conn, gate)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception as exc:  # a bug costs this connection, never the daemon

@@ -1,16 +1,20 @@
-"""``ps``'s rows, from a state and what each container is shown as: one function for the full
-server (:class:`supervisor.commands.Commands`) and the early one (:mod:`supervisor.early`),
-so a ``ps`` answered before the handover is the one answered after it."""
+"""``ps``'s rows and ``inspect``'s record, from a state and what each container is shown as:
+one function for the full server (:class:`supervisor.commands.Commands`) and the early one
+(:mod:`supervisor.early`), so what is answered before the handover is what is answered after
+it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from events.domain import ContainerState
 from supervisor.projection import Container
 
-__all__ = ["ps_row", "ps_rows"]
+if TYPE_CHECKING:
+    from events.log import EventLog
+
+__all__ = ["history", "inspect_row", "ps_row", "ps_rows"]
 
 
 def ps_row(c: Container, shown: str) -> dict[str, Any]:
@@ -32,3 +36,33 @@ def ps_rows(containers: Iterable[Container], shown: Callable[[Container], str],
             if show_all or c.state != ContainerState.STOPPED]
     rows.sort(key=lambda r: (r["created"] or 0, r["id"]))
     return rows
+
+
+def history(eventlog: EventLog, c: Container, last_seq: int) -> list[dict[str, Any]]:
+    """``inspect``'s ``history``: the container's event records up to ``last_seq`` (the
+    state's), read from its ``container.create`` on. Blocking: a thread's work."""
+    out = []
+    for event in eventlog.read(max(0, c.create_seq - 1)):
+        if event.seq > last_seq:
+            break
+        if event.id == c.id:
+            out.append(event.to_record())
+    return out
+
+
+def inspect_row(c: Container, shown: str, hist: list[dict[str, Any]],
+                health: dict[str, Any] | None) -> dict[str, Any]:
+    """``inspect``'s result: the ``ps`` row and the record, ``history`` and ``health`` as
+    the caller found them (section 6 of docs/design.md)."""
+    from supervisor.decide import restart_spec  # events.policy: not before the first answer
+
+    restart = restart_spec(c)
+    return {**ps_row(c, shown), "spec": c.spec, "instance": c.instance,
+            "shim_pid": c.shim_pid, "address": c.address, "signal": c.signal,
+            "exit_reason": c.exit_reason, "oom": c.oom, "lost": c.lost,
+            "restart": {"policy": restart["policy"], "max_retries": restart["max_retries"],
+                        "attempt": c.attempt, "start_at": c.start_at,
+                        "gave_up": c.gave_up, "stopped_by_user": c.stopped_by_user,
+                        "by": c.restart_by, "reason": c.restart_reason},
+            "health": health,
+            "history": hist}

@@ -12,6 +12,7 @@ is cancelled.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import socket
@@ -82,26 +83,18 @@ class Server:
 
     async def serve_handed(self, handed: Sequence[Handed]) -> None:
         """Go on with the connections the early server accepted (:mod:`supervisor.early`),
-        in the order it accepted them, each as if this server had accepted it just now: the
-        cap admits it or refuses it (the early server admitted under the same cap, and parked
-        the others unread); an admitted one is served from where it stood, reading first what
-        it sent that was not answered, after writing what it was not sent yet."""
+        in the order it accepted them, each admitted or refused by the same step as a
+        connection accepted now (``Admission.admit``: the early server admitted under the
+        same cap, and parked the others unread); an admitted one is served from where it
+        stood, reading first what it sent that was not answered, after writing what it was
+        not sent yet."""
         async with trio.open_nursery() as nursery:
             for conn in handed:
-                if not self.admission.admits(conn.creds):
-                    stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn.sock))
-                    nursery.start_soon(self.admission.refuse, stream, _refuse, conn.creds)
-                    continue
-                self.admission.open += 1
-                nursery.start_soon(self._handed, conn)
-
-    async def _handed(self, conn: Handed) -> None:
-        try:
-            stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn.sock))
-            await self._connection(stream, conn.creds, unread=conn.unread, unsent=conn.unsent,
-                                   greeted=conn.greeted)
-        finally:
-            self.admission.open -= 1
+                stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn.sock))
+                await self.admission.admit(
+                    nursery, stream, conn.creds,
+                    functools.partial(self._connection, unread=conn.unread,
+                                      unsent=conn.unsent, greeted=conn.greeted), _refuse)
 
     async def _connection(self, stream: trio.SocketStream, creds: Creds | None, *,
                           unread: bytes = b"", unsent: bytes = b"", greeted: bool = False

@@ -78,7 +78,9 @@ async def _serve(core: Core, supervision: Supervision, server: Server, rec: Reco
                 await services.start(core.shims.run)
                 await services.start(supervision.run)
                 handed = _handover(core, early)
-                services.start_soon(server.serve_handed, handed)
+                services.start_soon(server.serve_handed, [h for h in handed if not h.http])
+                compat.listener, compat.listener_gid = early.http_listener, rec.group_gid
+                compat.handed = [h for h in handed if h.http]
                 await services.start(server.serve, early.listener)
                 await services.start(compat.serve)  # ROOT/supervisor.sock, --config
                 await services.start(autoremove.run, core, server.commands.rm)  # --rm

@@ -31,17 +31,13 @@ import trio
 
 from events.signals import InvalidSignal, parse_signal
 from supervisor import programs as P
-from supervisor import sv_logs
+from supervisor import sv_logs, sv_view
 from supervisor import sv_processes as S
 from supervisor.errors import ApiError
 from supervisor.shims import real_shim_dir
 from supervisor.sv_xmlrpc import (
     ALIASES,
-    API_VERSION,
-    DOCS,
     FAULTS,
-    SUPERVISOR_VERSION,
-    SYSTEM_DOCS,
     Fault,
 )
 
@@ -61,19 +57,28 @@ def _result(c: dict[str, Any], status: int, description: str) -> dict[str, Any]:
 class SupervisorRPC:
     def __init__(self, compat: Compat) -> None:
         self.compat = compat
+        #: the methods that change something or read more than the state; the read-only
+        #: ones are :mod:`supervisor.sv_view`'s (the early server answers them too)
         self.methods: dict[str, Method] = {}
-        for name in DOCS:
-            self.methods[f"supervisor.{name}"] = getattr(self, name)
-        for alias, target in ALIASES.items():
-            self.methods[f"supervisor.{alias}"] = getattr(self, target)
-        for name in SYSTEM_DOCS:
-            self.methods[f"system.{name}"] = getattr(self, f"system_{name}")
+        for full in sorted(sv_view.ALL_METHODS):
+            ns, _, name = full.partition(".")
+            attr = ALIASES.get(name, name) if ns == "supervisor" else f"system_{name}"
+            if full not in sv_view.READ_ONLY:
+                self.methods[full] = getattr(self, attr)
 
     # -- dispatch ----------------------------------------------------------------------------
 
+    def view(self) -> sv_view.View:
+        core = self.core
+        return sv_view.View(core.state.containers, core.shown_state, core.paths.shims,
+                            self.compat.stopped_by_hand, core.shutting_down)
+
     async def call(self, method: object, params: object) -> Any:
-        if not isinstance(method, str) or method not in self.methods:
-            raise Fault("UNKNOWN_METHOD")
+        try:
+            return sv_view.call(self.view(), method, params)  # raises UNKNOWN_METHOD too
+        except sv_view.NotReadOnly:
+            pass
+        assert isinstance(method, str)
         if not isinstance(params, list | tuple):
             raise Fault("INCORRECT_PARAMETERS")
         fn = self.methods[method]
@@ -94,35 +99,13 @@ class SupervisorRPC:
         return list(self.core.state.containers.values())
 
     def _groups(self) -> dict[str, list[dict[str, Any]]]:
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for c in sorted(self._containers(), key=S.sort_key):
-            groups.setdefault(S.identity(c)[0], []).append(c)
-        return groups
+        return sv_view.groups(self.view())
 
     def _find(self, name: object) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-        """Supervisor's ``_getGroupAndProcess``: the group's members and the process (None for
-        ``group:*``); BAD_NAME for anything unknown."""
-        if not isinstance(name, str):
-            raise Fault("INCORRECT_PARAMETERS")
-        group, process = S.split_namespec(name)
-        members = self._groups().get(group)
-        if members is None:
-            raise Fault("BAD_NAME", name)
-        if process is None:
-            return members, None
-        for c in members:
-            if c["id"] == process:
-                return members, c
-        raise Fault("BAD_NAME", name)
+        return sv_view.find(self.view(), name)
 
     def _state(self, c: dict[str, Any]) -> int:
-        return S.state_code(c, self.core.shown_state(c), time.time_ns(),
-                            c["id"] in self.compat.stopped_by_hand)
-
-    def _info(self, c: dict[str, Any]) -> dict[str, Any]:
-        log = str(self.core.paths.shims / c["id"] / sv_logs.CONTAINER_LOG)
-        return S.process_info(c, self.core.shown_state(c), time.time_ns(), log,
-                              c["id"] in self.compat.stopped_by_hand)
+        return sv_view.state_of(self.view(), c, time.time_ns())
 
     def _current(self, cid: str) -> dict[str, Any] | None:
         current: dict[str, Any] | None = self.core.state.containers.get(cid)
@@ -154,25 +137,6 @@ class SupervisorRPC:
         return [results[c["id"]] for c in chosen]
 
     # -- supervisord -------------------------------------------------------------------------
-
-    async def getAPIVersion(self) -> str:
-        return API_VERSION
-
-    getVersion = getAPIVersion
-
-    async def getSupervisorVersion(self) -> str:
-        return SUPERVISOR_VERSION
-
-    async def getIdentification(self) -> str:
-        return "supervisor"
-
-    async def getState(self) -> dict[str, Any]:
-        if self.core.shutting_down:
-            return {"statecode": -1, "statename": "SHUTDOWN"}
-        return {"statecode": 1, "statename": "RUNNING"}
-
-    async def getPID(self) -> int:
-        return os.getpid()
 
     async def readLog(self, offset: int, length: int) -> str:
         text = await trio.to_thread.run_sync(self.compat.main_log)
@@ -391,19 +355,6 @@ class SupervisorRPC:
         return await self._each(members, lambda s: s in S.SIGNALLABLE_STATES,
                                 lambda c: self._signal(c, number))
 
-    # -- information -------------------------------------------------------------------------
-
-    async def getProcessInfo(self, name: str) -> dict[str, Any]:
-        _, c = self._find(name)
-        if c is None:
-            raise Fault("BAD_NAME", name)
-        return self._info(c)
-
-    async def getAllProcessInfo(self) -> list[dict[str, Any]]:
-        infos = [self._info(c) for c in self._containers()]
-        infos.sort(key=lambda i: (i["group"], i["name"]))
-        return infos
-
     # -- logs --------------------------------------------------------------------------------
 
     def _channels(self, c: dict[str, Any], channel: str) -> frozenset[bytes]:
@@ -483,25 +434,6 @@ class SupervisorRPC:
         return await self._each(members, lambda s: True, self._clear)
 
     # -- system ------------------------------------------------------------------------------
-
-    async def system_listMethods(self) -> list[str]:
-        return sorted(self.methods)
-
-    def _doc(self, name: object) -> tuple[list[str], str]:
-        if isinstance(name, str):
-            ns, _, method = name.partition(".")
-            method = ALIASES.get(method, method) if ns == "supervisor" else method
-            table = DOCS if ns == "supervisor" else SYSTEM_DOCS if ns == "system" else {}
-            if method in table:
-                return table[method]
-        raise Fault("SIGNATURE_UNSUPPORTED")
-
-    async def system_methodHelp(self, name: str) -> str:
-        _signature, text = self._doc(name)
-        return text
-
-    async def system_methodSignature(self, name: str) -> list[str]:
-        return list(self._doc(name)[0])
 
     async def system_multicall(self, calls: list[Any]) -> list[Any]:
         if not isinstance(calls, list):
