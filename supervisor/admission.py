@@ -17,7 +17,8 @@ Each server still sets its own read timeouts (a frame, an HTTP request, begun an
 finished): those belong to the protocol, not to the accept.
 
 The cap is :data:`supervisor.conncap.DEFAULT_MAX_CONNECTIONS`, lowered to an eighth of the
-descriptor limit when that is small, and ``TETHER_MAX_CONNECTIONS`` sets it (per server).
+descriptor limit when that is small; ``--max-connections`` sets it, per server
+(:mod:`supervisor.limits`).
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class Admission:
                         max_connections=self.max_connections, refused=self.refused,
                         uid=creds[1] if creds else None)
         message = (f"too many connections ({self.max_connections}); the last is kept for "
-                   "root: close idle clients (or raise TETHER_MAX_CONNECTIONS)")
+                   "root: close idle clients (or raise supervisord's --max-connections)")
         gone = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
         with trio.move_on_after(REFUSE_TIMEOUT), contextlib.suppress(*gone):
             await refuse(stream, message)

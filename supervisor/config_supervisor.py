@@ -35,6 +35,7 @@ from typing import Any
 
 from events.ids import InvalidId, validate_id
 from events.signals import InvalidSignal, parse_signal
+from supervisor.limits import FILE_KEYS, check
 from supervisor.programs import MAX_NUMPROCS, ConfigError, Desired, Process
 
 __all__ = ["IGNORED_SECTIONS", "NOTED_KEYS", "PROGRAM_KEYS", "load", "restart_map"]
@@ -67,7 +68,8 @@ NOTED_KEYS = {
 
 #: Sections that configure Supervisor's own daemon and client: nothing for Tether to do.
 IGNORED_SECTIONS = {
-    "supervisord": "supervisord's own settings are its command line in Tether (--root, ...)",
+    "supervisord": "supervisord's own settings are its command line in Tether (--root, ...); "
+                   "only its tether_* keys are read (the client limits: --max-connections ...)",
     "unix_http_server": "Tether serves Supervisor's XML-RPC on ROOT/supervisor.sock",
     "inet_http_server": "use supervisord --http-listen HOST:PORT (--http-user/--http-password)",
     "supervisorctl": "Tether's supervisorctl finds the daemon by --root",
@@ -302,9 +304,13 @@ def load(path: str, environ: Mapping[str, str] | None = None) -> Desired:
         kind, _, rest = name.partition(":")
         if name == "include":
             continue
-        if kind in IGNORED_SECTIONS:
+        if kind == "supervisord":
+            _daemon_settings(section, desired)
+        if kind in IGNORED_SECTIONS and not all(k in FILE_KEYS for k in section.keys):
             notes.append(f"{section.path}:{section.line}: [{name}] ignored: "
                          f"{IGNORED_SECTIONS[kind]}")
+            continue
+        if kind in IGNORED_SECTIONS:
             continue
         if kind == "group" and rest:
             reader = _Reader(section, {**base, "here": os.path.dirname(section.path)})
@@ -358,6 +364,20 @@ def load(path: str, environ: Mapping[str, str] | None = None) -> Desired:
             seen[process.name] = f"[{name}]"
             desired.processes.append(process)
     return desired
+
+
+def _daemon_settings(section: _Section, desired: Desired) -> None:
+    """Tether's keys of ``[supervisord]`` (:data:`supervisor.limits.FILE_KEYS`), checked;
+    Supervisor's own keys there stay ignored (its daemon's settings are our flags)."""
+    for key, entry in section.keys.items():
+        setting = FILE_KEYS.get(key)
+        if setting is None:
+            continue
+        try:
+            value = check(setting, entry.value.strip())
+        except ValueError as exc:
+            raise ConfigError(section.path, entry.line, f"[supervisord] {key}: {exc}") from None
+        desired.daemon[setting.key] = (value, f"{section.path}:{entry.line}: {key}")
 
 
 def _program(section: _Section, program: str, group: str, group_priority: int,

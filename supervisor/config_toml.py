@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from events.ids import InvalidId, validate_id
+from supervisor.limits import SETTINGS, check
 from supervisor.programs import (
     DEFAULT_PRIORITY,
     DEFAULT_STARTSECS,
@@ -43,13 +44,21 @@ SPEC_KEYS = frozenset({"command", "env", "cwd", "runtime", "rootfs", "bundle", "
 #: Keys about the program rather than its containers.
 PROGRAM_KEYS = frozenset({"numprocs", "priority", "autostart", "startsecs", "group",
                           "redirect_stderr", "stop_as_group"})
-_TOP_KEYS = frozenset({"programs"})
+_TOP_KEYS = frozenset({"programs", "supervisord"})
 
 
 def _line_of(text: str, table: str, key: str | None) -> int | None:
     """The line of ``[programs.NAME]`` (or of ``key`` inside it): best effort, for messages."""
+    return _line_in(text, re.compile(r"^\s*\[\s*programs\s*\.\s*\"?" + re.escape(table)
+                                     + r"\"?\s*\]"), key)
+
+
+_DAEMON_TABLE = re.compile(r"^\s*\[\s*supervisord\s*\]")
+
+
+def _line_in(text: str, header: re.Pattern[str], key: str | None) -> int | None:
+    """The line of the table ``header`` matches (or of ``key`` inside it)."""
     lines = text.splitlines()
-    header = re.compile(r"^\s*\[\s*programs\s*\.\s*\"?" + re.escape(table) + r"\"?\s*\]")
     for i, line in enumerate(lines):
         if header.match(line):
             if key is None:
@@ -101,6 +110,7 @@ def load(path: str) -> Desired:
     if not isinstance(programs, dict):
         raise ConfigError(path, _top_line(text, "programs"), "'programs' must be a table")
     desired = Desired(source=path)
+    _daemon_settings(path, text, doc.get("supervisord", {}), desired)
     seen: dict[str, str] = {}
     for name, table in programs.items():
         line = _line_of(text, name, None)
@@ -122,6 +132,25 @@ def load(path: str) -> Desired:
             seen[process.name] = name
             desired.processes.append(process)
     return desired
+
+
+def _daemon_settings(path: str, text: str, table: object, desired: Desired) -> None:
+    """The ``[supervisord]`` table: the daemon's settings (:mod:`supervisor.limits`), read at
+    start only; any other key is an error."""
+    if not isinstance(table, dict):
+        raise ConfigError(path, _top_line(text, "supervisord"), "'supervisord' must be a table")
+    keys = {s.key: s for s in SETTINGS}
+    for key, value in table.items():
+        line = _line_in(text, _DAEMON_TABLE, key) or _top_line(text, "supervisord")
+        setting = keys.get(key)
+        if setting is None:
+            raise ConfigError(path, line, f"supervisord.{key}: unknown key (known: "
+                              f"{', '.join(sorted(keys))})")
+        try:
+            checked = check(setting, value)
+        except ValueError as exc:
+            raise ConfigError(path, line, f"supervisord.{key}: {exc}") from None
+        desired.daemon[key] = (checked, f"{path}:{line or 0}: supervisord.{key}")
 
 
 def _top_line(text: str, key: str) -> int | None:

@@ -2,19 +2,15 @@
 early server (:mod:`supervisor.early`) applies the same cap before the daemon has loaded trio.
 
 The cap is :data:`DEFAULT_MAX_CONNECTIONS`, lowered to an eighth of the descriptor limit when
-that is small, and ``TETHER_MAX_CONNECTIONS`` sets it (per server).
+that is small; ``--max-connections`` (or its file key, or ``TETHER_MAX_CONNECTIONS``:
+:mod:`supervisor.limits`) sets it, per server.
 """
 
 from __future__ import annotations
 
-import os
 import resource
 
-from supervisor import logsetup
-
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "default_max_connections", "fits"]
-
-log = logsetup.get_logger("supervisord.admission")
 
 #: Open connections per server. Far above what a host's users and tools hold at once (each
 #: ``supervisorctl`` holds one for a command; a subscriber one for as long as it follows),
@@ -23,18 +19,8 @@ DEFAULT_MAX_CONNECTIONS = 1024
 
 
 def default_max_connections() -> int:
-    """``TETHER_MAX_CONNECTIONS``, else :data:`DEFAULT_MAX_CONNECTIONS` within an eighth of
-    the descriptor limit (at least 4: one for root, three for everyone else)."""
-    given = os.environ.get("TETHER_MAX_CONNECTIONS")
-    if given:
-        try:
-            value = int(given)
-        except ValueError:
-            value = 0
-        if value >= 2:
-            return value
-        log.warning("TETHER_MAX_CONNECTIONS must be a whole number >= 2; using the default",
-                    given=given)
+    """:data:`DEFAULT_MAX_CONNECTIONS` within an eighth of the descriptor limit (at least 4:
+    one for root, three for everyone else)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return DEFAULT_MAX_CONNECTIONS

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from events import procfs
 from events.log import CorruptLog, EventLog, LogBusy, LogVersionError
-from supervisor import compat_args, logsetup, projection, restore
+from supervisor import compat_args, limits, logsetup, projection, restore
 from supervisor.apisocket import bind_api_socket, socket_identity, unlink_if_ours
 from supervisor.early import About, EarlyServer
 from supervisor.logid import InvalidLogId, ensure_log_id
@@ -72,6 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-shim-launcher", dest="shim_launcher", action="store_false",
                    help="start every shim in a fresh interpreter instead of forking it from "
                    "the preloaded launcher (slower, and more memory per shim)")
+    for setting in limits.SETTINGS:  # checked at start (limits.resolve): one sentence each
+        p.add_argument(setting.flag, default=None, metavar=setting.metavar,
+                       help=f"{setting.rule}; else the --config key, else ${setting.env}")
     p.add_argument("--segment-size", type=int, default=64 * 2**20, help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=version_line("supervisord"))
     compat_args.add_arguments(p)  # Supervisor compatibility: --config, --http-*
@@ -107,6 +110,8 @@ class Recovered:
     #: this boot's id, and that of the daemon that ran before (:mod:`supervisor.supervision`)
     this_boot: str
     previous_boot: str | None
+    #: the client limits (flags, --config, environment: :mod:`supervisor.limits`)
+    limits: limits.Limits
 
 
 #: The interpreter's thread switch interval while the early server answers (the default,
@@ -206,7 +211,10 @@ def _start(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
         from supervisor import compat as compat_mod
 
         compat_options = compat_mod.options(args)
-    _raise_nofile()
+    _raise_nofile()  # first: the connection cap's default is an eighth of the new limit
+    chosen = limits.resolve({s.key: getattr(args, s.key) for s in limits.SETTINGS},
+                            compat_options.loaded.daemon if compat_options is not None
+                            and compat_options.loaded is not None else {})
     signals = EarlySignals()
     eventlog = _open_log(paths, args)
     http_path = paths.root / compat_args.SOCKET_NAME
@@ -228,7 +236,7 @@ def _start(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
             about = About(str(paths.root), str(paths.socket), snapshot_seq, log_id)
             early = EarlyServer(sock, state, restore.to_reconcile(state), gid, paths.root,
                                 this_boot, previous_boot, http=http, eventlog=eventlog,
-                                about=about)
+                                about=about, cap=chosen.max_connections)
             # the early server's thread answers between imports of this one: a shorter switch
             # interval makes each answer wait for the interpreter a fraction as long
             sys.setswitchinterval(EARLY_SWITCH_INTERVAL)
@@ -239,7 +247,7 @@ def _start(args: argparse.Namespace) -> tuple[int, Callable[[], None]]:
                 log.warning(note)
             try:
                 rec = Recovered(eventlog, log_id, state, snapshot_seq, early, gid, signals,
-                                this_boot, previous_boot)
+                                this_boot, previous_boot, chosen)
                 return _run_services(args, paths, compat_options, rec)
             finally:
                 for conn in early.handover():  # nothing left after a normal run

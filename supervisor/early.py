@@ -122,7 +122,8 @@ class EarlyServer:
     def __init__(self, sock: socket.socket, state: projection.State, unreconciled: Iterable[str],
                  group_gid: int | None, root: Path, this_boot: str,
                  previous_boot: str | None, *, http: socket.socket | None = None,
-                 eventlog: EventLog | None = None, about: About | None = None) -> None:
+                 eventlog: EventLog | None = None, about: About | None = None,
+                 cap: int | None = None) -> None:
         self._listener = sock
         #: ``ROOT/supervisor.sock`` (Supervisor's XML-RPC over HTTP), when bound
         self._http = http
@@ -146,7 +147,7 @@ class EarlyServer:
         self._handed: list[Handed] = []
         #: the API server's connection cap (:mod:`supervisor.conncap`), and the connections
         #: admitted under it so far (the full server counts them as its own)
-        self.cap = default_max_connections()
+        self.cap = cap or default_max_connections()
         self._admitted = {False: 0, True: 0}  # by ``http``
         #: answered requests, by method (tests and the start-up log line)
         self.answered: dict[str, int] = {}

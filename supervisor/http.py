@@ -43,8 +43,9 @@ log = structlog.get_logger("supervisord.http")
 
 MAX_BODY = httpreq.MAX_BODY
 MAX_HEAD = httpreq.MAX_HEAD
-#: Seconds a client has to send a whole request (``TETHER_HTTP_REQUEST_TIMEOUT`` for tests).
-REQUEST_TIMEOUT = float(os.environ.get("TETHER_HTTP_REQUEST_TIMEOUT") or 30.0)
+#: Seconds a client has to send a whole request, by default (``--http-request-timeout``:
+#: :mod:`supervisor.limits`).
+REQUEST_TIMEOUT = 30.0
 IDLE_TIMEOUT = 300.0
 READ_SIZE = 65536
 
@@ -81,8 +82,9 @@ class _Conn:
     """One connection: the h11 state and the stream, with the helpers every route needs."""
 
     def __init__(self, stream: trio.abc.Stream, creds: Creds | None = None,
-                 unread: bytes = b"") -> None:
+                 unread: bytes = b"", request_timeout: float = REQUEST_TIMEOUT) -> None:
         self.stream = stream
+        self.request_timeout = request_timeout
         self.creds = creds  # the peer's, read at accept (unix socket); None on TCP
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         if unread:  # what the peer sent the early server that it did not answer
@@ -95,14 +97,15 @@ class _Conn:
 
     async def next_event(self, begun: trio.CancelScope | None = None) -> Any:
         """h11's next event; with *begun*, that scope's deadline becomes at most
-        :data:`REQUEST_TIMEOUT` away once bytes of it arrived (idling between requests is
+        the request timeout away once bytes of it arrived (idling between requests is
         allowed; a request begun and not finished is not)."""
         while True:
             event = self.h11.next_event()
             if event is h11.NEED_DATA:
                 data = await self.stream.receive_some(READ_SIZE)
                 if begun is not None and data:
-                    begun.deadline = min(begun.deadline, trio.current_time() + REQUEST_TIMEOUT)
+                    begun.deadline = min(begun.deadline,
+                                         trio.current_time() + self.request_timeout)
                 self.h11.receive_data(data)
                 continue
             return event
@@ -134,6 +137,9 @@ class HttpServer:
         self.routes = routes
         self.my_uid = os.geteuid()
         self.admissions: list[Admission] = []
+        #: the client limits (:mod:`supervisor.limits`), set before :meth:`serve`
+        self.max_connections: int | None = None
+        self.request_timeout = REQUEST_TIMEOUT
 
     @property
     def connections(self) -> int:
@@ -145,7 +151,7 @@ class HttpServer:
         connections the early server held on it (``handed``: admitted by the same step, each
         going on where it stood)."""
         unix = sock.family == socket.AF_UNIX
-        admission = Admission("http-unix" if unix else "http-tcp")
+        admission = Admission("http-unix" if unix else "http-tcp", self.max_connections)
         self.admissions.append(admission)
 
         async def handle(stream: trio.SocketStream, creds: Creds | None) -> None:
@@ -198,7 +204,7 @@ class HttpServer:
                           closing: bool = False) -> None:
         """One client; a connection the early server held goes on where it stood: *unsent*
         written first, *unread* read first, closed at once after an error it answered."""
-        conn = _Conn(stream, creds, unread)
+        conn = _Conn(stream, creds, unread, self.request_timeout)
         try:
             async with stream:
                 if unsent:
@@ -236,7 +242,7 @@ class HttpServer:
 
     async def _read_request(self, conn: _Conn, first: bool) -> tuple[Any, bytes]:
         """The next request and its body; ``(None, b"")`` when the client is done."""
-        idle = trio.move_on_after(REQUEST_TIMEOUT if first else IDLE_TIMEOUT)
+        idle = trio.move_on_after(conn.request_timeout if first else IDLE_TIMEOUT)
         with idle:
             try:
                 event = await conn.next_event(begun=idle)
@@ -257,7 +263,7 @@ class HttpServer:
             raise _Reply(413, f"request body over {MAX_BODY} bytes\n")
         chunks: list[bytes] = []
         size = 0
-        with trio.move_on_after(REQUEST_TIMEOUT) as scope:
+        with trio.move_on_after(conn.request_timeout) as scope:
             while True:
                 try:
                     part = await conn.next_event()

@@ -183,6 +183,9 @@ class Desired:
     source: str
     processes: list[Process] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: the daemon's settings the file gives (:mod:`supervisor.limits`): setting key ->
+    #: (its value, checked; where it was: ``PATH:LINE: key``), read at start only
+    daemon: dict[str, tuple[float, str]] = field(default_factory=dict)
 
     def start_order(self) -> list[Process]:
         """Supervisor's start order: group priority, then process priority, then name."""

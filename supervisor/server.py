@@ -39,9 +39,10 @@ __all__ = ["Server"]
 log = structlog.get_logger("supervisord.server")
 
 HELLO_TIMEOUT = 10.0
-#: Seconds from a frame's first byte to its last (``TETHER_FRAME_TIMEOUT`` for tests): far
-#: more than a 16 MiB frame takes over a unix socket, even from a loaded client.
-FRAME_TIMEOUT = float(os.environ.get("TETHER_FRAME_TIMEOUT") or 30.0)
+#: Seconds from a frame's first byte to its last, by default (``--frame-timeout``:
+#: :mod:`supervisor.limits`): far more than a 16 MiB frame takes over a unix socket, even
+#: from a loaded client.
+FRAME_TIMEOUT = 30.0
 MAX_INFLIGHT = 64  # requests running at once on one connection
 
 
@@ -51,14 +52,14 @@ async def _refuse(stream: trio.SocketStream, message: str) -> None:
     await stream.send_all(wire.encode(wire.error(None, ErrorCode.UNAVAILABLE.value, message)))
 
 
-async def _next_message(chan: Channel) -> dict[str, Any]:
+async def _next_message(chan: Channel, frame_timeout: float) -> dict[str, Any]:
     """The next message, however long the client idles between requests, but within
-    :data:`FRAME_TIMEOUT` of a frame's first byte (``trio.TooSlowError``): a half frame must
+    ``frame_timeout`` of a frame's first byte (``trio.TooSlowError``): a half frame must
     not hold a connection, and its buffer, forever."""
     with trio.CancelScope() as scope:
         while (message := chan.conv.next_message()) is None:
             if chan.conv.buffered and scope.deadline == math.inf:
-                scope.deadline = trio.current_time() + FRAME_TIMEOUT
+                scope.deadline = trio.current_time() + frame_timeout
             await chan.receive()
         return message
     raise trio.TooSlowError
@@ -66,7 +67,9 @@ async def _next_message(chan: Channel) -> dict[str, Any]:
 
 class Server:
     def __init__(self, core: Core, commands: Commands, group_gid: int | None,
-                 max_connections: int | None = None) -> None:
+                 max_connections: int | None = None, *,
+                 frame_timeout: float = FRAME_TIMEOUT) -> None:
+        self.frame_timeout = frame_timeout
         self.core = core
         self.commands = commands
         self.group_gid = group_gid
@@ -149,11 +152,11 @@ class Server:
         async with trio.open_nursery() as nursery:
             while True:
                 try:
-                    message = await _next_message(chan)
+                    message = await _next_message(chan, self.frame_timeout)
                 except trio.TooSlowError:
                     with contextlib.suppress(Closed):
                         await chan.send(wire.error(None, "protocol", "a frame begun was not "
-                                                   f"finished within {FRAME_TIMEOUT:g}s"))
+                                                   f"finished within {self.frame_timeout:g}s"))
                     break
                 except wire.ProtocolError as exc:
                     with contextlib.suppress(Closed):

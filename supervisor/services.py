@@ -62,7 +62,10 @@ async def run(config: Config, compat: compat_mod.Compat, rec: Recovered) -> int:
     compat.install(core, commands)
     if commands.missing():  # the method table and the handlers are one: a bug otherwise
         raise RuntimeError(f"methods without a handler: {commands.missing()}")
-    server = Server(core, commands, rec.group_gid, rec.early.cap)  # the cap, read once
+    server = Server(core, commands, rec.group_gid, rec.limits.max_connections,
+                    frame_timeout=rec.limits.frame_timeout)
+    compat.http.max_connections = rec.limits.max_connections
+    compat.http.request_timeout = rec.limits.http_request_timeout
     await _serve(core, supervision, server, rec, compat)
     log.info("supervisord stopped; containers keep running", last_seq=core.state.last_seq)
     return 0
