@@ -15,7 +15,6 @@ out. The daemon (:mod:`supervisor.apply`) carries them out; ``--dry-run`` prints
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -104,6 +103,8 @@ class Process:
         user_labels = dict(self.spec.get("labels") or {})
         blob = json.dumps({"spec": spec, "user_labels": user_labels, "labels": self.labels()},
                           sort_keys=True, separators=(",", ":"), default=str)
+        import hashlib  # ~4 ms (OpenSSL): not before the early server's first answer
+
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     def container_spec(self, source: str) -> dict[str, Any]:

@@ -28,7 +28,6 @@ Tether                                          Supervisor
 
 from __future__ import annotations
 
-import datetime
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -125,11 +124,19 @@ def _seconds(ns: object) -> int:
     return int(ns) // _NS if isinstance(ns, int) and not isinstance(ns, bool) else 0
 
 
+def uptime(seconds: int) -> str:
+    """``str(datetime.timedelta(seconds=seconds))`` (Supervisor's uptime) without importing
+    :mod:`datetime` at the early server's first answer."""
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    text = f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+    return f"{days} day{'' if days == 1 else 's'}, {text}" if days else text
+
+
 def describe(state: int, info: Mapping[str, Any]) -> str:
     """Supervisor's ``description`` of a process (what ``status`` prints after the state)."""
     if state == RUNNING:
-        up = max(0, info["now"] - info["start"])
-        return f"pid {info['pid']}, uptime {datetime.timedelta(seconds=up)}"
+        return f"pid {info['pid']}, uptime {uptime(max(0, info['now'] - info['start']))}"
     if state in (FATAL, BACKOFF):
         return info["spawnerr"] or f'unknown error (try "tail {info["name"]}")'
     if state in (STOPPED, EXITED):

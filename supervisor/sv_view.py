@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +46,22 @@ class NotReadOnly(Exception):
     more than the state: a log, the configuration)."""
 
 
-@dataclass(frozen=True)
 class View:
     """What the read-only methods read: the containers (id -> record), the state ``ps``
-    shows for one (``unknown`` until reconciled), and what the daemon knows beyond them."""
+    shows for one (``unknown`` until reconciled), and what the daemon knows beyond them.
+    (A plain class: a dataclass's making is a measurable part of the early server's first
+    XML-RPC answer.)"""
 
-    containers: Mapping[str, Any]
-    shown: Callable[[Any], str]
-    shims: Path
-    stopped_by_hand: Collection[str] = frozenset()
-    shutting_down: bool = False
+    __slots__ = ("containers", "shims", "shown", "shutting_down", "stopped_by_hand")
+
+    def __init__(self, containers: Mapping[str, Any], shown: Callable[[Any], str], shims: Path,
+                 stopped_by_hand: Collection[str] = frozenset(),
+                 shutting_down: bool = False) -> None:
+        self.containers = containers
+        self.shown = shown
+        self.shims = shims
+        self.stopped_by_hand = stopped_by_hand
+        self.shutting_down = shutting_down
 
 
 def groups(view: View) -> dict[str, list[Any]]:

@@ -4,6 +4,14 @@ The payloads are the standard library's (:mod:`xmlrpc.client`'s marshaller and u
 the parser is expat's with every document type declaration refused: XML-RPC never needs one,
 and refusing it closes the entity tricks (billion laughs, external entities) before they start,
 without a dependency (expat 2.4+ also bounds entity amplification itself; the tests check both).
+
+The plainest documents -- a call of strings, ints, booleans, arrays and structs, a result of
+the same -- are read and written by a few lines of our own first, to the same values and the
+same bytes as :mod:`xmlrpc.client`'s (``tests/test_sv_xmlrpc.py`` compares them): importing it
+costs ~15 ms (``http.client``, ``email``, ``ssl``...), which the early server
+(:mod:`supervisor.early`) would pay at the first call after a restart, while the daemon loads
+the rest. Anything else, a malformed document included, goes to :mod:`xmlrpc.client`, so its
+values and its errors are the standard library's.
 """
 
 from __future__ import annotations
@@ -97,9 +105,95 @@ def _forbid(*args: object) -> None:
     raise BadRequest("document type declarations and entities are not accepted")
 
 
+class _NotPlain(Exception):
+    """A document the plain codec leaves to :mod:`xmlrpc.client`."""
+
+
+#: Elements of a plain call, and which of them are scalars (text only).
+_SCALARS = frozenset({"string", "int", "i4", "boolean", "name", "methodName"})
+_PLAIN = _SCALARS | {"methodCall", "params", "param", "value", "array", "data", "struct",
+                     "member"}
+
+
+def _plain_value(tag: str, text: str, kids: list[tuple[str, Any]]) -> Any:
+    """The value of one closed element, as :class:`xmlrpc.client.Unmarshaller` makes it."""
+    if tag in _SCALARS:
+        if kids:
+            raise _NotPlain(tag)
+        if tag in ("int", "i4"):
+            return int(text)  # ValueError: xmlrpc.client says why
+        if tag == "boolean":
+            if text not in ("0", "1"):
+                raise _NotPlain(tag)
+            return text == "1"
+        return text
+    if tag == "value":
+        if len(kids) > 1:
+            raise _NotPlain(tag)
+        return kids[0][1] if kids else text
+    if tag in ("param", "array") and len(kids) == 1:
+        return kids[0][1]
+    if tag in ("data", "params"):
+        return [v for _, v in kids]
+    if tag == "member" and [k for k, _ in kids] == ["name", "value"]:
+        return (kids[0][1], kids[1][1])
+    if tag == "struct":
+        return dict(v for _, v in kids)
+    if tag == "methodCall" and kids and kids[0][0] == "methodName" and len(kids) <= 2:
+        return kids[0][1], tuple(kids[1][1]) if len(kids) == 2 else ()
+    raise _NotPlain(tag)
+
+
+def _load_plain(body: bytes) -> tuple[str, tuple[Any, ...]]:
+    """:func:`load_call` of a plain document (see the module's docstring), or
+    :class:`_NotPlain`."""
+    from xml.parsers import expat
+
+    stack: list[tuple[str, list[str], list[tuple[str, Any]]]] = []
+    done: list[Any] = []
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        if tag not in _PLAIN or attrs or done:
+            raise _NotPlain(tag)
+        stack.append((tag, [], []))
+
+    def end(tag: str) -> None:
+        name, text, kids = stack.pop()
+        value = _plain_value(name, "".join(text), kids)
+        (stack[-1][2] if stack else done).append((name, value))
+
+    def data(text: str) -> None:
+        if stack:
+            stack[-1][1].append(text)
+
+    parser = expat.ParserCreate(None, None)
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = data
+    parser.StartDoctypeDeclHandler = _forbid
+    parser.EntityDeclHandler = _forbid
+    parser.ExternalEntityRefHandler = _forbid  # type: ignore[assignment]  # raises
+    try:
+        parser.Parse(body, True)
+    except (expat.ExpatError, BadRequest, ValueError):
+        raise _NotPlain("malformed") from None
+    if len(done) != 1 or done[0][0] != "methodCall" or not done[0][1][0]:
+        raise _NotPlain("not a call")
+    method, params = done[0][1]
+    return method, params
+
+
 def load_call(body: bytes) -> tuple[str, tuple[Any, ...]]:
     """``(method, params)`` of a ``methodCall``; :class:`BadRequest` for anything else."""
-    import xmlrpc.client as xc  # at the first call: ~10 ms the daemon's start need not pay
+    try:
+        return _load_plain(body)
+    except _NotPlain:
+        return _load_standard(body)
+
+
+def _load_standard(body: bytes) -> tuple[str, tuple[Any, ...]]:
+    """:func:`load_call` by :mod:`xmlrpc.client`'s unmarshaller (any document)."""
+    import xmlrpc.client as xc  # a document that is not plain: ~15 ms, once
     from xml.parsers import expat
 
     target = xc.Unmarshaller()
@@ -141,13 +235,56 @@ def _capped(value: Any) -> Any:
     return value
 
 
-def dump_result(value: Any) -> bytes:
-    import xmlrpc.client as xc
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
-    return xc.dumps((_capped(value),), methodresponse=True).encode()
+
+def _dump_plain(value: Any, out: list[str]) -> None:
+    """``xmlrpc.client.Marshaller``'s bytes for a plain value; :class:`_NotPlain` else."""
+    if isinstance(value, bool):
+        out.append(f"<value><boolean>{int(value)}</boolean></value>\n")
+    elif isinstance(value, int):
+        if not -(2**31) <= value < 2**31:
+            raise _NotPlain("int")
+        out.append(f"<value><int>{value}</int></value>\n")
+    elif isinstance(value, str):
+        out.append(f"<value><string>{_escape(value)}</string></value>\n")
+    elif isinstance(value, list | tuple):
+        out.append("<value><array><data>\n")
+        for item in value:
+            _dump_plain(item, out)
+        out.append("</data></array></value>\n")
+    elif isinstance(value, dict):
+        out.append("<value><struct>\n")
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _NotPlain("key")
+            out.append(f"<member>\n<name>{_escape(key)}</name>\n")
+            _dump_plain(item, out)
+            out.append("</member>\n")
+        out.append("</struct></value>\n")
+    else:
+        raise _NotPlain(type(value).__name__)
+
+
+_HEAD = "<?xml version='1.0'?>\n<methodResponse>\n"
+
+
+def dump_result(value: Any) -> bytes:
+    value = _capped(value)
+    out = [_HEAD, "<params>\n<param>\n"]
+    try:
+        _dump_plain(value, out)
+    except _NotPlain:
+        import xmlrpc.client as xc
+
+        return xc.dumps((value,), methodresponse=True).encode()
+    out.append("</param>\n</params>\n</methodResponse>\n")
+    return "".join(out).encode()
 
 
 def dump_fault(code: int, text: str) -> bytes:
-    import xmlrpc.client as xc
-
-    return xc.dumps(xc.Fault(code, text)).encode()
+    out = [_HEAD, "<fault>\n"]
+    _dump_plain({"faultCode": code, "faultString": text}, out)
+    out.append("</fault>\n</methodResponse>\n")
+    return "".join(out).encode()
