@@ -1,6 +1,7 @@
 """After a kill -9 of supervisord: how soon Supervisor's tools, and ours, are answered (not a test).
 
     .venv/bin/python bench/restart.py [--containers 20] [--rounds 7] [--vs /work/main]
+                                      [--only xmlrpc,debian,ps]
 
 Each tree (this one, and with ``--vs`` another checkout of Tether, e.g. main) gets a daemon on a
 private root under /tmp with N ``sleep`` containers; rounds alternate between the trees. Each
@@ -13,7 +14,10 @@ round kills the daemon -9, execs it again, and times from the exec:
   processes, until one exits 0 (all RUNNING);
 * ``ps all``: the native ``ps`` (in-process) until every container is listed running.
 
-Medians, and the ratio this / other. Every process started is killed by pid at the end.
+Medians, and the ratio this / other. Compile both trees' bytecode first (``python -m
+compileall events shim supervisor``) when ``PYTHONDONTWRITEBYTECODE`` is set: a tree whose
+edited modules compile at every start loses ~10 ms a start to it. Every process started is
+killed by pid at the end.
 """
 
 from __future__ import annotations
@@ -145,7 +149,10 @@ def main() -> None:
     ap.add_argument("--containers", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--vs", type=Path, default=None, help="another checkout of Tether")
+    ap.add_argument("--only", default="xmlrpc,debian,ps",
+                    help="comma-separated: xmlrpc, debian, ps (default all)")
     args = ap.parse_args()
+    only = set(args.only.split(","))
     base = Path(tempfile.mkdtemp(prefix="trs-", dir="/tmp"))
     trees = [Tree(REPO, base, "this")]
     if args.vs is not None:
@@ -158,14 +165,16 @@ def main() -> None:
                 tree.call("run", spec={"command": ["sleep", "100000"], "name": f"s{i}"})
         for r in range(args.rounds):
             for tree in trees if r % 2 == 0 else trees[::-1]:
-                first, every = round_xmlrpc(tree, args.containers)
-                samples.setdefault((tree.label, "xmlrpc first"), []).append(first)
-                samples.setdefault((tree.label, "xmlrpc all"), []).append(every)
-                if os.path.exists(DEBIAN_CTL):
+                if "xmlrpc" in only:
+                    first, every = round_xmlrpc(tree, args.containers)
+                    samples.setdefault((tree.label, "xmlrpc first"), []).append(first)
+                    samples.setdefault((tree.label, "xmlrpc all"), []).append(every)
+                if "debian" in only and os.path.exists(DEBIAN_CTL):
                     samples.setdefault((tree.label, "debian status"), []).append(
                         round_debian(tree))
-                samples.setdefault((tree.label, "ps all"), []).append(
-                    round_ps(tree, args.containers))
+                if "ps" in only:
+                    samples.setdefault((tree.label, "ps all"), []).append(
+                        round_ps(tree, args.containers))
         for tree in trees:
             tree.stop()
     finally:

@@ -27,8 +27,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from events import procfs
 from events.log import CorruptLog, EventLog, LogBusy, LogVersionError
@@ -95,8 +94,7 @@ class EarlySignals:
         self.received = self.received or signum
 
 
-@dataclass
-class Recovered:
+class Recovered(NamedTuple):
     """What the daemon has before it loads trio: the open log (its lock held), its id, the
     state rebuilt from it, and the early server on the bound API socket."""
 

@@ -19,7 +19,8 @@ with a sentence naming where it came from (the flag, the file and line and key, 
 variable): nothing is bound or opened before. The file's settings are read at start only: a
 ``reread``/``update`` leaves them as they were.
 
-No trio, no structlog: the daemon resolves them before it binds its sockets.
+No trio, no structlog, no dataclass (named tuples: ~20 times cheaper to make, and made before
+the daemon's first answer): the daemon resolves them before it binds its sockets.
 """
 
 from __future__ import annotations
@@ -27,15 +28,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from supervisor.conncap import default_max_connections
 
 __all__ = ["FILE_KEYS", "SETTINGS", "Limits", "Setting", "check", "resolve"]
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     """One limit: its flag, environment variable, file key (without the supervisord.conf
     prefix), what a good value is, and its reader (raises ValueError)."""
 
@@ -76,8 +76,7 @@ DEFAULT_FRAME_TIMEOUT = 30.0
 DEFAULT_HTTP_REQUEST_TIMEOUT = 30.0
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     max_connections: int
     frame_timeout: float
     http_request_timeout: float
