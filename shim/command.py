@@ -1,18 +1,26 @@
-"""Run a command to completion from the shim: fork, exec, wait on a pidfd, capture its output.
+"""Run a command to completion from the shim: spawn, wait on a pidfd, capture its output.
 
 Not :mod:`subprocess`, for memory: it imports :mod:`threading`, whose fork handler runs in
 every child the launcher forks and writes to pages every shim would otherwise share with the
 launcher (a forked child that does nothing else owns ~0.4 MB more with :mod:`threading`
 imported; bench/shim_pages.py). What the shim needs of it is small: the runtime's commands
-(``runc create``, ``start``, ``kill``, ``delete``...) run synchronously, with their stdio set,
-an optional function run in the child before the exec, and a timeout.
+(``runc run``, ``create``, ``start``, ``kill``, ``delete``...) run synchronously, with their
+stdio set, an optional function run in the child before the exec, and a timeout.
 
-The child does what :mod:`subprocess` did for these commands: stdio on 0-2, every other fd
-closed, SIGPIPE and SIGXFSZ back to their defaults (the shim ignores SIGPIPE; an ignored
-disposition would survive the exec), then the *preexec* function, then ``execvp``. A failure
-before the exec comes back to the caller through a close-on-exec pipe as :class:`OSError`
-(the exec's own, e.g. ``ENOENT``) or :class:`PreexecFailed`; the child ends in
-``os._exit(127)`` inside ``finally``, so it never runs the shim's code twice.
+The child gets what :mod:`subprocess` gave these commands: stdio on 0-2, no other fd of ours,
+SIGPIPE and SIGXFSZ back to their defaults (the shim ignores SIGPIPE; an ignored disposition
+would survive the exec). Without a *preexec* function it is started by ``posix_spawn``, which
+glibc does with ``vfork``: the child shares the shim's memory until it execs, so the kernel
+copies no page table and no copy-on-write fault follows, and no Python runs in it. A fork of
+a shim costs that copy and the child's own Python before the exec, about three times the
+spawn (bench/phases.py), and a runtime command is on the path of every run and stop. Every
+fd the shim opens is close-on-exec (Python's default); any other inheritable fd above 2 is
+closed in the child by the spawn's file actions, so the guarantee does not rest on that.
+
+With *preexec* (crun's private mount namespace, :func:`shim.oci.hide_unified_cgroup`) the child
+is forked, runs it, then execs. A failure before the exec comes back to the caller as
+:class:`OSError` (the exec's own, e.g. ``ENOENT``) or :class:`PreexecFailed`; the forked child
+ends in ``os._exit(127)`` inside ``finally``, so it never runs the shim's code twice.
 """
 
 from __future__ import annotations
@@ -90,6 +98,8 @@ def run_command(cmd: Sequence[str], stdio: Sequence[int], timeout: float,
 
 
 def _spawn(argv: list[str], child_fds: list[int], preexec: Callable[[], None] | None) -> int:
+    if preexec is None:
+        return _posix_spawn(argv, child_fds)
     err_r, err_w = os.pipe()  # close-on-exec: EOF at the exec, data if anything before failed
     try:
         pid = os.fork()
@@ -115,6 +125,41 @@ def _spawn(argv: list[str], child_fds: list[int], preexec: Callable[[], None] | 
         raise PreexecFailed(message)
     errno = int(number) if number.isdigit() else 0
     raise OSError(errno, os.strerror(errno) if errno else message, argv[0])
+
+
+def _posix_spawn(argv: list[str], child_fds: list[int]) -> int:
+    """``posix_spawn`` (``posix_spawnp`` for a bare name, as ``execvp``): *child_fds* on 0-2,
+    every other inheritable fd closed, SIGPIPE and SIGXFSZ at their defaults."""
+    # copies above 2 first (close-on-exec), so that a dup2 onto 0-2 never overwrites a source
+    # that is itself 0-2 before it is used; the copies are closed in the child by the exec
+    high: list[int] = []
+    try:
+        for fd in child_fds:
+            high.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3))
+        actions: list[tuple[int, ...]] = [
+            (os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(high)]
+        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds() if fd > 2]
+        spawn = os.posix_spawn if "/" in argv[0] else os.posix_spawnp
+        return spawn(argv[0], argv, os.environ, file_actions=actions,
+                     setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+    finally:
+        for fd in high:
+            os.close(fd)
+
+
+def _inheritable_fds() -> list[int]:
+    """Our fds that an exec would pass on (normally 0-2 only: Python opens every fd
+    close-on-exec unless told otherwise)."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, os.sysconf("SC_OPEN_MAX")))
+    found = []
+    for fd in fds:
+        with contextlib.suppress(OSError):  # the listing's own fd, closed by now
+            if os.get_inheritable(fd):
+                found.append(fd)
+    return found
 
 
 def _child(argv: list[str], child_fds: list[int], preexec: Callable[[], None] | None,
