@@ -20,6 +20,9 @@ Files in ``ROOT/shims/ID/`` (see :func:`shim_dir`):
 ``container.log``   the container's output in CRI format, rotated to ``container.log.1`` ... .
 ``shim.log``        the shim's own diagnostics, one JSON object per line (rotated to
                     ``shim.log.1`` at 4 MB).
+``recorded``        the instance of the shim whose ``run`` supervisord recorded, written by
+                    supervisord once that record is durable and before ``run`` replies
+                    (:func:`write_recorded`; not fsynced: only live shims are judged by it).
 
 Starting: ``sys.executable -I -m shim start --root ROOT --id ID``. The command returns once the
 shim is ready (socket bound, pid and address written, container process created and waiting for
@@ -30,8 +33,9 @@ request: supervisord's ``run``): the map adds ``"started_at": NS``, or ``"exec_e
 when the command could not be executed (its exit, 127, recorded and in the outbox). Such a
 shim's ``state`` says ``started_by_run``: its task ran before any record of it was durable, so
 until its first ``ack`` (supervisord acknowledges a shim's events only once a record of the
-shim is durable; ``run`` acknowledges :data:`FIRST_SEQ` before it replies) it is an
-unacknowledged run, which supervisord's start-up ends rather than adopts.
+shim is durable) or until ``recorded`` names its instance (``run`` writes it once the record
+is durable, before it replies; ``state`` reports ``recorded``) it is an unacknowledged run,
+which supervisord's start-up ends rather than adopts.
 
 The fast path, used by supervisord whenever it is up: ``sys.executable -I -m shim launcher
 --root ROOT --fd N`` is a fork server that supervisord owns (it exits with the daemon; the shims
@@ -48,9 +52,11 @@ Socket: the wire protocol of :mod:`events.wire`. The caller's hello has role ``"
 Methods (see :data:`METHODS`):
 
 ``state``               -> ``{id, instance, pid, status, exit, exec_error, restart, health,
-                           orphans_reaped, shim_pid, seq, acked, started_by_run, runtime,
-                           execs, log}``; ``started_by_run``: the first task was started by
-                           the shim's own start (``--run``), not by a ``start`` request;
+                           orphans_reaped, shim_pid, seq, acked, started_by_run, recorded,
+                           runtime, execs, log}``; ``started_by_run``: the first task was
+                           started by the shim's own start (``--run``), not by a ``start``
+                           request; ``recorded``: so started, and :data:`RECORDED_FILE` names
+                           this shim's instance (supervisord recorded the run);
                            ``status``: ``created``, ``running``, ``stopped`` or ``restarting``
                            (waiting out a back-off); ``exit``: the latest task's exit record;
                            ``restart``: ``{policy, attempt, start_at, gave_up, final}``;
@@ -141,6 +147,7 @@ __all__ = [
     "EXIT_FILE",
     "METHODS",
     "PID_FILE",
+    "RECORDED_FILE",
     "SHIM_LOG",
     "SPEC_FIELDS",
     "SPEC_FILE",
@@ -149,12 +156,14 @@ __all__ = [
     "fsync_dir",
     "read_exit_file",
     "read_group",
+    "read_recorded",
     "read_spec",
     "read_task_file",
     "shim_dir",
     "shim_path",
     "write_atomic",
     "write_exit_file",
+    "write_recorded",
     "write_spec",
     "write_task_file",
 ]
@@ -170,6 +179,10 @@ CONTAINER_LOG = "container.log"
 SHIM_LOG = "shim.log"
 #: flock'ed by the shim for its whole life: one shim per container, and the sign it lives
 LOCK_FILE = "shim.lock"
+#: supervisord's ``run`` writes the shim's instance here once the run's record is durable and
+#: before it replies (:func:`write_recorded`): the shim's ``state`` reports ``recorded`` when
+#: it names its own instance, so a start-up whose log lost the record adopts the run.
+RECORDED_FILE = "recorded"
 
 #: What a start says of a shim that neither reported ready nor an error (killed, or wedged
 #: past the ready timeout): nothing was started, so the daemon answers ``unavailable`` (try
@@ -179,9 +192,7 @@ NO_READY = "the shim did not report ready"
 #: error of the spec: an error is reported with its stage and errno).
 CHILD_LOST = "the child died during setup"
 
-#: The seq of a new shim's first event: its first task's ``task.create``. supervisord's
-#: ``run`` acknowledges it (the record holds it) before it replies: a shim started with
-#: ``--run`` whose ``acked`` is still 0 is a run no one was told of.
+#: The seq of a new shim's first event: its first task's ``task.create``.
 FIRST_SEQ = 1
 
 METHODS = frozenset({"state", "start", "kill", "stop", "wait", "events", "ack", "delete",
@@ -293,6 +304,37 @@ def write_task_file(directory: str | os.PathLike[str], record: dict[str, Any]) -
     accounts for the task instead of starting a second one (docs/design.md, section 8)."""
     write_atomic(os.path.join(directory, TASK_FILE), json.dumps(record).encode(),
                  durable=False)
+
+
+def write_recorded(directory: str | os.PathLike[str], instance: str) -> None:
+    """Say in *directory* that the run of the shim *instance* is recorded (:data:`RECORDED_FILE`).
+
+    Not atomic and not fsynced, on purpose: only an exact match of the instance counts, so a
+    write cut short (a kill -9) never says more than nothing; and only a live shim is ever
+    judged by it, while a power loss ends every shim with the page cache."""
+    path = os.path.join(directory, RECORDED_FILE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        os.write(fd, instance.encode())
+    finally:
+        os.close(fd)
+
+
+def read_recorded(directory: str | os.PathLike[str], dir_fd: int | None = None) -> str | None:
+    """The instance :func:`write_recorded` wrote in *directory* (with *dir_fd*, relative to
+    it), or None (none, or unreadable; never through a symlink)."""
+    path = RECORDED_FILE if dir_fd is not None else os.path.join(directory, RECORDED_FILE)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 256).decode(errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def read_task_file(directory: str | os.PathLike[str]) -> dict[str, Any] | None:

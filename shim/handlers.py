@@ -19,7 +19,7 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from events import policy, wire
+from events import policy, shim_api, wire
 from events.ids import validate_id
 from events.signals import InvalidSignal, parse_signal
 from shim.loop import ShimError, park
@@ -73,6 +73,9 @@ class Handlers:
                 "orphans_reaped": shim.orphans_reaped, "shim_pid": os.getpid(),
                 "seq": outbox.seq, "acked": outbox.acked, "runtime": shim.spec.get("runtime"),
                 "started_by_run": shim.started_by_run,
+                # the daemon's word that this run's record is durable (``recorded`` names us)
+                "recorded": shim.started_by_run and shim_api.read_recorded(
+                    shim.dir, shim.dir_fd) == self.task.instance,
                 "execs": shim.execs.callers(),
                 "log": {"lines": shim.log.written_lines, "dropped": shim.log.dropped_lines}}
 

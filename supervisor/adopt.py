@@ -7,7 +7,8 @@ of two things:
   append of its ``container.create`` or ``task.create``): no one was told of it. Its task
   never ran (a ``start`` comes after the record), unless the shim started it itself, with
   its first request (``run``): then its task ran before any record, and the shim says so
-  (``started_by_run``) until the daemon first acknowledges its events. Ending it kills
+  (``started_by_run``) until the daemon says the record is durable (``recorded``: the file
+  ``run`` writes before it replies) or first acknowledges its events. Ending it kills
   nothing anyone was told of;
 * the log lost the events that recorded it (an older copy of ``ROOT/events`` put back, a cut by
   ``--repair``): a container someone created, probably running. It must be *adopted*: its spec
@@ -18,9 +19,10 @@ of two things:
 Which one it is (:func:`recorded_once`): a shim whose task was started by a ``start``
 request was recorded once (that request is always sent after the record is durable); so was
 a shim whose events the daemon acknowledged (a link acknowledges only the events of a shim
-the log records, and it connects only once that record is durable). Such a shim is adopted
+the log records, and it connects only once that record is durable), and a shim whose
+``state`` says ``recorded``. Such a shim is adopted
 whatever else is known. A shim whose task never ran, or ran only by its own first request
-and no event of it was ever acknowledged (a ``run`` the daemon died in), is ended, unless
+and never ``recorded`` nor acknowledged (a ``run`` the daemon died in), is ended, unless
 the daemon was started with ``--repair`` (the operator says history may be lost): then it is
 adopted too, and the user sees a ``created`` container in ``ps``. A live shim that does not
 answer (stopped, wedged) is left running and reported; so is a directory with no live shim
@@ -97,11 +99,13 @@ def recorded_once(state: dict[str, Any]) -> bool:
     """Was the shim whose ``state`` this is ever recorded in the log? Yes if a ``start``
     request started its task (status beyond ``created``, or an exit: the daemon sends
     ``start`` only once the task's record is durable), or, for a shim that started its task
-    itself (``started_by_run``: ``run``'s one request), once the daemon acknowledged any of
-    its events (``acked``: its link acknowledges only after the record is durable)."""
+    itself (``started_by_run``: ``run``'s one request), once the daemon said so: ``recorded``
+    (``run`` writes the shim's instance into its directory once the record is durable, before
+    it replies) or any of its events acknowledged (``acked``: its link acknowledges only after
+    the record is durable)."""
     if state.get("started_by_run"):
         acked = state.get("acked")
-        return isinstance(acked, int) and acked > 0
+        return state.get("recorded") is True or (isinstance(acked, int) and acked > 0)
     return ran_a_task(state)
 
 
@@ -244,15 +248,16 @@ async def account_for(core: Core, cid: str) -> str:
                   "not killed); see its shim.log, or end it by hand", path=str(directory))
         return Outcome.LEFT
     if should_adopt(state, core.config.repair):
-        why = ("it was recorded once (its task was started by request, or its events were "
-               "acknowledged): the log lost that record" if recorded_once(state) else
+        why = ("it was recorded once (its task was started by request, its run was marked "
+               "recorded, or its events were acknowledged): the log lost that record"
+               if recorded_once(state) else
                "started with --repair: the log may have lost its create")
         if await adopt(core, cid, state, why):
             return Outcome.ADOPTED
         return Outcome.LEFT
     what = await core.shims.end(cid)
     log.warning("ended a shim the log does not know whose task never ran, or ran only by its "
-                "own start with no event acknowledged (a create or run the daemon died in "
+                "own start and was never marked recorded (a create or run the daemon died in "
                 "before recording it: no one was told of it)", id=cid, action=what,
                 started_by_run=bool(state.get("started_by_run")), status=state.get("status"))
     return Outcome.ENDED

@@ -15,10 +15,10 @@ before it acts where a crash could otherwise double or lose something:
   the task too before it reports ready (one request: no ``start`` call, and runc's ``run``
   instead of ``create`` + ``start``) and ``task.start`` goes in the same append. Such a task
   runs before its record is durable, so the shim says so (``started_by_run`` in ``state``)
-  until the daemon first acknowledges its events, which ``run`` does once that record is
-  durable and before it replies: a daemon that dies in between finds at start-up a live shim
-  the log does not know whose run no one was told of, and ends it
-  (:func:`supervisor.adopt.recorded_once`).
+  until the daemon says the record is durable: ``run`` writes the shim's instance into its
+  directory (``recorded``) once that record is durable and before it replies. A daemon that
+  dies in between finds at start-up a live shim the log does not know whose run no one was
+  told of, and ends it (:func:`supervisor.adopt.recorded_once`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from supervisor.core import Core, Item
 from supervisor.decide import decision, stopped_for_good
 from supervisor.errors import ApiError
 from supervisor.projection import Container, State
-from supervisor.shims import Ready, exit_data, new_instance
+from supervisor.shims import Ready, exit_data, new_instance, shim_dir
 
 if TYPE_CHECKING:
     from supervisor.spec import Spec
@@ -196,18 +196,30 @@ class Lifecycle:
         # not durable: the container does not exist, so neither may its shim
         await self.record_new_shim(cid, instance, items, remove=True, link=not start)
         if start:
-            try:  # before its link starts: one conversation at a time with the new shim
-                await self._acknowledge_run(cid)
+            try:
+                await self._mark_recorded(cid, instance)
             finally:
                 self.core.shims.link(cid, instance)
         return instance, ready
 
-    async def _acknowledge_run(self, cid: str) -> None:
-        """Tell a shim that started its task itself that its record is durable (``ack`` of
-        its first event, the ``task.create`` the record holds) before anyone is told of the
-        run: from then on a start-up whose log lost the record adopts the shim rather than
-        ending it (:func:`supervisor.adopt.recorded_once`). A shim that cannot be reached
-        is its link's to account for (the record is durable either way)."""
+    async def _mark_recorded(self, cid: str, instance: str) -> None:
+        """Say to a shim that started its task itself that its record is durable, before
+        anyone is told of the run: from then on a start-up whose log lost the record adopts
+        the shim rather than ending it (:func:`supervisor.adopt.recorded_once`).
+
+        The word is a file in its directory naming its instance (``recorded``, which its
+        ``state`` reports), not an ``ack`` over its socket: a few system calls here instead
+        of a connection and a round trip through the shim before every ``run``'s reply. Its
+        link acknowledges the events too, once it has them. Written here, not in a thread: the
+        append that just returned has shown the disk answers. If it cannot be written (a full
+        disk), the ``ack`` says the same; a shim that cannot be reached either is its link's
+        to account for (the record is durable either way)."""
+        try:
+            shim_api.write_recorded(shim_dir(self.core.root, cid), instance)
+            return
+        except OSError as exc:
+            log.warning("could not mark a new shim's run recorded; acknowledging it instead",
+                        id=cid, error=str(exc))
         try:
             await self.core.shims.call(cid, "ack", seq=shim_api.FIRST_SEQ)
         except ApiError as exc:

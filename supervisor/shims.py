@@ -175,7 +175,8 @@ async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: Spe
     def prepare() -> None:
         directory.mkdir(parents=True, exist_ok=True)
         checked_shim_dir(root, cid)  # made by someone else meanwhile: still never a symlink
-        for stale in (shim_api.EXIT_FILE, shim_api.ADDRESS_FILE, shim_api.PID_FILE):
+        for stale in (shim_api.EXIT_FILE, shim_api.ADDRESS_FILE, shim_api.PID_FILE,
+                      shim_api.RECORDED_FILE):
             with contextlib.suppress(FileNotFoundError):
                 (directory / stale).unlink()
         shim_api.write_spec(directory, dict(shim_spec(cid, instance, spec, attempt)))

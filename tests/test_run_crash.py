@@ -19,16 +19,20 @@ import contextlib
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 from typing import Any
 
 from conftest import _proc_table
 from daemon_helpers import Daemon
+from shim_helpers import start_command
 
 from events import shim_api, wire
 from events.procfs import is_running
 from events.rpc import BlockingConnection
+from supervisor.shims import new_instance, shim_spec
+from supervisor.spec import validate_spec
 
 RUN = f"{os.getpid():x}{random.getrandbits(24):06x}"
 
@@ -122,17 +126,63 @@ def test_a_run_the_daemon_died_in_before_its_append_is_ended(daemon: Daemon) -> 
     assert daemon.ps()["r0"]["state"] == "running"
 
 
-def test_an_acknowledged_run_says_so_before_the_reply(daemon: Daemon) -> None:
-    """The fact start-up relies on: by the time ``run`` replied, the shim has had its first
-    event acknowledged (its record is durable), so a log that later loses the record adopts
-    it (tests/test_adopt.py) rather than ending it."""
-    cid = daemon.run("sleep", "1000", name="acked")
+def test_a_recorded_run_says_so_before_the_reply(daemon: Daemon) -> None:
+    """The fact start-up relies on: by the time ``run`` replied, its directory's ``recorded``
+    names the shim's instance (its record is durable) and the shim's ``state`` says so, so a
+    log that later loses the record adopts it rather than ending it (below, and
+    tests/test_adopt.py)."""
+    cid = daemon.run("sleep", "1000", name="marked")
     state = shim_state(daemon, cid)
-    assert state is not None and state["started_by_run"] is True
-    assert state["acked"] >= shim_api.FIRST_SEQ
+    assert state is not None and state["started_by_run"] is True and state["recorded"] is True
+    recorded = (daemon.root / "shims" / cid / shim_api.RECORDED_FILE).read_text()
+    assert recorded == state["instance"]
     created = daemon.call("create", spec={"name": "made", "command": ["sleep", "1000"]})
     state = shim_state(daemon, created["id"])
-    assert state is not None and state["started_by_run"] is False
+    assert state is not None and state["started_by_run"] is False and state["recorded"] is False
+    assert not (daemon.root / "shims" / created["id"] / shim_api.RECORDED_FILE).exists()
+
+
+def start_run_by_hand(d: Daemon, cid: str) -> dict[str, Any]:
+    """A shim started with ``--run`` as the daemon starts one, whose record the log does not
+    hold (the log lost it, or the daemon died before its append) and whose events nobody
+    acknowledged: its ``state``."""
+    instance = new_instance()
+    spec = {"name": cid, "command": ["sh", "-c", "sleep 1000; true", f"mark-{RUN}-{cid}"]}
+    directory = d.root / "shims" / cid
+    directory.mkdir(parents=True)
+    shim_api.write_spec(directory, dict(shim_spec(cid, instance, validate_spec(spec))))
+    done = subprocess.run(start_command(d.root, cid, run=True), capture_output=True,
+                          timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    state = shim_state(d, cid)
+    assert state is not None and state["started_by_run"] is True and state["acked"] == 0
+    assert state["instance"] == instance
+    return state
+
+
+def test_start_up_adopts_a_run_marked_recorded_and_ends_one_that_is_not(
+        daemon: Daemon) -> None:
+    """The on-disk promise of ``recorded``: a live shim the log does not know whose run was
+    marked recorded for its own instance is adopted (someone was told of it); one without the
+    mark, or with the mark of an earlier shim of that directory, is ended. No event of any of
+    them was ever acknowledged."""
+    daemon.stop()
+    states = {cid: start_run_by_hand(daemon, cid) for cid in ("told", "untold", "stale")}
+    shim_api.write_recorded(daemon.root / "shims" / "told", states["told"]["instance"])
+    shim_api.write_recorded(daemon.root / "shims" / "stale", new_instance())
+    assert shim_state(daemon, "told")["recorded"] is True
+    assert shim_state(daemon, "stale")["recorded"] is False
+    daemon.start().reconciled()
+    rows = daemon.ps()
+    assert rows["told"]["state"] == "running" and rows["told"]["pid"] == states["told"]["pid"]
+    assert [e["type"] for e in daemon.stream("events") if e["id"] == "told"] == [
+        "container.adopt"]
+    for cid in ("untold", "stale"):
+        assert cid not in rows, rows[cid]
+        daemon.wait_for(lambda cid=cid: not is_running(states[cid]["shim_pid"])
+                        and not is_running(states[cid]["pid"]), timeout=10)
+        assert marked(cid) == [], f"{cid}: a task no one was told of still runs"
+    assert marked("told")
 
 
 def test_a_run_that_cannot_exec_records_its_127_once(daemon: Daemon) -> None:
