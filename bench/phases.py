@@ -5,10 +5,12 @@
 On a private supervisord (``bench/compare_systems.Tether``), from the event log's own clocks:
 
 * run -> running (in-process client; runc busybox and the process runtime): request -> the
-  shim created the task (``task.create``'s ``created_at``, the shim's clock: spec written, shim
-  launched, runtime's create), -> started it (``task.start``'s ``started_at``), -> the record
-  durable (``task.start``'s ``time``: the append, one fdatasync), -> reply; beside bare ``runc
-  run -d`` and ``runc create`` + ``runc start``;
+  shim forked, set up, its runtime returned, the task created and started, its ready line
+  (the shim's own clocks: the ``phases`` of the ``ready`` line in shim.log, ``created_at``,
+  ``started_at``), -> the record durable (``task.start``'s ``time``: the launcher's relay, the
+  append, one fdatasync), -> reply (the ``ack`` of the shim's first event, the link); beside
+  bare ``runc run -d``, ``runc run -d`` as the shim runs it (from here, through ``OciCli``),
+  and ``runc create`` + ``runc start``;
 * exit -> live subscriber (SIGKILL of the init from here): -> reaped by the shim (``exited_at``),
   -> appended (the event's ``time``, stamped by the log writer: the shim's exit file and the link
   are in between), -> received by an in-process ``events`` stream (the fdatasync, the hub);
@@ -22,6 +24,7 @@ Every process it starts is ended by pid at the end (they all name its temp direc
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import queue
 import signal
@@ -67,13 +70,30 @@ class Phases:
             spec["rootfs"] = str(self.rootfs)
         return spec
 
+    RUN_ROWS = (
+        "request -> shim forked (daemon: spec written; launcher: 2 forks)",
+        "  -> shim set up (log, lock, spec, socket, address, runtime)",
+        "  -> runtime returned (bundle written, runc run --detach)",
+        "  -> task created (OOM watch on)",
+        "  -> task started (started_at)",
+        "  -> ready line written",
+        "  -> task.start durable (launcher relay, daemon append)",
+        "  -> reply received (ack round trip, link, reply)",
+        "total")
+
+    def shim_phases(self, cid: str) -> dict[str, int]:
+        """The shim's own clocks of its start, from its ``ready`` line in shim.log."""
+        path = self.tether.root / "shims" / cid / "shim.log"
+        for line in path.read_text().splitlines():
+            if '"event": "ready"' in line:
+                record = json.loads(line)
+                return {**record.get("phases", {}), "created": record["created_at"],
+                        "started": record.get("started_at", record["created_at"]),
+                        "ready": record["time"]}
+        raise RuntimeError(f"no ready line in {path}")
+
     def run_phases(self, runtime: str) -> None:
-        rows: dict[str, list[float]] = {
-            "request -> task created by the shim": [],
-            "  -> task started by the shim": [],
-            "  -> task.start durable": [],
-            "  -> reply received": [],
-            "total": []}
+        rows: dict[str, list[float]] = {name: [] for name in self.RUN_ROWS}
         with self.tether.conn() as c:
             for _ in range(self.runs):
                 since = c.call("status")["last_seq"]
@@ -82,30 +102,54 @@ class Phases:
                 t1 = time.time_ns()
                 events = {e["type"]: e for e in
                           c.stream("events", since=since, follow=False, ids=[r["id"]])}
-                created = events["task.create"]["data"]["created_at"]
-                started = events["task.start"]["data"]["started_at"]
-                durable = events["task.start"]["time"]
-                rows["request -> task created by the shim"].append((created - t0) / 1e6)
-                rows["  -> task started by the shim"].append((started - created) / 1e6)
-                rows["  -> task.start durable"].append((durable - started) / 1e6)
-                rows["  -> reply received"].append((t1 - durable) / 1e6)
+                shim = self.shim_phases(r["id"])
+                marks = [t0, shim["forked"], shim["set_up"], shim["runtime"], shim["created"],
+                         shim["started"], shim["ready"], events["task.start"]["time"], t1]
+                for name, a, b in zip(self.RUN_ROWS, marks, marks[1:], strict=False):
+                    rows[name].append((b - a) / 1e6)
                 rows["total"].append((t1 - t0) / 1e6)
                 c.call("rm", id=r["id"], force=True)
         if runtime != "process":
-            run, create, start = [], [], []
-            for _ in range(self.runs):
-                cid, bundle = self.bare.bundle(SLEEP)
-                run.append(cs.timed(self.bare.run_argv(cid, bundle), detaches=True)[0] * 1e3)
-                self.bare.delete(cid)
-                cid, bundle = self.bare.bundle(SLEEP)
-                create.append(cs.timed(self.bare.argv("create", "--bundle", bundle, cid),
-                                       detaches=True)[0] * 1e3)
-                start.append(cs.timed(self.bare.argv("start", cid))[0] * 1e3)
-                self.bare.delete(cid)
-            rows["bare runc run -d"] = run
-            rows["bare runc create"] = create
-            rows["bare runc start"] = start
+            self.runtime_rows(rows)
         show(f"run -> running, {runtime} (in-process client)", rows)
+
+    def runtime_rows(self, rows: dict[str, list[float]]) -> None:
+        """Bare runc beside runc as the shim runs it (``OciCli``: its ``--log``, pipes as
+        stdio, the shim's spawn), from this process, interleaved; and the bundle's write."""
+        from shim.oci import OciCli, prepare_bundle
+
+        cli = OciCli("runc", self.base / "runc-as-shim", self.base / "runc-as-shim.log")
+        run, as_shim, bundle_ms, create, start = [], [], [], [], []
+        for i in range(self.runs):
+            cid, bundle = self.bare.bundle(SLEEP)
+            run.append(cs.timed(self.bare.run_argv(cid, bundle), detaches=True)[0] * 1e3)
+            self.bare.delete(cid)
+            spec = {"id": f"as-shim-{i}", "command": SLEEP, "rootfs": str(self.rootfs),
+                    "runtime": "runc", "env": {"PATH": "/usr/bin:/bin"}}
+            b0 = time.perf_counter()
+            path = prepare_bundle(spec, self.base / "as-shim" / str(i),
+                                  cgroups_path=f"/{cs.BareRunc.CGROUP_PARENT}/as-shim-{i}")
+            bundle_ms.append((time.perf_counter() - b0) * 1e3)
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            t0 = time.perf_counter()
+            pid = cli.run(spec["id"], path, str(self.base / f"as-shim-{i}.pid"),
+                          stdout=out_w, stderr=err_w)
+            as_shim.append((time.perf_counter() - t0) * 1e3)
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
+            os.kill(pid, signal.SIGKILL)
+            cli.delete(spec["id"], force=True, missing_ok=True)
+            cid, bundle = self.bare.bundle(SLEEP)
+            create.append(cs.timed(self.bare.argv("create", "--bundle", bundle, cid),
+                                   detaches=True)[0] * 1e3)
+            start.append(cs.timed(self.bare.argv("start", cid))[0] * 1e3)
+            self.bare.delete(cid)
+        rows["bare runc run -d"] = run
+        rows["runc run -d as the shim runs it (OciCli, from here)"] = as_shim
+        rows["  config.json written (prepare_bundle)"] = bundle_ms
+        rows["bare runc create"] = create
+        rows["bare runc start"] = start
 
     def exit_phases(self, runtime: str) -> None:
         seen: queue.Queue[tuple[dict[str, object], int]] = queue.Queue()

@@ -215,6 +215,7 @@ def serve(root: str, container_id: str, ready_w: int, start_task: bool = False) 
 
     shim: Shim | None = None
     files: list[str] = []
+    forked = time.time_ns()
     try:
         directory = shim_api.shim_path(root, container_id)
         osutil.refuse_symlinks(os.path.join(root, "shims"), directory)
@@ -228,8 +229,13 @@ def serve(root: str, container_id: str, ready_w: int, start_task: bool = False) 
         for name in (shim_api.EXIT_FILE, shim_api.CONTAINER_LOG):  # written into, or renamed over
             osutil.refuse_symlinks(os.path.join(directory, name), missing_ok=True)
         shim = Shim(directory, spec, listener, address, make_runtime(spec, directory), diag)
+        set_up = time.time_ns()
         task = shim.create(start_task, created=lambda pid: tell_task(ready_w, pid))
-        diag.log("info", "ready", address=address, instance=spec["instance"], **task)
+        # when each step ended (unix ns; bench/phases.py reads them): the shim began, was set
+        # up (log, lock, spec, socket, runtime), the runtime returned; created_at (the OOM
+        # watch on), started_at, and this line's own time follow
+        diag.log("info", "ready", address=address, instance=spec["instance"], **task,
+                 phases={"forked": forked, "set_up": set_up, "runtime": shim.task.runtime_at})
         ready = {"pid": os.getpid(), "address": address, **task}
         os.write(ready_w, b"ready " + json.dumps(ready).encode() + b"\n")
     except BaseException as exc:

@@ -148,6 +148,7 @@ class Task:
         self.state = TaskState.NEW
         self.pid = 0
         self.created_at = 0  # unix ns, of the current run
+        self.runtime_at = 0  # unix ns: the runtime's create (or run) returned
         self.started_at = 0
         self.exit: ExitRecord | None = None  # the latest run's
         self.exec_error: dict[str, Any] | None = None
@@ -197,6 +198,7 @@ class Task:
         finally:
             os.close(out_w)
             os.close(err_w)
+        self.runtime_at = time.time_ns()  # shim.log's ready line: where a start's time went
         self._watch_oom()
         self._move(Move.CREATE)
         self.created_at = time.time_ns()
