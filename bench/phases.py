@@ -71,7 +71,7 @@ class Phases:
         return spec
 
     RUN_ROWS = (
-        "request -> shim forked (daemon: spec written; launcher: 2 forks)",
+        "request -> shim begins (daemon: spec written; launcher: spare, or 2 forks)",
         "  -> shim set up (log, lock, spec, socket, address, runtime)",
         "  -> runtime returned (bundle written, runc run --detach)",
         "  -> task created (OOM watch on)",

@@ -98,6 +98,111 @@ def detach(root: str, container_id: str, title: list[str] | None = None, reap: b
     return ready_r, middle
 
 
+def start_title(root: str, container_id: str) -> list[str]:
+    """A shim's command line, wherever it was forked: ``shim start`` naming its container
+    (operators, the tests' leak guard and :func:`supervisor.shims.starting_shims` read it)."""
+    return [sys.executable, "-I", "-m", "shim", "start", "--root", root, "--id", container_id]
+
+
+class Spare:
+    """A shim forked ahead of its request (:func:`prefork`), waiting for its container's id.
+
+    The launcher keeps one while it is idle, so that a start does not wait for two forks of
+    the launcher's heap (the intermediate and the shim), which are most of the time between
+    the daemon's request and the shim's first step. ``ctl`` is the write end of its control
+    pipe: the line ``ID run`` (or ``ID create``) hands it the start; closing it instead ends
+    it unused. ``ready_r`` is its ready pipe, as :func:`detach` returns it, its first line
+    (``pid N``) already read into ``pid``."""
+
+    __slots__ = ("ctl", "pid", "ready_r")
+
+    def __init__(self, pid: int, ctl: int, ready_r: int) -> None:
+        self.pid = pid
+        self.ctl = ctl
+        self.ready_r = ready_r
+
+    def hand(self, container_id: str, start_task: bool) -> bool:
+        """Give it the start of *container_id*; False if it is gone (nothing was started: fork
+        a shim as usual). Its fds are ours to close either way (``ready_r`` on success: read it
+        as a :func:`detach`'s)."""
+        line = f"{container_id} {'run' if start_task else 'create'}\n".encode()
+        try:
+            done = os.write(self.ctl, line) == len(line)
+        except OSError:  # it died (EPIPE): never used
+            done = False
+        os.close(self.ctl)
+        if not done:
+            os.close(self.ready_r)
+        return done
+
+    def close(self, wait: float = 1.0) -> None:
+        """End it unused: EOF on its control pipe, and wait (bounded) until it is gone, so that
+        nothing of ours outlives the launcher."""
+        os.close(self.ctl)
+        os.close(self.ready_r)
+        with contextlib.suppress(OSError):
+            pidfd = os.pidfd_open(self.pid)
+            try:
+                select.select([pidfd], [], [], wait)
+            finally:
+                os.close(pidfd)
+
+
+def prefork(root: str, timeout: float = 5.0) -> tuple[Spare, int]:
+    """Fork a :class:`Spare` as :func:`detach` forks a shim (an intermediate that ``setsid``s,
+    forks it and exits): ``(the spare, the intermediate's pid)``, which the caller reaps.
+    :class:`OSError` if it could not be made (nothing is left)."""
+    ready_r, ready_w = os.pipe()
+    try:
+        ctl_r, ctl_w = os.pipe()
+    except OSError:
+        os.close(ready_r)
+        os.close(ready_w)
+        raise
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(ready_r)
+            os.close(ctl_w)
+            os.setsid()
+            shim = os.fork()
+            if shim == 0:
+                try:
+                    _wait_as_spare(root, ctl_r, ready_w)
+                finally:
+                    os._exit(0)
+            os.write(ready_w, b"pid %d\n" % shim)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(ctl_r)
+    kind, value = (read_lines(ready_r, time.monotonic() + timeout, first=True) or
+                   [("", "")])[0]
+    if kind != "pid" or not value.isdigit():
+        os.close(ctl_w)  # a spare that did start sees EOF and leaves
+        os.close(ready_r)
+        raise OSError(f"the spare shim's intermediate said {kind!r} {value!r}, not its pid")
+    return Spare(int(value), ctl_w, ready_r), middle
+
+
+def _wait_as_spare(root: str, ctl_r: int, ready_w: int) -> None:
+    """The spare: nothing of the launcher's kept (its channel, other starts' pipes), a title
+    of its own, then wait for a container id; serve it as a shim, or leave at EOF."""
+    osutil.close_fds({ctl_r, ready_w})
+    osutil.set_title([sys.executable, "-I", "-m", "shim", "spare", "--root", root],
+                     "shim spare")
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(ctl_r, 256)
+        if not chunk:
+            return  # the launcher went away, or closed it unused
+        data += chunk
+    os.close(ctl_r)
+    container_id, _, how = data.decode(errors="replace").strip().partition(" ")
+    osutil.set_title(start_title(root, container_id), f"shim {container_id}")
+    serve(root, container_id, ready_w, start_task=how == "run")
+
+
 def group_title(root: str, group: str) -> list[str]:
     """A shared shim's command line: ``shim start`` naming its group, not the id of the member
     it began with (the daemon looks for a starting shim of an id by its title)."""
@@ -157,17 +262,18 @@ def _cmdline(pid: int) -> bytes | None:
         return None
 
 
-def read_lines(fd: int, deadline: float) -> list[tuple[str, str]]:
-    """Read the ready pipe until ``ready``, EOF or *deadline*; parsed by :func:`parse_lines`."""
+def read_lines(fd: int, deadline: float, first: bool = False) -> list[tuple[str, str]]:
+    """Read the ready pipe until ``ready``, EOF or *deadline* (*first*: until its first whole
+    line, byte by byte so that nothing after it is consumed); parsed by :func:`parse_lines`."""
     data = b""
     while (left := deadline - time.monotonic()) > 0:
         if not select.select([fd], [], [], left)[0]:
             break
-        chunk = os.read(fd, 65536)
+        chunk = os.read(fd, 1 if first else 65536)
         if not chunk:
             break
         data += chunk
-        if is_complete(data):
+        if is_complete(data) or (first and data.endswith(b"\n")):
             break
     return parse_lines(data)
 

@@ -26,6 +26,13 @@ child of the launcher nor of supervisord. The shim then rewrites its command lin
 
 Requests are served concurrently: the ready pipes of starts in flight are multiplexed.
 
+Once idle for :data:`SPARE_IDLE` (no start in flight), the launcher forks a *spare*
+(:func:`shim.launch.prefork`): a shim forked the same way, titled ``... -m shim spare --root
+ROOT``, that waits for a container id on a pipe. The next start is handed to it (it retitles
+itself as above and serves as any shim), so the two forks are off that start's path; a start
+that finds none (a burst, or a spare that died) forks as before. The spare leaves at EOF of its
+pipe: when the launcher exits, however it ends.
+
 The launcher exits when supervisord goes away: EOF on its channel, or ``PR_SET_PDEATHSIG``
 (SIGKILL) if supervisord was killed. Shims already started are not affected: they are not its
 children and share nothing with it but copy-on-write pages. A shim whose start is in flight
@@ -43,7 +50,6 @@ import os
 import selectors
 import signal
 import socket
-import sys
 import time
 
 from events import shim_api, wire
@@ -51,6 +57,8 @@ from shim import launch, osutil
 
 PROTO = 1
 PR_SET_PDEATHSIG = 1
+#: How long the launcher is idle (no start in flight) before it forks a spare shim.
+SPARE_IDLE = 0.02
 #: The ``--title-space`` argument: enough room in the argv area for a shim's title (a container
 #: id is at most 64 characters; "start" and "--id" are shorter than what they replace).
 TITLE_SPACE = "_" * 72
@@ -135,11 +143,21 @@ class Launcher:
         #: groups whose process is being started -> the members that wait for it to be ready
         #: (one process per group: they are added to it, not given one each)
         self.forming: dict[str, list[tuple[int, str, bool]]] = {}
+        #: a shim forked while we were idle, waiting for its id (:class:`shim.launch.Spare`)
+        self.spare: launch.Spare | None = None
+        self.spare_failed = 0.0  # when forking one last failed (monotonic): not again at once
 
     def send(self, message: dict[str, object]) -> None:
         self.sock.sendall(wire.encode(message))
 
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            if self.spare is not None:  # nothing of ours outlives us
+                self.spare.close()
+
+    def _run(self) -> int:
         self.send(wire.hello("launcher", pid=os.getpid()))
         self.sel.register(self.sock, selectors.EVENT_READ, None)
         while True:
@@ -149,7 +167,13 @@ class Launcher:
                               - time.monotonic())
             if self.middles:  # an intermediate about to exit: come back to reap it
                 timeout = 0.01 if timeout is None else min(timeout, 0.01)
-            for key, _ in self.sel.select(timeout):
+            wants_spare = self.spare is None and not self.starts and not self.forming
+            if wants_spare:  # fork one once idle for SPARE_IDLE: never during a burst
+                timeout = SPARE_IDLE if timeout is None else min(timeout, SPARE_IDLE)
+            ready = self.sel.select(timeout)
+            if not ready and wants_spare:
+                self.prefork()
+            for key, _ in ready:
                 if key.data is None:
                     try:
                         data = self.sock.recv(65536)
@@ -202,7 +226,14 @@ class Launcher:
         if group is not None:
             self.start_member(request.rid, cid, start_task, group)
             return
-        title = [sys.executable, "-I", "-m", "shim", "start", "--root", self.root, "--id", cid]
+        title = launch.start_title(self.root, cid)
+        spare, self.spare = self.spare, None
+        if spare is not None and spare.hand(cid, start_task):
+            start = _Start(request.rid, cid, spare.ready_r, title)
+            start.data = b"pid %d\n" % spare.pid
+            self.starts[spare.ready_r] = start
+            self.sel.register(spare.ready_r, selectors.EVENT_READ, start)
+            return
         try:
             fd, _ = launch.detach(self.root, cid, title, reap=False, start_task=start_task)
         except OSError as exc:  # fork or pipe failed: the daemon may try ``shim start``
@@ -212,6 +243,17 @@ class Launcher:
         start = _Start(request.rid, cid, fd, title)
         self.starts[fd] = start
         self.sel.register(fd, selectors.EVENT_READ, start)
+
+    def prefork(self) -> None:
+        """Fork a spare shim (:func:`shim.launch.prefork`), unless that failed a moment ago."""
+        if time.monotonic() - self.spare_failed < 1.0:
+            return
+        try:
+            self.spare, _ = launch.prefork(self.root)
+        except OSError:
+            self.spare_failed = time.monotonic()
+            return
+        self.middles += 1
 
     def start_member(self, rid: int, cid: str, start_task: bool, group: str) -> None:
         """A member of a shared shim: added to its live group (a blocking request of a few

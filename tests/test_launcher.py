@@ -166,8 +166,9 @@ def test_a_failed_start_says_what_shim_start_says_and_leaves_nothing(
     missing = launcher.start("nospec")  # no directory: the shim cannot even open its log
     assert missing["error"]["message"] == \
         shims.run_start("nospec").stderr.strip().splitlines()[-1]
-    # nothing runs for the root but the launcher itself
+    # nothing runs for the root but the launcher itself (and its spare, which serves no one)
     assert poll(lambda: all(p == launcher.proc.pid or is_zombie_or_gone(p)
+                            or f" -m shim spare --root {root}" in cmd
                             for p, (_, cmd) in _proc_table().items() if str(root) in cmd
                             and p != os.getpid()), what="no shim left")
 
@@ -208,6 +209,52 @@ def test_the_launcher_leaves_on_eof_or_sigkill_and_its_shims_stay(
         assert h.call("state")["status"] == "running"
         assert h.call("delete", force=True)["exit_status"] == 137
         h.wait_gone()
+
+
+def spares(root: Path) -> list[int]:
+    needle = f" -m shim spare --root {root}"
+    return [pid for pid, (_, cmd) in _proc_table().items()
+            if cmd.rstrip().endswith(needle) and not is_zombie_or_gone(pid)]
+
+
+def test_a_start_is_handed_to_the_spare_forked_while_idle(
+        root: Path, shims: Shims, launcher: Launcher) -> None:
+    """The launcher forks a spare shim once idle; the next start is that process, titled
+    and detached as any launched shim; then another spare is forked."""
+    [spare] = poll(lambda: spares(root), what="a spare")
+    # a session of its own (its intermediate's), as a shim's
+    assert int(proc_stat(spare)[3]) not in (os.getsid(0), os.getsid(launcher.proc.pid))
+    shim = launched(launcher, shims, ["sleep", "30"])
+    assert shim.pid == spare
+    assert cmdline(shim.pid) == start_command(root, shim.id)
+    assert shim.call("start")["pid"] == shim.task_pid
+    assert int(proc_stat(shim.task_pid)[1]) == shim.pid  # a subreaper's child, as ever
+    [again] = poll(lambda: spares(root), what="the next spare")
+    assert again != spare
+
+
+def test_a_dead_spare_costs_a_fork_not_a_start(root: Path, shims: Shims,
+                                               launcher: Launcher) -> None:
+    [spare] = poll(lambda: spares(root), what="a spare")
+    os.kill(spare, signal.SIGKILL)
+    poll(lambda: is_zombie_or_gone(spare), what="the spare's end")
+    shim = launched(launcher, shims, ["sleep", "30"])
+    assert shim.pid != spare and cmdline(shim.pid) == start_command(root, shim.id)
+    assert shim.call("start")["pid"] == shim.task_pid
+
+
+def test_the_spare_leaves_with_the_launcher(root: Path, shims: Shims) -> None:
+    for how in ("eof", "sigkill"):
+        la = Launcher(root)
+        [spare] = poll(lambda: spares(root), what="a spare")
+        if how == "eof":
+            la.close()  # the launcher waits until its spare is gone
+            assert is_zombie_or_gone(spare)
+        else:
+            la.proc.kill()
+            la.proc.wait()
+            la.sock.close()
+            poll(lambda spare=spare: is_zombie_or_gone(spare), what="the spare to leave")
 
 
 # -- supervisord and its launcher ------------------------------------------------------------
