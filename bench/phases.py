@@ -74,7 +74,7 @@ class Phases:
         "request -> shim begins (daemon: spec written; launcher: spare, or 2 forks)",
         "  -> shim set up (log, lock, spec, socket, address, runtime)",
         "  -> runtime returned (bundle written, runc run --detach)",
-        "  -> task created (OOM watch on)",
+        "  -> task created",
         "  -> task started (started_at)",
         "  -> ready line written",
         "  -> task.start durable (launcher relay, daemon append)",

@@ -336,14 +336,16 @@ def serve(root: str, container_id: str, ready_w: int, start_task: bool = False) 
             osutil.refuse_symlinks(os.path.join(directory, name), missing_ok=True)
         shim = Shim(directory, spec, listener, address, make_runtime(spec, directory), diag)
         set_up = time.time_ns()
-        task = shim.create(start_task, created=lambda pid: tell_task(ready_w, pid))
+        task = shim.create(start_task, created=lambda pid: tell_task(ready_w, pid),
+                           watch_oom=False)
         # when each step ended (unix ns; bench/phases.py reads them): the shim began, was set
-        # up (log, lock, spec, socket, runtime), the runtime returned; created_at (the OOM
-        # watch on), started_at, and this line's own time follow
+        # up (log, lock, spec, socket, runtime), the runtime returned; created_at, started_at
+        # and this line's own time follow (the OOM watch is set up after the ready line)
         diag.log("info", "ready", address=address, instance=spec["instance"], **task,
                  phases={"forked": forked, "set_up": set_up, "runtime": shim.task.runtime_at})
         ready = {"pid": os.getpid(), "address": address, **task}
         os.write(ready_w, b"ready " + json.dumps(ready).encode() + b"\n")
+        shim.task.watch_oom()  # off the start's path: before the loop, so before any exit
     except BaseException as exc:
         if shim is not None:
             shim.abort()

@@ -107,16 +107,19 @@ class Shim:
         self.task.on_settled = self.maybe_retire
         self.handlers = Handlers(self)
 
-    def create(self, start: bool = False,
-               created: Callable[[int], None] | None = None) -> dict[str, Any]:
+    def create(self, start: bool = False, created: Callable[[int], None] | None = None,
+               watch_oom: bool = True) -> dict[str, Any]:
         """Create the container's first task (stopped before exec; with *start*, started
         too): what the ready map says of it, ``{"task_pid", "created_at"}`` and, started,
         ``started_at`` or ``exec_error``. Its events are queued. *created*: see
-        :meth:`shim.task.Task.run`."""
+        :meth:`shim.task.Task.run`. Without *watch_oom*, the caller calls
+        ``task.watch_oom()`` once it has reported ready, before the loop runs (the watch is
+        then set up while the daemon records the start)."""
         if not start:
-            return {"task_pid": self.task.create(), "created_at": self.task.created_at}
+            return {"task_pid": self.task.create(watch_oom=watch_oom),
+                    "created_at": self.task.created_at}
         self.started_by_run = True
-        started = self.task.run(created)
+        started = self.task.run(created, watch_oom=watch_oom)
         ready = {"task_pid": started.pop("pid"), "created_at": self.task.created_at}
         ready.update(started)
         return ready

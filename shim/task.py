@@ -189,9 +189,10 @@ class Task:
 
     # -- one run: create, start, exit ---------------------------------------------------------
 
-    def create(self, start: bool = False) -> int:
+    def create(self, start: bool = False, watch_oom: bool = True) -> int:
         """Create the next run's init (stopped before exec) and publish ``task.create``.
-        *start*: :meth:`start` follows at once (the runtime may do both in one step)."""
+        *start*: :meth:`start` follows at once (the runtime may do both in one step).
+        Without *watch_oom* the caller calls :meth:`watch_oom` before its loop runs."""
         out_w, err_w = self.output.open()
         try:
             self.pid = self.runtime.create(self.spec, out_w, err_w, start)
@@ -199,7 +200,8 @@ class Task:
             os.close(out_w)
             os.close(err_w)
         self.runtime_at = time.time_ns()  # shim.log's ready line: where a start's time went
-        self._watch_oom()
+        if watch_oom:
+            self._watch_oom()
         self._move(Move.CREATE)
         self.created_at = time.time_ns()
         self.started_at = 0
@@ -210,14 +212,23 @@ class Task:
         self.diag.log("info", "task_created", pid=self.pid, command=self.spec.get("command"))
         return self.pid
 
-    def run(self, created: Callable[[int], None] | None = None) -> dict[str, Any]:
+    def watch_oom(self) -> None:
+        """The OOM watch of a task created without it (:meth:`create`), once its start is
+        reported: before the shim's loop runs, so before any exit is processed, and an OOM
+        kill before the watch existed is still told (the run's cgroup is its own: the watch
+        counts every kill in it), before the exit it caused as ever."""
+        if self._oom is None and self.state in (TaskState.CREATED, TaskState.RUNNING):
+            self._watch_oom()
+
+    def run(self, created: Callable[[int], None] | None = None, watch_oom: bool = True
+            ) -> dict[str, Any]:
         """The first task, created and started in one request (``shim start --run``, or the
         launcher's ``start`` with ``start``): ``{"pid", "started_at"}``, or ``{"pid",
         "exec_error"}`` when the command could not be executed (as the ``start`` method's
         error: its exit, 127, is recorded and published; no policy restart follows).
         *created* is told the init's pid before it is let run (the starter must be able to
         end it if this shim dies before it reports ready)."""
-        pid = self.create(start=True)
+        pid = self.create(start=True, watch_oom=watch_oom)
         if created is not None:
             created(pid)
         try:
