@@ -12,8 +12,8 @@ SIGPIPE and SIGXFSZ back to their defaults (the shim ignores SIGPIPE; an ignored
 would survive the exec). Without a *preexec* function it is started by ``posix_spawn``, which
 glibc does with ``vfork``: the child shares the shim's memory until it execs, so the kernel
 copies no page table and no copy-on-write fault follows, and no Python runs in it. A fork of
-a shim costs that copy and the child's own Python before the exec, about three times the
-spawn (bench/phases.py), and a runtime command is on the path of every run and stop. Every
+a shim costs that copy and the child's own Python before the exec, several times the spawn,
+and a runtime command is on the path of every run and stop. Every
 fd the shim opens is close-on-exec (Python's default); any other inheritable fd above 2 is
 closed in the child by the spawn's file actions, so the guarantee does not rest on that.
 
