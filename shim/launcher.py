@@ -308,9 +308,8 @@ class Launcher:
             return
         answer = groups.ask(self.root, group, cid, start_task)
         if answer is not None:
-            ok, text = answer
-            self.send(wire.reply(rid, json.loads(text)) if ok
-                      else wire.error(rid, "start_failed", text))
+            self.send(wire.reply(rid, answer) if isinstance(answer, dict)
+                      else wire.error(rid, "start_failed", answer))
             return
         title = launch.group_title(self.root, group)
         try:
