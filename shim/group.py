@@ -365,10 +365,10 @@ def _try_group_lock(directory: str) -> int | None:
     path = os.path.join(directory, GROUP_LOCK)
     for _ in range(100):  # each turn means a group ended meanwhile
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        osutil.refuse_symlinks(os.path.dirname(directory), directory)
         try:
+            osutil.refuse_symlinks(os.path.dirname(directory), directory)
             fd = osutil.open_nofollow(path, os.O_RDWR | os.O_CREAT)
-        except FileNotFoundError:  # the directory went between the two calls
+        except FileNotFoundError:  # the directory went between the calls
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -447,8 +447,8 @@ def serve(root: str, name: str, container_id: str, ready_w: int, start_task: boo
         osutil.refuse_symlinks(groups, directory, missing_ok=True)
         for attempt in range(100):  # an ending group may remove the directory meanwhile
             os.makedirs(directory, mode=0o700, exist_ok=True)
-            osutil.refuse_symlinks(groups, directory)
             try:
+                osutil.refuse_symlinks(groups, directory)
                 diag = osutil.become_shim(directory, ready_w)  # as a shim
                 break
             except FileNotFoundError:
