@@ -35,6 +35,9 @@ of every member whose task ends before the daemon notices (each gets ``shim.lost
 members share one process's CPU. The process runtime only (the daemon refuses an OCI runtime
 and a pid namespace in a group: runc's synchronous commands would stall every member, and the
 pid namespace is unshared by the shim itself).
+
+(Over 500 lines: the group's process and its starter's side, :func:`ask` and
+:func:`serve`, share the control socket's conversation and the directory's lock protocol.)
 """
 
 from __future__ import annotations
@@ -47,9 +50,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from events import shim_api, wire
+from events import procfs, shim_api, wire
 from events.ids import validate_id
-from shim import osutil
+from shim import launch, osutil
 from shim.loop import Loop, ShimError
 from shim.server import Shim, make_runtime
 
@@ -92,9 +95,12 @@ class Group:
 
     # -- members ------------------------------------------------------------------------------
 
-    def add(self, container_id: str, start_task: bool) -> dict[str, Any]:
+    def add(self, container_id: str, start_task: bool,
+            created: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Make *container_id* a member and create (with *start_task*, start) its first task:
-        the ready map. On failure nothing of it is left (its files removed, its lock freed)."""
+        the ready map. On failure nothing of it is left (its files removed, its lock freed).
+        *created* is told the started task's pid before it is let run, as a shim's starter is
+        (:func:`shim.launch.tell_task`)."""
         if container_id in self.members:
             raise ShimError("conflict", f"{container_id} is already a member of group "
                             f"{self.name}")
@@ -129,7 +135,7 @@ class Group:
             member = Shim(directory, spec, listener, address, runtime, diag, loop=self.loop)
             member.task.reap_all = self._reaper_of(member)
             runtime.others = self._others_of(member)
-            ready = member.create(start_task)
+            ready = member.create(start_task, created)
         except BaseException as exc:
             if member is not None:
                 self.loop.close_owner(member)
@@ -266,9 +272,18 @@ class Group:
         if req.method != "add" or not isinstance(cid, str) or not isinstance(start_task, bool):
             loop.send(conn, wire.error(req.rid, "invalid", "expected add {id, start} or state"))
             return
+        def created(pid: int) -> None:
+            """Tell the starter which process the task is before it runs (a starter whose
+            group dies before the reply ends it: :func:`ask`); a starter gone already aborts
+            the start, as a closed ready pipe does."""
+            loop.send(conn, wire.item(req.rid, {"task": pid,
+                                                "starttime": procfs.starttime(pid) or 0}))
+            if not conn.open:
+                raise OSError(f"the starter of {cid} went away")
+
         try:
             validate_id(cid)
-            result = self.add(cid, start_task)
+            result = self.add(cid, start_task, created)
         except ShimError as exc:
             loop.send(conn, wire.error(req.rid, exc.code, str(exc)))
             return
@@ -287,7 +302,10 @@ def ask(root: str, name: str, container_id: str, start_task: bool,
     """``add`` the container to the live group *name*: the ready map (as decoded from the
     group's reply: the launcher passes it on as it is), the line ``shim start`` would print
     when the container cannot start, or None when no group answers (none runs, or it is
-    ending: start one). Blocking, bounded by *timeout*."""
+    ending: start one). Blocking, bounded by *timeout*. A group that named the member's
+    started task (an item ``{task, starttime}`` before its reply) and died before the reply
+    leaves that task to no one: it is ended here (:func:`shim.launch.end_task`) before None
+    is returned."""
     try:
         with open(os.path.join(group_path(root, name), shim_api.ADDRESS_FILE)) as f:
             address = f.read().strip()
@@ -304,6 +322,7 @@ def ask(root: str, name: str, container_id: str, start_task: bool,
         except OSError:
             return None  # gone, or ending: nobody took the request
         decoder = wire.FrameDecoder()
+        told: list[tuple[str, str]] = []  # ("task", "PID STARTTIME"), as a ready pipe says it
         while True:
             try:
                 data = sock.recv(65536)
@@ -312,10 +331,15 @@ def ask(root: str, name: str, container_id: str, start_task: bool,
                         f"{timeout:g} s")
             except OSError:
                 data = b""
-            if not data:
-                return None  # closed before the reply: it was ending
+            if not data:  # closed before the reply: it was ending, or it died
+                launch.end_task(told)
+                return None
             for message in decoder.feed(data):
                 if message.get("id") != 1:
+                    continue
+                item = message.get("item")
+                if isinstance(item, dict) and "task" in item:
+                    told.append(("task", f"{item.get('task')} {item.get('starttime')}"))
                     continue
                 if isinstance(message.get("result"), dict):
                     result: dict[str, Any] = message["result"]
@@ -464,7 +488,8 @@ def serve(root: str, name: str, container_id: str, ready_w: int, start_task: boo
         group = Group(root, name, listener, address, diag)
         group.lock_fd = lock_fd
         group.nofile = _raise_nofile()
-        ready = group.add(container_id, start_task)
+        ready = group.add(container_id, start_task,
+                          created=lambda pid: launch.tell_task(ready_w, pid))
         files += osutil.write_reach_files(directory, address)
         diag.log("info", "group_ready", address=address, first=container_id)
         os.write(ready_w, b"ready " + json.dumps(ready).encode() + b"\n")

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -22,10 +24,10 @@ from typing import Any
 
 import pytest
 from daemon_helpers import Daemon, ctl, ok
-from shim_helpers import Shims, children_of, cmdline, proc_stat, tree
+from shim_helpers import Shims, children_of, cmdline, proc_stat, start_command, tree
 
 from events import shim_api, wire
-from events.procfs import is_running
+from events.procfs import is_running, process_table
 from events.rpc import BlockingConnection
 
 
@@ -374,6 +376,71 @@ def test_a_starter_waiting_on_the_lock_of_an_ending_group_becomes_a_reachable_gr
     new.call("delete", force=True)
     new.wait_gone()
     assert not directory.exists()
+
+
+def _kill_the_group_once_the_task_runs(root: Path, cid: str, marker: str,
+                                       deadline: float) -> tuple[int, int] | None:
+    """SIGKILL the group process *cid* is joining the moment its task has exec'd the user's
+    program (*marker* in its command line): ``(group pid, task pid)``, or None if the start
+    ended first. The member's ``shim.pid`` (the group's pid) is written before its task is
+    created."""
+    pid_file = shim_api.shim_dir(root, cid) / shim_api.PID_FILE
+    group = 0
+    while time.monotonic() < deadline:
+        if not group:
+            with contextlib.suppress(OSError, ValueError):
+                group = int(pid_file.read_text())
+            continue
+        if not cmdline(group):
+            return None
+        for pid in children_of(group):
+            if marker.encode() in cmdline(pid):
+                os.kill(group, signal.SIGKILL)
+                return group, pid
+    return None
+
+
+@pytest.mark.parametrize("joining", [False, True], ids=["first member", "joining member"])
+def test_a_group_killed_after_a_members_task_runs_and_before_ready_leaves_it_to_no_one(
+        root: Path, shims: Shims, joining: bool):
+    """As for a shim of its own (test_shim): the group process dies (SIGKILL) after a new
+    member's task runs the user's program but before the member is reported ready. The task
+    is not left running unrecorded: the first member's starter ends it (the ready pipe named
+    it), a joining member's starter too (the group named it on its control socket before it
+    let it run), and then starts the member again in a new group. Tried in a loop until the
+    kill lands in the window a few times; every trial leaves one task of the member's at
+    most, the one its successful start reports."""
+    hits = misses = 0
+    while hits < 3:
+        assert hits + misses < 200, f"the window was hit {hits} times in {misses + hits} trials"
+        group = f"w{hits + misses}"
+        if joining:
+            shims.start("exec sleep 1000", run=True, shim_group=group)
+        marker = f"mark-{os.getpid()}-{time.monotonic_ns()}"
+        cid = shims.write_spec(command=["sh", "-c", f"sleep 30; true {marker}"],
+                               shim_group=group)
+        starter = subprocess.Popen(start_command(shims.root, cid, run=True),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        killed = _kill_the_group_once_the_task_runs(shims.root, cid, marker,
+                                                    time.monotonic() + 10)
+        out, err = starter.communicate(timeout=30)
+        if killed is not None:
+            shims._track(killed[1])
+        ready = json.loads(out) if starter.returncode == 0 else None
+        if ready is not None:
+            shims._track(ready["pid"])
+            shims._track(ready["task_pid"])
+        if killed is None or (ready is not None and ready["pid"] == killed[0]):
+            misses += 1  # the start ended first, or the kill came after ready (the cost stated)
+            continue
+        hits += 1
+        expected = [ready["task_pid"]] if ready else []  # a new group's, for a joining one
+        deadline = time.monotonic() + 5  # SIGKILLed processes take a moment to go
+        while (left := [p for p, (_, cmd) in process_table().items() if marker in cmd]) \
+                != expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert left == expected, \
+            f"trial {hits + misses}: the unrecorded task runs on: {left}; {ready}; {err}"
 
 
 @pytest.mark.parametrize("left", ["everything", "no address", "no socket", "no log",
