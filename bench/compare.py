@@ -29,6 +29,8 @@ start50         50 ``sleep`` programs started through the client library (10 con
                 supervisord exec -> 50 RUNNING from its config (``startsecs=0``)
 ps70            ``supervisorctl ps`` (70) vs Supervisor's ``supervisorctl status`` (50)
 shim-memory     PSS of one shim (mean of the 50 process shims) vs Supervisor's per-program cost
+shared-shim     50 more ``sleep`` programs in shared shims, groups of 10 (``shim_group``): the
+                group processes' PSS and the launcher's, per program, vs supervisord's PSS / 50
 daemon-memory   daemon PSS with 70 containers vs supervisord with 50 programs
 appenders       64 concurrent durable appenders through the daemon's LogWriter (events/s) vs
                 the log alone taking batches of 64 (the ceiling the scheduler leaves)
@@ -65,7 +67,7 @@ import compare_systems as cs
 from oci_helpers import build_busybox_rootfs, remove_cgroup_tree
 
 ROWS = ("run", "rm", "inproc-run", "exit", "ps", "status", "restart", "start50", "ps70",
-        "shim-memory", "daemon-memory", "appenders", "shim-pss", "restart-large")
+        "shim-memory", "shared-shim", "daemon-memory", "appenders", "shim-pss", "restart-large")
 AT = 20  # running containers on each side for ps / status / restart
 MANY = 50  # programs for start50 and the memory rows
 SLEEP = ["/bin/sleep", "100000"]
@@ -444,6 +446,32 @@ class Compare:
             row.tether = [cs.pss_kb(self.tether.pid())["Pss"] / 1024]
             row.theirs = [cs.pss_kb(self.supervisor.pid())["Pss"] / 1024]
 
+    def shared_shim(self, size: int = 10) -> None:
+        """The opt-in shared shim beside Supervisor (no process per program): *MANY* ``sleep``
+        programs in groups of *size*, PSS per program = (the group processes' PSS + the whole
+        launcher's) / programs, as ``bench/shim.py --shared`` counts it; Supervisor's is its
+        daemon's PSS with its *MANY* programs, divided by them. Removed afterwards."""
+        row = self.row("shared-shim", f"memory per program: shared shim, groups of {size} "
+                       f"({MANY})", "Supervisor (its daemon's PSS / programs)", unit="MB",
+                       goal="<= 0.5 MB")
+        names = [self.name("g") for _ in range(MANY)]
+        group = self.name("grp")
+        with self.tether.conn() as c:
+            for k, name in enumerate(names):
+                c.call("run", spec={**self.tether_spec("process", name),
+                                    "shim_group": f"{group}-{k // size}"})
+            pids = {int(c.call("inspect", id=name)["shim_pid"]) for name in names}
+            pss = [cs.pss_kb(pid) for pid in pids]
+            launcher = self.tether.launcher_pid()
+            lpss = cs.pss_kb(launcher)["Pss"] if launcher else 0
+            row.tether = [(sum(p["Pss"] for p in pss) + lpss) / 1024 / MANY]
+            row.theirs = [cs.pss_kb(self.supervisor.pid())["Pss"] / 1024 / MANY]
+            anon = sum(p["Pss_Anon"] for p in pss) / 1024 / MANY
+            row.note = (f"{len(pids)} group processes; anon {anon:.2f} MB a program, "
+                        f"the launcher's {lpss / 1024:.1f} MB shared out")
+            for name in names:
+                c.call("rm", id=name, force=True)
+
     def _supervisor_status(self) -> float:
         argv = self.supervisor.status_argv()
         t = time.perf_counter()
@@ -546,11 +574,13 @@ class Compare:
             if self.want("restart"):
                 self.say(f"restart at {AT}")
                 self.restart("restart", AT, self.rounds, True)
-        if self.want("start50", "ps70", "shim-memory", "daemon-memory"):
+        if self.want("start50", "ps70", "shim-memory", "shared-shim", "daemon-memory"):
             self.fill(AT, AT)
             self.say(f"{MANY} programs")
             self.start50()
             self.at70()
+            if self.want("shared-shim"):
+                self.shared_shim()
             self.drop_programs()
         if self.want("appenders"):
             self.say("64 appenders")

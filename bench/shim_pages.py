@@ -107,19 +107,29 @@ def frames(pid: int, lo: int, hi: int) -> list[int]:
     return result
 
 
-def private_pages(shim: int, launcher: int) -> tuple[list[int], int, int]:
-    """Addresses of the shim's anon/heap pages not shared with the launcher, and the count of
-    its private pages in libpython's writable data; also its shared anon page count."""
+def private_pages(shim: int, launcher: int) -> tuple[list[int], list[int], int, int]:
+    """Addresses of the shim's anon/heap pages not shared with the launcher, and of its private
+    pages in libpython's writable data (its ``.data`` and the anonymous ``.bss`` right after
+    it); also its shared anon page count and libpython's load address."""
     lvmas = {(lo, hi): name for lo, hi, _, name in vmas(launcher)}
-    private, libpython, shared = [], 0, 0
+    private: list[int] = []
+    libpython: list[int] = []
+    shared = 0
+    base = 0
+    after_libpython = False
     for lo, hi, perms, name in vmas(shim):
+        if "libpython" in name and not base:
+            base = lo
+        bss = after_libpython and name == ""
+        after_libpython = "libpython" in name and "w" in perms
         if "w" not in perms:
             continue
-        anon = name in ("", "[heap]")
-        if not anon and "libpython" not in name:
+        anon = name in ("", "[heap]") and not bss
+        if not anon and not bss and "libpython" not in name:
             continue
         mine = frames(shim, lo, hi)
-        theirs = frames(launcher, lo, hi) if (lo, hi) in lvmas or anon else [0] * len(mine)
+        theirs = frames(launcher, lo, hi) if (lo, hi) in lvmas or anon or bss \
+            else [0] * len(mine)
         if len(theirs) != len(mine):
             theirs = [0] * len(mine)
         for k, (a, b) in enumerate(zip(mine, theirs, strict=True)):
@@ -130,8 +140,48 @@ def private_pages(shim: int, launcher: int) -> tuple[list[int], int, int]:
             elif anon:
                 private.append(lo + k * PAGE)
             else:
-                libpython += 1
-    return private, libpython, shared
+                libpython.append(lo + k * PAGE - base)
+    return private, libpython, shared, base
+
+
+def libpython_symbols() -> tuple[list[int], list[int], list[str]]:
+    """(start, end, name) of libpython's data and bss symbols, from ``nm`` (empty without it)."""
+    path = next((name for _, _, _, name in vmas(os.getpid()) if "libpython" in name), None)
+    if path is None or shutil.which("nm") is None:
+        return [], [], []
+    out = subprocess.run(["nm", "-S", path], capture_output=True, text=True).stdout
+    rows = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[2] in "dDbB":
+            rows.append((int(parts[0], 16), int(parts[0], 16) + int(parts[1], 16), parts[3]))
+    rows.sort()
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+
+def symbol_kind(name: str) -> str:
+    """A libpython data symbol's kind, for the table: what writes to it in a shim."""
+    if "_toplevel" in name:  # e.g. os_toplevel_consts_85_consts_0: a code object of os
+        return "deep-frozen module " + name.split("_toplevel")[0]
+    if name == "_PyRuntime":
+        return "_PyRuntime (interpreter state, small ints, static strings)"
+    if name.endswith("_Type") or name.endswith("Type"):
+        return "static types"
+    if name in ("arena_map_root", "usedpools", "arenas"):
+        return f"pymalloc ({name})"
+    return "other: " + name
+
+
+def charge(page: int, starts: list[int], ends: list[int], owners: list[str]) -> str:
+    """The owner of most recorded bytes in [page, page + PAGE), or a placeholder."""
+    k = max(bisect.bisect_left(starts, page) - 1, 0)
+    weight: collections.Counter[str] = collections.Counter()
+    while k < len(starts) and starts[k] < page + PAGE:
+        overlap = min(ends[k], page + PAGE) - max(starts[k], page)
+        if overlap > 0:
+            weight[owners[k]] += overlap
+        k += 1
+    return weight.most_common(1)[0][0] if weight else "(no recorded object)"
 
 
 def main() -> int:
@@ -170,7 +220,8 @@ def main() -> int:
             shim_api.write_spec(directory, {"id": cid, "instance": f"{cid}-1",
                                             "command": ["sleep", "100000"],
                                             "env": {"PATH": "/usr/bin:/bin"}})
-            ours.sendall(wire.encode({"id": i + 1, "method": "start", "params": {"id": cid}}))
+            ours.sendall(wire.encode({"id": i + 1, "method": "start",
+                                         "params": {"id": cid, "start": True}}))
             reply = receive()
             if "result" not in reply:
                 raise SystemExit(f"start failed: {reply}")
@@ -208,32 +259,29 @@ def report(dump: Path, launcher: int, shims: list[int], top: int) -> None:
     kinds = [kinds[i] for i in order]
     by_module: collections.Counter[str] = collections.Counter()
     by_kind: collections.Counter[str] = collections.Counter()
+    by_symbol: collections.Counter[str] = collections.Counter()
+    symbols = libpython_symbols()
     libpython_pages = shared_pages = 0
     total_private = 0
     for pid in shims:
-        pages, libpython, shared = private_pages(pid, launcher)
-        libpython_pages += libpython
+        pages, libpython, shared, _ = private_pages(pid, launcher)
+        libpython_pages += len(libpython)
         shared_pages += shared
         total_private += len(pages)
+        for page in libpython:
+            by_symbol[symbol_kind(charge(page, *symbols))] += 1
         for page in pages:
-            k = bisect.bisect_left(starts, page) - 1
-            k = max(k, 0)
-            weight: collections.Counter[str] = collections.Counter()
-            kind: collections.Counter[str] = collections.Counter()
-            while k < len(starts) and starts[k] < page + PAGE:
-                overlap = min(ends[k], page + PAGE) - max(starts[k], page)
-                if overlap > 0:
-                    weight[owners[k]] += overlap
-                    kind[kinds[k]] += overlap
-                k += 1
-            by_module[weight.most_common(1)[0][0] if weight else "(no recorded object)"] += 1
-            by_kind[kind.most_common(1)[0][0] if kind else "(none)"] += 1
+            by_module[charge(page, starts, ends, owners)] += 1
+            by_kind[charge(page, starts, ends, kinds).replace("no recorded object", "none")] += 1
     n = len(shims)
     kb = PAGE / 1024
     print(f"\nprivate pages of a launcher-forked shim (mean of {n}; 1 page = {kb:.0f} kB)\n")
     print(f"heap + anonymous, private: {total_private / n * kb:8.0f} kB   "
           f"(still shared with the launcher: {shared_pages / n * kb:.0f} kB)")
-    print(f"libpython writable data, private: {libpython_pages / n * kb:5.0f} kB\n")
+    print(f"libpython writable data (.data, .bss), private: {libpython_pages / n * kb:5.0f} kB")
+    for what, count in by_symbol.most_common():
+        print(f"  {what:62s} {count / n * kb:7.0f}")
+    print()
     print(f"{'module owning most of the page':44s} {'kB':>7}")
     for module, count in by_module.most_common(top):
         print(f"{module:44s} {count / n * kb:7.0f}")

@@ -35,6 +35,9 @@ of every member whose task ends before the daemon notices (each gets ``shim.lost
 members share one process's CPU. The process runtime only (the daemon refuses an OCI runtime
 and a pid namespace in a group: runc's synchronous commands would stall every member, and the
 pid namespace is unshared by the shim itself).
+
+(Over 500 lines: the group's process and its starter's side, :func:`ask` and
+:func:`serve`, share the control socket's conversation and the directory's lock protocol.)
 """
 
 from __future__ import annotations
@@ -47,9 +50,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from events import shim_api, wire
+from events import procfs, shim_api, wire
 from events.ids import validate_id
-from shim import osutil
+from shim import launch, osutil
 from shim.loop import Loop, ShimError
 from shim.server import Shim, make_runtime
 
@@ -71,11 +74,12 @@ def group_path(root: str, name: str) -> str:
 class Group:
     """One group's process: its loop (the control socket and every member's), its members."""
 
-    def __init__(self, root: str, name: str, listener: socket.socket, diag: osutil.Diag
-                 ) -> None:
+    def __init__(self, root: str, name: str, listener: socket.socket, address: str,
+                 diag: osutil.Diag) -> None:
         self.root = root
         self.name = name
         self.dir = group_path(root, name)
+        self.address = address  # the control socket's path
         self.diag = diag
         self.members: dict[str, Shim] = {}
         self.locks: dict[str, tuple[int, int]] = {}  # member id -> (lock fd, shim.log fd)
@@ -91,9 +95,12 @@ class Group:
 
     # -- members ------------------------------------------------------------------------------
 
-    def add(self, container_id: str, start_task: bool) -> dict[str, Any]:
+    def add(self, container_id: str, start_task: bool,
+            created: Callable[[int], None] | None = None) -> dict[str, Any]:
         """Make *container_id* a member and create (with *start_task*, start) its first task:
-        the ready map. On failure nothing of it is left (its files removed, its lock freed)."""
+        the ready map. On failure nothing of it is left (its files removed, its lock freed).
+        *created* is told the started task's pid before it is let run, as a shim's starter is
+        (:func:`shim.launch.tell_task`)."""
         if container_id in self.members:
             raise ShimError("conflict", f"{container_id} is already a member of group "
                             f"{self.name}")
@@ -128,7 +135,7 @@ class Group:
             member = Shim(directory, spec, listener, address, runtime, diag, loop=self.loop)
             member.task.reap_all = self._reaper_of(member)
             runtime.others = self._others_of(member)
-            ready = member.create(start_task)
+            ready = member.create(start_task, created)
         except BaseException as exc:
             if member is not None:
                 self.loop.close_owner(member)
@@ -194,16 +201,17 @@ class Group:
 
     def _end(self) -> None:
         """The last member left: no ``add`` may reach us any more (a starter that finds no
-        group starts a new one), then the loop ends."""
+        group starts a new one), the group's directory goes, then the loop ends."""
         self.ended = True
+        self.diag.log("info", "group_exit", orphans_reaped=self.orphans_reaped)
         for name in (shim_api.ADDRESS_FILE, shim_api.PID_FILE):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.dir, name))
         self.loop.close_all()
-        if self.lock_fd >= 0:  # a new process of the group may start at once
-            os.close(self.lock_fd)
+        if self.lock_fd >= 0:
+            remove_group_dir(self.dir, self.address, self.lock_fd)
             self.lock_fd = -1
-        self.diag.log("info", "group_exit", orphans_reaped=self.orphans_reaped)
+
 
     def run(self) -> None:
         self.loop.run(self._sweep)
@@ -264,9 +272,18 @@ class Group:
         if req.method != "add" or not isinstance(cid, str) or not isinstance(start_task, bool):
             loop.send(conn, wire.error(req.rid, "invalid", "expected add {id, start} or state"))
             return
+        def created(pid: int) -> None:
+            """Tell the starter which process the task is before it runs (a starter whose
+            group dies before the reply ends it: :func:`ask`); a starter gone already aborts
+            the start, as a closed ready pipe does."""
+            loop.send(conn, wire.item(req.rid, {"task": pid,
+                                                "starttime": procfs.starttime(pid) or 0}))
+            if not conn.open:
+                raise OSError(f"the starter of {cid} went away")
+
         try:
             validate_id(cid)
-            result = self.add(cid, start_task)
+            result = self.add(cid, start_task, created)
         except ShimError as exc:
             loop.send(conn, wire.error(req.rid, exc.code, str(exc)))
             return
@@ -281,10 +298,14 @@ class Group:
 
 
 def ask(root: str, name: str, container_id: str, start_task: bool,
-        timeout: float = ADD_TIMEOUT) -> tuple[bool, str] | None:
-    """``add`` the container to the live group *name*: ``(True, ready JSON)``, ``(False, what
-    shim start would print)``, or None when no group answers (none runs, or it is ending:
-    start one). Blocking, bounded by *timeout*."""
+        timeout: float = ADD_TIMEOUT) -> dict[str, Any] | str | None:
+    """``add`` the container to the live group *name*: the ready map (as decoded from the
+    group's reply: the launcher passes it on as it is), the line ``shim start`` would print
+    when the container cannot start, or None when no group answers (none runs, or it is
+    ending: start one). Blocking, bounded by *timeout*. A group that named the member's
+    started task (an item ``{task, starttime}`` before its reply) and died before the reply
+    leaves that task to no one: it is ended here (:func:`shim.launch.end_task`) before None
+    is returned."""
     try:
         with open(os.path.join(group_path(root, name), shim_api.ADDRESS_FILE)) as f:
             address = f.read().strip()
@@ -301,38 +322,97 @@ def ask(root: str, name: str, container_id: str, start_task: bool,
         except OSError:
             return None  # gone, or ending: nobody took the request
         decoder = wire.FrameDecoder()
+        told: list[tuple[str, str]] = []  # ("task", "PID STARTTIME"), as a ready pipe says it
         while True:
             try:
                 data = sock.recv(65536)
             except TimeoutError:
-                return False, (f"shim start {container_id}: group {name} did not answer "
-                               f"within {timeout:g} s")
+                return (f"shim start {container_id}: group {name} did not answer within "
+                        f"{timeout:g} s")
             except OSError:
                 data = b""
-            if not data:
-                return None  # closed before the reply: it was ending
+            if not data:  # closed before the reply: it was ending, or it died
+                launch.end_task(told)
+                return None
             for message in decoder.feed(data):
                 if message.get("id") != 1:
                     continue
-                if "result" in message:
-                    return True, json.dumps(message["result"])
+                item = message.get("item")
+                if isinstance(item, dict) and "task" in item:
+                    told.append(("task", f"{item.get('task')} {item.get('starttime')}"))
+                    continue
+                if isinstance(message.get("result"), dict):
+                    result: dict[str, Any] = message["result"]
+                    return result
                 error = message.get("error") or {}
-                return False, str(error.get("message") or error)
+                return str(error.get("message") or error)
     finally:
         sock.close()
 
 
-def _try_group_lock(path: str) -> int | None:
-    """``group.lock`` taken (its fd), or None: another process of the group holds it."""
+def remove_group_dir(directory: str, address: str, lock_fd: int) -> None:
+    """An ending group's files go, ``group.lock`` last but one, while this process still holds
+    it: everything but the lock first (a process that takes the lock after us finds them gone,
+    a new one's are made after it took it), then the lock file (a starter that opened it
+    before finds, once it has the lock, that the path names another file or none, and starts
+    again: :func:`_try_group_lock`), the directory when it is empty (a new group's files keep
+    it), and only then is the lock released. Killed at any step, what is left is a directory a
+    new group takes: a lock nobody holds, or no lock file, or a stale ``address`` no socket
+    answers (the starter's :func:`ask` says None)."""
+    for path in (address, os.path.join(directory, shim_api.SHIM_LOG),
+                 os.path.join(directory, GROUP_LOCK)):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    with contextlib.suppress(OSError):  # not empty: a new group's files are there already
+        os.rmdir(directory)
+    os.close(lock_fd)  # a new process of the group may start at once
+
+
+def _same_file(path: str, fd: int) -> bool:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _try_group_lock(directory: str) -> int | None:
+    """``group.lock`` taken (its fd), or None: another process of the group holds it.
+
+    An ending group removes its files, the lock file included, while it holds the lock
+    (:func:`remove_group_dir`). A lock taken on a file it unlinked meanwhile is no group's
+    lock (the path names another file, or none): the directory is made again and the lock
+    taken again, so only a lock on the file the path names decides who is the group."""
     import fcntl
 
-    fd = osutil.open_nofollow(path, os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    path = os.path.join(directory, GROUP_LOCK)
+    for _ in range(100):  # each turn means a group ended meanwhile
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        try:
+            osutil.refuse_symlinks(os.path.dirname(directory), directory)
+            fd = osutil.open_nofollow(path, os.O_RDWR | os.O_CREAT)
+        except FileNotFoundError:  # the directory went between the calls
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        if _same_file(path, fd):
+            return fd
         os.close(fd)
-        return None
-    return fd
+    raise OSError(f"{path}: removed under us 100 times in a row")
+
+
+def _own_log(directory: str) -> None:
+    """Once this process holds the group's lock: make sure fd 2 (the group's diagnostics) is
+    the ``shim.log`` its directory names, not one an ending group removed after we opened it."""
+    path = os.path.join(directory, shim_api.SHIM_LOG)
+    if not _same_file(path, 2):
+        fd = osutil.open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.dup2(fd, 2)
+        os.close(fd)
 
 
 def _join_instead(root: str, name: str, container_id: str, ready_w: int, start_task: bool
@@ -343,18 +423,21 @@ def _join_instead(root: str, name: str, container_id: str, ready_w: int, start_t
     and leaves. Returns the lock's fd when this process is to be the group, else None (the
     answer was reported). Bounded by :data:`ADD_TIMEOUT`: a holder that never answers fails
     the start."""
-    lock = os.path.join(group_path(root, name), GROUP_LOCK)
+    directory = group_path(root, name)
     deadline = time.monotonic() + ADD_TIMEOUT
-    while (fd := _try_group_lock(lock)) is None:
+    while (fd := _try_group_lock(directory)) is None:
         answer = ask(root, name, container_id, start_task)
+        if isinstance(answer, dict):
+            os.write(ready_w, b"ready " + json.dumps(answer).encode() + b"\n")
+            return None
         if answer is not None:
-            ok, text = answer
             prefix = f"shim start {container_id}: "
-            text = text[len(prefix):] if not ok and text.startswith(prefix) else text
-            os.write(ready_w, (b"ready " if ok else b"error ") + text.encode() + b"\n")
+            text = answer[len(prefix):] if answer.startswith(prefix) else answer
+            os.write(ready_w, b"error " + text.encode() + b"\n")
             return None
         if time.monotonic() > deadline:
-            raise OSError(f"{lock}: another process of group {name} holds it but does not "
+            raise OSError(f"{directory}/{GROUP_LOCK}: another process of group {name} holds it "
+                          "but does not "
                           f"answer on its socket within {ADD_TIMEOUT:g} s")
         time.sleep(0.005)
     return fd
@@ -380,23 +463,33 @@ def serve(root: str, name: str, container_id: str, ready_w: int, start_task: boo
     *ready_w* as a shim does, loop until the last member leaves."""
     group: Group | None = None
     files: list[str] = []
+    lock_fd: int | None = None
+    directory = ""
     try:
         directory = group_path(root, name)
         groups = os.path.join(root, GROUPS_DIR)
         osutil.refuse_symlinks(groups, directory, missing_ok=True)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        osutil.refuse_symlinks(groups, directory)
-        diag = osutil.become_shim(directory, ready_w)  # as a shim
+        for attempt in range(100):  # an ending group may remove the directory meanwhile
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            try:
+                osutil.refuse_symlinks(groups, directory)
+                diag = osutil.become_shim(directory, ready_w)  # as a shim
+                break
+            except FileNotFoundError:
+                if attempt == 99:
+                    raise
         lock_fd = _join_instead(root, name, container_id, ready_w, start_task)
         if lock_fd is None:
             return
+        _own_log(directory)
         address = osutil.socket_path(directory)
         listener = osutil.bind_unix(address)
         files.append(address)
-        group = Group(root, name, listener, diag)
+        group = Group(root, name, listener, address, diag)
         group.lock_fd = lock_fd
         group.nofile = _raise_nofile()
-        ready = group.add(container_id, start_task)
+        ready = group.add(container_id, start_task,
+                          created=lambda pid: launch.tell_task(ready_w, pid))
         files += osutil.write_reach_files(directory, address)
         diag.log("info", "group_ready", address=address, first=container_id)
         os.write(ready_w, b"ready " + json.dumps(ready).encode() + b"\n")
@@ -409,6 +502,8 @@ def serve(root: str, name: str, container_id: str, ready_w: int, start_task: boo
                     with contextlib.suppress(OSError):
                         os.unlink(member.address)
         osutil.report_start_failure(ready_w, exc, files)
+        if lock_fd is not None:  # a group that never had a member leaves no directory
+            remove_group_dir(directory, files[0] if files else "", lock_fd)
         return
     finally:
         os.close(ready_w)

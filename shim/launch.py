@@ -40,10 +40,12 @@ def start(root: str, container_id: str, ready_timeout: float = READY_TIMEOUT,
         from shim import group as groups
 
         answer = groups.ask(root, group, container_id, start_task)
+    if isinstance(answer, dict):  # the ready map, as the group's reply had it
+        sys.stdout.write(json.dumps(answer) + "\n")
+        return 0
     if answer is not None:
-        ok, text = answer
-        (sys.stdout if ok else sys.stderr).write(text + "\n")
-        return 0 if ok else 1
+        sys.stderr.write(answer + "\n")
+        return 1
     ready_r, _middle = detach(root, container_id, start_task=start_task, group=group)
     ok, text = outcome(container_id, read_lines(ready_r, time.monotonic() + ready_timeout),
                        ready_timeout, _cmdline(os.getpid()))

@@ -312,6 +312,12 @@ def test_crash_suite(daemon_factory):
         assert members > 0, "no container was a member of a shared shim"
     for needed in needed_types:
         assert types[needed] > 0, f"the workload never produced {needed}: {dict(types)}"
+    # whatever the kills left of a group's directory (a group killed while it removed it,
+    # docs/design.md section 7, "Ending"), a new member joins its group or starts it
+    for name in GROUPS:
+        cid = d.run("sleep", "1000", name=f"after-{name}", shim_group=name)
+        assert d.ps()[cid]["state"] == "running"
+        d.call("rm", id=cid, force=True)
     d.stop()
     follower.join()
     assert follower.seqs == list(range(1, follower.seqs[-1] + 1)), \
