@@ -50,6 +50,7 @@ import os
 import selectors
 import signal
 import socket
+import sys
 import time
 
 from events import shim_api, wire

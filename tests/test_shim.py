@@ -282,7 +282,7 @@ def test_a_run_whose_shim_is_killed_before_it_reports_ready_leaves_nothing(shims
         assert "did not report ready" in err, err
         hits += 1
         # SIGKILLed before the starter exited; the kernel may list them a moment longer
-        poll(lambda: not [p for p, (_, cmd) in process_table().items() if marker in cmd],
+        poll(lambda m=marker: not [p for p, (_, cmd) in process_table().items() if m in cmd],
              timeout=5, what=f"trial {hits + misses}: the unrecorded task to be gone")
 
 
