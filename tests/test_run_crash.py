@@ -87,6 +87,7 @@ def test_a_run_the_daemon_died_in_before_its_append_is_ended(daemon: Daemon) -> 
     daemon.wait_for(lambda: '"shim launcher ready"' in daemon.stderr(), timeout=15)
     kept = daemon.run("sleep", "1000", name="kept")
     hits = 0
+    ended = ""
     for attempt in range(6):
         cid = f"r{attempt}"
         lpid = launcher_pid(daemon)
@@ -105,6 +106,7 @@ def test_a_run_the_daemon_died_in_before_its_append_is_ended(daemon: Daemon) -> 
         daemon.kill9()  # the launcher dies with it (PDEATHSIG), stopped or not
         worker.join(20)
         hits += 1
+        ended = cid
         daemon.start().reconciled()
         rows = daemon.ps()
         assert cid not in rows, f"{cid} appeared from nowhere: {rows[cid]}"
@@ -121,9 +123,10 @@ def test_a_run_the_daemon_died_in_before_its_append_is_ended(daemon: Daemon) -> 
     print(f"window hit {hits} times in {attempt + 1} attempts")
     assert hits >= 1, "the window between the shim's ready and the append was never hit"
     assert "ended a shim the log does not know" in daemon.stderr()
-    # the id is free again: an ordinary run of it works
-    daemon.call("run", spec={"name": "r0", "command": ["sleep", "1000"]})
-    assert daemon.ps()["r0"]["state"] == "running"
+    # the ended run's id is free again: an ordinary run of it works (not r0: a run the
+    # launcher was stopped too late for was recorded, and runs)
+    daemon.call("run", spec={"name": ended, "command": ["sleep", "1000"]})
+    assert daemon.ps()[ended]["state"] == "running"
 
 
 def test_a_recorded_run_says_so_before_the_reply(daemon: Daemon) -> None:

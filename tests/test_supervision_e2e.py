@@ -20,7 +20,7 @@ from daemon_helpers import Daemon, ok
 from shim_helpers import poll
 
 from events import shim_api
-from events.procfs import is_running
+from events.procfs import is_running, read_stat
 from events.rpc import BlockingConnection
 
 NS = 1_000_000_000
@@ -203,17 +203,23 @@ def test_a_shim_exits_once_its_container_is_stopped_for_good(daemon):
     assert [i["line"] for i in daemon.stream("logs", id="q")] == [b"bye", b"bye"]
 
 
-def _processes_with(marker: str) -> list[int]:
-    pids = []
+def _tasks_with(marker: str) -> dict[int, list[int]]:
+    """The sessions of processes whose command line holds *marker* -> their pids. Each task
+    is its own session; within one, ``sh``'s child carries ``sh``'s command line (the marker)
+    between its fork and its exec of ``sleep``, and is no second task."""
+    sessions: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if marker.encode() in f.read():
-                        pids.append(int(entry))
+                    if marker.encode() not in f.read():
+                        continue
+                stat = read_stat(int(entry))
             except OSError:
-                pass
-    return pids
+                continue
+            if stat is not None and stat.alive:
+                sessions.setdefault(stat.session, []).append(int(entry))
+    return sessions
 
 
 def test_a_restart_no_one_recorded_is_not_doubled(daemon, tmp_path):
@@ -234,8 +240,8 @@ def test_a_restart_no_one_recorded_is_not_doubled(daemon, tmp_path):
     seen_two = []
     deadline = time.monotonic() + 4  # past the unseen task's end and the restart after it
     while time.monotonic() < deadline:
-        if len(_processes_with(marker)) > 1:
-            seen_two.append(_processes_with(marker))
+        if len(tasks := _tasks_with(marker)) > 1:
+            seen_two.append(tasks)
         time.sleep(0.02)
     assert not seen_two, f"two tasks of one container ran at once: {seen_two[:3]}"
     starts = [e["data"].get("pid") for e in events_of(daemon, "u", "task.start")]
