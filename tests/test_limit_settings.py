@@ -83,7 +83,10 @@ def _hello(d: Daemon) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(10)
     s.connect(d.socket)
-    s.sendall(wire.encode(wire.hello("client")))
+    try:
+        s.sendall(wire.encode(wire.hello("client")))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # a refusing daemon writes its refusal and may close before reading: read it
     return s
 
 
