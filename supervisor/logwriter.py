@@ -22,6 +22,18 @@ callers directly with their slice of the events: one wakeup per caller, none per
 (Under the GIL the woken thread mostly runs once the trio thread goes idle, so callers woken
 together, and appending in the same scheduler round, land in one batch.)
 
+A lone append is written in the trio thread itself, without the thread: when the writer is
+idle, the caller first yields once (everyone woken in the same scheduler round joins its batch),
+and if it is then still alone, with nothing in flight, it writes and applies the batch itself.
+Two thread hand-offs (the writer thread's wake-up, then the trio thread's) cost more than the
+fdatasync of one small record on a fast disk, and an event alone is the common case: a task's
+exit on its way to the subscribers. The trio thread then waits for that fdatasync instead of
+serving, so this is done only while the disk is fast: the last write took under
+``inline_max`` seconds (the writer thread takes everything once one did not, until one does
+again). Everything else above holds for it: durable, then applied, then the caller told; one
+``on_write`` and ``on_commit`` per batch, in write order (nothing is in flight when it is
+written).
+
 If the write fails (a full disk), ``EventLog.append`` has cut the log back to its last good
 record; every caller of that batch gets the ``OSError`` and nothing of the batch is applied or
 published. The writer itself keeps running, so the next command succeeds once space returns.
@@ -53,6 +65,9 @@ Item = tuple[str, str, dict[str, Any]]
 _reschedule = trio.lowlevel.reschedule
 _current_task = trio.lowlevel.current_task
 _wait = trio.lowlevel.wait_task_rescheduled
+_yield = trio.lowlevel.cancel_shielded_checkpoint
+#: A lone append is written in the trio thread while the last write took less than this.
+INLINE_MAX = 0.002
 
 
 def _refuse_abort(_: Callable[[], None]) -> trio.lowlevel.Abort:
@@ -73,10 +88,13 @@ class LogWriter:
     """Serializes appends; ``on_commit(events)`` runs in the trio thread after each batch."""
 
     def __init__(self, log: EventLog, on_commit: Callable[[list[Event]], None],
-                 max_batch: int = 4096) -> None:
+                 max_batch: int = 4096, inline_max: float = INLINE_MAX) -> None:
         self.log = log
         self.on_commit = on_commit
         self.max_batch = max_batch
+        #: a lone append is written in the trio thread while the last write took less than
+        #: this many seconds (0: never)
+        self.inline_max = inline_max
         # shared with the thread, under _lock: the queued batches (oldest first), whether
         # the thread sleeps (then the next append wakes it), whether it must end
         self._lock = threading.Lock()
@@ -91,8 +109,10 @@ class LogWriter:
         self._settled = trio.Event()  # a batch completed
         self._fatal: BaseException | None = None
         self._closed = False
+        self._took = 0.0  # the last write's seconds
         self.batches = 0
         self.appended = 0
+        self.inline = 0  # batches written in the trio thread
         #: called with each durable batch and the seconds it took to write and fdatasync
         #: (``/metrics``), in the trio thread, before ``on_commit``
         self.on_write: Callable[[list[Event], float], None] | None = None
@@ -115,10 +135,34 @@ class LogWriter:
             batch.items.extend(items)
             batch.waiters.append((task, start, start + n))
             kick, self._idle = self._idle, False
-        if kick:
-            self._kick.put(None)
         self._waiting += 1
+        if kick:  # the thread sleeps and nothing is queued: it is ours to start, or not
+            if self._took < self.inline_max:
+                await _yield()  # those woken with us append in this round: they join
+                if self._waiting == 1 and not self._stop:  # alone, nothing in flight
+                    return self._write_here(batch)
+            self._kick.put(None)
         events: list[Event] = await _wait(_refuse_abort)
+        return events
+
+    def _write_here(self, batch: _Batch) -> list[Event]:
+        """Write the one batch queued, whose one caller is us, in the trio thread."""
+        with self._lock:
+            self._batches.remove(batch)
+        began = time.perf_counter()
+        try:
+            result: outcome.Outcome[list[Event]] = outcome.Value(self.log.append(batch.items))
+        except BaseException as exc:  # told to us, as the thread would have
+            result = outcome.Error(exc)
+        took = time.perf_counter() - began
+        with self._lock:
+            self._idle = True  # nothing was queued meanwhile: this thread did not run
+        self.inline += 1
+        result = self._apply(batch, result, took)
+        if isinstance(result, outcome.Error):
+            raise result.error
+        assert isinstance(result, outcome.Value)
+        events: list[Event] = result.value
         return events
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -189,16 +233,31 @@ class LogWriter:
     def _complete(self, batch: _Batch, result: outcome.Outcome[list[Event]], took: float
                   ) -> None:
         """In the trio thread, in write order: apply, then wake the batch's callers."""
+        result = self._apply(batch, result, took)
+        if isinstance(result, outcome.Error):
+            for task, _, _ in batch.waiters:
+                _reschedule(task, outcome.Error(result.error))
+            return
+        assert isinstance(result, outcome.Value)
+        events = result.value
+        value = outcome.Value
+        for task, start, end in batch.waiters:
+            _reschedule(task, value(events[start:end]))
+
+    def _apply(self, batch: _Batch, result: outcome.Outcome[list[Event]], took: float
+               ) -> outcome.Outcome[list[Event]]:
+        """A written (or failed) batch, in the trio thread: counted, applied; what its callers
+        are to be told."""
         self._waiting -= len(batch.waiters)
         self._settled.set()
+        self._took = took
         if isinstance(result, outcome.Error):
             exc = result.error
-            for task, _, _ in batch.waiters:
-                _reschedule(task, outcome.Error(exc))
             if not isinstance(exc, OSError):  # a bug: fail loudly, keep the daemon honest
                 self._fail_later(exc)
-            return
-        events = result.unwrap()
+            return result
+        assert isinstance(result, outcome.Value)
+        events = result.value
         self.batches += 1
         self.appended += len(events)
         # both run, even if one fails: the batch is durable whatever a hook does
@@ -211,9 +270,7 @@ class LogWriter:
             self.on_commit(events)
         except BaseException as exc:  # likewise
             self._fail_later(exc)
-        value = outcome.Value
-        for task, start, end in batch.waiters:
-            _reschedule(task, value(events[start:end]))
+        return result
 
     def _answer_unwritten(self, left: deque[_Batch]) -> None:
         error = RuntimeError(f"the log writer stopped ({self._fatal!r}); nothing of this "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import random
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -213,7 +214,8 @@ async def test_what_arrives_during_a_write_is_the_next_batch_in_order(root: Path
     each caller gets exactly its own events (seqs and data)."""
     with EventLog.open(root) as log:
         gated = Gated(log)
-        writer = LogWriter(gated, lambda events: None)  # type: ignore[arg-type]  # log-shaped
+        writer = LogWriter(gated, lambda events: None,  # type: ignore[arg-type]  # log-shaped
+                           inline_max=0)  # the thread writes every batch
         got: dict[str, list[Event]] = {}
 
         async def caller(name: str, n: int) -> None:
@@ -292,7 +294,8 @@ async def test_a_full_disk_answers_every_caller_and_changes_nothing(small_fs: Pa
 async def test_after_a_bug_unwritten_callers_get_an_error_not_a_hang(root: Path) -> None:
     with EventLog.open(root) as log:
         gated = Gated(log)
-        writer = LogWriter(gated, lambda events: None)  # type: ignore[arg-type]  # log-shaped
+        writer = LogWriter(gated, lambda events: None,  # type: ignore[arg-type]  # log-shaped
+                           inline_max=0)  # the thread writes every batch
         seen: list[BaseException] = []
 
         def broken(items: Items) -> list[Event]:
@@ -320,3 +323,81 @@ async def test_after_a_bug_unwritten_callers_get_an_error_not_a_hang(root: Path)
         assert [type(e) for e in seen] == [KeyError, RuntimeError, RuntimeError, RuntimeError]
         assert "nothing of this append was written" in str(seen[-1])
         assert log.last_seq == 0
+
+
+class Threads:
+    """The real log, recording which thread wrote each batch (and how many items), and, while
+    ``slow`` is set, taking that many seconds more per write (a slow disk)."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self.writes: list[tuple[str, int]] = []
+        self.slow = 0.0
+
+    def append(self, items: Items) -> list[Event]:
+        self.writes.append((threading.current_thread().name, len(items)))
+        if self.slow:
+            time.sleep(self.slow)
+        return self.log.append(items)
+
+
+async def test_a_lone_append_is_written_without_the_thread_and_applied_first(root: Path
+                                                                            ) -> None:
+    """An event alone (a task's exit) skips the two thread hand-offs; it is durable and
+    applied before its caller hears of it, as any other."""
+    applied: list[Event] = []
+    with EventLog.open(root) as log:
+        threads = Threads(log)
+        writer = LogWriter(threads, applied.extend,  # type: ignore[arg-type]  # log-shaped
+                           inline_max=10.0)  # the disk counts as fast however loaded
+        async with trio.open_nursery() as outer:
+            await outer.start(writer.run)
+            for k in range(3):
+                evs = await writer.append([("task.exit", f"c{k}", {"k": k})])
+                assert evs[0].seq == log.last_seq == k + 1 and applied[-1] == evs[0]
+            outer.cancel_scope.cancel()
+        assert threads.writes == [(threading.current_thread().name, 1)] * 3
+        assert writer.inline == writer.batches == 3
+    assert list(read_events(root)) == applied
+
+
+async def test_appenders_woken_together_still_share_one_write_by_the_thread(root: Path
+                                                                           ) -> None:
+    with EventLog.open(root) as log:
+        threads = Threads(log)
+        writer = LogWriter(threads, lambda events: None)  # type: ignore[arg-type]
+        got: list[list[Event]] = []
+
+        async def caller(k: int) -> None:
+            got.append(await writer.append([("task.start", f"c{k}", {})] * 2))
+
+        async with trio.open_nursery() as outer:
+            await outer.start(writer.run)
+            async with trio.open_nursery() as nursery:
+                for k in range(8):
+                    nursery.start_soon(caller, k)
+            outer.cancel_scope.cancel()
+        assert threads.writes == [("tether-log-writer", 16)] and writer.inline == 0
+        assert sorted(e.seq for evs in got for e in evs) == list(range(1, 17))
+
+
+async def test_while_the_disk_is_slow_every_write_goes_to_the_thread(root: Path) -> None:
+    """The trio thread never waits for a slow fdatasync: after a write that took longer than
+    ``inline_max``, lone appends go to the thread until one is fast again."""
+    with EventLog.open(root) as log:
+        threads = Threads(log)
+        writer = LogWriter(threads, lambda events: None,  # type: ignore[arg-type]
+                           inline_max=0.5)  # however loaded, a write takes less
+        async with trio.open_nursery() as outer:
+            await outer.start(writer.run)
+            await writer.append([("task.exit", "a", {})])  # fast: here
+            threads.slow = 0.6
+            await writer.append([("task.exit", "b", {})])  # here, found slow
+            await writer.append([("task.exit", "c", {})])  # so the thread's
+            threads.slow = 0.0
+            await writer.append([("task.exit", "d", {})])  # the thread's, found fast
+            await writer.append([("task.exit", "e", {})])  # here again
+            outer.cancel_scope.cancel()
+        here = threading.current_thread().name
+        assert [name for name, _ in threads.writes] == [here, here, "tether-log-writer",
+                                                        "tether-log-writer", here]
