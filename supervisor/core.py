@@ -23,6 +23,7 @@ from events import procfs
 from events.domain import ContainerState, ErrorCode, EventType
 from events.model import Event
 from supervisor import adopt, projection
+from supervisor.channel import acquire
 from supervisor.errors import ApiError
 from supervisor.logwriter import LogWriter
 from supervisor.paths import Paths
@@ -158,7 +159,7 @@ class Core:
         locks = [self._append_locks.setdefault(cid, trio.Lock())
                  for cid in sorted({cid for _, cid, _ in items if cid})]
         for lock in locks:
-            await lock.acquire()
+            await acquire(lock)
         try:
             return await self._append(items)
         finally:
@@ -183,10 +184,13 @@ class Core:
         """Append unless ``check(state)`` is false, with the check and the append atomic with
         respect to other guarded appends of the same container (dedup without duplicates)."""
         lock = self._append_locks.setdefault(cid, trio.Lock())
-        async with lock:
+        await acquire(lock)  # free: no scheduler round of its own (the append is one)
+        try:
             if not check(self._state):
                 return None
             return await self._append(items)
+        finally:
+            lock.release()
 
     async def append_shim_event(self, cid: str, etype: str, data: dict[str, Any]
                                 ) -> list[Event] | None:
