@@ -218,6 +218,14 @@ def report(trees: list[Tree]) -> None:
             step = statistics.median((s[b] - s[a]) / 1e6 for s in both) if both else 0
             row += f"{step:>13.3f}{'':11}"
         print(row)
+    row = f"{'daemon: the same without its fdatasync':58}"
+    for t in trees:
+        both = [s for s in t.samples if all(k in s for k in ("d.recv", "b.seen", "d.sync0",
+                                                             "d.written"))]
+        step = statistics.median((s["b.seen"] - s["d.recv"] - s["d.written"] + s["d.sync0"])
+                                 / 1e6 for s in both) if both else 0
+        row += f"{step:>13.3f}{'':11}"
+    print(row)
     row = f"{'daemon: written by the trio thread (share of exits)':58}"
     for t in trees:
         row += f"{sum('d.inline' in s for s in t.samples) / len(t.samples):>13.2f}{'':11}"

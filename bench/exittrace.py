@@ -107,7 +107,7 @@ def install_daemon() -> None:
 
     _wrap(log.EventLog, "append", before=log_before, after=log_after)
     _wrap(fileio.FileIO, "fdatasync", before=lambda *a: state["on"] and mark("d.sync0"))
-    _wrap(logwriter.LogWriter, "_apply",
+    _wrap(logwriter.LogWriter, "_apply" if hasattr(logwriter.LogWriter, "_apply") else "_complete",
           before=lambda self, batch, *a: _is_exit(batch.items) and mark("d.complete"))
     if hasattr(logwriter.LogWriter, "_write_here"):
         _wrap(logwriter.LogWriter, "_write_here",

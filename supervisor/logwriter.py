@@ -140,10 +140,15 @@ class LogWriter:
             if self._took < self.inline_max:
                 await _yield()  # those woken with us append in this round: they join
                 if self._waiting == 1 and not self._stop:  # alone, nothing in flight
-                    return self._write_here(batch)
+                    events = self._write_here(batch)
+                    # the subscribers woken by on_commit run first, as after the thread's
+                    # write (there the callers are woken after them): a caller's next step
+                    # (a shim's ack) is not what anyone waits for
+                    await _yield()
+                    return events
             self._kick.put(None)
-        events: list[Event] = await _wait(_refuse_abort)
-        return events
+        woken: list[Event] = await _wait(_refuse_abort)
+        return woken
 
     def _write_here(self, batch: _Batch) -> list[Event]:
         """Write the one batch queued, whose one caller is us, in the trio thread."""
