@@ -30,9 +30,10 @@ fdatasync of one small record on a fast disk, and an event alone is the common c
 exit on its way to the subscribers. The trio thread then waits for that fdatasync instead of
 serving, so this is done only while the disk is fast: the last write took under
 ``inline_max`` seconds (the writer thread takes everything once one did not, until one does
-again). Everything else above holds for it: durable, then applied, then the caller told; one
-``on_write`` and ``on_commit`` per batch, in write order (nothing is in flight when it is
-written).
+again). And only after a lone batch: appenders that come in crowds (a batch of several
+callers) go straight to the thread, without the extra yield. Everything else above holds for
+it: durable, then applied, then the caller told; one ``on_write`` and ``on_commit`` per batch,
+in write order (nothing is in flight when it is written).
 
 If the write fails (a full disk), ``EventLog.append`` has cut the log back to its last good
 record; every caller of that batch gets the ``OSError`` and nothing of the batch is applied or
@@ -110,6 +111,7 @@ class LogWriter:
         self._fatal: BaseException | None = None
         self._closed = False
         self._took = 0.0  # the last write's seconds
+        self._lone = True  # the last batch had one caller (else the next goes to the thread)
         self.batches = 0
         self.appended = 0
         self.inline = 0  # batches written in the trio thread
@@ -137,7 +139,7 @@ class LogWriter:
             kick, self._idle = self._idle, False
         self._waiting += 1
         if kick:  # the thread sleeps and nothing is queued: it is ours to start, or not
-            if self._took < self.inline_max:
+            if self._took < self.inline_max and self._lone:
                 await _yield()  # those woken with us append in this round: they join
                 if self._waiting == 1 and not self._stop:  # alone, nothing in flight
                     events = self._write_here(batch)
@@ -256,6 +258,7 @@ class LogWriter:
         self._waiting -= len(batch.waiters)
         self._settled.set()
         self._took = took
+        self._lone = len(batch.waiters) == 1
         if isinstance(result, outcome.Error):
             exc = result.error
             if not isinstance(exc, OSError):  # a bug: fail loudly, keep the daemon honest

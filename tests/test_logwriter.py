@@ -401,3 +401,22 @@ async def test_while_the_disk_is_slow_every_write_goes_to_the_thread(root: Path)
         here = threading.current_thread().name
         assert [name for name, _ in threads.writes] == [here, here, "tether-log-writer",
                                                         "tether-log-writer", here]
+
+
+async def test_after_a_crowd_the_next_append_goes_to_the_thread_at_once(root: Path) -> None:
+    """Appenders that come in crowds keep their pace: after a batch of several callers the
+    next one goes to the thread without the extra yield; after a lone one, here again."""
+    with EventLog.open(root) as log:
+        threads = Threads(log)
+        writer = LogWriter(threads, lambda events: None,  # type: ignore[arg-type]
+                           inline_max=10.0)
+        async with trio.open_nursery() as outer:
+            await outer.start(writer.run)
+            async with trio.open_nursery() as nursery:
+                for k in range(4):
+                    nursery.start_soon(writer.append, [("task.start", f"c{k}", {})])
+            await writer.append([("task.exit", "a", {})])
+            await writer.append([("task.exit", "b", {})])
+            outer.cancel_scope.cancel()
+        here = threading.current_thread().name
+        assert threads.writes == [("tether-log-writer", 4), ("tether-log-writer", 1), (here, 1)]
