@@ -23,17 +23,19 @@ callers directly with their slice of the events: one wakeup per caller, none per
 together, and appending in the same scheduler round, land in one batch.)
 
 A lone append is written in the trio thread itself, without the thread: when the writer is
-idle, the caller first yields once (everyone woken in the same scheduler round joins its batch),
-and if it is then still alone, with nothing in flight, it writes and applies the batch itself.
-Two thread hand-offs (the writer thread's wake-up, then the trio thread's) cost more than the
-fdatasync of one small record on a fast disk, and an event alone is the common case: a task's
-exit on its way to the subscribers. The trio thread then waits for that fdatasync instead of
-serving, so this is done only while the disk is fast: the last write took under
-``inline_max`` seconds (the writer thread takes everything once one did not, until one does
-again). And only after a lone batch: appenders that come in crowds (a batch of several
-callers) go straight to the thread, without the extra yield. Everything else above holds for
-it: durable, then applied, then the caller told; one ``on_write`` and ``on_commit`` per batch,
-in write order (nothing is in flight when it is written).
+idle, the caller first yields once (everyone woken in the same scheduler round joins its
+batch), and if it is then still alone, with nothing in flight, it writes and applies the batch
+itself. Two thread hand-offs (the writer thread's wake-up, then the trio thread's) cost more
+than the fdatasync of one small record on a fast disk, and an event alone is the common case: a
+task's exit on its way to the subscribers. The trio thread then waits for that fdatasync
+instead of serving, so this is done only while the disk is fast: no write took ``inline_max``
+seconds or more in the last ``inline_cooldown`` seconds (a disk that stalls once is likely to
+stall again: one stall stops the trio thread at most once per cool-down, and the writer thread
+takes every write meanwhile, so ``ps`` and the subscribers are served while the disk is slow).
+And only after a lone batch: appenders that come in crowds (a batch of several callers) go
+straight to the thread, without the extra yield. Everything else above holds for it: durable,
+then applied, then the caller told; one ``on_write`` and ``on_commit`` per batch, in write
+order (nothing is in flight when it is written).
 
 If the write fails (a full disk), ``EventLog.append`` has cut the log back to its last good
 record; every caller of that batch gets the ``OSError`` and nothing of the batch is applied or
@@ -67,8 +69,10 @@ _reschedule = trio.lowlevel.reschedule
 _current_task = trio.lowlevel.current_task
 _wait = trio.lowlevel.wait_task_rescheduled
 _yield = trio.lowlevel.cancel_shielded_checkpoint
-#: A lone append is written in the trio thread while the last write took less than this.
+#: A lone append is written in the trio thread while no write took this long or more ...
 INLINE_MAX = 0.002
+#: ... for this long.
+INLINE_COOLDOWN = 30.0
 
 
 def _refuse_abort(_: Callable[[], None]) -> trio.lowlevel.Abort:
@@ -89,13 +93,15 @@ class LogWriter:
     """Serializes appends; ``on_commit(events)`` runs in the trio thread after each batch."""
 
     def __init__(self, log: EventLog, on_commit: Callable[[list[Event]], None],
-                 max_batch: int = 4096, inline_max: float = INLINE_MAX) -> None:
+                 max_batch: int = 4096, inline_max: float = INLINE_MAX,
+                 inline_cooldown: float = INLINE_COOLDOWN) -> None:
         self.log = log
         self.on_commit = on_commit
         self.max_batch = max_batch
         #: a lone append is written in the trio thread while the last write took less than
         #: this many seconds (0: never)
         self.inline_max = inline_max
+        self.inline_cooldown = inline_cooldown
         # shared with the thread, under _lock: the queued batches (oldest first), whether
         # the thread sleeps (then the next append wakes it), whether it must end
         self._lock = threading.Lock()
@@ -110,7 +116,7 @@ class LogWriter:
         self._settled = trio.Event()  # a batch completed
         self._fatal: BaseException | None = None
         self._closed = False
-        self._took = 0.0  # the last write's seconds
+        self._slow_until = 0.0  # (monotonic) no write here before: one was slow
         self._lone = True  # the last batch had one caller (else the next goes to the thread)
         self.batches = 0
         self.appended = 0
@@ -139,7 +145,7 @@ class LogWriter:
             kick, self._idle = self._idle, False
         self._waiting += 1
         if kick:  # the thread sleeps and nothing is queued: it is ours to start, or not
-            if self._took < self.inline_max and self._lone:
+            if self._lone and self.inline_max > 0 and time.monotonic() >= self._slow_until:
                 await _yield()  # those woken with us append in this round: they join
                 if self._waiting == 1 and not self._stop:  # alone, nothing in flight
                     events = self._write_here(batch)
@@ -257,7 +263,8 @@ class LogWriter:
         are to be told."""
         self._waiting -= len(batch.waiters)
         self._settled.set()
-        self._took = took
+        if took >= self.inline_max:
+            self._slow_until = time.monotonic() + self.inline_cooldown
         self._lone = len(batch.waiters) == 1
         if isinstance(result, outcome.Error):
             exc = result.error

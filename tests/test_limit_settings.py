@@ -6,6 +6,7 @@ nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -83,10 +84,9 @@ def _hello(d: Daemon) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(10)
     s.connect(d.socket)
-    try:
+    # a refusing daemon writes its refusal and may close before reading: read it
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         s.sendall(wire.encode(wire.hello("client")))
-    except (BrokenPipeError, ConnectionResetError):
-        pass  # a refusing daemon writes its refusal and may close before reading: read it
     return s
 
 

@@ -382,25 +382,29 @@ async def test_appenders_woken_together_still_share_one_write_by_the_thread(root
 
 
 async def test_while_the_disk_is_slow_every_write_goes_to_the_thread(root: Path) -> None:
-    """The trio thread never waits for a slow fdatasync: after a write that took longer than
-    ``inline_max``, lone appends go to the thread until one is fast again."""
+    """The trio thread waits for a slow fdatasync at most once per cool-down: after a write
+    that took ``inline_max`` or more, lone appends go to the thread, fast or not, until
+    ``inline_cooldown`` has passed (a disk that stalled is likely to stall again)."""
     with EventLog.open(root) as log:
         threads = Threads(log)
         writer = LogWriter(threads, lambda events: None,  # type: ignore[arg-type]
-                           inline_max=0.5)  # however loaded, a write takes less
+                           inline_max=0.5,  # however loaded, a write takes less
+                           inline_cooldown=1.5)
         async with trio.open_nursery() as outer:
             await outer.start(writer.run)
             await writer.append([("task.exit", "a", {})])  # fast: here
             threads.slow = 0.6
             await writer.append([("task.exit", "b", {})])  # here, found slow
-            await writer.append([("task.exit", "c", {})])  # so the thread's
+            await writer.append([("task.exit", "c", {})])  # so the thread's (slow again)
             threads.slow = 0.0
-            await writer.append([("task.exit", "d", {})])  # the thread's, found fast
-            await writer.append([("task.exit", "e", {})])  # here again
+            await writer.append([("task.exit", "d", {})])  # fast, but within the cool-down
+            await writer.append([("task.exit", "e", {})])  # the thread's still
+            await trio.sleep(1.6)
+            await writer.append([("task.exit", "f", {})])  # the cool-down passed: here
             outer.cancel_scope.cancel()
-        here = threading.current_thread().name
-        assert [name for name, _ in threads.writes] == [here, here, "tether-log-writer",
-                                                        "tether-log-writer", here]
+        here, thread = threading.current_thread().name, "tether-log-writer"
+        assert [name for name, _ in threads.writes] == [here, here, thread, thread, thread,
+                                                        here]
 
 
 async def test_after_a_crowd_the_next_append_goes_to_the_thread_at_once(root: Path) -> None:
