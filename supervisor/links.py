@@ -239,26 +239,31 @@ class ShimLink:
             return
         pid = c.pid
         started = c.lost_starttime
+        seen_alive = None
         if not c.lost:
             alive = is_running(pid)
             started = starttime(pid) if alive else None
+            seen_alive = time.time_ns() if alive else None
             log.warning("shim lost", id=cid, pid=pid, task_alive=alive)
             await host.record_shim_event(cid, "shim.lost", {
                 "reason": "the shim's connection closed and it left no exit file",
                 "instance": self.instance, "pid": pid, "task_alive": alive,
                 "task_starttime": started, "state": c.state})
         self.caught_up.set()
-        await watch_lost_task(host, cid, self.instance, pid, started)
+        await watch_lost_task(host, cid, self.instance, pid, started, seen_alive)
         host.shim_gone(cid, self.instance)
 
 
 async def watch_lost_task(host: LinkHost, cid: str, instance: str, pid: int | None,
-                          started: int | None = None) -> None:
+                          started: int | None = None, seen_alive: int | None = None) -> None:
     """The shim is gone but its container may not be: record the container's end when it
     comes, via a pidfd (no polling, no race with pid reuse once the pidfd is open).
 
     ``started`` (the task's start time when the loss was recorded) guards against a pid that
     was reused while the daemon was down: another process with that pid is not our task.
+    ``seen_alive`` (wall-clock ns) is when the task was last seen running, if this daemon saw
+    it: a task that ended before the watch began ended after that, which is what
+    :func:`end_leftovers` needs to end what it left in its group.
     """
     fd: int | None = None
     if pid and is_running(pid):
@@ -279,6 +284,8 @@ async def watch_lost_task(host: LinkHost, cid: str, instance: str, pid: int | No
     finally:
         if fd is not None:
             os.close(fd)
+    if fd is None and ended is None:  # gone before the watch: it ended after it was seen
+        ended = seen_alive
     if pid:  # what a shim does at its task's end: nothing the run left behind lives on
         await trio.to_thread.run_sync(end_leftovers, pid, ended)
     # the exit file may have appeared meanwhile (the shim died after writing it): prefer it,
