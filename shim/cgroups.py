@@ -182,8 +182,17 @@ def _write(path: str, data: str) -> None:
 
 
 def _read(path: str) -> str:
-    with open(path) as f:
-        return f.read()
+    """A cgroup file's text, through ``os.read``: a shim reads the OOM counter on its exit path,
+    and the io layer's first use in a forked shim (a text wrapper, its decoder) costs more than
+    the read itself."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()
 
 
 def _counter(text: str, key: str) -> int:
