@@ -19,6 +19,7 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 from events import procfs, shim_api
 from shim import osutil
@@ -69,35 +70,49 @@ def detach(root: str, container_id: str, title: list[str] | None = None, reap: b
     member is *container_id*.
     """
     ready_r, ready_w = os.pipe()
-    middle = os.fork()
-    if middle == 0:
-        try:
-            os.close(ready_r)
-            os.setsid()
-            shim = os.fork()
-            if shim == 0:
-                try:
-                    if group is not None and title is None:
-                        # not the first member's: a group outlives it, and the daemon looks
-                        # for a starting shim of an id by its title (shims.starting_shims)
-                        title = group_title(root, group)
-                    if title is not None:
-                        osutil.set_title(title, f"shim {group or container_id}")
-                    if group is not None:
-                        from shim import group as groups
 
-                        groups.serve(root, group, container_id, ready_w, start_task)
-                    else:
-                        serve(root, container_id, ready_w, start_task)
-                finally:
-                    os._exit(0)
-            os.write(ready_w, b"pid %d\n" % shim)
-        finally:
-            os._exit(0)
+    def shim() -> None:
+        nonlocal title
+        if group is not None and title is None:
+            # not the first member's: a group outlives it, and the daemon looks for a
+            # starting shim of an id by its title (shims.starting_shims)
+            title = group_title(root, group)
+        if title is not None:
+            osutil.set_title(title, f"shim {group or container_id}")
+        if group is not None:
+            from shim import group as groups
+
+            groups.serve(root, group, container_id, ready_w, start_task)
+        else:
+            serve(root, container_id, ready_w, start_task)
+
+    middle = _double_fork(ready_w, (ready_r,), shim)
     os.close(ready_w)
     if reap:
         os.waitpid(middle, 0)
     return ready_r, middle
+
+
+def _double_fork(ready_w: int, close: tuple[int, ...], body: Callable[[], None]) -> int:
+    """Fork the intermediate, which closes *close*, ``setsid``s, forks the process that runs
+    *body* (then exits), writes ``pid N`` of it on *ready_w* and exits: returns the
+    intermediate's pid, for the caller to reap. The process is never the caller's child."""
+    middle = os.fork()
+    if middle == 0:
+        try:
+            for fd in close:
+                os.close(fd)
+            os.setsid()
+            child = os.fork()
+            if child == 0:
+                try:
+                    body()
+                finally:
+                    os._exit(0)
+            os.write(ready_w, b"pid %d\n" % child)
+        finally:
+            os._exit(0)
+    return middle
 
 
 def start_title(root: str, container_id: str) -> list[str]:
@@ -161,21 +176,7 @@ def prefork(root: str, timeout: float = 5.0) -> tuple[Spare, int]:
         os.close(ready_r)
         os.close(ready_w)
         raise
-    middle = os.fork()
-    if middle == 0:
-        try:
-            os.close(ready_r)
-            os.close(ctl_w)
-            os.setsid()
-            shim = os.fork()
-            if shim == 0:
-                try:
-                    _wait_as_spare(root, ctl_r, ready_w)
-                finally:
-                    os._exit(0)
-            os.write(ready_w, b"pid %d\n" % shim)
-        finally:
-            os._exit(0)
+    middle = _double_fork(ready_w, (ready_r, ctl_w), lambda: _wait_as_spare(root, ctl_r, ready_w))
     os.close(ready_w)
     os.close(ctl_r)
     kind, value = (read_lines(ready_r, time.monotonic() + timeout, first=True) or
