@@ -436,16 +436,10 @@ class SupervisorRPC:
     # -- system ------------------------------------------------------------------------------
 
     async def system_multicall(self, calls: list[Any]) -> list[Any]:
-        if not isinstance(calls, list):
-            raise Fault("INCORRECT_PARAMETERS")
         results: list[Any] = []
-        for call in calls:
+        for call in sv_view.multicall_calls(calls):
             try:
-                if not isinstance(call, dict) or not call.get("methodName"):
-                    raise Fault("INCORRECT_PARAMETERS", "No methodName")
-                if call["methodName"] == "system.multicall":
-                    raise Fault("INCORRECT_PARAMETERS", "Recursive system.multicall forbidden")
-                value = await self.call(call["methodName"], call.get("params", []))
+                value = await self.call(*sv_view.multicall_entry(call))
             except Fault as exc:
                 results.append({"faultCode": exc.code, "faultString": exc.text})
             else:

@@ -131,21 +131,32 @@ def _doc(name: object) -> tuple[list[str], str]:
 def _multicall(view: View, calls: list[Any]) -> list[Any]:
     """Supervisor's: each result the value itself, or ``{faultCode, faultString}``. Read-only
     only if every call is: else :class:`NotReadOnly` (the whole multicall goes elsewhere)."""
-    if not isinstance(calls, list):
-        raise Fault("INCORRECT_PARAMETERS")
     results: list[Any] = []
-    for one in calls:
+    for one in multicall_calls(calls):
         try:
-            if not isinstance(one, dict) or not one.get("methodName"):
-                raise Fault("INCORRECT_PARAMETERS", "No methodName")
-            if one["methodName"] == "system.multicall":
-                raise Fault("INCORRECT_PARAMETERS", "Recursive system.multicall forbidden")
-            value = call(view, one["methodName"], one.get("params", []))
+            value = call(view, *multicall_entry(one))
         except Fault as exc:
             results.append({"faultCode": exc.code, "faultString": exc.text})
         else:
             results.append(value)
     return results
+
+
+def multicall_calls(calls: Any) -> list[Any]:
+    """``system.multicall``'s argument, a list (Supervisor's fault otherwise)."""
+    if not isinstance(calls, list):
+        raise Fault("INCORRECT_PARAMETERS")
+    return calls
+
+
+def multicall_entry(one: Any) -> tuple[str, Any]:
+    """One call of a multicall: ``(method name, params)``, or Supervisor's fault for it (no
+    name; a multicall inside one). Shared by the early and the full server."""
+    if not isinstance(one, dict) or not one.get("methodName"):
+        raise Fault("INCORRECT_PARAMETERS", "No methodName")
+    if one["methodName"] == "system.multicall":
+        raise Fault("INCORRECT_PARAMETERS", "Recursive system.multicall forbidden")
+    return one["methodName"], one.get("params", [])
 
 
 #: method -> (function of the view and the params, least and most params)
