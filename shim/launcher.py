@@ -116,7 +116,8 @@ def _fill_malloc() -> None:
         libc.fclose(ctypes.c_void_p(stream))
         if failed:
             return
-        text = _read_all(fd)
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = osutil.read_to_eof(fd)
     finally:
         os.close(fd)
     heap = text.split(b"</heap>", 1)[0]  # the main arena (a shim has no other thread)
@@ -128,14 +129,6 @@ def _fill_malloc() -> None:
         _BALLAST.extend(libc.malloc(size - 8) for _ in range(count))
     for size in range(32, 1040, 16):  # the thread cache: up to 7 freed chunks of each size
         _BALLAST.extend(libc.malloc(size - 8) for _ in range(7))
-
-
-def _read_all(fd: int) -> bytes:
-    os.lseek(fd, 0, os.SEEK_SET)
-    text = b""
-    while chunk := os.read(fd, 65536):
-        text += chunk
-    return text
 
 
 #: What :func:`_fill_pools` and :func:`_fill_malloc` took: kept for the launcher's life.
@@ -157,7 +150,8 @@ def _fill_pools() -> None:
         os.dup2(saved, 2)
         os.close(saved)
     try:
-        text = _read_all(fd)
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = osutil.read_to_eof(fd)
     finally:
         os.close(fd)
     for line in text.decode("ascii", "replace").splitlines():

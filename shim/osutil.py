@@ -31,6 +31,14 @@ LOCK_NAME = shim_api.LOCK_FILE
 _libc: Any = None
 
 
+def read_to_eof(fd: int) -> bytes:
+    """Everything *fd* gives until EOF (a pipe whose writers all closed, a file's rest)."""
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def libc() -> Any:
     """ctypes' libc, loaded on first use: only prctl and unshare need it."""
     global _libc

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from events import shim_api
-from shim.osutil import close_fds, descendants, libc, session_of, unshare
+from shim.osutil import close_fds, descendants, libc, read_to_eof, session_of, unshare
 from shim.runtime import CreateFailed, ExecFailed
 
 if TYPE_CHECKING:
@@ -48,13 +48,6 @@ NS_FILES = {"uts": "uts", "ipc": "ipc", "net": "net", "mount": "mnt"}
 #: bomb can outrun any number; a cgroup (limits, as root) catches what the walks miss.
 KILL_ALL_ROUNDS = 8
 _RESET_SIGNALS = ("SIGPIPE", "SIGHUP", "SIGINT", "SIGXFSZ", "SIGCHLD", "SIGTERM", "SIGQUIT")
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _report_error(status_w: int, stage: str, exc: BaseException) -> None:
@@ -188,7 +181,7 @@ class ProcessRuntime:
         self.session = pid  # the child calls setsid
         first = os.read(status_r, 1)
         if first != b"R":
-            stage, number, message = _parse_error(first + _read_all(status_r))
+            stage, number, message = _parse_error(first + read_to_eof(status_r))
             os.waitpid(pid, 0)
             self.delete()
             raise CreateFailed(f"{stage}: {message or shim_api.CHILD_LOST}"
@@ -251,7 +244,7 @@ class ProcessRuntime:
         finally:
             os.close(self._sync_w)
             self._sync_w = -1
-        data = _read_all(self._status_r)
+        data = read_to_eof(self._status_r)
         os.close(self._status_r)
         self._status_r = -1
         if data:
@@ -344,7 +337,7 @@ class ProcessRuntime:
             for _, fd in ns_fds:
                 os.close(fd)
             os.close(status_w)
-        data = _read_all(status_r)
+        data = read_to_eof(status_r)
         os.close(status_r)
         if data:
             os.waitpid(pid, 0)
