@@ -33,7 +33,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from conftest import _proc_table
+from conftest import _proc_table, kill_and_wait, reap_adopted_orphans
 from daemon_helpers import Daemon
 from history_checks import (
     DaemonGone,
@@ -267,7 +267,16 @@ def check(d: Daemon, model: Model) -> None:
                                      f"model {model.items[cid]}; history {history}") from None
 
 
-def test_crash_suite(daemon_factory):
+def _end_what_the_suite_left() -> None:
+    """The tasks of containers whose shim the suite killed are reparented to pytest and name
+    no root, so the daemon's clean-up (processes naming its root, and theirs) misses those
+    still running at the end: they carry this run's marker."""
+    kill_and_wait([pid for pid, (_, cmd) in _proc_table().items() if f"mark-{RUN}-" in cmd])
+    reap_adopted_orphans()
+
+
+def test_crash_suite(daemon_factory, request):
+    request.addfinalizer(_end_what_the_suite_left)
     rng = random.Random(SEED)
     random.seed(SEED)
     d = daemon_factory()
