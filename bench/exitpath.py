@@ -65,6 +65,7 @@ HOPS = [
     ("d.written", "daemon: fdatasync returned"),
     ("d.complete", "daemon: the result in the trio thread (applying)"),
     ("d.publish", "daemon: applied, Hub.publish"),
+    ("d.direct", "daemon: sent by Hub.publish (an idle subscriber)"),
     ("d.woken", "daemon: the subscriber's task runs"),
     ("d.sent", "daemon: the item written to its socket"),
     ("b.seen", "subscriber: the client thread has the event"),
@@ -195,21 +196,26 @@ def report(trees: list[Tree]) -> None:
     print(row)
     if trees[0].trace_dir is None:
         return
-    print("\nper hop: median of (this hop - the one before) / median of (this hop - kill), ms")
+    print("\nper hop: median of (this hop - the one before it in that exit) / median of "
+          "(this hop - kill), ms; the exits that have the hop (a direct send has no d.woken)")
     print(f"{'':58}" + "".join(f"{t.label[:22]:>24}" for t in trees))
-    prev = "kill"
-    for label, what in HOPS:
+    for k, (label, what) in enumerate(HOPS):
         row = f"{what[:58]:58}"
         for t in trees:
-            both = [s for s in t.samples if label in s and prev in s]
-            if not both:
+            steps, totals = [], []
+            for s in t.samples:
+                if label not in s:
+                    continue
+                # the shim does not wait for the bench's k.dead
+                before = [h for h, _ in HOPS[:k] if h in s and h != "k.dead"] or ["kill"]
+                steps.append((s[label] - s[before[-1]]) / 1e6)
+                totals.append((s[label] - s["kill"]) / 1e6)
+            if not steps:
                 row += f"{'-':>24}"
                 continue
-            step = statistics.median((s[label] - s[prev]) / 1e6 for s in both)
-            total = statistics.median((s[label] - s["kill"]) / 1e6 for s in both)
-            row += f"{step:>13.3f} / {total:>7.3f} "
+            row += (f"{statistics.median(steps):>8.3f} / {statistics.median(totals):>6.3f}"
+                    f" {len(steps) / len(t.samples):>4.0%} ")
         print(row)
-        prev = label if label != "k.dead" else "kill"  # the shim does not wait for the bench
     for what, a, b in (("shim: woken -> sent", "s.wake", "s.sent"),
                        ("daemon: link has it -> subscriber has it", "d.recv", "b.seen")):
         row = f"{what:58}"

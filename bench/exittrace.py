@@ -114,8 +114,17 @@ def install_daemon() -> None:
               before=lambda self, batch: _is_exit(batch.items) and mark("d.inline"))
     _wrap(subscribers.Hub, "publish",
           before=lambda self, events: _is_exit(events) and mark("d.publish"))
+    if hasattr(channel, "ItemSender"):
+        _wrap(channel.ItemSender, "now",
+              after=lambda r, self, values: r and any(v.get("type") == "task.exit"
+                                                      for v in values) and mark("d.direct"))
     _awrap(subscribers.Subscriber, "next_batch",
            after=lambda r, *a: _is_exit(r) and mark("d.woken"))
+    if hasattr(channel, "ItemSender"):  # the sender itself: a wrapper would lose its .now
+        _awrap(channel.ItemSender, "__call__",
+               after=lambda r, self, value: isinstance(value, dict)
+               and value.get("type") == "task.exit" and mark("d.sent"))
+        return
     inner = streams.Streams.events
 
     async def events(self: Any, params: Any, send: Any, *a: Any, **k: Any) -> None:

@@ -26,7 +26,7 @@ from events import wire
 from events.domain import ErrorCode
 from supervisor import protocol
 from supervisor.admission import Admission
-from supervisor.channel import Channel, Closed
+from supervisor.channel import Channel, Closed, ItemSender
 from supervisor.commands import Commands
 from supervisor.core import Core
 from supervisor.early import Handed
@@ -184,10 +184,7 @@ class Server:
                 streams.add(scope)
                 try:
                     with scope:
-                        async def send_item(value: Any) -> None:
-                            await chan.send(wire.item(req.rid, value))
-
-                        await stream_handler(req.params, send_item, raw)
+                        await stream_handler(req.params, ItemSender(chan, req.rid), raw)
                         await chan.send(wire.end(req.rid))
                 finally:
                     streams.discard(scope)

@@ -29,6 +29,7 @@ from events.domain import ErrorCode, EventType
 from events.filters import make_filter, type_matches
 from events.model import Event
 from events.timefmt import parse_rfc3339
+from supervisor.channel import ItemSender
 from supervisor.decide import stopped_for_good
 from supervisor.errors import ApiError
 from supervisor.shims import checked_shim_dir
@@ -136,9 +137,17 @@ class Streams:
             raise ApiError(ErrorCode.UNAVAILABLE, f"too many subscribers "
                            f"({core.hub.max_subscribers}): end one that follows events (or "
                            "raise TETHER_MAX_SUBSCRIBERS)")
+        direct = None
+        if isinstance(send, ItemSender):
+            now = send.now
+
+            def direct(events: list[Event]) -> bool:
+                return now([event.to_record() for event in events])
         # -- the handoff: no await between reading L and subscribing --
         last = core.state.last_seq
-        sub = core.hub.subscribe(last, matches, limit) if follow else None
+        # (live events up to ``since`` are not sent: the subscriber starts after both)
+        sub = core.hub.subscribe(max(last, since), matches, limit, direct=direct) \
+            if follow else None
         last_sent = since
 
         async def send_or_cut(record: dict[str, Any]) -> None:
@@ -176,15 +185,16 @@ class Streams:
                 try:
                     batch = await sub.next_batch()
                 except TooSlow:
+                    last_sent = max(last_sent, sub.sent)
                     raise ApiError(
                         ErrorCode.TOO_SLOW,
                         f"subscriber fell more than {sub.limit} events behind and was cut off; "
                         f"the last seq it was sent is {last_sent}: resume with since="
                         f"{last_sent}") from None
+                last_sent = max(last_sent, sub.sent)  # what Hub.publish sent meanwhile
                 for event in batch:
-                    if event.seq > since:
-                        await send_or_cut(event.to_record())
-                        last_sent = event.seq
+                    await send_or_cut(event.to_record())
+                    last_sent = event.seq
         finally:
             if sub is not None:
                 core.hub.unsubscribe(sub)

@@ -7,6 +7,14 @@ every event <= L is in the history read from disk: no gap, no duplicate.
 A subscriber that cannot keep up is not allowed to grow the daemon's memory: when its buffer is
 full it is marked too slow and cut off with the last seq it was sent, so it can resume with
 ``since``. Publishing never blocks the log writer.
+
+A subscriber whose task is idle (parked in :meth:`Subscriber.next_batch`, everything before
+sent) and whose buffer is empty is sent its new events by :meth:`Hub.publish` itself, through
+its ``direct`` sender, when the connection takes them without waiting: the task is not woken
+and the event leaves in the step that applied it, a scheduler round sooner. Anything else (its
+task busy, events buffered, the socket full) goes through the buffer as before, so the order,
+the bound and the cut-off are the same: events are sent directly only when nothing is ahead of
+them, and a reader that stopped reading fills its socket, then its buffer.
 """
 
 from __future__ import annotations
@@ -22,14 +30,18 @@ from events.model import Event
 __all__ = ["Hub", "Subscriber"]
 
 Filter = Callable[[Event], bool]
+#: Sends events to the subscriber's client now if it can without waiting (True), else nothing.
+Direct = Callable[[list[Event]], bool]
 
 
 class Subscriber:
     """One live subscription: ``after`` is the seq from which live events are buffered."""
 
-    __slots__ = ("_wakeup", "after", "buffer", "internal", "limit", "matches", "overflowed")
+    __slots__ = ("_wakeup", "after", "buffer", "direct", "idle", "internal", "limit", "matches",
+                 "overflowed", "sent")
 
-    def __init__(self, after: int, matches: Filter, limit: int, internal: bool = False) -> None:
+    def __init__(self, after: int, matches: Filter, limit: int, internal: bool = False,
+                 direct: Direct | None = None) -> None:
         self.internal = internal  # the daemon's own (run --rm): not a client, not counted
         self.after = after
         self.matches = matches
@@ -37,24 +49,38 @@ class Subscriber:
         self.buffer: deque[Event] = deque()
         self.overflowed = False
         self._wakeup = trio.Event()
+        #: sends events to the client at once if it can (None: always through the buffer)
+        self.direct = direct
+        #: its task waits in :meth:`next_batch` with everything it took sent
+        self.idle = False
+        #: the seq of the last event :attr:`direct` sent (0: none)
+        self.sent = 0
 
     def push(self, events: Sequence[Event]) -> None:
         if self.overflowed:
             return
-        for event in events:
-            if event.seq > self.after and self.matches(event):
-                if len(self.buffer) >= self.limit:
-                    self.overflowed = True
-                    self.buffer.clear()
-                    break
-                self.buffer.append(event)
-        if self.buffer or self.overflowed:
-            self._wakeup.set()
+        fresh = [e for e in events if e.seq > self.after and self.matches(e)]
+        if not fresh:
+            return
+        if self.idle and not self.buffer and self.direct is not None and self.direct(fresh):
+            self.sent = fresh[-1].seq
+            return
+        for event in fresh:
+            if len(self.buffer) >= self.limit:
+                self.overflowed = True
+                self.buffer.clear()
+                break
+            self.buffer.append(event)
+        self._wakeup.set()
 
     async def next_batch(self) -> list[Event]:
         """Wait for buffered events; raises :class:`TooSlow` once the buffer overflowed."""
         while not self.buffer and not self.overflowed:
-            await self._wakeup.wait()
+            self.idle = True
+            try:
+                await self._wakeup.wait()
+            finally:
+                self.idle = False
             self._wakeup = trio.Event()
         if self.overflowed:
             raise TooSlow()
@@ -91,8 +117,8 @@ class Hub:
         return sum(not sub.internal for sub in self._subs)
 
     def subscribe(self, after: int, matches: Filter, limit: int | None = None,
-                  internal: bool = False) -> Subscriber:
-        sub = Subscriber(after, matches, limit or self.buffer_limit, internal)
+                  internal: bool = False, direct: Direct | None = None) -> Subscriber:
+        sub = Subscriber(after, matches, limit or self.buffer_limit, internal, direct)
         self._subs.add(sub)
         return sub
 
