@@ -194,6 +194,12 @@ def report(trees: list[Tree]) -> None:
     for t in trees:
         row += f"{q([(s['k.dead'] - s['kill']) / 1e6 for s in t.samples], 50):>24.3f}"
     print(row)
+    for what, key in (("dead -> subscriber (what a supervisor adds), p50", 50),
+                      ("dead -> subscriber, p90", 90)):
+        row = f"{what:58}"
+        for t in trees:
+            row += f"{q([(s['b.seen'] - s['k.dead']) / 1e6 for s in t.samples], key):>24.3f}"
+        print(row)
     if trees[0].trace_dir is None:
         return
     print("\nper hop: median of (this hop - the one before it in that exit) / median of "
