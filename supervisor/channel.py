@@ -167,7 +167,9 @@ class ItemSender:
         try:
             data = b"".join(wire.encode(wire.item(self.rid, v), chan.conv.max_frame)
                             for v in values)
-        except wire.FrameTooLarge:  # the usual send raises it where the stream handles it
+        except (wire.FrameTooLarge, TypeError, ValueError, OverflowError):
+            # raised again by the usual send, in the stream's task, which answers the error:
+            # never in Hub.publish, whose failure would stop the log writer
             return False
         return len(data) <= self.NOW_MAX and chan.send_now(data)
 

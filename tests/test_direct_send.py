@@ -92,6 +92,8 @@ async def follower(buffer: int | None = None, sndbuf: int | None = None
             outcome["error"] = exc
             with contextlib.suppress(Closed):
                 await chan.send(wire.error(RID, exc.code, exc.message))
+        except Exception as exc:  # the server answers "internal" (supervisor/server.py)
+            outcome["error"] = exc
 
     try:
         async with trio.open_nursery() as nursery:
@@ -220,3 +222,16 @@ async def test_a_reader_cut_for_stalling_is_told_the_last_event_publish_sent_it(
     assert got == list(range(1, seq))  # the last one was the task's, never sent
     error = outcome["error"]
     assert error.code == "too_slow" and f"since={seq - 1}" in error.message, error.message
+
+
+async def test_an_event_that_cannot_be_encoded_fails_its_stream_not_the_publisher() -> None:
+    """What the subscriber's own send would raise is left to it (the stream answers with an
+    error); ``Hub.publish`` runs inside the log writer's completion and must not raise."""
+    async with follower() as (hub, peer, outcome):
+        hub.publish([Event(1, 1000, "task.exit", "c1", {"bad": object()})])  # does not raise
+        hub.publish([event(2)])  # behind it, in order: buffered, not sent ahead
+        with trio.fail_after(10):
+            while "error" not in outcome:
+                await trio.sleep(0.01)
+        assert isinstance(outcome["error"], TypeError)
+        assert peer.read_available() == []  # nothing sent past the event it could not send
