@@ -311,6 +311,11 @@ def soak(d: Daemon, seconds: float, seed: int, clients: int = 3,
         d.cleanup()
         kill_and_wait(list(soak_processes(s)))
         reap_adopted_orphans()
+        if s.problems:  # the log and the shims' files, for the post-mortem (a tmpfs goes)
+            with contextlib.suppress(OSError):
+                os.unlink(d.root / FILL)
+            subprocess.run(["cp", "-a", str(d.root), str(d.stderr_path.parent / "root-copy")],
+                           check=False)
         if s.disk:
             subprocess.run(["umount", "-l", str(d.root)], check=False)
     summary = (f"soak: {s.n} containers, {s.execs} execs, faults {dict(s.faults)}, "
@@ -386,7 +391,8 @@ def main() -> int:
         soak(d, args.minutes * 60, seed, args.clients, kinds)
     except SoakFailure as exc:
         print(exc, file=sys.stderr)
-        print(f"the daemon's log: {d.stderr_path}", file=sys.stderr)
+        print(f"the daemon's log: {d.stderr_path} (its root: {base / 'root-copy'})",
+              file=sys.stderr)
         return 1
     finally:
         d.cleanup()

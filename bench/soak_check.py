@@ -97,6 +97,7 @@ class Soak:
     disk: bool = False
     kinds: frozenset[str] = frozenset(FAULTS)
     n: int = 0
+    log_offset: int = 0  # how far the daemon's log was read for findings (:func:`check_log`)
 
     def new(self, rng: random.Random, kind: str) -> Tracked:
         with self.lock:
@@ -154,10 +155,33 @@ def container_processes(s: Soak) -> dict[int, str]:
     return found
 
 
+#: What the daemon logs when it finds that its log lost events: in the soak nothing cuts the
+#: log (no ``--repair``, no older copy put back), so an adoption is an acknowledged event lost.
+LOST_HISTORY = "adopted a shim the log did not account for"
+
+
+def check_log(s: Soak) -> None:
+    """The daemon's log (every start appends to it) since the last check: an adoption means the
+    log lost events it had acknowledged (exactly-once broken, even if ``container.adopt``
+    repaired the state)."""
+    try:
+        with open(s.d.stderr_path, "rb") as f:
+            f.seek(s.log_offset)
+            text = f.read()
+    except FileNotFoundError:
+        return
+    text = text[:text.rfind(b"\n") + 1]  # whole lines only: the rest is read next time
+    s.log_offset += len(text)
+    lines = [line for line in text.decode(errors="replace").splitlines() if LOST_HISTORY in line]
+    assert not lines, "the daemon adopted a shim: its log lost acknowledged events: " + \
+        "\n    ".join(lines[:3])
+
+
 def check(s: Soak) -> None:
     """The history and ``/proc`` once the daemon is quiet (see the module's docstring)."""
     d = s.d
     rows = wait_reconciled(d)
+    check_log(s)
     for cid, t in s.items.items():
         if t.acked and not t.rm:
             assert cid in rows, f"container {cid} was lost"
@@ -167,7 +191,12 @@ def check(s: Soak) -> None:
         assert cid in s.items, f"container {cid} appeared from nowhere"
     for cid, row in rows.items():  # a restart in flight, a stop being recorded: let them land
         if s.items[cid].policy != "no" and row["state"] == "stopped":
-            d.wait_for(lambda cid=cid: not restart_lost(d, cid), timeout=10)
+            try:
+                d.wait_for(lambda cid=cid: not restart_lost(d, cid), timeout=10)
+            except TimeoutError:
+                raise AssertionError(f"{cid}: a restart was lost (stopped, its policy "
+                                     f"{s.items[cid].policy}, no shim, nothing decided for "
+                                     f"10 s): {lived(s, cid)}") from None
     now, history = quiet_view(d, s.history)
     check_seqs(history)
     check_exits_once(history)
@@ -182,6 +211,13 @@ def check(s: Soak) -> None:
         events = by_id.get(cid, [])
         check_tasks(cid, events, row)
         check_proc(s, cid, row, events)
+
+
+def lived(s: Soak, cid: str) -> list[tuple[int, str, Any]]:
+    """What the log holds of *cid*, as of now: (seq, type, pid or status) per event."""
+    events = s.d.stream("events", since=0)
+    return [(e["seq"], e["type"], e["data"].get("pid", e["data"].get("status")))
+            for e in events if e["id"] == cid]
 
 
 def check_status(t: Tracked, e: dict[str, Any]) -> None:
@@ -200,8 +236,13 @@ def check_proc(s: Soak, cid: str, row: dict[str, Any], events: list[dict[str, An
     if row["state"] == "running":
         pid = row["pid"]
         if not is_running(pid):  # it may be ending right now: its exit must land
-            s.d.wait_for(lambda: (r := s.d.ps().get(cid)) is None or r["pid"] != pid
-                         or r["state"] != "running", timeout=10)
+            try:
+                s.d.wait_for(lambda: (r := s.d.ps().get(cid)) is None or r["pid"] != pid
+                             or r["state"] != "running", timeout=10)
+            except TimeoutError:
+                raise AssertionError(f"{cid}: ps says running, pid {pid}, which ended over "
+                                     f"10 s ago with no exit recorded: {lived(s, cid)}"
+                                     ) from None
             return
         try:  # it may have ended since, or be between its fork and its exec
             s.d.wait_for(lambda: is_init(s, cid, pid) or not is_running(pid), timeout=3)
@@ -264,7 +305,11 @@ def finish(s: Soak, follower: Follower) -> None:
         raise AssertionError(f"zombies under the daemon or a shim: "
                              f"{zombies_under(set(soak_processes(s)))}") from None
     last = d.call("status")["last_seq"]
-    d.wait_for(lambda: follower.seqs and follower.seqs[-1] >= last, timeout=10)
+    try:
+        d.wait_for(lambda: follower.seqs and follower.seqs[-1] >= last, timeout=10)
+    except TimeoutError:
+        raise AssertionError(f"the live subscriber did not reach seq {last} in 10 s (it is "
+                             f"at {follower.seqs[-1:]})") from None
     assert d.stop() == 0, "the daemon's orderly stop failed"
     follower.join()
     assert follower.seqs == list(range(1, follower.seqs[-1] + 1)), \
