@@ -96,6 +96,10 @@ class ShimLink:
         #: the shim's ``state`` reply when this link connected (reconciliation compares it
         #: with the record once the backlog is replayed: :func:`adopt.adopt_if_history_lost`)
         self.first_state: dict[str, Any] | None = None
+        #: every event up to ``first_state``'s seq came from the shim and went through the
+        #: record: only then does that answer say anything about the log (``caught_up`` is
+        #: also set when the shim died half-way, its answer stale, its last events unsent)
+        self.replayed = False
 
     def close(self) -> None:
         """Stop consuming: the daemon retires this shim (its end is expected)."""
@@ -152,6 +156,7 @@ class ShimLink:
     async def _consume(self, chan: Channel) -> None:
         """Requests 1 (``state``) and 2 (``events``) were sent with the hello."""
         target: int | None = None
+        acking = True  # until an ack cannot be sent: the shim died (what it sent is still read)
         try:
             while True:
                 message = await chan.recv()
@@ -165,6 +170,7 @@ class ShimLink:
                     seq, acked = result.get("seq", 0), result.get("acked", 0)
                     target = seq if isinstance(seq, int) and seq > (acked or 0) else 0
                     if target == 0:
+                        self.replayed = True
                         self.caught_up.set()
                     continue
                 if rid != 2:
@@ -183,8 +189,15 @@ class ShimLink:
                 data["shim_seq"] = seq
                 data["instance"] = self.instance
                 await self.host.record_shim_event(self.cid, etype, data)
-                await chan.send_bytes(chan.conv.request("ack", {"seq": seq}))
+                if acking:
+                    try:
+                        await chan.send_bytes(chan.conv.request("ack", {"seq": seq}))
+                    except Closed:
+                        # the shim died: the events it sent before are still ours to record
+                        # (read to the end of the stream); unacknowledged, they died with it
+                        acking = False
                 if target is not None and seq >= target:
+                    self.replayed = True
                     self.caught_up.set()
         except (Closed, wire.ProtocolError):
             return

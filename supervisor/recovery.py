@@ -118,8 +118,9 @@ async def _link(core: Core, supervision: Supervision, c: Container) -> None:
     now = core.container(c.id)
     if now is None or link.gone.is_set():
         return  # the link found the shim gone: it recorded that, and supervision decides
-    if not scope.cancelled_caught and await adopt.adopt_if_history_lost(core, now,
-                                                                         link.first_state):
+    # only a backlog replayed to its end says the log lost something: a shim that died
+    # half-way left its answer stale and its last events unsent (never acknowledged)
+    if link.replayed and await adopt.adopt_if_history_lost(core, now, link.first_state):
         now = core.container(c.id)
         if now is None:
             return
