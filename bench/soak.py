@@ -23,13 +23,17 @@ the crash suite):
 * ``ps`` agrees with ``/proc``: a running container's pid is alive, is its command (its
   marker) and started when its ``task.create`` says; a stopped one has no process left;
 * no client got an error other than the ones a fault explains (``conflict``, ``not_found``,
-  ``no_space``, ``unavailable``...); an ``internal`` or a hang is a failure.
+  ``no_space``, ``unavailable``...); an ``internal`` or a hang is a failure;
+* the daemon's log shows no adoption (``container.adopt``): nothing cuts the event log here, so
+  one would say that the log lost events it had acknowledged, even if the adoption set the
+  state right.
 
 At the end every container is removed (``rm -f``) and the daemon shut down: no process of the
 soak may be left (none naming the root, none carrying the run's environment marker) and no
 zombie under a daemon or shim. A failure prints the seed and the command that reproduces it
 (the seed fixes every random choice; the interleaving still depends on the machine, so run a
-failing seed a few times). ``tests/test_soak.py`` runs it for about 40 s with a fixed seed.
+failing seed a few times); a copy of ROOT (the event log, the shims' files) is kept beside the
+daemon's log. ``tests/test_soak.py`` runs it for about 40 s with a fixed seed.
 
 The script imports the tests' helpers (``tests/daemon_helpers.py``, the conftest's process
 table); like pytest it makes itself a child subreaper, so shims and lost tasks are reparented

@@ -198,6 +198,9 @@ def check(s: Soak) -> None:
                                      f"{s.items[cid].policy}, no shim, nothing decided for "
                                      f"10 s): {lived(s, cid)}") from None
     now, history = quiet_view(d, s.history)
+    adopted = [(e["seq"], e["id"], e["data"].get("reason")) for e in history
+               if e["type"] == "container.adopt"]
+    assert not adopted, f"containers adopted (the log lost acknowledged events): {adopted}"
     check_seqs(history)
     check_exits_once(history)
     for e in history:
