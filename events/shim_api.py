@@ -298,10 +298,12 @@ def read_exit_file(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def write_task_file(directory: str | os.PathLike[str], record: dict[str, Any]) -> None:
-    """``{instance, shim_seq, pid, starttime, attempt}`` of a task the shim restarted by itself
-    (``shim_seq``: its ``task.create``'s). Atomic, not fsynced: a power loss ends the task too.
-    A shim SIGKILLed before it delivered that task's events leaves this trace, so the daemon
-    accounts for the task instead of starting a second one (docs/design.md, section 8)."""
+    """``{instance, shim_seq, pid, starttime, attempt, started_by_run}`` of a task the shim
+    restarted by itself, or of a ``run``'s first task before it is let run (``shim_seq``: its
+    ``task.create``'s). Atomic, not fsynced: a power loss ends the task too. A shim SIGKILLed
+    before it delivered that task's events leaves this trace, so the daemon accounts for the
+    task instead of starting a second one (docs/design.md, section 8), or ends a run's task
+    that no one was told of (``started_by_run``, no ``recorded``: :mod:`supervisor.adopt`)."""
     write_atomic(os.path.join(directory, TASK_FILE), json.dumps(record).encode(),
                  durable=False)
 

@@ -158,6 +158,9 @@ class Task:
         # restarts in a row (the last decision's); a shim the daemon started to carry on a lost
         # shim's crash loop goes on counting where that one was (spec restart_attempt)
         self.attempt = int(spec.get("restart_attempt") or 0)
+        #: the first task was created and started by the shim's own first request (``run``),
+        #: before the daemon recorded it: the task file says so (its restarts' too)
+        self.started_by_run = False
         self.create_seq = 0  # the shim_seq of the current run's task.create
         self.start_at: int | None = None  # unix ns: when the pending restart runs
         self.gave_up = False
@@ -231,6 +234,11 @@ class Task:
         pid = self.create(start=True, watch_oom=watch_oom)
         if created is not None:
             created(pid)
+        # its trace before it runs: should this shim and its starter both die before the run
+        # is recorded, start-up finds the task by this file and ends it (no one was told of
+        # it: supervisor.adopt.end_unrecorded_run)
+        self.started_by_run = True
+        self._write_task_file()
         try:
             return self.start(by_request=True)
         except ShimError as exc:
@@ -268,7 +276,8 @@ class Task:
         try:
             shim_api.write_task_file(self.dir, {
                 "instance": self.instance, "shim_seq": self.create_seq, "pid": self.pid,
-                "starttime": procfs.starttime(self.pid), "attempt": self.attempt})
+                "starttime": procfs.starttime(self.pid), "attempt": self.attempt,
+                "started_by_run": self.started_by_run})
         except OSError as exc:  # a full disk: the task runs; only this trace is missing
             self.diag.log("error", "task_file_failed", dir=self.dir, error=str(exc))
 

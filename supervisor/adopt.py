@@ -28,7 +28,10 @@ adopted too, and the user sees a ``created`` container in ``ps``. A live shim th
 answer (stopped, wedged) is left running and reported; so is a directory with no live shim
 (its files are a lost container's logs and exit, or the leftovers of an unacknowledged
 create): the daemon never deletes what it cannot account for, except the directory of a
-removal it recorded itself (``rm`` leaves :data:`REMOVING` in it before ``container.delete``).
+removal it recorded itself (``rm`` leaves :data:`REMOVING` in it before ``container.delete``)
+and that of a ``run`` it died in whose shim died too (:func:`end_unrecorded_run`: the task
+file the shim wrote before it let the task run says ``started_by_run``, and ``recorded`` does
+not name its instance; that task, proven by its start time, is ended with its group).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -43,13 +47,14 @@ import trio
 
 from events import shim_api
 from events.domain import ContainerState
-from events.procfs import starttime
+from events.procfs import is_running, starttime
 from supervisor.errors import ApiError
 from supervisor.shims import (
     DEFAULT_PATH,
     call_shim,
     read_address,
     read_shim_file,
+    read_task_record,
     remove_shim_dir,
     shim_alive,
     shim_dir,
@@ -64,8 +69,8 @@ if TYPE_CHECKING:
     from supervisor.spec import Spec
 
 __all__ = ["REMOVING", "Outcome", "account_for", "adopt", "adopt_if_history_lost", "api_spec",
-           "mark_removing",
-           "never_ran", "ran_a_task", "recorded_once", "shim_state", "should_adopt"]
+           "end_unrecorded_run", "mark_removing", "never_ran", "ran_a_task", "recorded_once",
+           "shim_state", "should_adopt"]
 
 log = structlog.get_logger("supervisord.adopt")
 
@@ -236,6 +241,14 @@ async def account_for(core: Core, cid: str) -> str:
             log.warning("removed the leftovers of a shim start the daemon died in (no shim, "
                         "no exit, no output: nothing ran there)", id=cid)
             return Outcome.REMOVED
+        ended = await trio.to_thread.run_sync(end_unrecorded_run, root, cid)
+        if ended is not None:
+            await trio.to_thread.run_sync(remove_shim_dir, root, cid)
+            log.warning("ended the task of a run the daemon died in before recording it, "
+                        "whose shim is gone too (its task file names it; no one was told of "
+                        "it), and removed its directory", id=cid, pid=ended[0],
+                        was_running=ended[1])
+            return Outcome.ENDED
         log.warning("a shim directory the log does not know, with no shim running in it: left "
                     "alone (its files are a lost container's; remove it once they are of no "
                     "use)", path=str(directory),
@@ -261,6 +274,36 @@ async def account_for(core: Core, cid: str) -> str:
                 "before recording it: no one was told of it)", id=cid, action=what,
                 started_by_run=bool(state.get("started_by_run")), status=state.get("status"))
     return Outcome.ENDED
+
+
+def end_unrecorded_run(root: Path, cid: str) -> tuple[int, bool] | None:
+    """``cid``'s directory (no shim alive in it, the log does not know it) is a ``run`` the
+    daemon died in before recording it, if its task file says ``started_by_run`` and its
+    ``recorded`` does not name that instance (``run`` writes it before it replies, after the
+    record is durable): no one was told of that container, and no one can reach it now. Its
+    task, if that pid is still the task (its start time: alive, or a zombie whose group is
+    provably its own), is SIGKILLed with its process group. Returns ``(pid, was it still
+    running)``, or None when the directory is not such a run (then it is left alone)."""
+    directory = shim_dir(root, cid)
+    record = read_task_record(root, cid)
+    if record is None or record.get("started_by_run") is not True:
+        return None
+    instance = record.get("instance")
+    if not isinstance(instance, str) or shim_api.read_recorded(directory) == instance:
+        return None  # recorded once: a container the log lost, not an unrecorded run
+    pid, started = record.get("pid"), record.get("starttime")
+    if not isinstance(pid, int) or pid <= 1 or not isinstance(started, int):
+        return None
+    if starttime(pid) != started:
+        return pid, False  # it ended (and was reaped): nothing of it to end
+    running = is_running(pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        # while the task (alive or a zombie) holds its pid, its group is its own
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    return pid, running
 
 
 def never_ran(root: Path, cid: str) -> bool:

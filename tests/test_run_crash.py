@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import threading
@@ -29,8 +30,9 @@ from daemon_helpers import Daemon
 from shim_helpers import start_command
 
 from events import shim_api, wire
-from events.procfs import is_running
+from events.procfs import group_members, is_running
 from events.rpc import BlockingConnection
+from supervisor.logid import LOG_ID_FILE
 from supervisor.shims import new_instance, shim_spec
 from supervisor.spec import validate_spec
 
@@ -127,6 +129,71 @@ def test_a_run_the_daemon_died_in_before_its_append_is_ended(daemon: Daemon) -> 
     # launcher was stopped too late for was recorded, and runs)
     daemon.call("run", spec={"name": ended, "command": ["sleep", "1000"]})
     assert daemon.ps()[ended]["state"] == "running"
+
+
+def test_a_run_whose_shim_died_with_the_daemon_before_its_append_is_ended(
+        daemon: Daemon) -> None:
+    """As above, and the shim is SIGKILLed too before the daemon is back (the soak's faults
+    did this: a daemon kill, then a shim kill): no shim answers for the task, which runs on,
+    reparented. Start-up finds it by the task file the shim wrote before it let it run, ends
+    it and its process group (no one was told of it), and removes the directory; the id is
+    free again."""
+    daemon.wait_for(lambda: '"shim launcher ready"' in daemon.stderr(), timeout=15)
+    kept = daemon.run("sleep", "1000", name="kept")
+    for attempt in range(6):
+        cid = f"d{attempt}"
+        lpid = launcher_pid(daemon)
+        worker = run_in_background(daemon, cid)
+        if not stop_launcher_when_the_shim_exists(daemon, cid, lpid):
+            os.kill(lpid, signal.SIGCONT)  # too late: the run was recorded; try again
+            worker.join(20)
+            continue
+        state = daemon.wait_for(lambda cid=cid: (s := shim_state(daemon, cid)) is not None
+                                and s["status"] == "running" and s, timeout=10)
+        shim_pid, task_pid = state["shim_pid"], state["pid"]
+        task = shim_api.read_task_file(daemon.root / "shims" / cid)
+        assert task is not None and task["pid"] == task_pid and task["started_by_run"], task
+        daemon.kill9()
+        worker.join(20)
+        os.kill(shim_pid, signal.SIGKILL)
+        daemon.wait_for(lambda p=shim_pid: not is_running(p), timeout=10)
+        assert len(group_members(task_pid)) == 2, "sh and its sleep run on, their shim gone"
+        daemon.start().reconciled()
+        daemon.wait_for(lambda t=task_pid: group_members(t) == [], timeout=10)
+        rows = daemon.ps()
+        assert cid not in rows and rows[kept]["state"] == "running"
+        assert not (daemon.root / "shims" / cid).exists()
+        assert "ended the task of a run the daemon died in" in daemon.stderr()
+        daemon.call("run", spec={"name": cid, "command": ["sleep", "1000"]})
+        assert daemon.ps()[cid]["state"] == "running"
+        return
+    raise AssertionError("the window between the shim's ready and the append was never hit")
+
+
+def test_a_recorded_runs_task_whose_shim_and_record_are_lost_is_left_alone(
+        daemon: Daemon) -> None:
+    """The other side of the rule: a run that was recorded (its ``recorded`` names the
+    instance: the user was told) whose record the log then lost, and whose shim is gone, is
+    not ended: its task runs on and its directory stays (start-up says so), as before."""
+    cid = daemon.run("sh", "-c", "sleep 1000; true", name="told")
+    state = shim_state(daemon, cid)
+    assert state is not None and state["recorded"] is True
+    task_pid = state["pid"]
+    daemon.stop()
+    shim_pid = state["shim_pid"]
+    os.kill(shim_pid, signal.SIGKILL)
+    daemon.wait_for(lambda: not is_running(shim_pid), timeout=10)
+    shutil.rmtree(daemon.root / "events")  # the log lost everything (a fresh one)
+    for name in (LOG_ID_FILE, "snapshot"):
+        (daemon.root / name).unlink(missing_ok=True)
+    try:
+        daemon.start().reconciled()
+        assert "a shim directory the log does not know" in daemon.stderr()
+        assert (daemon.root / "shims" / cid).is_dir()
+        assert len(group_members(task_pid)) == 2
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(task_pid, signal.SIGKILL)
 
 
 def test_a_recorded_run_says_so_before_the_reply(daemon: Daemon) -> None:

@@ -77,7 +77,8 @@ def test_always_restarts_a_sigkilled_task_while_no_daemon_is_connected(shims: Sh
     # the restarted task's trace, for a daemon that finds this shim lost before delivery
     task = shim_api.read_task_file(shim.dir)
     assert task == {"instance": state["instance"], "shim_seq": 5, "pid": new,
-                    "starttime": int(proc_stat(new)[19]), "attempt": 1}
+                    "starttime": int(proc_stat(new)[19]), "attempt": 1,
+                    "started_by_run": False}
     reader.close()
 
 
