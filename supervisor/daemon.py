@@ -126,8 +126,9 @@ def _hold(signals: EarlySignals) -> None:
     path = os.environ.get(HOLD_ENV)
     if not path or not os.path.exists(path):
         return
-    with open(f"{path}.modules", "w") as f:
+    with open(f"{path}.modules.tmp", "w") as f:  # whole when the test sees it
         f.write("\n".join(sorted(sys.modules)))
+    os.replace(f"{path}.modules.tmp", f"{path}.modules")
     while os.path.exists(path) and signals.received is None:
         time.sleep(0.005)
 

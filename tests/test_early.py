@@ -34,6 +34,8 @@ def held_start(d: Daemon, hold: Path) -> None:
     hold.touch()
     d.env = {**os.environ, "TETHER_EARLY_HOLD": str(hold)}
     d.start()
+    # the early server answers before the daemon reaches its hold and lists its modules
+    d.wait_for(lambda: Path(f"{hold}.modules").exists(), timeout=15)
 
 
 def release(d: Daemon, hold: Path) -> None:
