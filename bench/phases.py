@@ -8,9 +8,10 @@ On a private supervisord (``bench/compare_systems.Tether``), from the event log'
   shim forked, set up, its runtime returned, the task created and started, its ready line
   (the shim's own clocks: the ``phases`` of the ``ready`` line in shim.log, ``created_at``,
   ``started_at``), -> the record durable (``task.start``'s ``time``: the launcher's relay, the
-  append, one fdatasync), -> reply (the ``ack`` of the shim's first event, the link); beside
-  bare ``runc run -d``, ``runc run -d`` as the shim runs it (from here, through ``OciCli``),
-  and ``runc create`` + ``runc start``;
+  append, one fdatasync), -> reply (the ``ack`` of the shim's first event, the link); the
+  runtime's command inside the shim (spawn -> end, its CPU time); after each run, beside it:
+  bare ``runc run -d`` (and its CPU time), the same from a new session, ``runc run -d`` as the
+  shim runs it (from here, through ``OciCli``), and ``runc create`` + ``runc start``;
 * exit -> live subscriber (SIGKILL of the init from here): -> reaped by the shim (``exited_at``),
   -> appended (the event's ``time``, stamped by the log writer: the shim's exit file and the link
   are in between), -> received by an in-process ``events`` stream (the fdatasync, the hub);
@@ -27,8 +28,10 @@ import argparse
 import json
 import os
 import queue
+import resource
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -95,7 +98,7 @@ class Phases:
     def run_phases(self, runtime: str) -> None:
         rows: dict[str, list[float]] = {name: [] for name in self.RUN_ROWS}
         with self.tether.conn() as c:
-            for _ in range(self.runs):
+            for i in range(self.runs):
                 since = c.call("status")["last_seq"]
                 t0 = time.time_ns()
                 r = c.call("run", spec=self.spec(runtime))
@@ -107,49 +110,77 @@ class Phases:
                          shim["started"], shim["ready"], events["task.start"]["time"], t1]
                 for name, a, b in zip(self.RUN_ROWS, marks, marks[1:], strict=False):
                     rows[name].append((b - a) / 1e6)
+                if "command_spawned" in shim:  # the runtime's command, as the shim saw it
+                    rows.setdefault("runc run -d in the shim (spawn -> end seen)", []).append(
+                        (shim["command_exited"] - shim["command_spawned"]) / 1e6)
+                    rows.setdefault("  its CPU time (user + system)", []).append(
+                        shim["command_cpu_ns"] / 1e6)
                 rows["total"].append((t1 - t0) / 1e6)
                 c.call("rm", id=r["id"], force=True)
-        if runtime != "process":
-            self.runtime_rows(rows)
+                if runtime != "process":
+                    self.runtime_round(i, rows)
         show(f"run -> running, {runtime} (in-process client)", rows)
 
-    def runtime_rows(self, rows: dict[str, list[float]]) -> None:
-        """Bare runc beside runc as the shim runs it (``OciCli``: its ``--log``, pipes as
-        stdio, the shim's spawn), from this process, interleaved; and the bundle's write."""
+    def runtime_round(self, i: int, rows: dict[str, list[float]]) -> None:
+        """One sample of each runc row, taken right after a Tether run (so both see the same
+        moment of a loaded machine): bare ``runc run -d``, its CPU time, the same from a new
+        session, runc as the shim runs it (``OciCli``: its ``--log``, pipes as stdio, the
+        shim's spawn), the bundle's write, bare ``create`` + ``start``."""
         from shim.oci import OciCli, prepare_bundle
 
+        def add(name: str, value: float) -> None:
+            rows.setdefault(name, []).append(value)
+
+        cid, bundle = self.bare.bundle(SLEEP)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        add("bare runc run -d", cs.timed(self.bare.run_argv(cid, bundle), detaches=True)[0] * 1e3)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        add("  its CPU time (user + system)  ",
+            (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1e3)
+        self.bare.delete(cid)
+        cid, bundle = self.bare.bundle(SLEEP)
+        add("bare runc run -d from a new session (setsid, as a shim)",
+            self.timed_new_session(self.bare.run_argv(cid, bundle)))
+        self.bare.delete(cid)
         cli = OciCli("runc", self.base / "runc-as-shim", self.base / "runc-as-shim.log")
-        run, as_shim, bundle_ms, create, start = [], [], [], [], []
-        for i in range(self.runs):
-            cid, bundle = self.bare.bundle(SLEEP)
-            run.append(cs.timed(self.bare.run_argv(cid, bundle), detaches=True)[0] * 1e3)
-            self.bare.delete(cid)
-            spec = {"id": f"as-shim-{i}", "command": SLEEP, "rootfs": str(self.rootfs),
-                    "runtime": "runc", "env": {"PATH": "/usr/bin:/bin"}}
-            b0 = time.perf_counter()
-            path = prepare_bundle(spec, self.base / "as-shim" / str(i),
-                                  cgroups_path=f"/{cs.BareRunc.CGROUP_PARENT}/as-shim-{i}")
-            bundle_ms.append((time.perf_counter() - b0) * 1e3)
-            out_r, out_w = os.pipe()
-            err_r, err_w = os.pipe()
-            t0 = time.perf_counter()
-            pid = cli.run(spec["id"], path, str(self.base / f"as-shim-{i}.pid"),
-                          stdout=out_w, stderr=err_w)
-            as_shim.append((time.perf_counter() - t0) * 1e3)
-            for fd in (out_r, out_w, err_r, err_w):
-                os.close(fd)
-            os.kill(pid, signal.SIGKILL)
-            cli.delete(spec["id"], force=True, missing_ok=True)
-            cid, bundle = self.bare.bundle(SLEEP)
-            create.append(cs.timed(self.bare.argv("create", "--bundle", bundle, cid),
-                                   detaches=True)[0] * 1e3)
-            start.append(cs.timed(self.bare.argv("start", cid))[0] * 1e3)
-            self.bare.delete(cid)
-        rows["bare runc run -d"] = run
-        rows["runc run -d as the shim runs it (OciCli, from here)"] = as_shim
-        rows["  config.json written (prepare_bundle)"] = bundle_ms
-        rows["bare runc create"] = create
-        rows["bare runc start"] = start
+        spec = {"id": f"as-shim-{i}", "command": SLEEP, "rootfs": str(self.rootfs),
+                "runtime": "runc", "env": {"PATH": "/usr/bin:/bin"}}
+        b0 = time.perf_counter()
+        path = prepare_bundle(spec, self.base / "as-shim" / str(i),
+                              cgroups_path=f"/{cs.BareRunc.CGROUP_PARENT}/as-shim-{i}")
+        bundle_ms = (time.perf_counter() - b0) * 1e3
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        t0 = time.perf_counter()
+        pid = cli.run(spec["id"], path, str(self.base / f"as-shim-{i}.pid"),
+                      stdout=out_w, stderr=err_w)
+        add("runc run -d as the shim runs it (OciCli, from here)",
+            (time.perf_counter() - t0) * 1e3)
+        add("  config.json written (prepare_bundle)", bundle_ms)
+        for fd in (out_r, out_w, err_r, err_w):
+            os.close(fd)
+        os.kill(pid, signal.SIGKILL)
+        cli.delete(spec["id"], force=True, missing_ok=True)
+        cid, bundle = self.bare.bundle(SLEEP)
+        add("bare runc create", cs.timed(self.bare.argv("create", "--bundle", bundle, cid),
+                                         detaches=True)[0] * 1e3)
+        add("bare runc start", cs.timed(self.bare.argv("start", cid))[0] * 1e3)
+        self.bare.delete(cid)
+
+    @staticmethod
+    def timed_new_session(argv: list[str]) -> float:
+        """``runc run -d`` from its own session (and so its own scheduling autogroup, where the
+        kernel has them), as a shim's runtime commands run: ms."""
+        t = time.perf_counter()
+        with tempfile.TemporaryFile() as err:  # a file: runc hands its stdio to the container
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=err, check=False, start_new_session=True)
+            took = (time.perf_counter() - t) * 1e3
+            if proc.returncode != 0:
+                err.seek(0)
+                raise RuntimeError(f"{' '.join(argv)}: exit {proc.returncode}: "
+                                   f"{err.read().decode(errors='replace').strip()}")
+        return took
 
     def exit_phases(self, runtime: str) -> None:
         seen: queue.Queue[tuple[dict[str, object], int]] = queue.Queue()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import resource
 import selectors
 import signal
 import time
@@ -36,7 +37,8 @@ from typing import NamedTuple
 
 from shim import osutil
 
-__all__ = ["DEVNULL", "PIPE", "Completed", "PreexecFailed", "TimedOut", "run_command"]
+__all__ = ["DEVNULL", "PIPE", "Completed", "PreexecFailed", "Ran", "TimedOut", "last_ran",
+           "run_command"]
 
 #: a stdio slot of :func:`run_command`: captured into :attr:`Completed.stdout` / ``stderr``
 PIPE = -1
@@ -49,6 +51,25 @@ class Completed(NamedTuple):
     returncode: int  # negative: killed by that signal
     stdout: bytes | None
     stderr: bytes | None
+
+
+class Ran(NamedTuple):
+    """When a command ran and what it cost the CPU: its wall time against its own work (the
+    CPU time the kernel charged it and the children it reaped) tells waiting from working.
+    The shim's ready line carries the runtime's (``bench/phases.py`` sets them beside runc
+    run from the bench)."""
+
+    spawned_ns: int  # unix ns, just before the spawn
+    exited_ns: int  # unix ns, when its end was seen (the pidfd)
+    cpu_ns: int  # user + system
+
+
+_last: list[Ran] = []
+
+
+def last_ran() -> Ran | None:
+    """The last command :func:`run_command` ran to its end in this process (None: none)."""
+    return _last[-1] if _last else None
 
 
 class PreexecFailed(Exception):
@@ -84,12 +105,14 @@ def run_command(cmd: Sequence[str], stdio: Sequence[int], timeout: float,
             else:
                 child_fds.append(slot)
                 readers.append(None)
+        spawned = time.time_ns()
         pid = _spawn(argv, child_fds, preexec)
         for fd in child_fds:  # the child's ends: EOF comes once it (and its heirs) close them
             if fd in opened:
                 opened.remove(fd)
                 os.close(fd)
         out = _wait(pid, argv, [r for r in readers[1:]], timeout)
+        _last[:] = [Ran(spawned, out[3], out[4])]
         return Completed(argv, out[0], out[1], out[2])
     finally:
         for fd in opened:
@@ -197,11 +220,13 @@ def _read(fd: int) -> bytes:
 
 
 def _wait(pid: int, argv: list[str], readers: list[int | None], timeout: float
-          ) -> tuple[int, bytes | None, bytes | None]:
-    """Until *pid* has exited (reaped) and every captured pipe is at EOF."""
+          ) -> tuple[int, bytes | None, bytes | None, int, int]:
+    """Until *pid* has exited (reaped) and every captured pipe is at EOF: its exit code, its
+    output, when its end was seen (unix ns) and its CPU time (ns, ``wait4``'s usage)."""
     chunks: dict[int, list[bytes]] = {fd: [] for fd in readers if fd is not None}
     deadline = time.monotonic() + timeout
     status: int | None = None
+    exited = cpu = 0
     try:
         pidfd: int | None = os.pidfd_open(pid)
     except OSError:  # a kernel without pidfds: its end is polled
@@ -212,8 +237,9 @@ def _wait(pid: int, argv: list[str], readers: list[int | None], timeout: float
                 sel.register(fd, selectors.EVENT_READ)
             while True:
                 if status is None and pidfd is None:
-                    reaped, raw = os.waitpid(pid, os.WNOHANG)
-                    status = raw if reaped else None
+                    reaped, raw, usage = os.wait4(pid, os.WNOHANG)
+                    if reaped:
+                        status, exited, cpu = raw, time.time_ns(), _cpu_ns(usage)
                 if status is not None and not sel.get_map():
                     break
                 left = deadline - time.monotonic()
@@ -233,10 +259,16 @@ def _wait(pid: int, argv: list[str], readers: list[int | None], timeout: float
                         continue
                     sel.unregister(key.fd)
                     if key.fd == pidfd:
-                        status = os.waitpid(pid, 0)[1]
+                        exited = time.time_ns()
+                        _, status, usage = os.wait4(pid, 0)
+                        cpu = _cpu_ns(usage)
     finally:
         if pidfd is not None:
             os.close(pidfd)
     assert status is not None  # the loop ends only once it is reaped
     out = [b"".join(chunks[fd]) if fd is not None else None for fd in readers]
-    return os.waitstatus_to_exitcode(status), out[0], out[1]
+    return os.waitstatus_to_exitcode(status), out[0], out[1], exited, cpu
+
+
+def _cpu_ns(usage: resource.struct_rusage) -> int:
+    return round((usage.ru_utime + usage.ru_stime) * 1e9)

@@ -320,6 +320,7 @@ def parse_lines(data: bytes) -> list[tuple[str, str]]:
 def serve(root: str, container_id: str, ready_w: int, start_task: bool = False) -> None:
     """The shim process: detach from everything inherited, create the container (and, with
     *start_task*, start it), report, loop."""
+    from shim.command import last_ran
     from shim.server import Shim, make_runtime
 
     shim: Shim | None = None
@@ -343,9 +344,15 @@ def serve(root: str, container_id: str, ready_w: int, start_task: bool = False) 
                            watch_oom=False)
         # when each step ended (unix ns; bench/phases.py reads them): the shim began, was set
         # up (log, lock, spec, socket, runtime), the runtime returned; created_at, started_at
-        # and this line's own time follow (the OOM watch is set up after the ready line)
+        # and this line's own time follow (the OOM watch is set up after the ready line).
+        # The runtime's command (runc run): spawned, its end seen, its CPU time
+        phases = {"forked": forked, "set_up": set_up, "runtime": shim.task.runtime_at}
+        ran = last_ran()
+        if ran is not None and ran.spawned_ns >= set_up:
+            phases.update(command_spawned=ran.spawned_ns, command_exited=ran.exited_ns,
+                          command_cpu_ns=ran.cpu_ns)
         diag.log("info", "ready", address=address, instance=spec["instance"], **task,
-                 phases={"forked": forked, "set_up": set_up, "runtime": shim.task.runtime_at})
+                 phases=phases)
         ready = {"pid": os.getpid(), "address": address, **task}
         os.write(ready_w, b"ready " + json.dumps(ready).encode() + b"\n")
         shim.task.watch_oom()  # off the start's path: before the loop, so before any exit

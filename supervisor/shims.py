@@ -31,10 +31,13 @@ from supervisor.errors import ApiError
 from supervisor.probe import shim_alive
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from events.domain import ExitRecord, HealthSpec, RestartSpec
     from supervisor.spec import Spec
 
-__all__ = ["Launcher", "Ready", "ShimSpec", "SymlinkedDir", "call_shim", "checked_shim_dir",
+__all__ = ["SPEC_WRITES", "FileWrites", "Launcher", "Ready", "ShimSpec", "SymlinkedDir",
+           "call_shim", "checked_shim_dir",
            "end_shim", "exit_data", "exit_of_task", "new_instance", "read_address",
            "read_exit_record", "read_shim_file", "read_task_record", "real_shim_dir",
            "remove_shim_dir", "shim_alive", "shim_call_timeout", "shim_spec", "spawn_shim",
@@ -50,6 +53,44 @@ PREVIOUS_SHIM_GRACE = 5.0
 #: How long a start whose launcher (or ``shim start``) died waits for the shim it forked to
 #: answer or go away (longer than a shim stopped by an operator usually stays stopped).
 LOST_STARTER_GRACE = 10.0
+
+
+class FileWrites:
+    """Where a start's few file system calls run (the shim directory's stale files, its spec):
+    in the trio thread while the disk is fast, so that a start does not pay two thread
+    hand-offs for them (a quarter of a millisecond each when idle, several under load); in a
+    worker thread for *cooldown* seconds once a run took *slow* seconds or more, so that a disk
+    that stalls stops the daemon's loop at most once per cooldown (as the event log's lone
+    appends do, :mod:`supervisor.logwriter`)."""
+
+    def __init__(self, slow: float = 0.002, cooldown: float = 30.0) -> None:
+        self.slow = slow
+        self.cooldown = cooldown
+        self.slow_until = 0.0  # monotonic: until then, in a thread
+        self.inline = 0  # runs done in the trio thread (tests read it)
+
+    async def run(self, write: Callable[[], None]) -> None:
+        if time.monotonic() < self.slow_until:
+            t = time.monotonic()
+            try:
+                await trio.to_thread.run_sync(write)
+            finally:
+                self._took(time.monotonic() - t)
+            return
+        self.inline += 1
+        t = time.monotonic()
+        try:
+            write()
+        finally:
+            self._took(time.monotonic() - t)
+
+    def _took(self, seconds: float) -> None:
+        if seconds >= self.slow:
+            self.slow_until = time.monotonic() + self.cooldown
+
+
+#: The daemon's (one per process: the disk is the same for every start).
+SPEC_WRITES = FileWrites()
 
 
 class Ready(TypedDict, total=False):
@@ -181,8 +222,8 @@ async def _spawn(root: Path, cid: str, directory: Path, instance: str, spec: Spe
                 (directory / stale).unlink()
         shim_api.write_spec(directory, dict(shim_spec(cid, instance, spec, attempt)))
 
-    try:  # file system calls (a hung disk must not stall the daemon): in a thread
-        await trio.to_thread.run_sync(prepare)
+    try:
+        await SPEC_WRITES.run(prepare)
     except OSError as exc:
         raise _os_error("writing the shim spec", directory, exc) from None
     began = time.perf_counter()

@@ -114,6 +114,8 @@ SHIM_ALLOWED = frozenset({
     # the runtime's commands, instead of subprocess (whose threading costs every shim ~0.4 MB
     # of pages: see docs/design.md, the shim's memory); no pathlib, random, urllib either
     "shim.command",
+    # the runtime's command's CPU time (os.wait4 imports it for its struct_rusage anyway)
+    "resource",
     # ``python -m``: only a fresh ``shim start`` pays these (the launcher is already running)
     "runpy", "importlib", "importlib._abc", "importlib.machinery", "importlib.util",
 })

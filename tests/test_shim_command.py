@@ -7,11 +7,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 import pytest
 
 from events.procfs import process_table
-from shim.command import DEVNULL, PIPE, PreexecFailed, TimedOut, run_command
+from shim.command import DEVNULL, PIPE, PreexecFailed, TimedOut, last_ran, run_command
 
 CAPTURE = [DEVNULL, PIPE, PIPE]
 
@@ -105,3 +106,21 @@ def test_the_shim_never_imports_threading() -> None:
                          timeout=30, check=True).stdout.split()
     assert "shim.runtime_oci" in out and "shim.server" in out
     assert not {"threading", "random", "subprocess", "pathlib"} & set(out)
+
+
+def test_last_ran_says_when_the_command_ran_and_its_cpu_time() -> None:
+    """What the shim's ready line reports of its runtime's command (bench/phases.py): a
+    command that only waits has a wall time of its wait and almost no CPU time; one that
+    works has CPU time; each run replaces the last."""
+    before = time.time_ns()
+    run_command(["/bin/sleep", "0.2"], [DEVNULL, DEVNULL, DEVNULL], timeout=10)
+    slept = last_ran()
+    assert slept is not None
+    assert before <= slept.spawned_ns < slept.exited_ns <= time.time_ns()
+    assert slept.exited_ns - slept.spawned_ns >= 200_000_000
+    assert slept.cpu_ns < 100_000_000
+    busy = "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done"
+    run_command(["/bin/sh", "-c", busy], [DEVNULL, DEVNULL, DEVNULL], timeout=60)
+    worked = last_ran()
+    assert worked is not None and worked.spawned_ns >= slept.exited_ns
+    assert worked.cpu_ns > 0
