@@ -20,15 +20,26 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 from events import procfs, shim_api
 from shim import osutil
+
+if TYPE_CHECKING:
+    from shim.oci import OciCli
+    from shim.runtime_oci import OciRuntime
 
 #: How long the starter waits for ready: creating a process takes milliseconds; this only
 #: bounds a wedged start (a hung filesystem) so supervisord is never stuck on it.
 READY_TIMEOUT = 30.0
 #: How long a shim that reported an error may take to exit before the starter SIGKILLs it.
 ERROR_EXIT_TIMEOUT = 2.0
+#: How long a starter whose shim went silent waits for the runtime command that shim was
+#: running (``runc run``/``create`` take tens of milliseconds) to end by itself before it
+#: SIGKILLs it: killed mid-way, the runtime may leave half a container (a state directory
+#: without its state, a cgroup) that ``delete --force`` cannot see. It bounds a wedged
+#: runtime, which also holds up the launcher's other starts meanwhile.
+RUNTIME_WAIT = 10.0
 
 
 def start(root: str, container_id: str, ready_timeout: float = READY_TIMEOUT,
@@ -236,7 +247,11 @@ def outcome(container_id: str, lines: list[tuple[str, str]], ready_timeout: floa
                 now.rstrip(b"\0") == own_cmdline.rstrip(b"\0"):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(shim_pid, signal.SIGKILL)
+            _wait_gone(shim_pid, ERROR_EXIT_TIMEOUT)  # it spawns no runtime command after
         end_task(lines)
+        left = end_container(lines)
+        if left:
+            reason += f"; {left}"
     return False, f"shim start {container_id}: {reason}"
 
 
@@ -309,6 +324,88 @@ def end_task(lines: list[tuple[str, str]]) -> None:
                 os.killpg(int(pid), signal.SIGKILL)
 
 
+def tell_runtime(ready_w: int, cli: OciCli, container_id: str) -> None:
+    """Say on the ready pipe which runtime container the shim is about to make (``runtime
+    {json}``: the runtime's binary, state root and log, the container's id), before it runs
+    the runtime: a starter whose shim dies before ``ready`` deletes that container
+    (:func:`end_container`), whether the runtime made it before the shim died or after."""
+    named = {"binary": cli.binary, "root": cli.root, "log": cli.log_path, "id": container_id}
+    os.write(ready_w, b"runtime " + json.dumps(named).encode() + b"\n")
+
+
+def end_container(lines: list[tuple[str, str]], wait: float = RUNTIME_WAIT) -> str | None:
+    """Delete the runtime container a silent shim was making, if the ready pipe named one
+    (``runtime {json}``, :func:`tell_runtime`): with its shim gone no one would ever end it,
+    nor tell anyone of it. None when nothing is left (deleted, or never made); else what is
+    left and why, for the start's error.
+
+    Called once the shim is gone, so it starts no runtime command any more; one it started
+    may still run and make the container after this looked. So: first wait until no runtime
+    command of this container runs any more (found by its command line: the binary, root and
+    log the shim names, the id last; a runtime process in our pid namespace, not a
+    container's own process), SIGKILLed after *wait*; then ``delete --force``, which ends
+    whatever the container runs and removes its state and cgroup (and, after a runtime that
+    died half-way, the state directory it left without a state). A command the shim had
+    spawned has exec'd the runtime by the time the ready pipe reads EOF: the spawned child
+    holds a copy of the pipe's write end until its exec (close-on-exec)."""
+    for kind, value in lines:
+        if kind != "runtime":
+            continue
+        try:
+            named = json.loads(value)
+            binary, root, log, cid = (str(named[k]) for k in ("binary", "root", "log", "id"))
+        except (ValueError, KeyError, TypeError):
+            continue
+        from shim import oci
+
+        try:
+            cli = oci.OciCli(binary, root, log)
+        except oci.OCIError as exc:
+            return f"its {binary} container {cid} could not be deleted: {exc}"
+        _wait_commands(cli.command([]), cid, wait)
+        try:
+            cli.delete(cid, force=True, missing_ok=True)
+        except oci.RuntimeFailed as exc:
+            return f"its {cli.kind} container {cid} could not be deleted: {exc}"
+    return None
+
+
+def _wait_commands(prefix: list[str], container_id: str, wait: float) -> None:
+    """Until no process in our pid namespace runs ``PREFIX... CONTAINER_ID`` (a runtime
+    command of that container); SIGKILLed after *wait*, then waited for a little more."""
+    head = [os.fsencode(arg) for arg in prefix]
+    last = os.fsencode(container_id)
+    try:
+        ours = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        ours = None
+    deadline = time.monotonic() + wait
+    killed_at: float | None = None
+    while True:
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            argv = (_cmdline(int(entry)) or b"").split(b"\0")[:-1]
+            if len(argv) <= len(head) or argv[:len(head)] != head or argv[-1] != last:
+                continue
+            try:
+                theirs = os.readlink(f"/proc/{entry}/ns/pid")
+            except OSError:  # gone meanwhile
+                continue
+            if ours is None or theirs == ours:  # else a container's process, not the runtime
+                found.append(int(entry))
+        now = time.monotonic()
+        if not found or (killed_at is not None and now > killed_at + ERROR_EXIT_TIMEOUT):
+            return
+        if now > deadline and killed_at is None:
+            killed_at = now
+            for pid in found:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        time.sleep(0.002)
+
+
 def parse_lines(data: bytes) -> list[tuple[str, str]]:
     lines = []
     for line in data.decode(errors="replace").splitlines():
@@ -338,7 +435,10 @@ def serve(root: str, container_id: str, ready_w: int, start_task: bool = False) 
         files += osutil.write_reach_files(directory, address)
         for name in (shim_api.EXIT_FILE, shim_api.CONTAINER_LOG):  # written into, or renamed over
             osutil.refuse_symlinks(os.path.join(directory, name), missing_ok=True)
-        shim = Shim(directory, spec, listener, address, make_runtime(spec, directory), diag)
+        runtime = make_runtime(spec, directory)
+        shim = Shim(directory, spec, listener, address, runtime, diag)
+        if (spec.get("runtime") or "process") != "process":
+            tell_runtime(ready_w, cast("OciRuntime", runtime).rt, container_id)
         set_up = time.time_ns()
         task = shim.create(start_task, created=lambda pid: tell_task(ready_w, pid),
                            watch_oom=False)
