@@ -8,6 +8,11 @@ starter prints the JSON line and exits 0, or prints the reason and exits 1 after
 shim is gone (a shim that failed kills its own container first). Because the shim closes every
 other inherited fd, a caller that gave the starter pipes (``subprocess`` with ``stdout=PIPE``)
 sees EOF as soon as the starter exits.
+
+Before ``ready`` the shim also names what no one else would end if it died before reporting:
+the runtime container it is about to make (``runtime {json}``, before it runs runc or crun) and
+its started task (``task PID STARTTIME``, before the task is let run). A starter whose shim
+went silent ends both (:func:`end_container`, :func:`end_task`).
 """
 
 from __future__ import annotations
