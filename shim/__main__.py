@@ -1,6 +1,8 @@
 """``python -I -m shim start --root ROOT --id ID [--run]`` (see :mod:`events.shim_api`;
-``--run``: its first task started too), and ``python -I -m shim launcher --root ROOT --fd FD
-[--title-space PAD]`` (see :mod:`shim.launcher`). ``--run`` is a trailing switch, not a verb
+``--run``: its first task started too), ``python -I -m shim launcher --root ROOT --fd FD
+[--title-space PAD]`` (see :mod:`shim.launcher`), and ``python -I -m shim cleanup --root ROOT
+--id ID --runtime RUNTIME`` (the runtime container of a lost shim, see
+:func:`shim.runtime_oci.delete_lost`). ``--run`` is a trailing switch, not a verb
 of its own, so that every shim's command line begins ``... -m shim start --root ROOT --id ID``
 (``ps``, and whoever looks for shims by their command line, see one kind).
 
@@ -13,10 +15,12 @@ import os
 import sys
 
 USAGE = ("usage: python -I -m shim start --root ROOT --id ID [--run]\n"
-         "       python -I -m shim launcher --root ROOT --fd FD [--title-space PAD]\n")
+         "       python -I -m shim launcher --root ROOT --fd FD [--title-space PAD]\n"
+         "       python -I -m shim cleanup --root ROOT --id ID --runtime RUNTIME\n")
 #: per command: required options, optional ones (each with a value), switches (none)
 FLAGS = {"start": ({"--root", "--id"}, set(), {"--run"}),
-         "launcher": ({"--root", "--fd"}, {"--title-space"}, set())}
+         "launcher": ({"--root", "--fd"}, {"--title-space"}, set()),
+         "cleanup": ({"--root", "--id", "--runtime"}, set(), set())}
 
 
 def main(argv: list[str]) -> int:
@@ -47,6 +51,10 @@ def main(argv: list[str]) -> int:
         from shim import launcher
 
         return launcher.main(opts["--root"], int(opts["--fd"]))
+    if command == "cleanup":
+        from shim.runtime_oci import delete_lost
+
+        return delete_lost(opts["--root"], opts["--id"], opts["--runtime"])
     from shim.launch import start
 
     return start(opts["--root"], opts["--id"], start_task="--run" in opts)

@@ -76,6 +76,7 @@ class OciRuntime:
         try:
             if self._bundle is None:
                 self._bundle = oci.prepare_bundle(spec, os.path.join(self.dir, "bundle"))
+                self._delete_stale()
             make = self.rt.run if start else self.rt.create
             self.pid = make(self.id, self._bundle, os.path.join(self.dir, "init.pid"),
                             stdout=stdout, stderr=stderr)
@@ -84,6 +85,15 @@ class OciRuntime:
         self._created = True
         self._started = start
         return self.pid
+
+    def _delete_stale(self) -> None:
+        """A container of our id left under the runtime's root by an earlier shim of this id
+        that was killed (only one shim of an id lives: we hold its lock; the daemon starts a
+        new one once it counts the old task ended) would make the runtime refuse ours
+        ("container with id exists"): ``delete --force`` it first. One ``stat`` otherwise."""
+        if self.rt.root is not None and os.path.isdir(os.path.join(self.rt.root, self.id)):
+            with contextlib.suppress(oci.RuntimeFailed):
+                self.rt.delete(self.id, force=True, missing_ok=True)
 
     def container_process(self, spec: dict[str, Any]) -> dict[str, Any]:
         """The bundle's own ``process`` (env, cwd, user): what a user's bundle sets applies to
@@ -168,3 +178,25 @@ class OciRuntime:
             self._created = False
             with contextlib.suppress(oci.RuntimeFailed):
                 self.rt.delete(self.id, force=True, missing_ok=True)
+
+
+def delete_lost(root: str, container_id: str, runtime: str) -> int:
+    """``python -I -m shim cleanup``: ``delete --force`` the runtime container *container_id*
+    under the Tether root *root*, for the daemon once that container's shim is gone (killed):
+    the shim deletes its container when its task exits, a lost one never does, so the
+    runtime's state (and its cgroup) would stay, and a new container of that id would be
+    refused ("container with id exists"). ``delete --force`` also ends whatever the container
+    still runs (the whole cgroup). Exit 0 when nothing is left (deleted, or there was none),
+    1 with the runtime's words on stderr."""
+    import sys
+
+    directory = os.path.join(root, "shims", container_id)
+    log = os.path.join(directory, "runtime.log") if os.path.isdir(directory) else os.devnull
+    try:
+        binary = oci.resolve_runtime(runtime)
+        cli = oci.OciCli(binary, oci.state_root(root, binary), log)
+        cli.delete(container_id, force=True, missing_ok=True)
+    except oci.OCIError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    return 0

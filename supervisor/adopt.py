@@ -40,6 +40,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -69,8 +70,8 @@ if TYPE_CHECKING:
     from supervisor.spec import Spec
 
 __all__ = ["REMOVING", "Outcome", "account_for", "adopt", "adopt_if_history_lost", "api_spec",
-           "end_unrecorded_run", "mark_removing", "never_ran", "ran_a_task", "recorded_once",
-           "shim_state", "should_adopt"]
+           "delete_lost_container", "end_unrecorded_run", "mark_removing", "never_ran",
+           "ran_a_task", "recorded_once", "shim_state", "should_adopt"]
 
 log = structlog.get_logger("supervisord.adopt")
 
@@ -360,3 +361,31 @@ def mark_removing(root: Path, cid: str) -> None:
         fd = os.open(directory / REMOVING, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o600)
         os.close(fd)
+
+
+async def delete_lost_container(root: Path, c: Container) -> None:
+    """Before ``rm`` removes a container of an OCI runtime whose shim is gone (killed): its
+    runtime container, which that shim would have deleted at its task's exit, is deleted
+    (``python -I -m shim cleanup``: the runtime's ``delete --force``, which also ends what
+    the container still runs). Without it the runtime's state and cgroup stay, and a new
+    container of the same name is refused by the runtime. Nothing to do (no process started)
+    when a live shim holds the directory (it deletes its own) or the runtime has no state of
+    the id under its root (``ROOT/runc``, ``ROOT/crun``: :func:`shim.oci.state_root`)."""
+    runtime = str(c.spec.get("runtime") or "process")
+    if runtime == "process" or shim_alive(shim_dir(root, c.id)):
+        return
+    base = os.path.basename(runtime)
+    kind = "crun" if "crun" in base else "runc" if "runc" in base else base
+    if not os.path.isdir(root / kind / c.id):
+        return
+    result = await trio.run_process(
+        [sys.executable, "-I", "-m", "shim", "cleanup", "--root", str(root), "--id", c.id,
+         "--runtime", runtime], capture_stdout=True, capture_stderr=True, check=False,
+        stdin=b"")
+    if result.returncode != 0:
+        log.warning("could not delete the runtime container of a container whose shim was lost",
+                    id=c.id, runtime=runtime,
+                    error=result.stderr.decode(errors="replace").strip())
+    else:
+        log.info("deleted the runtime container of a container whose shim was lost", id=c.id,
+                 runtime=runtime)

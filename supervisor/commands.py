@@ -259,6 +259,7 @@ class Commands:
                 # call runs a task the log refused; the removal ends it too
                 await self._core.shims.retire(cid, force=True, task_pid=c.pid,
                                               ended_at=c.finished)
+            await adopt.delete_lost_container(self._root, c)
             # a removal the daemon dies in after the delete is finished by recovery
             await trio.to_thread.run_sync(adopt.mark_removing, self._root, cid)
             await self._core.append([("container.delete", cid, {})])

@@ -19,52 +19,12 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import _proc_table
 from daemon_helpers import Daemon
 from oci_helpers import needs_crun, needs_runc, runtime_list, unique_id
-from shim_helpers import Shims, children_of, cmdline, leftover_cgroups, start_command
+from shim_helpers import Shims, leftover_cgroups, start_command
+from window_helpers import DELAYS, kill_the_shim_while_its_runtime_runs, left_of
 
 from events import shim_api, wire
-
-#: When to kill, after the runtime command was first seen (seconds): `runc run` takes tens of
-#: milliseconds here, so the later ones land after it made the container, or returned.
-DELAYS = (0.0, 0.003, 0.008, 0.015, 0.025, 0.04)
-#: The verbs of the command that makes the container (``run --detach``, or ``create``).
-MAKING = (b"\0run\0--detach\0", b"\0create\0--bundle\0")
-
-
-def kill_the_shim_while_its_runtime_runs(root: Path, cid: str, delay: float,
-                                         deadline: float) -> int | None:
-    """SIGKILL *cid*'s shim *delay* seconds after its runtime command that makes the container
-    was first seen running (a child of the shim): the shim's pid, or None if the start ended
-    first (the shim's pid from ``shim.pid``, written before it runs the runtime)."""
-    pid_file = shim_api.shim_dir(root, cid) / shim_api.PID_FILE
-    shim_pid = 0
-    while time.monotonic() < deadline:
-        if not shim_pid:
-            try:
-                shim_pid = int(pid_file.read_text())
-            except (OSError, ValueError):
-                continue
-        if not cmdline(shim_pid):
-            return None
-        if any(any(verb in cmdline(kid) for verb in MAKING) for kid in children_of(shim_pid)):
-            time.sleep(delay)
-            os.kill(shim_pid, signal.SIGKILL)
-            return shim_pid
-    return None
-
-
-def left_of(root: Path, runtime: str, cid: str, marker: str) -> list[str]:
-    """What is left of container *cid*: processes carrying *marker* (its program) or running
-    a runtime command on it, the runtime's state of it."""
-    left = [f"process {pid}: {cmd}" for pid, (_, cmd) in _proc_table().items()
-            if marker in cmd or (f"--root {root}/{runtime} " in cmd and cmd.endswith(f" {cid} "))]
-    if cid in runtime_list(runtime, str(root / runtime)):
-        left.append(f"{runtime} list shows {cid}")
-    if (root / runtime / cid).exists():
-        left.append(f"{root / runtime / cid} exists")
-    return left
 
 
 def nothing_left(root: Path, runtime: str, cid: str, marker: str) -> None:
@@ -164,3 +124,34 @@ def test_the_daemon_serves_on_after_a_run_whose_shim_died_while_runc_ran(
     exits = [(e["id"], e["data"].get("instance")) for e in history if e["type"] == "task.exit"]
     assert len(exits) == len(set(exits)), exits
 
+
+
+@needs_runc
+def test_a_runc_container_whose_shim_was_killed_is_removed_and_restarted_whole(
+        daemon: Daemon, busybox_rootfs: Path) -> None:
+    """A running runc container whose shim is SIGKILLed (a lost shim: its runc state stays,
+    since only the shim deleted it at the exit): once its task ends, ``restart`` runs a new
+    task in a new shim of the same id (the old runc state does not refuse it), and ``rm -f``
+    leaves no runc state, no cgroup, no process."""
+    spec = {"command": ["sh", "-c", "sleep 30; true mark-lost"], "name": "lost",
+            "runtime": "runc", "rootfs": str(busybox_rootfs)}
+    marker = "mark-lost"
+    daemon.call("run", spec=spec)
+    for _ in range(2):  # killed after its start, then after the restart's
+        row = daemon.ps()["lost"]
+        shim_pid = int((shim_api.shim_dir(daemon.root, "lost") / shim_api.PID_FILE).read_text())
+        os.kill(shim_pid, signal.SIGKILL)
+        assert "lost" in runtime_list("runc", str(daemon.root / "runc"))
+        os.kill(row["pid"], signal.SIGKILL)  # its task ends; the daemon records it
+        daemon.wait_for(lambda: daemon.ps()["lost"]["state"] == "stopped")
+        daemon.call("restart", id="lost", timeout=0.5)
+        assert daemon.ps()["lost"]["state"] == "running"
+    shim_pid = int((shim_api.shim_dir(daemon.root, "lost") / shim_api.PID_FILE).read_text())
+    os.kill(shim_pid, signal.SIGKILL)
+    daemon.call("rm", id="lost", force=True)
+    nothing_left(daemon.root, "runc", "lost", marker)
+    assert not [name for name in os.listdir("/sys/fs/cgroup") for _ in [0]
+                if os.path.isdir(f"/sys/fs/cgroup/{name}/tether")
+                and any(d.startswith("lost-") for d in os.listdir(f"/sys/fs/cgroup/{name}/tether"))]
+    daemon.call("run", spec=spec)  # the name is free
+    assert daemon.ps()["lost"]["state"] == "running"
