@@ -281,7 +281,7 @@ class Commands:
                 while is_running(pid):
                     await trio.sleep(0.01)
         elif pid:  # the task ended before the shim was found lost: what it left lives on
-            await trio.to_thread.run_sync(end_leftovers, pid, c.finished)
+            await trio.to_thread.run_sync(end_leftovers, pid, c.finished, c.lost_starttime)
         await self._core.append_shim_event(c.id, "task.exit", {
             "pid": pid, "exit_status": None, "signal": None, "exited_at": time.time_ns(),
             "instance": c.instance, "reason": "removed (rm -f) after its shim was lost"})

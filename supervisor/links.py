@@ -237,7 +237,8 @@ class ShimLink:
         if c.state == ContainerState.STOPPED:  # nothing runs (and the shim may have exited
             self.caught_up.set()               # by itself: stopped for good, all acked)
             if c.pid:  # or died before it ended what the task left in its group
-                await trio.to_thread.run_sync(end_leftovers, c.pid, c.finished)
+                await trio.to_thread.run_sync(end_leftovers, c.pid, c.finished,
+                                              c.lost_starttime)
             host.shim_gone(cid, self.instance)
             return
         if c.state == ContainerState.RESTARTING:  # lost during its back-off: no task runs
@@ -300,7 +301,7 @@ async def watch_lost_task(host: LinkHost, cid: str, instance: str, pid: int | No
     if fd is None and ended is None:  # gone before the watch: it ended after it was seen
         ended = seen_alive
     if pid:  # what a shim does at its task's end: nothing the run left behind lives on
-        await trio.to_thread.run_sync(end_leftovers, pid, ended)
+        await trio.to_thread.run_sync(end_leftovers, pid, ended, started)
     # the exit file may have appeared meanwhile (the shim died after writing it): prefer it,
     # when it is this task's (a shim that ran several tasks keeps the latest exit: an earlier
     # task's would be a duplicate, and this one's end would go unrecorded)
@@ -313,19 +314,31 @@ async def watch_lost_task(host: LinkHost, cid: str, instance: str, pid: int | No
         "instance": instance, "reason": "shim lost: the task ended, its status is unknown"})
 
 
-def end_leftovers(pid: int, ended_at: int | None) -> list[int]:
+def end_leftovers(pid: int, ended_at: int | None, task_started: int | None = None
+                  ) -> list[int]:
     """SIGKILL what an ended task left in its process group (the process runtime makes the
     task its group's leader); returns the members killed. Only when it is provably the task's
     group: the leader is no live process, and a member started before the task ended
     (``ended_at``, wall-clock ns). While that member lives the kernel gives the group's id to no
     new process, so every member is the task's own; a group whose members all started later
-    may belong to a process that was given the task's pid since (pids are reused)."""
-    if not ended_at or is_running(pid):
+    may belong to a process that was given the task's pid since (pids are reused).
+
+    Or the task itself is still there unreaped (a zombie its new parent, a subreaper, has not
+    reaped yet: the start time, *task_started*, proves it is the task): its pid is still
+    taken, so the group is the task's whenever its members started, within the tick of its
+    end included, which the time bound cannot prove."""
+    if is_running(pid):
         return []
     members = group_members(pid)
-    before = ticks_at(ended_at) - 1  # a tick's margin: /proc/uptime has that precision
-    if not any(started < before for _, started in members):
+    if not members:
         return []
+    leader = starttime(pid)
+    if task_started is None or leader != task_started:
+        if not ended_at:
+            return []
+        before = ticks_at(ended_at) - 1  # a tick's margin: /proc/uptime has that precision
+        if not any(started < before for _, started in members):
+            return []
     log.info("ending what a task left behind its shim", pgid=pid,
              pids=[member for member, _ in members])
     with contextlib.suppress(ProcessLookupError, PermissionError):
