@@ -93,10 +93,12 @@ def shims(root: Path):
 
 
 @pytest.fixture
-def daemon_factory(root: Path) -> Iterator[Callable[..., Any]]:
+def daemon_factory(root: Path, request: pytest.FixtureRequest
+                   ) -> Iterator[Callable[..., Any]]:
     """``make(*args, root_dir=None, start=True, **kwargs)`` -> a ``daemon_helpers.Daemon``
     (started unless ``start=False``); every one made is cleaned up after the test, with all
-    its shims and containers, by pid."""
+    its shims and containers (lost tasks included), by pid. A lost task the log says ended or
+    removed fails the test (unless marked ``allow_leaks``): the product should have ended it."""
     from daemon_helpers import Daemon
 
     made: list[Daemon] = []
@@ -109,11 +111,15 @@ def daemon_factory(root: Path) -> Iterator[Callable[..., Any]]:
             d.start()
         return d
 
+    leaks: list[str] = []
     try:
         yield make
     finally:
         for d in made:
-            d.cleanup()
+            leaks += d.cleanup()
+    if leaks and not request.node.get_closest_marker("allow_leaks"):
+        pytest.fail(f"processes of tasks the log says ended or removed, still running "
+                    f"(killed now): {leaks}", pytrace=False)
 
 
 @pytest.fixture

@@ -8,7 +8,11 @@ The fixtures ``daemon`` and ``daemon_factory`` live in ``conftest.py`` (no impor
 
 Every fixture-made daemon is stopped at teardown and every process whose command line names
 the root (the daemon, its shims, their containers and descendants) is killed by pid and
-waited for, so the conftest leak guard stays green even when a test fails half-way.
+waited for, so the conftest leak guard stays green even when a test fails half-way. So are
+the *lost tasks*: a task whose shim was killed is reparented to pytest (the subreaper) and
+names no root; it is found through the root's log (:func:`lost_tasks`). One the log says
+ended or removed is a leak the product should have prevented: the fixture fails the test
+with it (after ending it), unless the test is marked ``allow_leaks``.
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import kill_and_wait, processes_naming, reap_adopted_orphans
+from conftest import _proc_table, kill_and_wait, processes_naming, reap_adopted_orphans
 
 from events import wire
+from events.procfs import read_stat
 from events.rpc import BlockingConnection
+from events.segment import read_events
 
 # the fixtures (``daemon``, ``daemon_factory``) are conftest's: tests take them as arguments
-__all__ = ["CTL", "Daemon", "ctl", "ok"]
+__all__ = ["CTL", "Daemon", "ctl", "lost_tasks", "ok"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -188,8 +194,11 @@ class Daemon:
 
     # -- cleanup -------------------------------------------------------------------------------
 
-    def cleanup(self) -> None:
-        """Kill the daemon and every shim/container under the root, by pid, and wait for them."""
+    def cleanup(self) -> list[str]:
+        """Kill the daemon and every shim/container under the root, by pid, and wait for them;
+        then the lost tasks (:func:`lost_tasks`) and what the runtimes (runc, crun) still hold
+        under the root. Returns the leaks: the lost tasks' processes the log says ended or
+        removed (each described)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
@@ -203,7 +212,71 @@ class Daemon:
             elif attempt:
                 break
             time.sleep(0.03)
+        lost, leaks = lost_tasks(self.root)
+        kill_and_wait(lost)
+        self._delete_runtime_containers()
         reap_adopted_orphans()
+        return leaks
+
+    def _delete_runtime_containers(self) -> None:
+        """``delete --force`` what runc/crun still hold under the root (a lost shim's
+        container: its processes are in its pid namespace and cgroup)."""
+        for kind in ("runc", "crun"):
+            state = self.root / kind
+            if not state.is_dir() or not os.listdir(state):
+                continue
+            from shim.oci import OciCli, OCIError
+
+            with contextlib.suppress(OCIError):
+                rt = OciCli(kind, state, os.devnull)
+                for name in os.listdir(state):
+                    with contextlib.suppress(OCIError):
+                        rt.delete(name, force=True, missing_ok=True)
+
+
+def lost_tasks(root: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
+    """The processes of tasks whose shim was killed, and which of them are leaks.
+
+    Such a task (and what it started) is reparented to pytest, the subreaper, and names no
+    root; its shim made it the leader of its own session (the process runtime's ``setsid``),
+    so its session id is the task's pid, which the root's log records (``task.create``,
+    ``container.adopt``). Found: the sessions of those pids that hold a process whose parent
+    is this pytest (a reparented one, so the pid is that task's, not a reused one: a session
+    id stays taken while the session lives), and every process in them. A leak: one whose task
+    the log says ended (``task.exit``) or whose container it says removed: the product should
+    have ended it. ``([pids], [leaks described])``; nothing when the log cannot be read."""
+    tasks: dict[int, str] = {}  # task pid -> container id
+    ended: set[int] = set()
+    removed: set[str] = set()
+    try:
+        for event in read_events(root):
+            pid = event.data.get("pid")
+            if event.type in ("task.create", "container.adopt") and isinstance(pid, int) \
+                    and pid > 1:
+                tasks[pid] = event.id
+                ended.discard(pid)
+                removed.discard(event.id)
+            elif event.type == "task.exit" and isinstance(pid, int):
+                ended.add(pid)
+            elif event.type == "container.delete":
+                removed.add(event.id)
+    except Exception:  # a test's deliberately broken log (any error): nothing to find
+        return [], []
+    me = os.getpid()
+    table = _proc_table()
+    stats = {pid: read_stat(pid) for pid in table if pid != me}
+    sessions = {s.session for s in stats.values()
+                if s is not None and s.ppid == me and s.session in tasks and s.state not in "ZX"}
+    pids = [pid for pid, s in stats.items() if s is not None and s.session in sessions
+            and s.state not in "ZX"]
+    leaks = []
+    for pid in pids:
+        sid = stats[pid].session  # type: ignore[union-attr]  # None was filtered out
+        if sid in ended or tasks[sid] in removed:
+            said = "removed" if tasks[sid] in removed else "ended"
+            leaks.append(f"pid {pid} ({table[pid][1].strip()}) of container {tasks[sid]}'s "
+                         f"task {sid}, which the log says {said}")
+    return pids, leaks
 
 
 #: The real ``supervisorctl`` of this venv (its console script), as a user runs it.

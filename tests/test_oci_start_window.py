@@ -150,8 +150,10 @@ def test_a_runc_container_whose_shim_was_killed_is_removed_and_restarted_whole(
     os.kill(shim_pid, signal.SIGKILL)
     daemon.call("rm", id="lost", force=True)
     nothing_left(daemon.root, "runc", "lost", marker)
-    assert not [name for name in os.listdir("/sys/fs/cgroup") for _ in [0]
-                if os.path.isdir(f"/sys/fs/cgroup/{name}/tether")
-                and any(d.startswith("lost-") for d in os.listdir(f"/sys/fs/cgroup/{name}/tether"))]
+    instances = {e["data"]["instance"] for e in daemon.stream("events")
+                 if e["type"] == "task.create" and e["id"] == "lost"}
+    assert len(instances) == 3
+    for instance in instances:
+        assert not leftover_cgroups(f"tether/lost-{instance}")
     daemon.call("run", spec=spec)  # the name is free
     assert daemon.ps()["lost"]["state"] == "running"
