@@ -9,10 +9,10 @@ shim is gone (a shim that failed kills its own container first). Because the shi
 other inherited fd, a caller that gave the starter pipes (``subprocess`` with ``stdout=PIPE``)
 sees EOF as soon as the starter exits.
 
-Before ``ready`` the shim also names what no one else would end if it died before reporting:
-the runtime container it is about to make (``runtime {json}``, before it runs runc or crun) and
-its started task (``task PID STARTTIME``, before the task is let run). A starter whose shim
-went silent ends both (:func:`end_container`, :func:`end_task`).
+Before ``ready`` the shim also names its started task (``task PID STARTTIME``, before the task
+is let run): with the shim dead no one else would end it. A starter whose shim went silent ends
+it (:func:`end_task`) and, for runc or crun, deletes the container the shim may have been
+making (:func:`end_container`).
 """
 
 from __future__ import annotations
@@ -25,14 +25,9 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
 
 from events import procfs, shim_api
 from shim import osutil
-
-if TYPE_CHECKING:
-    from shim.oci import OciCli
-    from shim.runtime_oci import OciRuntime
 
 #: How long the starter waits for ready: creating a process takes milliseconds; this only
 #: bounds a wedged start (a hung filesystem) so supervisord is never stuck on it.
@@ -254,7 +249,8 @@ def outcome(container_id: str, lines: list[tuple[str, str]], ready_timeout: floa
                 os.kill(shim_pid, signal.SIGKILL)
             _wait_gone(shim_pid, ERROR_EXIT_TIMEOUT)  # it spawns no runtime command after
         end_task(lines)
-        left = end_container(lines)
+        root = _root_of(own_cmdline)
+        left = end_container(root, container_id) if root is not None else None
         if left:
             reason += f"; {left}"
     return False, f"shim start {container_id}: {reason}"
@@ -329,49 +325,52 @@ def end_task(lines: list[tuple[str, str]]) -> None:
                 os.killpg(int(pid), signal.SIGKILL)
 
 
-def tell_runtime(ready_w: int, cli: OciCli, container_id: str) -> None:
-    """Say on the ready pipe which runtime container the shim is about to make (``runtime
-    {json}``: the runtime's binary, state root and log, the container's id), before it runs
-    the runtime: a starter whose shim dies before ``ready`` deletes that container
-    (:func:`end_container`), whether the runtime made it before the shim died or after."""
-    named = {"binary": cli.binary, "root": cli.root, "log": cli.log_path, "id": container_id}
-    os.write(ready_w, b"runtime " + json.dumps(named).encode() + b"\n")
+def _root_of(cmdline: bytes | None) -> str | None:
+    """The root a ``shim start`` command line names (:func:`start_title`: the starter's own,
+    or the title it gave the shim), or None."""
+    argv = (cmdline or b"").split(b"\0")
+    if b"--root" not in argv[:-1]:
+        return None
+    return os.fsdecode(argv[argv.index(b"--root") + 1]) or None
 
 
-def end_container(lines: list[tuple[str, str]], wait: float = RUNTIME_WAIT) -> str | None:
-    """Delete the runtime container a silent shim was making, if the ready pipe named one
-    (``runtime {json}``, :func:`tell_runtime`): with its shim gone no one would ever end it,
-    nor tell anyone of it. None when nothing is left (deleted, or never made); else what is
-    left and why, for the start's error.
+def end_container(root: str, container_id: str, wait: float = RUNTIME_WAIT) -> str | None:
+    """Delete the runc/crun container a silent shim may have been making (its spec names an
+    OCI runtime): with its shim gone no one would ever end it, nor tell anyone of it. None
+    when nothing is left (deleted, or never made); else what is left and why, for the
+    start's error.
 
     Called once the shim is gone, so it starts no runtime command any more; one it started
     may still run and make the container after this looked. So: first wait until no runtime
-    command of this container runs any more (found by its command line: the binary, root and
-    log the shim names, the id last; a runtime process in our pid namespace, not a
-    container's own process), SIGKILLed after *wait*; then ``delete --force``, which ends
-    whatever the container runs and removes its state and cgroup (and, after a runtime that
-    died half-way, the state directory it left without a state). A command the shim had
-    spawned has exec'd the runtime by the time the ready pipe reads EOF: the spawned child
-    holds a copy of the pipe's write end until its exec (close-on-exec)."""
-    for kind, value in lines:
-        if kind != "runtime":
-            continue
-        try:
-            named = json.loads(value)
-            binary, root, log, cid = (str(named[k]) for k in ("binary", "root", "log", "id"))
-        except (ValueError, KeyError, TypeError):
-            continue
-        from shim import oci
+    command of this container runs any more (found by its command line, which is the shim's
+    (:class:`shim.runtime_oci.OciRuntime`): the binary, the state root and log, the id last;
+    a runtime process in our pid namespace, not a container's own process), SIGKILLed after
+    *wait*; then ``delete --force``, which ends whatever the container runs and removes its
+    state and cgroup (and, after a runtime that died half-way, the state directory it left
+    without a state). A command the shim had spawned has exec'd the runtime by the time the
+    ready pipe reads EOF: the spawned child holds a copy of the pipe's write end until its
+    exec (close-on-exec). Nothing is said on the ready pipe before the runtime runs: a line
+    there would wake the starter (the launcher) on every start's path."""
+    directory = shim_api.shim_path(os.path.abspath(root), container_id)
+    try:
+        runtime = shim_api.read_spec(directory).get("runtime") or "process"
+    except (OSError, ValueError):
+        return None  # no spec, no shim made anything of it
+    if runtime == "process":
+        return None
+    from shim import oci
 
-        try:
-            cli = oci.OciCli(binary, root, log)
-        except oci.OCIError as exc:
-            return f"its {binary} container {cid} could not be deleted: {exc}"
-        _wait_commands(cli.command([]), cid, wait)
-        try:
-            cli.delete(cid, force=True, missing_ok=True)
-        except oci.RuntimeFailed as exc:
-            return f"its {cli.kind} container {cid} could not be deleted: {exc}"
+    try:
+        binary = oci.resolve_runtime(runtime)
+        cli = oci.OciCli(binary, oci.state_root(os.path.abspath(root), binary),
+                         os.path.join(directory, "runtime.log"))
+    except oci.OCIError as exc:
+        return f"its {runtime} container could not be deleted: {exc}"
+    _wait_commands(cli.command([]), container_id, wait)
+    try:
+        cli.delete(container_id, force=True, missing_ok=True)
+    except oci.RuntimeFailed as exc:
+        return f"its {cli.kind} container could not be deleted: {exc}"
     return None
 
 
@@ -440,10 +439,7 @@ def serve(root: str, container_id: str, ready_w: int, start_task: bool = False) 
         files += osutil.write_reach_files(directory, address)
         for name in (shim_api.EXIT_FILE, shim_api.CONTAINER_LOG):  # written into, or renamed over
             osutil.refuse_symlinks(os.path.join(directory, name), missing_ok=True)
-        runtime = make_runtime(spec, directory)
-        shim = Shim(directory, spec, listener, address, runtime, diag)
-        if (spec.get("runtime") or "process") != "process":
-            tell_runtime(ready_w, cast("OciRuntime", runtime).rt, container_id)
+        shim = Shim(directory, spec, listener, address, make_runtime(spec, directory), diag)
         set_up = time.time_ns()
         task = shim.create(start_task, created=lambda pid: tell_task(ready_w, pid),
                            watch_oom=False)

@@ -1,9 +1,8 @@
 """A shim killed while its OCI runtime creates the container (``runc run --detach`` runs):
 nothing of that container may be left, since no one would ever be told of it or end it.
 
-The shim names the runtime container on its ready pipe before it runs the runtime
-(``runtime {json}``, :func:`shim.launch.tell_runtime`); a starter whose shim went silent waits
-for the runtime command to end and deletes the container (:func:`shim.launch.end_container`).
+A starter whose shim went silent waits for the runtime command of that container (the
+spec names the runtime) to end and deletes the container (:func:`shim.launch.end_container`).
 The kill lands at different moments of the runtime's run (right as it is spawned, while it
 works, after it made the container), in a loop, until the window was hit several times; with
 the starter that did not delete it, every hit left the container running.
