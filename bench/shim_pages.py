@@ -70,7 +70,10 @@ for name, mod in mods:
         if i in seen:
             continue
         seen.add(i)
-        rows.append((i, sys.getsizeof(obj), name, type(obj).__name__))
+        kind = type(obj).__name__
+        if kind == "code":  # by function: which code a shim runs (its page is written)
+            kind = "code " + obj.co_filename.rsplit("/", 2)[-1] + ":" + obj.co_qualname
+        rows.append((i, sys.getsizeof(obj), name, kind))
         if isinstance(obj, type(sys)) and obj is not mod:
             continue  # another module: it is walked from its own root
         if obj is mod and name == "builtins":
@@ -188,12 +191,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shims", type=int, default=20)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--runtime", default="process",
+                    help="process, or runc/crun (a busybox rootfs, tests/oci_helpers.py)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root: /proc/PID/pagemap shows page frames only to root")
     base = Path(tempfile.mkdtemp(prefix="tpg-", dir="/tmp"))
     root = base / "r"
     (root / "shims").mkdir(parents=True)
+    runtime: dict[str, object] = {}
+    if args.runtime != "process":
+        sys.path.insert(0, str(REPO / "tests"))
+        from oci_helpers import build_busybox_rootfs
+
+        runtime = {"runtime": args.runtime,
+                   "rootfs": str(build_busybox_rootfs(base / "rootfs"))}
     ours, theirs = socket.socketpair()
     dump = base / "objects.txt"
     launcher = subprocess.Popen([sys.executable, "-I", "-c", LAUNCHER_CODE, str(dump), str(root),
@@ -219,7 +231,7 @@ def main() -> int:
             directory.mkdir()
             shim_api.write_spec(directory, {"id": cid, "instance": f"{cid}-1",
                                             "command": ["sleep", "100000"],
-                                            "env": {"PATH": "/usr/bin:/bin"}})
+                                            "env": {"PATH": "/usr/bin:/bin"}, **runtime})
             ours.sendall(wire.encode({"id": i + 1, "method": "start",
                                          "params": {"id": cid, "start": True}}))
             reply = receive()
@@ -286,8 +298,15 @@ def report(dump: Path, launcher: int, shims: list[int], top: int) -> None:
     for module, count in by_module.most_common(top):
         print(f"{module:44s} {count / n * kb:7.0f}")
     print(f"\n{'object type owning most of the page':44s} {'kB':>7}")
-    for kind, count in by_kind.most_common(12):
+    kinds_total: collections.Counter[str] = collections.Counter()
+    for kind, count in by_kind.items():
+        kinds_total["code" if kind.startswith("code ") else kind] += count
+    for kind, count in kinds_total.most_common(12):
         print(f"{kind:44s} {count / n * kb:7.0f}")
+    print(f"\n{'code object owning most of the page (function)':60s} {'kB':>7}")
+    code = [(k, c) for k, c in by_kind.most_common() if k.startswith("code ")]
+    for kind, count in code[:top]:
+        print(f"{kind[5:]:60s} {count / n * kb:7.0f}")
     print(json.dumps({"private_kb": total_private / n * kb,
                       "libpython_private_kb": libpython_pages / n * kb}))
 
