@@ -1,6 +1,6 @@
 """Where a launcher-forked shim's private memory goes: its unshared pages, by module.
 
-    sudo .venv/bin/python bench/shim_pages.py [--shims 20] [--top 25]
+    sudo .venv/bin/python bench/shim_pages.py [--shims 20] [--top 25] [--runtime runc]
 
 A shim forked from the launcher starts with every page shared with it (copy-on-write); what it
 costs on its own (most of its PSS) is the pages it has written since: new allocations, and
@@ -11,13 +11,15 @@ object it touches, ``gc.freeze()`` or not). This tool shows which:
    supervisord would) which, after its preload, records the address and size of every object
    reachable from each module (each object counted once, for the first module that reaches it:
    ``shim.*`` and ``events.*`` first);
-2. it starts N real shims (process runtime, ``sleep``) through it, and lets them settle;
+2. it starts N real shims (``sleep``; process runtime, or ``--runtime runc``/``crun`` with a
+   busybox rootfs) through it, and lets them settle;
 3. it reads ``/proc/PID/pagemap`` of the launcher and of each shim (root: the page frame numbers)
    and counts, in the heap and anonymous mappings, the pages present in the shim whose frame
    differs from the launcher's (private: written by the shim), then charges each such page to
    the module owning most of the recorded bytes in it; ``(no recorded object)`` is new
    allocations and allocator bookkeeping. libpython's own writable data (static types, small
-   ints, singletons) is counted apart.
+   ints, singletons) is counted apart. Code objects are also charged by function (which code
+   a shim ran: its reference count, warm-up counter or quickened bytecode was written).
 
 Everything it starts ends at exit (the launcher leaves when its channel closes; the shims are
 deleted through their sockets and their processes killed by pid).
