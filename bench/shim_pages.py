@@ -1,6 +1,6 @@
 """Where a launcher-forked shim's private memory goes: its unshared pages, by module.
 
-    sudo .venv/bin/python bench/shim_pages.py [--shims 20] [--top 25]
+    sudo .venv/bin/python bench/shim_pages.py [--shims 20] [--top 25] [--runtime runc]
 
 A shim forked from the launcher starts with every page shared with it (copy-on-write); what it
 costs on its own (most of its PSS) is the pages it has written since: new allocations, and
@@ -11,13 +11,15 @@ object it touches, ``gc.freeze()`` or not). This tool shows which:
    supervisord would) which, after its preload, records the address and size of every object
    reachable from each module (each object counted once, for the first module that reaches it:
    ``shim.*`` and ``events.*`` first);
-2. it starts N real shims (process runtime, ``sleep``) through it, and lets them settle;
+2. it starts N real shims (``sleep``; process runtime, or ``--runtime runc``/``crun`` with a
+   busybox rootfs) through it, and lets them settle;
 3. it reads ``/proc/PID/pagemap`` of the launcher and of each shim (root: the page frame numbers)
    and counts, in the heap and anonymous mappings, the pages present in the shim whose frame
    differs from the launcher's (private: written by the shim), then charges each such page to
    the module owning most of the recorded bytes in it; ``(no recorded object)`` is new
    allocations and allocator bookkeeping. libpython's own writable data (static types, small
-   ints, singletons) is counted apart.
+   ints, singletons) is counted apart. Code objects are also charged by function (which code
+   a shim ran: its reference count, warm-up counter or quickened bytecode was written).
 
 Everything it starts ends at exit (the launcher leaves when its channel closes; the shims are
 deleted through their sockets and their processes killed by pid).
@@ -70,7 +72,10 @@ for name, mod in mods:
         if i in seen:
             continue
         seen.add(i)
-        rows.append((i, sys.getsizeof(obj), name, type(obj).__name__))
+        kind = type(obj).__name__
+        if kind == "code":  # by function: which code a shim runs (its page is written)
+            kind = "code " + obj.co_filename.rsplit("/", 2)[-1] + ":" + obj.co_qualname
+        rows.append((i, sys.getsizeof(obj), name, kind))
         if isinstance(obj, type(sys)) and obj is not mod:
             continue  # another module: it is walked from its own root
         if obj is mod and name == "builtins":
@@ -188,12 +193,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shims", type=int, default=20)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--runtime", default="process",
+                    help="process, or runc/crun (a busybox rootfs, tests/oci_helpers.py)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root: /proc/PID/pagemap shows page frames only to root")
     base = Path(tempfile.mkdtemp(prefix="tpg-", dir="/tmp"))
     root = base / "r"
     (root / "shims").mkdir(parents=True)
+    runtime: dict[str, object] = {}
+    if args.runtime != "process":
+        sys.path.insert(0, str(REPO / "tests"))
+        from oci_helpers import build_busybox_rootfs
+
+        runtime = {"runtime": args.runtime,
+                   "rootfs": str(build_busybox_rootfs(base / "rootfs"))}
     ours, theirs = socket.socketpair()
     dump = base / "objects.txt"
     launcher = subprocess.Popen([sys.executable, "-I", "-c", LAUNCHER_CODE, str(dump), str(root),
@@ -219,7 +233,7 @@ def main() -> int:
             directory.mkdir()
             shim_api.write_spec(directory, {"id": cid, "instance": f"{cid}-1",
                                             "command": ["sleep", "100000"],
-                                            "env": {"PATH": "/usr/bin:/bin"}})
+                                            "env": {"PATH": "/usr/bin:/bin"}, **runtime})
             ours.sendall(wire.encode({"id": i + 1, "method": "start",
                                          "params": {"id": cid, "start": True}}))
             reply = receive()
@@ -286,8 +300,15 @@ def report(dump: Path, launcher: int, shims: list[int], top: int) -> None:
     for module, count in by_module.most_common(top):
         print(f"{module:44s} {count / n * kb:7.0f}")
     print(f"\n{'object type owning most of the page':44s} {'kB':>7}")
-    for kind, count in by_kind.most_common(12):
+    kinds_total: collections.Counter[str] = collections.Counter()
+    for kind, count in by_kind.items():
+        kinds_total["code" if kind.startswith("code ") else kind] += count
+    for kind, count in kinds_total.most_common(12):
         print(f"{kind:44s} {count / n * kb:7.0f}")
+    print(f"\n{'code object owning most of the page (function)':60s} {'kB':>7}")
+    code = [(k, c) for k, c in by_kind.most_common() if k.startswith("code ")]
+    for kind, count in code[:top]:
+        print(f"{kind[5:]:60s} {count / n * kb:7.0f}")
     print(json.dumps({"private_kb": total_private / n * kb,
                       "libpython_private_kb": libpython_pages / n * kb}))
 
