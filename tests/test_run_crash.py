@@ -85,6 +85,24 @@ def stop_launcher_when_the_shim_exists(d: Daemon, cid: str, lpid: int) -> bool:
     return cid not in d.ps()
 
 
+def run_into_the_window(d: Daemon, cid: str
+                        ) -> tuple[dict[str, Any], threading.Thread] | None:
+    """Run ``cid`` with the launcher SIGSTOPped as soon as its shim exists, so the shim
+    reports ready into the stopped launcher: ``(its shim's state, its task running and
+    unrecorded; the client's thread)``, or None when the daemon had recorded the run by then
+    (the launcher is let go, the run runs: try another id)."""
+    lpid = launcher_pid(d)
+    worker = run_in_background(d, cid)
+    if not stop_launcher_when_the_shim_exists(d, cid, lpid):
+        os.kill(lpid, signal.SIGCONT)  # too late: the run was recorded
+        worker.join(20)
+        assert d.ps()[cid]["state"] == "running"
+        return None
+    state = d.wait_for(lambda: (s := shim_state(d, cid)) is not None
+                       and s["status"] == "running" and s, timeout=10)
+    return state, worker
+
+
 def test_a_run_the_daemon_died_in_before_its_append_is_ended(daemon: Daemon) -> None:
     daemon.wait_for(lambda: '"shim launcher ready"' in daemon.stderr(), timeout=15)
     kept = daemon.run("sleep", "1000", name="kept")
@@ -92,16 +110,10 @@ def test_a_run_the_daemon_died_in_before_its_append_is_ended(daemon: Daemon) -> 
     ended = ""
     for attempt in range(6):
         cid = f"r{attempt}"
-        lpid = launcher_pid(daemon)
-        worker = run_in_background(daemon, cid)
-        if not stop_launcher_when_the_shim_exists(daemon, cid, lpid):
-            os.kill(lpid, signal.SIGCONT)  # too late: the run was recorded; try again
-            worker.join(20)
-            assert daemon.ps()[cid]["state"] == "running"
+        hit = run_into_the_window(daemon, cid)
+        if hit is None:
             continue
-        # the shim reported ready into the stopped launcher: its task runs, unrecorded
-        state = daemon.wait_for(lambda cid=cid: (s := shim_state(daemon, cid)) is not None
-                                and s["status"] == "running" and s, timeout=10)
+        state, worker = hit
         assert state["started_by_run"] is True and state["acked"] == 0, state
         shim_pid, task_pid = state["shim_pid"], state["pid"]
         assert marked(cid)
@@ -142,14 +154,10 @@ def test_a_run_whose_shim_died_with_the_daemon_before_its_append_is_ended(
     kept = daemon.run("sleep", "1000", name="kept")
     for attempt in range(6):
         cid = f"d{attempt}"
-        lpid = launcher_pid(daemon)
-        worker = run_in_background(daemon, cid)
-        if not stop_launcher_when_the_shim_exists(daemon, cid, lpid):
-            os.kill(lpid, signal.SIGCONT)  # too late: the run was recorded; try again
-            worker.join(20)
+        hit = run_into_the_window(daemon, cid)
+        if hit is None:
             continue
-        state = daemon.wait_for(lambda cid=cid: (s := shim_state(daemon, cid)) is not None
-                                and s["status"] == "running" and s, timeout=10)
+        state, worker = hit
         shim_pid, task_pid = state["shim_pid"], state["pid"]
         task = shim_api.read_task_file(daemon.root / "shims" / cid)
         assert task is not None and task["pid"] == task_pid and task["started_by_run"], task
