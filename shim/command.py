@@ -28,14 +28,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import resource
 import selectors
 import signal
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from shim import osutil
+
+if TYPE_CHECKING:
+    import resource
 
 __all__ = ["DEVNULL", "PIPE", "Completed", "PreexecFailed", "Ran", "TimedOut", "last_ran",
            "run_command"]
@@ -66,9 +68,16 @@ class Ran(NamedTuple):
 
 _last: list[Ran] = []
 
+#: Keep each command's :class:`Ran` (``bench/phases.py`` sets ``TETHER_SHIM_PHASES=1`` in the
+#: daemon's environment, which the launcher, whose import reads it, and its shims inherit).
+#: Off by default: the clock reads, ``wait4``'s usage and the record are pages every runc
+#: shim would write for a benchmark's sake (0.03-0.09 MB a shim, measured).
+MEASURE = os.environ.get("TETHER_SHIM_PHASES") == "1"
+
 
 def last_ran() -> Ran | None:
-    """The last command :func:`run_command` ran to its end in this process (None: none)."""
+    """The last command :func:`run_command` ran to its end in this process (None: none, or
+    :data:`MEASURE` off)."""
     return _last[-1] if _last else None
 
 
@@ -105,14 +114,15 @@ def run_command(cmd: Sequence[str], stdio: Sequence[int], timeout: float,
             else:
                 child_fds.append(slot)
                 readers.append(None)
-        spawned = time.time_ns()
+        spawned = time.time_ns() if MEASURE else 0
         pid = _spawn(argv, child_fds, preexec)
         for fd in child_fds:  # the child's ends: EOF comes once it (and its heirs) close them
             if fd in opened:
                 opened.remove(fd)
                 os.close(fd)
         out = _wait(pid, argv, [r for r in readers[1:]], timeout)
-        _last[:] = [Ran(spawned, out[3], out[4])]
+        if MEASURE:
+            _last[:] = [Ran(spawned, out[3], out[4])]
         return Completed(argv, out[0], out[1], out[2])
     finally:
         for fd in opened:
@@ -237,9 +247,13 @@ def _wait(pid: int, argv: list[str], readers: list[int | None], timeout: float
                 sel.register(fd, selectors.EVENT_READ)
             while True:
                 if status is None and pidfd is None:
-                    reaped, raw, usage = os.wait4(pid, os.WNOHANG)
-                    if reaped:
-                        status, exited, cpu = raw, time.time_ns(), _cpu_ns(usage)
+                    if MEASURE:
+                        reaped, raw, usage = os.wait4(pid, os.WNOHANG)
+                        if reaped:
+                            status, exited, cpu = raw, time.time_ns(), _cpu_ns(usage)
+                    else:
+                        reaped, raw = os.waitpid(pid, os.WNOHANG)
+                        status = raw if reaped else None
                 if status is not None and not sel.get_map():
                     break
                 left = deadline - time.monotonic()
@@ -259,9 +273,12 @@ def _wait(pid: int, argv: list[str], readers: list[int | None], timeout: float
                         continue
                     sel.unregister(key.fd)
                     if key.fd == pidfd:
-                        exited = time.time_ns()
-                        _, status, usage = os.wait4(pid, 0)
-                        cpu = _cpu_ns(usage)
+                        if MEASURE:
+                            exited = time.time_ns()
+                            _, status, usage = os.wait4(pid, 0)
+                            cpu = _cpu_ns(usage)
+                        else:
+                            status = os.waitpid(pid, 0)[1]
     finally:
         if pidfd is not None:
             os.close(pidfd)

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from events.procfs import process_table
+from shim import command
 from shim.command import DEVNULL, PIPE, PreexecFailed, TimedOut, last_ran, run_command
 
 CAPTURE = [DEVNULL, PIPE, PIPE]
@@ -108,10 +109,16 @@ def test_the_shim_never_imports_threading() -> None:
     assert not {"threading", "random", "subprocess", "pathlib"} & set(out)
 
 
-def test_last_ran_says_when_the_command_ran_and_its_cpu_time() -> None:
-    """What the shim's ready line reports of its runtime's command (bench/phases.py): a
-    command that only waits has a wall time of its wait and almost no CPU time; one that
-    works has CPU time; each run replaces the last."""
+def test_last_ran_says_when_the_command_ran_and_its_cpu_time(monkeypatch) -> None:
+    """What the shim's ready line reports of its runtime's command when bench/phases.py
+    asks (``TETHER_SHIM_PHASES``): a command that only waits has a wall time of its wait and
+    almost no CPU time; one that works has CPU time; each run replaces the last. Not asked,
+    nothing is kept (a shim writes no pages for it)."""
+    monkeypatch.setattr(command, "MEASURE", False)
+    monkeypatch.setattr(command, "_last", [])
+    run_command(["/bin/true"], [DEVNULL, DEVNULL, DEVNULL], timeout=10)
+    assert last_ran() is None
+    monkeypatch.setattr(command, "MEASURE", True)
     before = time.time_ns()
     run_command(["/bin/sleep", "0.2"], [DEVNULL, DEVNULL, DEVNULL], timeout=10)
     slept = last_ran()
