@@ -34,6 +34,7 @@ from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT, ContainerSt
 from supervisor.core import Core, Item
 from supervisor.decide import decision, stopped_for_good
 from supervisor.errors import ApiError
+from supervisor.links import stop_lost_task
 from supervisor.projection import Container, State
 from supervisor.shims import Ready, exit_data, new_instance, shim_dir
 
@@ -144,7 +145,11 @@ class Lifecycle:
                 raise
             if c.state == STOPPED:
                 return c  # no shim, and nothing runs: the stop is recorded, that is all
-            # the shim is gone: its link records the exit (exit file, or the pid's end)
+            # the shim is gone: its task, provably still it, is stopped as the shim would
+            # have (docker's stop: the signal, then SIGKILL), and its link records the exit
+            # (exit file, or the pid's end)
+            if c.lost:
+                await stop_lost_task(c.pid, c.lost_starttime, stop_signal, timeout)
             return await self._stopped(cid, instance, timeout + RECORD_GRACE)
         if isinstance(record, dict) and record.get("instance") == instance:
             # the same record the link is delivering (deduplicated by shim_seq): whichever

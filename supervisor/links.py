@@ -39,7 +39,7 @@ from supervisor.shims import exit_data, exit_of_task, read_address, read_exit_re
 if TYPE_CHECKING:
     from supervisor.projection import Container
 
-__all__ = ["LinkHost", "ShimLink", "end_leftovers", "watch_lost_task"]
+__all__ = ["LinkHost", "ShimLink", "end_leftovers", "stop_lost_task", "watch_lost_task"]
 
 log = structlog.get_logger("supervisord.links")
 
@@ -344,3 +344,30 @@ def end_leftovers(pid: int, ended_at: int | None, task_started: int | None = Non
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
     return [member for member, _ in members]
+
+
+async def stop_lost_task(pid: int | None, started: int | None, stop_signal: int,
+                         timeout: float) -> bool:
+    """``stop`` of a container whose shim is gone, as the shim would have stopped it: the stop
+    signal to the task, SIGKILL to it and its group after *timeout*. Only while *pid* is
+    provably the task (its start time when the loss was recorded, *started*: pids are reused);
+    its end is recorded by the lost task's watch (:func:`watch_lost_task`). False when there
+    was nothing of it to stop."""
+    def still_the_task() -> bool:
+        return bool(pid) and is_running(pid) and starttime(pid) == started
+
+    if started is None or not still_the_task():
+        return False
+    assert pid is not None
+    log.info("stopping the task of a lost shim", pid=pid, signal=stop_signal)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, stop_signal)
+    with trio.move_on_after(timeout):
+        while still_the_task():
+            await trio.sleep(0.02)
+    if still_the_task():
+        log.info("the task of a lost shim outlived its stop timeout: SIGKILL", pid=pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)  # the process runtime makes it its group's leader
+    return True

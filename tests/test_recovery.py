@@ -14,7 +14,7 @@ import pytest
 from daemon_helpers import Daemon
 
 from events import shim_api, wire
-from events.procfs import is_running
+from events.procfs import group_members, is_running
 from events.rpc import BlockingConnection
 
 
@@ -313,6 +313,30 @@ def test_rm_force_ends_what_a_lost_shims_ended_task_left_in_its_group(daemon, tm
     daemon.call("rm", id="leaver", force=True)
     ends = exits_of(daemon, "leaver")
     assert len(ends) == 1 and ends[0]["data"]["exit_status"] is None, ends
+
+
+def test_stop_ends_the_task_of_a_lost_shim_as_its_shim_would(daemon):
+    """docker's ``stop`` with the shim gone (killed): the stop signal to the task, provably
+    still it, and SIGKILL to it and its group after the timeout; one exit recorded each, the
+    container stopped and startable again (it used to answer 'no exit was recorded')."""
+    daemon.run("sh", "-c", "trap '' TERM; while :; do sleep 0.05; done", name="deaf")
+    daemon.run("sleep", "1000", name="polite")
+    pids = {cid: daemon.ps()[cid]["pid"] for cid in ("deaf", "polite")}
+    for cid in pids:
+        os.kill(int((daemon.root / "shims" / cid / shim_api.PID_FILE).read_text()),
+                signal.SIGKILL)
+        daemon.wait_for(lambda cid=cid: "shim.lost" in types_of(daemon, cid))
+    daemon.call("stop", id="polite", timeout=30)  # SIGTERM ends it: no wait for the timeout
+    began = time.monotonic()
+    daemon.call("stop", id="deaf", timeout=1)  # ignores SIGTERM: SIGKILL after 1 s
+    assert time.monotonic() - began >= 1.0
+    for cid, pid in pids.items():
+        assert not is_running(pid)
+        assert daemon.ps()[cid]["state"] == "stopped"
+        assert len(exits_of(daemon, cid)) == 1, exits_of(daemon, cid)
+    assert group_members(pids["deaf"]) == []  # its sleeps too
+    daemon.call("start", id="polite")
+    assert daemon.ps()["polite"]["state"] == "running"
 
 
 def test_rm_force_ends_the_task_of_a_lost_shim(daemon):
