@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import kill_and_wait, processes_naming
+from conftest import _proc_table, kill_and_wait, processes_naming
 from daemon_helpers import CTL, Daemon, ctl, ok
 
 from supervisor import autoremove, ctl_values, neighbours
@@ -353,9 +353,13 @@ def test_a_sigterm_to_the_daemons_process_group_stops_it_without_a_traceback(roo
 
 def test_a_launcher_that_dies_is_a_warning_not_a_traceback(daemon: Daemon) -> None:
     daemon.wait_for(lambda: "shim launcher ready" in daemon.stderr())
+    # the daemon's child: a spare or a shim the launcher just forked has its title until it
+    # retitles itself (SIGTERMed, the launcher would live on and never start again)
+    table = _proc_table()
     launcher = [pid for pid in processes_naming(str(daemon.root))
-                if b"launcher" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-    assert launcher
+                if table.get(pid, (0, ""))[0] == daemon.pid
+                and b"launcher" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(launcher) == 1, launcher
     os.kill(launcher[0], signal.SIGTERM)
     daemon.wait_for(lambda: daemon.stderr().count("shim launcher ready") >= 2)
     assert "Traceback" not in daemon.stderr() and "launcher failed" not in daemon.stderr()

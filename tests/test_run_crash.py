@@ -23,6 +23,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from conftest import _proc_table
@@ -103,17 +104,23 @@ def run_into_the_window(d: Daemon, cid: str
     return state, worker
 
 
+def window_hits(d: Daemon, prefix: str, attempts: int = 6
+                ) -> Iterator[tuple[str, dict[str, Any], threading.Thread]]:
+    """:func:`run_into_the_window` with ids ``PREFIX0``, ``PREFIX1``...: ``(id, state,
+    client thread)`` of each run that hit it, out of *attempts* tries."""
+    for attempt in range(attempts):
+        cid = f"{prefix}{attempt}"
+        hit = run_into_the_window(d, cid)
+        if hit is not None:
+            yield cid, *hit
+
+
 def test_a_run_the_daemon_died_in_before_its_append_is_ended(daemon: Daemon) -> None:
     daemon.wait_for(lambda: '"shim launcher ready"' in daemon.stderr(), timeout=15)
     kept = daemon.run("sleep", "1000", name="kept")
     hits = 0
     ended = ""
-    for attempt in range(6):
-        cid = f"r{attempt}"
-        hit = run_into_the_window(daemon, cid)
-        if hit is None:
-            continue
-        state, worker = hit
+    for cid, state, worker in window_hits(daemon, "r"):
         assert state["started_by_run"] is True and state["acked"] == 0, state
         shim_pid, task_pid = state["shim_pid"], state["pid"]
         assert marked(cid)
@@ -134,7 +141,7 @@ def test_a_run_the_daemon_died_in_before_its_append_is_ended(daemon: Daemon) -> 
                         timeout=15)
         if hits >= 2:
             break
-    print(f"window hit {hits} times in {attempt + 1} attempts")
+    print(f"window hit {hits} times (the last in {ended})")
     assert hits >= 1, "the window between the shim's ready and the append was never hit"
     assert "ended a shim the log does not know" in daemon.stderr()
     # the ended run's id is free again: an ordinary run of it works (not r0: a run the
@@ -152,12 +159,7 @@ def test_a_run_whose_shim_died_with_the_daemon_before_its_append_is_ended(
     free again."""
     daemon.wait_for(lambda: '"shim launcher ready"' in daemon.stderr(), timeout=15)
     kept = daemon.run("sleep", "1000", name="kept")
-    for attempt in range(6):
-        cid = f"d{attempt}"
-        hit = run_into_the_window(daemon, cid)
-        if hit is None:
-            continue
-        state, worker = hit
+    for cid, state, worker in window_hits(daemon, "d"):
         shim_pid, task_pid = state["shim_pid"], state["pid"]
         task = shim_api.read_task_file(daemon.root / "shims" / cid)
         assert task is not None and task["pid"] == task_pid and task["started_by_run"], task
