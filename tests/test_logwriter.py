@@ -12,7 +12,7 @@ import errno
 import random
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,18 @@ class Gated:
         return self.log.append(items)
 
 
+async def run_callers(writer: LogWriter, caller: Callable[[int], Awaitable[None]],
+                      n: int) -> None:
+    """Run *writer* while ``caller(0)`` ... ``caller(n - 1)`` run at once; stop it once they
+    are all answered."""
+    async with trio.open_nursery() as outer:
+        await outer.start(writer.run)
+        async with trio.open_nursery() as nursery:
+            for k in range(n):
+                nursery.start_soon(caller, k)
+        outer.cancel_scope.cancel()
+
+
 async def test_concurrent_callers_get_durable_applied_contiguous_events(root: Path) -> None:
     applied: list[Event] = []
     with EventLog.open(root) as log:
@@ -79,12 +91,7 @@ async def test_concurrent_callers_get_durable_applied_contiguous_events(root: Pa
                                                          for j in range(n)]
                 got.setdefault(k, []).append(evs)
 
-        async with trio.open_nursery() as outer:
-            await outer.start(writer.run)
-            async with trio.open_nursery() as nursery:
-                for k in range(40):
-                    nursery.start_soon(caller, k)
-            outer.cancel_scope.cancel()
+        await run_callers(writer, caller, 40)
         assert [e.seq for e in applied] == list(range(1, log.last_seq + 1))
         assert writer.appended == log.last_seq == sum(len(b) for v in got.values() for b in v)
         assert writer.batches < 200  # 200 appends shared fdatasyncs
@@ -371,12 +378,7 @@ async def test_appenders_woken_together_still_share_one_write_by_the_thread(root
         async def caller(k: int) -> None:
             got.append(await writer.append([("task.start", f"c{k}", {})] * 2))
 
-        async with trio.open_nursery() as outer:
-            await outer.start(writer.run)
-            async with trio.open_nursery() as nursery:
-                for k in range(8):
-                    nursery.start_soon(caller, k)
-            outer.cancel_scope.cancel()
+        await run_callers(writer, caller, 8)
         assert threads.writes == [("tether-log-writer", 16)] and writer.inline == 0
         assert sorted(e.seq for evs in got for e in evs) == list(range(1, 17))
 
