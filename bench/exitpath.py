@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,29 +183,34 @@ def q(values: list[float], p: float) -> float:
 def report(trees: list[Tree]) -> None:
     print(f"\nexit -> live subscriber (runc, SIGKILL), {len(trees[0].samples)} exits per tree, "
           "interleaved; ms")
-    head = f"{'':58}" + "".join(f"{t.label[:22]:>24}" for t in trees)
-    print(head)
+
+    def line(what: str, cell: Callable[[Tree], str]) -> None:
+        print(f"{what:58}" + "".join(cell(t) for t in trees))
+
+    def span(a: str, b: str, key: float) -> Callable[[Tree], str]:
+        """The *key* percentile of ``b - a`` over every exit."""
+        return lambda t: f"{q([(s[b] - s[a]) / 1e6 for s in t.samples], key):>24.3f}"
+
+    def median(step: Callable[[dict[str, Any]], float], *needs: str) -> Callable[[Tree], str]:
+        """The median of ``step`` over the exits that have every mark it *needs* (0: none)."""
+        def cell(t: Tree) -> str:
+            both = [s for s in t.samples if all(k in s for k in needs)]
+            return f"{statistics.median(step(s) for s in both) if both else 0:>13.3f}{'':11}"
+        return cell
+
+    line("", lambda t: f"{t.label[:22]:>24}")
     for what, key in (("kill -> subscriber, p50", 50), ("kill -> subscriber, p90", 90),
                       ("kill -> subscriber, p99", 99)):
-        row = f"{what:58}"
-        for t in trees:
-            row += f"{q([(s['b.seen'] - s['kill']) / 1e6 for s in t.samples], key):>24.3f}"
-        print(row)
-    row = f"{'kill -> dead (kernel), p50':58}"
-    for t in trees:
-        row += f"{q([(s['k.dead'] - s['kill']) / 1e6 for s in t.samples], 50):>24.3f}"
-    print(row)
+        line(what, span("kill", "b.seen", key))
+    line("kill -> dead (kernel), p50", span("kill", "k.dead", 50))
     for what, key in (("dead -> subscriber (what a supervisor adds), p50", 50),
                       ("dead -> subscriber, p90", 90)):
-        row = f"{what:58}"
-        for t in trees:
-            row += f"{q([(s['b.seen'] - s['k.dead']) / 1e6 for s in t.samples], key):>24.3f}"
-        print(row)
+        line(what, span("k.dead", "b.seen", key))
     if trees[0].trace_dir is None:
         return
     print("\nper hop: median of (this hop - the one before it in that exit) / median of "
           "(this hop - kill), ms; the exits that have the hop (a direct send has no d.woken)")
-    print(f"{'':58}" + "".join(f"{t.label[:22]:>24}" for t in trees))
+    line("", lambda t: f"{t.label[:22]:>24}")
     for k, (label, what) in enumerate(HOPS):
         row = f"{what[:58]:58}"
         for t in trees:
@@ -222,32 +228,17 @@ def report(trees: list[Tree]) -> None:
             row += (f"{statistics.median(steps):>8.3f} / {statistics.median(totals):>6.3f}"
                     f" {len(steps) / len(t.samples):>4.0%} ")
         print(row)
-    for what, a, b in (("shim: woken -> sent", "s.wake", "s.sent"),
-                       ("daemon: link has it -> subscriber has it", "d.recv", "b.seen")):
-        row = f"{what:58}"
-        for t in trees:
-            both = [s for s in t.samples if a in s and b in s]
-            step = statistics.median((s[b] - s[a]) / 1e6 for s in both) if both else 0
-            row += f"{step:>13.3f}{'':11}"
-        print(row)
-    row = f"{'daemon: the same without its fdatasync':58}"
-    for t in trees:
-        both = [s for s in t.samples if all(k in s for k in ("d.recv", "b.seen", "d.sync0",
-                                                             "d.written"))]
-        step = statistics.median((s["b.seen"] - s["d.recv"] - s["d.written"] + s["d.sync0"])
-                                 / 1e6 for s in both) if both else 0
-        row += f"{step:>13.3f}{'':11}"
-    print(row)
-    row = f"{'daemon: written by the trio thread (share of exits)':58}"
-    for t in trees:
-        row += f"{sum('d.inline' in s for s in t.samples) / len(t.samples):>13.2f}{'':11}"
-    print(row)
-    row = f"{'shim: exit file written (after s.sent)':58}"
-    for t in trees:
-        both = [s for s in t.samples if "s.file" in s and "s.sent" in s]
-        step = statistics.median((s["s.file"] - s["s.sent"]) / 1e6 for s in both) if both else 0
-        row += f"{step:>13.3f}{'':11}"
-    print(row)
+    def between(a: str, b: str) -> Callable[[Tree], str]:
+        return median(lambda s: (s[b] - s[a]) / 1e6, a, b)
+
+    line("shim: woken -> sent", between("s.wake", "s.sent"))
+    line("daemon: link has it -> subscriber has it", between("d.recv", "b.seen"))
+    line("daemon: the same without its fdatasync",
+         median(lambda s: (s["b.seen"] - s["d.recv"] - s["d.written"] + s["d.sync0"]) / 1e6,
+                "d.recv", "b.seen", "d.sync0", "d.written"))
+    line("daemon: written by the trio thread (share of exits)",
+         lambda t: f"{sum('d.inline' in s for s in t.samples) / len(t.samples):>13.2f}{'':11}")
+    line("shim: exit file written (after s.sent)", between("s.sent", "s.file"))
 
 
 def disk_costs(where: Path, n: int = 300) -> None:
