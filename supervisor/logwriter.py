@@ -57,6 +57,7 @@ import outcome
 import trio
 
 from events.model import Event
+from supervisor.diskpace import DiskPace
 
 if TYPE_CHECKING:
     from events.log import EventLog
@@ -98,10 +99,9 @@ class LogWriter:
         self.log = log
         self.on_commit = on_commit
         self.max_batch = max_batch
-        #: a lone append is written in the trio thread while the last write took less than
-        #: this many seconds (0: never)
-        self.inline_max = inline_max
-        self.inline_cooldown = inline_cooldown
+        #: a lone append is written in the trio thread while the disk is fast: no write took
+        #: inline_max seconds or more in the last inline_cooldown (inline_max 0: never)
+        self._pace = DiskPace(inline_max, inline_cooldown)
         # shared with the thread, under _lock: the queued batches (oldest first), whether
         # the thread sleeps (then the next append wakes it), whether it must end
         self._lock = threading.Lock()
@@ -116,7 +116,6 @@ class LogWriter:
         self._settled = trio.Event()  # a batch completed
         self._fatal: BaseException | None = None
         self._closed = False
-        self._slow_until = 0.0  # (monotonic) no write here before: one was slow
         self._lone = True  # the last batch had one caller (else the next goes to the thread)
         self.batches = 0
         self.appended = 0
@@ -145,7 +144,7 @@ class LogWriter:
             kick, self._idle = self._idle, False
         self._waiting += 1
         if kick:  # the thread sleeps and nothing is queued: it is ours to start, or not
-            if self._lone and self.inline_max > 0 and time.monotonic() >= self._slow_until:
+            if self._lone and self._pace.slow > 0 and self._pace.fast():
                 await _yield()  # those woken with us append in this round: they join
                 if self._waiting == 1 and not self._stop:  # alone, nothing in flight
                     events = self._write_here(batch)
@@ -263,8 +262,7 @@ class LogWriter:
         are to be told."""
         self._waiting -= len(batch.waiters)
         self._settled.set()
-        if took >= self.inline_max:
-            self._slow_until = time.monotonic() + self.inline_cooldown
+        self._pace.took(took)
         self._lone = len(batch.waiters) == 1
         if isinstance(result, outcome.Error):
             exc = result.error

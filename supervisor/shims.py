@@ -27,6 +27,7 @@ from events import policy, shim_api, wire
 from events.domain import DEFAULT_STOP_SIGNAL, DEFAULT_STOP_TIMEOUT, ErrorCode, known
 from events.procfs import is_running, process_table
 from supervisor.channel import Closed, connect
+from supervisor.diskpace import DiskPace
 from supervisor.errors import ApiError
 from supervisor.probe import shim_alive
 
@@ -55,38 +56,28 @@ PREVIOUS_SHIM_GRACE = 5.0
 LOST_STARTER_GRACE = 10.0
 
 
-class FileWrites:
+class FileWrites(DiskPace):
     """Where a start's few file system calls run (the shim directory's stale files, its spec):
     in the trio thread while the disk is fast, so that a start does not pay two thread
     hand-offs for them (a quarter of a millisecond each when idle, several under load); in a
     worker thread for *cooldown* seconds once a run took *slow* seconds or more, so that a disk
-    that stalls stops the daemon's loop at most once per cooldown (as the event log's lone
-    appends do, :mod:`supervisor.logwriter`)."""
+    that stalls stops the daemon's loop at most once per cooldown (the rule of the event log's
+    lone appends too: :class:`supervisor.diskpace.DiskPace`)."""
 
     def __init__(self, slow: float = 0.002, cooldown: float = 30.0) -> None:
-        self.slow = slow
-        self.cooldown = cooldown
-        self.slow_until = 0.0  # monotonic: until then, in a thread
+        super().__init__(slow, cooldown)
         self.inline = 0  # runs done in the trio thread (tests read it)
 
     async def run(self, write: Callable[[], None]) -> None:
-        if time.monotonic() < self.slow_until:
-            t = time.monotonic()
-            try:
-                await trio.to_thread.run_sync(write)
-            finally:
-                self._took(time.monotonic() - t)
-            return
-        self.inline += 1
         t = time.monotonic()
         try:
-            write()
+            if self.fast():
+                self.inline += 1
+                write()
+            else:
+                await trio.to_thread.run_sync(write)
         finally:
-            self._took(time.monotonic() - t)
-
-    def _took(self, seconds: float) -> None:
-        if seconds >= self.slow:
-            self.slow_until = time.monotonic() + self.cooldown
+            self.took(time.monotonic() - t)
 
 
 #: The daemon's (one per process: the disk is the same for every start).
