@@ -369,5 +369,8 @@ async def stop_lost_task(pid: int | None, started: int | None, stop_signal: int,
         log.info("the task of a lost shim outlived its stop timeout: SIGKILL", pid=pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
-            os.killpg(pid, signal.SIGKILL)  # the process runtime makes it its group's leader
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            # its children too (the process runtime makes it its group's leader), even if
+            # it ended just before
+            os.killpg(pid, signal.SIGKILL)
     return True
